@@ -1,0 +1,2 @@
+//! Criterion benchmarks for the pure rules code (matching, canonicalisation).
+fn main() {}

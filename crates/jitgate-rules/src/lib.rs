@@ -1,0 +1,20 @@
+//! Config model, path canonicalisation, route matching and policy evaluation for jitgate.
+//!
+//! Everything here is pure: no sockets, no Redis, no file reads. The gateway reads
+//! `proxy.toml`, hands the text to [`RuleTable::parse`], and matches each request's
+//! [`RequestView`] (built from one [`canon`] pass at the edge) against the table.
+#![forbid(unsafe_code)]
+
+pub mod canon;
+pub mod config;
+pub mod diag;
+pub mod matcher;
+pub mod route;
+pub mod shadow;
+pub mod table;
+pub mod units;
+
+pub use canon::{CanonError, CanonOptions, CanonTarget};
+pub use config::Config;
+pub use diag::{Diagnostic, Severity};
+pub use route::{Action, RequestView, Route};

@@ -1,0 +1,1 @@
+//! The compiled matcher: finds the first route (in file order) that matches a request.

@@ -1,0 +1,1 @@
+//! The rule table: a validated config plus its compiled matcher, swapped whole on reload.

@@ -1,0 +1,3 @@
+//! `jitgate`: the gateway binary and its CLI.
+
+fn main() {}
