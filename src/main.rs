@@ -1,3 +1,12 @@
 //! `jitgate`: the gateway binary and its CLI.
+#![forbid(unsafe_code)]
 
-fn main() {}
+mod cli;
+mod demo;
+mod echo;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    cli::main()
+}

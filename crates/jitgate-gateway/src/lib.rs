@@ -1,3 +1,17 @@
 //! The jitgate data plane (listeners, TLS, canonical forwarding) and admin plane
 //! (health, rule table, reload).
 #![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod body;
+pub mod headers;
+pub mod problem;
+pub mod proxy;
+pub mod server;
+pub mod state;
+pub mod tls;
+pub mod upstream;
+
+pub use problem::{Fault, Problem};
+pub use server::{Gateway, StartError};
+pub use state::{Shared, Snapshot, Trigger};

@@ -1,0 +1,138 @@
+//! The one body type the gateway answers with: nothing, a buffer, or a stream relayed from
+//! the other side with an idle timeout.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
+
+/// Errors a relayed body can end with.
+pub type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// The stream went silent for longer than the upstream's `idle_timeout`.
+#[derive(Debug)]
+pub struct IdleTimeout(pub Duration);
+
+impl fmt::Display for IdleTimeout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "body idle for more than {:?}", self.0)
+    }
+}
+
+impl StdError for IdleTimeout {}
+
+/// A body the gateway sends, either way.
+pub enum ProxyBody {
+    /// No body.
+    Empty,
+    /// A whole buffer (errors, admin answers); `None` once sent.
+    Full(Option<Bytes>),
+    /// Relayed from the peer, frame by frame, never buffered whole.
+    Stream(Relay),
+}
+
+impl ProxyBody {
+    /// A buffered body.
+    pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
+        let bytes = bytes.into();
+        if bytes.is_empty() {
+            ProxyBody::Empty
+        } else {
+            ProxyBody::Full(Some(bytes))
+        }
+    }
+
+    /// Relays `inner`, failing when no frame arrives for `idle`.
+    pub fn relay(inner: Incoming, idle: Duration) -> ProxyBody {
+        ProxyBody::Stream(Relay {
+            inner,
+            idle,
+            last: None,
+            sleep: None,
+        })
+    }
+}
+
+/// A relayed body with an idle timeout. The timer is created lazily, on the first poll that
+/// has to wait, so short bodies (nearly all) never touch the timer wheel; on every frame only
+/// the activity instant is updated and the timer is re-armed when it fires early.
+pub struct Relay {
+    inner: Incoming,
+    idle: Duration,
+    last: Option<Instant>,
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ProxyBody::Empty => Poll::Ready(None),
+            ProxyBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            ProxyBody::Stream(relay) => relay.poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Empty => true,
+            ProxyBody::Full(bytes) => bytes.is_none(),
+            ProxyBody::Stream(relay) => relay.inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Empty => SizeHint::with_exact(0),
+            ProxyBody::Full(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+            ProxyBody::Stream(relay) => relay.inner.size_hint(),
+        }
+    }
+}
+
+impl Relay {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                if self.sleep.is_some() {
+                    self.last = Some(Instant::now());
+                }
+                Poll::Ready(frame.map(|f| f.map_err(BoxError::from)))
+            }
+            Poll::Pending => {
+                let idle = self.idle;
+                let now = Instant::now();
+                let last = *self.last.get_or_insert(now);
+                let sleep = self
+                    .sleep
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(last + idle)));
+                loop {
+                    match sleep.as_mut().poll(cx) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(()) => {
+                            let deadline = self.last.unwrap_or(now) + idle;
+                            if deadline <= Instant::now() {
+                                return Poll::Ready(Some(Err(Box::new(IdleTimeout(idle)))));
+                            }
+                            sleep.as_mut().reset(deadline);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

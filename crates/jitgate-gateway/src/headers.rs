@@ -1,0 +1,195 @@
+//! Header rules of a forwarding proxy: hop-by-hop removal (RFC 9110 section 7.6.1),
+//! `X-Forwarded-*` and `Via`, and who the client is behind `trusted_proxies`.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderName};
+use http::{HeaderMap, HeaderValue, Version};
+use ipnet::IpNet;
+
+/// Always hop-by-hop, whatever `Connection` says.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Removes hop-by-hop headers and every header named in `Connection`. `TE: trailers` is kept
+/// (gRPC needs it end to end); an upgrade keeps `Connection: upgrade` and `Upgrade`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Names listed in Connection are hop-by-hop too; collect before removing it.
+    let mut named: Vec<HeaderName> = Vec::new();
+    for value in headers.get_all(header::CONNECTION) {
+        if let Ok(value) = value.to_str() {
+            for token in value.split(',') {
+                let token = token.trim();
+                if token.is_empty() || (keep_upgrade && token.eq_ignore_ascii_case("upgrade")) {
+                    continue;
+                }
+                if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                    named.push(name);
+                }
+            }
+        }
+    }
+    let upgrade = keep_upgrade
+        .then(|| headers.get(header::UPGRADE).cloned())
+        .flatten();
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    for name in &named {
+        if name != header::TE {
+            headers.remove(name);
+        }
+    }
+    let trailers_only = headers
+        .get_all(header::TE)
+        .iter()
+        .all(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    if !trailers_only {
+        headers.remove(header::TE);
+    }
+    if let Some(upgrade) = upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, upgrade);
+    }
+}
+
+/// Whether a request asks for an HTTP/1.1 upgrade (WebSocket and friends).
+pub fn wants_upgrade(version: Version, headers: &HeaderMap) -> bool {
+    version == Version::HTTP_11
+        && headers.contains_key(header::UPGRADE)
+        && headers.get_all(header::CONNECTION).iter().any(|v| {
+            v.to_str()
+                .map(|s| {
+                    s.split(',')
+                        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+                })
+                .unwrap_or(false)
+        })
+}
+
+/// Whether `ip` is one of the `trusted_proxies`.
+pub fn is_trusted(trusted: &[IpNet], ip: IpAddr) -> bool {
+    let ip = canonical_ip(ip);
+    trusted.iter().any(|net| net.contains(&ip))
+}
+
+/// IPv4-mapped IPv6 addresses (dual-stack listeners) compare as IPv4.
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// The client address: the peer, or, when the peer is a trusted proxy, the right-most
+/// `X-Forwarded-For` entry that is not itself a trusted proxy. An unparsable entry stops the
+/// walk there (we never believe anything left of garbage).
+pub fn client_ip(trusted: &[IpNet], peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+    let peer = canonical_ip(peer);
+    if trusted.is_empty() || !is_trusted(trusted, peer) {
+        return peer;
+    }
+    let mut client = peer;
+    let values: Vec<&HeaderValue> = headers.get_all("x-forwarded-for").iter().collect();
+    for value in values.iter().rev() {
+        let Ok(text) = value.to_str() else {
+            return client;
+        };
+        for entry in text.rsplit(',') {
+            let Ok(ip) = entry.trim().parse::<IpAddr>() else {
+                return client;
+            };
+            client = canonical_ip(ip);
+            if !is_trusted(trusted, client) {
+                return client;
+            }
+        }
+    }
+    client
+}
+
+/// What the request said about itself before we touched it.
+pub struct Forwarding<'a> {
+    /// The TCP peer.
+    pub peer: IpAddr,
+    /// Whether the peer is a trusted proxy.
+    pub trusted_peer: bool,
+    /// Whether the client spoke TLS to us.
+    pub tls: bool,
+    /// Canonical host of the request ("" if none).
+    pub host: &'a str,
+    /// HTTP version of the client's request.
+    pub version: Version,
+}
+
+/// Sets `X-Forwarded-For/-Proto/-Host` and `Via`. From an untrusted peer every inbound
+/// `X-Forwarded-*` and `Forwarded` is discarded first, so a client cannot forge them.
+pub fn set_forwarding(headers: &mut HeaderMap, fwd: &Forwarding<'_>) {
+    let xff = HeaderName::from_static("x-forwarded-for");
+    let xfp = HeaderName::from_static("x-forwarded-proto");
+    let xfh = HeaderName::from_static("x-forwarded-host");
+    let peer = canonical_ip(fwd.peer).to_string();
+    if fwd.trusted_peer {
+        let prior: Vec<String> = headers
+            .get_all(&xff)
+            .iter()
+            .filter_map(|v| v.to_str().ok().map(str::to_owned))
+            .collect();
+        let value = if prior.is_empty() {
+            peer
+        } else {
+            format!("{}, {peer}", prior.join(", "))
+        };
+        insert_str(headers, xff, &value);
+    } else {
+        headers.remove(header::FORWARDED);
+        insert_str(headers, xff, &peer);
+        headers.remove(&xfp);
+        headers.remove(&xfh);
+    }
+    if !headers.contains_key(&xfp) {
+        let proto = if fwd.tls { "https" } else { "http" };
+        headers.insert(xfp, HeaderValue::from_static(proto));
+    }
+    if !headers.contains_key(&xfh) && !fwd.host.is_empty() {
+        insert_str(headers, xfh, fwd.host);
+    }
+    append_via(headers, fwd.version);
+}
+
+/// Appends our `Via` entry (`1.1 jitgate`, `2 jitgate`).
+pub fn append_via(headers: &mut HeaderMap, version: Version) {
+    let ours = match version {
+        Version::HTTP_09 => "0.9 jitgate",
+        Version::HTTP_10 => "1.0 jitgate",
+        Version::HTTP_2 => "2 jitgate",
+        Version::HTTP_3 => "3 jitgate",
+        _ => "1.1 jitgate",
+    };
+    match headers.get(header::VIA).and_then(|v| v.to_str().ok()) {
+        Some(prior) => {
+            let value = format!("{prior}, {ours}");
+            insert_str(headers, header::VIA, &value);
+        }
+        None => {
+            headers.insert(header::VIA, HeaderValue::from_static(ours));
+        }
+    }
+}
+
+fn insert_str(headers: &mut HeaderMap, name: HeaderName, value: &str) {
+    if let Ok(value) = HeaderValue::from_str(value) {
+        headers.insert(name, value);
+    }
+}
+
+#[cfg(test)]
+mod tests;

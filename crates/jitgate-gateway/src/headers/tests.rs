@@ -1,0 +1,121 @@
+#![allow(clippy::unwrap_used)]
+
+use super::*;
+
+fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (k, v) in pairs {
+        h.append(
+            HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            HeaderValue::from_str(v).unwrap(),
+        );
+    }
+    h
+}
+
+fn nets(list: &[&str]) -> Vec<IpNet> {
+    list.iter().map(|s| s.parse().unwrap()).collect()
+}
+
+#[test]
+fn strips_hop_by_hop_and_connection_named() {
+    let mut h = map(&[
+        ("connection", "keep-alive, x-secret-hop"),
+        ("keep-alive", "timeout=5"),
+        ("x-secret-hop", "1"),
+        ("proxy-authorization", "Basic x"),
+        ("transfer-encoding", "chunked"),
+        ("upgrade", "websocket"),
+        ("te", "trailers"),
+        ("x-kept", "yes"),
+    ]);
+    strip_hop_by_hop(&mut h, false);
+    let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(names, vec!["te", "x-kept"]);
+}
+
+#[test]
+fn te_other_than_trailers_is_dropped() {
+    let mut h = map(&[("te", "gzip"), ("te", "trailers")]);
+    strip_hop_by_hop(&mut h, false);
+    assert!(h.get("te").is_none());
+}
+
+#[test]
+fn upgrade_is_kept_when_upgrading() {
+    let mut h = map(&[
+        ("connection", "Upgrade, x-hop"),
+        ("upgrade", "websocket"),
+        ("x-hop", "1"),
+    ]);
+    assert!(wants_upgrade(Version::HTTP_11, &h));
+    strip_hop_by_hop(&mut h, true);
+    assert_eq!(h.get("connection").unwrap(), "upgrade");
+    assert_eq!(h.get("upgrade").unwrap(), "websocket");
+    assert!(h.get("x-hop").is_none());
+}
+
+#[test]
+fn untrusted_peer_cannot_forge_forwarding() {
+    let mut h = map(&[
+        ("x-forwarded-for", "1.2.3.4"),
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "evil"),
+        ("forwarded", "for=1.2.3.4"),
+    ]);
+    let peer: IpAddr = "10.0.0.9".parse().unwrap();
+    assert_eq!(client_ip(&nets(&["127.0.0.1/32"]), peer, &h), peer);
+    set_forwarding(
+        &mut h,
+        &Forwarding {
+            peer,
+            trusted_peer: false,
+            tls: false,
+            host: "api.example.com",
+            version: Version::HTTP_11,
+        },
+    );
+    assert_eq!(h.get("x-forwarded-for").unwrap(), "10.0.0.9");
+    assert_eq!(h.get("x-forwarded-proto").unwrap(), "http");
+    assert_eq!(h.get("x-forwarded-host").unwrap(), "api.example.com");
+    assert!(h.get("forwarded").is_none());
+    assert_eq!(h.get("via").unwrap(), "1.1 jitgate");
+}
+
+#[test]
+fn trusted_peer_chain_is_walked_from_the_right() {
+    let trusted = nets(&["127.0.0.1/32", "10.0.0.0/8"]);
+    let h = map(&[
+        ("x-forwarded-for", "6.6.6.6, 203.0.113.7"),
+        ("x-forwarded-for", "10.1.1.1"),
+    ]);
+    let peer: IpAddr = "127.0.0.1".parse().unwrap();
+    assert_eq!(
+        client_ip(&trusted, peer, &h),
+        "203.0.113.7".parse::<IpAddr>().unwrap()
+    );
+    let garbage = map(&[("x-forwarded-for", "6.6.6.6, nonsense, 10.1.1.1")]);
+    assert_eq!(
+        client_ip(&trusted, peer, &garbage),
+        "10.1.1.1".parse::<IpAddr>().unwrap()
+    );
+}
+
+#[test]
+fn trusted_peer_appends() {
+    let mut h = map(&[("x-forwarded-for", "203.0.113.7"), ("via", "1.1 edge")]);
+    set_forwarding(
+        &mut h,
+        &Forwarding {
+            peer: "::ffff:127.0.0.1".parse().unwrap(),
+            trusted_peer: true,
+            tls: true,
+            host: "h",
+            version: Version::HTTP_2,
+        },
+    );
+    assert_eq!(h.get("x-forwarded-for").unwrap(), "203.0.113.7, 127.0.0.1");
+    assert_eq!(h.get("x-forwarded-proto").unwrap(), "https");
+    assert_eq!(h.get("via").unwrap(), "1.1 edge, 2 jitgate");
+}

@@ -1,0 +1,153 @@
+//! RFC 9457 problem details: the one place gateway errors become HTTP answers.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use serde_json::{Map, Value};
+
+use crate::body::ProxyBody;
+
+/// Media type of every error the gateway answers itself.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// Who failed, so logs and metrics can tell a bad client from a bad upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The client sent something we refuse.
+    Downstream,
+    /// The upstream failed or timed out.
+    Upstream,
+    /// Policy said no (deny, approval required).
+    Policy,
+    /// The gateway itself.
+    Internal,
+}
+
+/// A problem details answer.
+#[derive(Debug, Clone)]
+pub struct Problem {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Short stable slug; the `type` member is `urn:jitgate:problem:<slug>`.
+    pub slug: &'static str,
+    /// Human summary of the problem type.
+    pub title: &'static str,
+    /// What happened to this request.
+    pub detail: String,
+    /// Who failed.
+    pub fault: Fault,
+    /// Extension members (`rule`, `errors`, ...).
+    pub extensions: Map<String, Value>,
+}
+
+impl Problem {
+    /// A problem with no extension members.
+    pub fn new(
+        status: StatusCode,
+        slug: &'static str,
+        title: &'static str,
+        detail: impl Into<String>,
+        fault: Fault,
+    ) -> Problem {
+        Problem {
+            status,
+            slug,
+            title,
+            detail: detail.into(),
+            fault,
+            extensions: Map::new(),
+        }
+    }
+
+    /// Adds an extension member.
+    pub fn with(mut self, key: &str, value: impl Into<Value>) -> Problem {
+        self.extensions.insert(key.to_string(), value.into());
+        self
+    }
+
+    /// 400 for a request target or header we refuse to interpret.
+    pub fn bad_request(detail: impl Into<String>) -> Problem {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "malformed-request",
+            "Malformed or ambiguous request",
+            detail,
+            Fault::Downstream,
+        )
+    }
+
+    /// 404: no route in the table matches (fail closed).
+    pub fn no_route(method: &str, path: &str) -> Problem {
+        Problem::new(
+            StatusCode::NOT_FOUND,
+            "no-route",
+            "No route matches this request",
+            format!("no route in the rule table matches {method} {path}"),
+            Fault::Policy,
+        )
+    }
+
+    /// 502: the upstream could not be reached or broke the exchange.
+    pub fn bad_gateway(upstream: &str, detail: impl Into<String>) -> Problem {
+        Problem::new(
+            StatusCode::BAD_GATEWAY,
+            "upstream-unavailable",
+            "Upstream unavailable",
+            detail,
+            Fault::Upstream,
+        )
+        .with("upstream", upstream)
+    }
+
+    /// 504: the upstream did not connect or answer in time.
+    pub fn gateway_timeout(upstream: &str, detail: impl Into<String>) -> Problem {
+        Problem::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "upstream-timeout",
+            "Upstream timed out",
+            detail,
+            Fault::Upstream,
+        )
+        .with("upstream", upstream)
+    }
+
+    /// The JSON body.
+    pub fn to_json(&self) -> Value {
+        let mut body = Map::with_capacity(5 + self.extensions.len());
+        body.insert(
+            "type".into(),
+            Value::String(format!("urn:jitgate:problem:{}", self.slug)),
+        );
+        body.insert("title".into(), Value::String(self.title.into()));
+        body.insert("status".into(), Value::from(self.status.as_u16()));
+        body.insert("detail".into(), Value::String(self.detail.clone()));
+        for (k, v) in &self.extensions {
+            body.insert(k.clone(), v.clone());
+        }
+        Value::Object(body)
+    }
+
+    /// The HTTP answer.
+    pub fn into_response(self) -> Response<ProxyBody> {
+        let body = Bytes::from(self.to_json().to_string());
+        let mut resp = Response::new(ProxyBody::full(body));
+        *resp.status_mut() = self.status;
+        resp.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        resp.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        resp
+    }
+}
+
+/// A JSON answer (admin plane).
+pub fn json_response(status: StatusCode, value: &Value) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::full(Bytes::from(value.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}

@@ -1,0 +1,384 @@
+//! The live rule table and everything derived from it, swapped whole on reload.
+//!
+//! A request loads the snapshot once (`ArcSwap::load_full`) and keeps it to the end, so a
+//! reload never changes the rules under a request in flight. Reload builds and validates
+//! the whole new snapshot off the hot path; an invalid file changes nothing.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use jitgate_rules::config::Config;
+use jitgate_rules::{Diagnostic, RuleTable};
+
+use crate::tls::{load_certified_key, CertSlot};
+use crate::upstream::UpstreamClient;
+
+/// One immutable generation of the rule table.
+pub struct Snapshot {
+    /// The validated table.
+    pub table: RuleTable,
+    /// Upstream client of each route, by route index (`None` for deny routes without one).
+    pub route_upstreams: Vec<Option<Arc<UpstreamClient>>>,
+    /// Upstream clients by name.
+    pub upstreams: HashMap<String, Arc<UpstreamClient>>,
+    /// When this generation was swapped in.
+    pub loaded_at: SystemTime,
+}
+
+/// What started a reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// The file changed on disk.
+    Watch,
+    /// SIGHUP.
+    Signal,
+    /// `POST /v1/admin/reload`.
+    Admin,
+}
+
+impl Trigger {
+    fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Watch => "watch",
+            Trigger::Signal => "signal",
+            Trigger::Admin => "admin",
+        }
+    }
+}
+
+/// A reload that was applied, or found nothing to do.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    /// SHA-256 of the file now in force.
+    pub version: String,
+    /// Whether a new table was swapped in.
+    pub changed: bool,
+    /// Warnings about the new table, and settings that need a restart.
+    pub warnings: Vec<String>,
+}
+
+/// A reload that was refused; the running table is unchanged.
+#[derive(Debug, Clone)]
+pub struct Rejected {
+    /// Every error, as `file:line:column: error: message`.
+    pub errors: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+struct Attempt {
+    at: SystemTime,
+    trigger: Trigger,
+    version: Option<String>,
+    errors: Vec<String>,
+}
+
+/// State shared by every connection, the admin plane and the reload triggers.
+pub struct Shared {
+    snapshot: ArcSwap<Snapshot>,
+    config_path: PathBuf,
+    cert: Option<Arc<CertSlot>>,
+    /// Reloads run one at a time.
+    reload_lock: tokio::sync::Mutex<()>,
+    last_attempt: Mutex<Option<Attempt>>,
+    last_error: Mutex<Option<Attempt>>,
+}
+
+/// Hex SHA-256.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    let mut out = String::with_capacity(64);
+    for b in digest {
+        out.push(char::from_digit(u32::from(b >> 4), 16).unwrap_or('0'));
+        out.push(char::from_digit(u32::from(b & 0xf), 16).unwrap_or('0'));
+    }
+    out
+}
+
+/// Reads and validates a config file; every failure is reported as diagnostics.
+pub fn load_table(path: &Path) -> Result<RuleTable, Vec<String>> {
+    let src = std::fs::read(path)
+        .map_err(|e| vec![format!("{}: error: cannot read: {e}", path.display())])?;
+    let src = String::from_utf8(src)
+        .map_err(|e| vec![format!("{}: error: not UTF-8: {e}", path.display())])?;
+    RuleTable::parse(&src, path).map_err(|diags| render(&diags))
+}
+
+fn render(diags: &[Diagnostic]) -> Vec<String> {
+    diags.iter().map(ToString::to_string).collect()
+}
+
+/// Builds a snapshot, reusing pooled clients of upstreams whose definition is unchanged.
+pub fn build_snapshot(
+    table: RuleTable,
+    previous: Option<&Snapshot>,
+) -> Result<Snapshot, Vec<String>> {
+    let mut upstreams = HashMap::new();
+    let mut errors = Vec::new();
+    for def in &table.config().upstreams {
+        let reused = previous
+            .and_then(|p| p.upstreams.get(&def.name))
+            .filter(|c| c.def == *def)
+            .cloned();
+        match reused.map_or_else(|| UpstreamClient::build(def), Ok) {
+            Ok(client) => {
+                upstreams.insert(def.name.clone(), client);
+            }
+            Err(e) => errors.push(format!("upstream {}: {e}", def.name)),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let route_upstreams = table
+        .routes()
+        .iter()
+        .map(|r| r.upstream.as_ref().and_then(|n| upstreams.get(n).cloned()))
+        .collect();
+    Ok(Snapshot {
+        table,
+        route_upstreams,
+        upstreams,
+        loaded_at: SystemTime::now(),
+    })
+}
+
+impl Shared {
+    /// State for a freshly loaded snapshot.
+    pub fn new(snapshot: Snapshot, config_path: PathBuf, cert: Option<Arc<CertSlot>>) -> Shared {
+        Shared {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            config_path,
+            cert,
+            reload_lock: tokio::sync::Mutex::new(()),
+            last_attempt: Mutex::new(None),
+            last_error: Mutex::new(None),
+        }
+    }
+
+    /// The generation in force now.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// The config file being served.
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    /// Re-reads the file and swaps in the new table if it is valid and different.
+    /// A watch-triggered reload of a file identical to the last rejected one is skipped
+    /// quietly, so an editor saving unrelated files beside it does not repeat the errors.
+    pub async fn reload(&self, trigger: Trigger) -> Result<Applied, Rejected> {
+        let _one_at_a_time = self.reload_lock.lock().await;
+        let current = self.snapshot();
+        let path = self.config_path.clone();
+        let bytes = match tokio::fs::read(&path).await {
+            Ok(b) => b,
+            Err(e) => {
+                let errors = vec![format!("{}: error: cannot read: {e}", path.display())];
+                return Err(self.record_failure(trigger, None, errors));
+            }
+        };
+        let version = sha256_hex(&bytes);
+        if version == current.table.version() {
+            return Ok(Applied {
+                version,
+                changed: false,
+                warnings: Vec::new(),
+            });
+        }
+        if trigger == Trigger::Watch && self.last_failed_version().as_deref() == Some(&version) {
+            return Err(Rejected {
+                errors: self.last_errors(),
+            });
+        }
+        let parse_path = path.clone();
+        let parsed = tokio::task::spawn_blocking(move || {
+            let src = String::from_utf8(bytes)
+                .map_err(|e| vec![format!("{}: error: not UTF-8: {e}", parse_path.display())])?;
+            RuleTable::parse(&src, &parse_path).map_err(|d| render(&d))
+        })
+        .await
+        .unwrap_or_else(|e| Err(vec![format!("reload task failed: {e}")]));
+        let table = match parsed {
+            Ok(t) => t,
+            Err(errors) => return Err(self.record_failure(trigger, Some(version), errors)),
+        };
+        let mut warnings = render(table.warnings());
+        warnings.extend(restart_notices(current.table.config(), table.config()));
+        let cert = match (&self.cert, &table.config().server.tls) {
+            (Some(_), Some(files)) => match load_certified_key(files) {
+                Ok(key) => Some(key),
+                Err(e) => {
+                    let errors = vec![format!("{}: error: {e}", path.display())];
+                    return Err(self.record_failure(trigger, Some(version), errors));
+                }
+            },
+            _ => None,
+        };
+        let snapshot = match build_snapshot(table, Some(&current)) {
+            Ok(s) => s,
+            Err(errors) => return Err(self.record_failure(trigger, Some(version), errors)),
+        };
+        if let (Some(slot), Some(key)) = (&self.cert, cert) {
+            slot.store(key);
+        }
+        self.snapshot.store(Arc::new(snapshot));
+        for w in &warnings {
+            tracing::warn!("{w}");
+        }
+        tracing::info!(trigger = trigger.as_str(), %version, "rule table reloaded");
+        self.set_attempt(Attempt {
+            at: SystemTime::now(),
+            trigger,
+            version: Some(version.clone()),
+            errors: Vec::new(),
+        });
+        Ok(Applied {
+            version,
+            changed: true,
+            warnings,
+        })
+    }
+
+    fn record_failure(
+        &self,
+        trigger: Trigger,
+        version: Option<String>,
+        errors: Vec<String>,
+    ) -> Rejected {
+        for e in &errors {
+            tracing::error!(trigger = trigger.as_str(), "reload rejected: {e}");
+        }
+        let attempt = Attempt {
+            at: SystemTime::now(),
+            trigger,
+            version,
+            errors: errors.clone(),
+        };
+        self.set_attempt(attempt.clone());
+        if let Ok(mut last) = self.last_error.lock() {
+            *last = Some(attempt);
+        }
+        Rejected { errors }
+    }
+
+    fn set_attempt(&self, attempt: Attempt) {
+        if let Ok(mut last) = self.last_attempt.lock() {
+            *last = Some(attempt);
+        }
+    }
+
+    fn last_failed_version(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .ok()
+            .and_then(|l| l.as_ref().and_then(|a| a.version.clone()))
+    }
+
+    fn last_errors(&self) -> Vec<String> {
+        self.last_error
+            .lock()
+            .ok()
+            .and_then(|l| l.as_ref().map(|a| a.errors.clone()))
+            .unwrap_or_default()
+    }
+
+    /// `GET /v1/admin/rules`.
+    pub fn rules_json(&self) -> Value {
+        let snap = self.snapshot();
+        let table = &snap.table;
+        let routes: Vec<Value> = table
+            .routes()
+            .iter()
+            .map(|r| {
+                json!({
+                    "index": r.index,
+                    "name": r.name,
+                    "action": r.action.as_str(),
+                    "methods": match &r.methods {
+                        jitgate_rules::route::MethodSet::Any => Value::Null,
+                        jitgate_rules::route::MethodSet::Only(m) =>
+                            m.iter().map(|m| Value::from(m.as_str())).collect(),
+                    },
+                    "host": r.host.as_ref().map(|h| match h {
+                        jitgate_rules::route::HostPattern::Exact(h) => h.clone(),
+                        jitgate_rules::route::HostPattern::Suffix(s) => format!("*{s}"),
+                    }),
+                    "path": r.path.source,
+                    "upstream": r.upstream,
+                    "enforce": r.enforce,
+                    "location": r.location.to_string(),
+                })
+            })
+            .collect();
+        let upstreams: Vec<Value> = table
+            .config()
+            .upstreams
+            .iter()
+            .map(|u| json!({ "name": u.name, "url": u.url.to_string() }))
+            .collect();
+        let attempt_json = |a: &Attempt| {
+            json!({
+                "at": humantime::format_rfc3339_seconds(a.at).to_string(),
+                "trigger": a.trigger.as_str(),
+                "version": a.version,
+                "ok": a.errors.is_empty(),
+                "errors": a.errors,
+            })
+        };
+        let last_reload = self
+            .last_attempt
+            .lock()
+            .ok()
+            .and_then(|a| a.as_ref().map(attempt_json));
+        let last_error = self
+            .last_error
+            .lock()
+            .ok()
+            .and_then(|a| a.as_ref().map(attempt_json));
+        json!({
+            "file": self.config_path.display().to_string(),
+            "version": table.version(),
+            "loadedAt": humantime::format_rfc3339_seconds(snap.loaded_at).to_string(),
+            "warnings": render(table.warnings()),
+            "upstreams": upstreams,
+            "routes": routes,
+            "lastReload": last_reload,
+            "lastReloadError": last_error,
+        })
+    }
+}
+
+/// Settings read only at start: a change is reported, not applied (listeners are never
+/// re-bound).
+fn restart_notices(old: &Config, new: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    if old.server.listen != new.server.listen {
+        out.push(format!(
+            "server.listen changed to {} but listeners are never re-bound; still serving {} until restart",
+            new.server.listen, old.server.listen
+        ));
+    }
+    if old.server.admin_listen != new.server.admin_listen {
+        out.push(format!(
+            "server.admin_listen changed to {} but listeners are never re-bound; still serving {} until restart",
+            new.server.admin_listen, old.server.admin_listen
+        ));
+    }
+    if old.server.tls.is_some() != new.server.tls.is_some() {
+        out.push(
+            "server.tls was added or removed; the listener keeps its protocol until restart".into(),
+        );
+    }
+    if old.store != new.store {
+        out.push("store settings changed; they take effect at restart".into());
+    }
+    out
+}

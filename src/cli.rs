@@ -1,0 +1,353 @@
+//! Command-line interface: `serve`, `check`, `explain`, `demo`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
+
+use jitgate_gateway::Gateway;
+use jitgate_rules::canon;
+use jitgate_rules::{RequestView, RuleTable, Severity};
+
+#[derive(Parser)]
+#[command(
+    name = "jitgate",
+    version,
+    about = "A reverse-proxy gateway that enforces just-in-time approval inline"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the data and admin planes from a proxy.toml.
+    Serve {
+        /// The rule table.
+        #[arg(long, short, default_value = "proxy.toml")]
+        config: PathBuf,
+    },
+    /// Validate a proxy.toml: every error with file:line:column; exit 1 if any.
+    Check {
+        /// The rule table.
+        #[arg(default_value = "proxy.toml")]
+        file: PathBuf,
+    },
+    /// Show the canonical form of a request and which route matches it, and why.
+    Explain {
+        /// The rule table.
+        #[arg(long, short, default_value = "proxy.toml")]
+        config: PathBuf,
+        /// Extra request header, `Name: value` (repeatable).
+        #[arg(long = "header", short = 'H')]
+        headers: Vec<String>,
+        /// Client address for `source` conditions.
+        #[arg(long, default_value = "127.0.0.1")]
+        source: std::net::IpAddr,
+        /// The method, e.g. POST.
+        method: String,
+        /// The URL (`http://host/path?query`) or an origin-form target (`/path?query`).
+        url: String,
+    },
+    /// Start an echo upstream and the gateway with proxy.toml, and walk through what they do.
+    Demo {
+        /// The rule table (the built-in example when the file does not exist).
+        #[arg(long, short, default_value = "proxy.toml")]
+        config: PathBuf,
+        /// Run the walkthrough and exit instead of serving until Ctrl-C.
+        #[arg(long)]
+        once: bool,
+    },
+    /// A small echo origin (used by the demo and load tests).
+    #[command(hide = true)]
+    EchoOrigin {
+        /// Where to listen.
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        listen: std::net::SocketAddr,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match cli.command {
+        Command::Check { file } => check(&file),
+        Command::Explain {
+            config,
+            headers,
+            source,
+            method,
+            url,
+        } => explain(&config, &headers, source, &method, &url),
+        Command::Serve { config } => {
+            runtime().map_or(ExitCode::FAILURE, |rt| rt.block_on(serve(&config)))
+        }
+        Command::Demo { config, once } => runtime().map_or(ExitCode::FAILURE, |rt| {
+            rt.block_on(crate::demo::run(&config, once))
+        }),
+        Command::EchoOrigin { listen } => runtime().map_or(ExitCode::FAILURE, |rt| {
+            rt.block_on(async {
+                match crate::echo::spawn(listen).await {
+                    Ok(addr) => {
+                        println!("jitgate: echo origin on http://{addr}");
+                        shutdown_signal().await;
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => fail(&format!("cannot listen on {listen}: {e}")),
+                }
+            })
+        }),
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("JITGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("jitgate: cannot start the async runtime: {e}");
+            None
+        }
+    }
+}
+
+/// One line on stderr and a non-zero exit.
+pub fn fail(reason: &str) -> ExitCode {
+    eprintln!("jitgate: {reason}");
+    ExitCode::FAILURE
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+async fn serve(config: &Path) -> ExitCode {
+    let gateway = match Gateway::bind(config).await {
+        Ok(g) => g,
+        Err(jitgate_gateway::StartError::Config(errors)) => {
+            for e in &errors {
+                eprintln!("{e}");
+            }
+            return fail(&format!(
+                "{} is invalid ({} error(s)); not starting",
+                config.display(),
+                errors.len()
+            ));
+        }
+        Err(e) => return fail(&e.to_string()),
+    };
+    announce(&gateway);
+    match gateway.run(shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e.to_string()),
+    }
+}
+
+/// The two lines scripts and tests wait for, on stdout.
+pub fn announce(gateway: &Gateway) {
+    println!(
+        "jitgate: data plane on {}://{}",
+        gateway.data_scheme(),
+        gateway.data_addr()
+    );
+    println!("jitgate: admin plane on http://{}", gateway.admin_addr());
+}
+
+fn read_table(file: &Path) -> Result<RuleTable, Vec<String>> {
+    let src = std::fs::read_to_string(file)
+        .map_err(|e| vec![format!("{}: error: cannot read: {e}", file.display())])?;
+    RuleTable::parse(&src, file).map_err(|diags| diags.iter().map(ToString::to_string).collect())
+}
+
+fn check(file: &Path) -> ExitCode {
+    let src = match std::fs::read_to_string(file) {
+        Ok(s) => s,
+        Err(e) => return fail(&format!("cannot read {}: {e}", file.display())),
+    };
+    match RuleTable::parse(&src, file) {
+        Ok(table) => {
+            for w in table.warnings() {
+                println!("{w}");
+            }
+            println!(
+                "{}: OK: {} route(s), {} upstream(s), {} warning(s), version {}",
+                file.display(),
+                table.routes().len(),
+                table.config().upstreams.len(),
+                table.warnings().len(),
+                table.version()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(diags) => {
+            for d in &diags {
+                println!("{d}");
+            }
+            let errors = diags
+                .iter()
+                .filter(|d| d.severity == Severity::Error)
+                .count();
+            eprintln!(
+                "jitgate: {}: {errors} error(s); the table is refused",
+                file.display()
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn explain(
+    config: &Path,
+    raw_headers: &[String],
+    source: std::net::IpAddr,
+    method: &str,
+    url: &str,
+) -> ExitCode {
+    let table = match read_table(config) {
+        Ok(t) => t,
+        Err(errors) => {
+            for e in &errors {
+                println!("{e}");
+            }
+            return fail(&format!("{} is invalid", config.display()));
+        }
+    };
+    let method = match Method::from_bytes(method.to_ascii_uppercase().as_bytes()) {
+        Ok(m) => m,
+        Err(_) => return fail(&format!("not an HTTP method: {method}")),
+    };
+    let uri: Uri = match url.parse() {
+        Ok(u) => u,
+        Err(e) => return fail(&format!("not a URL or request target: {url}: {e}")),
+    };
+    let mut headers = HeaderMap::new();
+    for h in raw_headers {
+        let Some((name, value)) = h.split_once(':') else {
+            return fail(&format!("header must be `Name: value`: {h}"));
+        };
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.trim().as_bytes()),
+            HeaderValue::from_str(value.trim()),
+        ) else {
+            return fail(&format!("invalid header: {h}"));
+        };
+        headers.append(name, value);
+    }
+    let host_header = match uri.authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => headers.get(http::header::HOST).cloned(),
+    };
+    let tls = uri.scheme_str() == Some("https");
+    let target = match canon::canonicalize_target(
+        &method,
+        &uri,
+        host_header.as_ref(),
+        tls,
+        table.canon_options(),
+    ) {
+        Ok(t) => t,
+        Err(e) => {
+            println!("rejected: 400 Bad Request: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let overrides = match canon::method_overrides(&headers, target.query) {
+        Ok(o) => o,
+        Err(e) => {
+            println!("rejected: 400 Bad Request: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let methods: Vec<Method> = std::iter::once(method.clone()).chain(overrides).collect();
+    let mut buf = [""; 3];
+    let paths = target.path.readings(&mut buf);
+    println!(
+        "canonical: {} {}{}{}",
+        method,
+        if target.host.is_empty() {
+            ""
+        } else {
+            &target.host
+        },
+        target.path.path,
+        target.query.map(|q| format!("?{q}")).unwrap_or_default()
+    );
+    if methods.len() > 1 {
+        let names: Vec<&str> = methods.iter().map(Method::as_str).collect();
+        println!("methods considered: {}", names.join(", "));
+    }
+    if paths.len() > 1 {
+        println!("path readings: {}", paths.join(", "));
+    }
+    if target.path.forward_path() != target.path.path {
+        println!("forwarded path: {}", target.path.forward_path());
+    }
+    let view = RequestView {
+        methods: &methods,
+        host: &target.host,
+        paths,
+        headers: &headers,
+        source,
+    };
+    let explanation = table.explain(&view);
+    print!("{explanation}");
+    match explanation.matched.and_then(|i| table.routes().get(i)) {
+        Some(route) => {
+            if target.path.encoded_slash && !route.allow_encoded_slash {
+                println!(
+                    "=> 400: route {} does not allow encoded slashes",
+                    route.name
+                );
+                return ExitCode::FAILURE;
+            }
+            if target.path.path_params && !route.allow_path_params {
+                println!(
+                    "=> 400: route {} does not allow ';' path parameters",
+                    route.name
+                );
+                return ExitCode::FAILURE;
+            }
+            println!(
+                "=> route {} ({}){}",
+                route.name,
+                route.action.as_str(),
+                if route.enforce {
+                    ""
+                } else {
+                    ", shadow mode: forwarded"
+                }
+            );
+            ExitCode::SUCCESS
+        }
+        None => {
+            println!("=> no route matches: 404");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! `jitgate demo`: an echo upstream, the gateway and the embedded store, with a walkthrough
+//! that runs each curl command it prints and shows the real answer.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use jitgate_gateway::Gateway;
+use jitgate_rules::RuleTable;
+
+use crate::cli::{announce, fail, shutdown_signal};
+
+/// The shipped example, used when the named file does not exist.
+const EXAMPLE: &str = include_str!("../proxy.toml");
+
+struct Step {
+    what: &'static str,
+    method: Method,
+    target: &'static str,
+    headers: &'static [(&'static str, &'static str)],
+}
+
+const STEPS: &[Step] = &[
+    Step { what: "An ordinary read passes straight through to the upstream (allow).", method: Method::GET, target: "/v1/deployments", headers: &[] },
+    Step { what: "Odd spellings are canonicalised once at the edge; the upstream receives the canonical path.", method: Method::GET, target: "/v1/./deployments//staging/../prod", headers: &[] },
+    Step { what: "The admin area is denied with the route's custom error.", method: Method::GET, target: "/admin/users", headers: &[] },
+    Step { what: "Encoded spellings of a denied path are caught too (%61 is 'a').", method: Method::GET, target: "/%61dmin/users", headers: &[] },
+    Step { what: "Ambiguous encodings such as %2F are refused outright (400).", method: Method::GET, target: "/v1/deployments/prod%2F..%2F..%2Fadmin", headers: &[] },
+    Step { what: "A production deploy needs approval; holding for approval arrives with the next release, so the gateway fails closed.", method: Method::POST, target: "/v1/deployments/prod/web", headers: &[("content-type", "application/json")] },
+    Step { what: "A method-override header counts as the method: this GET is treated like the DELETE it asks for.", method: Method::GET, target: "/v1/deployments/prod/web", headers: &[("x-http-method-override", "DELETE")] },
+    Step { what: "Paths no route covers get 404 problem+json when the table has no catch-all (this one has one, so it passes).", method: Method::GET, target: "/status", headers: &[] },
+];
+
+pub async fn run(config: &Path, once: bool) -> ExitCode {
+    let (path, _tmp) = match resolve_config(config) {
+        Ok(p) => p,
+        Err(e) => return fail(&e),
+    };
+    let table = match std::fs::read_to_string(&path)
+        .map_err(|e| e.to_string())
+        .and_then(|src| {
+            RuleTable::parse(&src, &path).map_err(|d| {
+                d.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+        }) {
+        Ok(t) => t,
+        Err(e) => return fail(&format!("{}: {e}", path.display())),
+    };
+    for upstream in &table.config().upstreams {
+        let Some(addr) = upstream_addr(&upstream.url) else {
+            println!(
+                "upstream {} ({}) is not a local http:// address; the demo does not start it",
+                upstream.name, upstream.url
+            );
+            continue;
+        };
+        match crate::echo::spawn(addr).await {
+            Ok(bound) => println!("jitgate: echo upstream {} on http://{bound}", upstream.name),
+            Err(e) => return fail(&format!("cannot start the echo upstream on {addr}: {e} (is something else listening there?)")),
+        }
+    }
+    let gateway = match Gateway::bind(&path).await {
+        Ok(g) => g,
+        Err(e) => return fail(&e.to_string()),
+    };
+    announce(&gateway);
+    let data = format!("{}://{}", gateway.data_scheme(), gateway.data_addr());
+    let admin = format!("http://{}", gateway.admin_addr());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(gateway.run(async move {
+        let _ = stop_rx.await;
+    }));
+
+    println!(
+        "\njitgate demo: config {} (store: memory)\n",
+        path.display()
+    );
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    for (i, step) in STEPS.iter().enumerate() {
+        println!("{}. {}", i + 1, step.what);
+        let mut curl = format!("   $ curl -i -X {} '{data}{}'", step.method, step.target);
+        for (k, v) in step.headers {
+            curl.push_str(&format!(" -H '{k}: {v}'"));
+        }
+        if step.method == Method::POST {
+            curl.push_str(" -d '{\"image\":\"web:1.4.2\"}'");
+        }
+        println!("{curl}");
+        match send(&client, &data, step).await {
+            Ok((status, body)) => {
+                println!("   -> {status}");
+                println!("   {}\n", summarise(&body));
+            }
+            Err(e) => println!("   -> request failed: {e}\n"),
+        }
+    }
+    println!("Rule table and reload status:\n   $ curl {admin}/v1/admin/rules");
+    println!("Explain a request without sending it:\n   $ jitgate explain --config {} GET '/%61dmin/users'", path.display());
+    println!("Edit {} and save: the table reloads (or the error is reported with file:line:column and nothing changes).", path.display());
+
+    if !once {
+        println!("\nServing until Ctrl-C.");
+        shutdown_signal().await;
+    }
+    let _ = stop_tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    ExitCode::SUCCESS
+}
+
+/// The named file, or the built-in example written to a temp folder.
+fn resolve_config(config: &Path) -> Result<(PathBuf, Option<TempDir>), String> {
+    if config.exists() {
+        return Ok((config.to_path_buf(), None));
+    }
+    let dir = TempDir::new().map_err(|e| format!("cannot create a temp folder: {e}"))?;
+    let path = dir.0.join("proxy.toml");
+    std::fs::write(&path, EXAMPLE).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    println!(
+        "{} not found; using the built-in example at {}",
+        config.display(),
+        path.display()
+    );
+    Ok((path, Some(dir)))
+}
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> std::io::Result<TempDir> {
+        let dir = std::env::temp_dir().join(format!("jitgate-demo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        Ok(TempDir(dir))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn upstream_addr(url: &http::Uri) -> Option<SocketAddr> {
+    if url.scheme_str() != Some("http") {
+        return None;
+    }
+    let host = url.host()?;
+    let port = url.port_u16().unwrap_or(80);
+    let addr: SocketAddr = format!("{host}:{port}").parse().ok()?;
+    addr.ip().is_loopback().then_some(addr)
+}
+
+async fn send(
+    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    base: &str,
+    step: &Step,
+) -> Result<(http::StatusCode, String), String> {
+    let body = if step.method == Method::POST {
+        Bytes::from_static(b"{\"image\":\"web:1.4.2\"}")
+    } else {
+        Bytes::new()
+    };
+    let mut req = Request::builder()
+        .method(step.method.clone())
+        .uri(format!("{base}{}", step.target));
+    for (k, v) in step.headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(body)).map_err(|e| e.to_string())?;
+    let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
+        .await
+        .map_err(|_| "timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// The interesting part of an answer: the echoed target, or the problem's detail.
+fn summarise(body: &str) -> String {
+    match serde_json::from_str::<serde_json::Value>(body) {
+        Ok(v) if v.get("echo").is_some() => format!(
+            "upstream received: {} {}",
+            v["method"].as_str().unwrap_or("?"),
+            v["target"].as_str().unwrap_or("?")
+        ),
+        Ok(v) if v.get("detail").is_some() => format!(
+            "{}: {}",
+            v["title"].as_str().unwrap_or(""),
+            v["detail"].as_str().unwrap_or("")
+        ),
+        _ => body.chars().take(200).collect(),
+    }
+}
