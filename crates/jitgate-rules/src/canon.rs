@@ -19,6 +19,7 @@
 //! An already-canonical path (nearly every request) is returned borrowed, without allocating.
 
 use std::borrow::Cow;
+use std::fmt::{self, Write as _};
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use http::{HeaderMap, HeaderValue, Method, Uri};
@@ -573,7 +574,9 @@ pub fn canonical_host(raw: &str, default_port: u16) -> Result<Cow<'_, str>, Cano
         None => Ok(name),
         Some(p) => match name {
             // Unchanged name and canonical port spelling: the input itself.
-            Cow::Borrowed(n) if n.len() == host_part.len() && port_str == Some(&p.to_string()) => {
+            Cow::Borrowed(n)
+                if n.len() == host_part.len() && port_str.is_some_and(|s| !s.starts_with('0')) =>
+            {
                 Ok(Cow::Borrowed(raw))
             }
             n => Ok(Cow::Owned(format!("{n}:{p}"))),
@@ -597,11 +600,39 @@ fn ipv6_literal(host_part: &str) -> Result<Cow<'_, str>, CanonError> {
         .and_then(|s| s.strip_suffix(']'))
         .ok_or(CanonError::HostInvalidIpv6)?;
     let addr: Ipv6Addr = inner.parse().map_err(|_| CanonError::HostInvalidIpv6)?;
-    let canonical = format!("[{addr}]");
-    if canonical == host_part {
+    // Render RFC 5952 text on the stack: an IPv6 literal is at most 45 bytes.
+    let mut buf = StackText {
+        buf: [0; 48],
+        len: 0,
+    };
+    write!(buf, "[{addr}]").map_err(|_| CanonError::HostInvalidIpv6)?;
+    let canonical = buf.as_bytes();
+    if canonical == host_part.as_bytes() {
         Ok(Cow::Borrowed(host_part))
     } else {
-        Ok(Cow::Owned(canonical))
+        Ok(Cow::Owned(String::from_utf8_lossy(canonical).into_owned()))
+    }
+}
+
+/// A short text written with `write!` without touching the heap.
+struct StackText {
+    buf: [u8; 48],
+    len: usize,
+}
+
+impl StackText {
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl fmt::Write for StackText {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let end = self.len + s.len();
+        let slot = self.buf.get_mut(self.len..end).ok_or(fmt::Error)?;
+        slot.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
     }
 }
 
@@ -789,22 +820,55 @@ fn push_method(out: &mut Vec<Method>, item: &[u8]) -> Result<(), CanonError> {
 }
 
 fn is_method_param(key: &str) -> bool {
-    // Decoding only shrinks a name, and `_method` is 7 bytes: skip shorter ones cheaply.
-    if key.len() < 7 {
-        return false;
+    // Decoded on the fly: this runs for every query parameter of every request, so it must
+    // not allocate.
+    let mut decoded = FormDecoded {
+        b: key.as_bytes(),
+        i: 0,
     }
-    let Some(decoded) = form_decode(key) else {
-        return false;
-    };
-    let trimmed = match decoded.iter().position(|&c| c != b' ') {
-        Some(start) => &decoded[start..],
-        None => return false,
-    };
-    match trimmed.split_first() {
-        Some((first, rest)) => {
-            matches!(first, b'_' | b'.' | b'[' | b' ') && rest.eq_ignore_ascii_case(b"method")
+    .skip_while(|c| *c == Some(b' '));
+    match decoded.next() {
+        Some(Some(b'_' | b'.' | b'[')) => {}
+        _ => return false,
+    }
+    let mut rest = b"method".iter();
+    loop {
+        match (decoded.next(), rest.next()) {
+            (None, None) => return true,
+            (Some(Some(c)), Some(want)) if c.eq_ignore_ascii_case(want) => {}
+            _ => return false,
         }
-        None => false,
+    }
+}
+
+/// The bytes of an application/x-www-form-urlencoded string, decoded one at a time; `None`
+/// for a malformed escape.
+struct FormDecoded<'a> {
+    b: &'a [u8],
+    i: usize,
+}
+
+impl Iterator for FormDecoded<'_> {
+    type Item = Option<u8>;
+
+    fn next(&mut self) -> Option<Option<u8>> {
+        let c = *self.b.get(self.i)?;
+        self.i += 1;
+        Some(match c {
+            b'+' => Some(b' '),
+            b'%' => {
+                let h = self.b.get(self.i).copied().and_then(hex_val);
+                let l = self.b.get(self.i + 1).copied().and_then(hex_val);
+                match (h, l) {
+                    (Some(h), Some(l)) => {
+                        self.i += 2;
+                        Some(h << 4 | l)
+                    }
+                    _ => None,
+                }
+            }
+            c => Some(c),
+        })
     }
 }
 
