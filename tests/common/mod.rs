@@ -1,0 +1,21 @@
+//! Shared harness for the end-to-end tests: a recording origin (hyper, h1 + h2c + TLS), a
+//! byte-recording HTTP/1.1 origin, a launcher for the real `jitgate` binary, test clients, a
+//! throwaway PKI and minimal WebSocket framing.
+//!
+//! Each integration test binary does `mod common;` and uses what it needs, hence the
+//! `dead_code` allowance.
+#![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used)]
+
+pub mod client;
+pub mod gateway;
+pub mod origin;
+pub mod raw_origin;
+pub mod tls;
+pub mod ws;
+
+pub use client::{body, body_with_trailers, raw_request, send, Client, RawResponse, Response};
+pub use gateway::{Gateway, GatewayBuilder, Sig};
+pub use origin::{sha256_hex, Origin, Recorded};
+pub use raw_origin::{RawOrigin, RawRecorded};
+pub use tls::{IssuedCert, TestPki};
+pub use ws::WsClient;
