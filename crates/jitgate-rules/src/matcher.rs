@@ -498,4 +498,4 @@ impl Matcher {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

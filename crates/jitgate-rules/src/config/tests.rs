@@ -517,3 +517,25 @@ fn suggestions() {
     assert_eq!(suggest("qwertyuiop", SERVER_KEYS), None);
     assert_eq!(edit_distance("kitten", "sitting"), 3);
 }
+
+#[test]
+fn line_index_agrees_with_from_offset() {
+    let src = "a = 1\n\nb = \"é\u{1F600}x\"\r\n[c]\nd = 2";
+    let cx = Cx {
+        src,
+        file: "f".into(),
+        base: PathBuf::new(),
+        diags: Vec::new(),
+        broken_upstreams: Vec::new(),
+        line_starts: std::iter::once(0)
+            .chain(src.match_indices('\n').map(|(i, _)| i + 1))
+            .collect(),
+    };
+    for (i, _) in src.char_indices().chain(std::iter::once((src.len(), ' '))) {
+        assert_eq!(
+            cx.loc(&(i..i)),
+            Location::from_offset("f", src, i),
+            "offset {i}"
+        );
+    }
+}

@@ -512,7 +512,7 @@ fn arb_segment() -> impl Strategy<Value = Segment> {
     ]
 }
 
-fn arb_route() -> impl Strategy<Value = Route> {
+pub(crate) fn arb_route() -> impl Strategy<Value = Route> {
     let methods = prop_oneof![
         Just(MethodSet::Any),
         prop::sample::subsequence(vec![Method::GET, Method::POST, Method::DELETE], 1..=2)
@@ -612,6 +612,24 @@ fn arb_path() -> impl Strategy<Value = String> {
         }),
         1 => Just("*".to_string()),
     ]
+}
+
+/// An unambiguous request: one method, one path reading, at most one header value.
+pub(crate) fn arb_simple_req() -> impl Strategy<Value = Req> {
+    arb_req().prop_map(|mut r| {
+        r.methods.truncate(1);
+        r.paths.truncate(1);
+        let env = r
+            .headers
+            .get("x-env")
+            .filter(|v| !v.as_bytes().contains(&b','))
+            .cloned();
+        r.headers.clear();
+        if let Some(v) = env {
+            r.headers.insert("x-env", v);
+        }
+        r
+    })
 }
 
 fn arb_req() -> impl Strategy<Value = Req> {
