@@ -1,2 +1,119 @@
 //! Criterion benchmarks for the pure rules code (matching, canonicalisation).
-fn main() {}
+//!
+//! `cargo bench --bench rules` — reports time per operation; nothing here asserts on times.
+
+use std::hint::black_box;
+use std::net::IpAddr;
+use std::path::Path;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use http::{HeaderMap, Method};
+use jitgate_rules::{RequestView, RuleTable};
+
+/// A realistic table of `n` routes: per service an approve route for writes, an allow route
+/// for reads, every 10th service a deny `**` subtree, some on their own host, and a final
+/// catch-all.
+fn table_source(n: usize) -> String {
+    let mut s = String::from("[[upstreams]]\nname = \"api\"\nurl = \"http://127.0.0.1:9000\"\n\n");
+    let mut i = 0;
+    while i + 1 < n {
+        let svc = i / 3;
+        let host = if svc % 4 == 0 {
+            format!("host = \"svc{svc}.example.com\"\n")
+        } else {
+            String::new()
+        };
+        match i % 3 {
+            0 => s.push_str(&format!(
+                "[[routes]]\nname = \"w{i}\"\nmethods = [\"POST\", \"PUT\", \"DELETE\"]\n{host}path = \"/v1/svc{svc}/items/{{id}}\"\nupstream = \"api\"\naction = \"approve\"\n[routes.approval]\napprovers = [\"group:ops\"]\n\n"
+            )),
+            1 => s.push_str(&format!(
+                "[[routes]]\nname = \"r{i}\"\nmethods = [\"GET\", \"HEAD\"]\n{host}path = \"/v1/svc{svc}/items/{{id}}\"\nupstream = \"api\"\naction = \"allow\"\n\n"
+            )),
+            _ => s.push_str(&format!(
+                "[[routes]]\nname = \"d{i}\"\n{host}path = \"/v1/svc{svc}/{}/**\"\nupstream = \"api\"\naction = \"{}\"\n\n",
+                if svc % 10 == 0 { "admin" } else { "files" },
+                if svc % 10 == 0 { "deny" } else { "allow" },
+            )),
+        }
+        i += 1;
+    }
+    s.push_str("[[routes]]\nname = \"catch-all\"\npath = \"/**\"\nupstream = \"api\"\naction = \"allow\"\n");
+    s
+}
+
+fn table(n: usize) -> RuleTable {
+    match RuleTable::parse(&table_source(n), Path::new("bench.toml")) {
+        Ok(t) => t,
+        Err(d) => panic!("bench table does not parse: {}", d[0]),
+    }
+}
+
+fn bench_match(c: &mut Criterion) {
+    let headers = HeaderMap::new();
+    let source: IpAddr = [10, 0, 0, 1].into();
+    let mut g = c.benchmark_group("match");
+    for n in [10usize, 1_000, 10_000] {
+        let t = table(n);
+        let svc = (n / 3) / 2;
+        let hit_path = format!("/v1/svc{svc}/items/12345");
+        let deep_path = format!("/v1/svc{svc}/files/a/b/c/d/e/f/g/h");
+        let host = format!("svc{svc}.example.com");
+        let get = [Method::GET];
+        let cases: [(&str, &[Method], String); 4] = [
+            ("hit", &get, hit_path.clone()),
+            ("hit-write", &[Method::POST], hit_path),
+            (
+                "miss-to-catch-all",
+                &get,
+                "/nothing/here/at/all".to_string(),
+            ),
+            ("deep", &get, deep_path),
+        ];
+        for (name, methods, path) in &cases {
+            let paths = [path.as_str()];
+            let req = RequestView {
+                methods,
+                host: &host,
+                paths: &paths,
+                headers: &headers,
+                source,
+            };
+            // Sanity: every case matches something (at worst the catch-all).
+            if t.match_request(&req).is_none() {
+                panic!("bench case {name} matched nothing");
+            }
+            g.bench_with_input(BenchmarkId::new(*name, n), &req, |b, req| {
+                b.iter(|| black_box(t.match_request(black_box(req))).map(|r| r.index))
+            });
+        }
+    }
+    g.finish();
+}
+
+fn bench_parse_and_check(c: &mut Criterion) {
+    let mut g = c.benchmark_group("parse+check");
+    g.sample_size(10);
+    for n in [1_000usize, 10_000] {
+        let src = table_source(n);
+        g.bench_with_input(BenchmarkId::from_parameter(n), &src, |b, src| {
+            b.iter(|| {
+                RuleTable::parse(black_box(src), Path::new("bench.toml")).map(|t| t.routes().len())
+            })
+        });
+    }
+    g.finish();
+}
+
+// `canonicalize_path` on an already-canonical path belongs here, but `canon.rs` is being
+// written on another branch. After the merge, add to the group list below:
+//
+// fn bench_canon(c: &mut Criterion) {
+//     use jitgate_rules::canon::{canonicalize_path, CanonOptions};
+//     c.bench_function("canonicalize_path/already-canonical", |b| {
+//         b.iter(|| canonicalize_path(black_box("/v1/svc42/items/12345"), CanonOptions::default()))
+//     });
+// }
+
+criterion_group!(benches, bench_match, bench_parse_and_check);
+criterion_main!(benches);

@@ -184,3 +184,1957 @@ pub struct Upstream {
     /// `pool_max_idle` (default 256): idle connections kept per upstream.
     pub pool_max_idle: usize,
 }
+
+// === parsing ===
+//
+// The file is parsed with `toml::de::DeTable`, which keeps the span of every key and value,
+// and walked by hand so that every problem is reported (not just the first) and unknown keys
+// are caught with their location. Nothing is read from disk: relative paths are only joined
+// to the config file's folder.
+
+use std::ops::Range;
+use std::path::Path;
+use std::str::FromStr;
+
+use http::{HeaderName, HeaderValue, Method, StatusCode};
+use sha2::{Digest, Sha256};
+use toml::de::{DeTable, DeValue};
+use toml::Spanned;
+
+use crate::diag::{Diagnostic, Location, Severity};
+use crate::route::{
+    Action, ApprovalMode, ApprovalPolicy, AutoApprove, ErrorTemplate, HeaderRule, HostPattern,
+    MethodSet, PathPattern, Segment,
+};
+use crate::units;
+
+type Val<'i> = Spanned<DeValue<'i>>;
+type SpannedStr<'a> = (&'a str, Range<usize>);
+
+/// Default `listen` when `[server]` does not set it.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
+/// Default `admin_listen` when `[server]` does not set it.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
+/// Default `content_type` of a `[routes.error]` that sets `body`.
+pub const DEFAULT_ERROR_CONTENT_TYPE: &str = "text/plain; charset=utf-8";
+/// `content_type` of a `[routes.error]` without `body` (the gateway's problem+json body).
+pub const PROBLEM_JSON: &str = "application/problem+json";
+/// The placeholders a `[routes.error]` body may use.
+pub const ERROR_PLACEHOLDERS: [&str; 3] = ["ticket", "reason", "rule"];
+
+/// Parses and validates `src`; `None` when any error was found. Diagnostics are sorted by
+/// position in the file.
+pub(crate) fn parse_config(src: &str, file: &Path) -> (Option<Config>, Vec<Diagnostic>) {
+    let mut cx = Cx {
+        src,
+        file: file.display().to_string(),
+        base: file.parent().map(Path::to_path_buf).unwrap_or_default(),
+        diags: Vec::new(),
+        broken_upstreams: Vec::new(),
+        line_starts: std::iter::once(0)
+            .chain(src.match_indices('\n').map(|(i, _)| i + 1))
+            .collect(),
+    };
+    let (doc, syntax) = DeTable::parse_recoverable(src);
+    if !syntax.is_empty() {
+        for e in syntax {
+            let span = e.span().unwrap_or(0..0);
+            cx.error(span, e.message().trim_end().to_string());
+        }
+        cx.diags.dedup();
+        return (None, cx.finish());
+    }
+    let config = cx.config(doc.get_ref());
+    let has_errors = cx.diags.iter().any(|d| d.severity == Severity::Error);
+    (config.filter(|_| !has_errors), cx.finish())
+}
+
+struct Cx<'s> {
+    src: &'s str,
+    file: String,
+    base: PathBuf,
+    diags: Vec<Diagnostic>,
+    /// Upstreams that were declared but had errors: routes naming them are not reported again.
+    broken_upstreams: Vec<String>,
+    /// Byte offset of the start of each line, so locating a span is a binary search
+    /// (scanning from the top each time made 10,000-route files quadratic).
+    line_starts: Vec<usize>,
+}
+
+/// Levenshtein distance, for "did you mean" suggestions.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// The closest of `known` to `word`, if it is close enough to be a likely typo.
+pub(crate) fn suggest<'k>(word: &str, known: &[&'k str]) -> Option<&'k str> {
+    known
+        .iter()
+        .map(|k| (edit_distance(word, k), *k))
+        .filter(|(d, k)| *d <= 2.max(k.len() / 3) && *d < k.len())
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+fn is_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// Parses `user:NAME` or `group:NAME`.
+pub fn parse_principal(s: &str) -> Result<Principal, String> {
+    let bad = || format!("invalid principal `{s}`; expected `user:NAME` or `group:NAME`");
+    let (kind, name) = s.split_once(':').ok_or_else(bad)?;
+    if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(bad());
+    }
+    match kind {
+        "user" => Ok(Principal::User(name.to_string())),
+        "group" => Ok(Principal::Group(name.to_string())),
+        _ => Err(bad()),
+    }
+}
+
+/// Parses a CIDR (`10.0.0.0/8`) or a bare address (meaning /32 or /128). The flag says
+/// whether host bits were set (and dropped), which is worth a warning.
+pub fn parse_cidr(s: &str) -> Result<(IpNet, bool), String> {
+    let t = s.trim();
+    if let Ok(ip) = std::net::IpAddr::from_str(t) {
+        return Ok((IpNet::from(ip), false));
+    }
+    let net = IpNet::from_str(t)
+        .map_err(|_| format!("invalid CIDR `{s}`; expected e.g. \"10.0.0.0/8\" or \"::1/128\""))?;
+    Ok((net.trunc(), net.trunc() != net))
+}
+
+/// Parses a route `path` pattern (see [`PathPattern`]).
+pub fn parse_path_pattern(s: &str) -> Result<PathPattern, String> {
+    if s == "*" {
+        return Err(
+            "path `*` is not a pattern; `/**` matches every path including `OPTIONS *`".into(),
+        );
+    }
+    let Some(body) = s.strip_prefix('/') else {
+        return Err(format!("path pattern `{s}` must start with `/`"));
+    };
+    if let Some(c) = s
+        .chars()
+        .find(|c| matches!(c, '%' | ';' | '?' | '#' | '\\') || c.is_whitespace() || c.is_control())
+    {
+        return Err(format!("path pattern `{s}` contains `{}`; patterns match canonical paths, which never contain `%`, `;`, `?`, `#`, `\\` or whitespace", c.escape_default()));
+    }
+    let body = body.strip_suffix('/').unwrap_or(body);
+    let mut segments = Vec::new();
+    let mut rest = false;
+    let mut names: Vec<&str> = Vec::new();
+    if body.is_empty() {
+        return Ok(PathPattern {
+            source: s.to_string(),
+            segments,
+            rest,
+        });
+    }
+    let parts: Vec<&str> = body.split('/').collect();
+    for part in &parts {
+        if rest {
+            return Err(format!(
+                "`**` must be the last segment of path pattern `{s}`"
+            ));
+        }
+        match *part {
+            "" => return Err(format!("path pattern `{s}` has an empty segment (`//`)")),
+            "." | ".." => return Err(format!("path pattern `{s}` has a `{part}` segment")),
+            "**" => rest = true,
+            "*" => segments.push(Segment::Any),
+            p if p.starts_with('{') && p.ends_with('}') && p.len() > 2 => {
+                let name = &p[1..p.len() - 1];
+                if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                    return Err(format!("invalid segment name `{p}` in path pattern `{s}`; use letters, digits and `_`"));
+                }
+                if names.contains(&name) {
+                    return Err(format!(
+                        "segment name `{name}` is used twice in path pattern `{s}`"
+                    ));
+                }
+                names.push(name);
+                segments.push(Segment::Named(name.to_string()));
+            }
+            p if p.contains('*') => {
+                return Err(format!(
+                    "`*` must be a whole segment in path pattern `{s}` (found `{p}`)"
+                ));
+            }
+            p if p.contains('{') || p.contains('}') => {
+                return Err(format!(
+                    "`{{name}}` must be a whole segment in path pattern `{s}` (found `{p}`)"
+                ));
+            }
+            p => segments.push(Segment::Literal(p.to_string())),
+        }
+    }
+    Ok(PathPattern {
+        source: s.to_string(),
+        segments,
+        rest,
+    })
+}
+
+fn valid_port(p: &str) -> bool {
+    !p.is_empty()
+        && p.len() <= 5
+        && p.bytes().all(|b| b.is_ascii_digit())
+        && p.parse::<u16>().is_ok_and(|n| n > 0)
+}
+
+fn valid_hostname(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 253
+        && h.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+/// Parses `host = "api.example.com"`, `"api.example.com:8443"`, `"[::1]:8443"` or
+/// `"*.example.com"`. Stored lowercase without a trailing dot.
+pub fn parse_host_pattern(s: &str) -> Result<HostPattern, String> {
+    let lower = s.trim().to_ascii_lowercase();
+    let bad = |why: &str| format!("invalid host `{s}`: {why}");
+    if let Some(rest) = lower.strip_prefix("*.") {
+        let rest = rest.strip_suffix('.').unwrap_or(rest);
+        if rest.contains(':') {
+            return Err(bad("a wildcard host cannot have a port"));
+        }
+        if !valid_hostname(rest) || rest.contains('*') {
+            return Err(bad("expected `*.example.com`"));
+        }
+        return Ok(HostPattern::Suffix(format!(".{rest}")));
+    }
+    if lower.contains('*') {
+        return Err(bad(
+            "`*` is only allowed as the whole first label, as in `*.example.com`",
+        ));
+    }
+    if let Some(v6) = lower.strip_prefix('[') {
+        let (addr, port) = v6.split_once(']').ok_or_else(|| bad("unclosed `[`"))?;
+        if std::net::Ipv6Addr::from_str(addr).is_err() {
+            return Err(bad("not an IPv6 address"));
+        }
+        if !(port.is_empty() || port.strip_prefix(':').is_some_and(valid_port)) {
+            return Err(bad("invalid port"));
+        }
+        return Ok(HostPattern::Exact(lower));
+    }
+    let (name, port) = match lower.split_once(':') {
+        Some((n, p)) => (n, Some(p)),
+        None => (lower.as_str(), None),
+    };
+    let name = name.strip_suffix('.').unwrap_or(name);
+    if !valid_hostname(name) {
+        return Err(bad("expected a host name such as `api.example.com`"));
+    }
+    match port {
+        Some(p) if !valid_port(p) => Err(bad("invalid port")),
+        Some(p) => Ok(HostPattern::Exact(format!("{name}:{p}"))),
+        None => Ok(HostPattern::Exact(name.to_string())),
+    }
+}
+
+/// The placeholders used by an error body: `{` + identifier + `}`. Any other `{` is literal
+/// text, so JSON bodies need no escaping.
+pub fn placeholders(body: &str) -> impl Iterator<Item = (usize, &str)> + '_ {
+    body.match_indices('{').filter_map(move |(i, _)| {
+        let after = body.get(i + 1..)?;
+        let end = after.find('}')?;
+        let name = &after[..end];
+        let ident = !name.is_empty()
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            && !name.as_bytes()[0].is_ascii_digit();
+        ident.then_some((i, name))
+    })
+}
+
+const TOP_KEYS: &[&str] = &[
+    "server",
+    "store",
+    "approvals",
+    "identity",
+    "admin",
+    "upstreams",
+    "routes",
+];
+const SERVER_KEYS: &[&str] = &[
+    "listen",
+    "admin_listen",
+    "admin_allow_remote",
+    "tls",
+    "trusted_proxies",
+    "header_read_timeout",
+    "client_idle_timeout",
+    "shutdown_grace",
+    "watch",
+];
+const STORE_KEYS: &[&str] = &["kind", "url", "retention"];
+const APPROVALS_KEYS: &[&str] = &[
+    "hold_timeout",
+    "ticket_ttl",
+    "token_ttl",
+    "max_held_body",
+    "signing_key",
+];
+const IDENTITY_KEYS: &[&str] = &["jwt", "headers"];
+const JWT_KEYS: &[&str] = &[
+    "issuer",
+    "audience",
+    "hs256_secret_env",
+    "public_keys",
+    "jwks_file",
+    "groups_claim",
+];
+const ADMIN_KEYS: &[&str] = &["operators", "jwt", "api_tokens"];
+const TOKEN_KEYS: &[&str] = &["name", "sha256", "groups"];
+const UPSTREAM_KEYS: &[&str] = &[
+    "name",
+    "url",
+    "protocol",
+    "ca_file",
+    "preserve_host",
+    "connect_timeout",
+    "response_timeout",
+    "idle_timeout",
+    "pool_idle_timeout",
+    "pool_max_idle",
+];
+const ROUTE_KEYS: &[&str] = &[
+    "name",
+    "methods",
+    "host",
+    "path",
+    "headers",
+    "source",
+    "upstream",
+    "action",
+    "case_insensitive",
+    "allow_encoded_slash",
+    "allow_path_params",
+    "enforce",
+    "error",
+    "approval",
+];
+const ERROR_KEYS: &[&str] = &["status", "content_type", "body"];
+const APPROVAL_KEYS: &[&str] = &[
+    "approvers",
+    "quorum",
+    "self_approval",
+    "mode",
+    "require_identity",
+    "hold_timeout",
+    "ticket_ttl",
+    "token_ttl",
+    "token_uses",
+    "durations",
+    "default_duration",
+    "max_duration",
+    "max_uses",
+    "max_pending_per_requester",
+    "break_glass",
+    "escalate_after",
+    "escalate_to",
+    "auto_approve",
+    "approve_above_rate",
+];
+const AUTO_KEYS: &[&str] = &[
+    "path_prefix",
+    "methods",
+    "groups",
+    "source",
+    "duration_below",
+    "window",
+    "time_zone",
+];
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+// === impl Cx ===
+
+impl<'s> Cx<'s> {
+    /// Same result as [`Location::from_offset`], without scanning from the top.
+    fn loc(&self, span: &Range<usize>) -> Location {
+        let offset = span.start.min(self.src.len());
+        let line = self.line_starts.partition_point(|&s| s <= offset).max(1);
+        let start = self.line_starts.get(line - 1).copied().unwrap_or(0);
+        let column = self.src.get(start..offset).map_or(0, |s| s.chars().count()) + 1;
+        Location {
+            file: self.file.clone(),
+            line,
+            column,
+        }
+    }
+
+    fn push(&mut self, severity: Severity, span: Range<usize>, message: String) {
+        let location = self.loc(&span);
+        self.diags.push(Diagnostic {
+            severity,
+            location,
+            message,
+        });
+    }
+
+    fn error(&mut self, span: Range<usize>, message: impl Into<String>) {
+        self.push(Severity::Error, span, message.into());
+    }
+
+    fn warn(&mut self, span: Range<usize>, message: impl Into<String>) {
+        self.push(Severity::Warning, span, message.into());
+    }
+
+    fn finish(mut self) -> Vec<Diagnostic> {
+        self.diags
+            .sort_by_key(|d| (d.location.line, d.location.column));
+        self.diags
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base.join(p)
+        }
+    }
+
+    fn check_keys(&mut self, t: &DeTable<'_>, section: &str, allowed: &[&str]) {
+        for (k, _) in t.iter() {
+            let key: &str = k.get_ref();
+            if !allowed.contains(&key) {
+                let hint = suggest(key, allowed)
+                    .map(|s| format!("; did you mean `{s}`?"))
+                    .unwrap_or_default();
+                self.error(k.span(), format!("unknown key `{key}` in {section}{hint}"));
+            }
+        }
+    }
+
+    fn type_error(&mut self, v: &Val<'_>, key: &str, section: &str, want: &str) {
+        let found = v.get_ref().type_str();
+        self.error(
+            v.span(),
+            format!("`{key}` in {section} must be {want}, not {found}"),
+        );
+    }
+
+    fn str_<'a>(
+        &mut self,
+        t: &'a DeTable<'_>,
+        key: &str,
+        section: &str,
+    ) -> Option<(&'a str, Range<usize>)> {
+        let v = t.get(key)?;
+        match v.get_ref().as_str() {
+            Some(s) => Some((s, v.span())),
+            None => {
+                self.type_error(v, key, section, "a string");
+                None
+            }
+        }
+    }
+
+    fn bool_(&mut self, t: &DeTable<'_>, key: &str, section: &str) -> Option<(bool, Range<usize>)> {
+        let v = t.get(key)?;
+        match v.get_ref().as_bool() {
+            Some(b) => Some((b, v.span())),
+            None => {
+                self.type_error(v, key, section, "true or false");
+                None
+            }
+        }
+    }
+
+    fn int_(&mut self, t: &DeTable<'_>, key: &str, section: &str) -> Option<(i64, Range<usize>)> {
+        let v = t.get(key)?;
+        let parsed = v
+            .get_ref()
+            .as_integer()
+            .map(|i| i64::from_str_radix(&i.as_str().replace('_', ""), i.radix()));
+        match parsed {
+            Some(Ok(n)) => Some((n, v.span())),
+            Some(Err(_)) => {
+                self.error(v.span(), format!("`{key}` in {section} is out of range"));
+                None
+            }
+            None => {
+                self.type_error(v, key, section, "an integer");
+                None
+            }
+        }
+    }
+
+    fn u32_(
+        &mut self,
+        t: &DeTable<'_>,
+        key: &str,
+        section: &str,
+        min: u32,
+    ) -> Option<(u32, Range<usize>)> {
+        let (n, span) = self.int_(t, key, section)?;
+        match u32::try_from(n) {
+            Ok(n) if n >= min => Some((n, span)),
+            _ => {
+                self.error(
+                    span,
+                    format!(
+                        "`{key}` in {section} must be an integer from {min} to {}",
+                        u32::MAX
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn duration(
+        &mut self,
+        t: &DeTable<'_>,
+        key: &str,
+        section: &str,
+    ) -> Option<(Duration, Range<usize>)> {
+        let (s, span) = self.str_(t, key, section)?;
+        match units::parse_duration(s) {
+            Ok(d) if d.is_zero() => {
+                self.error(
+                    span,
+                    format!("`{key}` in {section} must be longer than zero"),
+                );
+                None
+            }
+            Ok(d) => Some((d, span)),
+            Err(e) => {
+                self.error(span, format!("`{key}` in {section}: {e}"));
+                None
+            }
+        }
+    }
+
+    fn list<'a, 'i>(
+        &mut self,
+        t: &'a DeTable<'i>,
+        key: &str,
+        section: &str,
+    ) -> Option<(&'a [Val<'i>], Range<usize>)> {
+        let v = t.get(key)?;
+        match v.get_ref().as_array() {
+            Some(a) => Some((a.as_ref(), v.span())),
+            None => {
+                self.type_error(v, key, section, "an array");
+                None
+            }
+        }
+    }
+
+    fn str_list<'a>(
+        &mut self,
+        t: &'a DeTable<'_>,
+        key: &str,
+        section: &str,
+    ) -> Option<(Vec<SpannedStr<'a>>, Range<usize>)> {
+        let (items, span) = self.list(t, key, section)?;
+        let mut out = Vec::new();
+        for v in items {
+            match v.get_ref().as_str() {
+                Some(s) => out.push((s, v.span())),
+                None => self.type_error(v, &format!("{key}[..]"), section, "a string"),
+            }
+        }
+        Some((out, span))
+    }
+
+    fn table<'a, 'i>(
+        &mut self,
+        t: &'a DeTable<'i>,
+        key: &str,
+        section: &str,
+    ) -> Option<(&'a DeTable<'i>, Range<usize>)> {
+        let v = t.get(key)?;
+        match v.get_ref().as_table() {
+            Some(t) => Some((t, v.span())),
+            None => {
+                self.type_error(v, key, section, "a table");
+                None
+            }
+        }
+    }
+
+    fn tables<'a, 'i>(
+        &mut self,
+        t: &'a DeTable<'i>,
+        key: &str,
+        section: &str,
+    ) -> Vec<(&'a DeTable<'i>, Range<usize>)> {
+        let Some((items, _)) = self.list(t, key, section) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for v in items {
+            match v.get_ref().as_table() {
+                Some(t) => out.push((t, v.span())),
+                None => self.type_error(v, key, section, "an array of tables"),
+            }
+        }
+        out
+    }
+
+    fn principals(
+        &mut self,
+        t: &DeTable<'_>,
+        key: &str,
+        section: &str,
+    ) -> Option<(Vec<Principal>, Range<usize>)> {
+        let (items, span) = self.str_list(t, key, section)?;
+        let mut out = Vec::new();
+        for (s, sp) in items {
+            match parse_principal(s) {
+                Ok(p) if out.contains(&p) => {
+                    self.warn(sp, format!("`{s}` is listed twice in `{key}`"))
+                }
+                Ok(p) => out.push(p),
+                Err(e) => self.error(sp, e),
+            }
+        }
+        Some((out, span))
+    }
+
+    fn cidrs(&mut self, t: &DeTable<'_>, key: &str, section: &str) -> Vec<IpNet> {
+        let Some((items, _)) = self.str_list(t, key, section) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (s, sp) in items {
+            match parse_cidr(s) {
+                Ok((net, truncated)) => {
+                    if truncated {
+                        self.warn(sp, format!("`{s}` has host bits set; it means {net}"));
+                    }
+                    out.push(net);
+                }
+                Err(e) => self.error(sp, e),
+            }
+        }
+        out
+    }
+
+    fn methods(&mut self, t: &DeTable<'_>, key: &str, section: &str) -> Option<Vec<Method>> {
+        let (items, span) = self.str_list(t, key, section)?;
+        if items.is_empty() {
+            self.error(span, format!("`{key}` in {section} is empty, so nothing would match; leave it out to match any method"));
+        }
+        let mut out: Vec<Method> = Vec::new();
+        for (s, sp) in items {
+            let upper = s.to_ascii_uppercase();
+            if upper != s {
+                self.warn(
+                    sp.clone(),
+                    format!("method `{s}` should be written in uppercase; read as `{upper}`"),
+                );
+            }
+            match Method::from_bytes(upper.as_bytes()) {
+                Ok(m) if !upper.is_empty() => {
+                    if !out.contains(&m) {
+                        out.push(m);
+                    }
+                }
+                _ => self.error(sp, format!("invalid method `{s}`")),
+            }
+        }
+        Some(out)
+    }
+
+    fn path_value(&mut self, t: &DeTable<'_>, key: &str, section: &str) -> Option<PathBuf> {
+        let (s, span) = self.str_(t, key, section)?;
+        if s.is_empty() {
+            self.error(span, format!("`{key}` in {section} is empty"));
+            return None;
+        }
+        Some(self.path(s))
+    }
+
+    // === sections ===
+
+    fn config(&mut self, doc: &DeTable<'_>) -> Option<Config> {
+        self.check_keys(doc, "the top level", TOP_KEYS);
+        let server = self.server(doc);
+        let store = self.store(doc);
+        let approvals = self.approvals(doc);
+        let identity = self.identity(doc);
+        let admin = self.admin(doc);
+        let upstreams = self.upstreams(doc);
+        let routes = self.routes(doc, &upstreams, approvals.as_ref());
+        Some(Config {
+            server: server?,
+            store: store?,
+            approvals: approvals?,
+            identity: identity?,
+            admin: admin?,
+            upstreams,
+            routes,
+        })
+    }
+
+    fn section<'a, 'i>(
+        &mut self,
+        doc: &'a DeTable<'i>,
+        key: &str,
+        keys: &[&str],
+    ) -> Option<&'a DeTable<'i>> {
+        let (t, _) = self.table(doc, key, "the top level")?;
+        self.check_keys(t, &format!("[{key}]"), keys);
+        Some(t)
+    }
+
+    fn server(&mut self, doc: &DeTable<'_>) -> Option<Server> {
+        let empty = DeTable::new();
+        let t = self.section(doc, "server", SERVER_KEYS).unwrap_or(&empty);
+        let sec = "[server]";
+        let mut ok = true;
+        let addr = |cx: &mut Self,
+                    key: &str,
+                    default: &str|
+         -> Option<(SocketAddr, Option<Range<usize>>)> {
+            match cx.str_(t, key, sec) {
+                None => SocketAddr::from_str(default).ok().map(|a| (a, None)),
+                Some((s, span)) => match SocketAddr::from_str(s) {
+                    Ok(a) => Some((a, Some(span))),
+                    Err(_) => {
+                        cx.error(span, format!("`{key}` in [server] must be IP:PORT (e.g. \"{default}\"), not `{s}`"));
+                        None
+                    }
+                },
+            }
+        };
+        let listen = addr(self, "listen", DEFAULT_LISTEN);
+        let admin_listen = addr(self, "admin_listen", DEFAULT_ADMIN_LISTEN);
+        let admin_allow_remote = self
+            .bool_(t, "admin_allow_remote", sec)
+            .is_some_and(|b| b.0);
+        if let (Some((l, _)), Some((a, aspan))) = (&listen, &admin_listen) {
+            let span = aspan.clone().unwrap_or(0..0);
+            if l.port() == a.port()
+                && l.port() != 0
+                && (l.ip() == a.ip() || l.ip().is_unspecified() || a.ip().is_unspecified())
+            {
+                self.error(span.clone(), format!("`admin_listen` ({a}) must differ from `listen` ({l}): the admin plane never shares the data port"));
+                ok = false;
+            }
+            if !a.ip().is_loopback() && !admin_allow_remote {
+                self.error(span, format!("`admin_listen` ({a}) is not a loopback address; set `admin_allow_remote = true` to expose the admin plane"));
+                ok = false;
+            }
+        }
+        let tls = match self.table(t, "tls", sec) {
+            None => None,
+            Some((tt, span)) => {
+                self.check_keys(tt, "[server.tls]", &["cert", "key"]);
+                let cert = self.path_value(tt, "cert", "[server.tls]");
+                let key = self.path_value(tt, "key", "[server.tls]");
+                if !tt.contains_key("cert") || !tt.contains_key("key") {
+                    self.error(span, "`tls` in [server] needs both `cert` and `key`");
+                    ok = false;
+                }
+                match (cert, key) {
+                    (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+                    _ => {
+                        ok = false;
+                        None
+                    }
+                }
+            }
+        };
+        let trusted_proxies = self.cidrs(t, "trusted_proxies", sec);
+        let header_read_timeout = self
+            .duration(t, "header_read_timeout", sec)
+            .map_or(secs(10), |d| d.0);
+        let client_idle_timeout = self
+            .duration(t, "client_idle_timeout", sec)
+            .map_or(secs(60), |d| d.0);
+        let shutdown_grace = self
+            .duration(t, "shutdown_grace", sec)
+            .map_or(secs(30), |d| d.0);
+        let watch = self.bool_(t, "watch", sec).is_none_or(|b| b.0);
+        let (listen, admin_listen) = (listen?.0, admin_listen?.0);
+        ok.then_some(Server {
+            listen,
+            admin_listen,
+            admin_allow_remote,
+            tls,
+            trusted_proxies,
+            header_read_timeout,
+            client_idle_timeout,
+            shutdown_grace,
+            watch,
+        })
+    }
+
+    fn store(&mut self, doc: &DeTable<'_>) -> Option<Store> {
+        let empty = DeTable::new();
+        let t = self.section(doc, "store", STORE_KEYS).unwrap_or(&empty);
+        let sec = "[store]";
+        let kind = self.str_(t, "kind", sec);
+        let url = self.str_(t, "url", sec);
+        let retention = self.duration(t, "retention", sec);
+        match kind.as_ref().map(|k| k.0) {
+            None | Some("memory") => {
+                if let Some((_, span)) = url {
+                    self.warn(span, "`url` in [store] is ignored with kind = \"memory\"");
+                }
+                if let Some((_, span)) = retention {
+                    self.warn(
+                        span,
+                        "`retention` in [store] is ignored with kind = \"memory\"",
+                    );
+                }
+                Some(Store::Memory)
+            }
+            Some("redis") => {
+                let Some((u, span)) = url else {
+                    let span = kind.map_or(0..0, |k| k.1);
+                    self.error(
+                        span,
+                        "[store] kind = \"redis\" needs `url` (redis:// or rediss://)",
+                    );
+                    return None;
+                };
+                const SCHEMES: [&str; 6] = [
+                    "redis://",
+                    "rediss://",
+                    "redis+sentinel://",
+                    "rediss+sentinel://",
+                    "redis+cluster://",
+                    "rediss+cluster://",
+                ];
+                if !SCHEMES.iter().any(|s| u.starts_with(s)) || SCHEMES.contains(&u) {
+                    self.error(span, format!("`url` in [store] must be a redis:// or rediss:// URL (or +sentinel / +cluster), not `{u}`"));
+                    return None;
+                }
+                Some(Store::Redis {
+                    url: u.to_string(),
+                    retention: retention.map_or(secs(86_400), |d| d.0),
+                })
+            }
+            Some(other) => {
+                let span = kind.map_or(0..0, |k| k.1);
+                self.error(
+                    span,
+                    format!("`kind` in [store] must be \"memory\" or \"redis\", not `{other}`"),
+                );
+                None
+            }
+        }
+    }
+
+    fn approvals(&mut self, doc: &DeTable<'_>) -> Option<Approvals> {
+        let empty = DeTable::new();
+        let t = self
+            .section(doc, "approvals", APPROVALS_KEYS)
+            .unwrap_or(&empty);
+        let sec = "[approvals]";
+        let hold_timeout = self.duration(t, "hold_timeout", sec);
+        let ticket_ttl = self.duration(t, "ticket_ttl", sec);
+        let token_ttl = self
+            .duration(t, "token_ttl", sec)
+            .map_or(secs(300), |d| d.0);
+        let max_held_body = match self.str_or_int_size(t, "max_held_body", sec) {
+            Some(n) => n,
+            None if t.contains_key("max_held_body") => return None,
+            None => 1 << 20,
+        };
+        let signing_key = self.path_value(t, "signing_key", sec);
+        let ticket = ticket_ttl.clone().map_or(secs(900), |d| d.0);
+        if let Some((h, span)) = &hold_timeout {
+            if *h > ticket {
+                self.warn(span.clone(), "`hold_timeout` in [approvals] is longer than `ticket_ttl`; tickets expire while clients still wait");
+            }
+        }
+        Some(Approvals {
+            hold_timeout: hold_timeout.map_or(secs(50), |d| d.0),
+            ticket_ttl: ticket,
+            token_ttl,
+            max_held_body,
+            signing_key,
+        })
+    }
+
+    fn str_or_int_size(&mut self, t: &DeTable<'_>, key: &str, sec: &str) -> Option<u64> {
+        let v = t.get(key)?;
+        if v.get_ref().is_integer() {
+            let (n, span) = self.int_(t, key, sec)?;
+            return match u64::try_from(n) {
+                Ok(n) => Some(n),
+                Err(_) => {
+                    self.error(span, format!("`{key}` in {sec} must not be negative"));
+                    None
+                }
+            };
+        }
+        let (s, span) = self.str_(t, key, sec)?;
+        match units::parse_size(s) {
+            Ok(n) => Some(n),
+            Err(e) => {
+                self.error(span, format!("`{key}` in {sec}: {e}"));
+                None
+            }
+        }
+    }
+
+    fn jwt(&mut self, t: &DeTable<'_>, span: Range<usize>, sec: &str) -> Option<JwtConfig> {
+        self.check_keys(t, sec, JWT_KEYS);
+        let issuer = self.str_(t, "issuer", sec).map(|s| s.0.to_string());
+        let audience = self.str_(t, "audience", sec).map(|s| s.0.to_string());
+        let hs256_secret_env = self.str_(t, "hs256_secret_env", sec).and_then(|(s, sp)| {
+            let valid = !s.is_empty()
+                && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                && !s.as_bytes()[0].is_ascii_digit();
+            if !valid {
+                self.error(sp, format!("`hs256_secret_env` in {sec} must be an environment variable name, not `{s}`"));
+            }
+            valid.then(|| s.to_string())
+        });
+        let public_keys = self
+            .str_list(t, "public_keys", sec)
+            .map(|(ks, _)| {
+                ks.into_iter()
+                    .map(|(k, _)| self.path(k))
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        let jwks_file = self.path_value(t, "jwks_file", sec);
+        let groups_claim = self
+            .str_(t, "groups_claim", sec)
+            .map_or_else(|| "groups".to_string(), |s| s.0.to_string());
+        if !["hs256_secret_env", "public_keys", "jwks_file"]
+            .iter()
+            .any(|k| t.contains_key(*k))
+        {
+            self.error(
+                span,
+                format!("{sec} needs a key: `hs256_secret_env`, `public_keys` or `jwks_file`"),
+            );
+            return None;
+        }
+        Some(JwtConfig {
+            issuer,
+            audience,
+            hs256_secret_env,
+            public_keys,
+            jwks_file,
+            groups_claim,
+        })
+    }
+
+    fn identity(&mut self, doc: &DeTable<'_>) -> Option<Identity> {
+        let Some(t) = self.section(doc, "identity", IDENTITY_KEYS) else {
+            return Some(Identity::default());
+        };
+        let mut ok = true;
+        let jwt = match self.table(t, "jwt", "[identity]") {
+            Some((jt, span)) => {
+                let j = self.jwt(jt, span, "[identity.jwt]");
+                ok &= j.is_some();
+                j
+            }
+            None => None,
+        };
+        let headers = match self.table(t, "headers", "[identity]") {
+            Some((ht, span)) => {
+                let sec = "[identity.headers]";
+                self.check_keys(ht, sec, &["user", "groups"]);
+                let header = |cx: &mut Self, key: &str| {
+                    cx.str_(ht, key, sec).and_then(|(s, sp)| {
+                        match HeaderName::from_bytes(s.as_bytes()) {
+                            Ok(h) => Some(h.as_str().to_string()),
+                            Err(_) => {
+                                cx.error(
+                                    sp,
+                                    format!("`{key}` in {sec} must be a header name, not `{s}`"),
+                                );
+                                None
+                            }
+                        }
+                    })
+                };
+                let user = header(self, "user");
+                let groups = header(self, "groups");
+                if user.is_none() {
+                    if !ht.contains_key("user") {
+                        self.error(span, "[identity.headers] needs `user`");
+                    }
+                    ok = false;
+                }
+                user.map(|user| IdentityHeaders { user, groups })
+            }
+            None => None,
+        };
+        ok.then_some(Identity { jwt, headers })
+    }
+
+    fn admin(&mut self, doc: &DeTable<'_>) -> Option<Admin> {
+        let Some(t) = self.section(doc, "admin", ADMIN_KEYS) else {
+            return Some(Admin::default());
+        };
+        let sec = "[admin]";
+        let mut ok = true;
+        let operators = self
+            .principals(t, "operators", sec)
+            .map(|p| p.0)
+            .unwrap_or_default();
+        let jwt = match self.table(t, "jwt", sec) {
+            Some((jt, span)) => {
+                let j = self.jwt(jt, span, "[admin.jwt]");
+                ok &= j.is_some();
+                j
+            }
+            None => None,
+        };
+        let mut api_tokens: Vec<ApiToken> = Vec::new();
+        for (tt, span) in self.tables(t, "api_tokens", sec) {
+            let tsec = "[[admin.api_tokens]]";
+            self.check_keys(tt, tsec, TOKEN_KEYS);
+            let name = self.str_(tt, "name", tsec);
+            let sha = self.str_(tt, "sha256", tsec);
+            let groups = self
+                .str_list(tt, "groups", tsec)
+                .map(|g| g.0.into_iter().map(|(s, _)| s.to_string()).collect())
+                .unwrap_or_default();
+            match &name {
+                None => {
+                    self.error(span.clone(), "an api token needs `name`");
+                    ok = false;
+                }
+                Some((n, sp)) if !is_name(n) => {
+                    self.error(
+                        sp.clone(),
+                        format!(
+                            "api token name `{n}` may only use letters, digits, `-`, `_` and `.`"
+                        ),
+                    );
+                    ok = false;
+                }
+                Some((n, sp)) if api_tokens.iter().any(|t| t.name == *n) => {
+                    self.error(sp.clone(), format!("api token name `{n}` is used twice"));
+                    ok = false;
+                }
+                _ => {}
+            }
+            let sha = match sha {
+                None => {
+                    self.error(
+                        span,
+                        "an api token needs `sha256` (the hex SHA-256 of the token)",
+                    );
+                    None
+                }
+                Some((s, sp)) if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                    self.error(sp, "`sha256` of an api token must be 64 hex digits (the SHA-256 of the token, never the token itself)");
+                    None
+                }
+                Some((s, _)) => Some(s.to_ascii_lowercase()),
+            };
+            match (name, sha) {
+                (Some((n, _)), Some(sha256)) => api_tokens.push(ApiToken {
+                    name: n.to_string(),
+                    sha256,
+                    groups,
+                }),
+                _ => ok = false,
+            }
+        }
+        ok.then_some(Admin {
+            operators,
+            jwt,
+            api_tokens,
+        })
+    }
+
+    fn upstreams(&mut self, doc: &DeTable<'_>) -> Vec<Upstream> {
+        let mut out: Vec<Upstream> = Vec::new();
+        for (t, span) in self.tables(doc, "upstreams", "the top level") {
+            let sec = "[[upstreams]]";
+            self.check_keys(t, sec, UPSTREAM_KEYS);
+            let name = match self.str_(t, "name", sec) {
+                None => {
+                    if !t.contains_key("name") {
+                        self.error(span.clone(), "an upstream needs `name`");
+                    }
+                    None
+                }
+                Some((n, sp)) if !is_name(n) => {
+                    self.error(
+                        sp,
+                        format!(
+                            "upstream name `{n}` may only use letters, digits, `-`, `_` and `.`"
+                        ),
+                    );
+                    None
+                }
+                Some((n, sp)) if out.iter().any(|u| u.name == n) => {
+                    self.error(sp, format!("upstream name `{n}` is used twice"));
+                    None
+                }
+                Some((n, _)) => Some(n.to_string()),
+            };
+            let url = match self.str_(t, "url", sec) {
+                None => {
+                    if !t.contains_key("url") {
+                        self.error(span.clone(), "an upstream needs `url`");
+                    }
+                    None
+                }
+                Some((u, sp)) => match check_upstream_url(u) {
+                    Ok(uri) => Some(uri),
+                    Err(e) => {
+                        self.error(sp, e);
+                        None
+                    }
+                },
+            };
+            let protocol = match self.str_(t, "protocol", sec) {
+                None => Some(UpstreamProtocol::Auto),
+                Some(("auto", _)) => Some(UpstreamProtocol::Auto),
+                Some(("http1", _)) => Some(UpstreamProtocol::Http1),
+                Some(("h2", _)) => Some(UpstreamProtocol::H2),
+                Some((p, sp)) => {
+                    self.error(sp, format!("`protocol` in [[upstreams]] must be \"auto\", \"http1\" or \"h2\", not `{p}`"));
+                    None
+                }
+            };
+            let ca_file = self.path_value(t, "ca_file", sec);
+            if let (Some(_), Some(u)) = (&ca_file, &url) {
+                if u.scheme_str() != Some("https") {
+                    if let Some(v) = t.get("ca_file") {
+                        self.warn(v.span(), "`ca_file` is only used with an https:// upstream");
+                    }
+                }
+            }
+            let preserve_host = self.bool_(t, "preserve_host", sec).is_none_or(|b| b.0);
+            let connect_timeout = self
+                .duration(t, "connect_timeout", sec)
+                .map_or(secs(5), |d| d.0);
+            let response_timeout = self
+                .duration(t, "response_timeout", sec)
+                .map_or(secs(60), |d| d.0);
+            let idle_timeout = self
+                .duration(t, "idle_timeout", sec)
+                .map_or(secs(60), |d| d.0);
+            let pool_idle_timeout = self
+                .duration(t, "pool_idle_timeout", sec)
+                .map_or(secs(90), |d| d.0);
+            let pool_max_idle = self
+                .u32_(t, "pool_max_idle", sec, 0)
+                .map_or(256, |n| n.0 as usize);
+            if let (Some(name), Some(url), Some(protocol)) = (name, url, protocol) {
+                out.push(Upstream {
+                    name,
+                    url,
+                    protocol,
+                    ca_file,
+                    preserve_host,
+                    connect_timeout,
+                    response_timeout,
+                    idle_timeout,
+                    pool_idle_timeout,
+                    pool_max_idle,
+                });
+            } else {
+                // Keep the name known so routes naming it are not reported as well.
+                if let Some(n) = t.get("name").and_then(|v| v.get_ref().as_str()) {
+                    self.broken_upstreams.push(n.to_string());
+                }
+            }
+        }
+        out
+    }
+}
+
+fn check_upstream_url(u: &str) -> Result<Uri, String> {
+    let bad = |why: &str| format!("upstream `url` `{u}` {why}");
+    let uri = Uri::from_str(u).map_err(|_| bad("is not a valid URL"))?;
+    match uri.scheme_str() {
+        Some("http") | Some("https") => {}
+        _ => return Err(bad("must start with http:// or https://")),
+    }
+    let auth = uri.authority().ok_or_else(|| bad("has no host"))?;
+    if auth.as_str().contains('@') {
+        return Err(bad(
+            "must not contain user info; credentials do not belong in the config",
+        ));
+    }
+    if auth.host().is_empty() {
+        return Err(bad("has no host"));
+    }
+    if let Some(pq) = uri.path_and_query() {
+        if pq.query().is_some() {
+            return Err(bad("must not have a query"));
+        }
+        if !matches!(pq.path(), "" | "/") {
+            return Err(bad(
+                "must not have a path; requests are forwarded with their own path",
+            ));
+        }
+    }
+    Ok(uri)
+}
+
+/// SHA-256 over a normalised rendering of everything that decides what a route matches and
+/// does (not its position or location), so an approval lapses when its rule is edited.
+fn definition_hash(r: &Route) -> [u8; 32] {
+    let def = format!(
+        "name={:?}\naction={}\nupstream={:?}\nmethods={:?}\nhost={:?}\npath={:?}\nheaders={:?}\nsource={:?}\nci={}\nslash={}\nparams={}\nenforce={}\nerror={:?}\napproval={:?}\n",
+        r.name,
+        r.action.as_str(),
+        r.upstream,
+        r.methods,
+        r.host,
+        r.path,
+        r.headers,
+        r.source,
+        r.case_insensitive,
+        r.allow_encoded_slash,
+        r.allow_path_params,
+        r.enforce,
+        r.error,
+        r.approval,
+    );
+    Sha256::digest(def.as_bytes()).into()
+}
+
+// === routes ===
+
+impl<'s> Cx<'s> {
+    fn routes(
+        &mut self,
+        doc: &DeTable<'_>,
+        upstreams: &[Upstream],
+        approvals: Option<&Approvals>,
+    ) -> Vec<Route> {
+        let mut out: Vec<Route> = Vec::new();
+        let mut names: std::collections::HashSet<String> = std::collections::HashSet::new();
+        for (i, (t, span)) in self
+            .tables(doc, "routes", "the top level")
+            .into_iter()
+            .enumerate()
+        {
+            if let Some(mut r) = self.route(t, span, i, upstreams, approvals, &names) {
+                names.insert(r.name.clone());
+                r.index = out.len();
+                r.definition_hash = definition_hash(&r);
+                out.push(r);
+            } else if let Some(n) = t.get("name").and_then(|v| v.get_ref().as_str()) {
+                names.insert(n.to_string());
+            }
+        }
+        if !doc.contains_key("routes") {
+            self.warn(0..0, "no [[routes]]: every request will be answered 404");
+        }
+        out
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn route(
+        &mut self,
+        t: &DeTable<'_>,
+        span: Range<usize>,
+        index: usize,
+        upstreams: &[Upstream],
+        approvals: Option<&Approvals>,
+        names: &std::collections::HashSet<String>,
+    ) -> Option<Route> {
+        let sec = "[[routes]]";
+        self.check_keys(t, sec, ROUTE_KEYS);
+        let mut ok = true;
+        let name = match self.str_(t, "name", sec) {
+            None => {
+                if !t.contains_key("name") {
+                    self.error(span.clone(), "a route needs `name`");
+                }
+                None
+            }
+            Some((n, sp)) if !is_name(n) => {
+                self.error(
+                    sp,
+                    format!("route name `{n}` may only use letters, digits, `-`, `_` and `.`"),
+                );
+                None
+            }
+            Some((n, sp)) if names.contains(n) => {
+                self.error(sp, format!("route name `{n}` is used twice"));
+                None
+            }
+            Some((n, _)) => Some(n.to_string()),
+        };
+        let action = match self.str_(t, "action", sec) {
+            None => {
+                if !t.contains_key("action") {
+                    self.error(
+                        span.clone(),
+                        "a route needs `action` (allow, deny or approve)",
+                    );
+                }
+                None
+            }
+            Some(("allow", _)) => Some(Action::Allow),
+            Some(("deny", _)) => Some(Action::Deny),
+            Some(("approve", _)) => Some(Action::Approve),
+            Some((a, sp)) => {
+                let hint = suggest(a, &["allow", "deny", "approve"])
+                    .map(|s| format!("; did you mean `{s}`?"))
+                    .unwrap_or_default();
+                self.error(
+                    sp,
+                    format!("`action` must be \"allow\", \"deny\" or \"approve\", not `{a}`{hint}"),
+                );
+                None
+            }
+        };
+        let upstream = match self.str_(t, "upstream", sec) {
+            Some((u, sp)) => {
+                if !upstreams.iter().any(|x| x.name == u)
+                    && !self.broken_upstreams.iter().any(|x| x == u)
+                {
+                    let known: Vec<&str> = upstreams.iter().map(|x| x.name.as_str()).collect();
+                    let hint = suggest(u, &known)
+                        .map(|s| format!("; did you mean `{s}`?"))
+                        .unwrap_or_default();
+                    self.error(
+                        sp,
+                        format!("route upstream `{u}` is not declared in [[upstreams]]{hint}"),
+                    );
+                    ok = false;
+                }
+                Some(u.to_string())
+            }
+            None => {
+                if t.contains_key("upstream") {
+                    ok = false;
+                } else if matches!(action, Some(Action::Allow | Action::Approve)) {
+                    self.error(span.clone(), "an allow or approve route needs `upstream`");
+                    ok = false;
+                }
+                None
+            }
+        };
+        let methods = match t.get("methods") {
+            None => Some(MethodSet::Any),
+            Some(_) => self.methods(t, "methods", sec).map(MethodSet::Only),
+        };
+        let host = match self.str_(t, "host", sec) {
+            None => {
+                ok &= !t.contains_key("host");
+                None
+            }
+            Some((h, sp)) => match parse_host_pattern(h) {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    self.error(sp, e);
+                    ok = false;
+                    None
+                }
+            },
+        };
+        let path = match self.str_(t, "path", sec) {
+            None if t.contains_key("path") => None,
+            None => Some(PathPattern {
+                source: "/**".to_string(),
+                segments: Vec::new(),
+                rest: true,
+            }),
+            Some((p, sp)) => match parse_path_pattern(p) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    self.error(sp, e);
+                    None
+                }
+            },
+        };
+        let mut headers: Vec<HeaderRule> = Vec::new();
+        if let Some((ht, _)) = self.table(t, "headers", sec) {
+            for (k, v) in ht.iter() {
+                let key: &str = k.get_ref();
+                let Ok(name) = HeaderName::from_bytes(key.as_bytes()) else {
+                    self.error(k.span(), format!("`{key}` is not a valid header name"));
+                    ok = false;
+                    continue;
+                };
+                let Some(val) = v.get_ref().as_str() else {
+                    self.error(
+                        v.span(),
+                        format!(
+                            "header condition `{key}` must be a string (`\"*\"` means present)"
+                        ),
+                    );
+                    ok = false;
+                    continue;
+                };
+                if val != "*" && HeaderValue::from_str(val).is_err() {
+                    self.error(
+                        v.span(),
+                        format!("header condition `{key}` has a value no header can carry"),
+                    );
+                    ok = false;
+                    continue;
+                }
+                headers.push(HeaderRule {
+                    name,
+                    value: (val != "*").then(|| val.to_string()),
+                });
+            }
+        } else {
+            ok &= !t.contains_key("headers");
+        }
+        let source = self.cidrs(t, "source", sec);
+        let flag = |cx: &mut Self, key: &str, default: bool| {
+            cx.bool_(t, key, sec).map_or(default, |b| b.0)
+        };
+        let case_insensitive = flag(self, "case_insensitive", false);
+        let allow_encoded_slash = flag(self, "allow_encoded_slash", false);
+        let allow_path_params = flag(self, "allow_path_params", false);
+        let enforce = flag(self, "enforce", true);
+        if !enforce && action == Some(Action::Allow) {
+            if let Some(v) = t.get("enforce") {
+                self.warn(
+                    v.span(),
+                    "`enforce = false` has no effect on an allow route",
+                );
+            }
+        }
+        let error = match self.table(t, "error", sec) {
+            None => {
+                ok &= !t.contains_key("error");
+                None
+            }
+            Some((et, _)) => {
+                if action == Some(Action::Allow) {
+                    if let Some(v) = t.get("error") {
+                        self.warn(v.span(), "[routes.error] is never used by an allow route");
+                    }
+                }
+                let e = self.error_template(et);
+                ok &= e.is_some();
+                e
+            }
+        };
+        let approval = match (self.table(t, "approval", sec), action) {
+            (Some((at, asp)), Some(Action::Approve)) => {
+                let a = self.approval(at, asp, approvals);
+                ok &= a.is_some();
+                a
+            }
+            (Some((_, sp)), Some(a)) => {
+                self.error(
+                    sp,
+                    format!(
+                        "[routes.approval] is only for action = \"approve\", not \"{}\"",
+                        a.as_str()
+                    ),
+                );
+                ok = false;
+                None
+            }
+            (None, Some(Action::Approve)) => {
+                if !t.contains_key("approval") {
+                    self.error(
+                        span.clone(),
+                        "an approve route needs [routes.approval] (at least `approvers`)",
+                    );
+                }
+                ok = false;
+                None
+            }
+            _ => None,
+        };
+        let location = self.loc(&span);
+        if !ok {
+            return None;
+        }
+        Some(Route {
+            index,
+            name: name?,
+            action: action?,
+            upstream,
+            methods: methods?,
+            host,
+            path: path?,
+            headers,
+            source,
+            case_insensitive,
+            allow_encoded_slash,
+            allow_path_params,
+            enforce,
+            error,
+            approval,
+            definition_hash: [0; 32],
+            location,
+        })
+    }
+
+    fn error_template(&mut self, t: &DeTable<'_>) -> Option<ErrorTemplate> {
+        let sec = "[routes.error]";
+        self.check_keys(t, sec, ERROR_KEYS);
+        let status = match self.int_(t, "status", sec) {
+            None if t.contains_key("status") => return None,
+            None => StatusCode::FORBIDDEN,
+            Some((n, sp)) => match u16::try_from(n)
+                .ok()
+                .filter(|n| (400..=599).contains(n))
+                .and_then(|n| StatusCode::from_u16(n).ok())
+            {
+                Some(s) => s,
+                None => {
+                    self.error(
+                        sp,
+                        format!("`status` in [routes.error] must be from 400 to 599, not {n}"),
+                    );
+                    return None;
+                }
+            },
+        };
+        let content_type = self.str_(t, "content_type", sec);
+        if let Some((ct, sp)) = &content_type {
+            if HeaderValue::from_str(ct).is_err() || !ct.contains('/') {
+                self.error(
+                    sp.clone(),
+                    format!("`content_type` in [routes.error] is not a media type: `{ct}`"),
+                );
+                return None;
+            }
+        }
+        match self.str_(t, "body", sec) {
+            Some((body, sp)) => {
+                let mut ok = true;
+                for (_, name) in placeholders(body) {
+                    if !ERROR_PLACEHOLDERS.contains(&name) {
+                        let hint = suggest(name, &ERROR_PLACEHOLDERS)
+                            .map(|s| format!("; did you mean `{{{s}}}`?"))
+                            .unwrap_or_default();
+                        self.error(sp.clone(), format!("unknown placeholder `{{{name}}}` in [routes.error] body; use {{ticket}}, {{reason}} or {{rule}}{hint}"));
+                        ok = false;
+                    }
+                }
+                let content_type = content_type
+                    .map_or(DEFAULT_ERROR_CONTENT_TYPE.to_string(), |c| c.0.to_string());
+                ok.then(|| ErrorTemplate {
+                    status,
+                    content_type,
+                    body: body.to_string(),
+                })
+            }
+            None if t.contains_key("body") => None,
+            None => {
+                if let Some((_, sp)) = content_type {
+                    self.error(sp, "`content_type` in [routes.error] needs a `body`");
+                    return None;
+                }
+                Some(ErrorTemplate {
+                    status,
+                    content_type: PROBLEM_JSON.to_string(),
+                    body: default_problem_body(status),
+                })
+            }
+        }
+    }
+
+    fn approval(
+        &mut self,
+        t: &DeTable<'_>,
+        span: Range<usize>,
+        global: Option<&Approvals>,
+    ) -> Option<ApprovalPolicy> {
+        let sec = "[routes.approval]";
+        self.check_keys(t, sec, APPROVAL_KEYS);
+        let mut ok = true;
+        let approvers = match self.principals(t, "approvers", sec) {
+            None => {
+                ok = false;
+                Vec::new()
+            }
+            Some((p, sp)) => {
+                if t.get("approvers")
+                    .and_then(|v| v.get_ref().as_array())
+                    .is_some_and(|a| a.is_empty())
+                {
+                    self.error(sp, "`approvers` is empty: nobody could approve");
+                    ok = false;
+                }
+                p
+            }
+        };
+        if !t.contains_key("approvers") {
+            self.error(span.clone(), "[routes.approval] needs `approvers`");
+        }
+        let quorum = match self.int_(t, "quorum", sec) {
+            None => {
+                ok &= !t.contains_key("quorum");
+                1
+            }
+            Some((n, sp)) => {
+                if n < 1 {
+                    self.error(sp, format!("`quorum` must be at least 1, not {n}: a ticket would pass with no approval"));
+                    ok = false;
+                    1
+                } else {
+                    let q = u32::try_from(n).unwrap_or(u32::MAX);
+                    let users_only = !approvers.is_empty()
+                        && approvers.iter().all(|p| matches!(p, Principal::User(_)));
+                    if users_only && q as usize > approvers.len() {
+                        self.error(sp, format!("`quorum` = {q} needs more distinct approvers than the {} listed users", approvers.len()));
+                        ok = false;
+                    }
+                    q
+                }
+            }
+        };
+        let self_approval = self.bool_(t, "self_approval", sec).is_some_and(|b| b.0);
+        let mode = match self.str_(t, "mode", sec) {
+            None => {
+                ok &= !t.contains_key("mode");
+                ApprovalMode::Action
+            }
+            Some(("action", _)) => ApprovalMode::Action,
+            Some(("access", _)) => ApprovalMode::Access,
+            Some((m, sp)) => {
+                self.error(
+                    sp,
+                    format!("`mode` must be \"action\" or \"access\", not `{m}`"),
+                );
+                ok = false;
+                ApprovalMode::Action
+            }
+        };
+        let require_identity = match (self.bool_(t, "require_identity", sec), mode) {
+            (Some((false, sp)), ApprovalMode::Access) => {
+                self.error(sp, "`require_identity = false` is not possible with mode = \"access\": a grant belongs to a requester");
+                ok = false;
+                true
+            }
+            (_, ApprovalMode::Access) => true,
+            (b, ApprovalMode::Action) => b.is_some_and(|b| b.0),
+        };
+        let mut dur = |cx: &mut Self, key: &str| -> Option<(Duration, Range<usize>)> {
+            let d = cx.duration(t, key, sec);
+            if d.is_none() && t.contains_key(key) {
+                ok = false;
+            }
+            d
+        };
+        let hold_timeout = dur(self, "hold_timeout");
+        let ticket_ttl = dur(self, "ticket_ttl");
+        let token_ttl = dur(self, "token_ttl");
+        let default_duration = dur(self, "default_duration");
+        let max_duration = dur(self, "max_duration");
+        let escalate_after = dur(self, "escalate_after");
+        let mut count = |cx: &mut Self, key: &str| -> Option<(u32, Range<usize>)> {
+            let n = cx.u32_(t, key, sec, 1);
+            if n.is_none() && t.contains_key(key) {
+                ok = false;
+            }
+            n
+        };
+        let token_uses = count(self, "token_uses").map_or(1, |n| n.0);
+        let max_uses = count(self, "max_uses");
+        let max_pending_per_requester = count(self, "max_pending_per_requester").map(|n| n.0);
+        let mut durations = Vec::new();
+        if let Some((items, _)) = self.str_list(t, "durations", sec) {
+            for (s, sp) in items {
+                match units::parse_duration(s) {
+                    Ok(d) if !d.is_zero() => durations.push((d, sp)),
+                    Ok(_) => {
+                        self.error(sp, "a grant duration must be longer than zero");
+                        ok = false;
+                    }
+                    Err(e) => {
+                        self.error(sp, format!("`durations` in {sec}: {e}"));
+                        ok = false;
+                    }
+                }
+            }
+        }
+        // Grant durations only mean something in access mode.
+        if mode == ApprovalMode::Action {
+            for key in ["durations", "default_duration", "max_duration", "max_uses"] {
+                if let Some(v) = t.get(key) {
+                    self.error(v.span(), format!("`{key}` is only for mode = \"access\""));
+                    ok = false;
+                }
+            }
+        } else {
+            let max = match &max_duration {
+                Some((m, _)) => Some(*m),
+                None => {
+                    if !t.contains_key("max_duration") {
+                        let span = t.get("mode").map_or(span.clone(), |v| v.span());
+                        self.error(
+                            span,
+                            "mode = \"access\" needs `max_duration` (the longest grant)",
+                        );
+                    }
+                    ok = false;
+                    None
+                }
+            };
+            if let Some(max) = max {
+                for (d, sp) in &durations {
+                    if *d > max {
+                        self.error(
+                            sp.clone(),
+                            format!(
+                                "grant duration {} is longer than `max_duration` ({})",
+                                units::format_duration(*d),
+                                units::format_duration(max)
+                            ),
+                        );
+                        ok = false;
+                    }
+                }
+                if let Some((d, sp)) = &default_duration {
+                    if *d > max {
+                        self.error(
+                            sp.clone(),
+                            format!(
+                                "`default_duration` ({}) is longer than `max_duration` ({})",
+                                units::format_duration(*d),
+                                units::format_duration(max)
+                            ),
+                        );
+                        ok = false;
+                    }
+                }
+            }
+        }
+        let default_duration = default_duration.map(|d| d.0).or_else(|| {
+            if mode == ApprovalMode::Access {
+                durations
+                    .iter()
+                    .map(|d| d.0)
+                    .min()
+                    .or(max_duration.as_ref().map(|m| m.0))
+            } else {
+                None
+            }
+        });
+        let break_glass_groups = match self.table(t, "break_glass", sec) {
+            None => {
+                ok &= !t.contains_key("break_glass");
+                Vec::new()
+            }
+            Some((bt, sp)) => {
+                self.check_keys(bt, "[routes.approval.break_glass]", &["groups"]);
+                let groups: Vec<String> = self
+                    .str_list(bt, "groups", "[routes.approval.break_glass]")
+                    .map(|g| g.0.into_iter().map(|(s, _)| s.to_string()).collect())
+                    .unwrap_or_default();
+                if groups.is_empty() || groups.iter().any(|g| g.is_empty()) {
+                    self.error(sp, "`break_glass` needs a non-empty `groups` list");
+                    ok = false;
+                }
+                groups
+            }
+        };
+        let escalate_to = match self.principals(t, "escalate_to", sec) {
+            None => {
+                ok &= !t.contains_key("escalate_to");
+                Vec::new()
+            }
+            Some((p, sp)) => {
+                if escalate_after.is_none() && !t.contains_key("escalate_after") {
+                    self.error(sp, "`escalate_to` needs `escalate_after`");
+                    ok = false;
+                }
+                p
+            }
+        };
+        if let Some((after, sp)) = &escalate_after {
+            if escalate_to.is_empty() && !t.contains_key("escalate_to") {
+                self.error(sp.clone(), "`escalate_after` needs `escalate_to`");
+                ok = false;
+            }
+            let ttl = ticket_ttl
+                .as_ref()
+                .map(|d| d.0)
+                .or(global.map(|g| g.ticket_ttl))
+                .unwrap_or(secs(900));
+            if *after >= ttl {
+                self.warn(sp.clone(), "`escalate_after` is not shorter than the ticket's `ticket_ttl`; the ticket expires first");
+            }
+        }
+        let mut auto_approve = Vec::new();
+        for (at, sp) in self.tables(t, "auto_approve", sec) {
+            match self.auto_approve(at, sp) {
+                Some(a) => auto_approve.push(a),
+                None => ok = false,
+            }
+        }
+        let approve_above_rate = match self.str_(t, "approve_above_rate", sec) {
+            None => {
+                ok &= !t.contains_key("approve_above_rate");
+                None
+            }
+            Some((r, sp)) => match units::parse_rate(r) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    self.error(sp, e);
+                    ok = false;
+                    None
+                }
+            },
+        };
+        ok.then(|| ApprovalPolicy {
+            approvers,
+            quorum,
+            self_approval,
+            mode,
+            require_identity,
+            hold_timeout: hold_timeout.map(|d| d.0),
+            ticket_ttl: ticket_ttl.map(|d| d.0),
+            token_ttl: token_ttl.map(|d| d.0),
+            token_uses,
+            durations: durations.into_iter().map(|d| d.0).collect(),
+            default_duration,
+            max_duration: max_duration.map(|d| d.0),
+            max_uses: max_uses.map(|n| n.0),
+            max_pending_per_requester,
+            break_glass_groups,
+            escalate_after: escalate_after.map(|d| d.0),
+            escalate_to,
+            auto_approve,
+            approve_above_rate,
+        })
+    }
+
+    fn auto_approve(&mut self, t: &DeTable<'_>, span: Range<usize>) -> Option<AutoApprove> {
+        let sec = "[[routes.approval.auto_approve]]";
+        self.check_keys(t, sec, AUTO_KEYS);
+        let errors_before = self.error_count();
+        let mut a = AutoApprove::default();
+        if let Some((p, sp)) = self.str_(t, "path_prefix", sec) {
+            match parse_path_pattern(p) {
+                Ok(pat)
+                    if pat.rest
+                        || pat
+                            .segments
+                            .iter()
+                            .any(|s| !matches!(s, Segment::Literal(_))) =>
+                {
+                    self.error(sp, format!("`path_prefix` `{p}` must be a plain path without `*`, `**` or `{{name}}`"));
+                }
+                Ok(_) => {
+                    a.path_prefix = Some(
+                        p.strip_suffix('/')
+                            .filter(|s| !s.is_empty())
+                            .unwrap_or(p)
+                            .to_string(),
+                    )
+                }
+                Err(e) => self.error(sp, e.replace("path pattern", "`path_prefix`")),
+            }
+        }
+        if t.contains_key("methods") {
+            a.methods = self.methods(t, "methods", sec).unwrap_or_default();
+        }
+        if let Some((g, _)) = self.str_list(t, "groups", sec) {
+            a.groups = g.into_iter().map(|(s, _)| s.to_string()).collect();
+        }
+        a.source = self.cidrs(t, "source", sec);
+        a.duration_below = self.duration(t, "duration_below", sec).map(|d| d.0);
+        if let Some((w, sp)) = self.str_(t, "window", sec) {
+            if let Err(e) = check_window(w) {
+                self.error(sp, e);
+            }
+            a.window = Some(w.to_string());
+        }
+        if let Some((z, sp)) = self.str_(t, "time_zone", sec) {
+            let valid = !z.is_empty()
+                && z.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'_' | b'-' | b'+'));
+            if !valid {
+                self.error(
+                    sp,
+                    format!(
+                        "`time_zone` `{z}` is not an IANA time zone name such as \"Europe/Paris\""
+                    ),
+                );
+            }
+            if !t.contains_key("window") {
+                if let Some(v) = t.get("time_zone") {
+                    self.warn(v.span(), "`time_zone` is only used with `window`");
+                }
+            }
+            a.time_zone = Some(z.to_string());
+        }
+        if t.is_empty() {
+            self.error(span, "an auto_approve entry with no condition would approve every request; give at least one condition");
+        }
+        (self.error_count() == errors_before).then_some(a)
+    }
+
+    fn error_count(&self) -> usize {
+        self.diags
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+            .count()
+    }
+}
+
+/// The default problem+json body of a `[routes.error]` that sets only `status`.
+fn default_problem_body(status: StatusCode) -> String {
+    let title = status.canonical_reason().unwrap_or("Error");
+    format!(
+        "{{\"type\":\"about:blank\",\"title\":\"{title}\",\"status\":{},\"detail\":\"{{reason}}\",\"rule\":\"{{rule}}\",\"ticket\":\"{{ticket}}\"}}",
+        status.as_u16()
+    )
+}
+
+/// `window = "09:00-17:00"` or `"Mon-Fri 09:00-17:00"` (days: Mon..Sun, `-` ranges, `,` lists).
+fn check_window(w: &str) -> Result<(), String> {
+    let bad =
+        || format!("invalid `window` `{w}`; expected \"HH:MM-HH:MM\" or \"Mon-Fri HH:MM-HH:MM\"");
+    let (days, times) = match w.trim().rsplit_once(' ') {
+        Some((d, t)) => (Some(d.trim()), t),
+        None => (None, w.trim()),
+    };
+    const DAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+    if let Some(days) = days {
+        for part in days.split(',') {
+            for d in part.trim().split('-') {
+                if !DAYS.contains(&d.trim()) {
+                    return Err(bad());
+                }
+            }
+        }
+    }
+    let time = |s: &str| -> Option<u32> {
+        let (h, m) = s.split_once(':')?;
+        let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
+        (h <= 24 && m < 60 && h * 60 + m <= 24 * 60 && s.len() == 5).then_some(h * 60 + m)
+    };
+    let (from, to) = times.split_once('-').ok_or_else(bad)?;
+    match (time(from), time(to)) {
+        (Some(f), Some(t)) if f != t => Ok(()),
+        _ => Err(bad()),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -17,4 +17,7 @@ pub mod units;
 pub use canon::{CanonError, CanonOptions, CanonTarget};
 pub use config::Config;
 pub use diag::{Diagnostic, Severity};
+pub use matcher::Matcher;
 pub use route::{Action, RequestView, Route};
+pub use table::{ExplainStep, Explanation, RuleTable};
+pub use units::{format_duration, parse_duration, parse_rate, parse_size};

@@ -1,0 +1,541 @@
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+
+use super::*;
+use crate::route::{Principal, Rate};
+use crate::RuleTable;
+
+const FILE: &str = "/etc/jitgate/proxy.toml";
+
+fn parse(src: &str) -> RuleTable {
+    match RuleTable::parse(src, Path::new(FILE)) {
+        Ok(t) => t,
+        Err(d) => panic!(
+            "unexpected errors:\n{}",
+            d.iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
+        ),
+    }
+}
+
+/// Every diagnostic (errors and warnings) of a config that must fail.
+fn errors(src: &str) -> Vec<String> {
+    match RuleTable::parse(src, Path::new(FILE)) {
+        Ok(_) => panic!("expected errors for:\n{src}"),
+        Err(d) => d.iter().map(|d| d.to_string()).collect(),
+    }
+}
+
+fn one_error(src: &str) -> String {
+    let e: Vec<String> = errors(src)
+        .into_iter()
+        .filter(|d| d.contains(": error: "))
+        .collect();
+    assert_eq!(e.len(), 1, "expected one error, got {e:#?}");
+    e.into_iter().next().unwrap()
+}
+
+const UP: &str = "[[upstreams]]\nname = \"up\"\nurl = \"http://127.0.0.1:9000\"\n";
+
+fn with_route(route: &str) -> String {
+    format!("{UP}\n[[routes]]\n{route}")
+}
+
+#[test]
+fn example_fixture_parses_every_key() {
+    let src = include_str!("../../tests/data/proxy.example.toml");
+    let t = parse(src);
+    assert!(t.warnings().is_empty(), "{:?}", t.warnings());
+    let c = t.config();
+    assert_eq!(c.server.listen.to_string(), "0.0.0.0:8080");
+    assert_eq!(c.server.admin_listen.to_string(), "127.0.0.1:9090");
+    assert!(!c.server.admin_allow_remote);
+    let tls = c.server.tls.as_ref().unwrap();
+    assert_eq!(tls.cert, Path::new("/etc/jitgate/certs/gw.pem"));
+    assert_eq!(tls.key, Path::new("/etc/jitgate/certs/gw.key"));
+    assert_eq!(c.server.trusted_proxies.len(), 2);
+    assert_eq!(c.server.shutdown_grace, Duration::from_secs(30));
+    assert!(c.server.watch);
+    assert_eq!(
+        c.store,
+        Store::Redis {
+            url: "redis://127.0.0.1:6379/0".into(),
+            retention: Duration::from_secs(48 * 3600)
+        }
+    );
+    assert_eq!(c.approvals.max_held_body, 1 << 20);
+    assert_eq!(
+        c.approvals.signing_key.as_deref(),
+        Some(Path::new("/etc/jitgate/keys/approval-ed25519.pem"))
+    );
+    let jwt = c.identity.jwt.as_ref().unwrap();
+    assert_eq!(jwt.issuer.as_deref(), Some("https://idp.example.com"));
+    assert_eq!(jwt.hs256_secret_env.as_deref(), Some("JITGATE_JWT_SECRET"));
+    assert_eq!(
+        jwt.public_keys,
+        vec![PathBuf::from("/etc/jitgate/keys/idp.pem")]
+    );
+    assert_eq!(
+        jwt.jwks_file.as_deref(),
+        Some(Path::new("/etc/jitgate/keys/jwks.json"))
+    );
+    let h = c.identity.headers.as_ref().unwrap();
+    assert_eq!(
+        (h.user.as_str(), h.groups.as_deref()),
+        ("x-auth-user", Some("x-auth-groups"))
+    );
+    assert_eq!(
+        c.admin.operators,
+        vec![
+            Principal::Group("platform".into()),
+            Principal::User("root".into())
+        ]
+    );
+    assert_eq!(
+        c.admin.jwt.as_ref().unwrap().jwks_file.as_deref(),
+        Some(Path::new("/etc/jitgate/admin-jwks.json"))
+    );
+    assert_eq!(c.admin.api_tokens[0].name, "ci-bot");
+    assert_eq!(c.admin.api_tokens[0].groups, vec!["oncall".to_string()]);
+    let billing = t.upstream("billing").unwrap();
+    assert_eq!(billing.protocol, UpstreamProtocol::H2);
+    assert!(!billing.preserve_host);
+    assert_eq!(
+        billing.ca_file.as_deref(),
+        Some(Path::new("/etc/jitgate/certs/internal-ca.pem"))
+    );
+    assert_eq!(t.upstream("deploy-api").unwrap().pool_max_idle, 256);
+
+    let names: Vec<&str> = t.routes().iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "block-debug",
+            "prod-deploy",
+            "billing-access",
+            "everything-else"
+        ]
+    );
+    let r = &t.routes()[0];
+    let e = r.error.as_ref().unwrap();
+    assert_eq!(
+        (e.status.as_u16(), e.content_type.as_str()),
+        (404, "application/json")
+    );
+    let r = &t.routes()[1];
+    assert_eq!(r.index, 1);
+    assert_eq!(
+        r.methods,
+        MethodSet::Only(vec![Method::POST, Method::PUT, Method::DELETE])
+    );
+    assert_eq!(r.host, Some(HostPattern::Exact("api.example.com".into())));
+    assert_eq!(r.headers.len(), 2);
+    assert_eq!(r.source.len(), 2);
+    assert!(r.case_insensitive && r.allow_encoded_slash && r.allow_path_params && r.enforce);
+    assert_eq!(r.location.to_string(), format!("{FILE}:76:1"));
+    let a = r.approval.as_ref().unwrap();
+    assert_eq!(
+        a.approvers,
+        vec![
+            Principal::Group("oncall".into()),
+            Principal::User("alice".into())
+        ]
+    );
+    assert_eq!(a.mode, ApprovalMode::Action);
+    assert!(a.require_identity);
+    assert_eq!(a.hold_timeout, Some(Duration::from_secs(30)));
+    assert_eq!(a.ticket_ttl, Some(Duration::from_secs(600)));
+    assert_eq!(a.token_ttl, Some(Duration::from_secs(120)));
+    assert_eq!(a.max_pending_per_requester, Some(3));
+    assert_eq!(a.break_glass_groups, vec!["sre".to_string()]);
+    assert_eq!(a.escalate_after, Some(Duration::from_secs(300)));
+    assert_eq!(a.escalate_to, vec![Principal::Group("security".into())]);
+    assert_eq!(
+        a.approve_above_rate,
+        Some(Rate {
+            count: 10,
+            per: Duration::from_secs(60)
+        })
+    );
+    let auto = &a.auto_approve[0];
+    assert_eq!(
+        auto.path_prefix.as_deref(),
+        Some("/v1/deployments/prod/canary")
+    );
+    assert_eq!(auto.methods, vec![Method::POST]);
+    assert_eq!(auto.window.as_deref(), Some("Mon-Fri 09:00-17:00"));
+    assert_eq!(auto.time_zone.as_deref(), Some("Europe/Paris"));
+    let e = r.error.as_ref().unwrap();
+    assert_eq!(e.content_type, DEFAULT_ERROR_CONTENT_TYPE);
+    let r = &t.routes()[2];
+    assert_eq!(
+        r.host,
+        Some(HostPattern::Suffix(".billing.example.com".into()))
+    );
+    assert!(!r.enforce);
+    let a = r.approval.as_ref().unwrap();
+    assert_eq!(a.mode, ApprovalMode::Access);
+    assert!(a.require_identity, "access forces require_identity");
+    assert_eq!(
+        a.durations,
+        vec![Duration::from_secs(3600), Duration::from_secs(4 * 3600)]
+    );
+    assert_eq!(a.max_duration, Some(Duration::from_secs(8 * 3600)));
+    assert_eq!(a.max_uses, Some(50));
+    assert_eq!(
+        a.auto_approve[0].duration_below,
+        Some(Duration::from_secs(7200))
+    );
+    assert_eq!(t.version().len(), 64);
+    assert!(t.canon_options().allow_encoded_slash && t.canon_options().allow_path_params);
+}
+
+#[test]
+fn defaults() {
+    let t = parse(&with_route(
+        "name = \"r\"\nupstream = \"up\"\naction = \"allow\"\n",
+    ));
+    let c = t.config();
+    assert_eq!(c.server.listen.to_string(), DEFAULT_LISTEN);
+    assert_eq!(c.server.admin_listen.to_string(), DEFAULT_ADMIN_LISTEN);
+    assert_eq!(c.server.header_read_timeout, Duration::from_secs(10));
+    assert_eq!(c.server.client_idle_timeout, Duration::from_secs(60));
+    assert!(c.server.tls.is_none() && c.server.watch && c.server.trusted_proxies.is_empty());
+    assert_eq!(c.store, Store::Memory);
+    assert_eq!(c.approvals.hold_timeout, Duration::from_secs(50));
+    assert_eq!(c.approvals.ticket_ttl, Duration::from_secs(900));
+    assert_eq!(c.approvals.token_ttl, Duration::from_secs(300));
+    assert_eq!(c.approvals.max_held_body, 1 << 20);
+    assert_eq!(c.identity, Identity::default());
+    assert_eq!(c.admin, Admin::default());
+    let u = t.upstream("up").unwrap();
+    assert_eq!(u.protocol, UpstreamProtocol::Auto);
+    assert!(u.preserve_host);
+    assert_eq!(u.connect_timeout, Duration::from_secs(5));
+    assert_eq!(u.response_timeout, Duration::from_secs(60));
+    assert_eq!(u.idle_timeout, Duration::from_secs(60));
+    assert_eq!(u.pool_idle_timeout, Duration::from_secs(90));
+    assert_eq!(u.pool_max_idle, 256);
+    let r = &t.routes()[0];
+    assert_eq!(r.path.source, "/**");
+    assert!(r.path.rest && r.path.segments.is_empty());
+    assert_eq!(r.methods, MethodSet::Any);
+    assert!(r.host.is_none() && r.headers.is_empty() && r.source.is_empty());
+    assert!(r.enforce && !r.case_insensitive && !r.allow_encoded_slash && !r.allow_path_params);
+    assert!(r.error.is_none() && r.approval.is_none());
+    assert_eq!(r.location.to_string(), format!("{FILE}:5:1"));
+}
+
+#[test]
+fn approval_defaults_and_error_defaults() {
+    let t = parse(&with_route(
+        "name = \"r\"\nupstream = \"up\"\naction = \"approve\"\n[routes.approval]\napprovers = [\"group:ops\"]\n[routes.error]\nstatus = 451\n",
+    ));
+    let r = &t.routes()[0];
+    let a = r.approval.as_ref().unwrap();
+    assert_eq!(
+        (
+            a.quorum,
+            a.self_approval,
+            a.mode,
+            a.require_identity,
+            a.token_uses
+        ),
+        (1, false, ApprovalMode::Action, false, 1)
+    );
+    assert!(
+        a.hold_timeout.is_none()
+            && a.durations.is_empty()
+            && a.default_duration.is_none()
+            && a.auto_approve.is_empty()
+    );
+    let e = r.error.as_ref().unwrap();
+    assert_eq!(e.status.as_u16(), 451);
+    assert_eq!(e.content_type, PROBLEM_JSON);
+    assert!(e.body.contains("\"status\":451") && e.body.contains("{reason}"));
+    assert!(placeholders(&e.body).all(|(_, n)| ERROR_PLACEHOLDERS.contains(&n)));
+}
+
+#[test]
+fn access_default_duration_is_the_smallest_preset() {
+    let t = parse(&with_route(
+        "name = \"r\"\nupstream = \"up\"\naction = \"approve\"\n[routes.approval]\napprovers = [\"group:ops\"]\nmode = \"access\"\ndurations = [\"4h\", \"30m\"]\nmax_duration = \"4h\"\n",
+    ));
+    assert_eq!(
+        t.routes()[0].approval.as_ref().unwrap().default_duration,
+        Some(Duration::from_secs(1800))
+    );
+}
+
+#[test]
+fn relative_paths_resolve_against_the_config_folder() {
+    let src = "[approvals]\nsigning_key = \"k.pem\"\n";
+    let t = RuleTable::parse(src, Path::new("conf/proxy.toml")).unwrap();
+    assert_eq!(
+        t.config().approvals.signing_key.as_deref(),
+        Some(Path::new("conf/k.pem"))
+    );
+    let t = RuleTable::parse(src, Path::new("proxy.toml")).unwrap();
+    assert_eq!(
+        t.config().approvals.signing_key.as_deref(),
+        Some(Path::new("k.pem"))
+    );
+}
+
+#[test]
+fn syntax_errors_have_locations() {
+    let e = errors("[server]\nlisten = \n");
+    assert!(e[0].starts_with(&format!("{FILE}:2:10: error: ")), "{e:?}");
+}
+
+#[test]
+fn unknown_keys_everywhere_with_suggestions() {
+    let e = one_error("[server]\nlsiten = \"0.0.0.0:1\"\n");
+    assert_eq!(
+        e,
+        format!("{FILE}:2:1: error: unknown key `lsiten` in [server]; did you mean `listen`?")
+    );
+    let e = one_error("[sever]\n");
+    assert_eq!(
+        e,
+        format!("{FILE}:1:2: error: unknown key `sever` in the top level; did you mean `server`?")
+    );
+    let e = one_error(&with_route(
+        "name = \"r\"\nupstream = \"up\"\naction = \"allow\"\nmethod = [\"GET\"]\n",
+    ));
+    assert_eq!(
+        e,
+        format!("{FILE}:9:1: error: unknown key `method` in [[routes]]; did you mean `methods`?")
+    );
+    let e = one_error(&with_route("name = \"r\"\nupstream = \"up\"\naction = \"approve\"\n[routes.approval]\napprovers = [\"user:a\"]\nqourum = 1\n"));
+    assert_eq!(
+        e,
+        format!(
+            "{FILE}:11:1: error: unknown key `qourum` in [routes.approval]; did you mean `quorum`?"
+        )
+    );
+    let e = one_error("[store]\nzzz = 1\n");
+    assert_eq!(
+        e,
+        format!("{FILE}:2:1: error: unknown key `zzz` in [store]")
+    );
+}
+
+#[test]
+fn all_errors_are_reported_together() {
+    let src = format!(
+        "[server]\nlisten = \"nope\"\n[store]\nkind = \"etcd\"\n{UP}[[routes]]\nname = \"a\"\nupstream = \"missing\"\naction = \"allow\"\n[[routes]]\nname = \"a\"\naction = \"alow\"\n"
+    );
+    let e = errors(&src);
+    assert_eq!(
+        e,
+        vec![
+            format!("{FILE}:2:10: error: `listen` in [server] must be IP:PORT (e.g. \"0.0.0.0:8080\"), not `nope`"),
+            format!("{FILE}:4:8: error: `kind` in [store] must be \"memory\" or \"redis\", not `etcd`"),
+            format!("{FILE}:10:12: error: route upstream `missing` is not declared in [[upstreams]]"),
+            format!("{FILE}:13:8: error: route name `a` is used twice"),
+            format!("{FILE}:14:10: error: `action` must be \"allow\", \"deny\" or \"approve\", not `alow`; did you mean `allow`?"),
+        ]
+    );
+}
+
+/// (config, expected "line:col: error: message") pairs, one error each.
+#[test]
+fn validation_errors_point_at_the_value() {
+    let cases: Vec<(String, &str)> = vec![
+        ("[server]\nadmin_listen = \"0.0.0.0:9090\"\n".into(), "2:16: error: `admin_listen` (0.0.0.0:9090) is not a loopback address; set `admin_allow_remote = true` to expose the admin plane"),
+        ("[server]\nlisten = \"127.0.0.1:9000\"\nadmin_listen = \"127.0.0.1:9000\"\n".into(), "3:16: error: `admin_listen` (127.0.0.1:9000) must differ from `listen` (127.0.0.1:9000): the admin plane never shares the data port"),
+        ("[server]\nwatch = \"yes\"\n".into(), "2:9: error: `watch` in [server] must be true or false, not string"),
+        ("[server]\ntls = { cert = \"a.pem\" }\n".into(), "2:7: error: `tls` in [server] needs both `cert` and `key`"),
+        ("[server]\ntrusted_proxies = [\"10.0.0.0/33\"]\n".into(), "2:20: error: invalid CIDR `10.0.0.0/33`; expected e.g. \"10.0.0.0/8\" or \"::1/128\""),
+        ("[server]\nshutdown_grace = \"30\"\n".into(), "2:18: error: `shutdown_grace` in [server]: duration `30` needs a unit, e.g. \"30s\""),
+        ("[store]\nkind = \"redis\"\n".into(), "2:8: error: [store] kind = \"redis\" needs `url` (redis:// or rediss://)"),
+        ("[store]\nkind = \"redis\"\nurl = \"http://x\"\n".into(), "3:7: error: `url` in [store] must be a redis:// or rediss:// URL (or +sentinel / +cluster), not `http://x`"),
+        ("[approvals]\nmax_held_body = \"1mb\"\n".into(), "2:17: error: `max_held_body` in [approvals]: unknown size unit `mb` in `1mb`; use B, KiB, MiB, GiB, TiB, kB, MB, GB or TB"),
+        ("[approvals]\nticket_ttl = \"soon\"\n".into(), "2:14: error: `ticket_ttl` in [approvals]: invalid duration `soon`: expected number at 0"),
+        ("[identity.jwt]\nissuer = \"x\"\n".into(), "1:1: error: [identity.jwt] needs a key: `hs256_secret_env`, `public_keys` or `jwks_file`"),
+        ("[identity.jwt]\nhs256_secret_env = \"MY-SECRET\"\n".into(), "2:20: error: `hs256_secret_env` in [identity.jwt] must be an environment variable name, not `MY-SECRET`"),
+        ("[admin]\noperators = [\"platform\"]\n".into(), "2:14: error: invalid principal `platform`; expected `user:NAME` or `group:NAME`"),
+        ("[admin]\napi_tokens = [{ name = \"x\", sha256 = \"abc\" }]\n".into(), "2:38: error: `sha256` of an api token must be 64 hex digits (the SHA-256 of the token, never the token itself)"),
+        (format!("{UP}{UP}"), "5:8: error: upstream name `up` is used twice"),
+        ("[[upstreams]]\nname = \"u\"\nurl = \"ftp://x\"\n".into(), "3:7: error: upstream `url` `ftp://x` must start with http:// or https://"),
+        ("[[upstreams]]\nname = \"u\"\nurl = \"http://x:1/api\"\n".into(), "3:7: error: upstream `url` `http://x:1/api` must not have a path; requests are forwarded with their own path"),
+        ("[[upstreams]]\nname = \"u\"\nurl = \"http://x/?a=1\"\n".into(), "3:7: error: upstream `url` `http://x/?a=1` must not have a query"),
+        ("[[upstreams]]\nname = \"u\"\nurl = \"http://me:pw@x\"\n".into(), "3:7: error: upstream `url` `http://me:pw@x` must not contain user info; credentials do not belong in the config"),
+        ("[[upstreams]]\nname = \"u\"\nurl = \"http://x\"\nprotocol = \"h3\"\n".into(), "4:12: error: `protocol` in [[upstreams]] must be \"auto\", \"http1\" or \"h2\", not `h3`"),
+        (with_route("name = \"r\"\naction = \"allow\"\n"), "5:1: error: an allow or approve route needs `upstream`"),
+        (with_route("upstream = \"up\"\naction = \"allow\"\n"), "5:1: error: a route needs `name`"),
+        (with_route("name = \"r\"\nupstream = \"up\"\n"), "5:1: error: a route needs `action` (allow, deny or approve)"),
+        (with_route("name = \"r\"\nupstream = \"up\"\naction = \"approve\"\n"), "5:1: error: an approve route needs [routes.approval] (at least `approvers`)"),
+        (with_route("name = \"r\"\naction = \"deny\"\n[routes.approval]\napprovers = [\"user:a\"]\n"), "8:1: error: [routes.approval] is only for action = \"approve\", not \"deny\""),
+        (with_route("name = \"r r\"\naction = \"deny\"\n"), "6:8: error: route name `r r` may only use letters, digits, `-`, `_` and `.`"),
+        (with_route("name = \"r\"\naction = \"deny\"\npath = \"/a/**/b\"\n"), "8:8: error: `**` must be the last segment of path pattern `/a/**/b`"),
+        (with_route("name = \"r\"\naction = \"deny\"\npath = \"a/b\"\n"), "8:8: error: path pattern `a/b` must start with `/`"),
+        (with_route("name = \"r\"\naction = \"deny\"\npath = \"/a//b\"\n"), "8:8: error: path pattern `/a//b` has an empty segment (`//`)"),
+        (with_route("name = \"r\"\naction = \"deny\"\npath = \"/a/../b\"\n"), "8:8: error: path pattern `/a/../b` has a `..` segment"),
+        (with_route("name = \"r\"\naction = \"deny\"\npath = \"/a%2Fb\"\n"), "8:8: error: path pattern `/a%2Fb` contains `%`; patterns match canonical paths, which never contain `%`, `;`, `?`, `#`, `\\` or whitespace"),
+        (with_route("name = \"r\"\naction = \"deny\"\npath = \"/a;x\"\n"), "8:8: error: path pattern `/a;x` contains `;`; patterns match canonical paths, which never contain `%`, `;`, `?`, `#`, `\\` or whitespace"),
+        (with_route("name = \"r\"\naction = \"deny\"\npath = \"/a b\"\n"), "8:8: error: path pattern `/a b` contains ` `; patterns match canonical paths, which never contain `%`, `;`, `?`, `#`, `\\` or whitespace"),
+        (with_route("name = \"r\"\naction = \"deny\"\npath = \"/a*\"\n"), "8:8: error: `*` must be a whole segment in path pattern `/a*` (found `a*`)"),
+        (with_route("name = \"r\"\naction = \"deny\"\npath = \"/{a}/{a}\"\n"), "8:8: error: segment name `a` is used twice in path pattern `/{a}/{a}`"),
+        (with_route("name = \"r\"\naction = \"deny\"\nhost = \"*.\"\n"), "8:8: error: invalid host `*.`: expected `*.example.com`"),
+        (with_route("name = \"r\"\naction = \"deny\"\nhost = \"a.*.com\"\n"), "8:8: error: invalid host `a.*.com`: `*` is only allowed as the whole first label, as in `*.example.com`"),
+        (with_route("name = \"r\"\naction = \"deny\"\nhost = \"a.com:99999\"\n"), "8:8: error: invalid host `a.com:99999`: invalid port"),
+        (with_route("name = \"r\"\naction = \"deny\"\nmethods = [\"GE T\"]\n"), "8:12: error: invalid method `GE T`"),
+        (with_route("name = \"r\"\naction = \"deny\"\nmethods = []\n"), "8:11: error: `methods` in [[routes]] is empty, so nothing would match; leave it out to match any method"),
+        (with_route("name = \"r\"\naction = \"deny\"\nheaders = { \"x y\" = \"1\" }\n"), "8:13: error: `x y` is not a valid header name"),
+        (with_route("name = \"r\"\naction = \"deny\"\nheaders = { \"x\" = 1 }\n"), "8:19: error: header condition `x` must be a string (`\"*\"` means present)"),
+        (with_route("name = \"r\"\naction = \"deny\"\n[routes.error]\nstatus = 302\n"), "9:10: error: `status` in [routes.error] must be from 400 to 599, not 302"),
+        (with_route("name = \"r\"\naction = \"deny\"\n[routes.error]\nbody = \"no {tiket}\"\n"), "9:8: error: unknown placeholder `{tiket}` in [routes.error] body; use {ticket}, {reason} or {rule}; did you mean `{ticket}`?"),
+        (with_route("name = \"r\"\naction = \"deny\"\n[routes.error]\ncontent_type = \"text/html\"\n"), "9:16: error: `content_type` in [routes.error] needs a `body`"),
+    ];
+    let mut bad = Vec::new();
+    for (src, want) in cases {
+        let got: Vec<String> = errors(&src)
+            .into_iter()
+            .filter(|d| d.contains(": error: "))
+            .collect();
+        if got != vec![format!("{FILE}:{want}")] {
+            bad.push(format!("want {want}\n got {got:?}"));
+        }
+    }
+    assert!(bad.is_empty(), "{}", bad.join("\n"));
+}
+
+fn approve_route(approval: &str) -> String {
+    with_route(&format!(
+        "name = \"r\"\nupstream = \"up\"\naction = \"approve\"\n[routes.approval]\n{approval}"
+    ))
+}
+
+#[test]
+fn unsafe_approval_policies_are_errors() {
+    // [routes.approval] is on line 9; its first key on line 10.
+    let cases: Vec<(&str, &str)> = vec![
+        ("quorum = 1\n", "9:1: error: [routes.approval] needs `approvers`"),
+        ("approvers = []\n", "10:13: error: `approvers` is empty: nobody could approve"),
+        ("approvers = [\"user:a\"]\nquorum = 0\n", "11:10: error: `quorum` must be at least 1, not 0: a ticket would pass with no approval"),
+        ("approvers = [\"user:a\", \"user:b\"]\nquorum = 3\n", "11:10: error: `quorum` = 3 needs more distinct approvers than the 2 listed users"),
+        ("approvers = [\"usr:a\"]\n", "10:14: error: invalid principal `usr:a`; expected `user:NAME` or `group:NAME`"),
+        ("approvers = [\"user:a\"]\nmode = \"both\"\n", "11:8: error: `mode` must be \"action\" or \"access\", not `both`"),
+        ("approvers = [\"user:a\"]\nmode = \"access\"\nmax_duration = \"1h\"\nrequire_identity = false\n", "13:20: error: `require_identity = false` is not possible with mode = \"access\": a grant belongs to a requester"),
+        ("approvers = [\"user:a\"]\nmode = \"access\"\n", "11:8: error: mode = \"access\" needs `max_duration` (the longest grant)"),
+        ("approvers = [\"user:a\"]\nmode = \"access\"\nmax_duration = \"1h\"\ndefault_duration = \"2h\"\n", "13:20: error: `default_duration` (2h) is longer than `max_duration` (1h)"),
+        ("approvers = [\"user:a\"]\nmode = \"access\"\nmax_duration = \"1h\"\ndurations = [\"30m\", \"2h\"]\n", "13:21: error: grant duration 2h is longer than `max_duration` (1h)"),
+        ("approvers = [\"user:a\"]\ndurations = [\"1h\"]\n", "11:13: error: `durations` is only for mode = \"access\""),
+        ("approvers = [\"user:a\"]\ntoken_uses = 0\n", "11:14: error: `token_uses` in [routes.approval] must be an integer from 1 to 4294967295"),
+        ("approvers = [\"user:a\"]\nbreak_glass = { groups = [] }\n", "11:15: error: `break_glass` needs a non-empty `groups` list"),
+        ("approvers = [\"user:a\"]\nbreak_glass = [\"sre\"]\n", "11:15: error: `break_glass` in [routes.approval] must be a table, not array"),
+        ("approvers = [\"user:a\"]\nescalate_to = [\"group:sec\"]\n", "11:15: error: `escalate_to` needs `escalate_after`"),
+        ("approvers = [\"user:a\"]\nescalate_after = \"1m\"\n", "11:18: error: `escalate_after` needs `escalate_to`"),
+        ("approvers = [\"user:a\"]\napprove_above_rate = \"10 per minute\"\n", "11:22: error: invalid rate `10 per minute`; expected e.g. \"10/m\", \"100/h\", \"5/s\""),
+        ("approvers = [\"user:a\"]\n[[routes.approval.auto_approve]]\n", "11:1: error: an auto_approve entry with no condition would approve every request; give at least one condition"),
+        ("approvers = [\"user:a\"]\n[[routes.approval.auto_approve]]\nwindow = \"9-5\"\n", "12:10: error: invalid `window` `9-5`; expected \"HH:MM-HH:MM\" or \"Mon-Fri HH:MM-HH:MM\""),
+        ("approvers = [\"user:a\"]\n[[routes.approval.auto_approve]]\npath_prefix = \"/a/**\"\n", "12:15: error: `path_prefix` `/a/**` must be a plain path without `*`, `**` or `{name}`"),
+    ];
+    let mut bad = Vec::new();
+    for (approval, want) in cases {
+        let got: Vec<String> = errors(&approve_route(approval))
+            .into_iter()
+            .filter(|d| d.contains(": error: "))
+            .collect();
+        if got != vec![format!("{FILE}:{want}")] {
+            bad.push(format!("want {want}\n got {got:?}"));
+        }
+    }
+    assert!(bad.is_empty(), "{}", bad.join("\n"));
+    // Groups may hold many people: a large quorum is fine.
+    parse(&approve_route("approvers = [\"group:ops\"]\nquorum = 5\n"));
+}
+
+#[test]
+fn warnings_do_not_fail() {
+    let t = parse(&with_route("name = \"r\"\nupstream = \"up\"\naction = \"allow\"\nmethods = [\"get\"]\nsource = [\"10.1.2.3/8\"]\n"));
+    let w: Vec<String> = t.warnings().iter().map(|d| d.to_string()).collect();
+    assert_eq!(
+        w,
+        vec![
+            format!(
+                "{FILE}:9:12: warning: method `get` should be written in uppercase; read as `GET`"
+            ),
+            format!("{FILE}:10:11: warning: `10.1.2.3/8` has host bits set; it means 10.0.0.0/8"),
+        ]
+    );
+    assert_eq!(t.routes()[0].methods, MethodSet::Only(vec![Method::GET]));
+    let t = parse("");
+    assert_eq!(
+        t.warnings()[0].to_string(),
+        format!("{FILE}:1:1: warning: no [[routes]]: every request will be answered 404")
+    );
+}
+
+#[test]
+fn hosts_are_normalised() {
+    assert_eq!(
+        parse_host_pattern("API.Example.com.").unwrap(),
+        HostPattern::Exact("api.example.com".into())
+    );
+    assert_eq!(
+        parse_host_pattern("api.example.com:8443").unwrap(),
+        HostPattern::Exact("api.example.com:8443".into())
+    );
+    assert_eq!(
+        parse_host_pattern("[::1]:8443").unwrap(),
+        HostPattern::Exact("[::1]:8443".into())
+    );
+    assert_eq!(
+        parse_host_pattern("*.Example.com").unwrap(),
+        HostPattern::Suffix(".example.com".into())
+    );
+    assert!(parse_host_pattern("*.example.com:80").is_err());
+    assert!(parse_host_pattern("").is_err());
+}
+
+#[test]
+fn definition_hash_changes_with_the_rule_only() {
+    let a = parse(&with_route(
+        "name = \"r\"\nupstream = \"up\"\naction = \"allow\"\n",
+    ));
+    let b = parse(&format!(
+        "# moved\n\n{}",
+        with_route("name = \"r\"\nupstream = \"up\"\naction = \"allow\"\n")
+    ));
+    let c = parse(&with_route(
+        "name = \"r\"\nupstream = \"up\"\naction = \"allow\"\npath = \"/x/**\"\n",
+    ));
+    assert_eq!(a.routes()[0].definition_hash, b.routes()[0].definition_hash);
+    assert_ne!(a.routes()[0].definition_hash, c.routes()[0].definition_hash);
+    assert_ne!(a.version(), b.version());
+}
+
+#[test]
+fn suggestions() {
+    assert_eq!(suggest("lsiten", SERVER_KEYS), Some("listen"));
+    assert_eq!(suggest("qwertyuiop", SERVER_KEYS), None);
+    assert_eq!(edit_distance("kitten", "sitting"), 3);
+}
+
+#[test]
+fn line_index_agrees_with_from_offset() {
+    let src = "a = 1\n\nb = \"é\u{1F600}x\"\r\n[c]\nd = 2";
+    let cx = Cx {
+        src,
+        file: "f".into(),
+        base: PathBuf::new(),
+        diags: Vec::new(),
+        broken_upstreams: Vec::new(),
+        line_starts: std::iter::once(0)
+            .chain(src.match_indices('\n').map(|(i, _)| i + 1))
+            .collect(),
+    };
+    for (i, _) in src.char_indices().chain(std::iter::once((src.len(), ' '))) {
+        assert_eq!(
+            cx.loc(&(i..i)),
+            Location::from_offset("f", src, i),
+            "offset {i}"
+        );
+    }
+}
