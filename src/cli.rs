@@ -71,7 +71,12 @@ enum Command {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    // The demo's walkthrough is its output; its logs stay quiet unless asked for.
+    init_logging(if matches!(cli.command, Command::Demo { .. }) {
+        "error"
+    } else {
+        "info"
+    });
     match cli.command {
         Command::Check { file } => check(&file),
         Command::Explain {
@@ -102,9 +107,9 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_logging() {
+fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("JITGATE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

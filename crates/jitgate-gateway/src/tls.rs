@@ -83,8 +83,9 @@ pub fn server_config(slot: Arc<CertSlot>) -> ServerConfig {
     config
 }
 
-/// Roots for upstreams: the system's, plus an optional PEM bundle.
-pub fn client_config(ca_file: Option<&Path>, alpn: &[&[u8]]) -> Result<ClientConfig, TlsError> {
+/// Roots for upstreams: the system's, plus an optional PEM bundle. ALPN is left to
+/// hyper-rustls, which sets it from the enabled HTTP versions (and panics if it is preset).
+pub fn client_config(ca_file: Option<&Path>) -> Result<ClientConfig, TlsError> {
     let mut roots = RootCertStore::empty();
     // A missing or partly unreadable system store is not fatal: a ca_file may be all we need.
     let native = rustls_native_certs::load_native_certs();
@@ -101,9 +102,7 @@ pub fn client_config(ca_file: Option<&Path>, alpn: &[&[u8]]) -> Result<ClientCon
             return Err(pem_err(path, "no CERTIFICATE block found"));
         }
     }
-    let mut config = ClientConfig::builder()
+    Ok(ClientConfig::builder()
         .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    Ok(config)
+        .with_no_client_auth())
 }

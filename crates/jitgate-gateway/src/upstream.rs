@@ -31,12 +31,7 @@ impl UpstreamClient {
         http.set_connect_timeout(Some(def.connect_timeout));
         http.set_keepalive(Some(std::time::Duration::from_secs(60)));
 
-        let alpn: &[&[u8]] = match def.protocol {
-            UpstreamProtocol::Auto => &[b"h2", b"http/1.1"],
-            UpstreamProtocol::Http1 => &[b"http/1.1"],
-            UpstreamProtocol::H2 => &[b"h2"],
-        };
-        let tls = tls::client_config(def.ca_file.as_deref(), alpn)?;
+        let tls = tls::client_config(def.ca_file.as_deref())?;
         let builder = HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http();
