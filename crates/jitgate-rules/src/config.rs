@@ -191,6 +191,20 @@ pub struct Upstream {
 // and walked by hand so that every problem is reported (not just the first) and unknown keys
 // are caught with their location. Nothing is read from disk: relative paths are only joined
 // to the config file's folder.
+//
+// Choices where SPEC is silent (also for the README):
+// - every section is optional; `[server]` defaults to listen 0.0.0.0:8080, admin 127.0.0.1:9090;
+// - `[routes.error]`: `status` defaults to 403; with `body` and no `content_type` the type is
+//   text/plain; without `body` the gateway's problem+json body is used (`content_type` alone is
+//   an error). A placeholder is `{` identifier `}`; any other `{` is literal (JSON needs no
+//   escaping); unknown identifiers are errors;
+// - `break_glass = { groups = ["sre"] }` (a table, so options can be added later);
+// - `durations`, `default_duration`, `max_duration`, `max_uses` are errors outside
+//   mode = "access"; access needs `max_duration`; `default_duration` defaults to the smallest
+//   preset, else `max_duration`;
+// - an `auto_approve` entry with no condition is an error (it would approve everything);
+// - lowercase methods are read as uppercase with a warning; CIDRs with host bits are
+//   truncated with a warning.
 
 use std::ops::Range;
 use std::path::Path;
@@ -466,6 +480,43 @@ pub fn placeholders(body: &str) -> impl Iterator<Item = (usize, &str)> + '_ {
             && !name.as_bytes()[0].is_ascii_digit();
         ident.then_some((i, name))
     })
+}
+
+/// Fills a `[routes.error]` body: `{ticket}`, `{reason}` and `{rule}` are replaced (other
+/// `{...}` text is kept as written). Values are JSON-escaped when the content type is JSON,
+/// so a requester's reason cannot break out of a JSON string.
+pub fn render_error_body(t: &ErrorTemplate, ticket: &str, reason: &str, rule: &str) -> String {
+    let json = t.content_type.contains("json");
+    let esc = |v: &str| -> String {
+        if !json {
+            return v.to_string();
+        }
+        let mut o = String::with_capacity(v.len());
+        for c in v.chars() {
+            match c {
+                '"' => o.push_str("\\\""),
+                '\\' => o.push_str("\\\\"),
+                c if (c as u32) < 0x20 => o.push_str(&format!("\\u{:04x}", c as u32)),
+                c => o.push(c),
+            }
+        }
+        o
+    };
+    let mut out = String::with_capacity(t.body.len() + reason.len());
+    let mut last = 0;
+    for (i, name) in placeholders(&t.body) {
+        let value = match name {
+            "ticket" => ticket,
+            "reason" => reason,
+            "rule" => rule,
+            _ => continue,
+        };
+        out.push_str(&t.body[last..i]);
+        out.push_str(&esc(value));
+        last = i + name.len() + 2;
+    }
+    out.push_str(&t.body[last..]);
+    out
 }
 
 const TOP_KEYS: &[&str] = &[

@@ -206,5 +206,3 @@ impl fmt::Display for Explanation {
     }
 }
 
-#[cfg(test)]
-mod tests;

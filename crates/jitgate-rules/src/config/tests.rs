@@ -539,3 +539,22 @@ fn line_index_agrees_with_from_offset() {
         );
     }
 }
+
+#[test]
+fn error_bodies_render_with_escaping() {
+    let t = ErrorTemplate {
+        status: StatusCode::FORBIDDEN,
+        content_type: "application/json".into(),
+        body: "{\"rule\": \"{rule}\", \"why\": \"{reason}\", \"t\": \"{ticket}\", \"keep\": \"{other}\"}".into(),
+    };
+    assert_eq!(
+        render_error_body(&t, "jit_1", "say \"hi\"\n\\", "r"),
+        "{\"rule\": \"r\", \"why\": \"say \\\"hi\\\"\\u000a\\\\\", \"t\": \"jit_1\", \"keep\": \"{other}\"}"
+    );
+    let t = ErrorTemplate {
+        status: StatusCode::FORBIDDEN,
+        content_type: DEFAULT_ERROR_CONTENT_TYPE.into(),
+        body: "{rule}: \"{reason}\"".into(),
+    };
+    assert_eq!(render_error_body(&t, "", "a\"b", "r"), "r: \"a\"b\"");
+}
