@@ -21,7 +21,11 @@ impl Location {
         let line = before.matches('\n').count() + 1;
         let line_start = before.rfind('\n').map_or(0, |i| i + 1);
         let column = before.get(line_start..).map_or(0, |s| s.chars().count()) + 1;
-        Location { file: file.to_string(), line, column }
+        Location {
+            file: file.to_string(),
+            line,
+            column,
+        }
     }
 }
 
