@@ -329,8 +329,11 @@ fn method_overrides() {
 #[test]
 fn head_counts_as_get() {
     let t = table(
-        &(route("approve-read", "approve", "methods = [\"GET\"]\npath = \"/secret/**\"")
-            + &route("allow-get", "allow", "methods = [\"GET\"]\npath = \"/**\"")),
+        &(route(
+            "approve-read",
+            "approve",
+            "methods = [\"GET\"]\npath = \"/secret/**\"",
+        ) + &route("allow-get", "allow", "methods = [\"GET\"]\npath = \"/**\"")),
     );
     // A GET handler answers HEAD, so a GET-only restricting route must catch it...
     assert_eq!(hits(&t, Req::new("HEAD", "/secret/x")), "approve-read");
