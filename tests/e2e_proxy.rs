@@ -846,6 +846,14 @@ async fn grpc_over_h2c_passes_trailers_both_ways() {
     let r = &origin.wait_for(1, WAIT).await[0];
     assert_eq!(r.version, Version::HTTP_2, "upstream protocol = h2");
     assert_eq!(r.path(), "/grpc");
+    // Over h2 the upstream gets its own authority in `:authority`, no second Host, and the
+    // client's host in X-Forwarded-Host.
+    assert_eq!(r.target, format!("http://{}/grpc", origin.addr()));
+    assert_eq!(r.header("host"), None, "{:?}", r.headers);
+    assert_eq!(
+        r.header_str("x-forwarded-host"),
+        Some(gw.data_addr().to_string())
+    );
     assert_eq!(r.header_str("te").as_deref(), Some("trailers"));
     assert_eq!(r.body_sha256, sha256_hex(&msg));
     assert_eq!(
@@ -867,6 +875,63 @@ async fn refused_upstream_is_502_problem_json() {
     let resp = send("GET", &gw.url("/x"), &[], "").await;
     let v = assert_problem_resp(&resp, 502, "refused upstream");
     assert_eq!(v["upstream"], "origin", "{v}");
+}
+
+/// A loopback listener that never accepts, with backlog 0 and its accept queue filled: Linux
+/// then drops further SYNs, so a connect hangs instead of being refused.
+async fn black_hole_listener() -> (tokio::net::TcpListener, Vec<tokio::net::TcpStream>) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind");
+    let listener = socket.listen(0).expect("listen");
+    let addr = listener.local_addr().expect("addr");
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        if let Ok(Ok(s)) = tokio::time::timeout(
+            Duration::from_millis(100),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        {
+            held.push(s);
+        }
+    }
+    (listener, held)
+}
+
+#[tokio::test]
+async fn connect_timeout_is_504_problem_json() {
+    let (listener, _held) = black_hole_listener().await;
+    let addr = listener.local_addr().expect("addr");
+    // Proof the black hole works: our own connect does not complete either.
+    assert!(
+        tokio::time::timeout(
+            Duration::from_millis(200),
+            tokio::net::TcpStream::connect(addr)
+        )
+        .await
+        .is_err(),
+        "the accept queue is not full; cannot provoke a connect timeout"
+    );
+    let gw = Gateway::start(&config(
+        "",
+        &format!("http://{addr}"),
+        "connect_timeout = \"300ms\"",
+        CATCH_ALL,
+    ));
+    let started = Instant::now();
+    let resp = Client::http1()
+        .with_timeout(WAIT)
+        .send("GET", &gw.url("/x"), &[], "")
+        .await;
+    let took = started.elapsed();
+    let v = assert_problem_resp(&resp, 504, "connect timeout");
+    assert_eq!(v["upstream"], "origin", "{v}");
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_millis(2500),
+        "answered after {took:?}"
+    );
 }
 
 #[tokio::test]
