@@ -105,15 +105,24 @@ fn bench_parse_and_check(c: &mut Criterion) {
     g.finish();
 }
 
-// `canonicalize_path` on an already-canonical path belongs here, but `canon.rs` is being
-// written on another branch. After the merge, add to the group list below:
-//
-// fn bench_canon(c: &mut Criterion) {
-//     use jitgate_rules::canon::{canonicalize_path, CanonOptions};
-//     c.bench_function("canonicalize_path/already-canonical", |b| {
-//         b.iter(|| canonicalize_path(black_box("/v1/svc42/items/12345"), CanonOptions::default()))
-//     });
-// }
+/// Canonicalisation: the fast path (already canonical, no allocation — proven by
+/// `crates/jitgate-rules/tests/canon_alloc.rs`) against paths that need rewriting.
+fn bench_canon(c: &mut Criterion) {
+    use jitgate_rules::canon::{canonicalize_path, CanonOptions};
+    let mut g = c.benchmark_group("canonicalize_path");
+    for (name, path) in [
+        ("already-canonical", "/v1/svc42/items/12345"),
+        ("dot-segments", "/v1/./svc42//items/../items/12345"),
+        ("encoded-unreserved", "/v1/%73vc42/items/%31%32%33%34%35"),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                canonicalize_path(black_box(path), CanonOptions::default()).map(|p| p.path.len())
+            })
+        });
+    }
+    g.finish();
+}
 
-criterion_group!(benches, bench_match, bench_parse_and_check);
+criterion_group!(benches, bench_match, bench_canon, bench_parse_and_check);
 criterion_main!(benches);

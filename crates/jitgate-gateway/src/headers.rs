@@ -6,22 +6,48 @@ use std::net::IpAddr;
 use http::header::{self, HeaderName};
 use http::{HeaderMap, HeaderValue, Version};
 use ipnet::IpNet;
+use jitgate_rules::canon::PATH_OVERRIDE_HEADERS;
 
-/// Always hop-by-hop, whatever `Connection` says.
+/// Always hop-by-hop, whatever `Connection` says. `Trailer` is not here: it is end-to-end
+/// (RFC 9110 section 6.6.2) and hyper only sends trailer fields it declares.
 const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
+    HeaderName::from_static("http2-settings"),
 ];
+
+/// Client-address headers an upstream might believe; only a trusted proxy may send them.
+const CLIENT_ADDRESS: [&str; 6] = [
+    "x-real-ip",
+    "true-client-ip",
+    "x-client-ip",
+    "x-cluster-client-ip",
+    "fastly-client-ip",
+    "cf-connecting-ip",
+];
+
+/// Approval headers the gateway itself sets upstream; never believed from a client.
+const GATEWAY_OWNED: [&str; 1] = ["jit-approval"];
+
+/// More `Connection` tokens than this is an attack, not a client.
+const MAX_CONNECTION_TOKENS: usize = 32;
+
+/// A request whose headers we refuse to interpret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HeaderError {
+    /// `Connection` lists too many tokens.
+    #[error("Connection header lists more than {MAX_CONNECTION_TOKENS} tokens")]
+    TooManyConnectionTokens,
+}
 
 /// Removes hop-by-hop headers and every header named in `Connection`. `TE: trailers` is kept
 /// (gRPC needs it end to end); an upgrade keeps `Connection: upgrade` and `Upgrade`.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) -> Result<(), HeaderError> {
     // Names listed in Connection are hop-by-hop too; collect before removing it.
     let mut named: Vec<HeaderName> = Vec::new();
     for value in headers.get_all(header::CONNECTION) {
@@ -30,6 +56,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
                 let token = token.trim();
                 if token.is_empty() || (keep_upgrade && token.eq_ignore_ascii_case("upgrade")) {
                     continue;
+                }
+                if named.len() == MAX_CONNECTION_TOKENS {
+                    return Err(HeaderError::TooManyConnectionTokens);
                 }
                 if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
                     named.push(name);
@@ -59,12 +88,47 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, upgrade);
     }
+    Ok(())
 }
 
-/// Whether a request asks for an HTTP/1.1 upgrade (WebSocket and friends).
+/// Makes the request's headers what both the matcher and the upstream will see, before
+/// matching: hop-by-hop headers and those `Connection` names (so `Connection: x-env` cannot
+/// hide a header from the upstream after the matcher saw it), names with `_` (CGI-style
+/// servers read `X_Original_URL` as `X-Original-URL`; nginx drops them too), path-override
+/// headers, the approval header the gateway owns, and, from an untrusted peer, every
+/// client-address header.
+pub fn scrub_request(
+    headers: &mut HeaderMap,
+    upgrade: bool,
+    trusted_peer: bool,
+) -> Result<(), HeaderError> {
+    strip_hop_by_hop(headers, upgrade)?;
+    let mut doomed: Vec<HeaderName> = Vec::new();
+    for name in headers.keys() {
+        let n = name.as_str();
+        if n.contains('_')
+            || PATH_OVERRIDE_HEADERS.contains(&n)
+            || GATEWAY_OWNED.contains(&n)
+            || (!trusted_peer && CLIENT_ADDRESS.contains(&n))
+        {
+            doomed.push(name.clone());
+        }
+    }
+    for name in &doomed {
+        headers.remove(name);
+    }
+    Ok(())
+}
+
+/// Whether a request asks for a WebSocket upgrade, the only upgrade passed through. Any other
+/// `Upgrade` (notably `h2c`, which would turn the connection into an unmatched HTTP/2
+/// tunnel: "h2c smuggling") is stripped as hop-by-hop and the request forwarded plainly.
 pub fn wants_upgrade(version: Version, headers: &HeaderMap) -> bool {
     version == Version::HTTP_11
-        && headers.contains_key(header::UPGRADE)
+        && headers.get_all(header::UPGRADE).iter().count() == 1
+        && headers
+            .get(header::UPGRADE)
+            .is_some_and(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"websocket"))
         && headers.get_all(header::CONNECTION).iter().any(|v| {
             v.to_str()
                 .map(|s| {
@@ -124,8 +188,8 @@ pub struct Forwarding<'a> {
     pub trusted_peer: bool,
     /// Whether the client spoke TLS to us.
     pub tls: bool,
-    /// Canonical host of the request ("" if none).
-    pub host: &'a str,
+    /// Canonical host of the request.
+    pub host: &'a HeaderValue,
     /// HTTP version of the client's request.
     pub version: Version,
 }
@@ -153,15 +217,14 @@ pub fn set_forwarding(headers: &mut HeaderMap, fwd: &Forwarding<'_>) {
         headers.remove(header::FORWARDED);
         insert_str(headers, xff, &peer);
         headers.remove(&xfp);
-        headers.remove(&xfh);
     }
     if !headers.contains_key(&xfp) {
         let proto = if fwd.tls { "https" } else { "http" };
         headers.insert(xfp, HeaderValue::from_static(proto));
     }
-    if !headers.contains_key(&xfh) && !fwd.host.is_empty() {
-        insert_str(headers, xfh, fwd.host);
-    }
+    // Always the host we matched on, even behind a trusted proxy: the upstream must not act
+    // on a host the rules never saw.
+    headers.insert(xfh, fwd.host.clone());
     append_via(headers, fwd.version);
 }
 

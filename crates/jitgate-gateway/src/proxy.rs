@@ -1,4 +1,4 @@
-//! The data plane: one request through canonicalise → identify → match → act → forward.
+//! The data plane: one request through scrub → canonicalise → match → act → forward.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,7 +10,8 @@ use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use jitgate_rules::canon::{self, PATH_OVERRIDE_HEADERS};
+use jitgate_rules::canon;
+use jitgate_rules::config::{render_error_body, UpstreamProtocol};
 use jitgate_rules::route::{Action, ErrorTemplate, Route};
 use jitgate_rules::RequestView;
 
@@ -34,21 +35,25 @@ struct Decision {
     route: usize,
     /// Set when the forwarded target differs from what the client sent.
     rewrite: Option<PathAndQuery>,
-    /// The Host to forward (canonical).
-    host: Option<HeaderValue>,
-    /// Canonical host as text, for `X-Forwarded-Host`.
-    host_text: String,
-    trusted_peer: bool,
+    /// The canonical Host, reusing the client's header value when it was already canonical.
+    host: HeaderValue,
 }
 
 /// Serves one data-plane request. Never fails: every error is an HTTP answer.
 pub async fn handle(
     shared: Arc<Shared>,
     conn: ConnInfo,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Response<ProxyBody> {
+    // The request keeps this generation of the table until it is answered.
     let snap = shared.snapshot();
-    let decision = match decide(&snap, conn, &req) {
+    let server = &snap.table.config().server;
+    let trusted_peer = headers::is_trusted(&server.trusted_proxies, conn.peer.ip());
+    let upgrade = headers::wants_upgrade(req.version(), req.headers());
+    let decision = headers::scrub_request(req.headers_mut(), upgrade, trusted_peer)
+        .map_err(|e| Problem::bad_request(e.to_string()))
+        .and_then(|()| decide(&snap, conn, &req));
+    let decision = match decision {
         Ok(d) => d,
         Err(problem) => {
             log_refusal(&req, &problem);
@@ -56,14 +61,7 @@ pub async fn handle(
         }
     };
     let Some(route) = snap.table.routes().get(decision.route) else {
-        return Problem::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "Internal error",
-            "matched route vanished",
-            Fault::Internal,
-        )
-        .into_response();
+        return internal_error("matched route vanished");
     };
     match (route.action, route.enforce) {
         (Action::Allow, _) => {}
@@ -88,14 +86,34 @@ pub async fn handle(
             .into_response();
         }
         (action, false) => {
-            tracing::warn!(route = %route.name, action = action.as_str(), method = %req.method(), path = req.uri().path(), "shadow mode: would {}, forwarding", if action == Action::Deny { "deny" } else { "hold for approval" });
+            let would = if action == Action::Deny {
+                "deny"
+            } else {
+                "hold for approval"
+            };
+            tracing::warn!(route = %route.name, method = %req.method(), path = req.uri().path(), "shadow mode: would {would}; forwarding");
         }
     }
-    let Some(upstream) = snap.route_upstreams.get(decision.route).cloned().flatten() else {
-        return Problem::bad_gateway("", format!("route {} has no upstream", route.name))
-            .into_response();
+    let Some(upstream) = snap
+        .route_upstreams
+        .get(decision.route)
+        .and_then(Option::as_ref)
+    else {
+        return internal_error("route has no upstream");
     };
-    forward(upstream, conn, decision, req).await
+    forward(upstream, conn, trusted_peer, upgrade, decision, req).await
+}
+
+fn internal_error(detail: &str) -> Response<ProxyBody> {
+    tracing::error!("internal error: {detail}");
+    Problem::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "Internal error",
+        "the gateway failed to handle this request",
+        Fault::Internal,
+    )
+    .into_response()
 }
 
 fn log_refusal(req: &Request<Incoming>, problem: &Problem) {
@@ -112,14 +130,20 @@ fn log_refusal(req: &Request<Incoming>, problem: &Problem) {
 fn decide(snap: &Snapshot, conn: ConnInfo, req: &Request<Incoming>) -> Result<Decision, Problem> {
     let table = &snap.table;
     let server = &table.config().server;
+    // hyper accepts any token as a method, and `delete` is not DELETE to the matcher while
+    // many frameworks treat it as DELETE. Methods are case-sensitive (RFC 9110 9.1): refuse.
+    if req
+        .method()
+        .as_str()
+        .bytes()
+        .any(|b| b.is_ascii_lowercase())
+    {
+        return Err(Problem::bad_request("method names are upper case"));
+    }
     let mut hosts = req.headers().get_all(header::HOST).iter();
     let host_header = hosts.next();
     if hosts.next().is_some() {
         return Err(Problem::bad_request("more than one Host header"));
-    }
-    if req.version() == Version::HTTP_11 && host_header.is_none() && req.uri().authority().is_none()
-    {
-        return Err(Problem::bad_request("HTTP/1.1 request without Host"));
     }
     let target = canon::canonicalize_target(
         req.method(),
@@ -129,6 +153,11 @@ fn decide(snap: &Snapshot, conn: ConnInfo, req: &Request<Incoming>) -> Result<De
         table.canon_options(),
     )
     .map_err(|e| Problem::bad_request(e.to_string()))?;
+    // Without a host, host conditions cannot be judged; an upstream would pick a default
+    // virtual host the rules never saw.
+    if target.host.is_empty() {
+        return Err(Problem::bad_request("request without Host"));
+    }
     let overrides = canon::method_overrides(req.headers(), target.query)
         .map_err(|e| Problem::bad_request(e.to_string()))?;
     let with_overrides: Vec<Method>;
@@ -140,7 +169,6 @@ fn decide(snap: &Snapshot, conn: ConnInfo, req: &Request<Incoming>) -> Result<De
             .collect();
         &with_overrides
     };
-    let trusted_peer = headers::is_trusted(&server.trusted_proxies, conn.peer.ip());
     let source = headers::client_ip(&server.trusted_proxies, conn.peer.ip(), req.headers());
     let mut buf = [""; 3];
     let paths = target.path.readings(&mut buf);
@@ -178,18 +206,15 @@ fn decide(snap: &Snapshot, conn: ConnInfo, req: &Request<Incoming>) -> Result<De
         Some(PathAndQuery::try_from(pq).map_err(|e| Problem::bad_request(e.to_string()))?)
     };
     let host = match host_header {
-        Some(raw) if raw.as_bytes() == target.host.as_bytes() => Some(raw.clone()),
-        _ if target.host.is_empty() => None,
-        _ => Some(
-            HeaderValue::from_str(&target.host).map_err(|e| Problem::bad_request(e.to_string()))?,
-        ),
+        Some(raw) if raw.as_bytes() == target.host.as_bytes() => raw.clone(),
+        _ => {
+            HeaderValue::from_str(&target.host).map_err(|e| Problem::bad_request(e.to_string()))?
+        }
     };
     Ok(Decision {
         route: route.index,
         rewrite,
         host,
-        host_text: target.host.into_owned(),
-        trusted_peer,
     })
 }
 
@@ -209,27 +234,15 @@ pub fn deny_response(route: &Route) -> Response<ProxyBody> {
     }
 }
 
-/// Renders a route's custom error. Values are JSON-escaped when the body is JSON.
+/// Renders a route's custom error (placeholders substituted in one pass, JSON-escaped in
+/// JSON bodies).
 pub fn render_error(
     t: &ErrorTemplate,
     ticket: &str,
     reason: &str,
     rule: &str,
 ) -> Response<ProxyBody> {
-    let json = t.content_type.contains("json");
-    let esc = |s: &str| -> String {
-        if json {
-            let quoted = serde_json::Value::String(s.to_string()).to_string();
-            quoted[1..quoted.len() - 1].to_string()
-        } else {
-            s.to_string()
-        }
-    };
-    let body = t
-        .body
-        .replace("{ticket}", &esc(ticket))
-        .replace("{reason}", &esc(reason))
-        .replace("{rule}", &esc(rule));
+    let body = render_error_body(t, ticket, reason, rule);
     let mut resp = Response::new(ProxyBody::full(Bytes::from(body)));
     *resp.status_mut() = t.status;
     if let Ok(ct) = HeaderValue::from_str(&t.content_type) {
@@ -240,13 +253,14 @@ pub fn render_error(
 
 /// Sends the canonical request upstream and relays the answer, streaming both bodies.
 async fn forward(
-    upstream: Arc<UpstreamClient>,
+    upstream: &UpstreamClient,
     conn: ConnInfo,
+    trusted_peer: bool,
+    upgrade: bool,
     decision: Decision,
     mut req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let def = &upstream.def;
-    let upgrade = headers::wants_upgrade(req.version(), req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     let client_version = parts.version;
@@ -263,38 +277,33 @@ async fn forward(
     uri.path_and_query = Some(pq);
     parts.uri = match Uri::from_parts(uri) {
         Ok(u) => u,
-        Err(e) => return Problem::bad_request(e.to_string()).into_response(),
+        Err(e) => return internal_error(&format!("cannot build the upstream URI: {e}")),
     };
     parts.version = Version::HTTP_11;
 
-    headers::strip_hop_by_hop(&mut parts.headers, upgrade);
-    for name in PATH_OVERRIDE_HEADERS {
-        parts.headers.remove(*name);
-    }
     headers::set_forwarding(
         &mut parts.headers,
         &Forwarding {
             peer: conn.peer.ip(),
-            trusted_peer: decision.trusted_peer,
+            trusted_peer,
             tls: conn.tls,
-            host: &decision.host_text,
+            host: &decision.host,
             version: client_version,
         },
     );
-    let host = if def.preserve_host {
-        decision.host
-    } else {
-        def.url
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    };
-    match host {
-        Some(h) => {
-            parts.headers.insert(header::HOST, h);
-        }
-        None => {
-            parts.headers.remove(header::HOST);
-        }
+    // Over HTTP/2 the authority travels in `:authority`, taken from the upstream URL; a second,
+    // different `host` would be a malformed request (RFC 9113 8.3.1), so h2 upstreams get
+    // the upstream's authority and the client's host only in X-Forwarded-Host.
+    if def.preserve_host && def.protocol != UpstreamProtocol::H2 {
+        parts.headers.insert(header::HOST, decision.host);
+    } else if def.protocol == UpstreamProtocol::H2 {
+        parts.headers.remove(header::HOST);
+    } else if let Some(authority) = def
+        .url
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    {
+        parts.headers.insert(header::HOST, authority);
     }
 
     let body = ProxyBody::relay(body, def.idle_timeout);
@@ -312,8 +321,7 @@ async fn forward(
             .into_response()
         }
         Ok(Err(e)) => {
-            let what = upstream::describe(&e);
-            tracing::warn!(upstream = %def.name, "upstream error: {what}");
+            tracing::warn!(upstream = %def.name, "upstream error: {}", upstream::describe(&e));
             return match upstream::classify(&e) {
                 Failure::ConnectTimeout => Problem::gateway_timeout(
                     &def.name,
@@ -324,11 +332,12 @@ async fn forward(
                 ),
                 Failure::Connect => Problem::bad_gateway(
                     &def.name,
-                    format!("cannot connect to upstream {}: {what}", def.name),
+                    format!("cannot connect to upstream {}", def.name),
                 ),
-                Failure::Exchange => {
-                    Problem::bad_gateway(&def.name, format!("upstream {} failed: {what}", def.name))
-                }
+                Failure::Exchange => Problem::bad_gateway(
+                    &def.name,
+                    format!("upstream {} closed or broke the exchange", def.name),
+                ),
             }
             .into_response();
         }
@@ -356,14 +365,20 @@ async fn forward(
             }
         });
         let (mut parts, _) = resp.into_parts();
-        headers::strip_hop_by_hop(&mut parts.headers, true);
+        if headers::strip_hop_by_hop(&mut parts.headers, true).is_err() {
+            return Problem::bad_gateway(&def.name, "upstream sent an invalid Connection header")
+                .into_response();
+        }
         headers::append_via(&mut parts.headers, Version::HTTP_11);
         return Response::from_parts(parts, ProxyBody::Empty);
     }
 
     let (mut parts, body) = resp.into_parts();
     let upstream_version = parts.version;
-    headers::strip_hop_by_hop(&mut parts.headers, false);
+    if headers::strip_hop_by_hop(&mut parts.headers, false).is_err() {
+        return Problem::bad_gateway(&def.name, "upstream sent an invalid Connection header")
+            .into_response();
+    }
     headers::append_via(&mut parts.headers, upstream_version);
     parts.version = client_version;
     Response::from_parts(parts, ProxyBody::relay(body, def.idle_timeout))

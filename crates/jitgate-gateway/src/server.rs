@@ -10,8 +10,8 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
@@ -124,41 +124,9 @@ impl Gateway {
         } = self;
         let server = shared.snapshot().table.config().server.clone();
         let (stop_tx, stop_rx) = watch::channel(false);
-        let graceful = Arc::new(GracefulShutdown::new());
+        let graceful = GracefulShutdown::new();
+        let builders = Arc::new(Builders::new(server.header_read_timeout));
 
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(server.header_read_timeout)
-            .keep_alive(true);
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .keep_alive_interval(Some(Duration::from_secs(30)))
-            .keep_alive_timeout(Duration::from_secs(20));
-        let builder = Arc::new(builder);
-
-        let data_task = tokio::spawn(accept_loop(
-            data,
-            tls,
-            Plane::Data,
-            shared.clone(),
-            builder.clone(),
-            graceful.clone(),
-            stop_rx.clone(),
-            server.header_read_timeout,
-        ));
-        let admin_task = tokio::spawn(accept_loop(
-            admin,
-            None,
-            Plane::Admin,
-            shared.clone(),
-            builder,
-            graceful.clone(),
-            stop_rx.clone(),
-            server.header_read_timeout,
-        ));
         spawn_sighup(shared.clone(), stop_rx.clone());
         let _watcher = if server.watch {
             watch_file(shared.clone(), stop_rx.clone())
@@ -166,12 +134,42 @@ impl Gateway {
             None
         };
 
-        shutdown.await;
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            let (accepted, plane) = tokio::select! {
+                () = &mut shutdown => break,
+                a = data.accept() => (a, Plane::Data),
+                a = admin.accept() => (a, Plane::Admin),
+            };
+            let (stream, peer) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let conn = Conn {
+                shared: shared.clone(),
+                builders: builders.clone(),
+                watcher: graceful.watcher(),
+                peer,
+                plane,
+                first_byte_timeout: server.header_read_timeout,
+            };
+            let tls = if plane == Plane::Data {
+                tls.clone()
+            } else {
+                None
+            };
+            tokio::spawn(conn.serve(stream, tls));
+        }
         tracing::info!("shutting down: no new connections; draining in-flight requests");
+        drop(data);
+        drop(admin);
         let _ = stop_tx.send(true);
-        let _ = data_task.await;
-        let _ = admin_task.await;
-        let graceful = Arc::try_unwrap(graceful).unwrap_or_else(|_| GracefulShutdown::new());
         tokio::select! {
             () = graceful.shutdown() => tracing::info!("all connections closed"),
             () = tokio::time::sleep(server.shutdown_grace) => {
@@ -196,77 +194,100 @@ enum Plane {
     Admin,
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn accept_loop(
-    listener: TcpListener,
-    tls: Option<TlsAcceptor>,
-    plane: Plane,
-    shared: Arc<Shared>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    graceful: Arc<GracefulShutdown>,
-    mut stop: watch::Receiver<bool>,
-    handshake_timeout: Duration,
-) {
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = stop.changed() => return,
+/// Connection builders: sniffing for plaintext (HTTP/1.1 or h2c prior knowledge), and one
+/// per protocol for TLS, where ALPN already said which.
+struct Builders {
+    sniff: auto::Builder<TokioExecutor>,
+    http1: auto::Builder<TokioExecutor>,
+    http2: auto::Builder<TokioExecutor>,
+}
+
+impl Builders {
+    fn new(header_read_timeout: Duration) -> Builders {
+        let configure = |mut b: auto::Builder<TokioExecutor>| {
+            b.http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_read_timeout)
+                .keep_alive(true);
+            b.http2()
+                .timer(TokioTimer::new())
+                .keep_alive_interval(Some(Duration::from_secs(30)))
+                .keep_alive_timeout(Duration::from_secs(20));
+            b
         };
-        let (stream, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!("accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let shared = shared.clone();
-        let builder = builder.clone();
-        let graceful = graceful.clone();
-        let tls = tls.clone();
-        tokio::spawn(async move {
-            match tls {
-                None => serve(stream, peer, false, plane, shared, &builder, &graceful).await,
-                Some(acceptor) => {
-                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(tls_stream)) => {
-                            serve(tls_stream, peer, true, plane, shared, &builder, &graceful).await
-                        }
-                        Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                    }
-                }
-            }
-        });
+        Builders {
+            sniff: configure(auto::Builder::new(TokioExecutor::new())),
+            http1: configure(auto::Builder::new(TokioExecutor::new()).http1_only()),
+            http2: configure(auto::Builder::new(TokioExecutor::new()).http2_only()),
+        }
     }
 }
 
-async fn serve<S>(
-    stream: S,
-    peer: SocketAddr,
-    tls: bool,
-    plane: Plane,
+/// One accepted connection.
+struct Conn {
     shared: Arc<Shared>,
-    builder: &auto::Builder<TokioExecutor>,
-    graceful: &GracefulShutdown,
-) where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let conn = ConnInfo { peer, tls };
-    let service = service_fn(move |req| {
-        let shared = shared.clone();
-        async move {
-            Ok::<_, Infallible>(match plane {
-                Plane::Data => proxy::handle(shared, conn, req).await,
-                Plane::Admin => admin::handle(shared, req).await,
-            })
+    builders: Arc<Builders>,
+    watcher: Watcher,
+    peer: SocketAddr,
+    plane: Plane,
+    first_byte_timeout: Duration,
+}
+
+impl Conn {
+    async fn serve(self, stream: TcpStream, tls: Option<TlsAcceptor>) {
+        let peer = self.peer;
+        match tls {
+            None => {
+                // hyper's header timer starts only once the protocol is known; a client that
+                // connects and sends nothing must not hold a task and a socket for ever.
+                let mut probe = [0u8; 1];
+                match tokio::time::timeout(self.first_byte_timeout, stream.peek(&mut probe)).await {
+                    Ok(Ok(n)) if n > 0 => {}
+                    _ => return,
+                }
+                let builders = self.builders.clone();
+                self.run(stream, false, &builders.sniff).await;
+            }
+            Some(acceptor) => {
+                match tokio::time::timeout(self.first_byte_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => {
+                        let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                        let builders = self.builders.clone();
+                        let builder = if h2 { &builders.http2 } else { &builders.http1 };
+                        self.run(stream, true, builder).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                }
+            }
         }
-    });
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-    if let Err(e) = graceful.watch(connection.into_owned()).await {
-        tracing::debug!(%peer, "connection ended: {e}");
+    }
+
+    async fn run<S>(self, stream: S, tls: bool, builder: &auto::Builder<TokioExecutor>)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let Conn {
+            shared,
+            watcher,
+            peer,
+            plane,
+            ..
+        } = self;
+        let conn = ConnInfo { peer, tls };
+        let service = service_fn(move |req| {
+            let shared = shared.clone();
+            async move {
+                Ok::<_, Infallible>(match plane {
+                    Plane::Data => proxy::handle(shared, conn, req).await,
+                    Plane::Admin => admin::handle(shared, req).await,
+                })
+            }
+        });
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+        if let Err(e) = watcher.watch(connection.into_owned()).await {
+            tracing::debug!(%peer, "connection ended: {e}");
+        }
     }
 }
 
@@ -292,22 +313,32 @@ fn spawn_sighup(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
 
 /// Quiet period after the last file event before reloading: editors write in bursts.
 const DEBOUNCE: Duration = Duration::from_millis(200);
+/// A folder that never goes quiet still reloads this often.
+const DEBOUNCE_CAP: Duration = Duration::from_secs(2);
 
-/// Watches the config file's folder (so atomic rename-into-place and symlink swaps are seen)
-/// and reloads after a quiet period. Reload skips files whose content did not change.
+/// Watches the config file's folder (so atomic rename-into-place and Kubernetes `..data`
+/// symlink swaps are seen) for events about the config file, and reloads after a quiet
+/// period. Reload skips files whose content did not change.
 fn watch_file(
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) -> Option<notify::RecommendedWatcher> {
     use notify::{RecursiveMode, Watcher};
-    let dir = shared.config_path().parent()?.to_path_buf();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let path = shared.config_path().to_path_buf();
+    let dir = path.parent()?.to_path_buf();
+    let name = path.file_name()?.to_os_string();
+    // A permit-holding Notify coalesces any number of events into one wake-up.
+    let changed = Arc::new(tokio::sync::Notify::new());
+    let tx = changed.clone();
     let mut watcher =
         match notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if let Ok(event) = event {
-                if !event.kind.is_access() {
-                    let _ = tx.send(());
-                }
+            let Ok(event) = event else { return };
+            let ours = event
+                .paths
+                .iter()
+                .any(|p| p.file_name() == Some(name.as_os_str()) || p.ends_with("..data"));
+            if ours && !event.kind.is_access() {
+                tx.notify_one();
             }
         }) {
             Ok(w) => w,
@@ -326,17 +357,15 @@ fn watch_file(
     tokio::spawn(async move {
         loop {
             tokio::select! {
-                got = rx.recv() => if got.is_none() { return },
+                () = changed.notified() => {}
                 _ = stop.changed() => return,
             }
-            // Debounce: wait until events stop for DEBOUNCE.
-            loop {
-                match tokio::time::timeout(DEBOUNCE, rx.recv()).await {
-                    Ok(Some(())) => continue,
-                    Ok(None) => return,
-                    Err(_) => break,
-                }
-            }
+            let started = tokio::time::Instant::now();
+            while started.elapsed() < DEBOUNCE_CAP
+                && tokio::time::timeout(DEBOUNCE, changed.notified())
+                    .await
+                    .is_ok()
+            {}
             let _ = shared.reload(Trigger::Watch).await;
         }
     });

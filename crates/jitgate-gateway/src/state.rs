@@ -75,6 +75,8 @@ struct Attempt {
     at: SystemTime,
     trigger: Trigger,
     version: Option<String>,
+    /// The file itself was invalid (as opposed to a file it names, or an upstream).
+    invalid: bool,
     errors: Vec<String>,
 }
 
@@ -172,8 +174,13 @@ impl Shared {
     }
 
     /// Re-reads the file and swaps in the new table if it is valid and different.
-    /// A watch-triggered reload of a file identical to the last rejected one is skipped
-    /// quietly, so an editor saving unrelated files beside it does not repeat the errors.
+    ///
+    /// Parsing, certificate loading and building upstream clients (which reads the system
+    /// trust store) run on the blocking pool, off the runtime's workers. An explicit reload
+    /// (SIGHUP, admin API) of an unchanged file still re-reads the TLS certificate, so a
+    /// rotated certificate can be picked up alone. A watch-triggered reload of a file identical
+    /// to the last *invalid* one is skipped quietly (editors save neighbours often); failures
+    /// that depend on other files (a certificate written after the config) are retried.
     pub async fn reload(&self, trigger: Trigger) -> Result<Applied, Rejected> {
         let _one_at_a_time = self.reload_lock.lock().await;
         let current = self.snapshot();
@@ -182,50 +189,58 @@ impl Shared {
             Ok(b) => b,
             Err(e) => {
                 let errors = vec![format!("{}: error: cannot read: {e}", path.display())];
-                return Err(self.record_failure(trigger, None, errors));
+                return Err(self.record_failure(trigger, None, false, errors));
             }
         };
         let version = sha256_hex(&bytes);
         if version == current.table.version() {
+            if trigger != Trigger::Watch {
+                self.rotate_certificate(&current, trigger, &version).await?;
+            }
             return Ok(Applied {
                 version,
                 changed: false,
                 warnings: Vec::new(),
             });
         }
-        if trigger == Trigger::Watch && self.last_failed_version().as_deref() == Some(&version) {
+        if trigger == Trigger::Watch && self.last_invalid_version().as_deref() == Some(&version) {
             return Err(Rejected {
                 errors: self.last_errors(),
             });
         }
-        let parse_path = path.clone();
-        let parsed = tokio::task::spawn_blocking(move || {
-            let src = String::from_utf8(bytes)
-                .map_err(|e| vec![format!("{}: error: not UTF-8: {e}", parse_path.display())])?;
-            RuleTable::parse(&src, &parse_path).map_err(|d| render(&d))
+        let wants_cert = self.cert.is_some();
+        let previous = current.clone();
+        let built = tokio::task::spawn_blocking(move || {
+            let src = String::from_utf8(bytes).map_err(|e| {
+                (
+                    true,
+                    vec![format!("{}: error: not UTF-8: {e}", path.display())],
+                )
+            })?;
+            let table = RuleTable::parse(&src, &path).map_err(|d| (true, render(&d)))?;
+            let cert = match (&table.config().server.tls, wants_cert) {
+                (Some(files), true) => Some(
+                    load_certified_key(files)
+                        .map_err(|e| (false, vec![format!("{}: error: {e}", path.display())]))?,
+                ),
+                _ => None,
+            };
+            let snapshot = build_snapshot(table, Some(&previous)).map_err(|e| (false, e))?;
+            Ok::<_, (bool, Vec<String>)>((snapshot, cert))
         })
         .await
-        .unwrap_or_else(|e| Err(vec![format!("reload task failed: {e}")]));
-        let table = match parsed {
-            Ok(t) => t,
-            Err(errors) => return Err(self.record_failure(trigger, Some(version), errors)),
+        .unwrap_or_else(|e| Err((false, vec![format!("reload task failed: {e}")])));
+        let (snapshot, cert) = match built {
+            Ok(b) => b,
+            Err((invalid, errors)) => {
+                return Err(self.record_failure(trigger, Some(version), invalid, errors))
+            }
         };
-        let mut warnings = render(table.warnings());
-        warnings.extend(restart_notices(current.table.config(), table.config()));
-        let cert = match (&self.cert, &table.config().server.tls) {
-            (Some(_), Some(files)) => match load_certified_key(files) {
-                Ok(key) => Some(key),
-                Err(e) => {
-                    let errors = vec![format!("{}: error: {e}", path.display())];
-                    return Err(self.record_failure(trigger, Some(version), errors));
-                }
-            },
-            _ => None,
-        };
-        let snapshot = match build_snapshot(table, Some(&current)) {
-            Ok(s) => s,
-            Err(errors) => return Err(self.record_failure(trigger, Some(version), errors)),
-        };
+        let mut warnings = render(snapshot.table.warnings());
+        warnings.extend(restart_notices(
+            current.table.config(),
+            snapshot.table.config(),
+        ));
         if let (Some(slot), Some(key)) = (&self.cert, cert) {
             slot.store(key);
         }
@@ -238,6 +253,7 @@ impl Shared {
             at: SystemTime::now(),
             trigger,
             version: Some(version.clone()),
+            invalid: false,
             errors: Vec::new(),
         });
         Ok(Applied {
@@ -247,10 +263,38 @@ impl Shared {
         })
     }
 
+    async fn rotate_certificate(
+        &self,
+        current: &Snapshot,
+        trigger: Trigger,
+        version: &str,
+    ) -> Result<(), Rejected> {
+        let (Some(slot), Some(files)) = (&self.cert, current.table.config().server.tls.clone())
+        else {
+            return Ok(());
+        };
+        let path = self.config_path.clone();
+        let loaded = tokio::task::spawn_blocking(move || load_certified_key(&files))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        match loaded {
+            Ok(key) => {
+                slot.store(key);
+                Ok(())
+            }
+            Err(e) => {
+                let errors = vec![format!("{}: error: {e}", path.display())];
+                Err(self.record_failure(trigger, Some(version.to_string()), false, errors))
+            }
+        }
+    }
+
     fn record_failure(
         &self,
         trigger: Trigger,
         version: Option<String>,
+        invalid: bool,
         errors: Vec<String>,
     ) -> Rejected {
         for e in &errors {
@@ -260,6 +304,7 @@ impl Shared {
             at: SystemTime::now(),
             trigger,
             version,
+            invalid,
             errors: errors.clone(),
         };
         self.set_attempt(attempt.clone());
@@ -275,11 +320,12 @@ impl Shared {
         }
     }
 
-    fn last_failed_version(&self) -> Option<String> {
-        self.last_error
-            .lock()
-            .ok()
-            .and_then(|l| l.as_ref().and_then(|a| a.version.clone()))
+    fn last_invalid_version(&self) -> Option<String> {
+        self.last_error.lock().ok().and_then(|l| {
+            l.as_ref()
+                .filter(|a| a.invalid)
+                .and_then(|a| a.version.clone())
+        })
     }
 
     fn last_errors(&self) -> Vec<String> {
@@ -375,6 +421,14 @@ fn restart_notices(old: &Config, new: &Config) -> Vec<String> {
     if old.server.tls.is_some() != new.server.tls.is_some() {
         out.push(
             "server.tls was added or removed; the listener keeps its protocol until restart".into(),
+        );
+    }
+    if old.server.header_read_timeout != new.server.header_read_timeout
+        || old.server.shutdown_grace != new.server.shutdown_grace
+        || old.server.watch != new.server.watch
+    {
+        out.push(
+            "server.header_read_timeout, shutdown_grace and watch take effect at restart".into(),
         );
     }
     if old.store != new.store {

@@ -45,8 +45,6 @@ pub struct Server {
     pub trusted_proxies: Vec<IpNet>,
     /// `header_read_timeout` (default 10s): a client must send its request head within this.
     pub header_read_timeout: Duration,
-    /// `client_idle_timeout` (default 60s): idle keep-alive client connections are closed.
-    pub client_idle_timeout: Duration,
     /// `shutdown_grace` (default 30s): how long SIGTERM waits for in-flight requests.
     pub shutdown_grace: Duration,
     /// `watch = true` (default): reload when the file changes.
@@ -535,7 +533,6 @@ const SERVER_KEYS: &[&str] = &[
     "tls",
     "trusted_proxies",
     "header_read_timeout",
-    "client_idle_timeout",
     "shutdown_grace",
     "watch",
 ];
@@ -1019,9 +1016,6 @@ impl<'s> Cx<'s> {
         let header_read_timeout = self
             .duration(t, "header_read_timeout", sec)
             .map_or(secs(10), |d| d.0);
-        let client_idle_timeout = self
-            .duration(t, "client_idle_timeout", sec)
-            .map_or(secs(60), |d| d.0);
         let shutdown_grace = self
             .duration(t, "shutdown_grace", sec)
             .map_or(secs(30), |d| d.0);
@@ -1034,7 +1028,6 @@ impl<'s> Cx<'s> {
             tls,
             trusted_proxies,
             header_read_timeout,
-            client_idle_timeout,
             shutdown_grace,
             watch,
         })

@@ -137,13 +137,20 @@ fn source_matches(r: &Route, req: &RequestView<'_>) -> bool {
     }
 }
 
+/// Whether a route's method list admits `m`. A list naming GET also admits HEAD, as in
+/// nginx's `limit_except`: servers answer HEAD with their GET handler, so a GET-only
+/// restricting route must catch HEAD too.
+pub fn method_in(set: &[http::Method], m: &http::Method) -> bool {
+    set.contains(m) || (*m == http::Method::HEAD && set.contains(&http::Method::GET))
+}
+
 fn methods_match(r: &Route, req: &RequestView<'_>, all: bool) -> bool {
     match &r.methods {
         MethodSet::Any => true,
         MethodSet::Only(set) if all => {
-            !req.methods.is_empty() && req.methods.iter().all(|m| set.contains(m))
+            !req.methods.is_empty() && req.methods.iter().all(|m| method_in(set, m))
         }
-        MethodSet::Only(set) => req.methods.iter().any(|m| set.contains(m)),
+        MethodSet::Only(set) => req.methods.iter().any(|m| method_in(set, m)),
     }
 }
 
@@ -187,15 +194,15 @@ pub fn why_not(r: &Route, req: &RequestView<'_>) -> Option<String> {
     let all = !r.action.is_restricting();
     let quant = if all { "every" } else { "any" };
     if !methods_match(r, req, all) {
-        if let MethodSet::Only(set) = &r.methods {
-            let set = list(set);
+        if let MethodSet::Only(methods) = &r.methods {
+            let set = list(methods);
             return Some(match req.methods {
                 [] => format!("no method; route needs one of {set}"),
                 [m] => format!("method {m} not in {set}"),
                 ms if all => {
                     let bad = ms
                         .iter()
-                        .find(|m| !set.contains(m.as_str()))
+                        .find(|m| !method_in(methods, m))
                         .map_or(String::new(), |m| m.to_string());
                     format!("method {bad} (of {}) not in {set}; an allow route needs every method spelling to match", list(ms))
                 }

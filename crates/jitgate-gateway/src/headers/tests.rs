@@ -29,7 +29,7 @@ fn strips_hop_by_hop_and_connection_named() {
         ("te", "trailers"),
         ("x-kept", "yes"),
     ]);
-    strip_hop_by_hop(&mut h, false);
+    strip_hop_by_hop(&mut h, false).unwrap();
     let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
     names.sort_unstable();
     assert_eq!(names, vec!["te", "x-kept"]);
@@ -38,7 +38,7 @@ fn strips_hop_by_hop_and_connection_named() {
 #[test]
 fn te_other_than_trailers_is_dropped() {
     let mut h = map(&[("te", "gzip"), ("te", "trailers")]);
-    strip_hop_by_hop(&mut h, false);
+    strip_hop_by_hop(&mut h, false).unwrap();
     assert!(h.get("te").is_none());
 }
 
@@ -50,7 +50,7 @@ fn upgrade_is_kept_when_upgrading() {
         ("x-hop", "1"),
     ]);
     assert!(wants_upgrade(Version::HTTP_11, &h));
-    strip_hop_by_hop(&mut h, true);
+    strip_hop_by_hop(&mut h, true).unwrap();
     assert_eq!(h.get("connection").unwrap(), "upgrade");
     assert_eq!(h.get("upgrade").unwrap(), "websocket");
     assert!(h.get("x-hop").is_none());
@@ -72,7 +72,7 @@ fn untrusted_peer_cannot_forge_forwarding() {
             peer,
             trusted_peer: false,
             tls: false,
-            host: "api.example.com",
+            host: &HeaderValue::from_static("api.example.com"),
             version: Version::HTTP_11,
         },
     );
@@ -111,11 +111,70 @@ fn trusted_peer_appends() {
             peer: "::ffff:127.0.0.1".parse().unwrap(),
             trusted_peer: true,
             tls: true,
-            host: "h",
+            host: &HeaderValue::from_static("h"),
             version: Version::HTTP_2,
         },
     );
     assert_eq!(h.get("x-forwarded-for").unwrap(), "203.0.113.7, 127.0.0.1");
     assert_eq!(h.get("x-forwarded-proto").unwrap(), "https");
     assert_eq!(h.get("via").unwrap(), "1.1 edge, 2 jitgate");
+}
+
+#[test]
+fn only_websocket_upgrades_pass() {
+    let ws = map(&[("connection", "Upgrade"), ("upgrade", "WebSocket")]);
+    assert!(wants_upgrade(Version::HTTP_11, &ws));
+    assert!(!wants_upgrade(Version::HTTP_2, &ws));
+    let h2c = map(&[
+        ("connection", "Upgrade, HTTP2-Settings"),
+        ("upgrade", "h2c"),
+        ("http2-settings", "AAMAAABkAAQAAP__"),
+    ]);
+    assert!(!wants_upgrade(Version::HTTP_11, &h2c));
+    let mut h2c = h2c;
+    strip_hop_by_hop(&mut h2c, false).unwrap();
+    assert!(h2c.is_empty(), "{h2c:?}");
+    let two = map(&[
+        ("connection", "upgrade"),
+        ("upgrade", "websocket"),
+        ("upgrade", "h2c"),
+    ]);
+    assert!(!wants_upgrade(Version::HTTP_11, &two));
+}
+
+#[test]
+fn trailer_declaration_is_end_to_end() {
+    let mut h = map(&[("trailer", "grpc-status")]);
+    strip_hop_by_hop(&mut h, false).unwrap();
+    assert_eq!(h.get("trailer").unwrap(), "grpc-status");
+}
+
+#[test]
+fn connection_token_flood_is_refused() {
+    let tokens: Vec<String> = (0..40).map(|i| format!("x-{i}")).collect();
+    let mut h = map(&[("connection", &tokens.join(","))]);
+    assert_eq!(
+        strip_hop_by_hop(&mut h, false),
+        Err(HeaderError::TooManyConnectionTokens)
+    );
+}
+
+#[test]
+fn scrub_removes_what_the_upstream_must_not_trust() {
+    let mut h = map(&[
+        ("x_original_url", "/admin"),
+        ("x-original-url", "/admin"),
+        ("x-rewrite-url", "/admin"),
+        ("jit-approval", "forged"),
+        ("x-real-ip", "1.2.3.4"),
+        ("connection", "x-env"),
+        ("x-env", "staging"),
+        ("x-kept", "1"),
+    ]);
+    scrub_request(&mut h, false, false).unwrap();
+    let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+    assert_eq!(names, vec!["x-kept"]);
+    let mut trusted = map(&[("x-real-ip", "1.2.3.4")]);
+    scrub_request(&mut trusted, false, true).unwrap();
+    assert!(trusted.contains_key("x-real-ip"));
 }

@@ -135,7 +135,7 @@ fn example_fixture_parses_every_key() {
     assert_eq!(r.headers.len(), 2);
     assert_eq!(r.source.len(), 2);
     assert!(r.case_insensitive && r.allow_encoded_slash && r.allow_path_params && r.enforce);
-    assert_eq!(r.location.to_string(), format!("{FILE}:76:1"));
+    assert_eq!(r.location.to_string(), format!("{FILE}:75:1"));
     let a = r.approval.as_ref().unwrap();
     assert_eq!(
         a.approvers,
@@ -202,7 +202,6 @@ fn defaults() {
     assert_eq!(c.server.listen.to_string(), DEFAULT_LISTEN);
     assert_eq!(c.server.admin_listen.to_string(), DEFAULT_ADMIN_LISTEN);
     assert_eq!(c.server.header_read_timeout, Duration::from_secs(10));
-    assert_eq!(c.server.client_idle_timeout, Duration::from_secs(60));
     assert!(c.server.tls.is_none() && c.server.watch && c.server.trusted_proxies.is_empty());
     assert_eq!(c.store, Store::Memory);
     assert_eq!(c.approvals.hold_timeout, Duration::from_secs(50));

@@ -327,6 +327,22 @@ fn method_overrides() {
 }
 
 #[test]
+fn head_counts_as_get() {
+    let t = table(
+        &(route(
+            "approve-read",
+            "approve",
+            "methods = [\"GET\"]\npath = \"/secret/**\"",
+        ) + &route("allow-get", "allow", "methods = [\"GET\"]\npath = \"/**\"")),
+    );
+    // A GET handler answers HEAD, so a GET-only restricting route must catch it...
+    assert_eq!(hits(&t, Req::new("HEAD", "/secret/x")), "approve-read");
+    // ...and a GET-only allow route admits it.
+    assert_eq!(hits(&t, Req::new("HEAD", "/public")), "allow-get");
+    assert_eq!(hits(&t, Req::new("POST", "/public")), "404");
+}
+
+#[test]
 fn path_readings() {
     let t = table(
         &(route("deny-admin", "deny", "path = \"/admin/**\"")
@@ -471,7 +487,8 @@ mod reference {
         let restricting = matches!(r.action, Action::Approve | Action::Deny);
         let method_ok = |m: &Method| match &r.methods {
             MethodSet::Any => true,
-            MethodSet::Only(s) => s.contains(m),
+            // HEAD is answered by GET handlers, so a GET list admits it.
+            MethodSet::Only(s) => s.contains(m) || (*m == Method::HEAD && s.contains(&Method::GET)),
         };
         let methods = if restricting {
             v.methods.iter().any(method_ok)
