@@ -319,7 +319,7 @@ fn generated_spellings_never_reach_a_denied_path() {
     let strategy = proptest::collection::vec(proptest::sample::select(TOKENS), 1..12)
         .prop_map(|parts| format!("/{}", parts.concat()));
     let mut runner = TestRunner::new(ProptestConfig {
-        cases: 200,
+        cases: 500,
         failure_persistence: None,
         ..ProptestConfig::default()
     });
