@@ -292,16 +292,15 @@ fn explain(
     let methods: Vec<Method> = std::iter::once(method.clone()).chain(overrides).collect();
     let mut buf = [""; 3];
     let paths = target.path.readings(&mut buf);
+    let query = target.query.map(|q| format!("?{q}")).unwrap_or_default();
+    println!("canonical: {method} {}{query}", target.path.path);
     println!(
-        "canonical: {} {}{}{}",
-        method,
+        "host: {}",
         if target.host.is_empty() {
-            ""
+            "(none)"
         } else {
             &target.host
-        },
-        target.path.path,
-        target.query.map(|q| format!("?{q}")).unwrap_or_default()
+        }
     );
     if methods.len() > 1 {
         let names: Vec<&str> = methods.iter().map(Method::as_str).collect();
@@ -321,38 +320,26 @@ fn explain(
         source,
     };
     let explanation = table.explain(&view);
-    print!("{explanation}");
-    match explanation.matched.and_then(|i| table.routes().get(i)) {
-        Some(route) => {
-            if target.path.encoded_slash && !route.allow_encoded_slash {
-                println!(
-                    "=> 400: route {} does not allow encoded slashes",
-                    route.name
-                );
-                return ExitCode::FAILURE;
-            }
-            if target.path.path_params && !route.allow_path_params {
-                println!(
-                    "=> 400: route {} does not allow ';' path parameters",
-                    route.name
-                );
-                return ExitCode::FAILURE;
-            }
-            println!(
-                "=> route {} ({}){}",
-                route.name,
-                route.action.as_str(),
-                if route.enforce {
-                    ""
-                } else {
-                    ", shadow mode: forwarded"
-                }
-            );
-            ExitCode::SUCCESS
-        }
-        None => {
-            println!("=> no route matches: 404");
-            ExitCode::FAILURE
-        }
+    println!("{explanation}");
+    let Some(route) = explanation.matched.and_then(|i| table.routes().get(i)) else {
+        return ExitCode::FAILURE;
+    };
+    if target.path.encoded_slash && !route.allow_encoded_slash {
+        println!(
+            "   but the gateway answers 400: route {} does not allow encoded slashes",
+            route.name
+        );
+        return ExitCode::FAILURE;
     }
+    if target.path.path_params && !route.allow_path_params {
+        println!(
+            "   but the gateway answers 400: route {} does not allow ';' path parameters",
+            route.name
+        );
+        return ExitCode::FAILURE;
+    }
+    if !route.enforce {
+        println!("   shadow mode (enforce = false): logged and forwarded");
+    }
+    ExitCode::SUCCESS
 }

@@ -351,7 +351,7 @@ fn explain_shows_the_canonical_form_and_why_earlier_routes_did_not_match() {
     assert_eq!(r.code, Some(0), "{}", r.all());
     let out = &r.stdout;
     assert!(
-        out.contains("api.example.com/admin/x"),
+        out.contains("canonical: GET /admin/x\n") && out.contains("host: api.example.com\n"),
         "canonical form missing\n{}",
         r.all()
     );

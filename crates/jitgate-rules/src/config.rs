@@ -932,6 +932,9 @@ impl<'s> Cx<'s> {
         let admin = self.admin(doc);
         let upstreams = self.upstreams(doc);
         let routes = self.routes(doc, &upstreams, approvals.as_ref());
+        // Shadowing is judged on every route that compiled, even when other parts of the
+        // file have errors, so one `check` reports everything there is to fix.
+        self.diags.extend(crate::shadow::analyse(&routes));
         Some(Config {
             server: server?,
             store: store?,

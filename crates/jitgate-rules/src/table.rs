@@ -57,7 +57,6 @@ impl RuleTable {
         let Some(config) = config else {
             return Err(diags);
         };
-        diags.extend(crate::shadow::analyse(&config.routes));
         diags.sort_by_key(|d| (d.location.line, d.location.column));
         if diags.iter().any(|d| d.severity == Severity::Error) {
             return Err(diags);
