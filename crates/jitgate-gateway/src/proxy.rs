@@ -63,15 +63,20 @@ pub async fn handle(
     let Some(route) = snap.table.routes().get(decision.route) else {
         return internal_error("matched route vanished");
     };
+    // Logs show the canonical path, the one that was matched and would be forwarded.
+    let path = decision
+        .rewrite
+        .as_ref()
+        .map_or_else(|| req.uri().path(), PathAndQuery::path);
     match (route.action, route.enforce) {
         (Action::Allow, _) => {}
         (Action::Deny, true) => {
-            tracing::info!(route = %route.name, method = %req.method(), path = req.uri().path(), "denied");
+            tracing::info!(route = %route.name, method = %req.method(), path, "denied");
             return deny_response(route);
         }
         (Action::Approve, true) => {
             // Fail closed: until the hold engine exists, nothing on an approve route is forwarded.
-            tracing::warn!(route = %route.name, method = %req.method(), path = req.uri().path(), "approval required; holding is not available, refused");
+            tracing::warn!(route = %route.name, method = %req.method(), path, "approval required; holding is not available, refused");
             return Problem::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "approval-unavailable",
@@ -91,7 +96,7 @@ pub async fn handle(
             } else {
                 "hold for approval"
             };
-            tracing::warn!(route = %route.name, method = %req.method(), path = req.uri().path(), "shadow mode: would {would}; forwarding");
+            tracing::warn!(route = %route.name, method = %req.method(), path, "shadow mode: would {would}; forwarding");
         }
     }
     let Some(upstream) = snap

@@ -711,3 +711,29 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    /// `/a/b/**` covers `/a/b` and everything below it, and never a path that merely
+    /// starts with the same characters (`/a/bc`, `/a/b.json`, `/a/b-x`).
+    #[test]
+    fn prefix_matches_only_on_segment_boundaries(
+        segs in prop::collection::vec("[a-z]{1,6}", 1..4),
+        glued in "[a-zA-Z0-9._~-]{1,6}",
+        below in "[a-z0-9]{1,6}",
+        ci in any::<bool>(),
+    ) {
+        let prefix = format!("/{}", segs.join("/"));
+        let ci_line = if ci { "case_insensitive = true\n" } else { "" };
+        let t = table(
+            &(route("guard", "deny", &format!("path = \"{prefix}/**\"\n{ci_line}"))
+                + &route("rest", "allow", "path = \"/**\"")),
+        );
+        prop_assert_eq!(hits(&t, Req::new("GET", &prefix)), "guard");
+        prop_assert_eq!(hits(&t, Req::new("GET", &format!("{prefix}/"))), "guard");
+        prop_assert_eq!(hits(&t, Req::new("GET", &format!("{prefix}/{below}"))), "guard");
+        prop_assert_eq!(hits(&t, Req::new("GET", &format!("{prefix}{glued}"))), "rest");
+        prop_assert_eq!(hits(&t, Req::new("GET", &format!("{prefix}{glued}/{below}"))), "rest");
+    }
+}
