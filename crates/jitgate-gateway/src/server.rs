@@ -166,9 +166,11 @@ impl Gateway {
             };
             tokio::spawn(conn.serve(stream, tls));
         }
-        tracing::info!("shutting down: no new connections; draining in-flight requests");
+        // Close the listeners before saying so: "shutting down" means no new connection
+        // can be accepted any more.
         drop(data);
         drop(admin);
+        tracing::info!("shutting down: no new connections; draining in-flight requests");
         let _ = stop_tx.send(true);
         tokio::select! {
             () = graceful.shutdown() => tracing::info!("all connections closed"),
