@@ -6,11 +6,13 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod admin;
 mod error;
 mod identity;
 mod keys;
 mod requester;
 
+pub use admin::AdminAuthenticator;
 pub use error::{AuthError, IdentityError, TokenError};
 pub use identity::{Identity, Via};
 pub use requester::Authenticator;
