@@ -7,12 +7,16 @@
 #![deny(missing_docs)]
 
 mod admin;
+mod approval;
 mod error;
 mod identity;
 mod keys;
+mod mint;
 mod requester;
 
 pub use admin::AdminAuthenticator;
+pub use approval::{ApprovalClaims, ApprovalSigner, APPROVAL_ISSUER};
 pub use error::{AuthError, IdentityError, TokenError};
 pub use identity::{Identity, Via};
+pub use mint::mint_hs256;
 pub use requester::Authenticator;
