@@ -60,6 +60,25 @@ enum Command {
         #[arg(long)]
         once: bool,
     },
+    /// Mint a development JWT for a config whose [identity.jwt] uses hs256_secret_env.
+    Token {
+        /// The rule table (its [identity.jwt] gives the secret's variable, issuer, audience
+        /// and groups claim; or [admin.jwt] with --admin).
+        #[arg(long, short, default_value = "proxy.toml")]
+        config: PathBuf,
+        /// Mint for the admin plane's [admin.jwt] instead of [identity.jwt].
+        #[arg(long)]
+        admin: bool,
+        /// The user (`sub`).
+        #[arg(long)]
+        user: String,
+        /// A group (repeatable).
+        #[arg(long = "group", short = 'g')]
+        groups: Vec<String>,
+        /// Validity, e.g. 1h.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+    },
     /// A small echo origin (used by the demo and load tests).
     #[command(hide = true)]
     EchoOrigin {
@@ -86,6 +105,13 @@ pub fn main() -> ExitCode {
             method,
             url,
         } => explain(&config, &headers, source, &method, &url),
+        Command::Token {
+            config,
+            admin,
+            user,
+            groups,
+            ttl,
+        } => token(&config, admin, &user, &groups, &ttl),
         Command::Serve { config } => {
             runtime().map_or(ExitCode::FAILURE, |rt| rt.block_on(serve(&config)))
         }
@@ -188,6 +214,62 @@ fn read_table(file: &Path) -> Result<RuleTable, Vec<String>> {
     let src = std::fs::read_to_string(file)
         .map_err(|e| vec![format!("{}: error: cannot read: {e}", file.display())])?;
     RuleTable::parse(&src, file).map_err(|diags| diags.iter().map(ToString::to_string).collect())
+}
+
+fn token(config: &Path, admin: bool, user: &str, groups: &[String], ttl: &str) -> ExitCode {
+    let table = match read_table(config) {
+        Ok(t) => t,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{e}");
+            }
+            return fail(&format!("{} is invalid", config.display()));
+        }
+    };
+    let cfg = table.config();
+    let jwt = if admin {
+        cfg.admin.jwt.as_ref().or(cfg.identity.jwt.as_ref())
+    } else {
+        cfg.identity.jwt.as_ref()
+    };
+    let section = if admin {
+        "[admin.jwt] (or [identity.jwt])"
+    } else {
+        "[identity.jwt]"
+    };
+    let Some(jwt) = jwt else {
+        return fail(&format!("{} has no {section}", config.display()));
+    };
+    let Some(var) = &jwt.hs256_secret_env else {
+        return fail(&format!(
+            "{section} in {} does not use hs256_secret_env; only HS256 tokens can be minted here",
+            config.display()
+        ));
+    };
+    let Ok(secret) = std::env::var(var) else {
+        return fail(&format!(
+            "environment variable {var} (named by hs256_secret_env) is not set"
+        ));
+    };
+    let ttl = match jitgate_rules::parse_duration(ttl) {
+        Ok(d) => d,
+        Err(e) => return fail(&format!("--ttl: {e}")),
+    };
+    match jitgate_identity::mint_hs256(
+        secret.as_bytes(),
+        user,
+        groups,
+        &jwt.groups_claim,
+        ttl,
+        jwt.issuer.as_deref(),
+        jwt.audience.as_deref(),
+    ) {
+        Ok(token) => {
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&format!("cannot mint a token: {e}")),
+    }
 }
 
 fn check(file: &Path) -> ExitCode {

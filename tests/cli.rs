@@ -491,3 +491,92 @@ fn demo_once_walks_through_and_exits_0() {
         "admin step is not a 403:\n{admin_step}"
     );
 }
+
+// === token ===
+
+const TOKEN_CONFIG: &str = r#"
+[identity.jwt]
+issuer = "https://idp.test"
+audience = "jitgate"
+hs256_secret_env = "JITGATE_CLI_TEST_SECRET"
+groups_claim = "groups"
+"#;
+
+const TOKEN_SECRET: &str = "a-development-secret-of-at-least-32-bytes!";
+
+fn token_cmd(dir: &Path, secret: Option<&str>, args: &[&str]) -> Run {
+    let mut cmd = Command::new(JITGATE);
+    cmd.arg("token")
+        .args(args)
+        .current_dir(dir)
+        .env_remove("JITGATE_CLI_TEST_SECRET")
+        .stdin(Stdio::null());
+    if let Some(s) = secret {
+        cmd.env("JITGATE_CLI_TEST_SECRET", s);
+    }
+    from_output(cmd.output().expect("run jitgate token"))
+}
+
+#[test]
+fn token_mints_a_jwt_the_gateway_accepts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write(dir.path(), "proxy.toml", &format!("{HEAD}{TOKEN_CONFIG}"));
+    let r = token_cmd(
+        dir.path(),
+        Some(TOKEN_SECRET),
+        &[
+            "--user", "alice", "-g", "oncall", "-g", "dev", "--ttl", "10m",
+        ],
+    );
+    assert_eq!(r.code, Some(0), "{}", r.all());
+    let token = r.stdout.trim();
+    assert_eq!(token.split('.').count(), 3, "not a JWT: {token}");
+
+    // The requester authenticator built from the same config accepts it.
+    let src = std::fs::read_to_string(dir.path().join("proxy.toml")).expect("read");
+    let table =
+        jitgate_rules::RuleTable::parse(&src, Path::new("proxy.toml")).expect("valid config");
+    let auth = jitgate_identity::Authenticator::from_config_with_env(
+        &table.config().identity,
+        &[],
+        &|var| (var == "JITGATE_CLI_TEST_SECRET").then(|| TOKEN_SECRET.to_string()),
+    )
+    .expect("authenticator");
+    let mut headers = http::HeaderMap::new();
+    headers.insert(
+        http::header::AUTHORIZATION,
+        http::HeaderValue::from_str(&format!("Bearer {token}")).expect("header"),
+    );
+    let who = auth.authenticate(&headers, false).expect("token accepted");
+    assert_eq!(who.user.as_deref(), Some("alice"));
+    assert_eq!(who.groups, vec!["oncall".to_string(), "dev".to_string()]);
+
+    // A different secret does not accept it.
+    let other = jitgate_identity::Authenticator::from_config_with_env(
+        &table.config().identity,
+        &[],
+        &|_| Some("another-secret-that-is-also-32-bytes-long".to_string()),
+    )
+    .expect("authenticator");
+    assert!(other.authenticate(&headers, false).is_err());
+}
+
+#[test]
+fn token_without_the_secret_variable_fails_with_one_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write(dir.path(), "proxy.toml", &format!("{HEAD}{TOKEN_CONFIG}"));
+    let r = token_cmd(dir.path(), None, &["--user", "alice"]);
+    assert_eq!(r.code, Some(1), "{}", r.all());
+    assert!(r.stdout.is_empty(), "{}", r.all());
+    assert_eq!(r.stderr.lines().count(), 1, "{}", r.all());
+    assert!(r.stderr.contains("JITGATE_CLI_TEST_SECRET"), "{}", r.all());
+}
+
+#[test]
+fn token_without_identity_jwt_fails() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write(dir.path(), "proxy.toml", HEAD);
+    let r = token_cmd(dir.path(), Some(TOKEN_SECRET), &["--user", "alice"]);
+    assert_eq!(r.code, Some(1), "{}", r.all());
+    assert!(r.stderr.contains("[identity.jwt]"), "{}", r.all());
+}
