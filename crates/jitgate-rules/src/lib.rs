@@ -12,6 +12,7 @@ pub mod matcher;
 pub mod route;
 pub mod shadow;
 pub mod table;
+pub mod ticket;
 pub mod units;
 
 pub use canon::{CanonError, CanonOptions, CanonTarget};
@@ -20,4 +21,8 @@ pub use diag::{Diagnostic, Severity};
 pub use matcher::Matcher;
 pub use route::{Action, RequestView, Route};
 pub use table::{ExplainStep, Explanation, RuleTable};
+pub use ticket::{
+    Approver, AuditDraft, AuditEvent, AuditKind, Grant, GrantId, IdError, Mode, RequestSnapshot,
+    Requester, Status, Ticket, TicketDraft, TicketId, Timestamp, TransitionError, Vote,
+};
 pub use units::{format_duration, parse_duration, parse_rate, parse_size};

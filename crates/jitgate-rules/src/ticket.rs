@@ -1,0 +1,1193 @@
+//! Approval tickets, access grants and the audit chain: the data model and its state machine.
+//!
+//! Everything here is pure: each transition is a function from the current ticket (or grant)
+//! and the current time to the next one or a [`TransitionError`]. The store applies these
+//! functions atomically to the version it read, so the decision logic exists exactly once.
+//!
+//! JSON is camelCase and matches SPEC section 8; timestamps are RFC 3339 UTC strings with
+//! millisecond precision kept internally.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::route::ApprovalMode;
+
+#[cfg(test)]
+mod tests;
+
+// === Timestamp ===
+
+/// Milliseconds since the Unix epoch, UTC. Serialised as RFC 3339 (`2026-11-22T10:30:00Z`,
+/// with `.mmm` only when the milliseconds are not zero).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Timestamp(pub u64);
+
+impl Timestamp {
+    /// From milliseconds since the epoch.
+    pub const fn from_millis(ms: u64) -> Self {
+        Timestamp(ms)
+    }
+
+    /// Milliseconds since the epoch.
+    pub const fn as_millis(self) -> u64 {
+        self.0
+    }
+
+    /// This instant plus `d` (saturating).
+    pub fn plus(self, d: std::time::Duration) -> Self {
+        let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        Timestamp(self.0.saturating_add(ms))
+    }
+
+    /// RFC 3339 in UTC.
+    pub fn to_rfc3339(self) -> String {
+        let secs = self.0 / 1000;
+        let ms = self.0 % 1000;
+        let days = (secs / 86_400) as i64;
+        let rem = secs % 86_400;
+        let (y, m, d) = civil_from_days(days);
+        let (hh, mm, ss) = (rem / 3600, (rem % 3600) / 60, rem % 60);
+        if ms == 0 {
+            format!("{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}Z")
+        } else {
+            format!("{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}.{ms:03}Z")
+        }
+    }
+
+    /// Parses RFC 3339 (`Z` or a numeric offset; fractions beyond milliseconds are
+    /// truncated). Instants before 1970 are refused.
+    pub fn parse_rfc3339(s: &str) -> Result<Self, TimestampError> {
+        let b = s.as_bytes();
+        let err = || TimestampError(s.to_string());
+        if b.len() < 20 {
+            return Err(err());
+        }
+        let num = |r: std::ops::Range<usize>| -> Result<i64, TimestampError> {
+            let part = &b[r];
+            if part.iter().all(u8::is_ascii_digit) {
+                Ok(part
+                    .iter()
+                    .fold(0i64, |acc, c| acc * 10 + i64::from(c - b'0')))
+            } else {
+                Err(err())
+            }
+        };
+        if b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't') || b[13] != b':' {
+            return Err(err());
+        }
+        if b[16] != b':' {
+            return Err(err());
+        }
+        let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+        let (hh, mi, ss) = (num(11..13)?, num(14..16)?, num(17..19)?);
+        if !(1..=12).contains(&mo) || d < 1 || d > days_in_month(y, mo as u32) as i64 {
+            return Err(err());
+        }
+        if hh > 23 || mi > 59 || ss > 59 {
+            return Err(err());
+        }
+        let mut i = 19;
+        let mut ms = 0i64;
+        if b.get(i) == Some(&b'.') {
+            i += 1;
+            let start = i;
+            while i < b.len() && b[i].is_ascii_digit() {
+                if i - start < 3 {
+                    ms = ms * 10 + i64::from(b[i] - b'0');
+                }
+                i += 1;
+            }
+            if i == start {
+                return Err(err());
+            }
+            for _ in (i - start)..3 {
+                ms *= 10;
+            }
+        }
+        let offset_secs = match &b[i..] {
+            [b'Z' | b'z'] => 0,
+            [sign @ (b'+' | b'-'), _, _, b':', _, _] => {
+                let oh = num(i + 1..i + 3)?;
+                let om = num(i + 4..i + 6)?;
+                if oh > 23 || om > 59 {
+                    return Err(err());
+                }
+                let o = oh * 3600 + om * 60;
+                if *sign == b'+' {
+                    o
+                } else {
+                    -o
+                }
+            }
+            _ => return Err(err()),
+        };
+        let secs = days_from_civil(y, mo as u32, d as u32) * 86_400 + hh * 3600 + mi * 60 + ss
+            - offset_secs;
+        let total = secs
+            .checked_mul(1000)
+            .and_then(|v| v.checked_add(ms))
+            .ok_or_else(err)?;
+        u64::try_from(total).map(Timestamp).map_err(|_| err())
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_rfc3339())
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_rfc3339())
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Timestamp::parse_rfc3339(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A string that is not an RFC 3339 timestamp jitgate can represent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not an RFC 3339 UTC timestamp: {0:?}")]
+pub struct TimestampError(pub String);
+
+fn is_leap(y: i64) -> bool {
+    (y % 4 == 0 && y % 100 != 0) || y % 400 == 0
+}
+
+fn days_in_month(y: i64, m: u32) -> u32 {
+    match m {
+        2 if is_leap(y) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+// Howard Hinnant's civil-calendar algorithms (proleptic Gregorian).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m as u32, d as u32)
+}
+
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let (m, d) = (i64::from(m), i64::from(d));
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+// === ids ===
+
+const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+
+/// 48-bit millisecond time and 80 random bits, as 26 uppercase Crockford base32 characters.
+fn encode_ulid(ms: u64, random: u128) -> String {
+    let v: u128 = (u128::from(ms & 0xFFFF_FFFF_FFFF) << 80) | (random & ((1u128 << 80) - 1));
+    (0..26)
+        .map(|i| CROCKFORD[((v >> (125 - 5 * i)) & 31) as usize] as char)
+        .collect()
+}
+
+/// Exactly the canonical spelling [`encode_ulid`] produces: 26 characters of the uppercase
+/// alphabet, the first at most `7` (128 bits). Ids come from clients, so nothing is folded.
+fn is_ulid(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 26 && b[0] <= b'7' && b.iter().all(|c| CROCKFORD.contains(c))
+}
+
+/// Why a client-supplied id was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a valid {kind} id")]
+pub struct IdError {
+    /// `ticket` or `grant`.
+    pub kind: &'static str,
+}
+
+macro_rules! prefixed_id {
+    ($(#[$doc:meta])* $name:ident, $prefix:literal, $kind:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
+
+        impl $name {
+            /// The prefix every id of this kind starts with.
+            pub const PREFIX: &'static str = $prefix;
+
+            /// A new id from a millisecond time and 80 random bits (higher bits are ignored).
+            pub fn new(ms: u64, random: u128) -> Self {
+                $name(format!("{}{}", $prefix, encode_ulid(ms, random)))
+            }
+
+            /// Validates a client-supplied id.
+            pub fn parse(s: &str) -> Result<Self, IdError> {
+                match s.strip_prefix($prefix) {
+                    Some(rest) if is_ulid(rest) => Ok($name(s.to_string())),
+                    _ => Err(IdError { kind: $kind }),
+                }
+            }
+
+            /// The id as text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = IdError;
+            fn try_from(s: String) -> Result<Self, IdError> {
+                $name::parse(&s)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(id: $name) -> String {
+                id.0
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = IdError;
+            fn from_str(s: &str) -> Result<Self, IdError> {
+                $name::parse(s)
+            }
+        }
+    };
+}
+
+prefixed_id!(
+    /// `jit_` + ULID.
+    TicketId,
+    "jit_",
+    "ticket"
+);
+prefixed_id!(
+    /// `grt_` + ULID.
+    GrantId,
+    "grt_",
+    "grant"
+);
+
+// === Ticket ===
+
+/// Where a ticket is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Status {
+    /// Waiting for approvers.
+    Pending,
+    /// Quorum reached; the request may be released (redeemed).
+    Approved,
+    /// An approver denied it.
+    Denied,
+    /// Nobody decided within `ticket_ttl`.
+    Expired,
+    /// The client went away (or withdrew) before a decision.
+    Cancelled,
+    /// The approved request was sent upstream (every allowed use redeemed).
+    Executed,
+}
+
+impl Status {
+    /// Every status, in lifecycle order.
+    pub const ALL: [Status; 6] = [
+        Status::Pending,
+        Status::Approved,
+        Status::Denied,
+        Status::Expired,
+        Status::Cancelled,
+        Status::Executed,
+    ];
+
+    /// The JSON / query-string spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "PENDING",
+            Status::Approved => "APPROVED",
+            Status::Denied => "DENIED",
+            Status::Expired => "EXPIRED",
+            Status::Cancelled => "CANCELLED",
+            Status::Executed => "EXECUTED",
+        }
+    }
+
+    /// Parses the JSON spelling (`?status=PENDING`); case-sensitive.
+    pub fn parse(s: &str) -> Option<Status> {
+        Status::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// No transition leaves this status.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Status::Denied | Status::Expired | Status::Cancelled | Status::Executed
+        )
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `mode` of the route the ticket was opened under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Approve this one request.
+    Action,
+    /// Approval creates a time-bound grant.
+    Access,
+}
+
+impl From<ApprovalMode> for Mode {
+    fn from(m: ApprovalMode) -> Self {
+        match m {
+            ApprovalMode::Action => Mode::Action,
+            ApprovalMode::Access => Mode::Access,
+        }
+    }
+}
+
+/// Who sent the held request.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Requester {
+    /// `None` for anonymous requesters.
+    pub user: Option<String>,
+    /// Groups as resolved at the edge.
+    pub groups: Vec<String>,
+}
+
+impl Requester {
+    /// The key used for per-requester limits and audit filters: the user, or `anonymous`.
+    pub fn key(&self) -> &str {
+        self.user.as_deref().unwrap_or("anonymous")
+    }
+}
+
+/// An authenticated approver acting on the admin plane. (Named apart from
+/// [`crate::route::Principal`], which is an entry of a route's approver list.)
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Approver {
+    /// The approver's user name.
+    pub user: String,
+    /// The approver's groups.
+    pub groups: Vec<String>,
+}
+
+impl Approver {
+    /// Whether an approver list (`user:NAME`, `group:NAME`) names this approver.
+    pub fn is_listed(&self, approvers: &[String]) -> bool {
+        approvers.iter().any(|a| {
+            if let Some(u) = a.strip_prefix("user:") {
+                u == self.user
+            } else if let Some(g) = a.strip_prefix("group:") {
+                self.groups.iter().any(|mine| mine == g)
+            } else {
+                false
+            }
+        })
+    }
+}
+
+/// What approvers see of the held request. Secrets are redacted before it is built
+/// (see [`redact_headers`] and [`body_preview`]); the body itself is represented only by its hash.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestSnapshot {
+    /// The method as matched (an override spelling if one triggered the route).
+    pub method: String,
+    /// Canonical host.
+    pub host: String,
+    /// Canonical path.
+    pub path: String,
+    /// Raw query string without `?` (empty if none).
+    pub query: String,
+    /// Selected request headers, secrets redacted.
+    pub headers: Vec<(String, String)>,
+    /// Lowercase hex SHA-256 of the request body.
+    pub body_sha256: String,
+    /// Size-capped, redacted preview of the body for approvers.
+    pub body_preview: String,
+}
+
+/// One approval or denial.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Vote {
+    /// The approver's user name.
+    pub by: String,
+    /// The approver's groups at the time.
+    pub groups: Vec<String>,
+    /// When.
+    pub at: Timestamp,
+    /// The comment (approval) or reason (denial).
+    pub comment: Option<String>,
+}
+
+/// An approval ticket: one held request (or an access request) awaiting a decision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Ticket {
+    /// `jit_` + ULID.
+    pub id: TicketId,
+    /// Where it is in its life.
+    pub status: Status,
+    /// Route name.
+    pub route: String,
+    /// Hex of the route's `definition_hash` at creation.
+    pub route_hash: String,
+    /// `action` or `access`.
+    pub mode: Mode,
+    /// Who asked.
+    pub requester: Requester,
+    /// The `Jit-Reason` header.
+    pub reason: Option<String>,
+    /// What was asked.
+    pub request: RequestSnapshot,
+    /// See [`fingerprint`]; also the coalescing key.
+    pub fingerprint: String,
+    /// Creation time.
+    pub created_at: Timestamp,
+    /// After this instant the ticket can no longer be decided.
+    pub expires_at: Timestamp,
+    /// When it left `PENDING`.
+    pub decided_at: Option<Timestamp>,
+    /// When the last allowed use was redeemed.
+    pub executed_at: Option<Timestamp>,
+    /// Approvals so far, one per distinct user.
+    pub approvals: Vec<Vote>,
+    /// Denials (at most one: one deny ends the ticket).
+    pub denials: Vec<Vote>,
+    /// Distinct approvals needed.
+    pub quorum: u32,
+    /// `user:NAME` / `group:NAME` entries that may decide.
+    pub approvers: Vec<String>,
+    /// Whether the requester may decide their own ticket.
+    pub self_approval: bool,
+    /// The denial reason (reaches the requester's error body).
+    pub deny_reason: Option<String>,
+    /// How many times the approval may be redeemed (default once).
+    pub token_uses: u32,
+    /// How many times it has been redeemed.
+    pub redeemed: u32,
+    /// How long after approval it may be redeemed (`token_ttl`), in milliseconds.
+    pub token_ttl_ms: u64,
+    /// Set on approval: `decidedAt + tokenTtlMs`.
+    pub redeem_by: Option<Timestamp>,
+}
+
+/// Everything needed to open a ticket that is not derived.
+#[derive(Debug, Clone)]
+pub struct TicketDraft {
+    /// Route name.
+    pub route: String,
+    /// The route's `definition_hash`.
+    pub route_hash: [u8; 32],
+    /// `action` or `access`.
+    pub mode: Mode,
+    /// Who asked.
+    pub requester: Requester,
+    /// `Jit-Reason`.
+    pub reason: Option<String>,
+    /// What was asked (already redacted).
+    pub request: RequestSnapshot,
+    /// `ticket_ttl`.
+    pub ticket_ttl: std::time::Duration,
+    /// `token_ttl`.
+    pub token_ttl: std::time::Duration,
+    /// Distinct approvals needed.
+    pub quorum: u32,
+    /// Approver list as written in the route (`group:oncall`).
+    pub approvers: Vec<String>,
+    /// `self_approval`.
+    pub self_approval: bool,
+    /// How many times the approval may be redeemed.
+    pub token_uses: u32,
+}
+
+impl Ticket {
+    /// A new `PENDING` ticket.
+    pub fn open(id: TicketId, draft: TicketDraft, now: Timestamp) -> Ticket {
+        let route_hash = hex(&draft.route_hash);
+        let fingerprint = fingerprint(&draft.request, &draft.requester, &route_hash);
+        Ticket {
+            id,
+            status: Status::Pending,
+            route: draft.route,
+            route_hash,
+            mode: draft.mode,
+            requester: draft.requester,
+            reason: draft.reason,
+            request: draft.request,
+            fingerprint,
+            created_at: now,
+            expires_at: now.plus(draft.ticket_ttl),
+            decided_at: None,
+            executed_at: None,
+            approvals: Vec::new(),
+            denials: Vec::new(),
+            quorum: draft.quorum,
+            approvers: draft.approvers,
+            self_approval: draft.self_approval,
+            deny_reason: None,
+            token_uses: draft.token_uses.max(1),
+            redeemed: 0,
+            token_ttl_ms: u64::try_from(draft.token_ttl.as_millis()).unwrap_or(u64::MAX),
+            redeem_by: None,
+        }
+    }
+
+    /// Identical requests from the same requester under the same rule share this key.
+    pub fn coalesce_key(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// Whether `approver` is this ticket's requester (anonymous requesters are nobody's self).
+    fn is_self(&self, approver: &Approver) -> bool {
+        self.requester.user.as_deref() == Some(approver.user.as_str())
+    }
+}
+
+// === fingerprint ===
+
+/// SHA-256 over an unambiguous (length-prefixed) encoding of method, canonical host, path,
+/// query, body hash, requester (user, or a distinct anonymous marker, plus sorted groups) and
+/// the route's definition hash. Binds an approval to exactly one request under one rule.
+///
+/// The anonymous requester is encoded with a tag byte rather than the word `anonymous`, so a
+/// user who is literally called `anonymous` does not share fingerprints with anonymous clients.
+pub fn fingerprint(request: &RequestSnapshot, requester: &Requester, route_hash: &str) -> String {
+    fn field(h: &mut Sha256, b: &[u8]) {
+        h.update((b.len() as u64).to_be_bytes());
+        h.update(b);
+    }
+    let mut h = Sha256::new();
+    field(&mut h, b"jitgate-fingerprint-v1");
+    field(&mut h, request.method.as_bytes());
+    field(&mut h, request.host.to_ascii_lowercase().as_bytes());
+    field(&mut h, request.path.as_bytes());
+    field(&mut h, request.query.as_bytes());
+    field(&mut h, request.body_sha256.to_ascii_lowercase().as_bytes());
+    match &requester.user {
+        Some(u) => {
+            h.update([1]);
+            field(&mut h, u.as_bytes());
+        }
+        None => h.update([0]),
+    }
+    let mut groups: Vec<&str> = requester.groups.iter().map(String::as_str).collect();
+    groups.sort_unstable();
+    groups.dedup();
+    h.update((groups.len() as u64).to_be_bytes());
+    for g in groups {
+        field(&mut h, g.as_bytes());
+    }
+    field(&mut h, route_hash.to_ascii_lowercase().as_bytes());
+    hex(&h.finalize())
+}
+
+/// Lowercase hex.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[usize::from(b >> 4)] as char);
+        s.push(DIGITS[usize::from(b & 15)] as char);
+    }
+    s
+}
+
+/// Lowercase hex SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+// === redaction ===
+
+/// What replaces a secret.
+pub const REDACTED: &str = "[redacted]";
+
+/// Headers that always carry credentials.
+const SECRET_HEADERS: [&str; 3] = ["authorization", "cookie", "proxy-authorization"];
+
+/// Copies headers for a ticket, replacing the values of credential headers and of the
+/// configured `secret_names` (case-insensitive) with [`REDACTED`].
+pub fn redact_headers<'a>(
+    headers: impl IntoIterator<Item = (&'a str, &'a str)>,
+    secret_names: &[String],
+) -> Vec<(String, String)> {
+    headers
+        .into_iter()
+        .map(|(name, value)| {
+            let secret = SECRET_HEADERS.iter().any(|s| s.eq_ignore_ascii_case(name))
+                || secret_names.iter().any(|s| s.eq_ignore_ascii_case(name));
+            let value = if secret { REDACTED } else { value };
+            (name.to_string(), value.to_string())
+        })
+        .collect()
+}
+
+/// Whether a JSON or form field name looks like it holds a secret: after dropping `_`, `-`
+/// and case, it contains one of the usual words (so `db_password`, `refresh_token`,
+/// `X-Api-Key` and `privateKey` all count).
+pub fn is_secret_field(name: &str) -> bool {
+    const WORDS: [&str; 12] = [
+        "password",
+        "passwd",
+        "secret",
+        "token",
+        "apikey",
+        "authorization",
+        "credential",
+        "privatekey",
+        "accesskey",
+        "cookie",
+        "session",
+        "signature",
+    ];
+    let norm: String = name
+        .chars()
+        .filter(|c| *c != '_' && *c != '-')
+        .flat_map(char::to_lowercase)
+        .collect();
+    WORDS.iter().any(|w| norm.contains(w))
+}
+
+/// A preview of the body for approvers, at most `cap` bytes (plus a trailing `…` when cut).
+/// JSON bodies have secret-looking fields (at any depth) redacted, form bodies likewise;
+/// other UTF-8 text is shown as is; binary bodies are summarised by their size.
+pub fn body_preview(body: &[u8], cap: usize) -> String {
+    if body.is_empty() {
+        return String::new();
+    }
+    let text = if let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(body) {
+        redact_json(&mut v);
+        v.to_string()
+    } else if let Ok(s) = std::str::from_utf8(body) {
+        if looks_like_form(s) {
+            redact_form(s)
+        } else {
+            s.to_string()
+        }
+    } else {
+        return format!("[binary, {} bytes]", body.len());
+    };
+    truncate(text, cap)
+}
+
+fn redact_json(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(map) => {
+            for (k, val) in map.iter_mut() {
+                if is_secret_field(k) {
+                    *val = serde_json::Value::String(REDACTED.to_string());
+                } else {
+                    redact_json(val);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(redact_json),
+        _ => {}
+    }
+}
+
+fn looks_like_form(s: &str) -> bool {
+    !s.is_empty() && !s.contains(char::is_whitespace) && s.split('&').all(|kv| kv.contains('='))
+}
+
+fn redact_form(s: &str) -> String {
+    s.split('&')
+        .map(|kv| match kv.split_once('=') {
+            Some((k, _)) if is_secret_field(k) => format!("{k}={REDACTED}"),
+            _ => kv.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+fn truncate(mut s: String, cap: usize) -> String {
+    if s.len() <= cap {
+        return s;
+    }
+    let mut end = cap;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.truncate(end);
+    s.push('…');
+    s
+}
+
+// === transitions ===
+
+/// Why a transition was refused. [`TransitionError::status`] gives the HTTP status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[serde(tag = "error", rename_all = "camelCase")]
+pub enum TransitionError {
+    /// A decision on a ticket that is no longer pending.
+    #[error("the ticket is {status}, not PENDING")]
+    NotPending {
+        /// The ticket's current status.
+        status: Status,
+    },
+    /// A decision at or after `expiresAt`; the caller should expire the ticket.
+    #[error("the ticket expired before the decision")]
+    Expired,
+    /// `expire` before `expiresAt`.
+    #[error("the ticket is not due to expire yet")]
+    NotDue,
+    /// The approver is not on the ticket's approver list.
+    #[error("not an approver for this route")]
+    NotAnApprover,
+    /// The requester deciding their own ticket on a route without `self_approval`.
+    #[error("requesters may not decide their own tickets on this route")]
+    SelfApproval,
+    /// A second vote by the same user.
+    #[error("this approver has already voted")]
+    AlreadyVoted,
+    /// Redeeming a ticket that is not approved.
+    #[error("the ticket is {status}, not APPROVED")]
+    NotApproved {
+        /// The ticket's current status.
+        status: Status,
+    },
+    /// Redeeming an `access` ticket (its approval is a grant, not a release).
+    #[error("access tickets are redeemed through their grant")]
+    NotAction,
+    /// Redeeming after `redeemBy` (`token_ttl` after approval).
+    #[error("the approval is no longer redeemable")]
+    RedemptionExpired,
+    /// Using or revoking a revoked grant.
+    #[error("the grant was revoked")]
+    GrantRevoked,
+    /// Using a grant at or after its end.
+    #[error("the grant has expired")]
+    GrantExpired,
+    /// Using a grant past `maxUses`.
+    #[error("the grant has no uses left")]
+    GrantExhausted,
+}
+
+impl TransitionError {
+    /// The HTTP status the gateway answers with: 403 for "you may not" and lapsed
+    /// permissions, 409 for "not in that state (any more)".
+    pub fn status(&self) -> u16 {
+        match self {
+            TransitionError::NotAnApprover
+            | TransitionError::SelfApproval
+            | TransitionError::RedemptionExpired
+            | TransitionError::GrantRevoked
+            | TransitionError::GrantExpired
+            | TransitionError::GrantExhausted => 403,
+            TransitionError::NotPending { .. }
+            | TransitionError::Expired
+            | TransitionError::NotDue
+            | TransitionError::AlreadyVoted
+            | TransitionError::NotApproved { .. }
+            | TransitionError::NotAction => 409,
+        }
+    }
+}
+
+/// The checks every decision shares, in the order their errors are reported: the state
+/// (409), the clock (409), who is deciding (403), and double voting (409).
+fn check_decision(t: &Ticket, approver: &Approver, now: Timestamp) -> Result<(), TransitionError> {
+    if t.status != Status::Pending {
+        return Err(TransitionError::NotPending { status: t.status });
+    }
+    if now >= t.expires_at {
+        return Err(TransitionError::Expired);
+    }
+    if !approver.is_listed(&t.approvers) {
+        return Err(TransitionError::NotAnApprover);
+    }
+    if t.is_self(approver) && !t.self_approval {
+        return Err(TransitionError::SelfApproval);
+    }
+    let voted = |v: &Vote| v.by == approver.user;
+    if t.approvals.iter().any(voted) || t.denials.iter().any(voted) {
+        return Err(TransitionError::AlreadyVoted);
+    }
+    Ok(())
+}
+
+fn vote(approver: &Approver, comment: Option<String>, now: Timestamp) -> Vote {
+    Vote {
+        by: approver.user.clone(),
+        groups: approver.groups.clone(),
+        at: now,
+        comment,
+    }
+}
+
+/// Records an approval; reaching `quorum` distinct approvers makes the ticket `APPROVED`.
+pub fn approve(
+    t: &Ticket,
+    approver: &Approver,
+    comment: Option<String>,
+    now: Timestamp,
+) -> Result<Ticket, TransitionError> {
+    check_decision(t, approver, now)?;
+    let mut next = t.clone();
+    next.approvals.push(vote(approver, comment, now));
+    if next.approvals.len() as u64 >= u64::from(next.quorum.max(1)) {
+        next.status = Status::Approved;
+        next.decided_at = Some(now);
+        next.redeem_by = Some(Timestamp(now.0.saturating_add(next.token_ttl_ms)));
+    }
+    Ok(next)
+}
+
+/// Denies the ticket: one denial ends it. A requester may deny their own ticket only where
+/// they could approve it (`self_approval`); withdrawing one's own request is [`cancel`].
+pub fn deny(
+    t: &Ticket,
+    approver: &Approver,
+    reason: Option<String>,
+    now: Timestamp,
+) -> Result<Ticket, TransitionError> {
+    check_decision(t, approver, now)?;
+    let mut next = t.clone();
+    next.denials.push(vote(approver, reason.clone(), now));
+    next.status = Status::Denied;
+    next.decided_at = Some(now);
+    next.deny_reason = reason;
+    Ok(next)
+}
+
+/// `PENDING` and due → `EXPIRED`.
+pub fn expire(t: &Ticket, now: Timestamp) -> Result<Ticket, TransitionError> {
+    if t.status != Status::Pending {
+        return Err(TransitionError::NotPending { status: t.status });
+    }
+    if now < t.expires_at {
+        return Err(TransitionError::NotDue);
+    }
+    let mut next = t.clone();
+    next.status = Status::Expired;
+    next.decided_at = Some(now);
+    Ok(next)
+}
+
+/// `PENDING` → `CANCELLED` (the client went away or withdrew).
+pub fn cancel(t: &Ticket, now: Timestamp) -> Result<Ticket, TransitionError> {
+    if t.status != Status::Pending {
+        return Err(TransitionError::NotPending { status: t.status });
+    }
+    let mut next = t.clone();
+    next.status = Status::Cancelled;
+    next.decided_at = Some(now);
+    Ok(next)
+}
+
+/// Redeems one use of an approved `action` ticket; the last allowed use makes it `EXECUTED`.
+/// The store applies this atomically, which is what makes release at-most-once.
+pub fn execute(t: &Ticket, now: Timestamp) -> Result<Ticket, TransitionError> {
+    if t.status != Status::Approved {
+        return Err(TransitionError::NotApproved { status: t.status });
+    }
+    if t.mode != Mode::Action {
+        return Err(TransitionError::NotAction);
+    }
+    if t.redeem_by.is_some_and(|by| now >= by) {
+        return Err(TransitionError::RedemptionExpired);
+    }
+    let mut next = t.clone();
+    next.redeemed = next.redeemed.saturating_add(1);
+    if next.redeemed >= next.token_uses {
+        next.status = Status::Executed;
+        next.executed_at = Some(now);
+    }
+    Ok(next)
+}
+
+// === Grant ===
+
+/// A time-bound permission for one requester on one `access` route.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Grant {
+    /// `grt_` + ULID.
+    pub id: GrantId,
+    /// Route name.
+    pub route: String,
+    /// Hex of the route's `definition_hash` when granted (the grant lapses when it changes).
+    pub route_hash: String,
+    /// Who may use it.
+    pub requester: Requester,
+    /// When it was granted.
+    pub created_at: Timestamp,
+    /// When it ends on its own.
+    pub expires_at: Timestamp,
+    /// `max_uses`, if capped.
+    pub max_uses: Option<u32>,
+    /// Uses so far.
+    pub uses: u32,
+    /// When it was revoked.
+    pub revoked_at: Option<Timestamp>,
+    /// The ticket whose approval created it.
+    pub ticket: Option<TicketId>,
+}
+
+impl Grant {
+    /// Not revoked, not expired, uses left.
+    pub fn is_active(&self, now: Timestamp) -> bool {
+        self.revoked_at.is_none()
+            && now < self.expires_at
+            && self.max_uses.is_none_or(|m| self.uses < m)
+    }
+}
+
+/// Uses the grant once.
+pub fn use_grant(g: &Grant, now: Timestamp) -> Result<Grant, TransitionError> {
+    if g.revoked_at.is_some() {
+        return Err(TransitionError::GrantRevoked);
+    }
+    if now >= g.expires_at {
+        return Err(TransitionError::GrantExpired);
+    }
+    if g.max_uses.is_some_and(|m| g.uses >= m) {
+        return Err(TransitionError::GrantExhausted);
+    }
+    let mut next = g.clone();
+    next.uses = next.uses.saturating_add(1);
+    Ok(next)
+}
+
+/// Revokes the grant (refused if it already is, so the audit records one revocation).
+pub fn revoke(g: &Grant, now: Timestamp) -> Result<Grant, TransitionError> {
+    if g.revoked_at.is_some() {
+        return Err(TransitionError::GrantRevoked);
+    }
+    let mut next = g.clone();
+    next.revoked_at = Some(now);
+    Ok(next)
+}
+
+// === audit ===
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum AuditKind {
+    /// A ticket was opened.
+    #[serde(rename = "ticket.created")]
+    TicketCreated,
+    /// Approvers were notified.
+    #[serde(rename = "ticket.notified")]
+    TicketNotified,
+    /// An approval was recorded (the detail says whether quorum was reached).
+    #[serde(rename = "ticket.approved")]
+    TicketApproved,
+    /// The ticket was denied.
+    #[serde(rename = "ticket.denied")]
+    TicketDenied,
+    /// The ticket expired undecided.
+    #[serde(rename = "ticket.expired")]
+    TicketExpired,
+    /// The client went away.
+    #[serde(rename = "ticket.cancelled")]
+    TicketCancelled,
+    /// The approved request was released upstream (detail: upstream status).
+    #[serde(rename = "ticket.executed")]
+    TicketExecuted,
+    /// A grant was created.
+    #[serde(rename = "grant.created")]
+    GrantCreated,
+    /// A grant let a request through.
+    #[serde(rename = "grant.used")]
+    GrantUsed,
+    /// A grant was revoked.
+    #[serde(rename = "grant.revoked")]
+    GrantRevoked,
+    /// A grant ran out.
+    #[serde(rename = "grant.expired")]
+    GrantExpired,
+    /// A request passed by break-glass.
+    #[serde(rename = "break_glass")]
+    BreakGlass,
+    /// A request passed by an auto-approval condition.
+    #[serde(rename = "auto_approved")]
+    AutoApproved,
+    /// A new rule table was applied.
+    #[serde(rename = "rules.reloaded")]
+    RulesReloaded,
+    /// A new rule table was refused.
+    #[serde(rename = "rules.rejected")]
+    RulesRejected,
+}
+
+/// An audit event before the store numbers and chains it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditDraft {
+    /// When.
+    pub at: Timestamp,
+    /// What.
+    pub kind: AuditKind,
+    /// The ticket concerned.
+    pub ticket: Option<TicketId>,
+    /// Who did it (approver, operator; `None` for the gateway itself).
+    pub actor: Option<String>,
+    /// Whom it concerns (the requester's key), for `?requester=`.
+    pub requester: Option<String>,
+    /// Anything else (upstream status, grant id, reason...).
+    pub detail: serde_json::Value,
+}
+
+/// A numbered, hash-chained audit event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditEvent {
+    /// Position in the chain, from 1.
+    pub seq: u64,
+    /// When.
+    pub at: Timestamp,
+    /// What.
+    pub kind: AuditKind,
+    /// The ticket concerned.
+    pub ticket: Option<TicketId>,
+    /// Who did it.
+    pub actor: Option<String>,
+    /// Whom it concerns.
+    pub requester: Option<String>,
+    /// Anything else.
+    pub detail: serde_json::Value,
+    /// The previous event's hash ([`GENESIS`] for the first).
+    pub prev: String,
+    /// `SHA-256(prev || canonical JSON of this event without "hash")`, hex.
+    pub hash: String,
+}
+
+/// The `prev` of the first event.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// Numbers and chains a draft after the event whose hash is `prev`.
+pub fn chain(prev: &str, seq: u64, draft: AuditDraft) -> AuditEvent {
+    let mut e = AuditEvent {
+        seq,
+        at: draft.at,
+        kind: draft.kind,
+        ticket: draft.ticket,
+        actor: draft.actor,
+        requester: draft.requester,
+        detail: draft.detail,
+        prev: prev.to_string(),
+        hash: String::new(),
+    };
+    e.hash = event_hash(&e);
+    e
+}
+
+/// The hash an event should carry, whatever it carries.
+pub fn event_hash(e: &AuditEvent) -> String {
+    let mut v = serde_json::to_value(e).unwrap_or(serde_json::Value::Null);
+    if let serde_json::Value::Object(m) = &mut v {
+        m.remove("hash");
+    }
+    let mut h = Sha256::new();
+    h.update(e.prev.as_bytes());
+    h.update(canonical_json(&v).as_bytes());
+    hex(&h.finalize())
+}
+
+/// JSON with object keys sorted at every depth and no insignificant whitespace, so the hash
+/// does not depend on serde_json's map ordering features.
+pub fn canonical_json(v: &serde_json::Value) -> String {
+    fn go(v: &serde_json::Value, out: &mut String) {
+        match v {
+            serde_json::Value::Object(m) => {
+                let mut keys: Vec<&String> = m.keys().collect();
+                keys.sort();
+                out.push('{');
+                for (i, k) in keys.into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(&serde_json::Value::String(k.clone()).to_string());
+                    out.push(':');
+                    if let Some(val) = m.get(k) {
+                        go(val, out);
+                    }
+                }
+                out.push('}');
+            }
+            serde_json::Value::Array(a) => {
+                out.push('[');
+                for (i, val) in a.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    go(val, out);
+                }
+                out.push(']');
+            }
+            other => out.push_str(&other.to_string()),
+        }
+    }
+    let mut out = String::new();
+    go(v, &mut out);
+    out
+}
+
+/// Verifies a whole chain from [`GENESIS`]. See [`verify_from`].
+pub fn verify(events: &[AuditEvent]) -> Result<(), (usize, String)> {
+    verify_from(GENESIS, 0, events)
+}
+
+/// Verifies events that follow the event with hash `prev` and number `prev_seq`: numbers
+/// are consecutive (a removed or reordered event breaks them), each `prev` is the hash
+/// before it, and each hash matches its content (an edited event breaks it). Returns the
+/// index of the first bad event and why.
+pub fn verify_from(
+    prev: &str,
+    prev_seq: u64,
+    events: &[AuditEvent],
+) -> Result<(), (usize, String)> {
+    let mut prev = prev.to_string();
+    let mut seq = prev_seq;
+    for (i, e) in events.iter().enumerate() {
+        if e.seq != seq + 1 {
+            return Err((i, format!("expected seq {}, found {}", seq + 1, e.seq)));
+        }
+        if e.prev != prev {
+            return Err((
+                i,
+                "prev does not match the preceding event's hash".to_string(),
+            ));
+        }
+        if event_hash(e) != e.hash {
+            return Err((i, "hash does not match the event's content".to_string()));
+        }
+        prev.clone_from(&e.hash);
+        seq = e.seq;
+    }
+    Ok(())
+}

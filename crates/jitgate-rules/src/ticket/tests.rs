@@ -1,0 +1,716 @@
+#![allow(clippy::unwrap_used)]
+
+use super::*;
+use proptest::prelude::*;
+use std::time::Duration;
+
+const T0: Timestamp = Timestamp(1_795_343_400_000); // 2026-11-22T10:30:00Z
+
+fn request() -> RequestSnapshot {
+    RequestSnapshot {
+        method: "POST".into(),
+        host: "api.example.com".into(),
+        path: "/v1/deployments/prod/web".into(),
+        query: String::new(),
+        headers: vec![],
+        body_sha256: sha256_hex(b"{}"),
+        body_preview: "{}".into(),
+    }
+}
+
+fn bob() -> Requester {
+    Requester {
+        user: Some("bob".into()),
+        groups: vec!["dev".into()],
+    }
+}
+
+fn draft(quorum: u32) -> TicketDraft {
+    TicketDraft {
+        route: "prod-deploy".into(),
+        route_hash: [7; 32],
+        mode: Mode::Action,
+        requester: bob(),
+        reason: Some("hotfix 4411".into()),
+        request: request(),
+        ticket_ttl: Duration::from_secs(900),
+        token_ttl: Duration::from_secs(300),
+        quorum,
+        approvers: vec![
+            "group:oncall".into(),
+            "user:bob".into(),
+            "user:carol".into(),
+        ],
+        self_approval: false,
+        token_uses: 1,
+    }
+}
+
+fn ticket(quorum: u32) -> Ticket {
+    Ticket::open(TicketId::new(T0.0, 42), draft(quorum), T0)
+}
+
+fn oncall(user: &str) -> Approver {
+    Approver {
+        user: user.into(),
+        groups: vec!["oncall".into()],
+    }
+}
+
+fn at(secs: u64) -> Timestamp {
+    T0.plus(Duration::from_secs(secs))
+}
+
+// === timestamps ===
+
+#[test]
+fn timestamps_render_as_rfc3339_utc() {
+    assert_eq!(T0.to_rfc3339(), "2026-11-22T10:30:00Z");
+    assert_eq!(Timestamp(T0.0 + 5).to_rfc3339(), "2026-11-22T10:30:00.005Z");
+    assert_eq!(Timestamp(0).to_rfc3339(), "1970-01-01T00:00:00Z");
+    assert_eq!(
+        Timestamp::parse_rfc3339("2026-11-22T10:30:00Z").unwrap(),
+        T0
+    );
+    assert_eq!(
+        Timestamp::parse_rfc3339("2026-11-22T11:30:00.000123+01:00").unwrap(),
+        T0
+    );
+    assert_eq!(
+        Timestamp::parse_rfc3339("2024-02-29T00:00:00Z")
+            .unwrap()
+            .to_rfc3339(),
+        "2024-02-29T00:00:00Z"
+    );
+    for bad in [
+        "",
+        "2026-11-22",
+        "2026-11-22 10:30:00Z",
+        "2026-13-22T10:30:00Z",
+        "2025-02-29T10:30:00Z",
+        "2026-11-22T24:00:00Z",
+        "2026-11-22T10:30:00",
+        "2026-11-22T10:30:00.Z",
+        "1969-12-31T23:59:59Z",
+        "2026-11-22T10:30:00+0100",
+    ] {
+        assert!(Timestamp::parse_rfc3339(bad).is_err(), "{bad}");
+    }
+}
+
+proptest! {
+    #[test]
+    fn timestamps_round_trip(ms in 0u64..253_402_300_800_000) {
+        let t = Timestamp(ms);
+        prop_assert_eq!(Timestamp::parse_rfc3339(&t.to_rfc3339()).unwrap(), t);
+    }
+}
+
+// === ids ===
+
+#[test]
+fn ticket_ids_are_jit_plus_ulid() {
+    let id = TicketId::new(0x0190_0000_0000, 0);
+    assert_eq!(id.as_str().len(), 30);
+    assert!(id.as_str().starts_with("jit_"));
+    assert_eq!(
+        TicketId::new(0, 0).as_str(),
+        "jit_00000000000000000000000000"
+    );
+    assert_eq!(
+        TicketId::new(u64::MAX, u128::MAX).as_str(),
+        "jit_7ZZZZZZZZZZZZZZZZZZZZZZZZZ"
+    );
+    // Time sorts first, so ids sort by creation.
+    assert!(TicketId::new(1, u128::MAX) < TicketId::new(2, 0));
+    assert_eq!(
+        TicketId::parse("jit_01JD3ZK8Q6W6M7ZC2Y6F8X4T9B")
+            .unwrap()
+            .as_str(),
+        "jit_01JD3ZK8Q6W6M7ZC2Y6F8X4T9B"
+    );
+}
+
+#[test]
+fn client_supplied_ids_are_validated() {
+    for bad in [
+        "",
+        "jit_",
+        "01JD3ZK8Q6W6M7ZC2Y6F8X4T9B",
+        "grt_01JD3ZK8Q6W6M7ZC2Y6F8X4T9B",
+        "jit_01jd3zk8q6w6m7zc2y6f8x4t9b", // lowercase is not the canonical spelling
+        "jit_01JD3ZK8Q6W6M7ZC2Y6F8X4T9",  // 25
+        "jit_01JD3ZK8Q6W6M7ZC2Y6F8X4T9BB",
+        "jit_81JD3ZK8Q6W6M7ZC2Y6F8X4T9B", // overflows 128 bits
+        "jit_01JD3ZK8Q6W6M7ZC2Y6F8X4TIL", // I, L are not Crockford
+        "jit_01JD3ZK8Q6W6M7ZC2Y6F8X4T9U",
+        "jit_../../etc/passwd0000000000",
+        "jit_01JD3ZK8Q6W6M7ZC2Y6F8X4T9\u{e9}",
+    ] {
+        assert!(TicketId::parse(bad).is_err(), "{bad:?}");
+    }
+    assert!(serde_json::from_str::<TicketId>("\"jit_bad\"").is_err());
+    assert!(GrantId::parse("grt_01JD3ZK8Q6W6M7ZC2Y6F8X4T9B").is_ok());
+}
+
+proptest! {
+    #[test]
+    fn generated_ids_parse(ms in any::<u64>(), r in any::<u128>()) {
+        let id = TicketId::new(ms, r);
+        prop_assert_eq!(TicketId::parse(id.as_str()).unwrap(), id.clone());
+        let g = GrantId::new(ms, r);
+        prop_assert_eq!(GrantId::parse(g.as_str()).unwrap(), g);
+    }
+
+    #[test]
+    fn arbitrary_strings_never_panic(s in ".*") {
+        let _ = TicketId::parse(&s);
+        let _ = Timestamp::parse_rfc3339(&s);
+    }
+}
+
+// === JSON shape ===
+
+#[test]
+fn ticket_json_is_camel_case_as_in_the_spec() {
+    let t = ticket(1);
+    let v = serde_json::to_value(&t).unwrap();
+    assert_eq!(v["status"], "PENDING");
+    assert_eq!(v["route"], "prod-deploy");
+    assert_eq!(v["mode"], "action");
+    assert_eq!(v["requester"]["user"], "bob");
+    assert_eq!(v["reason"], "hotfix 4411");
+    assert_eq!(v["request"]["method"], "POST");
+    assert!(v["request"]["bodySha256"].is_string());
+    assert!(v["request"]["bodyPreview"].is_string());
+    assert_eq!(v["createdAt"], "2026-11-22T10:30:00Z");
+    assert_eq!(v["expiresAt"], "2026-11-22T10:45:00Z");
+    assert!(v["decidedAt"].is_null());
+    assert_eq!(v["quorum"], 1);
+    assert_eq!(v["approvers"][0], "group:oncall");
+    assert_eq!(v["selfApproval"], false);
+    assert_eq!(v["tokenUses"], 1);
+    assert_eq!(v["routeHash"], hex(&[7; 32]));
+    let back: Ticket = serde_json::from_value(v).unwrap();
+    assert_eq!(back, t);
+}
+
+// === redaction ===
+
+#[test]
+fn credential_and_configured_headers_are_redacted() {
+    let h = redact_headers(
+        [
+            ("Authorization", "Bearer x"),
+            ("cookie", "s=1"),
+            ("Proxy-Authorization", "Basic y"),
+            ("X-Vault-Token", "hvs.z"),
+            ("Content-Type", "application/json"),
+        ],
+        &["x-vault-token".to_string()],
+    );
+    assert_eq!(
+        h,
+        vec![
+            ("Authorization".into(), REDACTED.into()),
+            ("cookie".into(), REDACTED.into()),
+            ("Proxy-Authorization".into(), REDACTED.into()),
+            ("X-Vault-Token".into(), REDACTED.into()),
+            ("Content-Type".into(), "application/json".into()),
+        ]
+    );
+}
+
+#[test]
+fn body_previews_redact_secret_fields_and_are_capped() {
+    let body = br#"{"image":"web:1.4.2","password":"hunter2","db":{"api_key":"k","privateKey":"p"},"items":[{"refresh_token":"t"}]}"#;
+    let p = body_preview(body, 4096);
+    assert!(!p.contains("hunter2") && !p.contains("\"k\"") && !p.contains("\"p\""));
+    assert!(!p.contains("\"t\""));
+    assert!(p.contains("web:1.4.2"));
+    assert!(p.contains(REDACTED));
+
+    assert_eq!(
+        body_preview(b"user=bob&password=hunter2", 100),
+        "user=bob&password=[redacted]"
+    );
+    assert_eq!(body_preview(b"hello world", 5), "hello…");
+    assert_eq!(body_preview("ééé".as_bytes(), 3), "é…");
+    assert_eq!(body_preview(&[0xff, 0xfe], 10), "[binary, 2 bytes]");
+    assert_eq!(body_preview(b"", 10), "");
+    assert!(is_secret_field("X-Api-Key"));
+    assert!(is_secret_field("credentials"));
+    assert!(!is_secret_field("image"));
+}
+
+// === fingerprint ===
+
+#[test]
+fn fingerprint_is_unambiguous() {
+    let r = bob();
+    let mut a = request();
+    a.path = "/a".into();
+    a.query = "b=c".into();
+    let mut b = request();
+    b.path = "/a?b=c".into();
+    b.query = String::new();
+    assert_ne!(fingerprint(&a, &r, "00"), fingerprint(&b, &r, "00"));
+
+    let mut c = request();
+    c.method = "POSTa".into();
+    c.host = "pi.example.com".into();
+    assert_ne!(fingerprint(&request(), &r, "00"), fingerprint(&c, &r, "00"));
+
+    // A user literally named "anonymous" is not the anonymous requester.
+    let anon = Requester::default();
+    let named = Requester {
+        user: Some("anonymous".into()),
+        groups: vec![],
+    };
+    assert_ne!(
+        fingerprint(&request(), &anon, "00"),
+        fingerprint(&request(), &named, "00")
+    );
+    // Group order and duplicates do not matter; host case does not either.
+    let g1 = Requester {
+        user: Some("bob".into()),
+        groups: vec!["b".into(), "a".into()],
+    };
+    let g2 = Requester {
+        user: Some("bob".into()),
+        groups: vec!["a".into(), "b".into(), "a".into()],
+    };
+    let mut upper = request();
+    upper.host = "API.example.com".into();
+    assert_eq!(
+        fingerprint(&request(), &g1, "00"),
+        fingerprint(&upper, &g2, "00")
+    );
+    // Headers and preview are not part of it (they are redacted views).
+    let mut h = request();
+    h.headers.push(("X-A".into(), "1".into()));
+    h.body_preview = "other".into();
+    assert_eq!(fingerprint(&request(), &r, "00"), fingerprint(&h, &r, "00"));
+}
+
+proptest! {
+    #[test]
+    fn fingerprint_changes_with_every_input(field in 0usize..8, extra in "[a-z0-9/=&]{1,8}") {
+        let base_req = request();
+        let base_who = bob();
+        let base = fingerprint(&base_req, &base_who, "ab");
+        let mut req = base_req.clone();
+        let mut who = base_who.clone();
+        let mut route = "ab".to_string();
+        match field {
+            0 => req.method.push_str(&extra),
+            1 => req.host.push_str(&extra),
+            2 => req.path.push_str(&extra),
+            3 => req.query.push_str(&extra),
+            4 => req.body_sha256.push_str(&extra),
+            5 => who.user = Some(format!("bob{extra}")),
+            6 => who.groups.push(format!("g{extra}")),
+            _ => route.push_str(&extra),
+        }
+        prop_assert_ne!(base, fingerprint(&req, &who, &route));
+    }
+
+    #[test]
+    fn moving_bytes_between_fields_changes_the_fingerprint(
+        s in "[a-z/?=]{0,12}", split in 0usize..12, split2 in 0usize..12,
+    ) {
+        let cut = |k: usize| k.min(s.len());
+        let (a, b) = (cut(split), cut(split2));
+        prop_assume!(a != b);
+        let who = bob();
+        let mut x = request();
+        x.path = s[..a].to_string();
+        x.query = s[a..].to_string();
+        let mut y = request();
+        y.path = s[..b].to_string();
+        y.query = s[b..].to_string();
+        prop_assert_ne!(fingerprint(&x, &who, "r"), fingerprint(&y, &who, "r"));
+    }
+}
+
+// === approve / deny ===
+
+#[test]
+fn quorum_counts_distinct_approvers() {
+    let t = ticket(2);
+    let t = approve(&t, &oncall("alice"), Some("ok".into()), at(1)).unwrap();
+    assert_eq!(t.status, Status::Pending);
+    assert_eq!(
+        approve(&t, &oncall("alice"), None, at(2)),
+        Err(TransitionError::AlreadyVoted)
+    );
+    let t = approve(&t, &oncall("dave"), None, at(3)).unwrap();
+    assert_eq!(t.status, Status::Approved);
+    assert_eq!(t.decided_at, Some(at(3)));
+    assert_eq!(t.redeem_by, Some(at(3 + 300)));
+    assert_eq!(t.approvals.len(), 2);
+    assert_eq!(t.approvals[0].comment.as_deref(), Some("ok"));
+}
+
+#[test]
+fn listed_users_and_group_members_only() {
+    let t = ticket(1);
+    let stranger = Approver {
+        user: "mallory".into(),
+        groups: vec!["dev".into()],
+    };
+    assert_eq!(
+        approve(&t, &stranger, None, at(1)),
+        Err(TransitionError::NotAnApprover)
+    );
+    assert_eq!(
+        deny(&t, &stranger, None, at(1)),
+        Err(TransitionError::NotAnApprover)
+    );
+    assert_eq!(TransitionError::NotAnApprover.status(), 403);
+    let carol = Approver {
+        user: "carol".into(),
+        groups: vec![],
+    };
+    assert_eq!(
+        approve(&t, &carol, None, at(1)).unwrap().status,
+        Status::Approved
+    );
+    // A group named like a user entry does not match, nor the reverse.
+    let confused = Approver {
+        user: "oncall".into(),
+        groups: vec!["carol".into()],
+    };
+    assert_eq!(
+        approve(&t, &confused, None, at(1)),
+        Err(TransitionError::NotAnApprover)
+    );
+}
+
+#[test]
+fn no_self_approval_unless_the_route_allows_it() {
+    let t = ticket(1);
+    let bob_oncall = Approver {
+        user: "bob".into(),
+        groups: vec!["oncall".into()],
+    };
+    assert_eq!(
+        approve(&t, &bob_oncall, None, at(1)),
+        Err(TransitionError::SelfApproval)
+    );
+    assert_eq!(
+        deny(&t, &bob_oncall, None, at(1)),
+        Err(TransitionError::SelfApproval)
+    );
+    assert_eq!(TransitionError::SelfApproval.status(), 403);
+    let mut allowed = t.clone();
+    allowed.self_approval = true;
+    assert_eq!(
+        approve(&allowed, &bob_oncall, None, at(1)).unwrap().status,
+        Status::Approved
+    );
+    // Anonymous requesters are nobody's self.
+    let mut anon = t.clone();
+    anon.requester = Requester::default();
+    assert!(approve(&anon, &oncall("anonymous"), None, at(1)).is_ok());
+}
+
+#[test]
+fn decisions_at_or_after_expiry_are_refused_with_409() {
+    let t = ticket(1);
+    let e = approve(&t, &oncall("alice"), None, t.expires_at).unwrap_err();
+    assert_eq!(e, TransitionError::Expired);
+    assert_eq!(e.status(), 409);
+    assert_eq!(
+        deny(&t, &oncall("alice"), None, at(10_000)),
+        Err(TransitionError::Expired)
+    );
+    assert!(approve(&t, &oncall("alice"), None, Timestamp(t.expires_at.0 - 1)).is_ok());
+}
+
+#[test]
+fn one_deny_ends_the_ticket() {
+    let t = ticket(2);
+    let t = approve(&t, &oncall("alice"), None, at(1)).unwrap();
+    let d = deny(
+        &t,
+        &oncall("dave"),
+        Some("not during the freeze".into()),
+        at(2),
+    )
+    .unwrap();
+    assert_eq!(d.status, Status::Denied);
+    assert_eq!(d.deny_reason.as_deref(), Some("not during the freeze"));
+    assert_eq!(d.decided_at, Some(at(2)));
+    assert_eq!(d.denials.len(), 1);
+    assert_eq!(
+        approve(&d, &oncall("erin"), None, at(3)),
+        Err(TransitionError::NotPending {
+            status: Status::Denied
+        })
+    );
+    // An approver who already approved cannot also deny.
+    assert_eq!(
+        deny(&t, &oncall("alice"), None, at(2)),
+        Err(TransitionError::AlreadyVoted)
+    );
+}
+
+// === expire / cancel / execute ===
+
+#[test]
+fn expire_only_when_due_and_pending() {
+    let t = ticket(1);
+    assert_eq!(expire(&t, at(1)), Err(TransitionError::NotDue));
+    let e = expire(&t, t.expires_at).unwrap();
+    assert_eq!(e.status, Status::Expired);
+    assert_eq!(e.decided_at, Some(t.expires_at));
+    let approved = approve(&t, &oncall("alice"), None, at(1)).unwrap();
+    assert_eq!(
+        expire(&approved, at(10_000)),
+        Err(TransitionError::NotPending {
+            status: Status::Approved
+        })
+    );
+}
+
+#[test]
+fn cancel_only_while_pending() {
+    let t = ticket(1);
+    let c = cancel(&t, at(1)).unwrap();
+    assert_eq!(c.status, Status::Cancelled);
+    assert!(cancel(&c, at(2)).is_err());
+}
+
+#[test]
+fn execute_at_most_token_uses_times() {
+    let t = ticket(1);
+    assert_eq!(
+        execute(&t, at(1)),
+        Err(TransitionError::NotApproved {
+            status: Status::Pending
+        })
+    );
+    let a = approve(&t, &oncall("alice"), None, at(1)).unwrap();
+    let x = execute(&a, at(2)).unwrap();
+    assert_eq!(x.status, Status::Executed);
+    assert_eq!(x.executed_at, Some(at(2)));
+    assert_eq!(
+        execute(&x, at(3)),
+        Err(TransitionError::NotApproved {
+            status: Status::Executed
+        })
+    );
+
+    let mut twice = a.clone();
+    twice.token_uses = 2;
+    let once = execute(&twice, at(2)).unwrap();
+    assert_eq!((once.status, once.redeemed), (Status::Approved, 1));
+    let done = execute(&once, at(3)).unwrap();
+    assert_eq!((done.status, done.redeemed), (Status::Executed, 2));
+
+    assert_eq!(
+        execute(&a, at(1 + 300)),
+        Err(TransitionError::RedemptionExpired)
+    );
+    let mut access = a.clone();
+    access.mode = Mode::Access;
+    assert_eq!(execute(&access, at(2)), Err(TransitionError::NotAction));
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Approve(u8),
+    Deny(u8),
+    Expire,
+    Cancel,
+    Execute,
+    Advance(u32),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (0u8..4).prop_map(Op::Approve),
+        (0u8..4).prop_map(Op::Deny),
+        Just(Op::Expire),
+        Just(Op::Cancel),
+        Just(Op::Execute),
+        (0u32..1200).prop_map(Op::Advance),
+    ]
+}
+
+proptest! {
+    /// Whatever sequence of operations arrives, terminal states are never left, decisions
+    /// happen only before expiry, quorum is distinct users, and execution happens at most
+    /// `token_uses` times.
+    #[test]
+    fn the_state_machine_keeps_its_invariants(quorum in 1u32..4, uses in 1u32..3, ops in proptest::collection::vec(op(), 0..30)) {
+        let mut t = ticket(quorum);
+        t.token_uses = uses;
+        let mut now = T0;
+        let mut executions = 0;
+        for o in ops {
+            let before = t.clone();
+            let r = match o {
+                Op::Approve(u) => approve(&t, &oncall(&format!("u{u}")), None, now),
+                Op::Deny(u) => deny(&t, &oncall(&format!("u{u}")), None, now),
+                Op::Expire => expire(&t, now),
+                Op::Cancel => cancel(&t, now),
+                Op::Execute => execute(&t, now),
+                Op::Advance(s) => { now = now.plus(Duration::from_secs(u64::from(s))); continue; }
+            };
+            match r {
+                Ok(next) => {
+                    prop_assert!(!before.status.is_terminal(), "left terminal {:?}", before.status);
+                    if matches!(o, Op::Execute) { executions += 1; }
+                    if before.status == Status::Pending && next.status != Status::Pending {
+                        prop_assert_eq!(next.decided_at, Some(now));
+                    }
+                    if next.status == Status::Approved && before.status == Status::Pending {
+                        prop_assert!(now < t.expires_at);
+                        let mut by: Vec<&str> = next.approvals.iter().map(|v| v.by.as_str()).collect();
+                        by.sort_unstable();
+                        by.dedup();
+                        prop_assert_eq!(by.len() as u32, quorum);
+                    }
+                    t = next;
+                }
+                Err(e) => {
+                    prop_assert!(e.status() == 403 || e.status() == 409);
+                }
+            }
+        }
+        prop_assert!(executions <= uses);
+    }
+}
+
+// === grants ===
+
+fn grant() -> Grant {
+    Grant {
+        id: GrantId::new(T0.0, 1),
+        route: "db-admin".into(),
+        route_hash: hex(&[1; 32]),
+        requester: bob(),
+        created_at: T0,
+        expires_at: at(3600),
+        max_uses: Some(2),
+        uses: 0,
+        revoked_at: None,
+        ticket: Some(TicketId::new(T0.0, 2)),
+    }
+}
+
+#[test]
+fn grants_are_used_until_exhausted_expired_or_revoked() {
+    let g = grant();
+    assert!(g.is_active(at(1)));
+    let g1 = use_grant(&g, at(1)).unwrap();
+    let g2 = use_grant(&g1, at(2)).unwrap();
+    assert_eq!(g2.uses, 2);
+    assert!(!g2.is_active(at(3)));
+    assert_eq!(use_grant(&g2, at(3)), Err(TransitionError::GrantExhausted));
+    assert_eq!(use_grant(&g, at(3600)), Err(TransitionError::GrantExpired));
+    let r = revoke(&g, at(5)).unwrap();
+    assert_eq!(r.revoked_at, Some(at(5)));
+    assert_eq!(use_grant(&r, at(6)), Err(TransitionError::GrantRevoked));
+    assert_eq!(revoke(&r, at(6)), Err(TransitionError::GrantRevoked));
+    let mut unlimited = g.clone();
+    unlimited.max_uses = None;
+    unlimited.uses = 1000;
+    assert!(use_grant(&unlimited, at(1)).is_ok());
+    let v = serde_json::to_value(&g).unwrap();
+    assert_eq!(v["maxUses"], 2);
+    assert!(v["revokedAt"].is_null());
+}
+
+// === audit chain ===
+
+fn events(n: usize) -> Vec<AuditEvent> {
+    let mut prev = GENESIS.to_string();
+    (0..n)
+        .map(|i| {
+            let e = chain(
+                &prev,
+                i as u64 + 1,
+                AuditDraft {
+                    at: at(i as u64),
+                    kind: AuditKind::TicketApproved,
+                    ticket: Some(TicketId::new(T0.0, i as u128)),
+                    actor: Some("alice".into()),
+                    requester: Some("bob".into()),
+                    detail: serde_json::json!({"z": 1, "a": [i, "x"], "m": {"b": 2, "a": 1}}),
+                },
+            );
+            prev = e.hash.clone();
+            e
+        })
+        .collect()
+}
+
+#[test]
+fn an_intact_chain_verifies() {
+    let ev = events(5);
+    assert_eq!(verify(&ev), Ok(()));
+    assert_eq!(verify(&[]), Ok(()));
+    assert_eq!(verify_from(&ev[1].hash, 2, &ev[2..]), Ok(()));
+    let v = serde_json::to_value(&ev[0]).unwrap();
+    assert_eq!(v["kind"], "ticket.approved");
+    assert_eq!(v["prev"], GENESIS);
+    let back: AuditEvent = serde_json::from_value(v).unwrap();
+    assert_eq!(back, ev[0]);
+}
+
+#[test]
+fn edits_removals_and_reorders_are_detected() {
+    let ev = events(5);
+    let mut edited = ev.clone();
+    edited[2].actor = Some("mallory".into());
+    assert_eq!(verify(&edited).unwrap_err().0, 2);
+
+    let mut detail = ev.clone();
+    detail[3].detail["z"] = serde_json::json!(2);
+    assert_eq!(verify(&detail).unwrap_err().0, 3);
+
+    let mut rehashed = ev.clone();
+    rehashed[1].actor = Some("mallory".into());
+    rehashed[1].hash = event_hash(&rehashed[1]);
+    assert_eq!(verify(&rehashed).unwrap_err().0, 2);
+
+    let mut removed = ev.clone();
+    removed.remove(1);
+    assert_eq!(verify(&removed).unwrap_err().0, 1);
+
+    let mut first_removed = ev.clone();
+    first_removed.remove(0);
+    assert_eq!(verify(&first_removed).unwrap_err().0, 0);
+
+    let mut reordered = ev.clone();
+    reordered.swap(1, 2);
+    assert_eq!(verify(&reordered).unwrap_err().0, 1);
+}
+
+#[test]
+fn canonical_json_sorts_keys_at_every_depth() {
+    let v = serde_json::json!({"b": {"d": 1, "c": [ {"y": 1, "x": "\""} ]}, "a": null});
+    assert_eq!(
+        canonical_json(&v),
+        r#"{"a":null,"b":{"c":[{"x":"\"","y":1}],"d":1}}"#
+    );
+}
+
+#[test]
+fn transition_errors_map_to_http_statuses() {
+    assert_eq!(TransitionError::Expired.status(), 409);
+    assert_eq!(TransitionError::AlreadyVoted.status(), 409);
+    assert_eq!(
+        TransitionError::NotPending {
+            status: Status::Denied
+        }
+        .status(),
+        409
+    );
+    assert_eq!(TransitionError::GrantRevoked.status(), 403);
+    assert_eq!(Status::parse("PENDING"), Some(Status::Pending));
+    assert_eq!(Status::parse("pending"), None);
+}
