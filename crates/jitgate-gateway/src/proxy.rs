@@ -273,11 +273,15 @@ async fn forward(
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/")),
     };
-    let mut uri = def.url.clone().into_parts();
-    uri.path_and_query = Some(pq);
-    parts.uri = match Uri::from_parts(uri) {
-        Ok(u) => u,
-        Err(e) => return internal_error(&format!("cannot build the upstream URI: {e}")),
+    parts.uri = if upstream.origin_form() {
+        Uri::from(pq)
+    } else {
+        let mut uri = def.url.clone().into_parts();
+        uri.path_and_query = Some(pq);
+        match Uri::from_parts(uri) {
+            Ok(u) => u,
+            Err(e) => return internal_error(&format!("cannot build the upstream URI: {e}")),
+        }
     };
     parts.version = Version::HTTP_11;
 
@@ -308,8 +312,8 @@ async fn forward(
 
     let body = ProxyBody::relay(body, def.idle_timeout);
     let request = Request::from_parts(parts, body);
-    let sent = tokio::time::timeout(def.response_timeout, upstream.client.request(request)).await;
-    let mut resp = match sent {
+    let sent = tokio::time::timeout(def.response_timeout, upstream.send(request)).await;
+    let (mut resp, checkin) = match sent {
         Err(_) => {
             return Problem::gateway_timeout(
                 &def.name,
@@ -322,7 +326,7 @@ async fn forward(
         }
         Ok(Err(e)) => {
             tracing::warn!(upstream = %def.name, "upstream error: {}", upstream::describe(&e));
-            return match upstream::classify(&e) {
+            return match e.failure() {
                 Failure::ConnectTimeout => Problem::gateway_timeout(
                     &def.name,
                     format!(
@@ -341,7 +345,7 @@ async fn forward(
             }
             .into_response();
         }
-        Ok(Ok(resp)) => resp,
+        Ok(Ok(sent)) => sent,
     };
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -352,7 +356,11 @@ async fn forward(
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         let name = def.name.clone();
         tokio::spawn(async move {
-            match tokio::try_join!(client_upgrade, upstream_upgrade) {
+            // An upgraded connection never goes back to the pool; keep its handle until the
+            // upgrade has resolved, then let it go.
+            let upgraded = tokio::try_join!(client_upgrade, upstream_upgrade);
+            drop(checkin);
+            match upgraded {
                 Ok((client, upstream)) => {
                     let mut client = TokioIo::new(client);
                     let mut upstream = TokioIo::new(upstream);
@@ -381,5 +389,8 @@ async fn forward(
     }
     headers::append_via(&mut parts.headers, upstream_version);
     parts.version = client_version;
-    Response::from_parts(parts, ProxyBody::relay(body, def.idle_timeout))
+    Response::from_parts(
+        parts,
+        ProxyBody::relay_pooled(body, def.idle_timeout, checkin),
+    )
 }
