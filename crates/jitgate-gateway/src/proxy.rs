@@ -22,12 +22,27 @@ use crate::state::{Shared, Snapshot};
 use crate::upstream::{self, Failure, UpstreamClient};
 
 /// What we know about the client connection.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnInfo {
     /// The TCP peer.
     pub peer: SocketAddr,
     /// Whether it spoke TLS to us.
     pub tls: bool,
+    /// The peer's canonical address as a header value, formatted once per connection for
+    /// `X-Forwarded-For`.
+    pub peer_value: Option<HeaderValue>,
+}
+
+impl ConnInfo {
+    /// Describes a client connection.
+    pub fn new(peer: SocketAddr, tls: bool) -> ConnInfo {
+        let text = headers::canonical_ip(peer.ip()).to_string();
+        ConnInfo {
+            peer,
+            tls,
+            peer_value: HeaderValue::from_str(&text).ok(),
+        }
+    }
 }
 
 /// What matching decided, owned, so the request can be taken apart afterwards.
@@ -52,7 +67,7 @@ pub async fn handle(
     let upgrade = headers::wants_upgrade(req.version(), req.headers());
     let decision = headers::scrub_request(req.headers_mut(), upgrade, trusted_peer)
         .map_err(|e| Problem::bad_request(e.to_string()))
-        .and_then(|()| decide(&snap, conn, &req));
+        .and_then(|()| decide(&snap, &conn, &req));
     let decision = match decision {
         Ok(d) => d,
         Err(problem) => {
@@ -127,7 +142,7 @@ fn log_refusal(req: &Request<Incoming>, problem: &Problem) {
 }
 
 /// Canonicalises and matches. Borrows the request; returns only owned results.
-fn decide(snap: &Snapshot, conn: ConnInfo, req: &Request<Incoming>) -> Result<Decision, Problem> {
+fn decide(snap: &Snapshot, conn: &ConnInfo, req: &Request<Incoming>) -> Result<Decision, Problem> {
     let table = &snap.table;
     let server = &table.config().server;
     // hyper accepts any token as a method, and `delete` is not DELETE to the matcher while
@@ -289,6 +304,7 @@ async fn forward(
         &mut parts.headers,
         &Forwarding {
             peer: conn.peer.ip(),
+            peer_value: conn.peer_value.as_ref(),
             trusted_peer,
             tls: conn.tls,
             host: &decision.host,
