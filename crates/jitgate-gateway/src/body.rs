@@ -13,6 +13,8 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
+use crate::upstream::Checkin;
+
 /// Errors a relayed body can end with.
 pub type BoxError = Box<dyn StdError + Send + Sync>;
 
@@ -56,6 +58,19 @@ impl ProxyBody {
             idle,
             last: None,
             sleep: None,
+            checkin: None,
+        })
+    }
+
+    /// Relays an upstream response body; `checkin` gives the pooled connection back once the
+    /// body has ended (and closes it if the body is dropped before its end).
+    pub fn relay_pooled(inner: Incoming, idle: Duration, checkin: Option<Checkin>) -> ProxyBody {
+        ProxyBody::Stream(Relay {
+            inner,
+            idle,
+            last: None,
+            sleep: None,
+            checkin,
         })
     }
 }
@@ -68,6 +83,18 @@ pub struct Relay {
     idle: Duration,
     last: Option<Instant>,
     sleep: Option<Pin<Box<Sleep>>>,
+    checkin: Option<Checkin>,
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        // A body that was empty from the start is never polled; it ended all the same.
+        if self.inner.is_end_stream() {
+            if let Some(checkin) = self.checkin.take() {
+                checkin.done();
+            }
+        }
+    }
 }
 
 impl Body for ProxyBody {
@@ -110,6 +137,11 @@ impl Relay {
             Poll::Ready(frame) => {
                 if self.sleep.is_some() {
                     self.last = Some(Instant::now());
+                }
+                if frame.is_none() {
+                    if let Some(checkin) = self.checkin.take() {
+                        checkin.done();
+                    }
                 }
                 Poll::Ready(frame.map(|f| f.map_err(BoxError::from)))
             }

@@ -184,6 +184,9 @@ pub fn client_ip(trusted: &[IpNet], peer: IpAddr, headers: &HeaderMap) -> IpAddr
 pub struct Forwarding<'a> {
     /// The TCP peer.
     pub peer: IpAddr,
+    /// `peer`, canonical, already as a header value (formatted once per connection); `None`
+    /// formats it here.
+    pub peer_value: Option<&'a HeaderValue>,
     /// Whether the peer is a trusted proxy.
     pub trusted_peer: bool,
     /// Whether the client spoke TLS to us.
@@ -200,22 +203,31 @@ pub fn set_forwarding(headers: &mut HeaderMap, fwd: &Forwarding<'_>) {
     let xff = HeaderName::from_static("x-forwarded-for");
     let xfp = HeaderName::from_static("x-forwarded-proto");
     let xfh = HeaderName::from_static("x-forwarded-host");
-    let peer = canonical_ip(fwd.peer).to_string();
+    let peer = || canonical_ip(fwd.peer).to_string();
+    let peer_value = || {
+        fwd.peer_value
+            .cloned()
+            .or_else(|| HeaderValue::from_str(&peer()).ok())
+    };
     if fwd.trusted_peer {
         let prior: Vec<String> = headers
             .get_all(&xff)
             .iter()
             .filter_map(|v| v.to_str().ok().map(str::to_owned))
             .collect();
-        let value = if prior.is_empty() {
-            peer
+        if prior.is_empty() {
+            if let Some(value) = peer_value() {
+                headers.insert(xff, value);
+            }
         } else {
-            format!("{}, {peer}", prior.join(", "))
-        };
-        insert_str(headers, xff, &value);
+            let value = format!("{}, {}", prior.join(", "), peer());
+            insert_str(headers, xff, &value);
+        }
     } else {
         headers.remove(header::FORWARDED);
-        insert_str(headers, xff, &peer);
+        if let Some(value) = peer_value() {
+            headers.insert(xff, value);
+        }
         headers.remove(&xfp);
     }
     if !headers.contains_key(&xfp) {

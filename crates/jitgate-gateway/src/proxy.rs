@@ -22,12 +22,27 @@ use crate::state::{Shared, Snapshot};
 use crate::upstream::{self, Failure, UpstreamClient};
 
 /// What we know about the client connection.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnInfo {
     /// The TCP peer.
     pub peer: SocketAddr,
     /// Whether it spoke TLS to us.
     pub tls: bool,
+    /// The peer's canonical address as a header value, formatted once per connection for
+    /// `X-Forwarded-For`.
+    pub peer_value: Option<HeaderValue>,
+}
+
+impl ConnInfo {
+    /// Describes a client connection.
+    pub fn new(peer: SocketAddr, tls: bool) -> ConnInfo {
+        let text = headers::canonical_ip(peer.ip()).to_string();
+        ConnInfo {
+            peer,
+            tls,
+            peer_value: HeaderValue::from_str(&text).ok(),
+        }
+    }
 }
 
 /// What matching decided, owned, so the request can be taken apart afterwards.
@@ -52,7 +67,7 @@ pub async fn handle(
     let upgrade = headers::wants_upgrade(req.version(), req.headers());
     let decision = headers::scrub_request(req.headers_mut(), upgrade, trusted_peer)
         .map_err(|e| Problem::bad_request(e.to_string()))
-        .and_then(|()| decide(&snap, conn, &req));
+        .and_then(|()| decide(&snap, &conn, &req));
     let decision = match decision {
         Ok(d) => d,
         Err(problem) => {
@@ -132,7 +147,7 @@ fn log_refusal(req: &Request<Incoming>, problem: &Problem) {
 }
 
 /// Canonicalises and matches. Borrows the request; returns only owned results.
-fn decide(snap: &Snapshot, conn: ConnInfo, req: &Request<Incoming>) -> Result<Decision, Problem> {
+fn decide(snap: &Snapshot, conn: &ConnInfo, req: &Request<Incoming>) -> Result<Decision, Problem> {
     let table = &snap.table;
     let server = &table.config().server;
     // hyper accepts any token as a method, and `delete` is not DELETE to the matcher while
@@ -278,11 +293,15 @@ async fn forward(
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/")),
     };
-    let mut uri = def.url.clone().into_parts();
-    uri.path_and_query = Some(pq);
-    parts.uri = match Uri::from_parts(uri) {
-        Ok(u) => u,
-        Err(e) => return internal_error(&format!("cannot build the upstream URI: {e}")),
+    parts.uri = if upstream.origin_form() {
+        Uri::from(pq)
+    } else {
+        let mut uri = def.url.clone().into_parts();
+        uri.path_and_query = Some(pq);
+        match Uri::from_parts(uri) {
+            Ok(u) => u,
+            Err(e) => return internal_error(&format!("cannot build the upstream URI: {e}")),
+        }
     };
     parts.version = Version::HTTP_11;
 
@@ -290,6 +309,7 @@ async fn forward(
         &mut parts.headers,
         &Forwarding {
             peer: conn.peer.ip(),
+            peer_value: conn.peer_value.as_ref(),
             trusted_peer,
             tls: conn.tls,
             host: &decision.host,
@@ -313,8 +333,8 @@ async fn forward(
 
     let body = ProxyBody::relay(body, def.idle_timeout);
     let request = Request::from_parts(parts, body);
-    let sent = tokio::time::timeout(def.response_timeout, upstream.client.request(request)).await;
-    let mut resp = match sent {
+    let sent = tokio::time::timeout(def.response_timeout, upstream.send(request)).await;
+    let (mut resp, checkin) = match sent {
         Err(_) => {
             return Problem::gateway_timeout(
                 &def.name,
@@ -327,7 +347,7 @@ async fn forward(
         }
         Ok(Err(e)) => {
             tracing::warn!(upstream = %def.name, "upstream error: {}", upstream::describe(&e));
-            return match upstream::classify(&e) {
+            return match e.failure() {
                 Failure::ConnectTimeout => Problem::gateway_timeout(
                     &def.name,
                     format!(
@@ -346,7 +366,7 @@ async fn forward(
             }
             .into_response();
         }
-        Ok(Ok(resp)) => resp,
+        Ok(Ok(sent)) => sent,
     };
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -357,7 +377,11 @@ async fn forward(
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         let name = def.name.clone();
         tokio::spawn(async move {
-            match tokio::try_join!(client_upgrade, upstream_upgrade) {
+            // An upgraded connection never goes back to the pool; keep its handle until the
+            // upgrade has resolved, then let it go.
+            let upgraded = tokio::try_join!(client_upgrade, upstream_upgrade);
+            drop(checkin);
+            match upgraded {
                 Ok((client, upstream)) => {
                     let mut client = TokioIo::new(client);
                     let mut upstream = TokioIo::new(upstream);
@@ -386,5 +410,8 @@ async fn forward(
     }
     headers::append_via(&mut parts.headers, upstream_version);
     parts.version = client_version;
-    Response::from_parts(parts, ProxyBody::relay(body, def.idle_timeout))
+    Response::from_parts(
+        parts,
+        ProxyBody::relay_pooled(body, def.idle_timeout, checkin),
+    )
 }

@@ -276,9 +276,10 @@ impl Conn {
             plane,
             ..
         } = self;
-        let conn = ConnInfo { peer, tls };
+        let conn = ConnInfo::new(peer, tls);
         let service = service_fn(move |req| {
             let shared = shared.clone();
+            let conn = conn.clone();
             async move {
                 Ok::<_, Infallible>(match plane {
                     Plane::Data => proxy::handle(shared, conn, req).await,

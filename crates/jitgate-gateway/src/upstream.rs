@@ -1,13 +1,20 @@
 //! Pooled clients for the configured upstreams, one per `[[upstreams]]` entry.
 
 use std::error::Error as StdError;
+use std::fmt;
 use std::io;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
 
 use jitgate_rules::config::{Upstream, UpstreamProtocol};
 
@@ -18,8 +25,10 @@ use crate::tls::{self, TlsError};
 pub struct UpstreamClient {
     /// The definition it was built from.
     pub def: Upstream,
-    /// The pooled client.
-    pub client: Client<HttpsConnector<HttpConnector>, ProxyBody>,
+    /// The pooled client for `https://` and HTTP/2 upstreams.
+    client: Client<HttpsConnector<HttpConnector>, ProxyBody>,
+    /// The lean HTTP/1.1 pool for plain `http://` upstreams that do not ask for h2.
+    h1: Option<Arc<H1Pool>>,
 }
 
 impl UpstreamClient {
@@ -53,7 +62,262 @@ impl UpstreamClient {
         Ok(Arc::new(UpstreamClient {
             def: def.clone(),
             client: client.build(connector),
+            h1: H1Pool::for_upstream(def).map(Arc::new),
         }))
+    }
+
+    /// Whether requests go through the HTTP/1.1 pool, which writes the origin-form target
+    /// (the legacy client takes the absolute URI and writes its path itself).
+    pub fn origin_form(&self) -> bool {
+        self.h1.is_some()
+    }
+
+    /// Sends one request. With the HTTP/1.1 pool, the returned [`Checkin`] gives the
+    /// connection back once the response body has been read to its end.
+    pub async fn send(
+        &self,
+        req: Request<ProxyBody>,
+    ) -> Result<(Response<Incoming>, Option<Checkin>), SendError> {
+        match &self.h1 {
+            Some(pool) => pool.send(req).await,
+            None => match self.client.request(req).await {
+                Ok(resp) => Ok((resp, None)),
+                Err(e) => Err(SendError::Legacy(e)),
+            },
+        }
+    }
+}
+
+/// A pool of HTTP/1.1 connections to one `http://` upstream: each connection is driven by its
+/// own task, spawned once, and an idle connection is just its `SendRequest` in a short
+/// mutex-guarded stack (most recently used first). No per-request task, channel hop or
+/// background "on idle" future: the connection comes back when the relayed response body
+/// ends.
+pub struct H1Pool {
+    host: String,
+    port: u16,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    max_idle: usize,
+    idle: Mutex<Vec<IdleConn>>,
+    reaper: AtomicBool,
+}
+
+struct IdleConn {
+    tx: SendRequest<ProxyBody>,
+    since: Instant,
+}
+
+/// A connection lent to one exchange; give it back with [`Checkin::done`] once the response
+/// body has ended. Dropping it instead closes the connection after the exchange.
+pub struct Checkin {
+    pool: Arc<H1Pool>,
+    tx: SendRequest<ProxyBody>,
+}
+
+impl Checkin {
+    /// The response body ended cleanly: the connection may serve another request.
+    pub fn done(self) {
+        self.pool.checkin(self.tx);
+    }
+}
+
+impl H1Pool {
+    fn for_upstream(def: &Upstream) -> Option<H1Pool> {
+        if def.url.scheme_str() != Some("http") || def.protocol == UpstreamProtocol::H2 {
+            return None;
+        }
+        let host = def.url.host()?;
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        Some(H1Pool {
+            host: host.to_owned(),
+            port: def.url.port_u16().unwrap_or(80),
+            connect_timeout: def.connect_timeout,
+            idle_timeout: def.pool_idle_timeout,
+            max_idle: def.pool_max_idle,
+            idle: Mutex::new(Vec::new()),
+            reaper: AtomicBool::new(false),
+        })
+    }
+
+    async fn send(
+        self: &Arc<Self>,
+        mut req: Request<ProxyBody>,
+    ) -> Result<(Response<Incoming>, Option<Checkin>), SendError> {
+        let mut retried = false;
+        loop {
+            let (mut tx, reused) = match self.checkout() {
+                Some(tx) => (tx, true),
+                None => (self.connect().await?, false),
+            };
+            match tx.try_send_request(req).await {
+                Ok(resp) => {
+                    let checkin = Checkin {
+                        pool: self.clone(),
+                        tx,
+                    };
+                    return Ok((resp, Some(checkin)));
+                }
+                Err(mut e) => match e.take_message() {
+                    // The pooled connection was closed before the request was written:
+                    // retry once, as the legacy client's `retry_canceled_requests` does.
+                    Some(again) if reused && !retried => {
+                        retried = true;
+                        req = again;
+                    }
+                    _ => return Err(SendError::Exchange(e.into_error())),
+                },
+            }
+        }
+    }
+
+    /// The most recently used idle connection that is ready for a request. Closed and expired
+    /// ones are dropped; one still finishing its previous exchange stays for later.
+    fn checkout(&self) -> Option<SendRequest<ProxyBody>> {
+        let now = Instant::now();
+        let mut dead = Vec::new();
+        let found = {
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            let mut found = None;
+            let mut i = idle.len();
+            while i > 0 {
+                i -= 1;
+                let conn = &idle[i];
+                if conn.tx.is_closed() || now.duration_since(conn.since) > self.idle_timeout {
+                    dead.push(idle.swap_remove(i));
+                } else if conn.tx.is_ready() {
+                    found = Some(idle.swap_remove(i).tx);
+                    break;
+                }
+            }
+            found
+        };
+        drop(dead);
+        found
+    }
+
+    fn checkin(self: &Arc<Self>, tx: SendRequest<ProxyBody>) {
+        if tx.is_closed() {
+            return;
+        }
+        let rejected = {
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            if idle.len() < self.max_idle {
+                idle.push(IdleConn {
+                    tx,
+                    since: Instant::now(),
+                });
+                None
+            } else {
+                Some(tx)
+            }
+        };
+        drop(rejected);
+        if !self.reaper.load(Ordering::Relaxed) && !self.reaper.swap(true, Ordering::Relaxed) {
+            self.spawn_reaper();
+        }
+    }
+
+    /// Closes connections idle for longer than `pool_idle_timeout`, even without traffic.
+    fn spawn_reaper(self: &Arc<Self>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.reaper.store(false, Ordering::Relaxed);
+            return;
+        };
+        let pool: Weak<H1Pool> = Arc::downgrade(self);
+        let every = self.idle_timeout.max(Duration::from_millis(100));
+        runtime.spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(pool) = pool.upgrade() else { return };
+                let now = Instant::now();
+                let dead: Vec<IdleConn> = {
+                    let mut idle = pool.idle.lock().unwrap_or_else(|p| p.into_inner());
+                    let (keep, dead) = std::mem::take(&mut *idle).into_iter().partition(|c| {
+                        !c.tx.is_closed() && now.duration_since(c.since) <= pool.idle_timeout
+                    });
+                    *idle = keep;
+                    dead
+                };
+                drop(dead);
+            }
+        });
+    }
+
+    async fn connect(&self) -> Result<SendRequest<ProxyBody>, SendError> {
+        let connecting = TcpStream::connect((self.host.as_str(), self.port));
+        let stream = match tokio::time::timeout(self.connect_timeout, connecting).await {
+            Err(_) => return Err(SendError::ConnectTimeout(self.connect_timeout)),
+            Ok(Err(e)) => return Err(SendError::Connect(e)),
+            Ok(Ok(stream)) => stream,
+        };
+        let _ = stream.set_nodelay(true);
+        let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
+        let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
+        let (tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(SendError::Handshake)?;
+        tokio::spawn(async move {
+            // Driven with upgrades, so a 101 hands the stream to `hyper::upgrade::on`.
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!("upstream connection ended: {e}");
+            }
+        });
+        Ok(tx)
+    }
+}
+
+/// Why an upstream exchange failed.
+#[derive(Debug)]
+pub enum SendError {
+    /// From the legacy client (`https://` and HTTP/2 upstreams).
+    Legacy(hyper_util::client::legacy::Error),
+    /// TCP connect failed.
+    Connect(io::Error),
+    /// TCP connect took longer than this.
+    ConnectTimeout(Duration),
+    /// The HTTP/1.1 handshake failed.
+    Handshake(hyper::Error),
+    /// The exchange failed after connecting.
+    Exchange(hyper::Error),
+}
+
+impl fmt::Display for SendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SendError::Legacy(e) => fmt::Display::fmt(e, f),
+            SendError::Connect(_) => f.write_str("client error (Connect)"),
+            SendError::ConnectTimeout(t) => write!(f, "connect timed out after {t:?}"),
+            SendError::Handshake(_) => f.write_str("client error (Connect)"),
+            SendError::Exchange(e) => fmt::Display::fmt(e, f),
+        }
+    }
+}
+
+impl StdError for SendError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        match self {
+            SendError::Legacy(e) => e.source(),
+            SendError::Connect(e) => Some(e),
+            SendError::ConnectTimeout(_) => None,
+            SendError::Handshake(e) => Some(e),
+            SendError::Exchange(e) => e.source(),
+        }
+    }
+}
+
+impl SendError {
+    /// 502 or 504.
+    pub fn failure(&self) -> Failure {
+        match self {
+            SendError::Legacy(e) => classify(e),
+            SendError::Connect(_) | SendError::Handshake(_) => Failure::Connect,
+            SendError::ConnectTimeout(_) => Failure::ConnectTimeout,
+            SendError::Exchange(_) => Failure::Exchange,
+        }
     }
 }
 

@@ -69,6 +69,7 @@ fn untrusted_peer_cannot_forge_forwarding() {
     set_forwarding(
         &mut h,
         &Forwarding {
+            peer_value: None,
             peer,
             trusted_peer: false,
             tls: false,
@@ -108,6 +109,7 @@ fn trusted_peer_appends() {
     set_forwarding(
         &mut h,
         &Forwarding {
+            peer_value: None,
             peer: "::ffff:127.0.0.1".parse().unwrap(),
             trusted_peer: true,
             tls: true,
