@@ -198,6 +198,22 @@ impl RedisStore {
         }
     }
 
+    /// Runs a compare-and-set script ([`CAS_TICKET`], [`CAS_GRANT`]: `1` written, `0` the
+    /// record changed since it was read, `-1` it is gone). `Ok(false)` means the read lost a
+    /// race and must be repeated; it yields first so the winner can finish.
+    async fn compare_and_set(&self, cas: &redis::ScriptInvocation<'_>) -> Result<bool, StoreError> {
+        let mut c = self.conn.clone();
+        let done: i64 = cas.invoke_async(&mut c).await.map_err(unavailable)?;
+        match done {
+            1 => Ok(true),
+            -1 => Err(StoreError::NotFound),
+            _ => {
+                tokio::task::yield_now().await;
+                Ok(false)
+            }
+        }
+    }
+
     async fn ids_in(&self, cmd: &mut redis::Cmd) -> Result<Vec<String>, StoreError> {
         let mut c = self.conn.clone();
         cmd.query_async(&mut c).await.map_err(unavailable)
@@ -457,27 +473,24 @@ impl Store for RedisStore {
                 let left = current.status == Status::Pending && next.status != Status::Pending;
                 let at = now();
                 let ttl = px(ticket_keep_until(&next, at, self.opts.retention), at);
-                let mut c = self.conn.clone();
-                let done: i64 = self
-                    .scripts
-                    .cas_ticket
-                    .key(ticket_key(id))
-                    .key(PENDING)
-                    .key(per_requester("pr", &current.route, current.requester.key()))
-                    .key(coalesce_key(&current.fingerprint))
-                    .arg(&raw)
-                    .arg(encode(&next)?)
-                    .arg(ttl)
-                    .arg(id.as_str())
-                    .arg(if left { "1" } else { "0" })
-                    .arg(DECISIONS)
-                    .invoke_async(&mut c)
-                    .await
-                    .map_err(unavailable)?;
-                match done {
-                    1 => return Ok(next),
-                    -1 => return Err(StoreError::NotFound),
-                    _ => tokio::task::yield_now().await,
+                let written = self
+                    .compare_and_set(
+                        self.scripts
+                            .cas_ticket
+                            .key(ticket_key(id))
+                            .key(PENDING)
+                            .key(per_requester("pr", &current.route, current.requester.key()))
+                            .key(coalesce_key(&current.fingerprint))
+                            .arg(&raw)
+                            .arg(encode(&next)?)
+                            .arg(ttl)
+                            .arg(id.as_str())
+                            .arg(if left { "1" } else { "0" })
+                            .arg(DECISIONS),
+                    )
+                    .await?;
+                if written {
+                    return Ok(next);
                 }
             }
             Err(StoreError::Conflict)
@@ -631,21 +644,18 @@ impl Store for RedisStore {
                 let next = f(&current)?;
                 let at = now();
                 let ttl = px(grant_keep_until(&next, at, self.opts.retention), at);
-                let mut c = self.conn.clone();
-                let done: i64 = self
-                    .scripts
-                    .cas_grant
-                    .key(grant_key(id))
-                    .arg(&raw)
-                    .arg(encode(&next)?)
-                    .arg(ttl)
-                    .invoke_async(&mut c)
-                    .await
-                    .map_err(unavailable)?;
-                match done {
-                    1 => return Ok(next),
-                    -1 => return Err(StoreError::NotFound),
-                    _ => tokio::task::yield_now().await,
+                let written = self
+                    .compare_and_set(
+                        self.scripts
+                            .cas_grant
+                            .key(grant_key(id))
+                            .arg(&raw)
+                            .arg(encode(&next)?)
+                            .arg(ttl),
+                    )
+                    .await?;
+                if written {
+                    return Ok(next);
                 }
             }
             Err(StoreError::Conflict)
