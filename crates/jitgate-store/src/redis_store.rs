@@ -181,21 +181,27 @@ impl RedisStore {
             .map_err(unavailable)
     }
 
-    async fn read_ticket(&self, id: &TicketId) -> Result<Option<(String, Ticket)>, StoreError> {
-        match self.get_string(&ticket_key(id)).await? {
+    /// The JSON stored at `key` as read (what a compare-and-set must find unchanged) and decoded.
+    async fn read_json<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+        what: &str,
+    ) -> Result<Option<(String, T)>, StoreError> {
+        match self.get_string(key).await? {
             Some(raw) => {
-                let t: Ticket = decode("ticket", &raw)?;
-                Ok(Some((raw, t)))
+                let v = decode(what, &raw)?;
+                Ok(Some((raw, v)))
             }
             None => Ok(None),
         }
     }
 
+    async fn read_ticket(&self, id: &TicketId) -> Result<Option<(String, Ticket)>, StoreError> {
+        self.read_json(&ticket_key(id), "ticket").await
+    }
+
     async fn read_grant(&self, id: &GrantId) -> Result<Option<(String, Grant)>, StoreError> {
-        match self.get_string(&grant_key(id)).await? {
-            Some(raw) => Ok(Some((raw.clone(), decode("grant", &raw)?))),
-            None => Ok(None),
-        }
+        self.read_json(&grant_key(id), "grant").await
     }
 
     /// Runs a compare-and-set script ([`CAS_TICKET`], [`CAS_GRANT`]: `1` written, `0` the
