@@ -4,11 +4,13 @@
 //! short critical section; that is also what makes transitions atomic here.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use jitgate_rules::ticket::{
-    self, AuditDraft, AuditEvent, Grant, GrantId, Status, Ticket, TicketId, Timestamp, GENESIS,
+    self, AuditDraft, AuditEvent, Grant, GrantId, Status, Ticket, TicketId, Timestamp,
+    TransitionError, GENESIS,
 };
 use tokio::sync::broadcast;
 
@@ -88,6 +90,24 @@ impl State {
     }
 }
 
+/// Applies a pure transition to the record `id` and stores the result, kept until `keep_until`
+/// of it; returns the record as it was and as it is now. The caller holds the lock throughout,
+/// which is what makes the transition atomic.
+fn apply<K: Eq + Hash + Clone, V: Clone>(
+    records: &mut HashMap<K, (V, Timestamp)>,
+    id: &K,
+    f: impl FnOnce(&V) -> Result<V, TransitionError>,
+    keep_until: impl FnOnce(&V) -> Timestamp,
+) -> Result<(V, V), StoreError> {
+    let (current, _) = records.get(id).ok_or(StoreError::NotFound)?;
+    let next = f(current)?;
+    let keep = keep_until(&next);
+    let (current, _) = records
+        .insert(id.clone(), (next.clone(), keep))
+        .ok_or(StoreError::NotFound)?;
+    Ok((current, next))
+}
+
 impl Store for MemoryStore {
     fn create_or_join<'a>(
         &'a self,
@@ -144,14 +164,13 @@ impl Store for MemoryStore {
     ) -> StoreFuture<'a, Ticket> {
         Box::pin(async move {
             let mut st = self.lock();
-            let (current, _) = st.tickets.get(id).ok_or(StoreError::NotFound)?;
-            let next = f(current)?;
+            let (current, next) = apply(&mut st.tickets, id, f, |t| {
+                ticket_keep_until(t, now(), self.inner.retention)
+            })?;
             let left_pending = current.status == Status::Pending && next.status != Status::Pending;
-            let keep = ticket_keep_until(&next, now(), self.inner.retention);
             if left_pending && st.coalesce.get(&next.fingerprint) == Some(id) {
                 st.coalesce.remove(&next.fingerprint);
             }
-            st.tickets.insert(id.clone(), (next.clone(), keep));
             drop(st);
             if left_pending {
                 // No receivers is fine: nobody is holding this request here.
@@ -254,10 +273,9 @@ impl Store for MemoryStore {
     ) -> StoreFuture<'a, Grant> {
         Box::pin(async move {
             let mut st = self.lock();
-            let (current, _) = st.grants.get(id).ok_or(StoreError::NotFound)?;
-            let next = f(current)?;
-            let keep = grant_keep_until(&next, now(), self.inner.retention);
-            st.grants.insert(id.clone(), (next.clone(), keep));
+            let (_, next) = apply(&mut st.grants, id, f, |g| {
+                grant_keep_until(g, now(), self.inner.retention)
+            })?;
             Ok(next)
         })
     }
