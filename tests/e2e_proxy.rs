@@ -1067,3 +1067,37 @@ async fn h2c_prior_knowledge_client_is_proxied_to_an_http1_upstream() {
     assert_eq!(r.header_str("via").as_deref(), Some("2 jitgate"));
     assert_eq!(r.body_sha256, sha256_hex(b"abc"));
 }
+
+#[tokio::test]
+async fn chunked_get_body_reaches_an_http1_upstream() {
+    let origin = Origin::start();
+    let gw = allow_all(&origin.url());
+    let raw = raw_request(
+        gw.data_addr(),
+        b"GET /with-body HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let reqs = origin.wait_for(1, WAIT).await;
+    assert_eq!(reqs[0].method, "GET");
+    assert_eq!(reqs[0].body_len, 5, "the GET body was dropped");
+    assert_eq!(reqs[0].body_sha256, sha256_hex(b"hello"));
+}
+
+#[tokio::test]
+async fn h2_cookie_crumbs_are_joined_for_an_http1_upstream() {
+    let origin = Origin::start();
+    let gw = allow_all(&origin.url());
+    let resp = Client::h2c()
+        .send(
+            "GET",
+            &gw.url("/cookies"),
+            &[("cookie", "a=1"), ("cookie", "b=2")],
+            "",
+        )
+        .await;
+    assert_eq!(resp.status, 200);
+    let reqs = origin.wait_for(1, WAIT).await;
+    assert_eq!(reqs[0].header_all("cookie"), vec![&b"a=1; b=2"[..]]);
+}

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
 use http::{Method, Request, Response, StatusCode, Version};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
@@ -331,6 +332,20 @@ async fn forward(
         parts.headers.insert(header::HOST, authority);
     }
 
+    join_cookie_crumbs(&mut parts.headers);
+    // hyper's HTTP/1 client sends GET, HEAD and CONNECT with an empty body unless told
+    // otherwise; a body of unknown length (chunked, or HTTP/2 without content-length) would be
+    // dropped silently. Say chunked explicitly so it is forwarded as received.
+    if upstream.origin_form()
+        && !body.is_end_stream()
+        && body.size_hint().exact().is_none()
+        && !parts.headers.contains_key(header::CONTENT_LENGTH)
+    {
+        parts.headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+    }
     let body = ProxyBody::relay(body, def.idle_timeout);
     let request = Request::from_parts(parts, body);
     let sent = tokio::time::timeout(def.response_timeout, upstream.send(request)).await;
@@ -414,4 +429,21 @@ async fn forward(
         parts,
         ProxyBody::relay_pooled(body, def.idle_timeout, checkin),
     )
+}
+
+/// HTTP/2 clients may split `Cookie` into several fields (RFC 9113 section 8.2.3); an
+/// HTTP/1.1 upstream expects one, so they are joined with "; " as that section says.
+fn join_cookie_crumbs(headers: &mut http::HeaderMap) {
+    let mut values = headers.get_all(header::COOKIE).iter();
+    if values.next().is_none() || values.next().is_none() {
+        return;
+    }
+    let joined: Vec<&[u8]> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect();
+    if let Ok(value) = HeaderValue::from_bytes(&joined.join(&b"; "[..])) {
+        headers.insert(header::COOKIE, value);
+    }
 }
