@@ -141,23 +141,15 @@ pub fn wants_upgrade(version: Version, headers: &HeaderMap) -> bool {
 
 /// Whether `ip` is one of the `trusted_proxies`.
 pub fn is_trusted(trusted: &[IpNet], ip: IpAddr) -> bool {
-    let ip = canonical_ip(ip);
+    let ip = ip.to_canonical();
     trusted.iter().any(|net| net.contains(&ip))
-}
-
-/// IPv4-mapped IPv6 addresses (dual-stack listeners) compare as IPv4.
-pub fn canonical_ip(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
 }
 
 /// The client address: the peer, or, when the peer is a trusted proxy, the right-most
 /// `X-Forwarded-For` entry that is not itself a trusted proxy. An unparsable entry stops the
 /// walk there (we never believe anything left of garbage).
 pub fn client_ip(trusted: &[IpNet], peer: IpAddr, headers: &HeaderMap) -> IpAddr {
-    let peer = canonical_ip(peer);
+    let peer = peer.to_canonical();
     if trusted.is_empty() || !is_trusted(trusted, peer) {
         return peer;
     }
@@ -171,7 +163,7 @@ pub fn client_ip(trusted: &[IpNet], peer: IpAddr, headers: &HeaderMap) -> IpAddr
             let Ok(ip) = entry.trim().parse::<IpAddr>() else {
                 return client;
             };
-            client = canonical_ip(ip);
+            client = ip.to_canonical();
             if !is_trusted(trusted, client) {
                 return client;
             }
@@ -203,7 +195,7 @@ pub fn set_forwarding(headers: &mut HeaderMap, fwd: &Forwarding<'_>) {
     let xff = HeaderName::from_static("x-forwarded-for");
     let xfp = HeaderName::from_static("x-forwarded-proto");
     let xfh = HeaderName::from_static("x-forwarded-host");
-    let peer = || canonical_ip(fwd.peer).to_string();
+    let peer = || fwd.peer.to_canonical().to_string();
     let peer_value = || {
         fwd.peer_value
             .cloned()

@@ -37,7 +37,7 @@ pub struct ConnInfo {
 impl ConnInfo {
     /// Describes a client connection.
     pub fn new(peer: SocketAddr, tls: bool) -> ConnInfo {
-        let text = headers::canonical_ip(peer.ip()).to_string();
+        let text = peer.ip().to_canonical().to_string();
         ConnInfo {
             peer,
             tls,

@@ -11,9 +11,9 @@ use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
 use jitgate_rules::config::Config;
+use jitgate_rules::ticket::sha256_hex;
 use jitgate_rules::{Diagnostic, RuleTable};
 
 use crate::tls::{load_certified_key, CertSlot};
@@ -89,17 +89,6 @@ pub struct Shared {
     reload_lock: tokio::sync::Mutex<()>,
     last_attempt: Mutex<Option<Attempt>>,
     last_error: Mutex<Option<Attempt>>,
-}
-
-/// Hex SHA-256.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    let digest = Sha256::digest(bytes);
-    let mut out = String::with_capacity(64);
-    for b in digest {
-        out.push(char::from_digit(u32::from(b >> 4), 16).unwrap_or('0'));
-        out.push(char::from_digit(u32::from(b & 0xf), 16).unwrap_or('0'));
-    }
-    out
 }
 
 /// Reads and validates a config file; every failure is reported as diagnostics.

@@ -30,8 +30,6 @@
 use std::fmt;
 use std::path::Path;
 
-use sha2::{Digest, Sha256};
-
 use crate::canon::CanonOptions;
 use crate::config::{parse_config, Config, Upstream};
 use crate::diag::{Diagnostic, Severity};
@@ -62,10 +60,7 @@ impl RuleTable {
             return Err(diags);
         }
         let matcher = Matcher::new(&config.routes);
-        let version = Sha256::digest(src.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let version = crate::ticket::sha256_hex(src.as_bytes());
         Ok(RuleTable {
             config,
             matcher,
