@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 
+use jitgate_gateway::state::load_table;
 use jitgate_gateway::Gateway;
 use jitgate_rules::canon;
 use jitgate_rules::{RequestView, RuleTable, Severity};
@@ -210,14 +211,8 @@ pub fn announce(gateway: &Gateway) {
     println!("jitgate: admin plane on http://{}", gateway.admin_addr());
 }
 
-fn read_table(file: &Path) -> Result<RuleTable, Vec<String>> {
-    let src = std::fs::read_to_string(file)
-        .map_err(|e| vec![format!("{}: error: cannot read: {e}", file.display())])?;
-    RuleTable::parse(&src, file).map_err(|diags| diags.iter().map(ToString::to_string).collect())
-}
-
 fn token(config: &Path, admin: bool, user: &str, groups: &[String], ttl: &str) -> ExitCode {
-    let table = match read_table(config) {
+    let table = match load_table(config) {
         Ok(t) => t,
         Err(errors) => {
             for e in &errors {
@@ -316,7 +311,7 @@ fn explain(
     method: &str,
     url: &str,
 ) -> ExitCode {
-    let table = match read_table(config) {
+    let table = match load_table(config) {
         Ok(t) => t,
         Err(errors) => {
             for e in &errors {

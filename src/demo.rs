@@ -12,8 +12,8 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
+use jitgate_gateway::state::load_table;
 use jitgate_gateway::Gateway;
-use jitgate_rules::RuleTable;
 
 use crate::cli::{announce, fail, shutdown_signal};
 
@@ -42,18 +42,9 @@ pub async fn run(config: &Path, once: bool) -> ExitCode {
         Ok(p) => p,
         Err(e) => return fail(&e),
     };
-    let table = match std::fs::read_to_string(&path)
-        .map_err(|e| e.to_string())
-        .and_then(|src| {
-            RuleTable::parse(&src, &path).map_err(|d| {
-                d.iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            })
-        }) {
+    let table = match load_table(&path) {
         Ok(t) => t,
-        Err(e) => return fail(&format!("{}: {e}", path.display())),
+        Err(errors) => return fail(&errors.join("\n")),
     };
     for upstream in &table.config().upstreams {
         let Some(addr) = upstream_addr(&upstream.url) else {

@@ -93,9 +93,14 @@ pub struct Shared {
 
 /// Reads and validates a config file; every failure is reported as diagnostics.
 pub fn load_table(path: &Path) -> Result<RuleTable, Vec<String>> {
-    let src = std::fs::read(path)
+    let bytes = std::fs::read(path)
         .map_err(|e| vec![format!("{}: error: cannot read: {e}", path.display())])?;
-    let src = String::from_utf8(src)
+    parse_table(bytes, path)
+}
+
+/// Parses and validates a config file's bytes; every failure is reported as diagnostics.
+pub fn parse_table(bytes: Vec<u8>, path: &Path) -> Result<RuleTable, Vec<String>> {
+    let src = String::from_utf8(bytes)
         .map_err(|e| vec![format!("{}: error: not UTF-8: {e}", path.display())])?;
     RuleTable::parse(&src, path).map_err(|diags| render(&diags))
 }
@@ -200,13 +205,7 @@ impl Shared {
         let wants_cert = self.cert.is_some();
         let previous = current.clone();
         let built = tokio::task::spawn_blocking(move || {
-            let src = String::from_utf8(bytes).map_err(|e| {
-                (
-                    true,
-                    vec![format!("{}: error: not UTF-8: {e}", path.display())],
-                )
-            })?;
-            let table = RuleTable::parse(&src, &path).map_err(|d| (true, render(&d)))?;
+            let table = parse_table(bytes, &path).map_err(|e| (true, e))?;
             let cert = match (&table.config().server.tls, wants_cert) {
                 (Some(files), true) => Some(
                     load_certified_key(files)
