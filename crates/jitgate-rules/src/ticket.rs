@@ -570,6 +570,11 @@ impl Ticket {
         &self.fingerprint
     }
 
+    /// Whether this ticket was opened on `route` by the requester whose key is `requester`.
+    pub fn belongs_to(&self, route: &str, requester: &str) -> bool {
+        self.route == route && self.requester.key() == requester
+    }
+
     /// Whether `approver` is this ticket's requester (anonymous requesters are nobody's self).
     fn is_self(&self, approver: &Approver) -> bool {
         self.requester.user.as_deref() == Some(approver.user.as_str())
@@ -963,6 +968,11 @@ impl Grant {
         self.revoked_at.is_none()
             && now < self.expires_at
             && self.max_uses.is_none_or(|m| self.uses < m)
+    }
+
+    /// Whether this grant is for `route` and the requester whose key is `requester`.
+    pub fn belongs_to(&self, route: &str, requester: &str) -> bool {
+        self.route == route && self.requester.key() == requester
     }
 }
 

@@ -186,11 +186,7 @@ impl Store for MemoryStore {
             let n = st
                 .tickets
                 .values()
-                .filter(|(t, _)| {
-                    t.status == Status::Pending
-                        && t.route == route
-                        && t.requester.key() == requester
-                })
+                .filter(|(t, _)| t.status == Status::Pending && t.belongs_to(route, requester))
                 .count();
             Ok(n as u64)
         })
@@ -261,7 +257,7 @@ impl Store for MemoryStore {
     ) -> StoreFuture<'a, Vec<Grant>> {
         Box::pin(async move {
             let mut all = self.active_grants(at).await?;
-            all.retain(|g| g.route == route && g.requester.key() == requester);
+            all.retain(|g| g.belongs_to(route, requester));
             Ok(all)
         })
     }

@@ -634,7 +634,7 @@ impl Store for RedisStore {
             let mut gs = self
                 .grants_in(&per_requester("gr", route, requester), at)
                 .await?;
-            gs.retain(|g| g.route == route && g.requester.key() == requester);
+            gs.retain(|g| g.belongs_to(route, requester));
             Ok(gs)
         }))
     }
