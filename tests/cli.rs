@@ -81,6 +81,15 @@ name = "origin"
 url = "http://127.0.0.1:1"
 "#;
 
+/// The 0-based index of the line equal to `needle`. For a route's `name = "..."` line this
+/// is the 1-based line number of its `[[routes]]` header, just above it.
+fn line_index(table: &str, needle: &str) -> usize {
+    table
+        .lines()
+        .position(|l| l == needle)
+        .unwrap_or_else(|| panic!("{needle} not in table"))
+}
+
 // === check ===
 
 #[test]
@@ -200,10 +209,7 @@ fn check_refuses_an_approve_route_shadowed_by_an_allow_route() {
     );
     // The route's `[[routes]]` header is the line before its name: the name's 0-based index
     // is the header's 1-based line number.
-    let prod_line = table
-        .lines()
-        .position(|l| l == "name = \"prod\"")
-        .expect("prod route");
+    let prod_line = line_index(&table, "name = \"prod\"");
     write(dir.path(), "shadow.toml", &table);
     let r = run(dir.path(), &["check", "shadow.toml"]);
     assert_eq!(r.code, Some(1), "{}", r.all());
@@ -248,14 +254,8 @@ fn check_reports_a_shadowed_approve_route_alongside_other_errors() {
          [[routes]]\nname = \"prod\"\npath = \"/prod/**\"\nupstream = \"origin\"\naction = \"approve\"\n\
          [routes.approval]\napprovers = [\"user:alice\"]\nquorum = 1\n"
     );
-    let line_of = |needle: &str| {
-        table
-            .lines()
-            .position(|l| l == needle)
-            .unwrap_or_else(|| panic!("{needle} not in table"))
-    };
-    let ghost_line = line_of("upstream = \"nowhere\"") + 1;
-    let prod_line = line_of("name = \"prod\"");
+    let ghost_line = line_index(&table, "upstream = \"nowhere\"") + 1;
+    let prod_line = line_index(&table, "name = \"prod\"");
     write(dir.path(), "both.toml", &table);
     let r = run(dir.path(), &["check", "both.toml"]);
     assert_eq!(r.code, Some(1), "{}", r.all());
@@ -281,10 +281,7 @@ fn check_warns_about_other_shadowed_routes() {
         "{HEAD}\n[[routes]]\nname = \"everything\"\npath = \"/**\"\nupstream = \"origin\"\naction = \"allow\"\n\n\
          [[routes]]\nname = \"later\"\npath = \"/x/**\"\nupstream = \"origin\"\naction = \"allow\"\n"
     );
-    let later_line = table
-        .lines()
-        .position(|l| l == "name = \"later\"")
-        .expect("later route");
+    let later_line = line_index(&table, "name = \"later\"");
     write(dir.path(), "warn.toml", &table);
     let r = run(dir.path(), &["check", "warn.toml"]);
     assert_eq!(r.code, Some(0), "{}", r.all());

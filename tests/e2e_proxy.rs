@@ -35,7 +35,12 @@ const CATCH_ALL: &str =
 
 /// A gateway allowing everything to `origin_url`.
 fn allow_all(origin_url: &str) -> Gateway {
-    Gateway::start(&config("", origin_url, "", CATCH_ALL))
+    allow_all_with(origin_url, "")
+}
+
+/// A gateway allowing everything to `origin_url`, with extra `[[upstreams]]` settings.
+fn allow_all_with(origin_url: &str, upstream_extra: &str) -> Gateway {
+    Gateway::start(&config("", origin_url, upstream_extra, CATCH_ALL))
 }
 
 fn get(target: &str, host: &str) -> Vec<u8> {
@@ -815,7 +820,7 @@ async fn websocket_to_a_denied_path_is_refused_before_upgrading() {
 #[tokio::test]
 async fn grpc_over_h2c_passes_trailers_both_ways() {
     let origin = Origin::start();
-    let gw = Gateway::start(&config("", &origin.url(), "protocol = \"h2\"", CATCH_ALL));
+    let gw = allow_all_with(&origin.url(), "protocol = \"h2\"");
     let mut req_trailers = HeaderMap::new();
     req_trailers.insert("x-req-trailer", HeaderValue::from_static("t1"));
     let msg = b"\x00\x00\x00\x00\x05hello".to_vec();
@@ -914,12 +919,7 @@ async fn connect_timeout_is_504_problem_json() {
         .is_err(),
         "the accept queue is not full; cannot provoke a connect timeout"
     );
-    let gw = Gateway::start(&config(
-        "",
-        &format!("http://{addr}"),
-        "connect_timeout = \"300ms\"",
-        CATCH_ALL,
-    ));
+    let gw = allow_all_with(&format!("http://{addr}"), "connect_timeout = \"300ms\"");
     let resp = Client::http1()
         .with_timeout(WAIT)
         .send("GET", &gw.url("/x"), &[], "")
@@ -931,12 +931,7 @@ async fn connect_timeout_is_504_problem_json() {
 #[tokio::test]
 async fn response_timeout_is_504_problem_json() {
     let origin = Origin::start();
-    let gw = Gateway::start(&config(
-        "",
-        &origin.url(),
-        "response_timeout = \"300ms\"",
-        CATCH_ALL,
-    ));
+    let gw = allow_all_with(&origin.url(), "response_timeout = \"300ms\"");
     let resp = Client::http1()
         .with_timeout(WAIT)
         .send("GET", &gw.url("/slow-headers/3000"), &[], "")
@@ -948,12 +943,7 @@ async fn response_timeout_is_504_problem_json() {
 #[tokio::test]
 async fn idle_response_body_is_cut_off() {
     let origin = Origin::start();
-    let gw = Gateway::start(&config(
-        "",
-        &origin.url(),
-        "idle_timeout = \"300ms\"",
-        CATCH_ALL,
-    ));
+    let gw = allow_all_with(&origin.url(), "idle_timeout = \"300ms\"");
     let started = Instant::now();
     let result = Client::http1()
         .with_timeout(WAIT)
@@ -976,12 +966,7 @@ async fn idle_response_body_is_cut_off() {
 #[tokio::test]
 async fn idle_request_body_is_cut_off_upstream() {
     let origin = Origin::start();
-    let gw = Gateway::start(&config(
-        "",
-        &origin.url(),
-        "idle_timeout = \"300ms\"",
-        CATCH_ALL,
-    ));
+    let gw = allow_all_with(&origin.url(), "idle_timeout = \"300ms\"");
     // Head and 5 of 100 promised bytes, then silence while keeping the connection open.
     let mut stream = tokio::net::TcpStream::connect(gw.data_addr())
         .await
