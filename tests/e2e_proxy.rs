@@ -304,9 +304,10 @@ async fn unmatched_request_without_catch_all_is_404_problem_json() {
 }
 
 #[tokio::test]
-async fn approve_route_fails_closed_whatever_the_method_spelling() {
+async fn approve_route_holds_whatever_the_method_spelling() {
     let origin = Origin::start();
-    let gw = Gateway::start(&config("", &origin.url(), "", POLICY_ROUTES));
+    let routes = format!("[approvals]\nhold_timeout = \"50ms\"\n{POLICY_ROUTES}");
+    let gw = Gateway::start(&config("", &origin.url(), "", &routes));
     let addr = gw.data_addr();
     let h = "Host: api.test\r\n";
     let attempts: Vec<(&str, Vec<u8>)> = vec![
@@ -351,11 +352,13 @@ async fn approve_route_fails_closed_whatever_the_method_spelling() {
         ),
     ];
     for (what, bytes) in &attempts {
+        // Held, then still pending at hold_timeout: 202 with the ticket, never forwarded.
         let raw = raw_request(addr, bytes).await;
-        let v = assert_problem_raw(&raw, 503, what);
+        let v = assert_problem_raw(&raw, 202, what);
+        assert_eq!(v["rule"], "prod-deploy", "{what}: names the route: {v}");
         assert!(
-            v["detail"].as_str().unwrap_or("").contains("prod-deploy"),
-            "{what}: detail names the route: {v}"
+            v["ticket"].as_str().unwrap_or("").starts_with("jit_"),
+            "{what}: names the ticket: {v}"
         );
     }
     // Method names must be upper case: `post` is not `POST` to the rules but is to many
@@ -377,8 +380,8 @@ async fn approve_route_fails_closed_whatever_the_method_spelling() {
         let raw = raw_request(addr, bytes.as_bytes()).await;
         assert_problem_raw(&raw, 400, what);
     }
-    // A plain read of the same path is allowed by the next route, so the 503s above came from
-    // the approve route and not from a missing upstream.
+    // A plain read of the same path is allowed by the next route, so the 202s above came from
+    // the approve route.
     let resp = send("GET", &gw.url("/deploy/web"), &[], "").await;
     assert_eq!(resp.status, 200, "{}", resp.text());
     let reqs = origin.wait_for(1, WAIT).await;

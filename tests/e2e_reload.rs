@@ -57,19 +57,26 @@ name = "rest"
 path = "/**"
 upstream = "origin"
 action = "allow"
-"#
+
+{admin}"#,
+        admin = identity_and_admin_toml()
     )
 }
 
 async fn rules(gw: &Gateway) -> Value {
-    let r = send("GET", &gw.admin("/v1/admin/rules"), &[], "").await;
+    let r = admin_call(gw, "ops", "GET", "/v1/admin/rules", "").await;
     assert_eq!(r.status, 200, "GET /v1/admin/rules: {}", r.text());
     r.json()
 }
 
 async fn reload(admin: &Client, gw: &Gateway) -> Response {
     admin
-        .send("POST", &gw.admin("/v1/admin/reload"), &[], "")
+        .send(
+            "POST",
+            &gw.admin("/v1/admin/reload"),
+            &[("authorization", &bearer_of("ops"))],
+            "",
+        )
         .await
 }
 

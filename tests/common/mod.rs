@@ -6,6 +6,7 @@
 //! `dead_code` allowance.
 #![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod approval;
 pub mod client;
 pub mod gateway;
 pub mod origin;
@@ -13,6 +14,10 @@ pub mod raw_origin;
 pub mod tls;
 pub mod ws;
 
+pub use approval::{
+    admin_call, approve, audit_kinds, bearer_of, deny, identity_and_admin_toml, token_of,
+    wait_pending, wait_status, RedisServer,
+};
 pub use client::{body, body_with_trailers, raw_request, send, Client, RawResponse, Response};
 pub use gateway::{Gateway, GatewayBuilder, Sig};
 pub use origin::{sha256_hex, Origin, Recorded};

@@ -1,61 +1,135 @@
-//! The admin plane: health, readiness and the rule table. Never served on the data port.
+//! The admin plane: health, the decision API, audit, and the rule table. Never served on the
+//! data port. Every call but `/healthz`, `/readyz` and `/.well-known/jwks.json` needs a bearer
+//! credential (a JWT or a static API token); rules, reload and audit need an operator.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use http::{Method, Request, Response, StatusCode};
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
-use serde_json::json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use jitgate_identity::Identity;
+use jitgate_rules::route::ApprovalMode;
+use jitgate_rules::ticket::{
+    self, Approver, AuditKind, Grant, Mode, Status, Ticket, TicketId, Timestamp, TransitionError,
+};
+use jitgate_store::{AuditFilter, StoreError};
 
 use crate::body::ProxyBody;
+use crate::engine::Engine;
+use crate::hold::JWKS;
 use crate::problem::{json_response, Fault, Problem};
 use crate::state::{Shared, Trigger};
 
+/// The OpenAPI 3 document of this plane, served at `/v1/openapi.json`.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// Every (method, path template) the admin plane serves; `tests` check the OpenAPI document
+/// against it.
+pub const ENDPOINTS: &[(&str, &str)] = &[
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/.well-known/jwks.json"),
+    ("GET", "/v1/openapi.json"),
+    ("GET", "/v1/tickets"),
+    ("GET", "/v1/tickets/{id}"),
+    ("POST", "/v1/tickets/{id}/approve"),
+    ("POST", "/v1/tickets/{id}/deny"),
+    ("POST", "/v1/tickets/decide"),
+    ("GET", "/v1/audit"),
+    ("GET", "/v1/admin/rules"),
+    ("POST", "/v1/admin/reload"),
+];
+
+/// Largest JSON body the decision API reads.
+const MAX_BODY: usize = 64 * 1024;
+/// Longest comment or reason kept.
+const MAX_TEXT: usize = 2000;
+/// Most ids in one batch decision.
+const MAX_BATCH: usize = 10_000;
+
 /// Serves one admin request.
 pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBody> {
-    let path = req.uri().path();
-    match (req.method(), path) {
-        (&Method::GET | &Method::HEAD, "/healthz") => {
-            json_response(StatusCode::OK, &json!({ "status": "ok" }))
-        }
-        (&Method::GET | &Method::HEAD, "/readyz") => {
-            let snap = shared.snapshot();
-            json_response(
-                StatusCode::OK,
-                &json!({ "status": "ready", "version": snap.table.version() }),
-            )
-        }
-        (&Method::GET, "/v1/admin/rules") => json_response(StatusCode::OK, &shared.rules_json()),
-        (&Method::POST, "/v1/admin/reload") => match shared.reload(Trigger::Admin).await {
-            Ok(applied) => json_response(
-                StatusCode::OK,
-                &json!({
-                    "version": applied.version,
-                    "changed": applied.changed,
-                    "warnings": applied.warnings,
-                }),
-            ),
-            Err(rejected) => Problem::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid-config",
-                "Rule table rejected",
-                format!(
-                    "{} error(s) in {}; the running table is unchanged",
-                    rejected.errors.len(),
-                    shared.config_path().display()
-                ),
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    let get = matches!(method, Method::GET | Method::HEAD);
+    match path.as_str() {
+        "/healthz" if get => return json_response(StatusCode::OK, &json!({ "status": "ok" })),
+        "/readyz" if get => return readyz(&shared).await,
+        JWKS if get => return json_response(StatusCode::OK, &shared.engine().signer().jwks()),
+        "/healthz" | "/readyz" | JWKS => return not_allowed(&method, &path),
+        _ => {}
+    }
+    let snap = shared.snapshot();
+    let caller = match snap.admin_auth.authenticate(req.headers()) {
+        Ok(id) => id,
+        Err(e) => {
+            tracing::info!(%path, "admin call refused: {e}");
+            let mut resp = Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "Authentication required",
+                "the admin API needs `Authorization: Bearer <API token or JWT>`",
                 Fault::Downstream,
             )
-            .with("errors", rejected.errors)
-            .into_response(),
+            .into_response();
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return resp;
+        }
+    };
+    let operator = snap.admin_auth.is_operator(&caller);
+    let api = Api {
+        shared: &shared,
+        caller: approver_of(&caller),
+        operator,
+    };
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match (&method, segments.as_slice()) {
+        (&Method::GET | &Method::HEAD, ["v1", "openapi.json"]) => {
+            let mut resp = Response::new(ProxyBody::full(Bytes::from_static(OPENAPI.as_bytes())));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            resp
+        }
+        (&Method::GET, ["v1", "admin", "rules"]) => api
+            .operator_only()
+            .unwrap_or_else(|| json_response(StatusCode::OK, &shared.rules_json())),
+        (&Method::POST, ["v1", "admin", "reload"]) => match api.operator_only() {
+            Some(refused) => refused,
+            None => reload(&shared).await,
         },
-        (_, "/healthz" | "/readyz" | "/v1/admin/rules" | "/v1/admin/reload") => Problem::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method-not-allowed",
-            "Method not allowed",
-            format!("{} is not supported on {path}", req.method()),
-            Fault::Downstream,
-        )
-        .into_response(),
+        (&Method::GET, ["v1", "tickets"]) => api.list(req.uri().query()).await,
+        (&Method::POST, ["v1", "tickets", "decide"]) => match read_json(req).await {
+            Ok(body) => api.decide_batch(body).await,
+            Err(p) => p.into_response(),
+        },
+        (&Method::GET, ["v1", "tickets", id]) => api.show(id).await,
+        (&Method::POST, ["v1", "tickets", id, verb @ ("approve" | "deny")]) => {
+            let id = id.to_string();
+            let approve = *verb == "approve";
+            match read_json(req).await {
+                Ok(body) => api.decide_one(&id, approve, body).await,
+                Err(p) => p.into_response(),
+            }
+        }
+        (&Method::GET, ["v1", "audit"]) => match api.operator_only() {
+            Some(refused) => refused,
+            None => api.audit(req.uri().query()).await,
+        },
+        (
+            _,
+            ["v1", "openapi.json"]
+            | ["v1", "admin", "rules" | "reload"]
+            | ["v1", "tickets", ..]
+            | ["v1", "audit"],
+        ) => not_allowed(&method, &path),
         _ => Problem::new(
             StatusCode::NOT_FOUND,
             "not-found",
@@ -66,3 +140,511 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Pro
         .into_response(),
     }
 }
+
+fn not_allowed(method: &Method, path: &str) -> Response<ProxyBody> {
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        "Method not allowed",
+        format!("{method} is not supported on {path}"),
+        Fault::Downstream,
+    )
+    .into_response()
+}
+
+async fn readyz(shared: &Shared) -> Response<ProxyBody> {
+    let snap = shared.snapshot();
+    let engine = shared.engine();
+    // Readiness follows the data plane, which serves allow routes without the store, so a
+    // store outage is reported, not turned into "not ready" (that would take every replica
+    // out of rotation at once); approve routes fail closed on their own.
+    let store = match engine.store() {
+        Ok(s) => match tokio::time::timeout(Duration::from_secs(2), s.ping()).await {
+            Ok(Ok(())) => "ok".to_string(),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "store did not answer within 2s".to_string(),
+        },
+        Err(e) => e.to_string(),
+    };
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "status": "ready",
+            "version": snap.table.version(),
+            "store": { "kind": engine.store_kind(), "status": store },
+            "held": engine.held_count(),
+        }),
+    )
+}
+
+async fn reload(shared: &Shared) -> Response<ProxyBody> {
+    match shared.reload(Trigger::Admin).await {
+        Ok(applied) => json_response(
+            StatusCode::OK,
+            &json!({
+                "version": applied.version,
+                "changed": applied.changed,
+                "warnings": applied.warnings,
+            }),
+        ),
+        Err(rejected) => Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-config",
+            "Rule table rejected",
+            format!(
+                "{} error(s) in {}; the running table is unchanged",
+                rejected.errors.len(),
+                shared.config_path().display()
+            ),
+            Fault::Downstream,
+        )
+        .with("errors", rejected.errors)
+        .into_response(),
+    }
+}
+
+fn approver_of(id: &Identity) -> Approver {
+    Approver {
+        user: id.subject().to_string(),
+        groups: id.groups.clone(),
+    }
+}
+
+/// Reads a small JSON body; an empty body is `{}`.
+async fn read_json(req: Request<Incoming>) -> Result<Value, Problem> {
+    let limited = http_body_util::Limited::new(req.into_body(), MAX_BODY);
+    let bytes = match tokio::time::timeout(Duration::from_secs(10), limited.collect()).await {
+        Ok(Ok(c)) => c.to_bytes(),
+        Ok(Err(e)) => {
+            return Err(Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body-too-large",
+                "Body too large",
+                format!("admin request bodies are at most {MAX_BODY} bytes ({e})"),
+                Fault::Downstream,
+            ))
+        }
+        Err(_) => return Err(Problem::bad_request("the request body stalled")),
+    };
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(json!({}));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| Problem::bad_request(format!("invalid JSON: {e}")))
+}
+
+fn parse_body<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, Problem> {
+    serde_json::from_value(v).map_err(|e| Problem::bad_request(format!("invalid request: {e}")))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApproveBody {
+    comment: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DenyBody {
+    reason: Option<String>,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum Verdict {
+    Approve,
+    Deny,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DecideBody {
+    ids: Vec<String>,
+    decision: Verdict,
+    comment: Option<String>,
+    reason: Option<String>,
+}
+
+fn clip(text: Option<String>) -> Option<String> {
+    text.map(|t| {
+        let t = t.trim();
+        let mut end = t.len().min(MAX_TEXT);
+        while !t.is_char_boundary(end) {
+            end -= 1;
+        }
+        t[..end].to_string()
+    })
+    .filter(|t| !t.is_empty())
+}
+
+/// Query string pairs, percent-decoded (`+` is a space).
+fn query_pairs(query: Option<&str>) -> Result<Vec<(String, String)>, Problem> {
+    fn decode(s: &str) -> Option<String> {
+        let b = s.as_bytes();
+        let mut out = Vec::with_capacity(b.len());
+        let mut i = 0;
+        while i < b.len() {
+            match b[i] {
+                b'+' => out.push(b' '),
+                b'%' => {
+                    let hex = s.get(i + 1..i + 3)?;
+                    out.push(u8::from_str_radix(hex, 16).ok()?);
+                    i += 2;
+                }
+                c => out.push(c),
+            }
+            i += 1;
+        }
+        String::from_utf8(out).ok()
+    }
+    query
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            match (decode(k), decode(v)) {
+                (Some(k), Some(v)) => Ok((k, v)),
+                _ => Err(Problem::bad_request(format!(
+                    "malformed query parameter `{p}`"
+                ))),
+            }
+        })
+        .collect()
+}
+
+fn store_problem(e: &StoreError) -> Problem {
+    match e {
+        StoreError::NotFound => not_found(),
+        StoreError::Transition(t) => transition_problem(t),
+        StoreError::Conflict => Problem::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            "Concurrent change",
+            "the ticket changed too often concurrently; try again",
+            Fault::Internal,
+        ),
+        other => Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store-unavailable",
+            "Approval store unavailable",
+            other.to_string(),
+            Fault::Internal,
+        ),
+    }
+}
+
+fn transition_problem(e: &TransitionError) -> Problem {
+    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::CONFLICT);
+    let (slug, title) = if status == StatusCode::FORBIDDEN {
+        ("not-permitted", "Decision not permitted")
+    } else {
+        ("conflict", "Ticket not in a decidable state")
+    };
+    Problem::new(status, slug, title, e.to_string(), Fault::Downstream)
+        .with("error", serde_json::to_value(e).unwrap_or(Value::Null))
+}
+
+fn not_found() -> Problem {
+    Problem::new(
+        StatusCode::NOT_FOUND,
+        "unknown-ticket",
+        "Unknown ticket",
+        "no ticket with this id is visible to you",
+        Fault::Downstream,
+    )
+}
+
+/// One authenticated admin call.
+struct Api<'a> {
+    shared: &'a Arc<Shared>,
+    caller: Approver,
+    operator: bool,
+}
+
+impl Api<'_> {
+    fn engine(&self) -> &Arc<Engine> {
+        self.shared.engine()
+    }
+
+    fn operator_only(&self) -> Option<Response<ProxyBody>> {
+        (!self.operator).then(|| {
+            Problem::new(
+                StatusCode::FORBIDDEN,
+                "not-an-operator",
+                "Operators only",
+                format!("{} is not in [admin] operators", self.caller.user),
+                Fault::Downstream,
+            )
+            .into_response()
+        })
+    }
+
+    /// Operators see every ticket; others those they may decide or asked for themselves.
+    fn can_see(&self, t: &Ticket) -> bool {
+        self.operator
+            || self.caller.is_listed(&t.approvers)
+            || t.requester.user.as_deref() == Some(self.caller.user.as_str())
+    }
+
+    async fn list(&self, query: Option<&str>) -> Response<ProxyBody> {
+        let mut status = None;
+        let mut limit = 100usize;
+        let pairs = match query_pairs(query) {
+            Ok(p) => p,
+            Err(p) => return p.into_response(),
+        };
+        for (k, v) in pairs {
+            match k.as_str() {
+                "status" => match Status::parse(&v) {
+                    Some(s) => status = Some(s),
+                    None => {
+                        return Problem::bad_request(format!(
+                            "status must be one of PENDING, APPROVED, DENIED, EXPIRED, CANCELLED, EXECUTED, not `{v}`"
+                        ))
+                        .into_response()
+                    }
+                },
+                "limit" => match v.parse::<usize>() {
+                    Ok(n) if (1..=1000).contains(&n) => limit = n,
+                    _ => {
+                        return Problem::bad_request("limit must be between 1 and 1000")
+                            .into_response()
+                    }
+                },
+                other => {
+                    return Problem::bad_request(format!(
+                        "unknown query parameter `{other}` (status, limit)"
+                    ))
+                    .into_response()
+                }
+            }
+        }
+        let store = match self.engine().store() {
+            Ok(s) => s,
+            Err(e) => return store_problem(&e).into_response(),
+        };
+        // Read more than asked when filtering by visibility, so a page is rarely short.
+        let fetch = if self.operator { limit } else { limit * 4 };
+        match store.list(status, fetch).await {
+            Ok(tickets) => {
+                let visible: Vec<&Ticket> = tickets
+                    .iter()
+                    .filter(|t| self.can_see(t))
+                    .take(limit)
+                    .collect();
+                json_response(StatusCode::OK, &json!({ "tickets": visible }))
+            }
+            Err(e) => store_problem(&e).into_response(),
+        }
+    }
+
+    async fn show(&self, raw: &str) -> Response<ProxyBody> {
+        let Ok(id) = TicketId::parse(raw) else {
+            return not_found().into_response();
+        };
+        let store = match self.engine().store() {
+            Ok(s) => s,
+            Err(e) => return store_problem(&e).into_response(),
+        };
+        match store.get(&id).await {
+            Ok(Some(t)) if self.can_see(&t) => {
+                let t = self.engine().expire_if_due(&t).await.unwrap_or(t);
+                json_response(
+                    StatusCode::OK,
+                    &serde_json::to_value(&t).unwrap_or(Value::Null),
+                )
+            }
+            Ok(_) => not_found().into_response(),
+            Err(e) => store_problem(&e).into_response(),
+        }
+    }
+
+    async fn decide_one(&self, raw: &str, approve: bool, body: Value) -> Response<ProxyBody> {
+        let text = if approve {
+            parse_body::<ApproveBody>(body).map(|b| b.comment)
+        } else {
+            parse_body::<DenyBody>(body).map(|b| b.reason)
+        };
+        match text {
+            Ok(text) => match self.decide(raw, approve, clip(text)).await {
+                Ok(t) => json_response(
+                    StatusCode::OK,
+                    &serde_json::to_value(&t).unwrap_or(Value::Null),
+                ),
+                Err(p) => p.into_response(),
+            },
+            Err(p) => p.into_response(),
+        }
+    }
+
+    async fn decide_batch(&self, body: Value) -> Response<ProxyBody> {
+        let body: DecideBody = match parse_body(body) {
+            Ok(b) => b,
+            Err(p) => return p.into_response(),
+        };
+        if body.ids.is_empty() || body.ids.len() > MAX_BATCH {
+            return Problem::bad_request(format!("ids must list 1 to {MAX_BATCH} tickets"))
+                .into_response();
+        }
+        let approve = body.decision == Verdict::Approve;
+        let text = clip(if approve { body.comment } else { body.reason });
+        let mut results = Vec::with_capacity(body.ids.len());
+        for id in &body.ids {
+            let result = match self.decide(id, approve, text.clone()).await {
+                Ok(t) => json!({ "id": id, "status": 200, "ticket": t }),
+                Err(p) => json!({ "id": id, "status": p.status.as_u16(), "problem": p.to_json() }),
+            };
+            results.push(result);
+        }
+        json_response(StatusCode::OK, &json!({ "results": results }))
+    }
+
+    /// Approves or denies one ticket as the caller.
+    async fn decide(
+        &self,
+        raw: &str,
+        approve: bool,
+        text: Option<String>,
+    ) -> Result<Ticket, Problem> {
+        let id = TicketId::parse(raw).map_err(|_| not_found())?;
+        let engine = self.engine();
+        let store = engine.store().map_err(|e| store_problem(&e))?;
+        // Invisible tickets are unknown, so ids cannot be probed.
+        match store.get(&id).await {
+            Ok(Some(t)) if self.can_see(&t) => {}
+            Ok(_) => return Err(not_found()),
+            Err(e) => return Err(store_problem(&e)),
+        }
+        let who = &self.caller;
+        let now = jitgate_store::now();
+        let result = if approve {
+            store
+                .transition(&id, &|t| ticket::approve(t, who, text.clone(), now))
+                .await
+        } else {
+            store
+                .transition(&id, &|t| ticket::deny(t, who, text.clone(), now))
+                .await
+        };
+        let t = match result {
+            Ok(t) => t,
+            Err(StoreError::Transition(TransitionError::Expired)) => {
+                // Record the expiry the decision ran into, then refuse with 409.
+                if let Ok(Some(t)) = store.get(&id).await {
+                    engine.expire_if_due(&t).await;
+                }
+                return Err(transition_problem(&TransitionError::Expired));
+            }
+            Err(e) => return Err(store_problem(&e)),
+        };
+        let (kind, detail) = if approve {
+            (
+                AuditKind::TicketApproved,
+                json!({ "comment": text, "approvals": t.approvals.len(), "quorum": t.quorum, "quorumReached": t.status == Status::Approved }),
+            )
+        } else {
+            (AuditKind::TicketDenied, json!({ "reason": text }))
+        };
+        tracing::info!(ticket = %t.id, route = %t.route, by = %who.user, status = %t.status, "decision recorded");
+        engine.audit(kind, &t, Some(&who.user), detail).await;
+        if t.status == Status::Approved && t.mode == Mode::Access {
+            self.grant(&t, now).await;
+        }
+        Ok(t)
+    }
+
+    /// An approved `access` ticket becomes a grant for the route's default duration.
+    async fn grant(&self, t: &Ticket, now: Timestamp) {
+        let snap = self.shared.snapshot();
+        let policy = snap
+            .table
+            .routes()
+            .iter()
+            .find(|r| r.name == t.route)
+            .and_then(|r| r.approval.as_ref())
+            .filter(|p| p.mode == ApprovalMode::Access);
+        let Some(policy) = policy else {
+            tracing::warn!(ticket = %t.id, route = %t.route, "approved access ticket, but the route is no longer an access route; no grant");
+            return;
+        };
+        let duration = policy
+            .default_duration
+            .or_else(|| policy.durations.iter().min().copied())
+            .or(policy.max_duration)
+            .unwrap_or(Duration::from_secs(3600));
+        let duration = policy.max_duration.map_or(duration, |m| duration.min(m));
+        let grant = Grant {
+            id: jitgate_store::new_grant_id(now),
+            route: t.route.clone(),
+            route_hash: t.route_hash.clone(),
+            requester: t.requester.clone(),
+            created_at: now,
+            expires_at: now.plus(duration),
+            max_uses: policy.max_uses,
+            uses: 0,
+            revoked_at: None,
+            ticket: Some(t.id.clone()),
+        };
+        let Ok(store) = self.engine().store() else {
+            return;
+        };
+        match store.create_grant(grant).await {
+            Ok(g) => {
+                self.engine()
+                    .audit(
+                        AuditKind::GrantCreated,
+                        t,
+                        Some(&self.caller.user),
+                        json!({ "grant": g.id.to_string(), "expiresAt": g.expires_at, "maxUses": g.max_uses }),
+                    )
+                    .await;
+            }
+            Err(e) => tracing::error!(ticket = %t.id, "grant not created: {e}"),
+        }
+    }
+
+    async fn audit(&self, query: Option<&str>) -> Response<ProxyBody> {
+        let mut filter = AuditFilter {
+            limit: 1000,
+            ..AuditFilter::default()
+        };
+        let pairs = match query_pairs(query) {
+            Ok(p) => p,
+            Err(p) => return p.into_response(),
+        };
+        for (k, v) in pairs {
+            let bad = |what: &str| Problem::bad_request(what.to_string()).into_response();
+            match k.as_str() {
+                "ticket" => match TicketId::parse(&v) {
+                    Ok(id) => filter.ticket = Some(id),
+                    Err(_) => return bad("ticket must be a ticket id (jit_...)"),
+                },
+                "requester" => filter.requester = Some(v),
+                "since" => match Timestamp::parse_rfc3339(&v) {
+                    Ok(t) => filter.since = Some(t),
+                    Err(_) => return bad("since must be an RFC 3339 timestamp"),
+                },
+                "limit" => match v.parse::<usize>() {
+                    Ok(n) if (1..=10_000).contains(&n) => filter.limit = n,
+                    _ => return bad("limit must be between 1 and 10000"),
+                },
+                other => {
+                    return bad(&format!(
+                        "unknown query parameter `{other}` (ticket, requester, since, limit)"
+                    ))
+                }
+            }
+        }
+        let store = match self.engine().store() {
+            Ok(s) => s,
+            Err(e) => return store_problem(&e).into_response(),
+        };
+        match store.audit(&filter).await {
+            Ok(events) => json_response(StatusCode::OK, &json!({ "events": events })),
+            Err(e) => store_problem(&e).into_response(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

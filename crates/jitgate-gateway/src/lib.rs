@@ -4,7 +4,9 @@
 
 pub mod admin;
 pub mod body;
+pub mod engine;
 pub mod headers;
+pub mod hold;
 pub mod problem;
 pub mod proxy;
 pub mod server;

@@ -18,6 +18,7 @@ use jitgate_rules::RequestView;
 
 use crate::body::ProxyBody;
 use crate::headers::{self, Forwarding};
+use crate::hold;
 use crate::problem::{Fault, Problem};
 use crate::state::{Shared, Snapshot};
 use crate::upstream::{self, Failure, UpstreamClient};
@@ -47,12 +48,23 @@ impl ConnInfo {
 }
 
 /// What matching decided, owned, so the request can be taken apart afterwards.
-struct Decision {
-    route: usize,
+pub(crate) struct Decision {
+    pub(crate) route: usize,
     /// Set when the forwarded target differs from what the client sent.
-    rewrite: Option<PathAndQuery>,
+    pub(crate) rewrite: Option<PathAndQuery>,
     /// The canonical Host, reusing the client's header value when it was already canonical.
-    host: HeaderValue,
+    pub(crate) host: HeaderValue,
+}
+
+/// The canonical request as a ticket records it (filled only where a ticket may be opened).
+#[derive(Debug, Default)]
+pub(crate) struct Facts {
+    /// The method; with overrides, every spelling joined by `+` (`POST+DELETE`), so an
+    /// approval for one never fits the other.
+    pub(crate) method: String,
+    pub(crate) host: String,
+    pub(crate) path: String,
+    pub(crate) query: String,
 }
 
 /// Serves one data-plane request. Never fails: every error is an HTTP answer.
@@ -63,13 +75,32 @@ pub async fn handle(
 ) -> Response<ProxyBody> {
     // The request keeps this generation of the table until it is answered.
     let snap = shared.snapshot();
+    if req.uri().path().starts_with(hold::WELL_KNOWN) {
+        if let Some(resp) = hold::well_known(&shared, &snap, &conn, &req).await {
+            return resp;
+        }
+    }
     let server = &snap.table.config().server;
     let trusted_peer = headers::is_trusted(&server.trusted_proxies, conn.peer.ip());
     let upgrade = headers::wants_upgrade(req.version(), req.headers());
-    let decision = headers::scrub_request(req.headers_mut(), upgrade, trusted_peer)
-        .map_err(|e| Problem::bad_request(e.to_string()))
-        .and_then(|()| decide(&snap, &conn, &req));
-    let decision = match decision {
+    // Read the resume headers before scrubbing drops them: they are the gateway's, never
+    // the upstream's.
+    let resume = hold::Resume::take(req.headers_mut());
+    if !trusted_peer {
+        for name in &snap.identity_headers {
+            req.headers_mut().remove(name);
+        }
+    }
+    let decision = resume
+        .and_then(|resume| {
+            headers::scrub_request(req.headers_mut(), upgrade, trusted_peer)
+                .map_err(|e| Problem::bad_request(e.to_string()))
+                .map(|()| resume)
+        })
+        .and_then(|resume| {
+            decide(&snap, &conn, req.method(), req.uri(), req.headers(), None).map(|d| (d, resume))
+        });
+    let (decision, resume) = match decision {
         Ok(d) => d,
         Err(problem) => {
             log_refusal(&req, &problem);
@@ -91,20 +122,13 @@ pub async fn handle(
             return deny_response(route);
         }
         (Action::Approve, true) => {
-            // Fail closed: until the hold engine exists, nothing on an approve route is forwarded.
-            tracing::warn!(route = %route.name, method = %req.method(), path, "approval required; holding is not available, refused");
-            return Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "approval-unavailable",
-                "Approval required",
-                format!(
-                    "route {} requires approval, and this gateway cannot hold requests for approval yet",
-                    route.name
-                ),
-                Fault::Policy,
-            )
-            .with("rule", route.name.clone())
-            .into_response();
+            let held = hold::Held {
+                shared: &shared,
+                snap: &snap,
+                conn: &conn,
+                trusted_peer,
+            };
+            return held.approve(decision, resume, upgrade, req).await;
         }
         (action, false) => {
             let would = if action == Action::Deny {
@@ -122,10 +146,30 @@ pub async fn handle(
     else {
         return internal_error("route has no upstream");
     };
-    forward(upstream, conn, trusted_peer, upgrade, decision, req).await
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (parts, body) = req.into_parts();
+    let body = ProxyBody::relay(body, upstream.def.idle_timeout);
+    let hop = Hop {
+        conn: &conn,
+        trusted_peer,
+        decision,
+        client_upgrade,
+        approval: None,
+    };
+    forward(upstream, hop, parts, body).await
 }
 
-fn internal_error(detail: &str) -> Response<ProxyBody> {
+/// Everything [`forward`] needs besides the request.
+pub(crate) struct Hop<'a> {
+    pub(crate) conn: &'a ConnInfo,
+    pub(crate) trusted_peer: bool,
+    pub(crate) decision: Decision,
+    pub(crate) client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    /// The approval token, sent upstream in `Jit-Approval`.
+    pub(crate) approval: Option<HeaderValue>,
+}
+
+pub(crate) fn internal_error(detail: &str) -> Response<ProxyBody> {
     tracing::error!("internal error: {detail}");
     Problem::new(
         StatusCode::INTERNAL_SERVER_ERROR,
@@ -147,61 +191,57 @@ fn log_refusal(req: &Request<Incoming>, problem: &Problem) {
     );
 }
 
-/// Canonicalises and matches. Borrows the request; returns only owned results.
-fn decide(snap: &Snapshot, conn: &ConnInfo, req: &Request<Incoming>) -> Result<Decision, Problem> {
+/// Canonicalises and matches. Borrows the request; returns only owned results, and fills
+/// `facts` when asked to.
+pub(crate) fn decide(
+    snap: &Snapshot,
+    conn: &ConnInfo,
+    method: &Method,
+    uri: &Uri,
+    req_headers: &http::HeaderMap,
+    facts: Option<&mut Facts>,
+) -> Result<Decision, Problem> {
     let table = &snap.table;
     let server = &table.config().server;
     // hyper accepts any token as a method, and `delete` is not DELETE to the matcher while
     // many frameworks treat it as DELETE. Methods are case-sensitive (RFC 9110 9.1): refuse.
-    if req
-        .method()
-        .as_str()
-        .bytes()
-        .any(|b| b.is_ascii_lowercase())
-    {
+    if method.as_str().bytes().any(|b| b.is_ascii_lowercase()) {
         return Err(Problem::bad_request("method names are upper case"));
     }
-    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let mut hosts = req_headers.get_all(header::HOST).iter();
     let host_header = hosts.next();
     if hosts.next().is_some() {
         return Err(Problem::bad_request("more than one Host header"));
     }
-    let target = canon::canonicalize_target(
-        req.method(),
-        req.uri(),
-        host_header,
-        conn.tls,
-        table.canon_options(),
-    )
-    .map_err(|e| Problem::bad_request(e.to_string()))?;
+    let target =
+        canon::canonicalize_target(method, uri, host_header, conn.tls, table.canon_options())
+            .map_err(|e| Problem::bad_request(e.to_string()))?;
     // Without a host, host conditions cannot be judged; an upstream would pick a default
     // virtual host the rules never saw.
     if target.host.is_empty() {
         return Err(Problem::bad_request("request without Host"));
     }
-    let overrides = canon::method_overrides(req.headers(), target.query)
+    let overrides = canon::method_overrides(req_headers, target.query)
         .map_err(|e| Problem::bad_request(e.to_string()))?;
     let with_overrides: Vec<Method>;
     let methods: &[Method] = if overrides.is_empty() {
-        std::slice::from_ref(req.method())
+        std::slice::from_ref(method)
     } else {
-        with_overrides = std::iter::once(req.method().clone())
-            .chain(overrides)
-            .collect();
+        with_overrides = std::iter::once(method.clone()).chain(overrides).collect();
         &with_overrides
     };
-    let source = headers::client_ip(&server.trusted_proxies, conn.peer.ip(), req.headers());
+    let source = headers::client_ip(&server.trusted_proxies, conn.peer.ip(), req_headers);
     let mut buf = [""; 3];
     let paths = target.path.readings(&mut buf);
     let view = RequestView {
         methods,
         host: &target.host,
         paths,
-        headers: req.headers(),
+        headers: req_headers,
         source,
     };
     let Some(route) = table.match_request(&view) else {
-        return Err(Problem::no_route(req.method().as_str(), &target.path.path));
+        return Err(Problem::no_route(method.as_str(), &target.path.path));
     };
     if target.path.encoded_slash && !route.allow_encoded_slash {
         return Err(Problem::bad_request(format!(
@@ -216,8 +256,22 @@ fn decide(snap: &Snapshot, conn: &ConnInfo, req: &Request<Incoming>) -> Result<D
         )));
     }
 
+    if let Some(facts) = facts {
+        let mut spelled: Vec<&str> = Vec::with_capacity(methods.len());
+        for m in methods {
+            if !spelled.contains(&m.as_str()) {
+                spelled.push(m.as_str());
+            }
+        }
+        *facts = Facts {
+            method: spelled.join("+"),
+            host: target.host.to_string(),
+            path: target.path.path.to_string(),
+            query: target.query.unwrap_or("").to_string(),
+        };
+    }
     let forward_path = target.path.forward_path();
-    let rewrite = if req.uri().path() == forward_path && req.uri().query() == target.query {
+    let rewrite = if uri.path() == forward_path && uri.query() == target.query {
         None
     } else {
         let pq = match target.query {
@@ -273,17 +327,20 @@ pub fn render_error(
 }
 
 /// Sends the canonical request upstream and relays the answer, streaming both bodies.
-async fn forward(
+pub(crate) async fn forward(
     upstream: &UpstreamClient,
-    conn: ConnInfo,
-    trusted_peer: bool,
-    upgrade: bool,
-    decision: Decision,
-    mut req: Request<Incoming>,
+    hop: Hop<'_>,
+    mut parts: http::request::Parts,
+    body: ProxyBody,
 ) -> Response<ProxyBody> {
     let def = &upstream.def;
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let (mut parts, body) = req.into_parts();
+    let Hop {
+        conn,
+        trusted_peer,
+        decision,
+        client_upgrade,
+        approval,
+    } = hop;
     let client_version = parts.version;
 
     let pq = match decision.rewrite {
@@ -333,6 +390,19 @@ async fn forward(
     }
 
     join_cookie_crumbs(&mut parts.headers);
+    if let Some(token) = approval {
+        parts.headers.insert(hold::JIT_APPROVAL, token);
+    }
+    if let ProxyBody::Full(_) | ProxyBody::Empty = body {
+        // A held body is replayed from the buffer: its length is known.
+        parts.headers.remove(header::TRANSFER_ENCODING);
+        let len = body.size_hint().exact().unwrap_or(0);
+        if len > 0 || parts.headers.contains_key(header::CONTENT_LENGTH) {
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        }
+    }
     // hyper's HTTP/1 client sends GET, HEAD and CONNECT with an empty body unless told
     // otherwise; a body of unknown length (chunked, or HTTP/2 without content-length) would be
     // dropped silently. Say chunked explicitly so it is forwarded as received.
@@ -346,7 +416,6 @@ async fn forward(
             HeaderValue::from_static("chunked"),
         );
     }
-    let body = ProxyBody::relay(body, def.idle_timeout);
     let request = Request::from_parts(parts, body);
     let sent = tokio::time::timeout(def.response_timeout, upstream.send(request)).await;
     let (mut resp, checkin) = match sent {

@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::admin;
+use crate::engine::Engine;
 use crate::proxy::{self, ConnInfo};
 use crate::state::{build_snapshot, load_table, Shared, Trigger};
 use crate::tls::{self, load_certified_key, CertSlot};
@@ -37,6 +38,9 @@ pub enum StartError {
     /// The TLS certificate or key is unusable.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    /// The approval engine could not be built (signing key).
+    #[error(transparent)]
+    Engine(#[from] crate::engine::EngineError),
 }
 
 /// A bound, not yet serving, gateway.
@@ -63,6 +67,7 @@ impl Gateway {
         let tls = cert
             .as_ref()
             .map(|slot| TlsAcceptor::from(Arc::new(tls::server_config(slot.clone()))));
+        let engine = Engine::start(table.config())?;
         let snapshot = build_snapshot(table, None).map_err(StartError::Config)?;
         let data = TcpListener::bind(server.listen)
             .await
@@ -76,7 +81,7 @@ impl Gateway {
                 addr: server.admin_listen,
                 source,
             })?;
-        let shared = Arc::new(Shared::new(snapshot, config_path, cert));
+        let shared = Arc::new(Shared::new(snapshot, engine, config_path, cert));
         Ok(Gateway {
             shared,
             data,
@@ -172,6 +177,8 @@ impl Gateway {
         drop(admin);
         tracing::info!("shutting down: no new connections; draining in-flight requests");
         let _ = stop_tx.send(true);
+        // Held requests answer 503 with their ticket at once, so clients can resume elsewhere.
+        shared.engine().begin_shutdown();
         tokio::select! {
             () = graceful.shutdown() => tracing::info!("all connections closed"),
             () = tokio::time::sleep(server.shutdown_grace) => {

@@ -16,6 +16,10 @@ use jitgate_rules::config::Config;
 use jitgate_rules::ticket::sha256_hex;
 use jitgate_rules::{Diagnostic, RuleTable};
 
+use http::HeaderName;
+use jitgate_identity::{AdminAuthenticator, Authenticator};
+
+use crate::engine::Engine;
 use crate::tls::{load_certified_key, CertSlot};
 use crate::upstream::UpstreamClient;
 
@@ -29,6 +33,12 @@ pub struct Snapshot {
     pub upstreams: HashMap<String, Arc<UpstreamClient>>,
     /// When this generation was swapped in.
     pub loaded_at: SystemTime,
+    /// Requester authentication (`[identity]`).
+    pub auth: Authenticator,
+    /// Approver and operator authentication (`[admin]`).
+    pub admin_auth: AdminAuthenticator,
+    /// `[identity.headers]` names, removed from requests of untrusted peers.
+    pub identity_headers: Vec<HeaderName>,
 }
 
 /// What started a reload.
@@ -83,6 +93,7 @@ struct Attempt {
 /// State shared by every connection, the admin plane and the reload triggers.
 pub struct Shared {
     snapshot: ArcSwap<Snapshot>,
+    engine: Arc<Engine>,
     config_path: PathBuf,
     cert: Option<Arc<CertSlot>>,
     /// Reloads run one at a time.
@@ -128,9 +139,15 @@ pub fn build_snapshot(
             Err(e) => errors.push(format!("upstream {}: {e}", def.name)),
         }
     }
-    if !errors.is_empty() {
+    let cfg = table.config();
+    let auth = Authenticator::from_config(&cfg.identity, &cfg.server.trusted_proxies)
+        .map_err(|e| errors.push(format!("[identity]: {e}")));
+    let admin_auth = AdminAuthenticator::from_config(&cfg.admin, cfg.identity.jwt.as_ref())
+        .map_err(|e| errors.push(format!("[admin]: {e}")));
+    let (Ok(auth), Ok(admin_auth), true) = (auth, admin_auth, errors.is_empty()) else {
         return Err(errors);
-    }
+    };
+    let identity_headers = auth.identity_header_names();
     let route_upstreams = table
         .routes()
         .iter()
@@ -141,14 +158,23 @@ pub fn build_snapshot(
         route_upstreams,
         upstreams,
         loaded_at: SystemTime::now(),
+        auth,
+        admin_auth,
+        identity_headers,
     })
 }
 
 impl Shared {
     /// State for a freshly loaded snapshot.
-    pub fn new(snapshot: Snapshot, config_path: PathBuf, cert: Option<Arc<CertSlot>>) -> Shared {
+    pub fn new(
+        snapshot: Snapshot,
+        engine: Arc<Engine>,
+        config_path: PathBuf,
+        cert: Option<Arc<CertSlot>>,
+    ) -> Shared {
         Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
+            engine,
             config_path,
             cert,
             reload_lock: tokio::sync::Mutex::new(()),
@@ -160,6 +186,11 @@ impl Shared {
     /// The generation in force now.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()
+    }
+
+    /// The approval engine (store, signer, held requests).
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
     }
 
     /// The config file being served.
@@ -421,6 +452,11 @@ fn restart_notices(old: &Config, new: &Config) -> Vec<String> {
     }
     if old.store != new.store {
         out.push("store settings changed; they take effect at restart".into());
+    }
+    if old.approvals.signing_key != new.approvals.signing_key
+        || old.approvals.reconcile_interval != new.approvals.reconcile_interval
+    {
+        out.push("[approvals] signing_key and reconcile_interval take effect at restart".into());
     }
     out
 }

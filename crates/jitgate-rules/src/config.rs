@@ -87,6 +87,9 @@ pub struct Approvals {
     pub max_held_body: u64,
     /// `signing_key`: Ed25519 PEM for approval tokens.
     pub signing_key: Option<PathBuf>,
+    /// `reconcile_interval` (default 1s): how often a replica re-reads the store for
+    /// decisions it may have missed on pub/sub, and expires overdue tickets.
+    pub reconcile_interval: Duration,
 }
 
 /// `[identity]`
@@ -543,6 +546,7 @@ const APPROVALS_KEYS: &[&str] = &[
     "token_ttl",
     "max_held_body",
     "signing_key",
+    "reconcile_interval",
 ];
 const IDENTITY_KEYS: &[&str] = &["jwt", "headers"];
 const JWT_KEYS: &[&str] = &[
@@ -1110,6 +1114,17 @@ impl<'s> Cx<'s> {
             None => 1 << 20,
         };
         let signing_key = self.path_value(t, "signing_key", sec);
+        let reconcile_interval = match self.duration(t, "reconcile_interval", sec) {
+            Some((d, span)) if d < Duration::from_millis(50) => {
+                self.error(
+                    span,
+                    "`reconcile_interval` in [approvals] must be at least 50ms",
+                );
+                return None;
+            }
+            Some((d, _)) => d,
+            None => secs(1),
+        };
         let ticket = ticket_ttl.clone().map_or(secs(900), |d| d.0);
         if let Some((h, span)) = &hold_timeout {
             if *h > ticket {
@@ -1122,6 +1137,7 @@ impl<'s> Cx<'s> {
             token_ttl,
             max_held_body,
             signing_key,
+            reconcile_interval,
         })
     }
 

@@ -110,6 +110,12 @@ pub trait Store: Send + Sync + 'static {
         f: TicketTransition<'a>,
     ) -> StoreFuture<'a, Ticket>;
 
+    /// Every `PENDING` ticket id with its `expiresAt`, soonest-expiring first: what a replica
+    /// reconciles its held requests against (a held id missing here was decided) and what the
+    /// expiry sweeper reads (entries past their expiry are due). Ids only, so it stays cheap
+    /// with many thousands of tickets pending.
+    fn pending_index(&self) -> StoreFuture<'_, Vec<(TicketId, Timestamp)>>;
+
     /// How many `PENDING` tickets `requester` (see [`jitgate_rules::Requester::key`]) has on
     /// `route`, including overdue ones not yet expired.
     fn pending_count<'a>(&'a self, route: &'a str, requester: &'a str) -> StoreFuture<'a, u64>;

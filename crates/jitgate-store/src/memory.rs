@@ -180,6 +180,20 @@ impl Store for MemoryStore {
         })
     }
 
+    fn pending_index(&self) -> StoreFuture<'_, Vec<(TicketId, Timestamp)>> {
+        Box::pin(async move {
+            let st = self.lock();
+            let mut out: Vec<(TicketId, Timestamp)> = st
+                .tickets
+                .values()
+                .filter(|(t, _)| t.status == Status::Pending)
+                .map(|(t, _)| (t.id.clone(), t.expires_at))
+                .collect();
+            out.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
+            Ok(out)
+        })
+    }
+
     fn pending_count<'a>(&'a self, route: &'a str, requester: &'a str) -> StoreFuture<'a, u64> {
         Box::pin(async move {
             let st = self.lock();

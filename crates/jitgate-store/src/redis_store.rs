@@ -503,6 +503,28 @@ impl Store for RedisStore {
         }))
     }
 
+    fn pending_index(&self) -> StoreFuture<'_, Vec<(TicketId, Timestamp)>> {
+        Box::pin(self.bounded(async move {
+            let mut c = self.conn.clone();
+            let raw: Vec<(String, f64)> = redis::cmd("ZRANGE")
+                .arg(PENDING)
+                .arg(0)
+                .arg(-1)
+                .arg("WITHSCORES")
+                .query_async(&mut c)
+                .await
+                .map_err(unavailable)?;
+            Ok(raw
+                .into_iter()
+                .filter_map(|(id, score)| {
+                    let id = TicketId::parse(&id).ok()?;
+                    // Scores are whole milliseconds, exactly representable in an f64.
+                    Some((id, Timestamp::from_millis(score.max(0.0) as u64)))
+                })
+                .collect())
+        }))
+    }
+
     fn pending_count<'a>(&'a self, route: &'a str, requester: &'a str) -> StoreFuture<'a, u64> {
         Box::pin(self.bounded(async move {
             let mut c = self.conn.clone();

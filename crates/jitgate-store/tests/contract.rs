@@ -230,6 +230,30 @@ async fn coalescing_joins_pending_and_stops_after_decision(p: Pair) {
     );
 }
 
+/// The pending index lists exactly the pending ids with their expiry, soonest first, and
+/// drops a ticket once it is decided.
+async fn pending_index_tracks_pending_tickets(p: Pair) {
+    let mut late = new_ticket("/v1/late", "bob");
+    late.expires_at = later(late.created_at, 2000);
+    let late = create(&*p.a, late).await;
+    let soon = create(&*p.a, new_ticket("/v1/soon", "bob")).await;
+    let index = p.b.pending_index().await.unwrap();
+    assert_eq!(
+        index,
+        vec![
+            (soon.id.clone(), soon.expires_at),
+            (late.id.clone(), late.expires_at)
+        ]
+    );
+    p.b.transition(&soon.id, &|t| ticket::cancel(t, now()))
+        .await
+        .unwrap();
+    assert_eq!(
+        p.a.pending_index().await.unwrap(),
+        vec![(late.id.clone(), late.expires_at)]
+    );
+}
+
 async fn coalescing_skips_a_due_ticket(p: Pair) {
     let mut first = new_ticket("/v1/a", "bob");
     first.expires_at = first.created_at; // due at once
@@ -464,6 +488,7 @@ contract!(
     create_then_get,
     coalescing_joins_pending_and_stops_after_decision,
     coalescing_skips_a_due_ticket,
+    pending_index_tracks_pending_tickets,
     racing_decisions_have_one_outcome,
     execute_happens_at_most_once,
     decisions_are_published,

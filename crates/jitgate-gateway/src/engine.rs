@@ -1,0 +1,414 @@
+//! The approval engine: the store, the approval-token signer, and the registry of requests
+//! this replica is holding.
+//!
+//! A held request waits on a per-ticket [`Notify`]. One dispatcher task turns the store's
+//! decision notifications (Redis pub/sub on every replica) into wake-ups, so a batch decision
+//! over thousands of tickets wakes each holder once instead of every holder per decision. A
+//! reconciler reads the store's pending index every `reconcile_interval`: a held ticket that
+//! is no longer pending was decided (its notification may have been lost while the pub/sub
+//! connection was down), and pending tickets past their expiry are expired. So a lost message
+//! delays a release by at most one interval, and never loses it.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use jitgate_identity::{ApprovalClaims, ApprovalSigner};
+use jitgate_rules::config;
+use jitgate_rules::ticket::{self, AuditDraft, AuditKind, Ticket, TicketId, Timestamp};
+use jitgate_store::{MemoryStore, RedisOptions, RedisStore, Store, StoreError};
+use serde_json::Value;
+use tokio::sync::{broadcast, watch, Notify};
+
+/// How long finished tickets are kept by the memory store.
+const MEMORY_RETENTION: Duration = Duration::from_secs(24 * 3600);
+
+/// The store, the signer, and the requests held on this replica.
+pub struct Engine {
+    store: OnceLock<Arc<dyn Store>>,
+    store_kind: &'static str,
+    signer: ApprovalSigner,
+    ephemeral_key: bool,
+    held: Mutex<HashMap<TicketId, Held>>,
+    shutdown: watch::Sender<bool>,
+    reconcile_interval: Duration,
+}
+
+struct Held {
+    notify: Arc<Notify>,
+    waiters: usize,
+}
+
+/// The engine could not be built (a bad signing key).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct EngineError(pub String);
+
+impl Engine {
+    /// Builds the engine from the config read at start. The Redis store connects in the
+    /// background, so the gateway serves allow routes while Redis is down; approve routes
+    /// answer 503 until it is reachable (fail closed).
+    pub fn start(cfg: &config::Config) -> Result<Arc<Engine>, EngineError> {
+        let (signer, ephemeral_key) =
+            ApprovalSigner::from_config(cfg.approvals.signing_key.as_deref())
+                .map_err(|e| EngineError(format!("[approvals] signing_key: {e}")))?;
+        if ephemeral_key {
+            tracing::warn!(
+                "no [approvals] signing_key: approval tokens are signed with an ephemeral key that \
+                 dies with this process (replicas cannot verify each other's tokens)"
+            );
+        }
+        let (shutdown, _) = watch::channel(false);
+        let engine = Arc::new(Engine {
+            store: OnceLock::new(),
+            store_kind: match cfg.store {
+                config::Store::Memory => "memory",
+                config::Store::Redis { .. } => "redis",
+            },
+            signer,
+            ephemeral_key,
+            held: Mutex::new(HashMap::new()),
+            shutdown,
+            reconcile_interval: cfg.approvals.reconcile_interval,
+        });
+        match &cfg.store {
+            config::Store::Memory => {
+                engine.install(Arc::new(MemoryStore::new(MEMORY_RETENTION)));
+            }
+            config::Store::Redis { url, retention } => {
+                let mut opts = RedisOptions::new(url.clone());
+                opts.retention = *retention;
+                tokio::spawn(connect(engine.clone(), opts));
+            }
+        }
+        Ok(engine)
+    }
+
+    /// Builds the engine around an existing store (embedding, tests).
+    pub fn with_store(
+        store: Arc<dyn Store>,
+        signer: ApprovalSigner,
+        reconcile_interval: Duration,
+    ) -> Arc<Engine> {
+        let (shutdown, _) = watch::channel(false);
+        let engine = Arc::new(Engine {
+            store: OnceLock::new(),
+            store_kind: "custom",
+            signer,
+            ephemeral_key: false,
+            held: Mutex::new(HashMap::new()),
+            shutdown,
+            reconcile_interval,
+        });
+        engine.install(store);
+        engine
+    }
+
+    fn install(self: &Arc<Self>, store: Arc<dyn Store>) {
+        let rx = store.subscribe();
+        if self.store.set(store).is_ok() {
+            tokio::spawn(dispatch(Arc::downgrade(self), rx));
+            tokio::spawn(reconcile(Arc::downgrade(self)));
+        }
+    }
+
+    /// The store, or `Unavailable` while it has never been reached.
+    pub fn store(&self) -> Result<&Arc<dyn Store>, StoreError> {
+        self.store.get().ok_or_else(|| {
+            StoreError::Unavailable(format!("the {} store is not connected", self.store_kind))
+        })
+    }
+
+    /// `memory` or `redis`.
+    pub fn store_kind(&self) -> &'static str {
+        self.store_kind
+    }
+
+    /// The approval-token signer.
+    pub fn signer(&self) -> &ApprovalSigner {
+        &self.signer
+    }
+
+    /// Whether the signing key was generated at start (none configured).
+    pub fn ephemeral_key(&self) -> bool {
+        self.ephemeral_key
+    }
+
+    /// How often held requests are reconciled against the store.
+    pub fn reconcile_interval(&self) -> Duration {
+        self.reconcile_interval
+    }
+
+    /// Tells held requests the gateway is shutting down: they answer 503 with their ticket.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    /// A receiver that turns `true` at shutdown.
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    /// Number of tickets with at least one request held on this replica.
+    pub fn held_count(&self) -> usize {
+        self.lock_held().len()
+    }
+
+    fn lock_held(&self) -> std::sync::MutexGuard<'_, HashMap<TicketId, Held>> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers a request held on `id`. Dropping the guard while still armed (the client went
+    /// away) cancels the ticket once no other request on this replica waits for it.
+    pub fn hold(self: &Arc<Self>, id: &TicketId) -> HoldGuard {
+        let notify = {
+            let mut held = self.lock_held();
+            let entry = held.entry(id.clone()).or_insert_with(|| Held {
+                notify: Arc::new(Notify::new()),
+                waiters: 0,
+            });
+            entry.waiters += 1;
+            entry.notify.clone()
+        };
+        HoldGuard {
+            engine: self.clone(),
+            id: id.clone(),
+            notify,
+            armed: true,
+        }
+    }
+
+    fn wake(&self, id: &TicketId) {
+        if let Some(h) = self.lock_held().get(id) {
+            h.notify.notify_waiters();
+        }
+    }
+
+    fn wake_all(&self) {
+        for h in self.lock_held().values() {
+            h.notify.notify_waiters();
+        }
+    }
+
+    /// Appends an audit event; a failure is logged (the transition it records has happened).
+    pub async fn audit(
+        &self,
+        kind: AuditKind,
+        t: &Ticket,
+        actor: Option<&str>,
+        detail: Value,
+    ) -> Option<ticket::AuditEvent> {
+        let store = self.store().ok()?;
+        let draft = AuditDraft {
+            at: jitgate_store::now(),
+            kind,
+            ticket: Some(t.id.clone()),
+            actor: actor.map(str::to_string),
+            requester: Some(t.requester.key().to_string()),
+            detail,
+        };
+        match store.append_audit(draft).await {
+            Ok(e) => Some(e),
+            Err(e) => {
+                tracing::error!(ticket = %t.id, ?kind, "audit append failed: {e}");
+                None
+            }
+        }
+    }
+
+    /// Expires `t` if it is due; returns the stored ticket when this call expired it.
+    pub async fn expire_if_due(&self, t: &Ticket) -> Option<Ticket> {
+        let store = self.store().ok()?;
+        let now = jitgate_store::now();
+        if t.status != ticket::Status::Pending || now < t.expires_at {
+            return None;
+        }
+        match store.transition(&t.id, &|t| ticket::expire(t, now)).await {
+            Ok(expired) => {
+                tracing::info!(ticket = %t.id, route = %t.route, "ticket expired undecided");
+                self.audit(AuditKind::TicketExpired, &expired, None, Value::Null)
+                    .await;
+                Some(expired)
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// The approval token of an approved (or executed) action ticket.
+    pub fn approval_token(&self, t: &Ticket) -> Option<String> {
+        let decided = t.decided_at?;
+        let redeem_by = t.redeem_by?;
+        let claims = ApprovalClaims {
+            iss: jitgate_identity::APPROVAL_ISSUER.to_string(),
+            jti: t.id.to_string(),
+            sub: t.requester.key().to_string(),
+            route: t.route.clone(),
+            approvers: t.approvals.iter().map(|v| v.by.clone()).collect(),
+            fingerprint: t.fingerprint.clone(),
+            iat: decided.as_millis() / 1000,
+            exp: redeem_by.as_millis() / 1000,
+            uses: t.token_uses,
+        };
+        match self.signer.sign(&claims) {
+            Ok(token) => Some(token),
+            Err(e) => {
+                tracing::error!(ticket = %t.id, "cannot sign approval token: {e}");
+                None
+            }
+        }
+    }
+}
+
+/// A request held on a ticket. See [`Engine::hold`].
+pub struct HoldGuard {
+    engine: Arc<Engine>,
+    id: TicketId,
+    notify: Arc<Notify>,
+    armed: bool,
+}
+
+impl HoldGuard {
+    /// The wake-up for this ticket.
+    pub fn notify(&self) -> Arc<Notify> {
+        self.notify.clone()
+    }
+
+    /// The hold ended with an answer to the client: do not cancel on drop.
+    pub fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for HoldGuard {
+    fn drop(&mut self) {
+        let last = {
+            let mut held = self.engine.lock_held();
+            match held.get_mut(&self.id) {
+                Some(h) if h.waiters > 1 => {
+                    h.waiters -= 1;
+                    false
+                }
+                Some(_) => {
+                    held.remove(&self.id);
+                    true
+                }
+                None => false,
+            }
+        };
+        if !(self.armed && last) {
+            return;
+        }
+        // The client went away while its request was held: withdraw the ticket.
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let engine = self.engine.clone();
+        let id = self.id.clone();
+        handle.spawn(async move {
+            let Ok(store) = engine.store() else { return };
+            let now = jitgate_store::now();
+            match store.transition(&id, &|t| ticket::cancel(t, now)).await {
+                Ok(t) => {
+                    tracing::info!(ticket = %id, route = %t.route, "client went away; ticket cancelled");
+                    engine
+                        .audit(AuditKind::TicketCancelled, &t, None, serde_json::json!({ "why": "client disconnected" }))
+                        .await;
+                }
+                Err(e) => tracing::debug!(ticket = %id, "not cancelled: {e}"),
+            }
+        });
+    }
+}
+
+/// Connects to Redis, retrying with backoff until it answers.
+async fn connect(engine: Arc<Engine>, opts: RedisOptions) {
+    let mut backoff = Duration::from_millis(200);
+    let mut stop = engine.shutdown_signal();
+    loop {
+        match RedisStore::connect(opts.clone()).await {
+            Ok(store) => {
+                tracing::info!("connected to the redis store");
+                engine.install(Arc::new(store));
+                return;
+            }
+            Err(e) => {
+                tracing::warn!("redis store unavailable ({e}); approve routes answer 503; retrying in {backoff:?}");
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Turns decision notifications into wake-ups of the requests held on them.
+async fn dispatch(engine: std::sync::Weak<Engine>, mut rx: broadcast::Receiver<TicketId>) {
+    loop {
+        let got = rx.recv().await;
+        let Some(engine) = engine.upgrade() else {
+            return;
+        };
+        match got {
+            Ok(id) => engine.wake(&id),
+            // Missed some: let every holder re-read its ticket.
+            Err(broadcast::error::RecvError::Lagged(_)) => engine.wake_all(),
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// Every `reconcile_interval`: wake holders whose ticket left the pending index (a decision
+/// whose notification was lost) and expire overdue tickets.
+async fn reconcile(engine: std::sync::Weak<Engine>) {
+    let Some(interval) = engine.upgrade().map(|e| e.reconcile_interval) else {
+        return;
+    };
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(engine) = engine.upgrade() else {
+            return;
+        };
+        let Ok(store) = engine.store() else { continue };
+        let index = match store.pending_index().await {
+            Ok(i) => i,
+            Err(e) => {
+                tracing::debug!("reconciliation skipped: {e}");
+                continue;
+            }
+        };
+        let now = jitgate_store::now();
+        let pending: HashSet<&TicketId> = index.iter().map(|(id, _)| id).collect();
+        let decided: Vec<TicketId> = engine
+            .lock_held()
+            .keys()
+            .filter(|id| !pending.contains(id))
+            .cloned()
+            .collect();
+        for id in &decided {
+            engine.wake(id);
+        }
+        let due: Vec<TicketId> = index
+            .iter()
+            .take_while(|(_, exp)| *exp <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in due {
+            expire_by_id(&engine, &id, now).await;
+        }
+    }
+}
+
+async fn expire_by_id(engine: &Engine, id: &TicketId, now: Timestamp) {
+    let Ok(store) = engine.store() else { return };
+    if let Ok(t) = store.transition(id, &|t| ticket::expire(t, now)).await {
+        tracing::info!(ticket = %id, route = %t.route, "ticket expired undecided");
+        engine
+            .audit(AuditKind::TicketExpired, &t, None, Value::Null)
+            .await;
+        engine.wake(id);
+    }
+}

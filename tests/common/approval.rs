@@ -1,0 +1,228 @@
+//! Helpers for approval tests: admin credentials, requester identity, a real `redis-server`
+//! on a free loopback port, and admin-API shortcuts.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::client::{send, Response};
+use super::gateway::Gateway;
+use super::origin::sha256_hex;
+
+/// The admin users every approval test config knows: `ops` (operator, group platform),
+/// `alice` and `carol` (group oncall), `bob` (group dev), `mallory` (no group).
+pub const ADMIN_USERS: [(&str, &str); 5] = [
+    ("ops", "platform"),
+    ("alice", "oncall"),
+    ("carol", "oncall"),
+    ("bob", "dev"),
+    ("mallory", ""),
+];
+
+/// The static API token of an admin user.
+pub fn token_of(user: &str) -> String {
+    format!("{user}-api-token-for-tests")
+}
+
+/// `Authorization: Bearer <token>` value of an admin user.
+pub fn bearer_of(user: &str) -> String {
+    format!("Bearer {}", token_of(user))
+}
+
+/// `[admin]` with the operators group and a hashed API token per [`ADMIN_USERS`], plus
+/// `[identity.headers]` (X-User / X-Groups, believed from loopback, the tests' peer).
+pub fn identity_and_admin_toml() -> String {
+    let tokens: Vec<String> = ADMIN_USERS
+        .iter()
+        .map(|(user, group)| {
+            let groups = if group.is_empty() {
+                String::new()
+            } else {
+                format!("\"{group}\"")
+            };
+            format!(
+                "{{ name = \"{user}\", sha256 = \"{}\", groups = [{groups}] }}",
+                sha256_hex(token_of(user).as_bytes())
+            )
+        })
+        .collect();
+    format!(
+        "[identity.headers]\nuser = \"X-User\"\ngroups = \"X-Groups\"\n\n\
+         [admin]\noperators = [\"group:platform\"]\napi_tokens = [\n  {}\n]\n",
+        tokens.join(",\n  ")
+    )
+}
+
+/// An admin-API call as `user`.
+pub async fn admin_call(
+    gw: &Gateway,
+    user: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Response {
+    let auth = bearer_of(user);
+    send(
+        method,
+        &gw.admin(path),
+        &[
+            ("authorization", auth.as_str()),
+            ("content-type", "application/json"),
+        ],
+        body.to_string(),
+    )
+    .await
+}
+
+/// Polls the pending list (as `ops`) until a ticket on `route` appears; returns it.
+pub async fn wait_pending(gw: &Gateway, route: &str, timeout: Duration) -> Value {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let r = admin_call(gw, "ops", "GET", "/v1/tickets?status=PENDING", "").await;
+        assert_eq!(r.status, 200, "list: {}", r.text());
+        if let Some(t) = r.json()["tickets"]
+            .as_array()
+            .and_then(|ts| ts.iter().find(|t| t["route"] == route).cloned())
+        {
+            return t;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no pending ticket on {route} within {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls a ticket (as `ops`) until its status is `status`.
+pub async fn wait_status(gw: &Gateway, id: &str, status: &str, timeout: Duration) -> Value {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let r = admin_call(gw, "ops", "GET", &format!("/v1/tickets/{id}"), "").await;
+        if r.status == 200 && r.json()["status"] == status {
+            return r.json();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "ticket {id} not {status} within {timeout:?}: {}",
+            r.text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `POST /v1/tickets/{id}/approve` as `user`.
+pub async fn approve(gw: &Gateway, user: &str, id: &str, comment: &str) -> Response {
+    let body = serde_json::json!({ "comment": comment }).to_string();
+    admin_call(
+        gw,
+        user,
+        "POST",
+        &format!("/v1/tickets/{id}/approve"),
+        &body,
+    )
+    .await
+}
+
+/// `POST /v1/tickets/{id}/deny` as `user`.
+pub async fn deny(gw: &Gateway, user: &str, id: &str, reason: &str) -> Response {
+    let body = serde_json::json!({ "reason": reason }).to_string();
+    admin_call(gw, user, "POST", &format!("/v1/tickets/{id}/deny"), &body).await
+}
+
+/// The audit events of a ticket (as `ops`), checked to form a valid hash chain in order.
+pub async fn audit_kinds(gw: &Gateway, id: &str) -> Vec<String> {
+    let r = admin_call(gw, "ops", "GET", &format!("/v1/audit?ticket={id}"), "").await;
+    assert_eq!(r.status, 200, "audit: {}", r.text());
+    r.json()["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// A throwaway `redis-server` on a free loopback port (never the machine's 6379), killed on
+/// drop. Persistence off: "restart" tests restart the gateway, not Redis.
+pub struct RedisServer {
+    child: Option<Child>,
+    /// The port it listens on.
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    /// Starts one and waits until it answers PING.
+    pub fn start() -> RedisServer {
+        let port = {
+            let l = TcpListener::bind("127.0.0.1:0").expect("free port");
+            l.local_addr().expect("addr").port()
+        };
+        assert_ne!(port, 6379);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut server = RedisServer {
+            child: None,
+            port,
+            dir,
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(redis_server())
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (scripts/test installs it)");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while self.cli(&["PING"]).trim() != "PONG" {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `redis://127.0.0.1:<port>/0`
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Runs `redis-cli` against it and returns stdout.
+    pub fn cli(&self, args: &[&str]) -> String {
+        Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Stops it (SIGKILL): the store becomes unreachable.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn redis_server() -> PathBuf {
+    std::env::var_os("REDIS_SERVER").map_or_else(|| PathBuf::from("redis-server"), PathBuf::from)
+}
