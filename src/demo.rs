@@ -25,17 +25,51 @@ struct Step {
     method: Method,
     target: &'static str,
     headers: &'static [(&'static str, &'static str)],
+    /// For a held request: what the approver does through the decision API.
+    decide: Option<Decide>,
 }
 
-const STEPS: &[Step] = &[
-    Step { what: "An ordinary read passes straight through to the upstream (allow).", method: Method::GET, target: "/v1/deployments", headers: &[] },
-    Step { what: "Odd spellings are canonicalised once at the edge; the upstream receives the canonical path.", method: Method::GET, target: "/v1/./deployments//staging/../prod", headers: &[] },
-    Step { what: "The admin area is denied with the route's custom error.", method: Method::GET, target: "/admin/users", headers: &[] },
-    Step { what: "Encoded spellings of a denied path are caught too (%61 is 'a').", method: Method::GET, target: "/%61dmin/users", headers: &[] },
-    Step { what: "Ambiguous encodings such as %2F are refused outright (400).", method: Method::GET, target: "/v1/deployments/prod%2F..%2F..%2Fadmin", headers: &[] },
-    Step { what: "A production deploy needs approval; holding for approval arrives with the next release, so the gateway fails closed.", method: Method::POST, target: "/v1/deployments/prod/web", headers: &[("content-type", "application/json")] },
-    Step { what: "A method-override header counts as the method: this GET is treated like the DELETE it asks for.", method: Method::GET, target: "/v1/deployments/prod/web", headers: &[("x-http-method-override", "DELETE")] },
+/// An approver's decision in the walkthrough.
+struct Decide {
+    verb: &'static str,
+    who: &'static str,
+    token: &'static str,
+    field: &'static str,
+    text: &'static str,
+}
+
+const BOB: &[(&str, &str)] = &[
+    ("content-type", "application/json"),
+    ("x-user", "bob"),
+    ("x-groups", "dev"),
+    ("jit-reason", "hotfix 4411"),
 ];
+
+const STEPS: &[Step] = &[
+    Step { what: "An ordinary read passes straight through to the upstream (allow).", method: Method::GET, target: "/v1/deployments", headers: &[], decide: None },
+    Step { what: "Odd spellings are canonicalised once at the edge; the upstream receives the canonical path.", method: Method::GET, target: "/v1/./deployments//staging/../prod", headers: &[], decide: None },
+    Step { what: "The admin area is denied with the route's custom error.", method: Method::GET, target: "/admin/users", headers: &[], decide: None },
+    Step { what: "Encoded spellings of a denied path are caught too (%61 is 'a').", method: Method::GET, target: "/%61dmin/users", headers: &[], decide: None },
+    Step { what: "Ambiguous encodings such as %2F are refused outright (400).", method: Method::GET, target: "/v1/deployments/prod%2F..%2F..%2Fadmin", headers: &[], decide: None },
+    Step {
+        what: "A production deploy needs approval: bob's request is held as a ticket while alice (oncall) approves it; then it is released to the upstream once, carrying a signed Jit-Approval token.",
+        method: Method::POST, target: "/v1/deployments/prod/web", headers: BOB,
+        decide: Some(Decide { verb: "approve", who: "alice", token: "demo-alice-token", field: "comment", text: "ship it" }),
+    },
+    Step {
+        what: "The same kind of request, denied by carol: the held request gets the route's error with her reason.",
+        method: Method::POST, target: "/v1/deployments/prod/api", headers: BOB,
+        decide: Some(Decide { verb: "deny", who: "carol", token: "demo-carol-token", field: "reason", text: "change freeze until Monday" }),
+    },
+    Step {
+        what: "A method-override header counts as the method: this GET asks for DELETE, so it is held for approval too (and denied here).",
+        method: Method::GET, target: "/v1/deployments/prod/web", headers: &[("x-http-method-override", "DELETE"), ("x-user", "bob")],
+        decide: Some(Decide { verb: "deny", who: "alice", token: "demo-alice-token", field: "reason", text: "no deletes today" }),
+    },
+];
+
+/// The operator token of the shipped example (its SHA-256 is in proxy.toml).
+const OPS_TOKEN: &str = "demo-ops-token";
 
 pub async fn run(config: &Path, once: bool) -> ExitCode {
     let (path, _tmp) = match resolve_config(config) {
@@ -86,7 +120,21 @@ pub async fn run(config: &Path, once: bool) -> ExitCode {
             curl.push_str(" -d '{\"image\":\"web:1.4.2\"}'");
         }
         println!("{curl}");
-        match send(&client, &data, step).await {
+        let answer = match &step.decide {
+            None => send(&client, &data, step).await,
+            Some(decide) => {
+                let held = tokio::spawn({
+                    let client = client.clone();
+                    let data = data.clone();
+                    async move { send(&client, &data, step).await }
+                });
+                if let Err(e) = decide_held(&client, &admin, decide).await {
+                    println!("   (decision failed: {e})");
+                }
+                held.await.unwrap_or_else(|e| Err(e.to_string()))
+            }
+        };
+        match answer {
             Ok((status, body)) => {
                 println!("   -> {status}");
                 println!("   {}\n", summarise(&body));
@@ -94,7 +142,9 @@ pub async fn run(config: &Path, once: bool) -> ExitCode {
             Err(e) => println!("   -> request failed: {e}\n"),
         }
     }
-    println!("Rule table and reload status:\n   $ curl {admin}/v1/admin/rules");
+    println!("Tickets and their audit trail (operators):\n   $ curl -H 'Authorization: Bearer {OPS_TOKEN}' '{admin}/v1/tickets?status=EXECUTED'\n   $ curl -H 'Authorization: Bearer {OPS_TOKEN}' '{admin}/v1/audit'");
+    println!("The same from the command line:\n   $ jitgate tickets --admin {admin} --token demo-alice-token list --status all");
+    println!("Rule table and reload status:\n   $ curl -H 'Authorization: Bearer {OPS_TOKEN}' {admin}/v1/admin/rules");
     println!("Explain a request without sending it:\n   $ jitgate explain --config {} GET '/%61dmin/users'", path.display());
     println!("Edit {} and save: the table reloads (or the error is reported with file:line:column and nothing changes).", path.display());
 
@@ -180,13 +230,118 @@ async fn send(
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
+/// Waits for the held request's ticket, shows it, and decides it as the step says.
+async fn decide_held(
+    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    admin: &str,
+    decide: &Decide,
+) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let ticket = loop {
+        let (_, body) = call(
+            client,
+            Method::GET,
+            &format!("{admin}/v1/tickets?status=PENDING"),
+            decide.token,
+            None,
+        )
+        .await?;
+        let list: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+        if let Some(t) = list["tickets"].as_array().and_then(|t| t.first()).cloned() {
+            break t;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err("no pending ticket appeared".into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let id = ticket["id"].as_str().unwrap_or_default().to_string();
+    println!("   ... held. {} sees the pending ticket:", decide.who);
+    println!(
+        "   $ curl -H 'Authorization: Bearer {}' '{admin}/v1/tickets?status=PENDING'",
+        decide.token
+    );
+    println!(
+        "   {id}: {} {}{} by {} (reason: {}), needs {} approval(s) from {}",
+        ticket["request"]["method"].as_str().unwrap_or("?"),
+        ticket["request"]["host"].as_str().unwrap_or("?"),
+        ticket["request"]["path"].as_str().unwrap_or("?"),
+        ticket["requester"]["user"].as_str().unwrap_or("anonymous"),
+        ticket["reason"].as_str().unwrap_or("-"),
+        ticket["quorum"],
+        ticket["approvers"],
+    );
+    let body = serde_json::json!({ decide.field: decide.text }).to_string();
+    println!(
+        "   $ curl -X POST -H 'Authorization: Bearer {}' '{admin}/v1/tickets/{id}/{}' -d '{body}'",
+        decide.token, decide.verb
+    );
+    let (status, answer) = call(
+        client,
+        Method::POST,
+        &format!("{admin}/v1/tickets/{id}/{}", decide.verb),
+        decide.token,
+        Some(body),
+    )
+    .await?;
+    let v: serde_json::Value = serde_json::from_str(&answer).unwrap_or_default();
+    println!(
+        "   -> {status}: ticket {}",
+        v["status"].as_str().unwrap_or("?")
+    );
+    println!("   The held request answers:");
+    Ok(())
+}
+
+/// One admin-API call with a bearer token.
+async fn call(
+    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    method: Method,
+    url: &str,
+    token: &str,
+    body: Option<String>,
+) -> Result<(http::StatusCode, String), String> {
+    let req = Request::builder()
+        .method(method)
+        .uri(url)
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.unwrap_or_default())))
+        .map_err(|e| e.to_string())?;
+    let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
+        .await
+        .map_err(|_| "timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
 /// The interesting part of an answer: the echoed target, or the problem's detail.
 fn summarise(body: &str) -> String {
     match serde_json::from_str::<serde_json::Value>(body) {
-        Ok(v) if v.get("echo").is_some() => format!(
-            "upstream received: {} {}",
-            v["method"].as_str().unwrap_or("?"),
-            v["target"].as_str().unwrap_or("?")
+        Ok(v) if v.get("echo").is_some() => {
+            let approval = if v["headers"].get("jit-approval").is_some() {
+                " with a Jit-Approval token"
+            } else {
+                ""
+            };
+            format!(
+                "upstream received: {} {}{approval}",
+                v["method"].as_str().unwrap_or("?"),
+                v["target"].as_str().unwrap_or("?")
+            )
+        }
+        Ok(v) if v.get("reason").is_some() && v.get("ticket").is_some() => format!(
+            "{} (ticket {}, reason: {})",
+            v["error"].as_str().or(v["title"].as_str()).unwrap_or(""),
+            v["ticket"].as_str().unwrap_or(""),
+            v["reason"].as_str().unwrap_or("")
         ),
         Ok(v) if v.get("detail").is_some() => format!(
             "{}: {}",
