@@ -405,7 +405,10 @@ async fn still_pending_at_hold_timeout_gives_202_then_resumes_once() {
         .await;
     problem(&twice, 403, "second resume");
     assert_eq!(origin.count(), 1);
-    assert_eq!(origin.requests()[0].body_sha256, sha256_hex(body.as_bytes()));
+    assert_eq!(
+        origin.requests()[0].body_sha256,
+        sha256_hex(body.as_bytes())
+    );
     assert!(origin.requests()[0].header("jit-ticket").is_none());
 }
 

@@ -405,9 +405,9 @@ impl Api<'_> {
                     }
                 },
                 "limit" => match v.parse::<usize>() {
-                    Ok(n) if (1..=1000).contains(&n) => limit = n,
+                    Ok(n) if (1..=10_000).contains(&n) => limit = n,
                     _ => {
-                        return Problem::bad_request("limit must be between 1 and 1000")
+                        return Problem::bad_request("limit must be between 1 and 10000")
                             .into_response()
                     }
                 },

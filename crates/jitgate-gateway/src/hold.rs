@@ -341,55 +341,66 @@ impl Held<'_> {
         }
     }
 
-    /// Waits for a decision on `t` until `hold_for` passes.
+    /// Waits for a decision on `t` until `hold_for` passes. Only the id and expiry are kept
+    /// while waiting (thousands of requests may be held at once); the ticket is re-read when
+    /// woken.
     async fn hold(&self, store: &Arc<dyn Store>, t: Ticket, hold_for: Duration) -> HoldEnd {
         let engine = self.shared.engine();
         let deadline = tokio::time::Instant::now() + hold_for;
         let mut guard = engine.hold(&t.id);
-        let mut shutdown = engine.shutdown_signal();
-        let mut current = t;
         let notify = guard.notify();
+        let mut shutdown = engine.shutdown_signal();
+        let (id, mut expires_at) = (t.id.clone(), t.expires_at);
+        let mut current = Some(t);
         loop {
             let notified = notify.notified();
             tokio::pin!(notified);
             // Registered before reading, so a decision between the read and the wait wakes us.
             notified.as_mut().enable();
-            if current.status != Status::Pending {
-                guard.disarm();
-                return HoldEnd::Decided(current);
+            if let Some(t) = current.take() {
+                if t.status != Status::Pending {
+                    guard.disarm();
+                    return HoldEnd::Decided(t);
+                }
+                expires_at = t.expires_at;
+                let now = jitgate_store::now();
+                if now >= expires_at {
+                    if let Some(expired) = engine.expire_if_due(&t).await {
+                        guard.disarm();
+                        return HoldEnd::Decided(expired);
+                    }
+                }
             }
             let now = jitgate_store::now();
-            if now >= current.expires_at {
-                if let Some(expired) = engine.expire_if_due(&current).await {
-                    guard.disarm();
-                    return HoldEnd::Decided(expired);
-                }
-            } else {
-                let until_expiry = Duration::from_millis(current.expires_at.0 - now.0);
-                let wake = deadline.min(tokio::time::Instant::now() + until_expiry);
-                tokio::select! {
-                    () = &mut notified => {}
-                    () = tokio::time::sleep_until(wake) => {
-                        if tokio::time::Instant::now() >= deadline {
-                            guard.disarm();
-                            return HoldEnd::StillPending(current);
-                        }
-                    }
-                    _ = shutdown.wait_for(|s| *s) => {
-                        guard.disarm();
-                        return HoldEnd::ShuttingDown(current.id);
-                    }
-                }
+            let until_expiry = Duration::from_millis(expires_at.0.saturating_sub(now.0));
+            let wake = deadline.min(tokio::time::Instant::now() + until_expiry);
+            let stopping = tokio::select! {
+                () = &mut notified => false,
+                () = tokio::time::sleep_until(wake) => false,
+                _ = shutdown.wait_for(|s| *s) => true,
+            };
+            if stopping {
+                guard.disarm();
+                return HoldEnd::ShuttingDown(id);
             }
-            current = match store.get(&current.id).await {
-                Ok(Some(t)) => t,
+            if tokio::time::Instant::now() >= deadline {
+                guard.disarm();
+                return match store.get(&id).await {
+                    Ok(Some(t)) if t.status != Status::Pending => HoldEnd::Decided(t),
+                    Ok(Some(t)) => HoldEnd::StillPending(t),
+                    Ok(None) => HoldEnd::Store(StoreError::NotFound, id),
+                    Err(e) => HoldEnd::Store(e, id),
+                };
+            }
+            current = match store.get(&id).await {
+                Ok(Some(t)) => Some(t),
                 Ok(None) => {
                     guard.disarm();
-                    return HoldEnd::Store(StoreError::NotFound, current.id);
+                    return HoldEnd::Store(StoreError::NotFound, id);
                 }
                 Err(e) => {
                     guard.disarm();
-                    return HoldEnd::Store(e, current.id);
+                    return HoldEnd::Store(e, id);
                 }
             };
         }

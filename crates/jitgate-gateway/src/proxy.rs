@@ -128,7 +128,9 @@ pub async fn handle(
                 conn: &conn,
                 trusted_peer,
             };
-            return held.approve(decision, resume, upgrade, req).await;
+            // Boxed: the hold path is large and rare; keeping it out of this future keeps every
+            // connection's in-flight slot small.
+            return Box::pin(held.approve(decision, resume, upgrade, req)).await;
         }
         (action, false) => {
             let would = if action == Action::Deny {
