@@ -1,4 +1,4 @@
-//! Command-line interface: `serve`, `check`, `explain`, `demo`.
+//! Command-line interface: `serve`, `check`, `explain`, `demo`, `token`, `tickets`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -80,6 +80,8 @@ enum Command {
         #[arg(long, default_value = "1h")]
         ttl: String,
     },
+    /// List, show, approve and deny approval tickets through the admin API.
+    Tickets(crate::tickets_cli::TicketsArgs),
     /// A small echo origin (used by the demo and load tests).
     #[command(hide = true)]
     EchoOrigin {
@@ -91,12 +93,10 @@ enum Command {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    // The demo's walkthrough is its output; its logs stay quiet unless asked for.
-    init_logging(if matches!(cli.command, Command::Demo { .. }) {
-        "error"
-    } else {
-        "info"
-    });
+    // The demo's walkthrough and the tickets client's answers are their output; their logs
+    // stay quiet unless asked for.
+    let quiet = matches!(cli.command, Command::Demo { .. } | Command::Tickets(_));
+    init_logging(if quiet { "error" } else { "info" });
     match cli.command {
         Command::Check { file } => check(&file),
         Command::Explain {
@@ -113,6 +113,7 @@ pub fn main() -> ExitCode {
             groups,
             ttl,
         } => token(&config, admin, &user, &groups, &ttl),
+        Command::Tickets(args) => crate::tickets_cli::run(args),
         Command::Serve { config } => {
             runtime().map_or(ExitCode::FAILURE, |rt| rt.block_on(serve(&config)))
         }

@@ -4,6 +4,7 @@
 mod cli;
 mod demo;
 mod echo;
+mod tickets_cli;
 
 use std::process::ExitCode;
 

@@ -1,0 +1,1071 @@
+//! `jitgate tickets list|show|approve|deny`: a command-line client of the admin plane's
+//! decision API (SPEC sections 8 and 9).
+//!
+//! Exit codes: 0 when everything asked for was done, 1 when the admin API refused anything
+//! (a 4xx/5xx answer, or a ticket of a batch that was not decided) or the local setup is
+//! wrong (an invalid config or `JITGATE_ADMIN_URL`), 2 for usage errors, 3 when the admin
+//! API could not be reached or did not answer properly. Every failure is one line on stderr
+//! starting with `jitgate: `.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use clap::{Args, Subcommand};
+use http::{header, HeaderValue, Method, Request, StatusCode, Uri};
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{json, Value};
+
+use jitgate_gateway::state::load_table;
+use jitgate_rules::{Status, TicketId, Timestamp};
+
+use crate::cli::fail;
+
+/// Where the admin plane is when nothing says otherwise (the `admin_listen` default).
+const DEFAULT_ADMIN_URL: &str = "http://127.0.0.1:9090";
+/// The config consulted for `admin_listen` when `--config` is not given, if it exists.
+const DEFAULT_CONFIG: &str = "proxy.toml";
+/// Environment variable naming the admin plane's URL.
+const ENV_URL: &str = "JITGATE_ADMIN_URL";
+/// Environment variable holding the bearer token.
+const ENV_TOKEN: &str = "JITGATE_ADMIN_TOKEN";
+/// Connect, send and read one answer within this.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest answer read (a page of thousands of tickets with body previews fits).
+const MAX_ANSWER: usize = 256 * 1024 * 1024;
+/// Widest REQUEST column in `list`.
+const REQUEST_COLUMN: usize = 60;
+
+/// Exit code when the admin API refused something.
+const EXIT_REFUSED: u8 = 1;
+/// Exit code when the admin API could not be reached or answered garbage.
+const EXIT_UNREACHABLE: u8 = 3;
+
+/// `jitgate tickets`: list, show and decide approval tickets through the admin API.
+#[derive(Args)]
+#[command(after_help = "\
+The admin URL is --admin, else $JITGATE_ADMIN_URL, else http://<admin_listen> of --config \
+(or ./proxy.toml when it exists), else http://127.0.0.1:9090. The token (an admin API token \
+or JWT) is --token, else $JITGATE_ADMIN_TOKEN; prefer the variable, arguments are visible to \
+other local users.
+
+Exit codes: 0 done; 1 refused by the admin API (or invalid local setup); 2 usage error; \
+3 the admin API could not be reached.")]
+pub struct TicketsArgs {
+    /// Base URL of the admin plane, e.g. http://127.0.0.1:9090 (plain HTTP only).
+    #[arg(long, value_name = "URL", value_parser = parse_admin_url, global = true)]
+    admin: Option<AdminUrl>,
+    /// Bearer token for the admin API (default: $JITGATE_ADMIN_TOKEN).
+    #[arg(long, value_name = "TOKEN", global = true)]
+    token: Option<String>,
+    /// The rule table whose [server] admin_listen locates the admin plane.
+    #[arg(long, short, value_name = "FILE", global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: TicketsCommand,
+}
+
+#[derive(Subcommand)]
+enum TicketsCommand {
+    /// List tickets: pending ones (soonest to expire first) by default, or those of one
+    /// status (newest first).
+    List {
+        /// PENDING, APPROVED, DENIED, EXPIRED, CANCELLED, EXECUTED, or all.
+        #[arg(long, default_value = "PENDING", value_parser = parse_status_filter)]
+        status: StatusFilter,
+        /// At most this many tickets (the server's default is 100; it sets the maximum).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        limit: Option<u32>,
+        /// Print the admin API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one ticket: the request, requester, reason, body preview, votes and time left.
+    Show {
+        /// The ticket id (jit_...).
+        #[arg(value_parser = parse_ticket_id)]
+        id: String,
+        /// Print the admin API's JSON instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve one or more tickets as the token's user.
+    Approve {
+        /// Ticket ids (jit_...); several are decided in one batch call.
+        #[arg(required = true, value_parser = parse_ticket_id)]
+        ids: Vec<String>,
+        /// A comment recorded with the approval.
+        #[arg(long, short = 'm')]
+        comment: Option<String>,
+    },
+    /// Deny one or more tickets as the token's user.
+    Deny {
+        /// Ticket ids (jit_...); several are decided in one batch call.
+        #[arg(required = true, value_parser = parse_ticket_id)]
+        ids: Vec<String>,
+        /// The reason; it reaches the requester's error body.
+        #[arg(long, short = 'r')]
+        reason: Option<String>,
+    },
+}
+
+/// A `--status` value: one status, or every status.
+#[derive(Clone, Copy)]
+struct StatusFilter(Option<Status>);
+
+fn parse_status_filter(s: &str) -> Result<StatusFilter, String> {
+    if s.eq_ignore_ascii_case("all") {
+        return Ok(StatusFilter(None));
+    }
+    Status::parse(&s.to_ascii_uppercase())
+        .map(|st| StatusFilter(Some(st)))
+        .ok_or_else(|| {
+            "expected PENDING, APPROVED, DENIED, EXPIRED, CANCELLED, EXECUTED or all".to_string()
+        })
+}
+
+fn parse_ticket_id(s: &str) -> Result<String, String> {
+    TicketId::parse(s.trim())
+        .map(|id| id.to_string())
+        .map_err(|_| "not a ticket id (jit_ followed by 26 base32 characters)".to_string())
+}
+
+/// A plain-HTTP admin plane base URL: authority plus an optional path prefix.
+#[derive(Clone)]
+struct AdminUrl {
+    authority: String,
+    prefix: String,
+}
+
+impl AdminUrl {
+    fn uri(&self, path_and_query: &str) -> Result<Uri, String> {
+        format!("http://{}{}{path_and_query}", self.authority, self.prefix)
+            .parse()
+            .map_err(|e| format!("cannot build a request URL for {path_and_query}: {e}"))
+    }
+}
+
+impl std::fmt::Display for AdminUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "http://{}{}", self.authority, self.prefix)
+    }
+}
+
+/// `http://host:port[/prefix]`; a bare `host:port` means `http://host:port`.
+fn parse_admin_url(s: &str) -> Result<AdminUrl, String> {
+    let s = s.trim();
+    let full = if s.contains("://") {
+        s.to_string()
+    } else {
+        format!("http://{s}")
+    };
+    let uri: Uri = full.parse().map_err(|e| format!("not a URL: {s:?}: {e}"))?;
+    match uri.scheme_str().map(str::to_ascii_lowercase).as_deref() {
+        Some("http") => {}
+        Some("https") => {
+            return Err(
+                "https is not supported: the admin plane listens on plain HTTP (loopback by \
+                 default); use http://, or reach a remote one through an SSH tunnel"
+                    .to_string(),
+            )
+        }
+        _ => return Err(format!("{s:?} is not an http:// URL")),
+    }
+    let Some(authority) = uri.authority() else {
+        return Err(format!("{s:?} has no host"));
+    };
+    if authority.as_str().contains('@') {
+        return Err("credentials in the URL are not supported; use --token".to_string());
+    }
+    if authority.host().is_empty() {
+        return Err(format!("{s:?} has no host"));
+    }
+    if uri.query().is_some() {
+        return Err(format!("{s:?} must not have a query string"));
+    }
+    Ok(AdminUrl {
+        authority: authority.as_str().to_string(),
+        prefix: uri.path().trim_end_matches('/').to_string(),
+    })
+}
+
+/// Runs `jitgate tickets ...`.
+pub fn run(args: TicketsArgs) -> ExitCode {
+    let base = match admin_url(args.admin, args.config.as_deref()) {
+        Ok(b) => b,
+        Err(code) => return code,
+    };
+    let token = args.token.filter(|t| !t.trim().is_empty()).or_else(|| {
+        std::env::var(ENV_TOKEN)
+            .ok()
+            .filter(|t| !t.trim().is_empty())
+    });
+    let auth = match token {
+        Some(t) => match HeaderValue::from_str(&format!("Bearer {}", t.trim())) {
+            Ok(mut v) => {
+                v.set_sensitive(true);
+                Some(v)
+            }
+            Err(_) => return fail("the token contains characters not allowed in an HTTP header"),
+        },
+        None => None,
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
+    };
+    let admin = AdminApi::new(base, auth);
+    rt.block_on(async {
+        match args.command {
+            TicketsCommand::List {
+                status,
+                limit,
+                json,
+            } => list(&admin, status, limit, json).await,
+            TicketsCommand::Show { id, json } => show(&admin, &id, json).await,
+            TicketsCommand::Approve { ids, comment } => decide(&admin, ids, true, comment).await,
+            TicketsCommand::Deny { ids, reason } => decide(&admin, ids, false, reason).await,
+        }
+    })
+}
+
+/// `--admin`, else `$JITGATE_ADMIN_URL`, else `admin_listen` of the config, else the default.
+fn admin_url(flag: Option<AdminUrl>, config: Option<&Path>) -> Result<AdminUrl, ExitCode> {
+    if let Some(url) = flag {
+        return Ok(url);
+    }
+    if let Some(env) = std::env::var(ENV_URL).ok().filter(|v| !v.trim().is_empty()) {
+        return parse_admin_url(&env).map_err(|e| fail(&format!("{ENV_URL}: {e}")));
+    }
+    let config = match config {
+        Some(c) => Some(c.to_path_buf()),
+        None => Some(PathBuf::from(DEFAULT_CONFIG)).filter(|p| p.is_file()),
+    };
+    let Some(config) = config else {
+        return parse_admin_url(DEFAULT_ADMIN_URL).map_err(|e| fail(&e));
+    };
+    let table = match load_table(&config) {
+        Ok(t) => t,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{e}");
+            }
+            return Err(fail(&format!(
+                "{} is invalid, so its admin_listen cannot be used; pass --admin URL or set {ENV_URL}",
+                config.display()
+            )));
+        }
+    };
+    let mut addr = table.config().server.admin_listen;
+    // A wildcard listener is reached over loopback.
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr.ip() {
+            std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    parse_admin_url(&format!("http://{addr}")).map_err(|e| fail(&e))
+}
+
+// === the HTTP client ===
+
+/// An answer from the admin API.
+struct Answer {
+    status: StatusCode,
+    body: Bytes,
+}
+
+impl Answer {
+    fn json(&self) -> Option<Value> {
+        serde_json::from_slice(&self.body).ok()
+    }
+}
+
+/// The admin API at one base URL, with an optional bearer credential.
+struct AdminApi {
+    base: AdminUrl,
+    auth: Option<HeaderValue>,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl AdminApi {
+    fn new(base: AdminUrl, auth: Option<HeaderValue>) -> AdminApi {
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(REQUEST_TIMEOUT));
+        http.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new()).build(http);
+        AdminApi { base, auth, client }
+    }
+
+    /// One call; `Err` is a one-line reason why no proper answer came back.
+    async fn call(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<&Value>,
+    ) -> Result<Answer, String> {
+        let uri = self.base.uri(path_and_query)?;
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::ACCEPT, "application/json, application/problem+json")
+            .header(
+                header::USER_AGENT,
+                concat!("jitgate-cli/", env!("CARGO_PKG_VERSION")),
+            );
+        if let Some(auth) = &self.auth {
+            builder = builder.header(header::AUTHORIZATION, auth.clone());
+        }
+        let payload = match body {
+            Some(v) => {
+                builder = builder.header(header::CONTENT_TYPE, "application/json");
+                Bytes::from(v.to_string())
+            }
+            None => Bytes::new(),
+        };
+        let req = builder
+            .body(Full::new(payload))
+            .map_err(|e| format!("cannot build the request: {e}"))?;
+        let exchange = async {
+            let resp = self.client.request(req).await.map_err(|e| {
+                if e.is_connect() {
+                    format!("cannot reach the admin API at {}: {}", self.base, root(&e))
+                } else {
+                    format!(
+                        "the admin API at {} did not answer: {}",
+                        self.base,
+                        chain(&e)
+                    )
+                }
+            })?;
+            let status = resp.status();
+            let body = Limited::new(resp.into_body(), MAX_ANSWER)
+                .collect()
+                .await
+                .map_err(|e| format!("the admin API at {} broke off its answer: {e}", self.base))?
+                .to_bytes();
+            Ok(Answer { status, body })
+        };
+        match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
+            Ok(r) => r,
+            Err(_) => Err(format!(
+                "cannot reach the admin API at {}: no answer within {}s",
+                self.base,
+                REQUEST_TIMEOUT.as_secs()
+            )),
+        }
+    }
+
+    /// The one-line reason for a refused call, with a hint when no token was sent.
+    fn refusal(&self, answer: &Answer) -> String {
+        let line = problem_line(answer.status, &answer.body);
+        if answer.status == StatusCode::UNAUTHORIZED && self.auth.is_none() {
+            format!("{line} (no token given: pass --token or set {ENV_TOKEN})")
+        } else {
+            line
+        }
+    }
+}
+
+/// The innermost cause (`Connection refused (os error 111)`), which says the most.
+fn root(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = e;
+    while let Some(s) = cause.source() {
+        cause = s;
+    }
+    clean(&cause.to_string())
+}
+
+/// An error and its sources on one line, without repeating a message a wrapper already says.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = vec![e.to_string()];
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = s.source();
+    }
+    clean(&parts.join(": "))
+}
+
+/// `<status> <title>: <detail>` of a problem+json answer; other answers give the status and
+/// the start of their body.
+fn problem_line(status: StatusCode, body: &[u8]) -> String {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(v) if v.get("title").is_some() || v.get("detail").is_some() => {
+            problem_value_line(status.as_u16(), &v)
+        }
+        _ => {
+            let text = String::from_utf8_lossy(body);
+            let first = text.lines().map(str::trim).find(|l| !l.is_empty());
+            let reason = status.canonical_reason().unwrap_or("");
+            match first {
+                Some(l) => format!("{} {reason}: {}", status.as_u16(), clip(&clean(l), 200)),
+                None => format!("{} {reason}", status.as_u16())
+                    .trim_end()
+                    .to_string(),
+            }
+        }
+    }
+}
+
+/// The same line from a problem object (a batch result's `problem`).
+fn problem_value_line(fallback_status: u16, v: &Value) -> String {
+    let status = v
+        .get("status")
+        .and_then(Value::as_u64)
+        .unwrap_or(u64::from(fallback_status));
+    let title = v.get("title").and_then(Value::as_str).map(clean);
+    let detail = v.get("detail").and_then(Value::as_str).map(clean);
+    match (title, detail) {
+        (Some(t), Some(d)) => format!("{status} {t}: {d}"),
+        (Some(t), None) => format!("{status} {t}"),
+        (None, Some(d)) => format!("{status}: {d}"),
+        (None, None) => format!("{status}"),
+    }
+}
+
+fn unreachable(reason: &str) -> ExitCode {
+    eprintln!("jitgate: {reason}");
+    ExitCode::from(EXIT_UNREACHABLE)
+}
+
+fn refused(reason: &str) -> ExitCode {
+    eprintln!("jitgate: {reason}");
+    ExitCode::from(EXIT_REFUSED)
+}
+
+/// Pretty JSON on stdout.
+fn print_json(v: &Value) {
+    match serde_json::to_string_pretty(v) {
+        Ok(s) => println!("{s}"),
+        Err(_) => println!("{v}"),
+    }
+}
+
+// === list ===
+
+async fn list(
+    admin: &AdminApi,
+    status: StatusFilter,
+    limit: Option<u32>,
+    as_json: bool,
+) -> ExitCode {
+    let mut query = Vec::new();
+    if let Some(s) = status.0 {
+        query.push(format!("status={}", s.as_str()));
+    }
+    if let Some(n) = limit {
+        query.push(format!("limit={n}"));
+    }
+    let path = if query.is_empty() {
+        "/v1/tickets".to_string()
+    } else {
+        format!("/v1/tickets?{}", query.join("&"))
+    };
+    let answer = match admin.call(Method::GET, &path, None).await {
+        Ok(a) => a,
+        Err(e) => return unreachable(&e),
+    };
+    if answer.status != StatusCode::OK {
+        return refused(&admin.refusal(&answer));
+    }
+    let Some(v) = answer.json() else {
+        return unreachable(&format!(
+            "the admin API at {} answered {path} with something that is not JSON",
+            admin.base
+        ));
+    };
+    if as_json {
+        print_json(&v);
+        return ExitCode::SUCCESS;
+    }
+    let Some(tickets) = v.get("tickets").and_then(Value::as_array) else {
+        return unreachable(&format!(
+            "the admin API at {} answered {path} without a `tickets` list",
+            admin.base
+        ));
+    };
+    if tickets.is_empty() {
+        match status.0 {
+            Some(s) => println!("no {s} tickets"),
+            None => println!("no tickets"),
+        }
+        return ExitCode::SUCCESS;
+    }
+    let now = now_ms();
+    let mut rows = vec![[
+        "ID",
+        "STATUS",
+        "ROUTE",
+        "REQUESTER",
+        "REQUEST",
+        "AGE",
+        "EXPIRES",
+        "APPROVALS",
+    ]
+    .map(String::from)];
+    for t in tickets {
+        let request = clip(&request_summary(t), REQUEST_COLUMN);
+        let age = time_of(t, "createdAt").map_or_else(|| "-".to_string(), |c| ago(now, c));
+        let expires = if str_of(t, "status") == "PENDING" {
+            time_of(t, "expiresAt").map_or_else(|| "-".to_string(), |e| until(now, e))
+        } else {
+            "-".to_string()
+        };
+        rows.push([
+            str_of(t, "id"),
+            str_of(t, "status"),
+            str_of(t, "route"),
+            requester_user(t),
+            request,
+            age,
+            expires,
+            votes(t),
+        ]);
+    }
+    print!("{}", table(&rows));
+    ExitCode::SUCCESS
+}
+
+/// Left-aligned columns two spaces apart; the last column is not padded.
+fn table<const N: usize>(rows: &[[String; N]]) -> String {
+    let mut widths = [0usize; N];
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            line.push_str(cell);
+            if i + 1 < N {
+                let pad = widths[i].saturating_sub(cell.chars().count()) + 2;
+                line.extend(std::iter::repeat_n(' ', pad));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+// === show ===
+
+async fn show(admin: &AdminApi, id: &str, as_json: bool) -> ExitCode {
+    let path = format!("/v1/tickets/{id}");
+    let answer = match admin.call(Method::GET, &path, None).await {
+        Ok(a) => a,
+        Err(e) => return unreachable(&e),
+    };
+    if answer.status != StatusCode::OK {
+        return refused(&format!("{id}: {}", admin.refusal(&answer)));
+    }
+    let Some(t) = answer.json().filter(Value::is_object) else {
+        return unreachable(&format!(
+            "the admin API at {} answered {path} with something that is not a ticket",
+            admin.base
+        ));
+    };
+    if as_json {
+        print_json(&t);
+    } else {
+        print!("{}", detail(&t, now_ms()));
+    }
+    ExitCode::SUCCESS
+}
+
+/// The human-readable view of one ticket.
+fn detail(t: &Value, now: u64) -> String {
+    let mut out = String::new();
+    let mut field = |label: &str, value: String| {
+        out.push_str(&format!("{label:<11}{value}\n"));
+    };
+    field("ticket", str_of(t, "id"));
+    field("status", str_of(t, "status"));
+    let mode = str_of(t, "mode");
+    field(
+        "route",
+        if mode.is_empty() {
+            str_of(t, "route")
+        } else {
+            format!("{} ({mode})", str_of(t, "route"))
+        },
+    );
+    let req = t.get("request").unwrap_or(&Value::Null);
+    let query = str_of(req, "query");
+    let query = if query.is_empty() {
+        String::new()
+    } else {
+        format!("?{query}")
+    };
+    field(
+        "request",
+        format!("{} {}{query}", str_of(req, "method"), str_of(req, "path")),
+    );
+    let host = str_of(req, "host");
+    field(
+        "host",
+        if host.is_empty() {
+            "(none)".to_string()
+        } else {
+            host
+        },
+    );
+    let groups = strings(t.get("requester").and_then(|r| r.get("groups")));
+    field(
+        "requester",
+        if groups.is_empty() {
+            requester_user(t)
+        } else {
+            format!("{} (groups: {})", requester_user(t), groups.join(", "))
+        },
+    );
+    let reason = str_of(t, "reason");
+    field(
+        "reason",
+        if reason.is_empty() {
+            "(none given)".to_string()
+        } else {
+            reason
+        },
+    );
+    if let Some(c) = time_of(t, "createdAt") {
+        field("created", format!("{c} ({})", ago(now, c)));
+    }
+    let status = str_of(t, "status");
+    if status == "PENDING" {
+        if let Some(e) = time_of(t, "expiresAt") {
+            field("expires", format!("{e} ({})", until(now, e)));
+        }
+    }
+    if let Some(d) = time_of(t, "decidedAt") {
+        field("decided", format!("{d} ({})", ago(now, d)));
+    }
+    if status == "APPROVED" {
+        if let Some(r) = time_of(t, "redeemBy") {
+            field("redeem by", format!("{r} ({})", until(now, r)));
+        }
+    }
+    let approvers = strings(t.get("approvers"));
+    field(
+        "approvals",
+        if approvers.is_empty() {
+            votes(t)
+        } else {
+            format!("{} (approvers: {})", votes(t), approvers.join(", "))
+        },
+    );
+    for v in t
+        .get("approvals")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        out.push_str(&format!("  + {}\n", vote_line(v)));
+    }
+    for v in t
+        .get("denials")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        out.push_str(&format!("  - denied by {}\n", vote_line(v)));
+    }
+    let sha = str_of(req, "bodySha256");
+    let preview = req.get("bodyPreview").and_then(Value::as_str).unwrap_or("");
+    if preview.is_empty() {
+        out.push_str(&format!("{:<11}(empty)\n", "body"));
+    } else {
+        out.push_str(&format!("{:<11}sha256 {sha}\n", "body"));
+        for line in preview.lines() {
+            out.push_str(&format!("  {}\n", clean(line)));
+        }
+    }
+    let headers = header_pairs(req.get("headers"));
+    if !headers.is_empty() {
+        out.push_str("headers\n");
+        for (name, value) in headers {
+            out.push_str(&format!("  {name}: {value}\n"));
+        }
+    }
+    out
+}
+
+/// `alice (oncall), 2026-11-22T10:31:00Z: "ship it"`
+fn vote_line(v: &Value) -> String {
+    let groups = strings(v.get("groups"));
+    let mut line = str_of(v, "by");
+    if !groups.is_empty() {
+        line.push_str(&format!(" ({})", groups.join(", ")));
+    }
+    let at = str_of(v, "at");
+    if !at.is_empty() {
+        line.push_str(&format!(", {at}"));
+    }
+    let comment = str_of(v, "comment");
+    if !comment.is_empty() {
+        line.push_str(&format!(": {comment:?}"));
+    }
+    line
+}
+
+/// `[["name","value"], ...]` (or an object) as cleaned pairs.
+fn header_pairs(v: Option<&Value>) -> Vec<(String, String)> {
+    match v {
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(|pair| match pair.as_array().map(Vec::as_slice) {
+                Some([Value::String(n), Value::String(v)]) => Some((clean(n), clean(v))),
+                _ => None,
+            })
+            .collect(),
+        Some(Value::Object(map)) => map
+            .iter()
+            .map(|(n, v)| (clean(n), clean(v.as_str().unwrap_or_default())))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+// === approve / deny ===
+
+/// What happened to one ticket of a decision.
+enum Outcome {
+    /// Recorded; the ticket as it is now.
+    Decided(Value),
+    /// Refused, with the one-line reason.
+    Refused(String),
+}
+
+async fn decide(
+    admin: &AdminApi,
+    mut ids: Vec<String>,
+    approve: bool,
+    text: Option<String>,
+) -> ExitCode {
+    // The same id twice would only be refused the second time.
+    let mut seen = std::collections::HashSet::new();
+    ids.retain(|id| seen.insert(id.clone()));
+    let (verb, text_key) = if approve {
+        ("approve", "comment")
+    } else {
+        ("deny", "reason")
+    };
+    let mut body = serde_json::Map::new();
+    if let Some(t) = text.filter(|t| !t.trim().is_empty()) {
+        body.insert(text_key.to_string(), Value::String(t));
+    }
+    let outcomes: Vec<(String, Outcome)> = if let [id] = ids.as_slice() {
+        let path = format!("/v1/tickets/{id}/{verb}");
+        let answer = match admin
+            .call(Method::POST, &path, Some(&Value::Object(body)))
+            .await
+        {
+            Ok(a) => a,
+            Err(e) => return unreachable(&e),
+        };
+        let outcome = match answer.json() {
+            Some(t) if answer.status == StatusCode::OK && t.is_object() => Outcome::Decided(t),
+            _ if answer.status == StatusCode::OK => {
+                return unreachable(&format!(
+                    "the admin API at {} answered {path} with something that is not a ticket",
+                    admin.base
+                ))
+            }
+            _ => Outcome::Refused(admin.refusal(&answer)),
+        };
+        vec![(id.clone(), outcome)]
+    } else {
+        body.insert("ids".to_string(), json!(ids));
+        body.insert("decision".to_string(), json!(verb));
+        let path = "/v1/tickets/decide";
+        let answer = match admin
+            .call(Method::POST, path, Some(&Value::Object(body)))
+            .await
+        {
+            Ok(a) => a,
+            Err(e) => return unreachable(&e),
+        };
+        if answer.status != StatusCode::OK {
+            return refused(&admin.refusal(&answer));
+        }
+        let Some(results) = answer
+            .json()
+            .and_then(|v| v.get("results").and_then(Value::as_array).cloned())
+        else {
+            return unreachable(&format!(
+                "the admin API at {} answered {path} without a `results` list",
+                admin.base
+            ));
+        };
+        let mut outcomes: Vec<(String, Outcome)> = results
+            .into_iter()
+            .map(|r| {
+                let id = str_of(&r, "id");
+                let status = r.get("status").and_then(Value::as_u64).unwrap_or(0);
+                let outcome = match r.get("ticket") {
+                    Some(t) if status == 200 && t.is_object() => Outcome::Decided(t.clone()),
+                    _ => Outcome::Refused(match r.get("problem") {
+                        Some(p) => problem_value_line(u16::try_from(status).unwrap_or(0), p),
+                        None => format!("{status} (no reason given)"),
+                    }),
+                };
+                (id, outcome)
+            })
+            .collect();
+        // Every id asked for must be accounted for.
+        for id in &ids {
+            if !outcomes.iter().any(|(got, _)| got == id) {
+                outcomes.push((
+                    id.clone(),
+                    Outcome::Refused("not in the admin API's answer".to_string()),
+                ));
+            }
+        }
+        outcomes
+    };
+    let mut refusals = Vec::new();
+    for (id, outcome) in &outcomes {
+        match outcome {
+            Outcome::Decided(t) => {
+                let status = str_of(t, "status");
+                if status == "DENIED" {
+                    println!("{id}: {status}");
+                } else {
+                    println!("{id}: {status} ({})", votes(t));
+                }
+            }
+            Outcome::Refused(reason) => {
+                println!("{id}: refused: {reason}");
+                refusals.push(format!("{id}: refused: {reason}"));
+            }
+        }
+    }
+    match refusals.as_slice() {
+        [] => ExitCode::SUCCESS,
+        [one] => refused(one),
+        many => refused(&format!(
+            "{} of {} tickets refused",
+            many.len(),
+            outcomes.len()
+        )),
+    }
+}
+
+// === ticket fields ===
+
+/// A string member, cleaned for the terminal; empty when absent.
+fn str_of(v: &Value, key: &str) -> String {
+    v.get(key)
+        .and_then(Value::as_str)
+        .map(clean)
+        .unwrap_or_default()
+}
+
+fn strings(v: Option<&Value>) -> Vec<String> {
+    v.and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).map(clean).collect())
+        .unwrap_or_default()
+}
+
+fn time_of(v: &Value, key: &str) -> Option<Timestamp> {
+    v.get(key)
+        .and_then(Value::as_str)
+        .and_then(|s| Timestamp::parse_rfc3339(s).ok())
+}
+
+fn requester_user(t: &Value) -> String {
+    let user = t
+        .get("requester")
+        .and_then(|r| r.get("user"))
+        .and_then(Value::as_str)
+        .map(clean)
+        .unwrap_or_default();
+    if user.is_empty() {
+        "anonymous".to_string()
+    } else {
+        user
+    }
+}
+
+/// `POST api.example.com /v1/deployments?x=1`
+fn request_summary(t: &Value) -> String {
+    let req = t.get("request").unwrap_or(&Value::Null);
+    let query = str_of(req, "query");
+    let mut s = format!("{} ", str_of(req, "method"));
+    let host = str_of(req, "host");
+    if !host.is_empty() {
+        s.push_str(&host);
+        s.push(' ');
+    }
+    s.push_str(&str_of(req, "path"));
+    if !query.is_empty() {
+        s.push('?');
+        s.push_str(&query);
+    }
+    s
+}
+
+/// `approvals/quorum`, e.g. `1/2`.
+fn votes(t: &Value) -> String {
+    let n = t
+        .get("approvals")
+        .and_then(Value::as_array)
+        .map_or(0, Vec::len);
+    match t.get("quorum").and_then(Value::as_u64) {
+        Some(q) => format!("{n}/{q}"),
+        None => n.to_string(),
+    }
+}
+
+// === text ===
+
+/// Ticket fields come from requesters: control characters and bidirectional overrides are
+/// escaped so they cannot rewrite the approver's terminal or disguise what is shown.
+fn clean(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        let bidi = matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+        if c.is_control() || bidi {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// At most `max` characters, with `…` when cut.
+fn clip(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_string();
+    }
+    let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// `3m ago`
+fn ago(now: u64, t: Timestamp) -> String {
+    let ms = now.saturating_sub(t.as_millis());
+    if ms < 1000 {
+        "just now".to_string()
+    } else {
+        format!("{} ago", span(ms))
+    }
+}
+
+/// `in 14m 3s`, or `expired 2m ago`.
+fn until(now: u64, t: Timestamp) -> String {
+    let at = t.as_millis();
+    if at > now {
+        format!("in {}", span(at - now))
+    } else {
+        format!("expired {}", ago(now, t))
+    }
+}
+
+/// A compact duration with at most two units: `45s`, `14m 3s`, `2h 5m`, `3d 4h`.
+fn span(ms: u64) -> String {
+    let s = ms / 1000;
+    let (d, h, m, sec) = (s / 86_400, (s / 3600) % 24, (s / 60) % 60, s % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{sec}s"),
+        (0, 0, _) if sec == 0 => format!("{m}m"),
+        (0, 0, _) => format!("{m}m {sec}s"),
+        (0, _, 0) => format!("{h}h"),
+        (0, _, _) => format!("{h}h {m}m"),
+        (_, 0, _) => format!("{d}d"),
+        _ => format!("{d}d {h}h"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admin_urls() {
+        let u = parse_admin_url("127.0.0.1:9090").expect("bare host:port");
+        assert_eq!(u.to_string(), "http://127.0.0.1:9090");
+        let u = parse_admin_url("http://[::1]:9090/jitgate/").expect("prefix");
+        assert_eq!(u.to_string(), "http://[::1]:9090/jitgate");
+        assert_eq!(
+            u.uri("/v1/tickets?status=PENDING")
+                .expect("uri")
+                .to_string(),
+            "http://[::1]:9090/jitgate/v1/tickets?status=PENDING"
+        );
+        assert!(parse_admin_url("https://127.0.0.1:9090")
+            .err()
+            .is_some_and(|e| e.contains("https")));
+        assert!(parse_admin_url("ftp://x").is_err());
+        assert!(parse_admin_url("http://u:p@127.0.0.1:9090").is_err());
+        assert!(parse_admin_url("http://127.0.0.1:9090/?x=1").is_err());
+    }
+
+    #[test]
+    fn statuses_and_ids() {
+        assert!(parse_status_filter("all").is_ok_and(|s| s.0.is_none()));
+        assert!(parse_status_filter("denied").is_ok_and(|s| s.0 == Some(Status::Denied)));
+        assert!(parse_status_filter("nope").is_err());
+        assert!(parse_ticket_id("jit_01JD3ZK8Q6W6M7ZC2Y6F8X4T9B").is_ok());
+        assert!(parse_ticket_id("jit_../../admin/reload").is_err());
+    }
+
+    #[test]
+    fn problems_are_one_line() {
+        let body = br#"{"type":"urn:jitgate:problem:conflict","title":"Ticket not in a decidable state","status":409,"detail":"ticket is APPROVED"}"#;
+        assert_eq!(
+            problem_line(StatusCode::CONFLICT, body),
+            "409 Ticket not in a decidable state: ticket is APPROVED"
+        );
+        assert_eq!(
+            problem_line(StatusCode::BAD_GATEWAY, b"<html>\nbad gateway\n"),
+            "502 Bad Gateway: <html>"
+        );
+        assert_eq!(problem_line(StatusCode::NOT_FOUND, b""), "404 Not Found");
+    }
+
+    #[test]
+    fn terminal_text_is_defanged() {
+        assert_eq!(clean("a\u{1b}[2Jb\nc"), "a\\u{1b}[2Jb\\u{a}c");
+        assert_eq!(clean("x\u{202e}y"), "x\\u{202e}y");
+        assert_eq!(clip("abcdef", 4), "abc…");
+    }
+
+    #[test]
+    fn spans() {
+        assert_eq!(span(45_000), "45s");
+        assert_eq!(span(14 * 60_000 + 3_000), "14m 3s");
+        assert_eq!(span(2 * 3_600_000 + 5 * 60_000), "2h 5m");
+        assert_eq!(span(3 * 86_400_000 + 4 * 3_600_000), "3d 4h");
+    }
+
+    #[test]
+    fn table_aligns() {
+        let rows = [
+            ["A".to_string(), "BB".to_string(), "C".to_string()],
+            ["aaa".to_string(), "b".to_string(), "c".to_string()],
+        ];
+        assert_eq!(table(&rows), "A    BB  C\naaa  b   c\n");
+    }
+}
