@@ -880,3 +880,68 @@ async fn expired_ticket_refuses_decisions_with_409() {
     );
     assert_eq!(origin.count(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn access_approval_releases_the_request_and_grants_a_window() {
+    let origin = Origin::start();
+    let access_route = r#"[[routes]]
+name = "db-console"
+path = "/console/**"
+upstream = "origin"
+action = "approve"
+[routes.approval]
+approvers = ["group:oncall"]
+mode = "access"
+max_duration = "1h"
+max_uses = 2
+
+[[routes]]
+name = "rest""#;
+    let cfg = config(&origin.url(), "hold_timeout = \"5s\"", "").replacen(
+        "[[routes]]\nname = \"rest\"",
+        access_route,
+        1,
+    );
+    let gw = Gateway::start(&cfg);
+    // Access routes need an identity.
+    problem(
+        &send("GET", &gw.url("/console/tables"), &[], "").await,
+        401,
+        "anonymous access request",
+    );
+    let held = {
+        let url = gw.url("/console/tables");
+        tokio::spawn(async move { send("GET", &url, &BOB, "").await })
+    };
+    let t = wait_pending(&gw, "db-console", WAIT).await;
+    assert_eq!(t["mode"], "access");
+    let id = t["id"].as_str().unwrap().to_string();
+    assert_eq!(approve(&gw, "alice", &id, "1h").await.status, 200);
+    // The request that asked is released as the grant's first use ...
+    assert_eq!(held.await.unwrap().status, 200);
+    // ... a different request of bob's on the route passes at once (second use) ...
+    let next = send("GET", &gw.url("/console/users"), &BOB, "").await;
+    assert_eq!(next.status, 200, "{}", next.text());
+    // ... and with max_uses = 2 spent, the next one is held again.
+    let url = gw.url("/console/logs");
+    let third = tokio::spawn(async move {
+        Client::http1()
+            .with_timeout(Duration::from_secs(20))
+            .send("GET", &url, &BOB, "")
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(!third.is_finished(), "third request was not held");
+    third.abort();
+    // Someone else gets nothing from bob's grant.
+    let carol = Client::http1()
+        .send("GET", &gw.url("/console/users"), &[("x-user", "carol")], "")
+        .await;
+    assert_eq!(carol.status, 202, "{}", carol.text());
+    assert_eq!(origin.count(), 2);
+    let kinds = audit_kinds(&gw, &id).await;
+    assert!(
+        kinds.contains(&"grant.created".to_string()) && kinds.contains(&"grant.used".to_string()),
+        "{kinds:?}"
+    );
+}

@@ -45,8 +45,8 @@ pub const ENDPOINTS: &[(&str, &str)] = &[
     ("POST", "/v1/admin/reload"),
 ];
 
-/// Largest JSON body the decision API reads.
-const MAX_BODY: usize = 64 * 1024;
+/// Largest JSON body the decision API reads (a batch of 10,000 ids is about 350 KB).
+const MAX_BODY: usize = 1024 * 1024;
 /// Longest comment or reason kept.
 const MAX_TEXT: usize = 2000;
 /// Most ids in one batch decision.

@@ -335,6 +335,9 @@ impl Held<'_> {
             t
         };
         match t.status {
+            Status::Approved if t.mode == Mode::Access => {
+                self.release_on_grant(store, &t, pending).await
+            }
             Status::Approved => self.redeem(store, t.id, pending).await,
             Status::Pending => still_pending(&t, route),
             _ => refusal(&t, route),
@@ -523,6 +526,32 @@ impl Held<'_> {
                 .await;
         });
         resp
+    }
+
+    /// An approved `access` ticket: the approver's decision created a grant (just after the
+    /// ticket changed, so it may take a moment to appear); the held request is its first use.
+    async fn release_on_grant(
+        &self,
+        store: &Arc<dyn Store>,
+        t: &Ticket,
+        pending: Pending<'_>,
+    ) -> Response<ProxyBody> {
+        let route = pending.route;
+        let identity = Identity {
+            user: pending.requester.user.clone(),
+            groups: pending.requester.groups.clone(),
+            via: jitgate_identity::Via::Anonymous,
+        };
+        for _ in 0..50 {
+            if let Some(resp) = self.use_grant(store, &identity, &pending).await {
+                return resp;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        mismatch(
+            route,
+            &format!("ticket {} was approved but no usable grant was found", t.id),
+        )
     }
 
     /// `access` routes: an active grant of this requester lets the request through.
