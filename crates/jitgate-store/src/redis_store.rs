@@ -225,27 +225,38 @@ impl RedisStore {
         cmd.query_async(&mut c).await.map_err(unavailable)
     }
 
-    /// Reads the tickets with these ids, dropping (and unindexing) those past retention.
+    /// Reads the tickets with these ids (one MGET per 500), dropping (and unindexing) those
+    /// past retention.
     async fn tickets_by_ids(
         &self,
         ids: Vec<String>,
         index: &str,
     ) -> Result<Vec<Ticket>, StoreError> {
         let mut out = Vec::with_capacity(ids.len());
-        for raw_id in ids {
-            let Ok(id) = TicketId::parse(&raw_id) else {
-                continue;
-            };
-            match self.read_ticket(&id).await? {
-                Some((_, t)) => out.push(t),
-                None => {
-                    let mut c = self.conn.clone();
-                    let _: i64 = redis::cmd("ZREM")
-                        .arg(index)
-                        .arg(&raw_id)
-                        .query_async(&mut c)
-                        .await
-                        .map_err(unavailable)?;
+        let ids: Vec<TicketId> = ids
+            .iter()
+            .filter_map(|raw| TicketId::parse(raw).ok())
+            .collect();
+        for chunk in ids.chunks(500) {
+            let keys: Vec<String> = chunk.iter().map(ticket_key).collect();
+            let mut c = self.conn.clone();
+            let values: Vec<Option<String>> = redis::cmd("MGET")
+                .arg(&keys)
+                .query_async(&mut c)
+                .await
+                .map_err(unavailable)?;
+            for (id, value) in chunk.iter().zip(values) {
+                match value {
+                    Some(raw) => out.push(decode("ticket", &raw)?),
+                    None => {
+                        let mut c = self.conn.clone();
+                        let _: i64 = redis::cmd("ZREM")
+                            .arg(index)
+                            .arg(id.as_str())
+                            .query_async(&mut c)
+                            .await
+                            .map_err(unavailable)?;
+                    }
                 }
             }
         }
