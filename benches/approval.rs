@@ -169,10 +169,13 @@ async fn many_held(gw: &Gw, n: usize, store: &str) {
             format!("/deploy/many/{i}"),
             body,
         )));
-        if i % 256 == 255 {
-            tokio::task::yield_now().await;
+        // Paced, so the listen backlog never overflows.
+        if i % 100 == 99 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+    // Wait until all are held, or the count stops growing for 5 s (then report how many).
+    let (mut last_len, mut stalled_since) = (0usize, Instant::now());
     let ids: Vec<String> = loop {
         let list = admin(
             &client,
@@ -190,16 +193,17 @@ async fn many_held(gw: &Gw, n: usize, store: &str) {
                     .collect()
             })
             .unwrap_or_default();
-        if ids.len() >= n {
+        if ids.len() >= n
+            || (ids.len() == last_len && stalled_since.elapsed() > Duration::from_secs(5))
+        {
             break ids;
         }
-        assert!(
-            t_open.elapsed() < Duration::from_secs(120),
-            "only {} of {n} requests held after 120 s",
-            ids.len()
-        );
+        if ids.len() != last_len {
+            (last_len, stalled_since) = (ids.len(), Instant::now());
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
+    let n_held = ids.len();
     let held_after = t_open.elapsed();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = rss_kib(gw.pid());
@@ -213,14 +217,21 @@ async fn many_held(gw: &Gw, n: usize, store: &str) {
         .as_array()
         .map_or(0, |a| a.iter().filter(|x| x["status"] == 200).count());
     let mut last = t0;
-    let mut ok = 0;
+    let (mut ok, mut failed) = (0, 0);
     for t in tasks {
-        let (status, at) = t.await.unwrap();
-        ok += usize::from(status == 200);
-        last = last.max(at);
+        match tokio::time::timeout(Duration::from_secs(60), t).await {
+            Ok(Ok((status, at))) => {
+                ok += usize::from(status == 200);
+                last = last.max(at);
+            }
+            _ => failed += 1,
+        }
     }
-    let per = (after.saturating_sub(before)) as f64 * 1024.0 / n as f64;
-    println!("{n} held requests with 1 KiB bodies ({store} store):");
+    let per = (after.saturating_sub(before)) as f64 * 1024.0 / n_held as f64;
+    println!("{n_held} of {n} requests held at once, 1 KiB bodies ({store} store):");
+    if failed > 0 {
+        println!("  ({failed} client tasks failed or did not complete)");
+    }
     println!(
         "  all held (tickets pending) {:.2} s after the first was sent",
         held_after.as_secs_f64()
