@@ -487,6 +487,28 @@ fn demo_once_walks_through_and_exits_0() {
         admin_step.contains("-> 403"),
         "admin step is not a 403:\n{admin_step}"
     );
+    // The held deploy is approved and released with a token; the next one is denied with
+    // carol's reason.
+    let approved = out
+        .split("\n\n")
+        .find(|block| block.contains("/v1/deployments/prod/web") && block.contains("/approve"))
+        .unwrap_or_else(|| panic!("no approval step\n{}", r.all()));
+    assert!(
+        approved.contains("ticket APPROVED")
+            && approved.contains("-> 200")
+            && approved.contains("with a Jit-Approval token"),
+        "approval step:\n{approved}"
+    );
+    let denied = out
+        .split("\n\n")
+        .find(|block| block.contains("/v1/deployments/prod/api") && block.contains("/deny"))
+        .unwrap_or_else(|| panic!("no denial step\n{}", r.all()));
+    assert!(
+        denied.contains("ticket DENIED")
+            && denied.contains("-> 403")
+            && denied.contains("change freeze until Monday"),
+        "denial step:\n{denied}"
+    );
 }
 
 // === token ===
