@@ -96,6 +96,14 @@ fn post_as_bob(
     })
 }
 
+/// The id of the pending ticket on `route`, once there is one.
+async fn pending_id(gw: &Gateway, route: &str) -> String {
+    wait_pending(gw, route, WAIT).await["id"]
+        .as_str()
+        .expect("ticket id")
+        .to_string()
+}
+
 fn problem(resp: &Response, status: u16, what: &str) -> Value {
     assert_eq!(resp.status, status, "{what}: {}", resp.text());
     assert_eq!(
@@ -229,10 +237,7 @@ async fn audit_events_form_a_hash_chain() {
     let origin = Origin::start();
     let gw = start(&origin, "", "");
     let held = post_as_bob(&gw, "/deploy/a", "{}", &[]);
-    let id = wait_pending(&gw, "prod-deploy", WAIT).await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = pending_id(&gw, "prod-deploy").await;
     deny(&gw, "carol", &id, "no").await;
     held.await.unwrap();
     let r = admin_call(&gw, "ops", "GET", "/v1/audit", "").await;
@@ -254,10 +259,7 @@ async fn denial_answers_403_with_the_reason_and_forwards_nothing() {
     let origin = Origin::start();
     let gw = start(&origin, "", "");
     let held = post_as_bob(&gw, "/deploy/prod/web", "{}", &[]);
-    let id = wait_pending(&gw, "prod-deploy", WAIT).await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = pending_id(&gw, "prod-deploy").await;
     let r = deny(&gw, "carol", &id, "freeze until Monday").await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["status"], "DENIED");
@@ -270,10 +272,7 @@ async fn denial_answers_403_with_the_reason_and_forwards_nothing() {
 
     // The route's custom error carries the same facts.
     let held = post_as_bob(&gw, "/db/users/drop", "", &[]);
-    let id = wait_pending(&gw, "db-drop", WAIT).await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = pending_id(&gw, "db-drop").await;
     deny(&gw, "alice", &id, "not in prod").await;
     let resp = held.await.unwrap();
     assert_eq!(resp.status, 403);
@@ -295,10 +294,7 @@ async fn self_approval_and_unlisted_approvers_are_refused() {
     let origin = Origin::start();
     let gw = start(&origin, "", "");
     let held = post_as_bob(&gw, "/deploy/x", "{}", &[]);
-    let id = wait_pending(&gw, "prod-deploy", WAIT).await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = pending_id(&gw, "prod-deploy").await;
     // bob is a listed approver, but it is his own request and self_approval is off.
     let r = approve(&gw, "bob", &id, "mine").await;
     let v = problem(&r, 403, "self approval");
@@ -323,10 +319,7 @@ async fn self_approval_when_the_route_allows_it() {
     let origin = Origin::start();
     let gw = start(&origin, "", "self_approval = true");
     let held = post_as_bob(&gw, "/deploy/x", "{}", &[]);
-    let id = wait_pending(&gw, "prod-deploy", WAIT).await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = pending_id(&gw, "prod-deploy").await;
     assert_eq!(approve(&gw, "bob", &id, "mine").await.status, 200);
     assert_eq!(held.await.unwrap().status, 200);
 }
@@ -336,10 +329,7 @@ async fn quorum_two_needs_two_distinct_approvers() {
     let origin = Origin::start();
     let gw = start(&origin, "", "quorum = 2");
     let held = post_as_bob(&gw, "/deploy/q", "{}", &[]);
-    let id = wait_pending(&gw, "prod-deploy", WAIT).await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = pending_id(&gw, "prod-deploy").await;
     let r = approve(&gw, "alice", &id, "one").await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["status"], "PENDING", "one of two");
@@ -574,10 +564,7 @@ async fn client_disconnect_cancels_the_ticket() {
     let origin = Origin::start();
     let gw = start(&origin, "", "");
     let held = post_as_bob(&gw, "/deploy/gone", "{}", &[]);
-    let id = wait_pending(&gw, "prod-deploy", WAIT).await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = pending_id(&gw, "prod-deploy").await;
     held.abort();
     let _ = held.await;
     let t = wait_status(&gw, &id, "CANCELLED", WAIT).await;
@@ -603,10 +590,7 @@ async fn identical_requests_share_one_ticket() {
     let origin = Origin::start();
     let gw = start(&origin, "", "token_uses = 2");
     let first = post_as_bob(&gw, "/deploy/same", "{}", &[]);
-    let id = wait_pending(&gw, "prod-deploy", WAIT).await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = pending_id(&gw, "prod-deploy").await;
     let second = post_as_bob(&gw, "/deploy/same", "{}", &[]);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let r = admin_call(&gw, "ops", "GET", "/v1/tickets?status=PENDING", "").await;

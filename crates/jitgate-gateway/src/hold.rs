@@ -981,36 +981,28 @@ async fn ticket_view(
             return resp;
         }
     };
+    let store_down = |e: &StoreError| {
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store-unavailable",
+            "Approval store unavailable",
+            e.to_string(),
+            Fault::Internal,
+        )
+        .into_response()
+    };
     let Ok(id) = TicketId::parse(raw) else {
         return not_found();
     };
     let engine = shared.engine();
     let store = match engine.store() {
         Ok(s) => s,
-        Err(e) => {
-            return Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store-unavailable",
-                "Approval store unavailable",
-                e.to_string(),
-                Fault::Internal,
-            )
-            .into_response()
-        }
+        Err(e) => return store_down(&e),
     };
     let t = match store.get(&id).await {
         Ok(Some(t)) => t,
         Ok(None) => return not_found(),
-        Err(e) => {
-            return Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store-unavailable",
-                "Approval store unavailable",
-                e.to_string(),
-                Fault::Internal,
-            )
-            .into_response()
-        }
+        Err(e) => return store_down(&e),
     };
     // Only the requester sees it (anonymous tickets: whoever holds the unguessable id).
     if t.requester.key() != identity.subject() {
