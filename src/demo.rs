@@ -216,18 +216,7 @@ async fn send(
         req = req.header(*k, *v);
     }
     let req = req.body(Full::new(body)).map_err(|e| e.to_string())?;
-    let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
-        .await
-        .map_err(|_| "timed out".to_string())?
-        .map_err(|e| e.to_string())?;
-    let status = resp.status();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    exchange(client, req).await
 }
 
 /// Waits for the held request's ticket, shows it, and decides it as the step says.
@@ -308,6 +297,14 @@ async fn call(
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(body.unwrap_or_default())))
         .map_err(|e| e.to_string())?;
+    exchange(client, req).await
+}
+
+/// Sends `req` (10 s limit) and reads the whole answer as text.
+async fn exchange(
+    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    req: Request<Full<Bytes>>,
+) -> Result<(http::StatusCode, String), String> {
     let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
         .await
         .map_err(|_| "timed out".to_string())?

@@ -196,25 +196,25 @@ async fn approval_releases_the_held_request_exactly_once() {
     assert!(reqs[0].header("jit-reason").is_some(), "other headers pass");
 
     // The same request again, resuming the ticket: the approval is spent.
-    let again = Client::http1()
-        .send(
-            "POST",
-            &gw.url("/deploy/prod/web"),
-            &[BOB[0], BOB[1], ("jit-ticket", id.as_str())],
-            body,
-        )
-        .await;
+    let again = post_as_bob(
+        &gw,
+        "/deploy/prod/web",
+        body,
+        &[("jit-ticket", id.as_str())],
+    )
+    .await
+    .unwrap();
     let v = problem(&again, 403, "second resume");
     assert_eq!(v["ticket"], id.as_str());
     // ... and with the token itself.
-    let with_token = Client::http1()
-        .send(
-            "POST",
-            &gw.url("/deploy/prod/web"),
-            &[BOB[0], BOB[1], ("jit-approval", token.as_str())],
-            body,
-        )
-        .await;
+    let with_token = post_as_bob(
+        &gw,
+        "/deploy/prod/web",
+        body,
+        &[("jit-approval", token.as_str())],
+    )
+    .await
+    .unwrap();
     problem(&with_token, 403, "second use of the token");
     origin
         .assert_no_new_requests(Duration::from_millis(200))
@@ -376,23 +376,13 @@ async fn still_pending_at_hold_timeout_gives_202_then_resumes_once() {
     assert_eq!(view.json()["status"], "APPROVED");
     assert!(view.json()["approvalToken"].is_string());
 
-    let resumed = Client::http1()
-        .send(
-            "POST",
-            &gw.url("/deploy/r"),
-            &[BOB[0], BOB[1], ("jit-ticket", id.as_str())],
-            body,
-        )
-        .await;
+    let resumed = post_as_bob(&gw, "/deploy/r", body, &[("jit-ticket", id.as_str())])
+        .await
+        .unwrap();
     assert_eq!(resumed.status, 200, "{}", resumed.text());
-    let twice = Client::http1()
-        .send(
-            "POST",
-            &gw.url("/deploy/r"),
-            &[BOB[0], BOB[1], ("jit-ticket", id.as_str())],
-            body,
-        )
-        .await;
+    let twice = post_as_bob(&gw, "/deploy/r", body, &[("jit-ticket", id.as_str())])
+        .await
+        .unwrap();
     problem(&twice, 403, "second resume");
     assert_eq!(origin.count(), 1);
     assert_eq!(
@@ -503,14 +493,9 @@ async fn approval_token_fits_only_its_own_request() {
     let r = admin_call(&gw, "ops", "POST", "/v1/admin/reload", "").await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["changed"], true);
-    let after = Client::http1()
-        .send(
-            "POST",
-            &gw.url("/deploy/t"),
-            &[BOB[0], BOB[1], ("jit-approval", token.as_str())],
-            body,
-        )
-        .await;
+    let after = post_as_bob(&gw, "/deploy/t", body, &[("jit-approval", token.as_str())])
+        .await
+        .unwrap();
     problem(&after, 403, "edited route");
     assert_eq!(origin.count(), 0);
 }

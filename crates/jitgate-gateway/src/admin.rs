@@ -69,17 +69,10 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Pro
         Ok(id) => id,
         Err(e) => {
             tracing::info!(%path, "admin call refused: {e}");
-            let mut resp = Problem::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthenticated",
-                "Authentication required",
+            return Problem::unauthenticated(
                 "the admin API needs `Authorization: Bearer <API token or JWT>`",
-                Fault::Downstream,
             )
             .into_response();
-            resp.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return resp;
         }
     };
     let operator = snap.admin_auth.is_operator(&caller);
@@ -265,15 +258,8 @@ struct DecideBody {
 }
 
 fn clip(text: Option<String>) -> Option<String> {
-    text.map(|t| {
-        let t = t.trim();
-        let mut end = t.len().min(MAX_TEXT);
-        while !t.is_char_boundary(end) {
-            end -= 1;
-        }
-        t[..end].to_string()
-    })
-    .filter(|t| !t.is_empty())
+    text.map(|t| ticket::clip(t.trim(), MAX_TEXT).to_string())
+        .filter(|t| !t.is_empty())
 }
 
 /// Query string pairs, percent-decoded (`+` is a space).
@@ -323,13 +309,7 @@ fn store_problem(e: &StoreError) -> Problem {
             "the ticket changed too often concurrently; try again",
             Fault::Internal,
         ),
-        other => Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "store-unavailable",
-            "Approval store unavailable",
-            other.to_string(),
-            Fault::Internal,
-        ),
+        other => Problem::store_unavailable(other.to_string()),
     }
 }
 

@@ -28,7 +28,6 @@ pub struct Engine {
     store: OnceLock<Arc<dyn Store>>,
     store_kind: &'static str,
     signer: ApprovalSigner,
-    ephemeral_key: bool,
     held: Mutex<HashMap<TicketId, Held>>,
     shutdown: watch::Sender<bool>,
     reconcile_interval: Duration,
@@ -66,7 +65,6 @@ impl Engine {
                 config::Store::Redis { .. } => "redis",
             },
             signer,
-            ephemeral_key,
             held: Mutex::new(HashMap::new()),
             shutdown,
             reconcile_interval: cfg.approvals.reconcile_interval,
@@ -82,26 +80,6 @@ impl Engine {
             }
         }
         Ok(engine)
-    }
-
-    /// Builds the engine around an existing store (embedding, tests).
-    pub fn with_store(
-        store: Arc<dyn Store>,
-        signer: ApprovalSigner,
-        reconcile_interval: Duration,
-    ) -> Arc<Engine> {
-        let (shutdown, _) = watch::channel(false);
-        let engine = Arc::new(Engine {
-            store: OnceLock::new(),
-            store_kind: "custom",
-            signer,
-            ephemeral_key: false,
-            held: Mutex::new(HashMap::new()),
-            shutdown,
-            reconcile_interval,
-        });
-        engine.install(store);
-        engine
     }
 
     fn install(self: &Arc<Self>, store: Arc<dyn Store>) {
@@ -127,16 +105,6 @@ impl Engine {
     /// The approval-token signer.
     pub fn signer(&self) -> &ApprovalSigner {
         &self.signer
-    }
-
-    /// Whether the signing key was generated at start (none configured).
-    pub fn ephemeral_key(&self) -> bool {
-        self.ephemeral_key
-    }
-
-    /// How often held requests are reconciled against the store.
-    pub fn reconcile_interval(&self) -> Duration {
-        self.reconcile_interval
     }
 
     /// Tells held requests the gateway is shutting down: they answer 503 with their ticket.
@@ -190,7 +158,7 @@ impl Engine {
         }
     }
 
-    /// Appends an audit event; a failure is logged (the transition it records has happened).
+    /// Appends an audit event about ticket `t`. See [`Engine::append`].
     pub async fn audit(
         &self,
         kind: AuditKind,
@@ -198,19 +166,25 @@ impl Engine {
         actor: Option<&str>,
         detail: Value,
     ) -> Option<ticket::AuditEvent> {
-        let store = self.store().ok()?;
-        let draft = AuditDraft {
+        self.append(AuditDraft {
             at: jitgate_store::now(),
             kind,
             ticket: Some(t.id.clone()),
             actor: actor.map(str::to_string),
             requester: Some(t.requester.key().to_string()),
             detail,
-        };
+        })
+        .await
+    }
+
+    /// Appends an audit event; a failure is logged (the change it records has happened).
+    pub async fn append(&self, draft: AuditDraft) -> Option<ticket::AuditEvent> {
+        let store = self.store().ok()?;
+        let (kind, ticket) = (draft.kind, draft.ticket.clone());
         match store.append_audit(draft).await {
             Ok(e) => Some(e),
             Err(e) => {
-                tracing::error!(ticket = %t.id, ?kind, "audit append failed: {e}");
+                tracing::error!(ticket = ?ticket.as_ref().map(TicketId::as_str), ?kind, "audit append failed: {e}");
                 None
             }
         }
@@ -218,20 +192,25 @@ impl Engine {
 
     /// Expires `t` if it is due; returns the stored ticket when this call expired it.
     pub async fn expire_if_due(&self, t: &Ticket) -> Option<Ticket> {
-        let store = self.store().ok()?;
         let now = jitgate_store::now();
         if t.status != ticket::Status::Pending || now < t.expires_at {
             return None;
         }
-        match store.transition(&t.id, &|t| ticket::expire(t, now)).await {
-            Ok(expired) => {
-                tracing::info!(ticket = %t.id, route = %t.route, "ticket expired undecided");
-                self.audit(AuditKind::TicketExpired, &expired, None, Value::Null)
-                    .await;
-                Some(expired)
-            }
-            Err(_) => None,
-        }
+        self.expire(&t.id, now).await
+    }
+
+    /// Expires ticket `id` as of `now` and audits it; `None` unless this call expired it. The
+    /// store publishes the change, which wakes its holders.
+    async fn expire(&self, id: &TicketId, now: Timestamp) -> Option<Ticket> {
+        let store = self.store().ok()?;
+        let expired = store
+            .transition(id, &|t| ticket::expire(t, now))
+            .await
+            .ok()?;
+        tracing::info!(ticket = %id, route = %expired.route, "ticket expired undecided");
+        self.audit(AuditKind::TicketExpired, &expired, None, Value::Null)
+            .await;
+        Some(expired)
     }
 
     /// The approval token of an approved (or executed) action ticket.
@@ -397,18 +376,7 @@ async fn reconcile(engine: std::sync::Weak<Engine>) {
             .map(|(id, _)| id.clone())
             .collect();
         for id in due {
-            expire_by_id(&engine, &id, now).await;
+            engine.expire(&id, now).await;
         }
-    }
-}
-
-async fn expire_by_id(engine: &Engine, id: &TicketId, now: Timestamp) {
-    let Ok(store) = engine.store() else { return };
-    if let Ok(t) = store.transition(id, &|t| ticket::expire(t, now)).await {
-        tracing::info!(ticket = %id, route = %t.route, "ticket expired undecided");
-        engine
-            .audit(AuditKind::TicketExpired, &t, None, Value::Null)
-            .await;
-        engine.wake(id);
     }
 }

@@ -15,8 +15,7 @@ use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use serde_json::{json, Value};
 
-use jitgate_identity::Identity;
-use jitgate_rules::route::{Action, ApprovalMode, ApprovalPolicy, Principal, Route};
+use jitgate_rules::route::{Action, ApprovalMode, ApprovalPolicy, Route};
 use jitgate_rules::ticket::{
     self, AuditKind, Mode, RequestSnapshot, Requester, Status, Ticket, TicketDraft, TicketId,
     TransitionError,
@@ -102,6 +101,8 @@ enum HoldEnd {
 
 /// The held request, taken apart.
 struct Pending<'a> {
+    /// What matching decided on the request's own snapshot of the table.
+    decision: Decision,
     route: &'a Route,
     policy: &'a ApprovalPolicy,
     parts: http::request::Parts,
@@ -194,6 +195,7 @@ impl Held<'_> {
         let route_hash = ticket::hex(&route.definition_hash);
         let fingerprint = ticket::fingerprint(&snapshot, &requester, &route_hash);
         let pending = Pending {
+            decision,
             route,
             policy,
             parts,
@@ -222,8 +224,10 @@ impl Held<'_> {
             return self.settle(&store, t, pending).await;
         }
         if policy.mode == ApprovalMode::Access {
-            if let Some(resp) = self.use_grant(&store, &identity, &pending).await {
-                return resp;
+            match self.use_grant(&store, &pending).await {
+                Ok(Some(grant)) => return self.forward_granted(&grant, pending).await,
+                Ok(None) => {}
+                Err(resp) => return resp,
             }
         }
 
@@ -264,7 +268,7 @@ impl Held<'_> {
             .headers
             .get(&JIT_REASON)
             .and_then(|v| v.to_str().ok())
-            .map(|r| truncate(r.trim(), MAX_REASON))
+            .map(|r| ticket::clip(r.trim(), MAX_REASON).to_string())
             .filter(|r| !r.is_empty());
         let draft = TicketDraft {
             route: route.name.clone(),
@@ -276,7 +280,7 @@ impl Held<'_> {
             ticket_ttl: policy.ticket_ttl.unwrap_or(cfg.ticket_ttl),
             token_ttl: policy.token_ttl.unwrap_or(cfg.token_ttl),
             quorum: policy.quorum,
-            approvers: policy.approvers.iter().map(principal).collect(),
+            approvers: policy.approvers.iter().map(ToString::to_string).collect(),
             self_approval: policy.self_approval,
             token_uses: policy.token_uses,
         };
@@ -316,7 +320,7 @@ impl Held<'_> {
                 HoldEnd::Decided(t) => t,
                 HoldEnd::StillPending(t) => return still_pending(&t, route),
                 HoldEnd::ShuttingDown(id) => {
-                    let mut resp = Problem::new(
+                    let resp = Problem::new(
                         StatusCode::SERVICE_UNAVAILABLE,
                         "shutting-down",
                         "Gateway shutting down",
@@ -326,8 +330,7 @@ impl Held<'_> {
                     .with("ticket", id.to_string())
                     .with("rule", route.name.clone())
                     .into_response();
-                    set_ticket_headers(&mut resp, &id);
-                    return resp;
+                    return with_location(with_ticket(resp, &id), &id);
                 }
                 HoldEnd::Store(e, id) => return store_unavailable(&e, route, Some(&id)),
             }
@@ -446,19 +449,32 @@ impl Held<'_> {
         id: TicketId,
         pending: Pending<'_>,
     ) -> Response<ProxyBody> {
-        let route = pending.route;
+        let Pending {
+            decision,
+            route,
+            parts,
+            body,
+            requester,
+            fingerprint,
+            ..
+        } = pending;
         let engine = self.shared.engine();
+        // Re-checked against the table in force now, unless it is still the request's own.
         let current = self.shared.snapshot();
-        let decision = match proxy::decide(
-            &current,
-            self.conn,
-            &pending.parts.method,
-            &pending.parts.uri,
-            &pending.parts.headers,
-            None,
-        ) {
-            Ok(d) => d,
-            Err(p) => return p.into_response(),
+        let decision = if Arc::ptr_eq(&current, self.snap) {
+            decision
+        } else {
+            match proxy::decide(
+                &current,
+                self.conn,
+                &parts.method,
+                &parts.uri,
+                &parts.headers,
+                None,
+            ) {
+                Ok(d) => d,
+                Err(p) => return p.into_response(),
+            }
         };
         let Some(now_route) = current.table.routes().get(decision.route) else {
             return proxy::internal_error("matched route vanished");
@@ -486,9 +502,7 @@ impl Held<'_> {
             Err(StoreError::NotFound) => return mismatch(route, "unknown ticket"),
             Err(e) => return store_unavailable(&e, route, Some(&id)),
         };
-        if !t.belongs_to(&route.name, pending.requester.key())
-            || t.fingerprint != pending.fingerprint
-        {
+        if !t.belongs_to(&route.name, requester.key()) || t.fingerprint != fingerprint {
             // Only reachable with a token of ours for a ticket it does not describe.
             tracing::error!(ticket = %id, "redeemed ticket does not match the request");
             return mismatch(route, "the ticket was opened for a different request");
@@ -511,8 +525,7 @@ impl Held<'_> {
             client_upgrade: None,
             approval: token,
         };
-        let resp =
-            proxy::forward(upstream, hop, pending.parts, ProxyBody::full(pending.body)).await;
+        let resp = proxy::forward(upstream, hop, parts, ProxyBody::full(body)).await;
         let status = resp.status().as_u16();
         let engine = engine.clone();
         tokio::spawn(async move {
@@ -536,149 +549,81 @@ impl Held<'_> {
         t: &Ticket,
         pending: Pending<'_>,
     ) -> Response<ProxyBody> {
-        let route = pending.route;
-        let identity = Identity {
-            user: pending.requester.user.clone(),
-            groups: pending.requester.groups.clone(),
-            via: jitgate_identity::Via::Anonymous,
-        };
         for _ in 0..50 {
-            if let Some(resp) = self.use_grant(store, &identity, &pending).await {
-                return resp;
+            match self.use_grant(store, &pending).await {
+                Ok(Some(grant)) => return self.forward_granted(&grant, pending).await,
+                Ok(None) => tokio::time::sleep(Duration::from_millis(100)).await,
+                Err(resp) => return resp,
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         mismatch(
-            route,
+            pending.route,
             &format!("ticket {} was approved but no usable grant was found", t.id),
         )
     }
 
-    /// `access` routes: an active grant of this requester lets the request through.
+    /// `access` routes: uses one of this requester's active grants on the route, if any.
     async fn use_grant(
         &self,
         store: &Arc<dyn Store>,
-        identity: &Identity,
         pending: &Pending<'_>,
-    ) -> Option<Response<ProxyBody>> {
+    ) -> Result<Option<ticket::Grant>, Response<ProxyBody>> {
         let route = pending.route;
         let now = jitgate_store::now();
-        let grants = match store.grants_for(&route.name, identity.subject(), now).await {
-            Ok(g) => g,
-            Err(e) => return Some(store_unavailable(&e, route, None)),
-        };
+        let grants = store
+            .grants_for(&route.name, pending.requester.key(), now)
+            .await
+            .map_err(|e| store_unavailable(&e, route, None))?;
         let route_hash = ticket::hex(&route.definition_hash);
         for g in grants.iter().filter(|g| g.route_hash == route_hash) {
             if let Ok(used) = store
                 .transition_grant(&g.id, &|g| ticket::use_grant(g, now))
                 .await
             {
-                tracing::info!(grant = %used.id, route = %route.name, "request passed on an access grant");
-                return Some(self.forward_granted(&used, pending).await);
+                return Ok(Some(used));
             }
         }
-        None
+        Ok(None)
     }
 
+    /// Forwards a request that passed on `grant`.
     async fn forward_granted(
         &self,
         grant: &ticket::Grant,
-        pending: &Pending<'_>,
+        pending: Pending<'_>,
     ) -> Response<ProxyBody> {
-        let decision = match proxy::decide(
-            self.snap,
-            self.conn,
-            &pending.parts.method,
-            &pending.parts.uri,
-            &pending.parts.headers,
-            None,
-        ) {
-            Ok(d) => d,
-            Err(p) => return p.into_response(),
-        };
+        tracing::info!(grant = %grant.id, route = %pending.route.name, "request passed on an access grant");
         let Some(upstream) = self
             .snap
             .route_upstreams
-            .get(decision.route)
+            .get(pending.decision.route)
             .and_then(Option::as_ref)
         else {
             return proxy::internal_error("route has no upstream");
         };
         let engine = self.shared.engine().clone();
-        let audit = AuditDraftFor {
-            grant: grant.clone(),
-        };
-        tokio::spawn(async move { audit.append(&engine).await });
-        let mut parts = clone_parts(&pending.parts);
-        parts.extensions = http::Extensions::new();
-        let hop = Hop {
-            conn: self.conn,
-            trusted_peer: self.trusted_peer,
-            decision,
-            client_upgrade: None,
-            approval: None,
-        };
-        proxy::forward(upstream, hop, parts, ProxyBody::full(pending.body.clone())).await
-    }
-}
-
-struct AuditDraftFor {
-    grant: ticket::Grant,
-}
-
-impl AuditDraftFor {
-    async fn append(self, engine: &Engine) {
-        let Ok(store) = engine.store() else { return };
-        let g = self.grant;
         let draft = ticket::AuditDraft {
             at: jitgate_store::now(),
             kind: AuditKind::GrantUsed,
-            ticket: g.ticket.clone(),
+            ticket: grant.ticket.clone(),
             actor: None,
-            requester: Some(g.requester.key().to_string()),
-            detail: json!({ "grant": g.id.to_string(), "uses": g.uses }),
+            requester: Some(grant.requester.key().to_string()),
+            detail: json!({ "grant": grant.id.to_string(), "uses": grant.uses }),
         };
-        if let Err(e) = store.append_audit(draft).await {
-            tracing::error!(grant = %g.id, "audit append failed: {e}");
-        }
+        tokio::spawn(async move { engine.append(draft).await });
+        let hop = Hop {
+            conn: self.conn,
+            trusted_peer: self.trusted_peer,
+            decision: pending.decision,
+            client_upgrade: None,
+            approval: None,
+        };
+        proxy::forward(upstream, hop, pending.parts, ProxyBody::full(pending.body)).await
     }
-}
-
-fn clone_parts(p: &http::request::Parts) -> http::request::Parts {
-    let mut b = Request::builder()
-        .method(p.method.clone())
-        .uri(p.uri.clone())
-        .version(p.version);
-    if let Some(h) = b.headers_mut() {
-        *h = p.headers.clone();
-    }
-    let (parts, ()) = b.body(()).unwrap_or_else(|_| Request::new(())).into_parts();
-    parts
-}
-
-/// `user:alice` / `group:oncall`, as tickets record approvers.
-fn principal(p: &Principal) -> String {
-    match p {
-        Principal::User(u) => format!("user:{u}"),
-        Principal::Group(g) => format!("group:{g}"),
-    }
-}
-
-fn truncate(s: &str, cap: usize) -> String {
-    let mut end = s.len().min(cap);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_string()
 }
 
 /// What approvers see: canonical request line, redacted headers, body hash and preview.
 fn request_snapshot(facts: Facts, headers: &http::HeaderMap, body: &[u8]) -> RequestSnapshot {
-    let secret: Vec<String> = headers
-        .keys()
-        .filter(|n| ticket::is_secret_field(n.as_str()))
-        .map(|n| n.as_str().to_string())
-        .collect();
     let shown = headers
         .iter()
         .filter(|(n, _)| *n != header::HOST && *n != JIT_REASON)
@@ -689,7 +634,7 @@ fn request_snapshot(facts: Facts, headers: &http::HeaderMap, body: &[u8]) -> Req
         host: facts.host,
         path: facts.path,
         query: facts.query,
-        headers: ticket::redact_headers(shown, &secret),
+        headers: ticket::redact_headers(shown, &[]),
         body_sha256: ticket::sha256_hex(body),
         body_preview: ticket::body_preview(body, PREVIEW_CAP),
     }
@@ -763,18 +708,9 @@ fn policy_problem(
 }
 
 fn unauthorized(detail: &str, route: &Route) -> Response<ProxyBody> {
-    let mut resp = Problem::new(
-        StatusCode::UNAUTHORIZED,
-        "unauthenticated",
-        "Authentication required",
-        detail,
-        Fault::Downstream,
-    )
-    .with("rule", route.name.clone())
-    .into_response();
-    resp.headers_mut()
-        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    resp
+    Problem::unauthenticated(detail)
+        .with("rule", route.name.clone())
+        .into_response()
 }
 
 fn mismatch(route: &Route, detail: &str) -> Response<ProxyBody> {
@@ -790,16 +726,10 @@ fn mismatch(route: &Route, detail: &str) -> Response<ProxyBody> {
 
 fn store_unavailable(e: &StoreError, route: &Route, id: Option<&TicketId>) -> Response<ProxyBody> {
     tracing::warn!(route = %route.name, "approve route refused, store unavailable: {e}");
-    let mut p = Problem::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "store-unavailable",
-        "Approval store unavailable",
-        format!(
-            "route {} requires approval and the approval store cannot be reached; nothing was forwarded",
-            route.name
-        ),
-        Fault::Internal,
-    )
+    let mut p = Problem::store_unavailable(format!(
+        "route {} requires approval and the approval store cannot be reached; nothing was forwarded",
+        route.name
+    ))
     .with("rule", route.name.clone());
     if let Some(id) = id {
         p = p.with("ticket", id.to_string());
@@ -810,18 +740,25 @@ fn store_unavailable(e: &StoreError, route: &Route, id: Option<&TicketId>) -> Re
     resp
 }
 
-fn set_ticket_headers(resp: &mut Response<ProxyBody>, id: &TicketId) {
+/// Adds `Jit-Ticket: <id>`.
+fn with_ticket(mut resp: Response<ProxyBody>, id: &TicketId) -> Response<ProxyBody> {
     if let Ok(v) = HeaderValue::from_str(id.as_str()) {
         resp.headers_mut().insert(JIT_TICKET, v);
     }
+    resp
+}
+
+/// Adds `Location` of the requester's view of the ticket.
+fn with_location(mut resp: Response<ProxyBody>, id: &TicketId) -> Response<ProxyBody> {
     if let Ok(v) = HeaderValue::from_str(&format!("{TICKET_VIEW}{id}")) {
         resp.headers_mut().insert(header::LOCATION, v);
     }
+    resp
 }
 
 /// 202: still pending at `hold_timeout`.
 fn still_pending(t: &Ticket, route: &Route) -> Response<ProxyBody> {
-    let mut resp = Problem::new(
+    let resp = Problem::new(
         StatusCode::ACCEPTED,
         "approval-pending",
         "Approval pending",
@@ -835,8 +772,7 @@ fn still_pending(t: &Ticket, route: &Route) -> Response<ProxyBody> {
     .with("rule", route.name.clone())
     .with("expiresAt", t.expires_at.to_rfc3339())
     .into_response();
-    set_ticket_headers(&mut resp, &t.id);
-    resp
+    with_location(with_ticket(resp, &t.id), &t.id)
 }
 
 /// The answer for a ticket that ended without release: denied, expired, cancelled, used.
@@ -865,7 +801,7 @@ fn refusal(t: &Ticket, route: &Route) -> Response<ProxyBody> {
             "this approval has already been redeemed".to_string(),
         ),
     };
-    let mut resp = match &route.error {
+    let resp = match &route.error {
         Some(template) => proxy::render_error(template, t.id.as_str(), &reason, &route.name),
         None => Problem::new(
             StatusCode::FORBIDDEN,
@@ -879,10 +815,7 @@ fn refusal(t: &Ticket, route: &Route) -> Response<ProxyBody> {
         .with("reason", reason)
         .into_response(),
     };
-    if let Ok(v) = HeaderValue::from_str(t.id.as_str()) {
-        resp.headers_mut().insert(JIT_TICKET, v);
-    }
-    resp
+    with_ticket(resp, &t.id)
 }
 
 fn redeem_refused(e: &TransitionError, route: &Route, id: &TicketId) -> Response<ProxyBody> {
@@ -892,7 +825,7 @@ fn redeem_refused(e: &TransitionError, route: &Route, id: &TicketId) -> Response
         } => "this approval has already been redeemed".to_string(),
         other => other.to_string(),
     };
-    let mut resp = Problem::new(
+    let resp = Problem::new(
         StatusCode::FORBIDDEN,
         "approval-used",
         "No valid approval for this request",
@@ -902,10 +835,7 @@ fn redeem_refused(e: &TransitionError, route: &Route, id: &TicketId) -> Response
     .with("ticket", id.to_string())
     .with("rule", route.name.clone())
     .into_response();
-    if let Ok(v) = HeaderValue::from_str(id.as_str()) {
-        resp.headers_mut().insert(JIT_TICKET, v);
-    }
-    resp
+    with_ticket(resp, id)
 }
 
 // === the gateway's own data-plane endpoints ===
@@ -915,7 +845,7 @@ fn redeem_refused(e: &TransitionError, route: &Route, id: &TicketId) -> Response
 pub async fn well_known(
     shared: &Arc<Shared>,
     snap: &Snapshot,
-    conn: &ConnInfo,
+    trusted_peer: bool,
     req: &Request<Incoming>,
 ) -> Option<Response<ProxyBody>> {
     let path = req.uri().path();
@@ -933,7 +863,7 @@ pub async fn well_known(
     if !is_get {
         return Some(method_not_allowed(path));
     }
-    Some(ticket_view(shared, snap, conn, req, raw).await)
+    Some(ticket_view(shared, snap, trusted_peer, req, raw).await)
 }
 
 fn method_not_allowed(path: &str) -> Response<ProxyBody> {
@@ -950,7 +880,7 @@ fn method_not_allowed(path: &str) -> Response<ProxyBody> {
 async fn ticket_view(
     shared: &Arc<Shared>,
     snap: &Snapshot,
-    conn: &ConnInfo,
+    trusted_peer: bool,
     req: &Request<Incoming>,
     raw: &str,
 ) -> Response<ProxyBody> {
@@ -964,33 +894,11 @@ async fn ticket_view(
         )
         .into_response()
     };
-    let trusted = snap.auth.is_trusted_peer(conn.peer.ip());
-    let identity = match snap.auth.authenticate(req.headers(), trusted) {
+    let identity = match snap.auth.authenticate(req.headers(), trusted_peer) {
         Ok(id) => id,
-        Err(_) => {
-            let mut resp = Problem::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthenticated",
-                "Authentication required",
-                "the bearer token is not valid",
-                Fault::Downstream,
-            )
-            .into_response();
-            resp.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return resp;
-        }
+        Err(_) => return Problem::unauthenticated("the bearer token is not valid").into_response(),
     };
-    let store_down = |e: &StoreError| {
-        Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "store-unavailable",
-            "Approval store unavailable",
-            e.to_string(),
-            Fault::Internal,
-        )
-        .into_response()
-    };
+    let store_down = |e: &StoreError| Problem::store_unavailable(e.to_string()).into_response();
     let Ok(id) = TicketId::parse(raw) else {
         return not_found();
     };

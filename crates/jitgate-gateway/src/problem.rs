@@ -86,6 +86,28 @@ impl Problem {
         )
     }
 
+    /// 401: missing or invalid credentials. Answered with `WWW-Authenticate: Bearer`.
+    pub fn unauthenticated(detail: impl Into<String>) -> Problem {
+        Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "Authentication required",
+            detail,
+            Fault::Downstream,
+        )
+    }
+
+    /// 503: the approval store cannot be reached (approve routes fail closed).
+    pub fn store_unavailable(detail: impl Into<String>) -> Problem {
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store-unavailable",
+            "Approval store unavailable",
+            detail,
+            Fault::Internal,
+        )
+    }
+
     /// 502: the upstream could not be reached or broke the exchange.
     pub fn bad_gateway(upstream: &str, detail: impl Into<String>) -> Problem {
         Problem::new(
@@ -135,6 +157,11 @@ impl Problem {
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         resp.headers_mut()
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        // Every credential jitgate accepts is a bearer token (RFC 9110 section 11.6.1).
+        if self.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
         resp
     }
 }

@@ -75,13 +75,13 @@ pub async fn handle(
 ) -> Response<ProxyBody> {
     // The request keeps this generation of the table until it is answered.
     let snap = shared.snapshot();
+    let server = &snap.table.config().server;
+    let trusted_peer = headers::is_trusted(&server.trusted_proxies, conn.peer.ip());
     if req.uri().path().starts_with(hold::WELL_KNOWN) {
-        if let Some(resp) = hold::well_known(&shared, &snap, &conn, &req).await {
+        if let Some(resp) = hold::well_known(&shared, &snap, trusted_peer, &req).await {
             return resp;
         }
     }
-    let server = &snap.table.config().server;
-    let trusted_peer = headers::is_trusted(&server.trusted_proxies, conn.peer.ip());
     let upgrade = headers::wants_upgrade(req.version(), req.headers());
     // Read the resume headers before scrubbing drops them: they are the gateway's, never
     // the upstream's.

@@ -109,6 +109,16 @@ pub enum Principal {
     Group(String),
 }
 
+impl std::fmt::Display for Principal {
+    /// The spelling used in proxy.toml and on tickets: `user:NAME`, `group:NAME`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Principal::User(u) => write!(f, "user:{u}"),
+            Principal::Group(g) => write!(f, "group:{g}"),
+        }
+    }
+}
+
 /// `mode` of an approve route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ApprovalMode {

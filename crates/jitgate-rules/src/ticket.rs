@@ -643,7 +643,8 @@ pub const REDACTED: &str = "[redacted]";
 /// Headers that always carry credentials.
 const SECRET_HEADERS: [&str; 3] = ["authorization", "cookie", "proxy-authorization"];
 
-/// Copies headers for a ticket, replacing the values of credential headers and of the
+/// Copies headers for a ticket, replacing the values of credential headers, of headers whose
+/// names look secret ([`is_secret_field`]: `X-Api-Key`, `X-Vault-Token`...) and of the
 /// configured `secret_names` (case-insensitive) with [`REDACTED`].
 pub fn redact_headers<'a>(
     headers: impl IntoIterator<Item = (&'a str, &'a str)>,
@@ -653,6 +654,7 @@ pub fn redact_headers<'a>(
         .into_iter()
         .map(|(name, value)| {
             let secret = SECRET_HEADERS.iter().any(|s| s.eq_ignore_ascii_case(name))
+                || is_secret_field(name)
                 || secret_names.iter().any(|s| s.eq_ignore_ascii_case(name));
             let value = if secret { REDACTED } else { value };
             (name.to_string(), value.to_string())
@@ -742,13 +744,19 @@ fn truncate(mut s: String, cap: usize) -> String {
     if s.len() <= cap {
         return s;
     }
-    let mut end = cap;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
+    let end = clip(&s, cap).len();
     s.truncate(end);
     s.push('…');
     s
+}
+
+/// The longest prefix of `s` of at most `cap` bytes that ends on a character boundary.
+pub fn clip(s: &str, cap: usize) -> &str {
+    let mut end = s.len().min(cap);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 // === transitions ===
