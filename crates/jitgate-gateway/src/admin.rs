@@ -13,9 +13,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use jitgate_identity::Identity;
-use jitgate_rules::route::ApprovalMode;
 use jitgate_rules::ticket::{
-    self, Approver, AuditKind, Grant, Mode, Status, Ticket, TicketId, Timestamp, TransitionError,
+    self, Approver, AuditKind, Mode, Status, Ticket, TicketId, Timestamp, TransitionError,
 };
 use jitgate_store::{AuditFilter, StoreError};
 
@@ -533,37 +532,15 @@ impl Api<'_> {
         Ok(t)
     }
 
-    /// An approved `access` ticket becomes a grant for the route's default duration.
-    async fn grant(&self, t: &Ticket, now: Timestamp) {
-        let snap = self.shared.snapshot();
-        let policy = snap
-            .table
-            .routes()
-            .iter()
-            .find(|r| r.name == t.route)
-            .and_then(|r| r.approval.as_ref())
-            .filter(|p| p.mode == ApprovalMode::Access);
-        let Some(policy) = policy else {
-            tracing::warn!(ticket = %t.id, route = %t.route, "approved access ticket, but the route is no longer an access route; no grant");
+    /// An approved `access` ticket becomes the grant its terms (recorded when it was opened)
+    /// describe; `t` is the ticket as this approval left it.
+    async fn grant(&self, t: &Ticket, _now: Timestamp) {
+        // This approval moved the ticket out of PENDING (the transition succeeded from there).
+        let mut before = t.clone();
+        before.status = Status::Pending;
+        let Some(grant) = ticket::grant_of(&before, t) else {
+            tracing::warn!(ticket = %t.id, route = %t.route, "approved access ticket without grant terms; no grant");
             return;
-        };
-        let duration = policy
-            .default_duration
-            .or_else(|| policy.durations.iter().min().copied())
-            .or(policy.max_duration)
-            .unwrap_or(Duration::from_secs(3600));
-        let duration = policy.max_duration.map_or(duration, |m| duration.min(m));
-        let grant = Grant {
-            id: jitgate_store::new_grant_id(now),
-            route: t.route.clone(),
-            route_hash: t.route_hash.clone(),
-            requester: t.requester.clone(),
-            created_at: now,
-            expires_at: now.plus(duration),
-            max_uses: policy.max_uses,
-            uses: 0,
-            revoked_at: None,
-            ticket: Some(t.id.clone()),
         };
         let Ok(store) = self.engine().store() else {
             return;

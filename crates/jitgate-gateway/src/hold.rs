@@ -190,6 +190,7 @@ impl Held<'_> {
         let requester = Requester {
             user: identity.user.clone(),
             groups: identity.groups.clone(),
+            anonymous: None,
         };
         let snapshot = request_snapshot(facts, &parts.headers, &body);
         let route_hash = ticket::hex(&route.definition_hash);
@@ -217,7 +218,7 @@ impl Held<'_> {
                 Err(e) => return store_unavailable(&e, route, Some(&id)),
             };
             if t.fingerprint != pending.fingerprint
-                || !t.belongs_to(&route.name, pending.requester.key())
+                || !t.belongs_to(&route.name, &pending.requester)
             {
                 return mismatch(route, "the ticket was opened for a different request");
             }
@@ -234,7 +235,7 @@ impl Held<'_> {
         // A new ticket, or the pending one an identical request already opened.
         if let Some(max) = policy.max_pending_per_requester {
             match store
-                .pending_count(&route.name, pending.requester.key())
+                .pending_count(&route.name, &pending.requester.key())
                 .await
             {
                 Ok(n) if n >= u64::from(max) => {
@@ -283,6 +284,7 @@ impl Held<'_> {
             approvers: policy.approvers.iter().map(ToString::to_string).collect(),
             self_approval: policy.self_approval,
             token_uses: policy.token_uses,
+            grant_terms: policy.grant_terms(),
         };
         let fresh = Ticket::open(jitgate_store::new_ticket_id(now), draft, now);
         let (t, created) = match store.create_or_join(fresh, &pending.fingerprint).await {
@@ -290,7 +292,7 @@ impl Held<'_> {
             Err(e) => return store_unavailable(&e, route, None),
         };
         if created {
-            tracing::info!(ticket = %t.id, route = %route.name, requester = t.requester.key(), method = %t.request.method, path = %t.request.path, "held for approval");
+            tracing::info!(ticket = %t.id, route = %route.name, requester = %t.requester.key(), method = %t.request.method, path = %t.request.path, "held for approval");
             engine
                 .audit(
                     AuditKind::TicketCreated,
@@ -496,13 +498,17 @@ impl Held<'_> {
             );
         }
         let now = jitgate_store::now();
-        let t = match store.transition(&id, &|t| ticket::execute(t, now)).await {
+        let release = jitgate_store::new_release_id(now);
+        let t = match store
+            .transition(&id, &|t| ticket::execute(t, now, &release))
+            .await
+        {
             Ok(t) => t,
             Err(StoreError::Transition(e)) => return redeem_refused(&e, route, &id),
             Err(StoreError::NotFound) => return mismatch(route, "unknown ticket"),
             Err(e) => return store_unavailable(&e, route, Some(&id)),
         };
-        if !t.belongs_to(&route.name, requester.key()) || t.fingerprint != fingerprint {
+        if !t.belongs_to(&route.name, &requester) || t.fingerprint != fingerprint {
             // Only reachable with a token of ours for a ticket it does not describe.
             tracing::error!(ticket = %id, "redeemed ticket does not match the request");
             return mismatch(route, "the ticket was opened for a different request");
@@ -571,7 +577,7 @@ impl Held<'_> {
         let route = pending.route;
         let now = jitgate_store::now();
         let grants = store
-            .grants_for(&route.name, pending.requester.key(), now)
+            .grants_for(&route.name, &pending.requester.key(), now)
             .await
             .map_err(|e| store_unavailable(&e, route, None))?;
         let route_hash = ticket::hex(&route.definition_hash);
@@ -629,12 +635,19 @@ fn request_snapshot(facts: Facts, headers: &http::HeaderMap, body: &[u8]) -> Req
         .filter(|(n, _)| *n != header::HOST && *n != JIT_REASON)
         .take(MAX_TICKET_HEADERS)
         .map(|(n, v)| (n.as_str(), v.to_str().unwrap_or("[binary]")));
+    let target = if facts.query.is_empty() {
+        facts.path.clone()
+    } else {
+        format!("{}?{}", facts.path, facts.query)
+    };
     RequestSnapshot {
         method: facts.method,
         host: facts.host,
         path: facts.path,
         query: facts.query,
+        target,
         headers: ticket::redact_headers(shown, &[]),
+        headers_sha256: ticket::headers_digest([]),
         body_sha256: ticket::sha256_hex(body),
         body_preview: ticket::body_preview(body, PREVIEW_CAP),
     }

@@ -172,6 +172,27 @@ pub struct ApprovalPolicy {
     pub approve_above_rate: Option<Rate>,
 }
 
+impl ApprovalPolicy {
+    /// What approving a ticket on this route grants (`access` mode only): the default
+    /// duration (the smallest preset, else `max_duration`), never above `max_duration`, and
+    /// `max_uses`. Recorded on the ticket when it is opened.
+    pub fn grant_terms(&self) -> Option<crate::ticket::GrantTerms> {
+        if self.mode != ApprovalMode::Access {
+            return None;
+        }
+        let duration = self
+            .default_duration
+            .or_else(|| self.durations.iter().min().copied())
+            .or(self.max_duration)
+            .unwrap_or(Duration::from_secs(3600));
+        let duration = self.max_duration.map_or(duration, |m| duration.min(m));
+        Some(crate::ticket::GrantTerms {
+            duration_ms: u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
+            max_uses: self.max_uses,
+        })
+    }
+}
+
 /// One `[[routes.approval.auto_approve]]` entry: every set condition must hold.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct AutoApprove {

@@ -292,6 +292,17 @@ prefixed_id!(
     "grant"
 );
 
+impl GrantId {
+    /// The id of the grant created by approving ticket `t`: the same ULID under `grt_`.
+    pub fn for_ticket(t: &TicketId) -> GrantId {
+        let ulid = t
+            .as_str()
+            .strip_prefix(TicketId::PREFIX)
+            .unwrap_or(t.as_str());
+        GrantId(format!("{}{ulid}", GrantId::PREFIX))
+    }
+}
+
 // === Ticket ===
 
 /// Where a ticket is in its life.
@@ -382,12 +393,32 @@ pub struct Requester {
     pub user: Option<String>,
     /// Groups as resolved at the edge.
     pub groups: Vec<String>,
+    /// Anonymous requesters only: an opaque digest of the credential-bearing headers they sent
+    /// (their address when they sent none), so two anonymous clients are never one requester.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anonymous: Option<String>,
 }
 
 impl Requester {
-    /// The key used for per-requester limits and audit filters: the user, or `anonymous`.
-    pub fn key(&self) -> &str {
-        self.user.as_deref().unwrap_or("anonymous")
+    /// The key used for per-requester limits, audit filters and token subjects: the user, or
+    /// `anonymous:<digest>` (plain `anonymous` for a requester recorded without a digest).
+    pub fn key(&self) -> std::borrow::Cow<'_, str> {
+        match (&self.user, &self.anonymous) {
+            (Some(u), _) => std::borrow::Cow::Borrowed(u),
+            (None, Some(a)) => std::borrow::Cow::Owned(format!("anonymous:{a}")),
+            (None, None) => std::borrow::Cow::Borrowed("anonymous"),
+        }
+    }
+
+    /// Whether `other` is the same principal: the same user, or the same anonymous client
+    /// (equal credential digests). Groups are not compared: a user is one person whatever
+    /// their memberships today (the fingerprint binds groups where they matter).
+    pub fn same_principal(&self, other: &Requester) -> bool {
+        match (&self.user, &other.user) {
+            (Some(a), Some(b)) => a == b,
+            (None, None) => self.anonymous.is_some() && self.anonymous == other.anonymous,
+            _ => false,
+        }
     }
 }
 
@@ -430,8 +461,17 @@ pub struct RequestSnapshot {
     pub path: String,
     /// Raw query string without `?` (empty if none).
     pub query: String,
-    /// Selected request headers, secrets redacted.
+    /// The request target forwarded upstream, byte for byte (path with any `;` parameters a
+    /// route keeps, and `?query`). Empty on tickets recorded before it was.
+    #[serde(default)]
+    pub target: String,
+    /// The headers bound to the approval (every end-to-end header the upstream receives but
+    /// the volatile ones and the requester's own credential), secrets redacted.
     pub headers: Vec<(String, String)>,
+    /// Lowercase hex SHA-256 over the bound headers as sent (unredacted); see
+    /// [`headers_digest`].
+    #[serde(default)]
+    pub headers_sha256: String,
     /// Lowercase hex SHA-256 of the request body.
     pub body_sha256: String,
     /// Size-capped, redacted preview of the body for approvers.
@@ -502,6 +542,24 @@ pub struct Ticket {
     pub token_ttl_ms: u64,
     /// Set on approval: `decidedAt + tokenTtlMs`.
     pub redeem_by: Option<Timestamp>,
+    /// `access` tickets: what their approval grants, fixed when the ticket was opened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant_terms: Option<GrantTerms>,
+    /// Ids of the releases that redeemed a use, oldest first (at most `tokenUses`), so a
+    /// replica whose write timed out can tell by reading back whether its release landed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub releases: Vec<String>,
+}
+
+/// What approving an `access` ticket grants, recorded from the route when the ticket is
+/// opened so a later edit of the route cannot change it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GrantTerms {
+    /// How long the grant lasts from approval, in milliseconds.
+    pub duration_ms: u64,
+    /// How many requests it lets through, if capped.
+    pub max_uses: Option<u32>,
 }
 
 /// Everything needed to open a ticket that is not derived.
@@ -531,6 +589,8 @@ pub struct TicketDraft {
     pub self_approval: bool,
     /// How many times the approval may be redeemed.
     pub token_uses: u32,
+    /// `access` tickets: what approval grants.
+    pub grant_terms: Option<GrantTerms>,
 }
 
 impl Ticket {
@@ -562,6 +622,8 @@ impl Ticket {
             redeemed: 0,
             token_ttl_ms: u64::try_from(draft.token_ttl.as_millis()).unwrap_or(u64::MAX),
             redeem_by: None,
+            grant_terms: draft.grant_terms,
+            releases: Vec::new(),
         }
     }
 
@@ -570,9 +632,9 @@ impl Ticket {
         &self.fingerprint
     }
 
-    /// Whether this ticket was opened on `route` by the requester whose key is `requester`.
-    pub fn belongs_to(&self, route: &str, requester: &str) -> bool {
-        self.route == route && self.requester.key() == requester
+    /// Whether this ticket was opened on `route` by `requester` (the same principal).
+    pub fn belongs_to(&self, route: &str, requester: &Requester) -> bool {
+        self.route == route && self.requester.same_principal(requester)
     }
 
     /// Whether `approver` is this ticket's requester (anonymous requesters are nobody's self).
@@ -583,30 +645,44 @@ impl Ticket {
 
 // === fingerprint ===
 
-/// SHA-256 over an unambiguous (length-prefixed) encoding of method, canonical host, path,
-/// query, body hash, requester (user, or a distinct anonymous marker, plus sorted groups) and
-/// the route's definition hash. Binds an approval to exactly one request under one rule.
+fn field(h: &mut Sha256, b: &[u8]) {
+    h.update((b.len() as u64).to_be_bytes());
+    h.update(b);
+}
+
+/// SHA-256 over an unambiguous (length-prefixed) encoding of what an approval is for: the
+/// method (every spelling), canonical host, path, query, the forwarded target byte for byte,
+/// the digest of the bound headers, the body hash, the requester (user, or a distinct
+/// anonymous marker with the anonymous client's digest, plus sorted groups) and the route's
+/// definition hash. Binds an approval to exactly one request under one rule.
 ///
 /// The anonymous requester is encoded with a tag byte rather than the word `anonymous`, so a
 /// user who is literally called `anonymous` does not share fingerprints with anonymous clients.
 pub fn fingerprint(request: &RequestSnapshot, requester: &Requester, route_hash: &str) -> String {
-    fn field(h: &mut Sha256, b: &[u8]) {
-        h.update((b.len() as u64).to_be_bytes());
-        h.update(b);
-    }
     let mut h = Sha256::new();
-    field(&mut h, b"jitgate-fingerprint-v1");
+    field(&mut h, b"jitgate-fingerprint-v2");
     field(&mut h, request.method.as_bytes());
     field(&mut h, request.host.to_ascii_lowercase().as_bytes());
     field(&mut h, request.path.as_bytes());
     field(&mut h, request.query.as_bytes());
+    field(&mut h, request.target.as_bytes());
+    field(
+        &mut h,
+        request.headers_sha256.to_ascii_lowercase().as_bytes(),
+    );
     field(&mut h, request.body_sha256.to_ascii_lowercase().as_bytes());
     match &requester.user {
         Some(u) => {
             h.update([1]);
             field(&mut h, u.as_bytes());
         }
-        None => h.update([0]),
+        None => {
+            h.update([0]);
+            field(
+                &mut h,
+                requester.anonymous.as_deref().unwrap_or("").as_bytes(),
+            );
+        }
     }
     let mut groups: Vec<&str> = requester.groups.iter().map(String::as_str).collect();
     groups.sort_unstable();
@@ -616,6 +692,19 @@ pub fn fingerprint(request: &RequestSnapshot, requester: &Requester, route_hash:
         field(&mut h, g.as_bytes());
     }
     field(&mut h, route_hash.to_ascii_lowercase().as_bytes());
+    hex(&h.finalize())
+}
+
+/// Lowercase hex SHA-256 over header fields, length-prefixed in the order given (callers pass
+/// names lowercase and sorted, values of one name in the order received): what binds an
+/// approval to the headers the upstream receives.
+pub fn headers_digest<'a>(fields: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> String {
+    let mut h = Sha256::new();
+    field(&mut h, b"jitgate-headers-v1");
+    for (name, value) in fields {
+        field(&mut h, name.as_bytes());
+        field(&mut h, value);
+    }
     hex(&h.finalize())
 }
 
@@ -921,9 +1010,10 @@ pub fn cancel(t: &Ticket, now: Timestamp) -> Result<Ticket, TransitionError> {
     Ok(next)
 }
 
-/// Redeems one use of an approved `action` ticket; the last allowed use makes it `EXECUTED`.
-/// The store applies this atomically, which is what makes release at-most-once.
-pub fn execute(t: &Ticket, now: Timestamp) -> Result<Ticket, TransitionError> {
+/// Redeems one use of an approved `action` ticket for the release `release` (an id unique to
+/// this attempt, recorded on the ticket); the last allowed use makes it `EXECUTED`. The store
+/// applies this atomically, which is what makes release at-most-once.
+pub fn execute(t: &Ticket, now: Timestamp, release: &str) -> Result<Ticket, TransitionError> {
     if t.status != Status::Approved {
         return Err(TransitionError::NotApproved { status: t.status });
     }
@@ -935,6 +1025,7 @@ pub fn execute(t: &Ticket, now: Timestamp) -> Result<Ticket, TransitionError> {
     }
     let mut next = t.clone();
     next.redeemed = next.redeemed.saturating_add(1);
+    next.releases.push(release.to_string());
     if next.redeemed >= next.token_uses {
         next.status = Status::Executed;
         next.executed_at = Some(now);
@@ -982,6 +1073,34 @@ impl Grant {
     pub fn belongs_to(&self, route: &str, requester: &str) -> bool {
         self.route == route && self.requester.key() == requester
     }
+}
+
+/// The grant an approval creates: when `before` was pending and `after` is an approved
+/// `access` ticket with grant terms, a grant for its requester and route, lasting the terms'
+/// duration from the decision. Its id is derived from the ticket's, so a grant is created at
+/// most once per ticket whichever replica records the approval. Stores call this inside the
+/// approve transition, so the grant exists as soon as the ticket says `APPROVED`.
+pub fn grant_of(before: &Ticket, after: &Ticket) -> Option<Grant> {
+    if before.status != Status::Pending
+        || after.status != Status::Approved
+        || after.mode != Mode::Access
+    {
+        return None;
+    }
+    let terms = after.grant_terms?;
+    let from = after.decided_at?;
+    Some(Grant {
+        id: GrantId::for_ticket(&after.id),
+        route: after.route.clone(),
+        route_hash: after.route_hash.clone(),
+        requester: after.requester.clone(),
+        created_at: from,
+        expires_at: Timestamp(from.0.saturating_add(terms.duration_ms)),
+        max_uses: terms.max_uses,
+        uses: 0,
+        revoked_at: None,
+        ticket: Some(after.id.clone()),
+    })
 }
 
 /// Uses the grant once.
@@ -1033,9 +1152,12 @@ pub enum AuditKind {
     /// The client went away.
     #[serde(rename = "ticket.cancelled")]
     TicketCancelled,
-    /// The approved request was released upstream (detail: upstream status).
+    /// A use of the approval was spent and the request released (atomically with the spend).
     #[serde(rename = "ticket.executed")]
     TicketExecuted,
+    /// What became of a released request: the upstream's status, or why there was none.
+    #[serde(rename = "ticket.forwarded")]
+    TicketForwarded,
     /// A grant was created.
     #[serde(rename = "grant.created")]
     GrantCreated,
@@ -1054,6 +1176,9 @@ pub enum AuditKind {
     /// A request passed by an auto-approval condition.
     #[serde(rename = "auto_approved")]
     AutoApproved,
+    /// A non-enforcing (shadow) route matched: what it would have done.
+    #[serde(rename = "shadow.matched")]
+    ShadowMatched,
     /// A new rule table was applied.
     #[serde(rename = "rules.reloaded")]
     RulesReloaded,

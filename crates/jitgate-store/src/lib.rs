@@ -188,6 +188,17 @@ pub fn new_ticket_id(at: Timestamp) -> TicketId {
     TicketId::new(at.as_millis(), random80())
 }
 
+/// A fresh id for one release of an approved request (`rel_` + ULID), recorded on the ticket
+/// by [`jitgate_rules::ticket::execute`].
+pub fn new_release_id(at: Timestamp) -> String {
+    format!(
+        "rel_{}",
+        TicketId::new(at.as_millis(), random80())
+            .as_str()
+            .trim_start_matches(TicketId::PREFIX)
+    )
+}
+
 /// A fresh grant id at `at`.
 pub fn new_grant_id(at: Timestamp) -> GrantId {
     GrantId::new(at.as_millis(), random80())

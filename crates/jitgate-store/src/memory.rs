@@ -200,7 +200,11 @@ impl Store for MemoryStore {
             let n = st
                 .tickets
                 .values()
-                .filter(|(t, _)| t.status == Status::Pending && t.belongs_to(route, requester))
+                .filter(|(t, _)| {
+                    t.status == Status::Pending
+                        && t.route == route
+                        && t.requester.key() == requester
+                })
                 .count();
             Ok(n as u64)
         })

@@ -409,7 +409,11 @@ impl Store for RedisStore {
                     .key(&ckey)
                     .key(ticket_key(&ticket.id))
                     .key(PENDING)
-                    .key(per_requester("pr", &ticket.route, ticket.requester.key()))
+                    .key(per_requester(
+                        "pr",
+                        &ticket.route,
+                        ticket.requester.key().as_ref(),
+                    ))
                     .key(TICKETS)
                     .arg(existing.unwrap_or_default())
                     .arg(ticket.id.as_str())
@@ -496,7 +500,11 @@ impl Store for RedisStore {
                             .cas_ticket
                             .key(ticket_key(id))
                             .key(PENDING)
-                            .key(per_requester("pr", &current.route, current.requester.key()))
+                            .key(per_requester(
+                                "pr",
+                                &current.route,
+                                current.requester.key().as_ref(),
+                            ))
                             .key(coalesce_key(&current.fingerprint))
                             .arg(&raw)
                             .arg(encode(&next)?)
@@ -637,7 +645,11 @@ impl Store for RedisStore {
                 .create_grant
                 .key(grant_key(&grant.id))
                 .key(GRANTS)
-                .key(per_requester("gr", &grant.route, grant.requester.key()))
+                .key(per_requester(
+                    "gr",
+                    &grant.route,
+                    grant.requester.key().as_ref(),
+                ))
                 .arg(grant.id.as_str())
                 .arg(encode(&grant)?)
                 .arg(ttl)

@@ -27,6 +27,7 @@ fn draft(path: &str, user: &str) -> TicketDraft {
         requester: Requester {
             user: Some(user.into()),
             groups: vec!["dev".into()],
+            anonymous: None,
         },
         reason: Some("hotfix".into()),
         request: RequestSnapshot {
@@ -34,7 +35,9 @@ fn draft(path: &str, user: &str) -> TicketDraft {
             host: "api.example.com".into(),
             path: path.into(),
             query: String::new(),
+            target: path.into(),
             headers: vec![],
+            headers_sha256: ticket::headers_digest([]),
             body_sha256: ticket::sha256_hex(b""),
             body_preview: String::new(),
         },
@@ -44,6 +47,7 @@ fn draft(path: &str, user: &str) -> TicketDraft {
         approvers: vec!["group:oncall".into()],
         self_approval: false,
         token_uses: 1,
+        grant_terms: None,
     }
 }
 
@@ -316,7 +320,9 @@ async fn execute_happens_at_most_once(p: Pair) {
             let store = if i % 2 == 0 { p.a.clone() } else { p.b.clone() };
             let id = t.id.clone();
             tasks.push(tokio::spawn(async move {
-                store.transition(&id, &|t| ticket::execute(t, now())).await
+                store
+                    .transition(&id, &|t| ticket::execute(t, now(), &format!("r{i}")))
+                    .await
             }));
         }
         let mut ok = 0;
@@ -412,6 +418,7 @@ async fn grants_are_used_and_revoked_atomically(p: Pair) {
         requester: Requester {
             user: Some("bob".into()),
             groups: vec![],
+            anonymous: None,
         },
         created_at: at,
         expires_at: later(at, 3600),

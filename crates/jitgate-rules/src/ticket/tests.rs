@@ -12,7 +12,9 @@ fn request() -> RequestSnapshot {
         host: "api.example.com".into(),
         path: "/v1/deployments/prod/web".into(),
         query: String::new(),
+        target: "/v1/deployments/prod/web".into(),
         headers: vec![],
+        headers_sha256: headers_digest([]),
         body_sha256: sha256_hex(b"{}"),
         body_preview: "{}".into(),
     }
@@ -22,6 +24,7 @@ fn bob() -> Requester {
     Requester {
         user: Some("bob".into()),
         groups: vec!["dev".into()],
+        anonymous: None,
     }
 }
 
@@ -43,6 +46,7 @@ fn draft(quorum: u32) -> TicketDraft {
         ],
         self_approval: false,
         token_uses: 1,
+        grant_terms: None,
     }
 }
 
@@ -266,6 +270,7 @@ fn fingerprint_is_unambiguous() {
     let named = Requester {
         user: Some("anonymous".into()),
         groups: vec![],
+        anonymous: None,
     };
     assert_ne!(
         fingerprint(&request(), &anon, "00"),
@@ -275,10 +280,12 @@ fn fingerprint_is_unambiguous() {
     let g1 = Requester {
         user: Some("bob".into()),
         groups: vec!["b".into(), "a".into()],
+        anonymous: None,
     };
     let g2 = Requester {
         user: Some("bob".into()),
         groups: vec!["a".into(), "b".into(), "a".into()],
+        anonymous: None,
     };
     let mut upper = request();
     upper.host = "API.example.com".into();
@@ -286,16 +293,76 @@ fn fingerprint_is_unambiguous() {
         fingerprint(&request(), &g1, "00"),
         fingerprint(&upper, &g2, "00")
     );
-    // Headers and preview are not part of it (they are redacted views).
+    // The redacted header list and the preview are views; the headers digest is what binds.
     let mut h = request();
     h.headers.push(("X-A".into(), "1".into()));
     h.body_preview = "other".into();
     assert_eq!(fingerprint(&request(), &r, "00"), fingerprint(&h, &r, "00"));
+    h.headers_sha256 = headers_digest([("x-a", &b"1"[..])]);
+    assert_ne!(fingerprint(&request(), &r, "00"), fingerprint(&h, &r, "00"));
+    // Two anonymous clients with different credentials are two requesters.
+    let anon_a = Requester {
+        anonymous: Some("aaaa".into()),
+        ..Requester::default()
+    };
+    let anon_b = Requester {
+        anonymous: Some("bbbb".into()),
+        ..Requester::default()
+    };
+    assert_ne!(
+        fingerprint(&request(), &anon_a, "00"),
+        fingerprint(&request(), &anon_b, "00")
+    );
+    assert!(!anon_a.same_principal(&anon_b));
+    assert!(anon_a.same_principal(&anon_a.clone()));
+    assert!(
+        !anon.same_principal(&anon),
+        "digest-less anonymous is nobody's self"
+    );
+    assert_eq!(anon_a.key(), "anonymous:aaaa");
+}
+
+#[test]
+fn headers_digest_is_unambiguous() {
+    assert_ne!(
+        headers_digest([("x-a", &b"1x-b1"[..])]),
+        headers_digest([("x-a", &b"1"[..]), ("x-b", &b"1"[..])])
+    );
+    assert_ne!(
+        headers_digest([("a", &b"1"[..]), ("a", &b"2"[..])]),
+        headers_digest([("a", &b"2"[..]), ("a", &b"1"[..])])
+    );
+}
+
+#[test]
+fn approving_an_access_ticket_yields_its_grant_once() {
+    let mut d = draft(1);
+    d.mode = Mode::Access;
+    d.grant_terms = Some(GrantTerms {
+        duration_ms: 3_600_000,
+        max_uses: Some(3),
+    });
+    let t = Ticket::open(TicketId::new(T0.0, 42), d, T0);
+    let approved = approve(&t, &oncall("alice"), None, at(10)).unwrap();
+    let g = grant_of(&t, &approved).expect("a grant");
+    assert_eq!(g.id, GrantId::for_ticket(&t.id));
+    assert_eq!(
+        g.id.as_str().strip_prefix("grt_"),
+        t.id.as_str().strip_prefix("jit_")
+    );
+    assert_eq!(g.expires_at, at(10 + 3600));
+    assert_eq!(g.max_uses, Some(3));
+    assert!(g.requester.same_principal(&t.requester));
+    // Only on the transition into APPROVED, and only for access tickets.
+    assert_eq!(grant_of(&approved, &approved), None);
+    let action = ticket(1);
+    let action_ok = approve(&action, &oncall("alice"), None, at(10)).unwrap();
+    assert_eq!(grant_of(&action, &action_ok), None);
 }
 
 proptest! {
     #[test]
-    fn fingerprint_changes_with_every_input(field in 0usize..8, extra in "[a-z0-9/=&]{1,8}") {
+    fn fingerprint_changes_with_every_input(field in 0usize..10, extra in "[a-z0-9/=&]{1,8}") {
         let base_req = request();
         let base_who = bob();
         let base = fingerprint(&base_req, &base_who, "ab");
@@ -308,6 +375,8 @@ proptest! {
             2 => req.path.push_str(&extra),
             3 => req.query.push_str(&extra),
             4 => req.body_sha256.push_str(&extra),
+            8 => req.target.push_str(&extra),
+            9 => req.headers_sha256.push_str(&extra),
             5 => who.user = Some(format!("bob{extra}")),
             6 => who.groups.push(format!("g{extra}")),
             _ => route.push_str(&extra),
@@ -486,17 +555,17 @@ fn cancel_only_while_pending() {
 fn execute_at_most_token_uses_times() {
     let t = ticket(1);
     assert_eq!(
-        execute(&t, at(1)),
+        execute(&t, at(1), "r"),
         Err(TransitionError::NotApproved {
             status: Status::Pending
         })
     );
     let a = approve(&t, &oncall("alice"), None, at(1)).unwrap();
-    let x = execute(&a, at(2)).unwrap();
+    let x = execute(&a, at(2), "r").unwrap();
     assert_eq!(x.status, Status::Executed);
     assert_eq!(x.executed_at, Some(at(2)));
     assert_eq!(
-        execute(&x, at(3)),
+        execute(&x, at(3), "r"),
         Err(TransitionError::NotApproved {
             status: Status::Executed
         })
@@ -504,18 +573,22 @@ fn execute_at_most_token_uses_times() {
 
     let mut twice = a.clone();
     twice.token_uses = 2;
-    let once = execute(&twice, at(2)).unwrap();
+    let once = execute(&twice, at(2), "r1").unwrap();
+    assert_eq!(once.releases, vec!["r1".to_string()]);
     assert_eq!((once.status, once.redeemed), (Status::Approved, 1));
-    let done = execute(&once, at(3)).unwrap();
+    let done = execute(&once, at(3), "r").unwrap();
     assert_eq!((done.status, done.redeemed), (Status::Executed, 2));
 
     assert_eq!(
-        execute(&a, at(1 + 300)),
+        execute(&a, at(1 + 300), "r"),
         Err(TransitionError::RedemptionExpired)
     );
     let mut access = a.clone();
     access.mode = Mode::Access;
-    assert_eq!(execute(&access, at(2)), Err(TransitionError::NotAction));
+    assert_eq!(
+        execute(&access, at(2), "r"),
+        Err(TransitionError::NotAction)
+    );
 }
 
 #[derive(Debug, Clone)]
@@ -556,7 +629,7 @@ proptest! {
                 Op::Deny(u) => deny(&t, &oncall(&format!("u{u}")), None, now),
                 Op::Expire => expire(&t, now),
                 Op::Cancel => cancel(&t, now),
-                Op::Execute => execute(&t, now),
+                Op::Execute => execute(&t, now, "r"),
                 Op::Advance(s) => { now = now.plus(Duration::from_secs(u64::from(s))); continue; }
             };
             match r {
