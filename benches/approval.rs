@@ -273,7 +273,7 @@ ticket_ttl = "30m"
 signing_key = "{key}"
 
 [admin]
-api_tokens = [{{ name = "alice", sha256 = "{alice}", groups = ["oncall"] }}]
+api_tokens = [{{ name = "alice-bench", user = "alice", sha256 = "{alice}", groups = ["oncall"] }}]
 
 [[upstreams]]
 name = "origin"

@@ -4,12 +4,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
+use http::{HeaderName, HeaderValue, Method};
 
 use jitgate_gateway::state::load_table;
 use jitgate_gateway::Gateway;
-use jitgate_rules::canon;
-use jitgate_rules::{RequestView, RuleTable, Severity};
+use jitgate_rules::{Canonical, Edge, RuleTable, Severity, Unresolved};
 
 #[derive(Parser)]
 #[command(
@@ -321,15 +320,8 @@ fn explain(
             return fail(&format!("{} is invalid", config.display()));
         }
     };
-    let method = match Method::from_bytes(method.to_ascii_uppercase().as_bytes()) {
-        Ok(m) => m,
-        Err(_) => return fail(&format!("not an HTTP method: {method}")),
-    };
-    let uri: Uri = match url.parse() {
-        Ok(u) => u,
-        Err(e) => return fail(&format!("not a URL or request target: {url}: {e}")),
-    };
-    let mut headers = HeaderMap::new();
+    // Exactly what `serve` does: one canonical request, resolved against the table.
+    let mut request = http::Request::builder().method(method).uri(url);
     for h in raw_headers {
         let Some((name, value)) = h.split_once(':') else {
             return fail(&format!("header must be `Name: value`: {h}"));
@@ -340,84 +332,69 @@ fn explain(
         ) else {
             return fail(&format!("invalid header: {h}"));
         };
-        headers.append(name, value);
+        request = request.header(name, value);
     }
-    let host_header = match uri.authority() {
-        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-        None => headers.get(http::header::HOST).cloned(),
+    let mut parts = match request.body(()) {
+        Ok(r) => r.into_parts().0,
+        Err(e) => return fail(&format!("not a request `{method} {url}`: {e}")),
     };
-    let tls = uri.scheme_str() == Some("https");
-    let target = match canon::canonicalize_target(
-        &method,
-        &uri,
-        host_header.as_ref(),
-        tls,
-        table.canon_options(),
-    ) {
-        Ok(t) => t,
+    let identity_headers: Vec<HeaderName> = table
+        .config()
+        .identity
+        .headers
+        .iter()
+        .flat_map(|h| std::iter::once(h.user.as_str()).chain(h.groups.as_deref()))
+        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+        .collect();
+    let edge = Edge {
+        peer: source,
+        tls: parts.uri.scheme_str() == Some("https"),
+        trusted_proxies: &table.config().server.trusted_proxies,
+        identity_headers: &identity_headers,
+        canon: table.canon_options(),
+    };
+    let c = match Canonical::build(&mut parts, &edge) {
+        Ok(c) => c,
         Err(e) => {
             println!("rejected: 400 Bad Request: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let overrides = match canon::method_overrides(&headers, target.query) {
-        Ok(o) => o,
-        Err(e) => {
-            println!("rejected: 400 Bad Request: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let methods: Vec<Method> = std::iter::once(method.clone()).chain(overrides).collect();
-    let mut buf = [""; 3];
-    let paths = target.path.readings(&mut buf);
-    let query = target.query.map(|q| format!("?{q}")).unwrap_or_default();
-    println!("canonical: {method} {}{query}", target.path.path);
-    println!(
-        "host: {}",
-        if target.host.is_empty() {
-            "(none)"
-        } else {
-            &target.host
-        }
-    );
-    if methods.len() > 1 {
-        let names: Vec<&str> = methods.iter().map(Method::as_str).collect();
+    let query = c.query().map(|q| format!("?{q}")).unwrap_or_default();
+    println!("canonical: {} {}{query}", c.method(), c.path());
+    println!("host: {}", c.host());
+    if c.methods().len() > 1 {
+        let names: Vec<&str> = c.methods().iter().map(Method::as_str).collect();
         println!("methods considered: {}", names.join(", "));
     }
+    let mut buf = [""; 3];
+    let paths = c.path_readings(&mut buf);
     if paths.len() > 1 {
         println!("path readings: {}", paths.join(", "));
     }
-    if target.path.forward_path() != target.path.path {
-        println!("forwarded path: {}", target.path.forward_path());
+    if c.target().path() != c.path() {
+        println!("forwarded path: {}", c.target().path());
     }
-    let view = RequestView {
-        methods: &methods,
-        host: &target.host,
-        paths,
-        headers: &headers,
-        source,
-    };
-    let explanation = table.explain(&view);
+    if c.source() != source {
+        println!("client address: {}", c.source());
+    }
+    let explanation = c.with_view(|v| table.explain(v));
     println!("{explanation}");
-    let Some(route) = explanation.matched.and_then(|i| table.routes().get(i)) else {
-        return ExitCode::FAILURE;
-    };
-    if target.path.encoded_slash && !route.allow_encoded_slash {
-        println!(
-            "   but the gateway answers 400: route {} does not allow encoded slashes",
-            route.name
-        );
-        return ExitCode::FAILURE;
-    }
-    if target.path.path_params && !route.allow_path_params {
-        println!(
-            "   but the gateway answers 400: route {} does not allow ';' path parameters",
-            route.name
-        );
-        return ExitCode::FAILURE;
-    }
-    if !route.enforce {
-        println!("   shadow mode (enforce = false): logged and forwarded");
+    match table.resolve(&c) {
+        Ok(r) => {
+            for shadow in table.shadows(&c, Some(r.route.index)) {
+                println!(
+                    "   shadow route {} would {} (recorded; it decides nothing)",
+                    shadow.name,
+                    shadow.action.as_str()
+                );
+            }
+        }
+        Err(Unresolved::NoRoute) => return ExitCode::FAILURE,
+        Err(e) => {
+            println!("   but the gateway answers 400: {e}");
+            return ExitCode::FAILURE;
+        }
     }
     ExitCode::SUCCESS
 }

@@ -193,7 +193,12 @@ async fn approval_releases_the_held_request_exactly_once() {
     assert_eq!(c["sub"], "bob");
     assert_eq!(c["route"], "prod-deploy");
     assert_eq!(c["approvers"], serde_json::json!(["alice"]));
-    assert!(reqs[0].header("jit-reason").is_some(), "other headers pass");
+    // The gateway's own headers are consumed, never forwarded; the rest pass.
+    assert!(
+        reqs[0].header("jit-reason").is_none(),
+        "Jit-Reason is the gateway's"
+    );
+    assert!(reqs[0].header("x-user").is_some(), "other headers pass");
 
     // The same request again, resuming the ticket: the approval is spent.
     let again = post_as_bob(
@@ -224,12 +229,14 @@ async fn approval_releases_the_held_request_exactly_once() {
     let t = wait_status(&gw, &id, "EXECUTED", WAIT).await;
     assert_eq!(t["approvals"][0]["by"], "alice");
     assert_eq!(t["approvals"][0]["comment"], "looks fine");
-    let kinds = audit_kinds(&gw, &id).await;
-    assert_eq!(
-        kinds,
-        ["ticket.created", "ticket.approved", "ticket.executed"],
-        "audit of {id}"
-    );
+    let want = [
+        "ticket.created",
+        "ticket.approved",
+        "ticket.executed",
+        "ticket.forwarded",
+    ];
+    let kinds = wait_audit(&gw, &id, &want).await;
+    assert_eq!(kinds, want, "audit of {id}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -247,9 +247,14 @@ action = "allow"
 [[routes]]
 name = "shadow-deny"
 path = "/shadow/**"
-upstream = "origin"
 action = "deny"
 enforce = false
+
+[[routes]]
+name = "shadow-read"
+path = "/shadow/**"
+upstream = "origin"
+action = "allow"
 
 [[routes]]
 name = "api"
@@ -393,7 +398,7 @@ async fn approve_route_holds_whatever_the_method_spelling() {
 }
 
 #[tokio::test]
-async fn shadow_mode_deny_forwards_and_logs() {
+async fn shadow_mode_deny_observes_and_the_next_route_decides() {
     let origin = Origin::start();
     let gw = Gateway::start(&config("", &origin.url(), "", POLICY_ROUTES));
     let resp = send("DELETE", &gw.url("/shadow/thing"), &[], "").await;

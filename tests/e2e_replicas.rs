@@ -184,22 +184,6 @@ fn assert_problem(r: &Response, status: u16, slug: &str) -> Value {
     p
 }
 
-/// Polls the audit of ticket `id` until it holds every kind in `want`; returns all kinds.
-async fn wait_audit(gw: &Gateway, id: &str, want: &[&str]) -> Vec<String> {
-    let deadline = tokio::time::Instant::now() + SOON;
-    loop {
-        let kinds = audit_kinds(gw, id).await;
-        if want.iter().all(|w| kinds.iter().any(|k| k == w)) {
-            return kinds;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "audit of {id} lacks some of {want:?} within {SOON:?}: {kinds:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// How many subscribers the decisions channel has.
 fn decision_subscribers(redis: &RedisServer) -> u32 {
     // `PUBSUB NUMSUB jit:decisions` prints the channel name, then the count.
@@ -286,12 +270,22 @@ async fn held_on_a_approved_through_b_released_on_a() {
     let kinds = wait_audit(
         &a,
         &id,
-        &["ticket.created", "ticket.approved", "ticket.executed"],
+        &[
+            "ticket.created",
+            "ticket.approved",
+            "ticket.executed",
+            "ticket.forwarded",
+        ],
     )
     .await;
     assert_eq!(
         kinds,
-        ["ticket.created", "ticket.approved", "ticket.executed"],
+        [
+            "ticket.created",
+            "ticket.approved",
+            "ticket.executed",
+            "ticket.forwarded"
+        ],
         "audit of {id}"
     );
     assert_eq!(

@@ -44,7 +44,7 @@ pub fn identity_and_admin_toml() -> String {
                 format!("\"{group}\"")
             };
             format!(
-                "{{ name = \"{user}\", sha256 = \"{}\", groups = [{groups}] }}",
+                "{{ name = \"{user}-token\", user = \"{user}\", sha256 = \"{}\", groups = [{groups}] }}",
                 sha256_hex(token_of(user).as_bytes())
             )
         })
@@ -143,6 +143,22 @@ pub async fn audit_kinds(gw: &Gateway, id: &str) -> Vec<String> {
         .iter()
         .map(|e| e["kind"].as_str().unwrap_or_default().to_string())
         .collect()
+}
+
+/// Polls a ticket's audit events (as `ops`) until every kind in `want` is there; returns them.
+pub async fn wait_audit(gw: &Gateway, id: &str, want: &[&str]) -> Vec<String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let kinds = audit_kinds(gw, id).await;
+        if want.iter().all(|w| kinds.iter().any(|k| k == w)) {
+            return kinds;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "audit of {id} lacks some of {want:?}: {kinds:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// A throwaway `redis-server` on a free loopback port (never the machine's 6379), killed on

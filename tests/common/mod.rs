@@ -16,7 +16,7 @@ pub mod ws;
 
 pub use approval::{
     admin_call, approve, audit_kinds, bearer_of, deny, identity_and_admin_toml, token_of,
-    wait_pending, wait_status, RedisServer,
+    wait_audit, wait_pending, wait_status, RedisServer,
 };
 pub use client::{body, body_with_trailers, raw_request, send, Client, RawResponse, Response};
 pub use gateway::{Gateway, GatewayBuilder, Sig};

@@ -18,9 +18,9 @@ use jitgate_rules::ticket::{
 };
 use jitgate_store::{AuditFilter, StoreError};
 
+use crate::approval::view_paths::JWKS;
 use crate::body::ProxyBody;
 use crate::engine::Engine;
-use crate::hold::JWKS;
 use crate::problem::{json_response, Fault, Problem};
 use crate::state::{Shared, Trigger};
 

@@ -168,3 +168,77 @@ impl Relay {
         }
     }
 }
+
+// === request bodies the gateway reads ===
+
+/// A request body: still streaming from the client, or read whole (a held request, or a form
+/// whose `_method` had to be looked at).
+pub enum RequestBody {
+    /// Not read yet.
+    Stream(Incoming),
+    /// Read whole.
+    Buffered(Bytes),
+}
+
+impl RequestBody {
+    /// The whole body, reading it if needed: at most `limit` bytes (413 beyond), failing when
+    /// the client sends nothing for `idle` (408).
+    pub async fn buffer(
+        self,
+        headers: &http::HeaderMap,
+        limit: u64,
+        idle: Duration,
+    ) -> Result<Bytes, crate::error::GatewayError> {
+        match self {
+            RequestBody::Buffered(b) => Ok(b),
+            RequestBody::Stream(body) => read_to_limit(headers, body, limit, idle).await,
+        }
+    }
+
+    /// The body to forward: relayed with the upstream's idle timeout, or replayed.
+    pub fn into_proxy(self, idle: Duration) -> ProxyBody {
+        match self {
+            RequestBody::Stream(body) => ProxyBody::relay(body, idle),
+            RequestBody::Buffered(b) => ProxyBody::full(b),
+        }
+    }
+}
+
+/// Reads a request body whole, refusing more than `limit` bytes (413) and a body that stalls
+/// for `idle` (408).
+async fn read_to_limit(
+    headers: &http::HeaderMap,
+    mut body: Incoming,
+    limit: u64,
+    idle: Duration,
+) -> Result<Bytes, crate::error::GatewayError> {
+    use crate::error::GatewayError;
+    use http_body_util::BodyExt as _;
+    let declared = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(GatewayError::BodyTooLarge { limit });
+    }
+    let mut buf: Vec<u8> = Vec::with_capacity(declared.unwrap_or(0).min(limit) as usize);
+    loop {
+        let frame = match tokio::time::timeout(idle, body.frame()).await {
+            Err(_) => return Err(GatewayError::BodyStalled(idle)),
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                return Err(GatewayError::Malformed(format!(
+                    "the request body could not be read: {e}"
+                )))
+            }
+            Ok(Some(Ok(f))) => f,
+        };
+        if let Ok(data) = frame.into_data() {
+            if (buf.len() + data.len()) as u64 > limit {
+                return Err(GatewayError::BodyTooLarge { limit });
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(Bytes::from(buf))
+}

@@ -20,9 +20,6 @@ use jitgate_store::{MemoryStore, RedisOptions, RedisStore, Store, StoreError};
 use serde_json::Value;
 use tokio::sync::{broadcast, watch, Notify};
 
-/// How long finished tickets are kept by the memory store.
-const MEMORY_RETENTION: Duration = Duration::from_secs(24 * 3600);
-
 /// The store, the signer, and the requests held on this replica.
 pub struct Engine {
     store: OnceLock<Arc<dyn Store>>,
@@ -61,7 +58,7 @@ impl Engine {
         let engine = Arc::new(Engine {
             store: OnceLock::new(),
             store_kind: match cfg.store {
-                config::Store::Memory => "memory",
+                config::Store::Memory { .. } => "memory",
                 config::Store::Redis { .. } => "redis",
             },
             signer,
@@ -70,8 +67,8 @@ impl Engine {
             reconcile_interval: cfg.approvals.reconcile_interval,
         });
         match &cfg.store {
-            config::Store::Memory => {
-                engine.install(Arc::new(MemoryStore::new(MEMORY_RETENTION)));
+            config::Store::Memory { retention } => {
+                engine.install(Arc::new(MemoryStore::new(*retention)));
             }
             config::Store::Redis { url, retention } => {
                 let mut opts = RedisOptions::new(url.clone());

@@ -3,10 +3,13 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod approval;
 pub mod body;
+pub mod context;
 pub mod engine;
+pub mod error;
+pub mod forward;
 pub mod headers;
-pub mod hold;
 pub mod problem;
 pub mod proxy;
 pub mod server;
@@ -14,6 +17,7 @@ pub mod state;
 pub mod tls;
 pub mod upstream;
 
+pub use error::GatewayError;
 pub use problem::{Fault, Problem};
 pub use server::{Gateway, StartError};
 pub use state::{Shared, Snapshot, Trigger};

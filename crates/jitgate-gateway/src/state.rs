@@ -14,11 +14,12 @@ use serde_json::{json, Value};
 
 use jitgate_rules::config::Config;
 use jitgate_rules::ticket::sha256_hex;
-use jitgate_rules::{Diagnostic, RuleTable};
+use jitgate_rules::{Diagnostic, Edge, RuleTable};
 
 use http::HeaderName;
 use jitgate_identity::{AdminAuthenticator, Authenticator};
 
+use crate::context::ConnInfo;
 use crate::engine::Engine;
 use crate::tls::{load_certified_key, CertSlot};
 use crate::upstream::UpstreamClient;
@@ -39,6 +40,21 @@ pub struct Snapshot {
     pub admin_auth: AdminAuthenticator,
     /// `[identity.headers]` names, removed from requests of untrusted peers.
     pub identity_headers: Vec<HeaderName>,
+    /// `[identity] credential_headers`: what tells anonymous requesters apart.
+    pub credential_headers: Vec<HeaderName>,
+}
+
+impl Snapshot {
+    /// The edge settings for a request on `conn` under this table.
+    pub fn edge<'a>(&'a self, conn: &ConnInfo) -> Edge<'a> {
+        Edge {
+            peer: conn.peer.ip(),
+            tls: conn.tls,
+            trusted_proxies: &self.table.config().server.trusted_proxies,
+            identity_headers: &self.identity_headers,
+            canon: self.table.canon_options(),
+        }
+    }
 }
 
 /// What started a reload.
@@ -148,6 +164,12 @@ pub fn build_snapshot(
         return Err(errors);
     };
     let identity_headers = auth.identity_header_names();
+    let credential_headers = cfg
+        .identity
+        .credential_headers
+        .iter()
+        .filter_map(|h| HeaderName::from_bytes(h.as_bytes()).ok())
+        .collect();
     let route_upstreams = table
         .routes()
         .iter()
@@ -161,6 +183,7 @@ pub fn build_snapshot(
         auth,
         admin_auth,
         identity_headers,
+        credential_headers,
     })
 }
 

@@ -20,7 +20,7 @@ pub struct AdminAuthenticator {
 }
 
 struct ApiToken {
-    name: String,
+    user: String,
     sha256: [u8; 32],
     groups: Vec<String>,
 }
@@ -54,7 +54,7 @@ impl AdminAuthenticator {
             .iter()
             .map(|t| {
                 Ok(ApiToken {
-                    name: t.name.clone(),
+                    user: t.user.clone(),
                     sha256: parse_sha256(&t.sha256).ok_or_else(|| IdentityError::ApiTokenHash {
                         name: t.name.clone(),
                     })?,
@@ -70,12 +70,13 @@ impl AdminAuthenticator {
     }
 
     /// Who is calling. API tokens are checked first (every one of them, in constant time);
-    /// a bearer that is no API token must be a valid JWT.
+    /// a bearer that is no API token must be a valid JWT. A token acts as its `user`, so one
+    /// person's tokens (and their JWT) are one approver.
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<Identity, AuthError> {
         let token = bearer_token(headers)?.ok_or(AuthError::Missing)?;
         if let Some(t) = self.api_token(token) {
             return Ok(Identity {
-                user: Some(t.name.clone()),
+                user: Some(t.user.clone()),
                 groups: t.groups.clone(),
                 via: Via::ApiToken,
             });

@@ -50,6 +50,9 @@ pub struct ApprovalSigner {
     public: Vec<u8>,
     /// RFC 7638 thumbprint of the public JWK, base64url.
     kid: String,
+    /// Keys [`ApprovalSigner::requester_digest`]: derived from the private key, so replicas
+    /// sharing a signing key tell anonymous requesters apart the same way.
+    digest_key: ring::hmac::Key,
 }
 
 impl std::fmt::Debug for ApprovalSigner {
@@ -63,6 +66,17 @@ impl std::fmt::Debug for ApprovalSigner {
 // === impl ApprovalSigner ===
 
 impl ApprovalSigner {
+    /// An opaque, keyed digest (32 hex digits) of `material`: what tells anonymous requesters
+    /// apart (their credential headers). Keyed with a secret derived from the signing key, so
+    /// neither approvers nor anyone else can test guesses of a credential against it.
+    pub fn requester_digest(&self, material: &[u8]) -> String {
+        let tag = ring::hmac::sign(&self.digest_key, material);
+        tag.as_ref()[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
     /// The key of `[approvals] signing_key` (an Ed25519 private key, PKCS#8 PEM, as
     /// `openssl genpkey -algorithm ed25519` writes), or, without one, a fresh key that lives as
     /// long as the process: the `bool` is true then. An ephemeral key means tokens die with the
@@ -108,11 +122,15 @@ impl ApprovalSigner {
         let x = URL_SAFE_NO_PAD.encode(&public);
         // RFC 7638: the required members in lexicographic order, no whitespace.
         let thumbprint = format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{x}"}}"#);
+        let mut secret = Sha256::new();
+        secret.update(b"jitgate anonymous requester digest v1");
+        secret.update(der);
         let signer = Self {
             encoding: EncodingKey::from_ed_der(der),
             decoding: DecodingKey::from_ed_der(&public),
             public,
             kid: URL_SAFE_NO_PAD.encode(Sha256::digest(thumbprint.as_bytes())),
+            digest_key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret.finalize()),
         };
         // Sign once now so a key the JWT backend cannot use fails at load, not per approval.
         jsonwebtoken::crypto::sign(b"probe", &signer.encoding, Algorithm::EdDSA)

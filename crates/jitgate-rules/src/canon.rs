@@ -786,21 +786,29 @@ pub fn method_overrides(
         }
     }
     if let Some(q) = query {
-        for pair in q.split(['&', ';']) {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            if !is_method_param(key) {
-                continue;
-            }
-            let decoded = form_decode(value).ok_or(CanonError::InvalidMethodOverride)?;
-            for item in decoded.split(|&c| c == b',') {
-                push_method(&mut out, item)?;
-            }
-        }
+        form_method_overrides(q, &mut out)?;
     }
     Ok(out)
 }
 
-fn push_method(out: &mut Vec<Method>, item: &[u8]) -> Result<(), CanonError> {
+/// The `_method` parameters of an application/x-www-form-urlencoded string (a query, or a
+/// form body), appended to `out`; see [`method_overrides`] for the spellings that count.
+pub(crate) fn form_method_overrides(form: &str, out: &mut Vec<Method>) -> Result<(), CanonError> {
+    for pair in form.split(['&', ';']) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if !is_method_param(key) {
+            continue;
+        }
+        let decoded = form_decode(value).ok_or(CanonError::InvalidMethodOverride)?;
+        for item in decoded.split(|&c| c == b',') {
+            push_method(out, item)?;
+        }
+    }
+    Ok(())
+}
+
+/// Appends the override method spelled by `item` (optional whitespace trimmed, case folded).
+pub(crate) fn push_method(out: &mut Vec<Method>, item: &[u8]) -> Result<(), CanonError> {
     // Optional whitespace (space, tab) only: a CR or LF inside a value is refused below.
     let start = item.iter().position(|c| !matches!(c, b' ' | b'\t'));
     let end = item.iter().rposition(|c| !matches!(c, b' ' | b'\t'));
@@ -819,7 +827,7 @@ fn push_method(out: &mut Vec<Method>, item: &[u8]) -> Result<(), CanonError> {
     Ok(())
 }
 
-fn is_method_param(key: &str) -> bool {
+pub(crate) fn is_method_param(key: &str) -> bool {
     // Decoded on the fly: this runs for every query parameter of every request, so it must
     // not allocate.
     let mut decoded = FormDecoded {

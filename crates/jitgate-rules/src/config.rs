@@ -64,7 +64,10 @@ pub struct TlsFiles {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Store {
     /// `kind = "memory"`
-    Memory,
+    Memory {
+        /// `retention` (default 24h): how long finished tickets and grants are kept.
+        retention: Duration,
+    },
     /// `kind = "redis"`, `url = "redis://..."` (also rediss://).
     Redis {
         /// The connection URL.
@@ -90,17 +93,48 @@ pub struct Approvals {
     /// `reconcile_interval` (default 1s): how often a replica re-reads the store for
     /// decisions it may have missed on pub/sub, and expires overdue tickets.
     pub reconcile_interval: Duration,
+    /// `max_pending` (default 10000): pending tickets overall; beyond it new ones get 429.
+    pub max_pending: u64,
+    /// `max_pending_per_source` (default 20): pending tickets anonymous requesters may open
+    /// from one client address; beyond it 429.
+    pub max_pending_per_source: u32,
 }
 
 /// `[identity]`
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
     /// `[identity.jwt]`
     pub jwt: Option<JwtConfig>,
     /// `[identity.headers]`: `user = "X-Auth-User"`, `groups = "X-Auth-Groups"`, believed
     /// only from `trusted_proxies`.
     pub headers: Option<IdentityHeaders>,
+    /// `credential_headers`: the headers whose values tell anonymous requesters apart
+    /// (lowercase; default [`DEFAULT_CREDENTIAL_HEADERS`]).
+    pub credential_headers: Vec<String>,
 }
+
+impl Default for Identity {
+    fn default() -> Self {
+        Identity {
+            jwt: None,
+            headers: None,
+            credential_headers: DEFAULT_CREDENTIAL_HEADERS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        }
+    }
+}
+
+/// The credential-bearing headers that tell anonymous requesters apart by default.
+pub const DEFAULT_CREDENTIAL_HEADERS: [&str; 6] = [
+    "authorization",
+    "cookie",
+    "proxy-authorization",
+    "x-api-key",
+    "api-key",
+    "x-auth-token",
+];
 
 /// Trusted identity headers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,8 +176,11 @@ pub struct Admin {
 /// A static admin API token, stored as the hex SHA-256 of the token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiToken {
-    /// `name`, the principal's user name.
+    /// `name`, the token's label (unique; audit logs say which token was used).
     pub name: String,
+    /// `user`, the person the token acts as: quorum, self-approval and visibility are judged
+    /// on this user, whichever token or JWT they use.
+    pub user: String,
     /// `sha256`, 64 lowercase hex digits.
     pub sha256: String,
     /// `groups`.
@@ -483,25 +520,69 @@ pub fn placeholders(body: &str) -> impl Iterator<Item = (usize, &str)> + '_ {
     })
 }
 
-/// Fills a `[routes.error]` body: `{ticket}`, `{reason}` and `{rule}` are replaced (other
-/// `{...}` text is kept as written). Values are JSON-escaped when the content type is JSON,
-/// so a requester's reason cannot break out of a JSON string.
-pub fn render_error_body(t: &ErrorTemplate, ticket: &str, reason: &str, rule: &str) -> String {
-    let json = t.content_type.contains("json");
-    let esc = |v: &str| -> String {
-        if !json {
-            return v.to_string();
+/// How placeholder values are escaped in a `[routes.error]` body, by its content type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Escaping {
+    /// `text/plain`: values as they are.
+    Plain,
+    /// JSON (`application/json`, `*+json`): inside a JSON string.
+    Json,
+    /// HTML and XML (`text/html`, `application/xhtml+xml`, `*/xml`, `*+xml`): character
+    /// references for `& < > " '`.
+    Markup,
+}
+
+impl Escaping {
+    /// The escaping for a content type; `None` when jitgate cannot escape for it (a template
+    /// of that type may not use placeholders).
+    pub fn for_content_type(content_type: &str) -> Option<Escaping> {
+        let media = content_type
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        let (kind, sub) = media.split_once('/')?;
+        match (kind, sub) {
+            ("text", "plain") => Some(Escaping::Plain),
+            (_, "json") => Some(Escaping::Json),
+            (_, s) if s.ends_with("+json") => Some(Escaping::Json),
+            ("text", "html") | ("application", "xhtml+xml") | (_, "xml") => Some(Escaping::Markup),
+            (_, s) if s.ends_with("+xml") => Some(Escaping::Markup),
+            _ => None,
         }
+    }
+
+    /// Escapes `v` for this content type.
+    pub fn escape(self, v: &str) -> String {
         let mut o = String::with_capacity(v.len());
         for c in v.chars() {
-            match c {
-                '"' => o.push_str("\\\""),
-                '\\' => o.push_str("\\\\"),
-                c if (c as u32) < 0x20 => o.push_str(&format!("\\u{:04x}", c as u32)),
-                c => o.push(c),
+            match (self, c) {
+                (Escaping::Json, '"') => o.push_str("\\\""),
+                (Escaping::Json, '\\') => o.push_str("\\\\"),
+                (Escaping::Json, c) if (c as u32) < 0x20 => {
+                    o.push_str(&format!("\\u{:04x}", c as u32))
+                }
+                (Escaping::Markup, '&') => o.push_str("&amp;"),
+                (Escaping::Markup, '<') => o.push_str("&lt;"),
+                (Escaping::Markup, '>') => o.push_str("&gt;"),
+                (Escaping::Markup, '"') => o.push_str("&quot;"),
+                (Escaping::Markup, '\'') => o.push_str("&#39;"),
+                (_, c) => o.push(c),
             }
         }
         o
+    }
+}
+
+/// Fills a `[routes.error]` body: `{ticket}`, `{reason}` and `{rule}` are replaced (other
+/// `{...}` text is kept as written), each value escaped for the template's content type (see
+/// [`Escaping`]), so a requester's or approver's text cannot break out of a JSON string or
+/// inject markup. `check` refuses placeholders in a content type it cannot escape for; such
+/// a body is rendered without substituting anything.
+pub fn render_error_body(t: &ErrorTemplate, ticket: &str, reason: &str, rule: &str) -> String {
+    let Some(escaping) = Escaping::for_content_type(&t.content_type) else {
+        return t.body.clone();
     };
     let mut out = String::with_capacity(t.body.len() + reason.len());
     let mut last = 0;
@@ -513,7 +594,7 @@ pub fn render_error_body(t: &ErrorTemplate, ticket: &str, reason: &str, rule: &s
             _ => continue,
         };
         out.push_str(&t.body[last..i]);
-        out.push_str(&esc(value));
+        out.push_str(&escaping.escape(value));
         last = i + name.len() + 2;
     }
     out.push_str(&t.body[last..]);
@@ -547,8 +628,10 @@ const APPROVALS_KEYS: &[&str] = &[
     "max_held_body",
     "signing_key",
     "reconcile_interval",
+    "max_pending",
+    "max_pending_per_source",
 ];
-const IDENTITY_KEYS: &[&str] = &["jwt", "headers"];
+const IDENTITY_KEYS: &[&str] = &["jwt", "headers", "credential_headers"];
 const JWT_KEYS: &[&str] = &[
     "issuer",
     "audience",
@@ -558,7 +641,7 @@ const JWT_KEYS: &[&str] = &[
     "groups_claim",
 ];
 const ADMIN_KEYS: &[&str] = &["operators", "jwt", "api_tokens"];
-const TOKEN_KEYS: &[&str] = &["name", "sha256", "groups"];
+const TOKEN_KEYS: &[&str] = &["name", "user", "sha256", "groups"];
 const UPSTREAM_KEYS: &[&str] = &[
     "name",
     "url",
@@ -608,6 +691,7 @@ const APPROVAL_KEYS: &[&str] = &[
     "escalate_to",
     "auto_approve",
     "approve_above_rate",
+    "volatile_headers",
 ];
 const AUTO_KEYS: &[&str] = &[
     "path_prefix",
@@ -1052,13 +1136,9 @@ impl<'s> Cx<'s> {
                 if let Some((_, span)) = url {
                     self.warn(span, "`url` in [store] is ignored with kind = \"memory\"");
                 }
-                if let Some((_, span)) = retention {
-                    self.warn(
-                        span,
-                        "`retention` in [store] is ignored with kind = \"memory\"",
-                    );
-                }
-                Some(Store::Memory)
+                Some(Store::Memory {
+                    retention: retention.map_or(secs(86_400), |d| d.0),
+                })
             }
             Some("redis") => {
                 let Some((u, span)) = url else {
@@ -1125,6 +1205,12 @@ impl<'s> Cx<'s> {
             Some((d, _)) => d,
             None => secs(1),
         };
+        let max_pending = self
+            .u32_(t, "max_pending", sec, 1)
+            .map_or(10_000, |n| u64::from(n.0));
+        let max_pending_per_source = self
+            .u32_(t, "max_pending_per_source", sec, 1)
+            .map_or(20, |n| n.0);
         let ticket = ticket_ttl.clone().map_or(secs(900), |d| d.0);
         if let Some((h, span)) = &hold_timeout {
             if *h > ticket {
@@ -1138,6 +1224,8 @@ impl<'s> Cx<'s> {
             max_held_body,
             signing_key,
             reconcile_interval,
+            max_pending,
+            max_pending_per_source,
         })
     }
 
@@ -1213,6 +1301,30 @@ impl<'s> Cx<'s> {
             return Some(Identity::default());
         };
         let mut ok = true;
+        let credential_headers = match self.str_list(t, "credential_headers", "[identity]") {
+            None => {
+                ok &= !t.contains_key("credential_headers");
+                Identity::default().credential_headers
+            }
+            Some((items, _)) => {
+                let mut out: Vec<String> = Vec::new();
+                for (h, sp) in items {
+                    match HeaderName::from_bytes(h.as_bytes()) {
+                        Ok(n) if !out.iter().any(|o| o == n.as_str()) => {
+                            out.push(n.as_str().to_string())
+                        }
+                        Ok(_) => {
+                            self.warn(sp, format!("`{h}` is listed twice in `credential_headers`"))
+                        }
+                        Err(_) => {
+                            self.error(sp, format!("`credential_headers` in [identity]: `{h}` is not a header name"));
+                            ok = false;
+                        }
+                    }
+                }
+                out
+            }
+        };
         let jwt = match self.table(t, "jwt", "[identity]") {
             Some((jt, span)) => {
                 let j = self.jwt(jt, span, "[identity.jwt]");
@@ -1251,7 +1363,11 @@ impl<'s> Cx<'s> {
             }
             None => None,
         };
-        ok.then_some(Identity { jwt, headers })
+        ok.then_some(Identity {
+            jwt,
+            headers,
+            credential_headers,
+        })
     }
 
     fn admin(&mut self, doc: &DeTable<'_>) -> Option<Admin> {
@@ -1277,6 +1393,7 @@ impl<'s> Cx<'s> {
             let tsec = "[[admin.api_tokens]]";
             self.check_keys(tt, tsec, TOKEN_KEYS);
             let name = self.str_(tt, "name", tsec);
+            let user = self.str_(tt, "user", tsec);
             let sha = self.str_(tt, "sha256", tsec);
             let groups = self
                 .str_list(tt, "groups", tsec)
@@ -1302,6 +1419,24 @@ impl<'s> Cx<'s> {
                 }
                 _ => {}
             }
+            let user = match user {
+                None => {
+                    if !tt.contains_key("user") {
+                        self.error(span.clone(), "an api token needs `user`, the person it acts as (two tokens of one person name the same user, so they count as one approver)");
+                    }
+                    None
+                }
+                Some((u, sp))
+                    if u.is_empty() || u.chars().any(|c| c.is_whitespace() || c.is_control()) =>
+                {
+                    self.error(
+                        sp,
+                        format!("api token user `{u}` must be a non-empty name without spaces"),
+                    );
+                    None
+                }
+                Some((u, _)) => Some(u.to_string()),
+            };
             let sha = match sha {
                 None => {
                     self.error(
@@ -1316,9 +1451,10 @@ impl<'s> Cx<'s> {
                 }
                 Some((s, _)) => Some(s.to_ascii_lowercase()),
             };
-            match (name, sha) {
-                (Some((n, _)), Some(sha256)) => api_tokens.push(ApiToken {
+            match (name, user, sha) {
+                (Some((n, _)), Some(user), Some(sha256)) => api_tokens.push(ApiToken {
                     name: n.to_string(),
+                    user,
                     sha256,
                     groups,
                 }),
@@ -1798,6 +1934,12 @@ impl<'s> Cx<'s> {
                 }
                 let content_type = content_type
                     .map_or(DEFAULT_ERROR_CONTENT_TYPE.to_string(), |c| c.0.to_string());
+                if placeholders(body).next().is_some()
+                    && Escaping::for_content_type(&content_type).is_none()
+                {
+                    self.error(sp.clone(), format!("[routes.error] body uses placeholders, but jitgate cannot escape values for content type `{content_type}`; use text/plain, text/html, JSON or XML, or a body without placeholders"));
+                    ok = false;
+                }
                 ok.then(|| ErrorTemplate {
                     status,
                     content_type,
@@ -2063,6 +2205,26 @@ impl<'s> Cx<'s> {
                 }
             },
         };
+        let mut volatile_headers: Vec<HeaderName> = Vec::new();
+        if let Some((items, _)) = self.str_list(t, "volatile_headers", sec) {
+            for (h, sp) in items {
+                match HeaderName::from_bytes(h.as_bytes()) {
+                    Ok(n) if volatile_headers.contains(&n) => {
+                        self.warn(sp, format!("`{h}` is listed twice in `volatile_headers`"))
+                    }
+                    Ok(n) => volatile_headers.push(n),
+                    Err(_) => {
+                        self.error(
+                            sp,
+                            format!("`volatile_headers`: `{h}` is not a header name"),
+                        );
+                        ok = false;
+                    }
+                }
+            }
+        } else {
+            ok &= !t.contains_key("volatile_headers");
+        }
         ok.then(|| ApprovalPolicy {
             approvers,
             quorum,
@@ -2083,6 +2245,7 @@ impl<'s> Cx<'s> {
             escalate_to,
             auto_approve,
             approve_above_rate,
+            volatile_headers,
         })
     }
 

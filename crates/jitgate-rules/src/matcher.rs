@@ -144,6 +144,18 @@ pub fn method_in(set: &[http::Method], m: &http::Method) -> bool {
     set.contains(m) || (*m == http::Method::HEAD && set.contains(&http::Method::GET))
 }
 
+/// [`route_matches`] with the method condition left out: whether some method reading could
+/// make `r` match.
+pub fn route_matches_any_method(r: &Route, req: &RequestView<'_>) -> bool {
+    let all = !r.action.is_restricting();
+    r.host.as_ref().is_none_or(|h| host_matches(h, req.host))
+        && paths_match(r, req, all)
+        && r.headers
+            .iter()
+            .all(|h| header_matches(h, req.headers, all))
+        && source_matches(r, req)
+}
+
 fn methods_match(r: &Route, req: &RequestView<'_>, all: bool) -> bool {
     match &r.methods {
         MethodSet::Any => true,
@@ -461,7 +473,9 @@ impl Matcher {
             general: Tries::new(),
             len: routes.len(),
         };
-        for (i, r) in routes.iter().enumerate() {
+        // Shadow routes (`enforce = false`) never decide: they are not indexed, so matching
+        // goes on past them (the table reports them separately).
+        for (i, r) in routes.iter().enumerate().filter(|(_, r)| r.enforce) {
             let i = u32::try_from(i).unwrap_or(u32::MAX);
             match &r.host {
                 Some(HostPattern::Exact(h)) => m
@@ -475,10 +489,22 @@ impl Matcher {
         m
     }
 
-    /// The position of the first route in `routes` that matches `req`.
+    /// The position of the first enforcing route in `routes` that matches `req`.
     pub fn find(&self, routes: &[Route], req: &RequestView<'_>) -> Option<usize> {
+        self.find_by(routes, req, |r| route_matches(r, req))
+    }
+
+    /// The position of the first enforcing route in `routes` for which `pred` holds, among
+    /// those whose path pattern can match one of `req`'s path readings (so `pred` must imply
+    /// a path match, as [`route_matches`] does).
+    pub fn find_by(
+        &self,
+        routes: &[Route],
+        req: &RequestView<'_>,
+        pred: impl Fn(&Route) -> bool,
+    ) -> Option<usize> {
         if routes.len() != self.len {
-            return routes.iter().position(|r| route_matches(r, req));
+            return routes.iter().position(|r| r.enforce && pred(r));
         }
         let mut best = usize::MAX;
         let mut visit = |list: &[u32]| {
@@ -487,7 +513,7 @@ impl Matcher {
                 if i >= best {
                     break;
                 }
-                if routes.get(i).is_some_and(|r| route_matches(r, req)) {
+                if routes.get(i).is_some_and(&pred) {
                     best = i;
                     break;
                 }

@@ -170,6 +170,9 @@ pub struct ApprovalPolicy {
     pub auto_approve: Vec<AutoApprove>,
     /// `approve_above_rate = "10/m"`: requests within the rate pass.
     pub approve_above_rate: Option<Rate>,
+    /// `volatile_headers`: headers (lowercase) left out of the approval binding on this
+    /// route, in addition to [`crate::request::DEFAULT_VOLATILE_HEADERS`].
+    pub volatile_headers: Vec<HeaderName>,
 }
 
 impl ApprovalPolicy {

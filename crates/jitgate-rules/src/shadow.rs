@@ -19,8 +19,10 @@
 //! a request matches, only whether the gateway then refuses it (when the matched route did
 //! not opt in). A request B opted in for still matches A first, so B is still dead.
 //!
-//! An `approve` or `deny` route covered by an earlier `allow` route is an error (a silent
-//! security hole); any other covered route is a warning.
+//! Only enforcing routes cover: a shadow route (`enforce = false`) never decides, matching
+//! goes on past it, so it hides nothing behind it. An enforcing `approve` or `deny` route
+//! covered by an earlier `allow` route is an error (a silent security hole); any other
+//! covered route (a shadow one included: it would never observe anything) is a warning.
 //!
 //! Cost: earlier routes are indexed in the same segment tries as the matcher, queried with
 //! B's pattern, so a table of 10,000 routes is checked without comparing every pair.
@@ -172,7 +174,7 @@ pub fn analyse(routes: &[Route]) -> Vec<Diagnostic> {
             }
         }
         match (first_allow, first) {
-            (Some(a), _) if b.action.is_restricting() => out.push(Diagnostic {
+            (Some(a), _) if b.action.is_restricting() && b.enforce => out.push(Diagnostic {
                 severity: Severity::Error,
                 location: b.location.clone(),
                 message: format!(
@@ -186,6 +188,9 @@ pub fn analyse(routes: &[Route]) -> Vec<Diagnostic> {
                 message: format!("route `{}` can never match: {} route `{}` ({}) comes first and matches every request it would", b.name, a.action.as_str(), a.name, a.location),
             }),
             _ => {}
+        }
+        if !b.enforce {
+            continue;
         }
         let i = u32::try_from(bi).unwrap_or(u32::MAX);
         if b.case_insensitive {

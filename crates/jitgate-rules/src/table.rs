@@ -4,7 +4,9 @@
 //!
 //! Routes are tried in file order and the first that matches wins, like a firewall; a request
 //! no route matches gets 404 from the gateway. A route matches when all of its conditions
-//! hold: `methods`, `host`, `path`, `headers` and `source`.
+//! hold: `methods`, `host`, `path`, `headers` and `source`. A shadow route (`enforce = false`)
+//! never wins: it is reported (see [`RuleTable::shadows`]) and matching goes on, so adding
+//! one never changes an outcome.
 //!
 //! A request can often be read more than one way: a method-override header gives a second
 //! method, the canonicaliser may report alternative path readings, a header may be sent
@@ -33,7 +35,8 @@ use std::path::Path;
 use crate::canon::CanonOptions;
 use crate::config::{parse_config, Config, Upstream};
 use crate::diag::{Diagnostic, Severity};
-use crate::matcher::{path_captures, why_not, Matcher};
+use crate::matcher::{path_captures, route_matches, route_matches_any_method, why_not, Matcher};
+use crate::request::Canonical;
 use crate::route::{RequestView, Route};
 
 /// A parsed, validated and compiled `proxy.toml`.
@@ -41,8 +44,51 @@ use crate::route::{RequestView, Route};
 pub struct RuleTable {
     config: Config,
     matcher: Matcher,
+    /// Positions of the shadow routes, in file order.
+    shadow: Vec<usize>,
+    /// Each route's upstream, as a position in `config.upstreams`.
+    route_upstream: Vec<Option<usize>>,
+    canon: CanonOptions,
     version: String,
     warnings: Vec<Diagnostic>,
+}
+
+/// The route a canonical request resolved to, with its upstream.
+#[derive(Debug, Clone, Copy)]
+pub struct Resolved<'t> {
+    /// The first enforcing route that matches.
+    pub route: &'t Route,
+    /// Its upstream (`None` only for a deny route without one).
+    pub upstream: Option<&'t Upstream>,
+}
+
+/// Why a canonical request resolved to no route it may use (the gateway answers 404 or 400).
+#[derive(Debug, Clone, Copy)]
+pub enum Unresolved<'t> {
+    /// No enforcing route matches (404, fail closed).
+    NoRoute,
+    /// The path kept an opaque `%2F` and the matched route did not opt in (400).
+    EncodedSlash(&'t Route),
+    /// The path had `;` parameters and the matched route did not opt in (400).
+    PathParams(&'t Route),
+}
+
+impl fmt::Display for Unresolved<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Unresolved::NoRoute => write!(f, "no route in the rule table matches"),
+            Unresolved::EncodedSlash(r) => write!(
+                f,
+                "encoded slash (%2F) in path; route {} does not allow it",
+                r.name
+            ),
+            Unresolved::PathParams(r) => write!(
+                f,
+                "';' path parameters in path; route {} does not allow them",
+                r.name
+            ),
+        }
+    }
 }
 
 impl RuleTable {
@@ -60,10 +106,32 @@ impl RuleTable {
             return Err(diags);
         }
         let matcher = Matcher::new(&config.routes);
+        let shadow = config
+            .routes
+            .iter()
+            .filter(|r| !r.enforce)
+            .map(|r| r.index)
+            .collect();
+        let route_upstream = config
+            .routes
+            .iter()
+            .map(|r| {
+                let name = r.upstream.as_deref()?;
+                config.upstreams.iter().position(|u| u.name == name)
+            })
+            .collect();
+        let rs = &config.routes;
+        let canon = CanonOptions {
+            allow_encoded_slash: rs.iter().any(|r| r.allow_encoded_slash),
+            allow_path_params: rs.iter().any(|r| r.allow_path_params),
+        };
         let version = crate::ticket::sha256_hex(src.as_bytes());
         Ok(RuleTable {
             config,
             matcher,
+            shadow,
+            route_upstream,
+            canon,
             version,
             warnings: diags,
         })
@@ -101,17 +169,74 @@ impl RuleTable {
 
     /// Union of the routes' opt-ins (`allow_encoded_slash`, `allow_path_params`).
     pub fn canon_options(&self) -> CanonOptions {
-        let rs = &self.config.routes;
-        CanonOptions {
-            allow_encoded_slash: rs.iter().any(|r| r.allow_encoded_slash),
-            allow_path_params: rs.iter().any(|r| r.allow_path_params),
-        }
+        self.canon
     }
 
-    /// First route in file order that matches; `None` = no route (the gateway answers 404).
+    /// First enforcing route in file order that matches; `None` = no route (404).
     pub fn match_request(&self, req: &RequestView<'_>) -> Option<&Route> {
         let i = self.matcher.find(&self.config.routes, req)?;
         self.config.routes.get(i)
+    }
+
+    /// The route a canonical request resolves to, with its upstream; refuses a route that
+    /// did not opt in to what the request's path used (`%2F`, `;` parameters). This is the
+    /// one way the gateway (serving and at every release) and `explain` pick a route.
+    pub fn resolve(&self, c: &Canonical) -> Result<Resolved<'_>, Unresolved<'_>> {
+        let route = c
+            .with_view(|v| self.match_request(v))
+            .ok_or(Unresolved::NoRoute)?;
+        if c.has_encoded_slash() && !route.allow_encoded_slash {
+            return Err(Unresolved::EncodedSlash(route));
+        }
+        if c.has_path_params() && !route.allow_path_params {
+            return Err(Unresolved::PathParams(route));
+        }
+        let upstream = self
+            .route_upstream
+            .get(route.index)
+            .copied()
+            .flatten()
+            .and_then(|i| self.config.upstreams.get(i));
+        Ok(Resolved { route, upstream })
+    }
+
+    /// Whether a method override found in the body could change which route `c` resolves to:
+    /// an enforcing `approve` or `deny` route with a method list, before `resolved` (the route
+    /// `c` resolves to now, `None` for none), matches `c` but for its method. Only then is a
+    /// form body worth reading for `_method` ([`crate::form`]).
+    pub fn may_override_method(&self, c: &Canonical, resolved: Option<&Route>) -> bool {
+        let limit = resolved.map_or(usize::MAX, |r| r.index);
+        c.with_view(|v| {
+            self.matcher
+                .find_by(&self.config.routes, v, |r| {
+                    r.index < limit
+                        && r.action.is_restricting()
+                        && matches!(r.methods, crate::route::MethodSet::Only(_))
+                        && route_matches_any_method(r, v)
+                })
+                .is_some()
+        })
+    }
+
+    /// Whether the table has shadow routes (so callers can skip [`Self::shadows`]).
+    pub fn has_shadows(&self) -> bool {
+        !self.shadow.is_empty()
+    }
+
+    /// The shadow routes that match `c` before position `before` (every one when `None`):
+    /// what they would have done is recorded, and they decide nothing.
+    pub fn shadows(&self, c: &Canonical, before: Option<usize>) -> Vec<&Route> {
+        if self.shadow.is_empty() {
+            return Vec::new();
+        }
+        c.with_view(|v| {
+            self.shadow
+                .iter()
+                .take_while(|i| before.is_none_or(|b| **i < b))
+                .filter_map(|i| self.config.routes.get(*i))
+                .filter(|r| route_matches(r, v))
+                .collect()
+        })
     }
 
     /// For `jitgate explain`: every route up to and including the match, with why it did not
@@ -127,9 +252,10 @@ impl RuleTable {
                 route: r.index,
                 name: r.name.clone(),
                 matched: ok,
+                shadow: !r.enforce,
                 why_not: why,
             });
-            if ok {
+            if ok && r.enforce {
                 matched = Some(r.index);
                 if let Some(p) = req.paths.first() {
                     path_captures(&r.path, r.case_insensitive, p, Some(&mut captures));
@@ -170,6 +296,8 @@ pub struct ExplainStep {
     pub name: String,
     /// Whether it matched.
     pub matched: bool,
+    /// A shadow route (`enforce = false`): it never decides, matching goes on.
+    pub shadow: bool,
     /// Why not, e.g. `method GET not in [POST, PUT]`.
     pub why_not: Option<String>,
 }
@@ -178,11 +306,19 @@ impl fmt::Display for Explanation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for s in &self.steps {
             match &s.why_not {
+                None if s.shadow => writeln!(
+                    f,
+                    "#{} {}: matches, but it is a shadow route (enforce = false): recorded, matching goes on",
+                    s.route, s.name
+                )?,
                 None => writeln!(f, "#{} {}: MATCH", s.route, s.name)?,
                 Some(why) => writeln!(f, "#{} {}: no, {why}", s.route, s.name)?,
             }
         }
-        match (self.matched, self.steps.last()) {
+        match (
+            self.matched,
+            self.steps.iter().rfind(|s| s.matched && !s.shadow),
+        ) {
             (Some(_), Some(s)) => {
                 write!(f, "=> route `{}` ({})", s.name, self.action.unwrap_or("?"))?;
                 if !self.captures.is_empty() {

@@ -24,6 +24,7 @@ fn admin(jwt: Option<JwtConfig>) -> Admin {
         jwt,
         api_tokens: vec![ApiTokenConfig {
             name: "ci-bot".into(),
+            user: "ci".into(),
             sha256: sha256_hex(CI_TOKEN),
             groups: vec!["oncall".into()],
         }],
@@ -38,7 +39,8 @@ fn authenticator(admin: &Admin, identity_jwt: Option<&JwtConfig>) -> AdminAuthen
 fn api_token_by_sha256() {
     let auth = authenticator(&admin(None), None);
     let id = auth.authenticate(&bearer(CI_TOKEN)).unwrap();
-    assert_eq!(id.user.as_deref(), Some("ci-bot"));
+    // The token acts as its user, not under its own name.
+    assert_eq!(id.user.as_deref(), Some("ci"));
     assert_eq!(id.groups, ["oncall"]);
     assert_eq!(id.via, Via::ApiToken);
     assert!(auth
@@ -77,6 +79,7 @@ fn api_token_lookup_checks_every_entry() {
         0,
         ApiTokenConfig {
             name: "other".into(),
+            user: "other".into(),
             sha256: sha256_hex("other"),
             groups: vec![],
         },
@@ -87,12 +90,27 @@ fn api_token_lookup_checks_every_entry() {
             .unwrap()
             .user
             .as_deref(),
-        Some("ci-bot")
+        Some("ci")
     );
     assert_eq!(
         auth.authenticate(&bearer("other")).unwrap().user.as_deref(),
         Some("other")
     );
+}
+
+#[test]
+fn two_tokens_of_one_user_are_one_person() {
+    let mut a = admin(None);
+    a.api_tokens.push(ApiTokenConfig {
+        name: "ci-laptop".into(),
+        user: "ci".into(),
+        sha256: sha256_hex("laptop-token"),
+        groups: vec!["oncall".into()],
+    });
+    let auth = authenticator(&a, None);
+    let one = auth.authenticate(&bearer(CI_TOKEN)).unwrap();
+    let two = auth.authenticate(&bearer("laptop-token")).unwrap();
+    assert_eq!(one.user, two.user);
 }
 
 #[test]

@@ -201,3 +201,15 @@ fn wrong_key_type_errors_with_the_file_name() {
         assert!(e.contains(file), "{e}");
     }
 }
+
+#[test]
+fn requester_digests_are_keyed_and_stable() {
+    let a = ApprovalSigner::generate().unwrap();
+    let b = ApprovalSigner::generate().unwrap();
+    let d = a.requester_digest(b"x-api-key: key-A");
+    assert_eq!(d.len(), 32);
+    assert_eq!(d, a.requester_digest(b"x-api-key: key-A"));
+    assert_ne!(d, a.requester_digest(b"x-api-key: key-B"));
+    // Another key, another digest: a digest reveals nothing without the signing key.
+    assert_ne!(d, b.requester_digest(b"x-api-key: key-A"));
+}

@@ -18,6 +18,7 @@ fn minted_token_is_accepted_by_the_matching_config() {
         &IdentityConfig {
             jwt: Some(cfg),
             headers: None,
+            ..IdentityConfig::default()
         },
         &[],
         &env,

@@ -56,7 +56,16 @@ fn keys_config(public_keys: &[&str], jwks: Option<&str>) -> JwtConfig {
 }
 
 fn authenticator(jwt: Option<JwtConfig>, headers: Option<IdentityHeaders>) -> Authenticator {
-    Authenticator::from_config_with_env(&IdentityConfig { jwt, headers }, &[], &env).unwrap()
+    Authenticator::from_config_with_env(
+        &IdentityConfig {
+            jwt,
+            headers,
+            ..IdentityConfig::default()
+        },
+        &[],
+        &env,
+    )
+    .unwrap()
 }
 
 pub(crate) fn claims(sub: &str) -> Value {
@@ -448,6 +457,7 @@ fn load_error(cfg: JwtConfig) -> String {
     let identity = IdentityConfig {
         jwt: Some(cfg),
         headers: None,
+        ..IdentityConfig::default()
     };
     match Authenticator::from_config_with_env(&identity, &[], &env) {
         Ok(_) => panic!("config should not load"),
@@ -470,6 +480,7 @@ fn config_errors_name_the_file_or_variable() {
             ..hs_config()
         }),
         headers: None,
+        ..IdentityConfig::default()
     };
     assert!(matches!(
         Authenticator::from_config_with_env(&identity, &[], &short),
@@ -490,7 +501,8 @@ fn config_errors_name_the_file_or_variable() {
         Authenticator::from_config_with_env(
             &IdentityConfig {
                 jwt: Some(keys_config(&[], None)),
-                headers: None
+                headers: None,
+                ..IdentityConfig::default()
             },
             &[],
             &env

@@ -99,6 +99,15 @@ fn example_fixture_parses_every_key() {
         Some(Path::new("/etc/jitgate/admin-jwks.json"))
     );
     assert_eq!(c.admin.api_tokens[0].name, "ci-bot");
+    assert_eq!(c.admin.api_tokens[0].user, "ci");
+    assert_eq!(
+        (c.approvals.max_pending, c.approvals.max_pending_per_source),
+        (5000, 10)
+    );
+    assert_eq!(
+        c.identity.credential_headers,
+        vec!["authorization", "cookie", "x-api-key", "x-session"]
+    );
     assert_eq!(c.admin.api_tokens[0].groups, vec!["oncall".to_string()]);
     let billing = t.upstream("billing").unwrap();
     assert_eq!(billing.protocol, UpstreamProtocol::H2);
@@ -135,7 +144,7 @@ fn example_fixture_parses_every_key() {
     assert_eq!(r.headers.len(), 2);
     assert_eq!(r.source.len(), 2);
     assert!(r.case_insensitive && r.allow_encoded_slash && r.allow_path_params && r.enforce);
-    assert_eq!(r.location.to_string(), format!("{FILE}:75:1"));
+    assert_eq!(r.location.to_string(), format!("{FILE}:80:1"));
     let a = r.approval.as_ref().unwrap();
     assert_eq!(
         a.approvers,
@@ -151,6 +160,10 @@ fn example_fixture_parses_every_key() {
     assert_eq!(a.token_ttl, Some(Duration::from_secs(120)));
     assert_eq!(a.max_pending_per_requester, Some(3));
     assert_eq!(a.break_glass_groups, vec!["sre".to_string()]);
+    assert_eq!(
+        a.volatile_headers,
+        vec![http::HeaderName::from_static("x-client-trace")]
+    );
     assert_eq!(a.escalate_after, Some(Duration::from_secs(300)));
     assert_eq!(a.escalate_to, vec![Principal::Group("security".into())]);
     assert_eq!(
@@ -203,7 +216,7 @@ fn defaults() {
     assert_eq!(c.server.admin_listen.to_string(), DEFAULT_ADMIN_LISTEN);
     assert_eq!(c.server.header_read_timeout, Duration::from_secs(10));
     assert!(c.server.tls.is_none() && c.server.watch && c.server.trusted_proxies.is_empty());
-    assert_eq!(c.store, Store::Memory);
+    assert!(matches!(c.store, Store::Memory { .. }));
     assert_eq!(c.approvals.hold_timeout, Duration::from_secs(50));
     assert_eq!(c.approvals.ticket_ttl, Duration::from_secs(900));
     assert_eq!(c.approvals.token_ttl, Duration::from_secs(300));
@@ -358,7 +371,7 @@ fn validation_errors_point_at_the_value() {
         ("[identity.jwt]\nissuer = \"x\"\n".into(), "1:1: error: [identity.jwt] needs a key: `hs256_secret_env`, `public_keys` or `jwks_file`"),
         ("[identity.jwt]\nhs256_secret_env = \"MY-SECRET\"\n".into(), "2:20: error: `hs256_secret_env` in [identity.jwt] must be an environment variable name, not `MY-SECRET`"),
         ("[admin]\noperators = [\"platform\"]\n".into(), "2:14: error: invalid principal `platform`; expected `user:NAME` or `group:NAME`"),
-        ("[admin]\napi_tokens = [{ name = \"x\", sha256 = \"abc\" }]\n".into(), "2:38: error: `sha256` of an api token must be 64 hex digits (the SHA-256 of the token, never the token itself)"),
+        ("[admin]\napi_tokens = [{ name = \"x\", user = \"x\", sha256 = \"abc\" }]\n".into(), "2:50: error: `sha256` of an api token must be 64 hex digits (the SHA-256 of the token, never the token itself)"),
         (format!("{UP}{UP}"), "5:8: error: upstream name `up` is used twice"),
         ("[[upstreams]]\nname = \"u\"\nurl = \"ftp://x\"\n".into(), "3:7: error: upstream `url` `ftp://x` must start with http:// or https://"),
         ("[[upstreams]]\nname = \"u\"\nurl = \"http://x:1/api\"\n".into(), "3:7: error: upstream `url` `http://x:1/api` must not have a path; requests are forwarded with their own path"),
@@ -390,6 +403,9 @@ fn validation_errors_point_at_the_value() {
         (with_route("name = \"r\"\naction = \"deny\"\n[routes.error]\nstatus = 302\n"), "9:10: error: `status` in [routes.error] must be from 400 to 599, not 302"),
         (with_route("name = \"r\"\naction = \"deny\"\n[routes.error]\nbody = \"no {tiket}\"\n"), "9:8: error: unknown placeholder `{tiket}` in [routes.error] body; use {ticket}, {reason} or {rule}; did you mean `{ticket}`?"),
         (with_route("name = \"r\"\naction = \"deny\"\n[routes.error]\ncontent_type = \"text/html\"\n"), "9:16: error: `content_type` in [routes.error] needs a `body`"),
+        (with_route("name = \"r\"\naction = \"deny\"\n[routes.error]\ncontent_type = \"text/csv\"\nbody = \"{reason}\"\n"), "10:8: error: [routes.error] body uses placeholders, but jitgate cannot escape values for content type `text/csv`; use text/plain, text/html, JSON or XML, or a body without placeholders"),
+        ("[admin]\napi_tokens = [{ name = \"x\", sha256 = \"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\" }]\n".into(), "2:15: error: an api token needs `user`, the person it acts as (two tokens of one person name the same user, so they count as one approver)"),
+        ("[identity]\ncredential_headers = [\"bad header\"]\n".into(), "2:23: error: `credential_headers` in [identity]: `bad header` is not a header name"),
     ];
     let mut bad = Vec::new();
     for (src, want) in cases {
@@ -556,4 +572,49 @@ fn error_bodies_render_with_escaping() {
         body: "{rule}: \"{reason}\"".into(),
     };
     assert_eq!(render_error_body(&t, "", "a\"b", "r"), "r: \"a\"b\"");
+}
+
+#[test]
+fn error_templates_escape_for_their_content_type() {
+    let t = |ct: &str, body: &str| ErrorTemplate {
+        status: StatusCode::FORBIDDEN,
+        content_type: ct.into(),
+        body: body.into(),
+    };
+    let reason = "<script>alert(\"x\")</script> & 'q'";
+    assert_eq!(
+        render_error_body(
+            &t("text/html; charset=utf-8", "<p>{reason}</p>"),
+            "",
+            reason,
+            ""
+        ),
+        "<p>&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; &#39;q&#39;</p>"
+    );
+    assert_eq!(
+        render_error_body(
+            &t("application/problem+json", r#"{"d":"{reason}"}"#),
+            "",
+            "a\"b\\\n",
+            ""
+        ),
+        r#"{"d":"a\"b\\\u000a"}"#
+    );
+    assert_eq!(
+        render_error_body(&t("application/xml", "<e>{reason}</e>"), "", "<x/>", ""),
+        "<e>&lt;x/&gt;</e>"
+    );
+    assert_eq!(
+        render_error_body(&t("text/plain", "{reason}"), "", "<raw>", ""),
+        "<raw>"
+    );
+    assert_eq!(Escaping::for_content_type("text/csv"), None);
+    assert_eq!(
+        Escaping::for_content_type("application/vnd.api+json"),
+        Some(Escaping::Json)
+    );
+    assert_eq!(
+        Escaping::for_content_type("image/svg+xml"),
+        Some(Escaping::Markup)
+    );
 }

@@ -1,0 +1,340 @@
+//! Approve routes on the data plane (SPEC section 6): identify the requester, buffer and bind
+//! the request, open or join its ticket, hold the connection until a decision or
+//! `hold_timeout`, and release the request at most once, re-checked against the rule table in
+//! force at that moment.
+//!
+//! Dependencies run one way: the data plane ([`crate::proxy`]) calls [`serve`], and this
+//! module forwards through [`crate::forward`]; it re-checks a release with the rules crate's
+//! [`jitgate_rules::RuleTable::resolve`], never by calling back into the data plane.
+//!
+//! Also the gateway's own data-plane endpoints ([`well_known`]): the requester's view of a
+//! ticket and the approval-token keys.
+
+mod binding;
+mod hold;
+mod release;
+mod view;
+
+use bytes::Bytes;
+use http::Response;
+use serde_json::json;
+
+use jitgate_rules::route::{ApprovalMode, Route};
+use jitgate_rules::ticket::{
+    self, AuditKind, Mode, Requester, Status, Ticket, TicketDraft, TicketId,
+};
+use jitgate_rules::Canonical;
+use jitgate_store::StoreError;
+
+use crate::body::{ProxyBody, RequestBody};
+use crate::context::Exchange;
+use crate::error::GatewayError;
+
+pub use view::{well_known, WELL_KNOWN};
+
+/// Paths of the gateway's own endpoints (the admin plane serves the keys too).
+pub mod view_paths {
+    pub use super::view::JWKS;
+}
+
+/// The longest `Jit-Reason` kept.
+const MAX_REASON: usize = 500;
+
+/// A request on an approve route, read whole and bound: what its ticket describes, and the
+/// one copy that is released. Held requests keep only this and their ticket id.
+pub struct HeldRequest {
+    /// The canonical request (what is forwarded).
+    pub canonical: Canonical,
+    /// The body, replayed on release.
+    pub body: Bytes,
+    /// Who sent it.
+    pub requester: Requester,
+    /// See [`ticket::fingerprint`]: what a ticket or token must have been issued for.
+    pub fingerprint: String,
+}
+
+/// Serves a request that resolved to an enforcing approve route (`route`, of the request's
+/// own table generation).
+pub async fn serve(
+    x: &Exchange<'_>,
+    route: &Route,
+    canonical: Canonical,
+    body: RequestBody,
+    upgrade: bool,
+) -> Response<ProxyBody> {
+    let Some(policy) = route.approval.as_ref() else {
+        let e = GatewayError::Internal("approve route without an approval policy".into());
+        return x.answer(e, Some(route));
+    };
+    if upgrade {
+        return x.answer(GatewayError::UpgradeNotHoldable, Some(route));
+    }
+    let identity = match x
+        .snap
+        .auth
+        .authenticate(canonical.headers(), canonical.trusted_peer())
+    {
+        Ok(id) => id,
+        Err(e) => {
+            tracing::info!(route = %route.name, "requester authentication failed: {e}");
+            let e = GatewayError::Unauthenticated("the bearer token is not valid".into());
+            return x.answer(e, Some(route));
+        }
+    };
+    if identity.is_anonymous() && (policy.require_identity || policy.mode == ApprovalMode::Access) {
+        let e = GatewayError::Unauthenticated(format!(
+            "route {} requires an authenticated requester",
+            route.name
+        ));
+        return x.answer(e, Some(route));
+    }
+    if let Err(e) = x.engine().store() {
+        tracing::warn!(route = %route.name, "approve route refused, store unavailable: {e}");
+        return x.answer(GatewayError::StoreUnavailable { ticket: None }, Some(route));
+    }
+    let limit = x.snap.table.config().approvals.max_held_body;
+    let idle = x
+        .snap
+        .route_upstreams
+        .get(route.index)
+        .and_then(Option::as_ref)
+        .map_or(std::time::Duration::from_secs(30), |u| u.def.idle_timeout);
+    let body = match body.buffer(canonical.headers(), limit, idle).await {
+        Ok(b) => b,
+        Err(e) => return x.answer(e, Some(route)),
+    };
+    let requester = binding::requester(x, &identity, &canonical);
+    let bound = binding::bound_headers(x, &identity, policy, &canonical);
+    let request = binding::snapshot(&canonical, &bound, &body);
+    let route_hash = ticket::hex(&route.definition_hash);
+    let fingerprint = ticket::fingerprint(&request, &requester, &route_hash);
+    let held = HeldRequest {
+        canonical,
+        body,
+        requester,
+        fingerprint,
+    };
+
+    if let Some(token) = held.canonical.gateway_header("jit-approval") {
+        let token = token.to_string();
+        return release::by_token(x, route, held, &token).await;
+    }
+    if let Some(raw) = held.canonical.gateway_header("jit-ticket") {
+        let Ok(id) = TicketId::parse(raw) else {
+            return x.answer(
+                GatewayError::Mismatch("Jit-Ticket is not a ticket id".into()),
+                Some(route),
+            );
+        };
+        return resume(x, route, held, id).await;
+    }
+    if policy.mode == ApprovalMode::Access {
+        match release::find_grant(x, route, &held).await {
+            Ok(Some(grant)) => return release::on_grant(x, route, held, grant).await,
+            Ok(None) => {}
+            Err(e) => return x.answer(e, Some(route)),
+        }
+    }
+    match open(x, route, &held, request).await {
+        Ok(t) => settle(x, route, t, held).await,
+        Err(e) => x.answer(e, Some(route)),
+    }
+}
+
+/// `Jit-Ticket`: the ticket must have been opened for exactly this request by this requester.
+async fn resume(
+    x: &Exchange<'_>,
+    route: &Route,
+    held: HeldRequest,
+    id: TicketId,
+) -> Response<ProxyBody> {
+    let Ok(store) = x.engine().store() else {
+        return x.answer(
+            GatewayError::StoreUnavailable { ticket: Some(id) },
+            Some(route),
+        );
+    };
+    let t = match store.get(&id).await {
+        Ok(Some(t)) => t,
+        Ok(None) => return x.answer(GatewayError::Mismatch("unknown ticket".into()), Some(route)),
+        Err(e) => {
+            tracing::warn!(ticket = %id, "store unavailable: {e}");
+            return x.answer(
+                GatewayError::StoreUnavailable { ticket: Some(id) },
+                Some(route),
+            );
+        }
+    };
+    if t.fingerprint != held.fingerprint || !t.belongs_to(&route.name, &held.requester) {
+        tracing::info!(ticket = %id, route = %route.name, "Jit-Ticket for another request or requester");
+        return x.answer(
+            GatewayError::Mismatch("the ticket was opened for a different request".into()),
+            Some(route),
+        );
+    }
+    settle(x, route, t, held).await
+}
+
+/// A new ticket, or the pending one an identical request of the same requester opened.
+async fn open(
+    x: &Exchange<'_>,
+    route: &Route,
+    held: &HeldRequest,
+    request: ticket::RequestSnapshot,
+) -> Result<Ticket, GatewayError> {
+    let store = x
+        .engine()
+        .store()
+        .map_err(|_| GatewayError::StoreUnavailable { ticket: None })?;
+    let cfg = &x.snap.table.config().approvals;
+    let Some(policy) = route.approval.as_ref() else {
+        return Err(GatewayError::Internal(
+            "approve route without a policy".into(),
+        ));
+    };
+    let ticket_ttl = policy.ticket_ttl.unwrap_or(cfg.ticket_ttl);
+    let key = held.requester.key();
+    if let Some(max) = policy.max_pending_per_requester {
+        match store.pending_count(&route.name, &key).await {
+            Ok(n) if n >= u64::from(max) => {
+                return Err(GatewayError::TooManyPending {
+                    detail: format!(
+                        "{key} already has {n} pending ticket(s) on route {} (limit {max})",
+                        route.name
+                    ),
+                    retry_after: ticket_ttl,
+                })
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(route = %route.name, "store unavailable: {e}");
+                return Err(GatewayError::StoreUnavailable { ticket: None });
+            }
+        }
+    }
+    let now = jitgate_store::now();
+    let reason = held
+        .canonical
+        .gateway_header("jit-reason")
+        .map(|r| ticket::clip(r, MAX_REASON).to_string())
+        .filter(|r| !r.is_empty());
+    let draft = TicketDraft {
+        route: route.name.clone(),
+        route_hash: route.definition_hash,
+        mode: Mode::from(policy.mode),
+        requester: held.requester.clone(),
+        reason,
+        request,
+        ticket_ttl,
+        token_ttl: policy.token_ttl.unwrap_or(cfg.token_ttl),
+        quorum: policy.quorum,
+        approvers: policy.approvers.iter().map(ToString::to_string).collect(),
+        self_approval: policy.self_approval,
+        token_uses: policy.token_uses,
+        grant_terms: policy.grant_terms(),
+    };
+    let fresh = Ticket::open(jitgate_store::new_ticket_id(now), draft, now);
+    let (t, created) = store
+        .create_or_join(fresh, &held.fingerprint)
+        .await
+        .map_err(|e| {
+            tracing::warn!(route = %route.name, "store unavailable: {e}");
+            GatewayError::StoreUnavailable { ticket: None }
+        })?;
+    if created {
+        tracing::info!(ticket = %t.id, route = %route.name, requester = %t.requester.key(), method = %t.request.method, path = %t.request.path, "held for approval");
+        x.engine()
+            .audit(
+                AuditKind::TicketCreated,
+                &t,
+                None,
+                json!({ "method": t.request.method, "path": t.request.path, "host": t.request.host, "target": t.request.target }),
+            )
+            .await;
+    } else {
+        tracing::info!(ticket = %t.id, route = %route.name, "identical request joined a pending ticket");
+    }
+    Ok(t)
+}
+
+/// Answers for a ticket in any state, holding the request while it is pending.
+async fn settle(
+    x: &Exchange<'_>,
+    route: &Route,
+    t: Ticket,
+    held: HeldRequest,
+) -> Response<ProxyBody> {
+    let t = if t.status == Status::Pending {
+        let cfg = &x.snap.table.config().approvals;
+        let hold_for = route
+            .approval
+            .as_ref()
+            .and_then(|p| p.hold_timeout)
+            .unwrap_or(cfg.hold_timeout);
+        match hold::wait(x, t, hold_for).await {
+            Ok(t) => t,
+            Err(e) => return x.answer(e, Some(route)),
+        }
+    } else {
+        t
+    };
+    match t.status {
+        Status::Approved if t.mode == Mode::Access => {
+            release::on_approved_access(x, route, held, &t).await
+        }
+        Status::Approved => release::redeem(x, route, held, t.id).await,
+        Status::Pending => x.answer(
+            GatewayError::Pending {
+                ticket: t.id.clone(),
+                expires_at: t.expires_at,
+            },
+            Some(route),
+        ),
+        _ => x.answer(refusal(&t), Some(route)),
+    }
+}
+
+/// The answer for a ticket that ended without a release: denied, expired, cancelled, used.
+fn refusal(t: &Ticket) -> GatewayError {
+    let (slug, title, reason) = match t.status {
+        Status::Denied => (
+            "approval-denied",
+            "Denied by approver",
+            t.deny_reason
+                .clone()
+                .unwrap_or_else(|| "denied without a reason".into()),
+        ),
+        Status::Expired => (
+            "approval-expired",
+            "Approval expired",
+            "nobody decided before the ticket expired".to_string(),
+        ),
+        Status::Cancelled => (
+            "approval-cancelled",
+            "Ticket cancelled",
+            "the ticket was cancelled before a decision".to_string(),
+        ),
+        _ => (
+            "approval-used",
+            "Approval already used",
+            "this approval has already been redeemed".to_string(),
+        ),
+    };
+    GatewayError::Refused {
+        ticket: t.id.clone(),
+        slug,
+        title,
+        reason,
+    }
+}
+
+/// A store failure on the approval path: unavailable, or the transition's own refusal.
+fn store_error(e: &StoreError, route: &Route, id: Option<&TicketId>) -> GatewayError {
+    tracing::warn!(route = %route.name, ticket = ?id.map(TicketId::as_str), "store: {e}");
+    match e {
+        StoreError::NotFound => GatewayError::Mismatch("unknown ticket".into()),
+        _ => GatewayError::StoreUnavailable {
+            ticket: id.cloned(),
+        },
+    }
+}

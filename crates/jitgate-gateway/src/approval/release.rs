@@ -1,0 +1,378 @@
+//! Releasing a held request: every path (a resumed or decided ticket, an approval token, an
+//! access grant) re-checks the request against the rule table in force, spends one use in the
+//! store, forwards exactly what was approved, and records what the upstream answered.
+
+use std::sync::Arc;
+
+use http::{HeaderValue, Response};
+use serde_json::json;
+
+use jitgate_rules::route::{Action, Route};
+use jitgate_rules::ticket::{self, AuditDraft, AuditKind, Grant, Ticket, TicketId};
+use jitgate_rules::Unresolved;
+use jitgate_store::StoreError;
+
+use super::{store_error, HeldRequest};
+use crate::body::ProxyBody;
+use crate::context::Exchange;
+use crate::engine::Engine;
+use crate::error::GatewayError;
+use crate::forward::{forward, Outbound};
+use crate::state::Snapshot;
+
+/// The table in force now and the position of the route the held request resolves to under
+/// it, when that still lets it be released on an approval given under `route`: the same
+/// approve route, unedited, or an allow route. A route that now denies it answers its deny.
+fn recheck(
+    x: &Exchange<'_>,
+    held: &HeldRequest,
+    route: &Route,
+) -> Result<(Arc<Snapshot>, usize), Box<Response<ProxyBody>>> {
+    let current = x.shared.snapshot();
+    let now = match current.table.resolve(&held.canonical) {
+        Ok(r) => r.route,
+        Err(Unresolved::NoRoute) => {
+            let e = GatewayError::NoRoute {
+                method: held.canonical.method().to_string(),
+                path: held.canonical.path().to_string(),
+            };
+            return Err(Box::new(x.answer(e, None)));
+        }
+        Err(e) => {
+            let e = GatewayError::Malformed(e.to_string());
+            return Err(Box::new(x.answer(e, None)));
+        }
+    };
+    let same = now.name == route.name && now.definition_hash == route.definition_hash;
+    match now.action {
+        Action::Deny => {
+            tracing::info!(route = %now.name, approved_under = %route.name, "approved, but the rules now deny this request");
+            Err(Box::new(x.answer(GatewayError::Denied, Some(now))))
+        }
+        Action::Approve if !same => {
+            let e = GatewayError::Mismatch(format!(
+                "route {} was changed after this request was approved; ask again",
+                route.name
+            ));
+            Err(Box::new(x.answer(e, Some(route))))
+        }
+        Action::Allow | Action::Approve => {
+            let index = now.index;
+            Ok((current, index))
+        }
+    }
+}
+
+/// `Jit-Approval`: a token we signed for exactly this request redeems one use.
+pub(super) async fn by_token(
+    x: &Exchange<'_>,
+    route: &Route,
+    held: HeldRequest,
+    token: &str,
+) -> Response<ProxyBody> {
+    let now_secs = jitgate_store::now().as_millis() / 1000;
+    let claims = match x
+        .engine()
+        .signer()
+        .verify(token, &held.fingerprint, now_secs)
+    {
+        Ok(c) => c,
+        Err(e) => return x.answer(GatewayError::Mismatch(e.to_string()), Some(route)),
+    };
+    if claims.route != route.name || claims.sub != held.requester.key() {
+        let e = GatewayError::Mismatch(
+            "the approval token was issued for another route or requester".into(),
+        );
+        return x.answer(e, Some(route));
+    }
+    let Ok(id) = TicketId::parse(&claims.jti) else {
+        let e = GatewayError::Mismatch("the approval token names no ticket".into());
+        return x.answer(e, Some(route));
+    };
+    redeem(x, route, held, id).await
+}
+
+/// Releases an approved `action` ticket's request once: re-checks the rules in force, spends
+/// one use in the store (a write whose answer was lost is settled by reading it back), and
+/// forwards with the approval token.
+pub(super) async fn redeem(
+    x: &Exchange<'_>,
+    route: &Route,
+    held: HeldRequest,
+    id: TicketId,
+) -> Response<ProxyBody> {
+    let (current, index) = match recheck(x, &held, route) {
+        Ok(r) => r,
+        Err(resp) => return *resp,
+    };
+    let engine = x.engine();
+    let Ok(store) = engine.store() else {
+        return x.answer(
+            GatewayError::StoreUnavailable { ticket: Some(id) },
+            Some(route),
+        );
+    };
+    let now = jitgate_store::now();
+    let release = jitgate_store::new_release_id(now);
+    let spent = match store
+        .transition(&id, &|t| ticket::execute(t, now, &release))
+        .await
+    {
+        Ok(t) => t,
+        Err(StoreError::Transition(e)) => {
+            let detail = match e {
+                ticket::TransitionError::NotApproved {
+                    status: ticket::Status::Executed,
+                } => "this approval has already been redeemed".to_string(),
+                other => other.to_string(),
+            };
+            let e = GatewayError::Refused {
+                ticket: id,
+                slug: "approval-used",
+                title: "No valid approval for this request",
+                reason: detail,
+            };
+            return x.answer(e, Some(route));
+        }
+        Err(StoreError::Unavailable(why)) => {
+            // The write may have landed and only its answer been lost: read it back.
+            match store.get(&id).await {
+                Ok(Some(t)) if t.releases.contains(&release) => {
+                    tracing::warn!(ticket = %id, "release settled by reading back after: {why}");
+                    t
+                }
+                _ => {
+                    let e = StoreError::Unavailable(why);
+                    return x.answer(store_error(&e, route, Some(&id)), Some(route));
+                }
+            }
+        }
+        Err(e) => return x.answer(store_error(&e, route, Some(&id)), Some(route)),
+    };
+    if !spent.belongs_to(&route.name, &held.requester) || spent.fingerprint != held.fingerprint {
+        // Only reachable with a token of ours for a ticket it does not describe.
+        tracing::error!(ticket = %id, "redeemed ticket does not match the request");
+        let e = GatewayError::Mismatch("the ticket was opened for a different request".into());
+        return x.answer(e, Some(route));
+    }
+    audit_spawned(
+        engine,
+        ticket_draft(
+            AuditKind::TicketExecuted,
+            &spent,
+            json!({ "release": release, "use": spent.redeemed }),
+        ),
+    );
+    let token = engine
+        .approval_token(&spent)
+        .and_then(|tok| HeaderValue::from_str(&tok).ok());
+    tracing::info!(ticket = %id, route = %route.name, "approved request released");
+    let record = Outcome::new(engine, Some(&spent), None);
+    send(x, &current, index, held, token, record).await
+}
+
+/// An approved `access` ticket: its approval created the grant in the same store operation;
+/// the held request is its first use.
+pub(super) async fn on_approved_access(
+    x: &Exchange<'_>,
+    route: &Route,
+    held: HeldRequest,
+    t: &Ticket,
+) -> Response<ProxyBody> {
+    let Ok(store) = x.engine().store() else {
+        return x.answer(
+            GatewayError::StoreUnavailable {
+                ticket: Some(t.id.clone()),
+            },
+            Some(route),
+        );
+    };
+    let id = ticket::GrantId::for_ticket(&t.id);
+    match store.get_grant(&id).await {
+        Ok(Some(g)) => on_grant(x, route, held, g).await,
+        Ok(None) => {
+            let e = GatewayError::Mismatch(format!(
+                "ticket {} was approved but its grant is gone",
+                t.id
+            ));
+            x.answer(e, Some(route))
+        }
+        Err(e) => x.answer(store_error(&e, route, Some(&t.id)), Some(route)),
+    }
+}
+
+/// `access` routes: one of this requester's active grants on the route as it is now.
+pub(super) async fn find_grant(
+    x: &Exchange<'_>,
+    route: &Route,
+    held: &HeldRequest,
+) -> Result<Option<Grant>, GatewayError> {
+    let store = x
+        .engine()
+        .store()
+        .map_err(|_| GatewayError::StoreUnavailable { ticket: None })?;
+    let now = jitgate_store::now();
+    let grants = store
+        .grants_for(&route.name, &held.requester.key(), now)
+        .await
+        .map_err(|e| store_error(&e, route, None))?;
+    let route_hash = ticket::hex(&route.definition_hash);
+    Ok(grants.into_iter().find(|g| {
+        g.route_hash == route_hash
+            && g.requester.same_principal(&held.requester)
+            && g.is_active(now)
+    }))
+}
+
+/// Releases a request on `grant`: re-checks the rules in force, spends one use of the grant,
+/// forwards. The grant keeps the limits it was created with.
+pub(super) async fn on_grant(
+    x: &Exchange<'_>,
+    route: &Route,
+    held: HeldRequest,
+    grant: Grant,
+) -> Response<ProxyBody> {
+    if !grant.requester.same_principal(&held.requester)
+        || grant.route != route.name
+        || grant.route_hash != ticket::hex(&route.definition_hash)
+    {
+        let e = GatewayError::Mismatch("the grant is for another requester or route".into());
+        return x.answer(e, Some(route));
+    }
+    let (current, index) = match recheck(x, &held, route) {
+        Ok(r) => r,
+        Err(resp) => return *resp,
+    };
+    let engine = x.engine();
+    let Ok(store) = engine.store() else {
+        return x.answer(GatewayError::StoreUnavailable { ticket: None }, Some(route));
+    };
+    let now = jitgate_store::now();
+    let used = match store
+        .transition_grant(&grant.id, &|g| ticket::use_grant(g, now))
+        .await
+    {
+        Ok(g) => g,
+        Err(StoreError::Transition(e)) => {
+            return x.answer(GatewayError::Mismatch(e.to_string()), Some(route))
+        }
+        Err(e) => return x.answer(store_error(&e, route, None), Some(route)),
+    };
+    tracing::info!(grant = %used.id, route = %route.name, "request passed on an access grant");
+    audit_spawned(
+        engine,
+        AuditDraft {
+            at: now,
+            kind: AuditKind::GrantUsed,
+            ticket: used.ticket.clone(),
+            actor: None,
+            requester: Some(used.requester.key().to_string()),
+            detail: json!({ "grant": used.id.to_string(), "uses": used.uses }),
+        },
+    );
+    let record = Outcome::new(engine, None, Some(&used));
+    send(x, &current, index, held, None, record).await
+}
+
+/// Forwards the held request through the current table's upstream for route `index`.
+async fn send(
+    x: &Exchange<'_>,
+    current: &Snapshot,
+    index: usize,
+    held: HeldRequest,
+    approval: Option<HeaderValue>,
+    record: Outcome,
+) -> Response<ProxyBody> {
+    let route = current.table.routes().get(index);
+    let Some(upstream) = current.route_upstreams.get(index).and_then(Option::as_ref) else {
+        let e = GatewayError::Internal("released route has no upstream client".into());
+        return x.answer(e, route);
+    };
+    let out = Outbound {
+        conn: x.conn,
+        canonical: held.canonical,
+        body: ProxyBody::full(held.body),
+        upgrade: None,
+        approval,
+    };
+    match forward(upstream, out).await {
+        Ok(resp) => {
+            record.finish(json!({ "upstreamStatus": resp.status().as_u16() }));
+            resp
+        }
+        Err(e) => {
+            record
+                .finish(json!({ "error": e.problem(route).detail, "status": e.status().as_u16() }));
+            x.answer(e, route)
+        }
+    }
+}
+
+fn ticket_draft(kind: AuditKind, t: &Ticket, detail: serde_json::Value) -> AuditDraft {
+    AuditDraft {
+        at: jitgate_store::now(),
+        kind,
+        ticket: Some(t.id.clone()),
+        actor: None,
+        requester: Some(t.requester.key().to_string()),
+        detail,
+    }
+}
+
+/// Appends in a task of its own, so a client going away cannot lose the event.
+fn audit_spawned(engine: &Arc<Engine>, draft: AuditDraft) {
+    let engine = engine.clone();
+    tokio::spawn(async move { engine.append(draft).await });
+}
+
+/// Records what became of a released request (`ticket.forwarded`): the upstream's status,
+/// the gateway's error, or, when the client went away before the answer (the request future
+/// was dropped), that.
+struct Outcome {
+    engine: Arc<Engine>,
+    draft: Option<AuditDraft>,
+}
+
+impl Outcome {
+    fn new(engine: &Arc<Engine>, t: Option<&Ticket>, g: Option<&Grant>) -> Outcome {
+        let requester = t
+            .map(|t| t.requester.key().to_string())
+            .or_else(|| g.map(|g| g.requester.key().to_string()));
+        Outcome {
+            engine: engine.clone(),
+            draft: Some(AuditDraft {
+                at: jitgate_store::now(),
+                kind: AuditKind::TicketForwarded,
+                ticket: t
+                    .map(|t| t.id.clone())
+                    .or_else(|| g.and_then(|g| g.ticket.clone())),
+                actor: None,
+                requester,
+                detail: json!({ "grant": g.map(|g| g.id.to_string()) }),
+            }),
+        }
+    }
+
+    fn finish(mut self, outcome: serde_json::Value) {
+        self.record(outcome);
+    }
+
+    fn record(&mut self, outcome: serde_json::Value) {
+        let Some(mut draft) = self.draft.take() else {
+            return;
+        };
+        draft.at = jitgate_store::now();
+        if let (Some(d), Some(o)) = (draft.detail.as_object_mut(), outcome.as_object()) {
+            d.extend(o.clone());
+        }
+        audit_spawned(&self.engine, draft);
+    }
+}
+
+impl Drop for Outcome {
+    fn drop(&mut self) {
+        if self.draft.is_some() && tokio::runtime::Handle::try_current().is_ok() {
+            self.record(json!({ "error": "the client went away before the upstream answered" }));
+        }
+    }
+}

@@ -1,0 +1,69 @@
+//! What one data-plane request carries through its phases (edge, resolve, act, forward): the
+//! connection, the table generation it started with, and how to answer it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{HeaderValue, Response};
+use jitgate_rules::route::Route;
+use jitgate_rules::Edge;
+
+use crate::body::ProxyBody;
+use crate::engine::Engine;
+use crate::error::GatewayError;
+use crate::state::{Shared, Snapshot};
+
+/// What we know about the client connection.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// The TCP peer.
+    pub peer: SocketAddr,
+    /// Whether it spoke TLS to us.
+    pub tls: bool,
+    /// The peer's canonical address as a header value, formatted once per connection for
+    /// `X-Forwarded-For`.
+    pub peer_value: Option<HeaderValue>,
+}
+
+impl ConnInfo {
+    /// Describes a client connection.
+    pub fn new(peer: SocketAddr, tls: bool) -> ConnInfo {
+        let text = peer.ip().to_canonical().to_string();
+        ConnInfo {
+            peer,
+            tls,
+            peer_value: HeaderValue::from_str(&text).ok(),
+        }
+    }
+}
+
+/// One data-plane request in flight: everything its phases share. The canonical request and
+/// its body are passed by value from phase to phase, so no phase can reach back and rebuild
+/// what an earlier one produced.
+pub struct Exchange<'a> {
+    /// Shared state: the live table (for re-checks at release) and the approval engine.
+    pub shared: &'a Arc<Shared>,
+    /// The table generation this request started with.
+    pub snap: Arc<Snapshot>,
+    /// The client connection.
+    pub conn: &'a ConnInfo,
+    /// A gRPC call: the gateway's own answers are gRPC statuses.
+    pub grpc: bool,
+}
+
+impl Exchange<'_> {
+    /// The approval engine.
+    pub fn engine(&self) -> &Arc<Engine> {
+        self.shared.engine()
+    }
+
+    /// The edge settings of this request's table generation.
+    pub fn edge(&self) -> Edge<'_> {
+        self.snap.edge(self.conn)
+    }
+
+    /// The gateway's own answer, shaped for this client (gRPC, route template, problem+json).
+    pub fn answer(&self, e: GatewayError, route: Option<&Route>) -> Response<ProxyBody> {
+        e.respond(route, self.grpc)
+    }
+}
