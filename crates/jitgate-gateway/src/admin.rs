@@ -495,7 +495,7 @@ impl Api<'_> {
             Err(e) => return Err(store_problem(&e)),
         }
         let who = &self.caller;
-        let now = jitgate_store::now();
+        let now = engine.now();
         let result = if approve {
             store
                 .transition(&id, &|t| ticket::approve(t, who, text.clone(), now))

@@ -20,8 +20,42 @@ use jitgate_store::{MemoryStore, RedisOptions, RedisStore, Store, StoreError};
 use serde_json::Value;
 use tokio::sync::{broadcast, watch, Notify};
 
+/// The clock approvals are judged by (ticket expiry, redemption windows, audit times).
+#[derive(Debug, Clone, Copy)]
+pub enum Clock {
+    /// The wall clock (what replicas agree on).
+    Wall,
+    /// Tokio's clock, counted from `start` at `at`: it stands still and jumps with tokio's
+    /// paused time, so tests of holding and expiry run without sleeping.
+    Tokio {
+        /// The wall time at `at`.
+        start: Timestamp,
+        /// When it was `start`.
+        at: tokio::time::Instant,
+    },
+}
+
+impl Clock {
+    /// A tokio clock starting now.
+    pub fn tokio() -> Clock {
+        Clock::Tokio {
+            start: jitgate_store::now(),
+            at: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Now.
+    pub fn now(&self) -> Timestamp {
+        match self {
+            Clock::Wall => jitgate_store::now(),
+            Clock::Tokio { start, at } => start.plus(at.elapsed()),
+        }
+    }
+}
+
 /// The store, the signer, and the requests held on this replica.
 pub struct Engine {
+    clock: Clock,
     store: OnceLock<Arc<dyn Store>>,
     store_kind: &'static str,
     signer: ApprovalSigner,
@@ -45,6 +79,14 @@ impl Engine {
     /// background, so the gateway serves allow routes while Redis is down; approve routes
     /// answer 503 until it is reachable (fail closed).
     pub fn start(cfg: &config::Config) -> Result<Arc<Engine>, EngineError> {
+        Engine::start_with_clock(cfg, Clock::Wall)
+    }
+
+    /// [`Engine::start`] with another clock (tests pause tokio's).
+    pub fn start_with_clock(
+        cfg: &config::Config,
+        clock: Clock,
+    ) -> Result<Arc<Engine>, EngineError> {
         let (signer, ephemeral_key) =
             ApprovalSigner::from_config(cfg.approvals.signing_key.as_deref())
                 .map_err(|e| EngineError(format!("[approvals] signing_key: {e}")))?;
@@ -56,6 +98,7 @@ impl Engine {
         }
         let (shutdown, _) = watch::channel(false);
         let engine = Arc::new(Engine {
+            clock,
             store: OnceLock::new(),
             store_kind: match cfg.store {
                 config::Store::Memory { .. } => "memory",
@@ -97,6 +140,11 @@ impl Engine {
     /// `memory` or `redis`.
     pub fn store_kind(&self) -> &'static str {
         self.store_kind
+    }
+
+    /// Now, by the engine's clock.
+    pub fn now(&self) -> Timestamp {
+        self.clock.now()
     }
 
     /// The approval-token signer.
@@ -164,7 +212,7 @@ impl Engine {
         detail: Value,
     ) -> Option<ticket::AuditEvent> {
         self.append(AuditDraft {
-            at: jitgate_store::now(),
+            at: self.now(),
             kind,
             ticket: Some(t.id.clone()),
             actor: actor.map(str::to_string),
@@ -189,7 +237,7 @@ impl Engine {
 
     /// Expires `t` if it is due; returns the stored ticket when this call expired it.
     pub async fn expire_if_due(&self, t: &Ticket) -> Option<Ticket> {
-        let now = jitgate_store::now();
+        let now = self.now();
         if t.status != ticket::Status::Pending || now < t.expires_at {
             return None;
         }
@@ -282,7 +330,7 @@ impl Drop for HoldGuard {
         let id = self.id.clone();
         handle.spawn(async move {
             let Ok(store) = engine.store() else { return };
-            let now = jitgate_store::now();
+            let now = engine.now();
             match store.transition(&id, &|t| ticket::cancel(t, now)).await {
                 Ok(t) => {
                     tracing::info!(ticket = %id, route = %t.route, "client went away; ticket cancelled");
@@ -356,7 +404,7 @@ async fn reconcile(engine: std::sync::Weak<Engine>) {
                 continue;
             }
         };
-        let now = jitgate_store::now();
+        let now = engine.now();
         let pending: HashSet<&TicketId> = index.iter().map(|(id, _)| id).collect();
         let decided: Vec<TicketId> = engine
             .lock_held()

@@ -160,7 +160,7 @@ fn record_shadows(x: &Exchange<'_>, canonical: &Canonical, route: &Route) {
             "shadow route would {would}"
         );
         let draft = AuditDraft {
-            at: jitgate_store::now(),
+            at: x.engine().now(),
             kind: AuditKind::ShadowMatched,
             ticket: None,
             actor: None,

@@ -70,6 +70,8 @@ pub const DEFAULT_VOLATILE_HEADERS: &[&str] = &[
     "expect",
     "x-request-id",
     "x-correlation-id",
+    // The time a gRPC call has left: it shrinks with every retry.
+    "grpc-timeout",
     "traceparent",
     "tracestate",
     "baggage",

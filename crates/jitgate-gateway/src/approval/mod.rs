@@ -212,7 +212,7 @@ async fn open(
             }
         }
     }
-    let now = jitgate_store::now();
+    let now = x.engine().now();
     let reason = held
         .canonical
         .gateway_header("jit-reason")
@@ -338,3 +338,6 @@ fn store_error(e: &StoreError, route: &Route, id: Option<&TicketId>) -> GatewayE
         },
     }
 }
+
+#[cfg(test)]
+mod tests;

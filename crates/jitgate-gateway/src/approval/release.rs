@@ -70,7 +70,7 @@ pub(super) async fn by_token(
     held: HeldRequest,
     token: &str,
 ) -> Response<ProxyBody> {
-    let now_secs = jitgate_store::now().as_millis() / 1000;
+    let now_secs = x.engine().now().as_millis() / 1000;
     let claims = match x
         .engine()
         .signer()
@@ -112,7 +112,7 @@ pub(super) async fn redeem(
             Some(route),
         );
     };
-    let now = jitgate_store::now();
+    let now = engine.now();
     let release = jitgate_store::new_release_id(now);
     let spent = match store
         .transition(&id, &|t| ticket::execute(t, now, &release))
@@ -158,6 +158,7 @@ pub(super) async fn redeem(
     audit_spawned(
         engine,
         ticket_draft(
+            engine,
             AuditKind::TicketExecuted,
             &spent,
             json!({ "release": release, "use": spent.redeemed }),
@@ -211,7 +212,7 @@ pub(super) async fn find_grant(
         .engine()
         .store()
         .map_err(|_| GatewayError::StoreUnavailable { ticket: None })?;
-    let now = jitgate_store::now();
+    let now = x.engine().now();
     let grants = store
         .grants_for(&route.name, &held.requester.key(), now)
         .await
@@ -247,7 +248,7 @@ pub(super) async fn on_grant(
     let Ok(store) = engine.store() else {
         return x.answer(GatewayError::StoreUnavailable { ticket: None }, Some(route));
     };
-    let now = jitgate_store::now();
+    let now = engine.now();
     let used = match store
         .transition_grant(&grant.id, &|g| ticket::use_grant(g, now))
         .await
@@ -308,9 +309,14 @@ async fn send(
     }
 }
 
-fn ticket_draft(kind: AuditKind, t: &Ticket, detail: serde_json::Value) -> AuditDraft {
+fn ticket_draft(
+    engine: &Engine,
+    kind: AuditKind,
+    t: &Ticket,
+    detail: serde_json::Value,
+) -> AuditDraft {
     AuditDraft {
-        at: jitgate_store::now(),
+        at: engine.now(),
         kind,
         ticket: Some(t.id.clone()),
         actor: None,
@@ -341,7 +347,7 @@ impl Outcome {
         Outcome {
             engine: engine.clone(),
             draft: Some(AuditDraft {
-                at: jitgate_store::now(),
+                at: engine.now(),
                 kind: AuditKind::TicketForwarded,
                 ticket: t
                     .map(|t| t.id.clone())
@@ -361,7 +367,7 @@ impl Outcome {
         let Some(mut draft) = self.draft.take() else {
             return;
         };
-        draft.at = jitgate_store::now();
+        draft.at = self.engine.now();
         if let (Some(d), Some(o)) = (draft.detail.as_object_mut(), outcome.as_object()) {
             d.extend(o.clone());
         }
