@@ -13,6 +13,7 @@ use jitgate_rules::route::{ErrorTemplate, Route};
 use jitgate_rules::ticket::{TicketId, Timestamp};
 
 use crate::body::ProxyBody;
+use crate::grpc;
 use crate::problem::{Fault, Problem};
 
 /// Carries a ticket id (answers, and resumed requests).
@@ -105,19 +106,6 @@ pub enum GatewayError {
     },
     /// 500: the gateway itself failed.
     Internal(String),
-}
-
-/// gRPC status codes (grpc/doc/statuscodes.md).
-mod grpc {
-    pub const INVALID_ARGUMENT: u8 = 3;
-    pub const DEADLINE_EXCEEDED: u8 = 4;
-    pub const PERMISSION_DENIED: u8 = 7;
-    pub const RESOURCE_EXHAUSTED: u8 = 8;
-    pub const FAILED_PRECONDITION: u8 = 9;
-    pub const UNIMPLEMENTED: u8 = 12;
-    pub const INTERNAL: u8 = 13;
-    pub const UNAVAILABLE: u8 = 14;
-    pub const UNAUTHENTICATED: u8 = 16;
 }
 
 impl GatewayError {
@@ -338,7 +326,7 @@ impl GatewayError {
             tracing::error!("internal error: {self:?}");
         }
         let mut resp = if grpc {
-            grpc_answer(self.grpc_status(), &self.problem(route).detail)
+            grpc::answer(self.grpc_status(), &self.problem(route).detail)
         } else if let Some(t) = self.template(route) {
             let reason = match &self {
                 GatewayError::Refused { reason, .. } => reason.as_str(),
@@ -401,49 +389,6 @@ pub fn render_template(
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
-}
-
-/// A trailers-only gRPC answer: HTTP 200, `grpc-status` and a percent-encoded `grpc-message`
-/// in the only header block, and no body (gRPC over HTTP/2, "Responses").
-fn grpc_answer(status: u8, message: &str) -> Response<ProxyBody> {
-    let mut resp = Response::new(ProxyBody::Empty);
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/grpc"),
-    );
-    h.insert("grpc-status", HeaderValue::from(u16::from(status)));
-    if let Ok(v) = HeaderValue::from_str(&grpc_percent_encode(message)) {
-        h.insert("grpc-message", v);
-    }
-    resp
-}
-
-/// gRPC's `grpc-message` encoding: bytes outside printable ASCII, and `%`, percent-encoded.
-fn grpc_percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if (0x20..0x7F).contains(&b) && b != b'%' {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-/// Whether a request is a gRPC call (`content-type: application/grpc`, `+proto`, `+json`...),
-/// which gets gRPC answers from the gateway.
-pub fn is_grpc(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .map(|v| v.as_bytes())
-        .is_some_and(|ct| {
-            let lower = ct.to_ascii_lowercase();
-            lower == b"application/grpc"
-                || lower.starts_with(b"application/grpc+")
-                || lower.starts_with(b"application/grpc;")
-        })
 }
 
 #[cfg(test)]

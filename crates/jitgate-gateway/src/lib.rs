@@ -9,6 +9,7 @@ pub mod context;
 pub mod engine;
 pub mod error;
 pub mod forward;
+pub mod grpc;
 pub mod headers;
 pub mod problem;
 pub mod proxy;

@@ -18,8 +18,9 @@ use crate::approval;
 use crate::body::{ProxyBody, RequestBody};
 pub use crate::context::ConnInfo;
 use crate::context::Exchange;
-use crate::error::{is_grpc, GatewayError};
+use crate::error::GatewayError;
 use crate::forward::{forward, Outbound};
+use crate::grpc;
 use crate::state::Shared;
 
 /// Serves one data-plane request. Never fails: every error is an HTTP answer.
@@ -33,7 +34,7 @@ pub async fn handle(
         snap: shared.snapshot(),
         shared: &shared,
         conn: &conn,
-        grpc: is_grpc(req.headers()),
+        grpc: grpc::is_call(req.headers()),
     };
     let (mut parts, body) = req.into_parts();
     let upgrade = parts.extensions.remove::<OnUpgrade>();

@@ -266,11 +266,21 @@ async fn settle(
 ) -> Response<ProxyBody> {
     let t = if t.status == Status::Pending {
         let cfg = &x.snap.table.config().approvals;
-        let hold_for = route
+        let mut hold_for = route
             .approval
             .as_ref()
             .and_then(|p| p.hold_timeout)
             .unwrap_or(cfg.hold_timeout);
+        // A gRPC client gives up at its deadline (and its going away would cancel the
+        // ticket): answer "pending, here is your ticket" while it still listens.
+        if let Some(deadline) = x
+            .grpc
+            .then(|| crate::grpc::timeout(held.canonical.headers()))
+            .flatten()
+        {
+            let margin = (deadline / 10).max(std::time::Duration::from_millis(100));
+            hold_for = hold_for.min(deadline.saturating_sub(margin));
+        }
         match hold::wait(x, t, hold_for).await {
             Ok(t) => t,
             Err(e) => return x.answer(e, Some(route)),

@@ -34,11 +34,6 @@ fn grpc_clients_get_trailers_only_statuses() {
 }
 
 #[test]
-fn grpc_message_is_percent_encoded() {
-    assert_eq!(grpc_percent_encode("a b%c\u{e9}"), "a b%25c%C3%A9");
-}
-
-#[test]
 fn problem_answers_carry_their_headers() {
     let id = TicketId::new(1_795_343_400_000, 7);
     let r = GatewayError::Pending {
@@ -65,19 +60,4 @@ fn problem_answers_carry_their_headers() {
     .respond(None, false);
     assert_eq!(r.headers()["retry-after"], "90");
     assert_eq!(r.headers()["content-type"], "application/problem+json");
-}
-
-#[test]
-fn grpc_content_types() {
-    let mut h = HeaderMap::new();
-    for (ct, want) in [
-        ("application/grpc", true),
-        ("application/grpc+proto", true),
-        ("Application/GRPC", true),
-        ("application/grpc-web", false),
-        ("application/json", false),
-    ] {
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
-        assert_eq!(is_grpc(&h), want, "{ct}");
-    }
 }
