@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod body;
+pub mod budget;
 pub mod engine;
 pub mod headers;
 pub mod hold;
