@@ -989,6 +989,73 @@ async fn idle_request_body_is_cut_off_upstream() {
     drop(stream);
 }
 
+/// Asserts a client-fault answer: `status` problem+json that names no upstream, logged as a
+/// client fault and not as an upstream error.
+async fn assert_client_fault(gw: &Gateway, raw: &[u8], status: u16, what: &str) {
+    let v = assert_problem_raw(raw, status, what);
+    assert!(
+        v.get("upstream").is_none() && !v["type"].as_str().unwrap_or("").contains("upstream"),
+        "{what}: a client fault must not be blamed on the upstream: {v}"
+    );
+    assert!(
+        gw.wait_for_stderr("client fault", WAIT).await,
+        "{what}: not logged as a client fault\n{}",
+        gw.stderr_text()
+    );
+    assert!(
+        !gw.stderr_text().contains("upstream error"),
+        "{what}: logged as an upstream error\n{}",
+        gw.stderr_text()
+    );
+}
+
+#[tokio::test]
+async fn stalled_request_body_is_408_not_an_upstream_failure() {
+    let origin = Origin::start();
+    let gw = allow_all_with(&origin.url(), "idle_timeout = \"1s\"");
+    // 10 of 100 promised bytes, then silence with the connection open: the client stalled.
+    let raw = common::client::raw_request_timeout(
+        gw.data_addr(),
+        b"POST /stall HTTP/1.1\r\nHost: a.test\r\nContent-Length: 100\r\n\r\n0123456789",
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_client_fault(&gw, &raw, 408, "stalled request body").await;
+}
+
+#[tokio::test]
+async fn overflowing_chunk_size_is_400_not_an_upstream_failure() {
+    let origin = Origin::start();
+    let gw = allow_all(&origin.url());
+    let raw = common::client::raw_request_timeout(
+        gw.data_addr(),
+        b"POST /chunks HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n\
+          FFFFFFFFFFFFFFFFFFFF\r\n",
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_client_fault(&gw, &raw, 400, "overflowing chunk size").await;
+}
+
+#[tokio::test]
+async fn genuine_upstream_failures_stay_502_with_a_streamed_body() {
+    // The origin closes the connection while the gateway is still sending a body: that is the
+    // upstream's fault, whatever the request body looked like.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let gw = allow_all(&format!("http://127.0.0.1:{port}"));
+    let raw = common::client::raw_request_timeout(
+        gw.data_addr(),
+        b"POST /x HTTP/1.1\r\nHost: a.test\r\nContent-Length: 5\r\n\r\nhello",
+        Duration::from_secs(20),
+    )
+    .await;
+    let v = assert_problem_raw(&raw, 502, "refused upstream with a body");
+    assert_eq!(v["upstream"], "origin", "{v}");
+}
+
 // === 10. Host rules ===
 
 #[tokio::test]

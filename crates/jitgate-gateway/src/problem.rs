@@ -4,7 +4,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use serde_json::{Map, Value};
 
-use crate::body::ProxyBody;
+use crate::body::{ClientBodyFault, ProxyBody};
 
 /// Media type of every error the gateway answers itself.
 pub const PROBLEM_JSON: &str = "application/problem+json";
@@ -73,6 +73,27 @@ impl Problem {
             detail,
             Fault::Downstream,
         )
+    }
+
+    /// 408 or 400: forwarding failed because the client's request body did (it stalled, or
+    /// was malformed or cut short). The client's fault, never reported as the upstream's.
+    pub fn client_body(fault: &ClientBodyFault) -> Problem {
+        match fault {
+            ClientBodyFault::Stalled(_) => Problem::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request-body-stalled",
+                "Request body stalled",
+                format!("{fault}; the request was not forwarded in full"),
+                Fault::Downstream,
+            ),
+            ClientBodyFault::Broken(_) => Problem::new(
+                StatusCode::BAD_REQUEST,
+                "malformed-request-body",
+                "Malformed or truncated request body",
+                format!("{fault}; the request was not forwarded in full"),
+                Fault::Downstream,
+            ),
+        }
     }
 
     /// 404: no route in the table matches (fail closed).

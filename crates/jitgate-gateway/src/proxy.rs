@@ -418,10 +418,15 @@ pub(crate) async fn forward(
             HeaderValue::from_static("chunked"),
         );
     }
+    // Read when the exchange fails: a failure caused by the client's body is the client's.
+    let client_body = body.client_body();
     let request = Request::from_parts(parts, body);
     let sent = tokio::time::timeout(def.response_timeout, upstream.send(request)).await;
     let (mut resp, checkin) = match sent {
         Err(_) => {
+            if let Some(answer) = upstream::client_fault(client_body.as_deref(), def, true) {
+                return answer;
+            }
             return Problem::gateway_timeout(
                 &def.name,
                 format!(
@@ -429,9 +434,12 @@ pub(crate) async fn forward(
                     def.name, def.response_timeout
                 ),
             )
-            .into_response()
+            .into_response();
         }
         Ok(Err(e)) => {
+            if let Some(answer) = upstream::client_fault(client_body.as_deref(), def, false) {
+                return answer;
+            }
             tracing::warn!(upstream = %def.name, "upstream error: {}", upstream::describe(&e));
             return match e.failure() {
                 Failure::ConnectTimeout => Problem::gateway_timeout(
