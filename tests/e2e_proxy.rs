@@ -1156,3 +1156,36 @@ async fn h2_cookie_crumbs_are_joined_for_an_http1_upstream() {
     let reqs = origin.wait_for(1, WAIT).await;
     assert_eq!(reqs[0].header_all("cookie"), vec![&b"a=1; b=2"[..]]);
 }
+
+// === 12. the gateway's own data-plane endpoints ===
+
+#[tokio::test]
+async fn well_known_405_answers_carry_allow() {
+    let origin = Origin::start();
+    let gw = allow_all(&origin.url());
+    for (method, path) in [
+        ("POST", "/.well-known/jwks.json"),
+        ("DELETE", "/.well-known/jwks.json"),
+        (
+            "DELETE",
+            "/.well-known/jitgate/tickets/jit_01JD3ZK8Q6W6M7ZC2Y6F8X4T9B",
+        ),
+        (
+            "PUT",
+            "/.well-known/jitgate/tickets/jit_01JD3ZK8Q6W6M7ZC2Y6F8X4T9B",
+        ),
+    ] {
+        let resp = send(method, &gw.url(path), &[], "").await;
+        assert_problem_resp(&resp, 405, &format!("{method} {path}"));
+        assert_eq!(
+            resp.header("allow"),
+            Some("GET, HEAD"),
+            "{method} {path}: Allow"
+        );
+    }
+    assert_eq!(
+        origin.count(),
+        0,
+        "the gateway's own endpoints are never forwarded"
+    );
+}

@@ -852,7 +852,7 @@ pub async fn well_known(
     let is_get = matches!(*req.method(), Method::GET | Method::HEAD);
     if path == JWKS {
         if !is_get {
-            return Some(method_not_allowed(path));
+            return Some(method_not_allowed(req.method(), path));
         }
         return Some(json_response(
             StatusCode::OK,
@@ -861,20 +861,13 @@ pub async fn well_known(
     }
     let raw = path.strip_prefix(TICKET_VIEW)?;
     if !is_get {
-        return Some(method_not_allowed(path));
+        return Some(method_not_allowed(req.method(), path));
     }
     Some(ticket_view(shared, snap, trusted_peer, req, raw).await)
 }
 
-fn method_not_allowed(path: &str) -> Response<ProxyBody> {
-    Problem::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method-not-allowed",
-        "Method not allowed",
-        format!("only GET is supported on {path}"),
-        Fault::Downstream,
-    )
-    .into_response()
+fn method_not_allowed(method: &Method, path: &str) -> Response<ProxyBody> {
+    Problem::method_not_allowed(method.as_str(), path, "GET, HEAD").into_response()
 }
 
 async fn ticket_view(
