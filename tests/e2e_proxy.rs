@@ -1038,6 +1038,28 @@ async fn overflowing_chunk_size_is_400_not_an_upstream_failure() {
 }
 
 #[tokio::test]
+async fn truncated_request_body_is_400_not_an_upstream_failure() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let origin = Origin::start();
+    let gw = allow_all(&origin.url());
+    // 10 of 100 promised bytes, then the client closes its sending side.
+    let mut stream = tokio::net::TcpStream::connect(gw.data_addr())
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"POST /cut HTTP/1.1\r\nHost: a.test\r\nContent-Length: 100\r\n\r\n0123456789")
+        .await
+        .expect("write");
+    stream.shutdown().await.expect("half-close");
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut raw))
+        .await
+        .expect("the gateway answers and closes")
+        .expect("read");
+    assert_client_fault(&gw, &raw, 400, "truncated request body").await;
+}
+
+#[tokio::test]
 async fn genuine_upstream_failures_stay_502_with_a_streamed_body() {
     // The origin closes the connection while the gateway is still sending a body: that is the
     // upstream's fault, whatever the request body looked like.
