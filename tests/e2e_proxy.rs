@@ -990,9 +990,20 @@ async fn idle_request_body_is_cut_off_upstream() {
 }
 
 /// Asserts a client-fault answer: `status` problem+json that names no upstream, logged as a
-/// client fault and not as an upstream error.
+/// client fault and not as an upstream error. The problem types are those of a held body
+/// that fails while it is buffered.
 async fn assert_client_fault(gw: &Gateway, raw: &[u8], status: u16, what: &str) {
     let v = assert_problem_raw(raw, status, what);
+    let slug = if status == 408 {
+        "body-timeout"
+    } else {
+        "malformed-request"
+    };
+    assert_eq!(
+        v["type"],
+        format!("urn:jitgate:problem:{slug}"),
+        "{what}: {v}"
+    );
     assert!(
         v.get("upstream").is_none() && !v["type"].as_str().unwrap_or("").contains("upstream"),
         "{what}: a client fault must not be blamed on the upstream: {v}"

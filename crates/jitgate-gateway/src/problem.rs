@@ -93,23 +93,19 @@ impl Problem {
     }
 
     /// 408 or 400: forwarding failed because the client's request body did (it stalled, or
-    /// was malformed or cut short). The client's fault, never reported as the upstream's.
+    /// was malformed or cut short). The client's fault, never reported as the upstream's; the
+    /// same problem types as a held body that fails while it is buffered.
     pub fn client_body(fault: &ClientBodyFault) -> Problem {
+        let detail = format!("{fault}; the request was not forwarded in full");
         match fault {
             ClientBodyFault::Stalled(_) => Problem::new(
                 StatusCode::REQUEST_TIMEOUT,
-                "request-body-stalled",
+                "body-timeout",
                 "Request body stalled",
-                format!("{fault}; the request was not forwarded in full"),
+                detail,
                 Fault::Downstream,
             ),
-            ClientBodyFault::Broken(_) => Problem::new(
-                StatusCode::BAD_REQUEST,
-                "malformed-request-body",
-                "Malformed or truncated request body",
-                format!("{fault}; the request was not forwarded in full"),
-                Fault::Downstream,
-            ),
+            ClientBodyFault::Broken(_) => Problem::bad_request(detail),
         }
     }
 
