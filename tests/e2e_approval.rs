@@ -789,6 +789,53 @@ async fn admin_plane_refuses_unauthenticated_calls_except_health() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn admin_405_answers_say_which_methods_the_endpoint_allows() {
+    let origin = Origin::start();
+    let gw = start(&origin, "", "");
+    let id = "jit_01JD3ZK8Q6W6M7ZC2Y6F8X4T9B";
+    let cases = [
+        ("DELETE", "/healthz".to_string(), "GET, HEAD"),
+        ("POST", "/readyz".to_string(), "GET, HEAD"),
+        ("PUT", "/.well-known/jwks.json".to_string(), "GET, HEAD"),
+        ("POST", "/v1/openapi.json".to_string(), "GET, HEAD"),
+        ("DELETE", "/v1/tickets".to_string(), "GET, HEAD"),
+        ("DELETE", format!("/v1/tickets/{id}"), "GET, HEAD"),
+        ("GET", format!("/v1/tickets/{id}/approve"), "POST"),
+        ("PUT", format!("/v1/tickets/{id}/deny"), "POST"),
+        ("PUT", "/v1/tickets/decide".to_string(), "POST"),
+        ("POST", "/v1/audit".to_string(), "GET, HEAD"),
+        ("DELETE", "/v1/admin/rules".to_string(), "GET, HEAD"),
+        ("GET", "/v1/admin/reload".to_string(), "POST"),
+    ];
+    for (method, path, allow) in cases {
+        let resp = admin_call(&gw, "ops", method, &path, "").await;
+        problem(&resp, 405, &format!("{method} {path}"));
+        assert_eq!(resp.header("allow"), Some(allow), "{method} {path}");
+    }
+    // HEAD is served wherever GET is.
+    let head = admin_call(&gw, "ops", "HEAD", "/v1/tickets", "").await;
+    assert_eq!(head.status, 200, "HEAD /v1/tickets");
+    // A path no endpoint has is 404, whatever the method.
+    let unknown = admin_call(&gw, "ops", "GET", &format!("/v1/tickets/{id}/x"), "").await;
+    problem(&unknown, 404, "unknown ticket sub-resource");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn admin_decision_bodies_are_capped_at_1_mib() {
+    let origin = Origin::start();
+    let gw = start(&origin, "", "");
+    let path = "/v1/tickets/jit_01JD3ZK8Q6W6M7ZC2Y6F8X4T9B/approve";
+    // 100 KiB is read (the ticket is unknown: 404, not 413).
+    let body = format!("{{\"comment\": \"{}\"}}", "x".repeat(100 * 1024));
+    let read = admin_call(&gw, "alice", "POST", path, &body).await;
+    problem(&read, 404, "100 KiB decision body");
+    // Past 1 MiB it is refused.
+    let body = format!("{{\"comment\": \"{}\"}}", "x".repeat(1024 * 1024));
+    let refused = admin_call(&gw, "alice", "POST", path, &body).await;
+    problem(&refused, 413, "decision body over 1 MiB");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn batch_decision_releases_every_listed_ticket() {
     let origin = Origin::start();
     let gw = start(&origin, "", "");

@@ -994,6 +994,106 @@ async fn idle_request_body_is_cut_off_upstream() {
     drop(stream);
 }
 
+/// Asserts a client-fault answer: `status` problem+json that names no upstream, logged as a
+/// client fault and not as an upstream error. The problem types are those of a held body
+/// that fails while it is buffered.
+async fn assert_client_fault(gw: &Gateway, raw: &[u8], status: u16, what: &str) {
+    let v = assert_problem_raw(raw, status, what);
+    let slug = if status == 408 {
+        "body-timeout"
+    } else {
+        "malformed-request"
+    };
+    assert_eq!(
+        v["type"],
+        format!("urn:jitgate:problem:{slug}"),
+        "{what}: {v}"
+    );
+    assert!(
+        v.get("upstream").is_none() && !v["type"].as_str().unwrap_or("").contains("upstream"),
+        "{what}: a client fault must not be blamed on the upstream: {v}"
+    );
+    assert!(
+        gw.wait_for_stderr("client fault", WAIT).await,
+        "{what}: not logged as a client fault\n{}",
+        gw.stderr_text()
+    );
+    assert!(
+        !gw.stderr_text().contains("upstream error"),
+        "{what}: logged as an upstream error\n{}",
+        gw.stderr_text()
+    );
+}
+
+#[tokio::test]
+async fn stalled_request_body_is_408_not_an_upstream_failure() {
+    let origin = Origin::start();
+    let gw = allow_all_with(&origin.url(), "idle_timeout = \"1s\"");
+    // 10 of 100 promised bytes, then silence with the connection open: the client stalled.
+    let raw = common::client::raw_request_timeout(
+        gw.data_addr(),
+        b"POST /stall HTTP/1.1\r\nHost: a.test\r\nContent-Length: 100\r\n\r\n0123456789",
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_client_fault(&gw, &raw, 408, "stalled request body").await;
+}
+
+#[tokio::test]
+async fn overflowing_chunk_size_is_400_not_an_upstream_failure() {
+    let origin = Origin::start();
+    let gw = allow_all(&origin.url());
+    let raw = common::client::raw_request_timeout(
+        gw.data_addr(),
+        b"POST /chunks HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n\
+          FFFFFFFFFFFFFFFFFFFF\r\n",
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_client_fault(&gw, &raw, 400, "overflowing chunk size").await;
+}
+
+#[tokio::test]
+async fn truncated_request_body_is_400_not_an_upstream_failure() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let origin = Origin::start();
+    let gw = allow_all(&origin.url());
+    // 10 of 100 promised bytes, then the client closes its sending side.
+    let mut stream = tokio::net::TcpStream::connect(gw.data_addr())
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"POST /cut HTTP/1.1\r\nHost: a.test\r\nContent-Length: 100\r\n\r\n0123456789")
+        .await
+        .expect("write");
+    stream.shutdown().await.expect("half-close");
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut raw))
+        .await
+        .expect("the gateway answers and closes")
+        .expect("read");
+    assert_client_fault(&gw, &raw, 400, "truncated request body").await;
+}
+
+#[tokio::test]
+async fn genuine_upstream_failures_stay_502_with_a_streamed_body() {
+    // The origin closes the connection while the gateway is still sending a body: that is the
+    // upstream's fault, whatever the request body looked like.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let gw = allow_all(&format!("http://127.0.0.1:{port}"));
+    let raw = common::client::raw_request_timeout(
+        gw.data_addr(),
+        b"POST /x HTTP/1.1\r\nHost: a.test\r\nContent-Length: 5\r\n\r\nhello",
+        Duration::from_secs(20),
+    )
+    .await;
+    let v = assert_problem_raw(&raw, 502, "refused upstream with a body");
+    assert_eq!(v["upstream"], "origin", "{v}");
+}
+
 // === 10. Host rules ===
 
 #[tokio::test]
@@ -1093,4 +1193,37 @@ async fn h2_cookie_crumbs_are_joined_for_an_http1_upstream() {
     assert_eq!(resp.status, 200);
     let reqs = origin.wait_for(1, WAIT).await;
     assert_eq!(reqs[0].header_all("cookie"), vec![&b"a=1; b=2"[..]]);
+}
+
+// === 12. the gateway's own data-plane endpoints ===
+
+#[tokio::test]
+async fn well_known_405_answers_carry_allow() {
+    let origin = Origin::start();
+    let gw = allow_all(&origin.url());
+    for (method, path) in [
+        ("POST", "/.well-known/jwks.json"),
+        ("DELETE", "/.well-known/jwks.json"),
+        (
+            "DELETE",
+            "/.well-known/jitgate/tickets/jit_01JD3ZK8Q6W6M7ZC2Y6F8X4T9B",
+        ),
+        (
+            "PUT",
+            "/.well-known/jitgate/tickets/jit_01JD3ZK8Q6W6M7ZC2Y6F8X4T9B",
+        ),
+    ] {
+        let resp = send(method, &gw.url(path), &[], "").await;
+        assert_problem_resp(&resp, 405, &format!("{method} {path}"));
+        assert_eq!(
+            resp.header("allow"),
+            Some("GET, HEAD"),
+            "{method} {path}: Allow"
+        );
+    }
+    assert_eq!(
+        origin.count(),
+        0,
+        "the gateway's own endpoints are never forwarded"
+    );
 }

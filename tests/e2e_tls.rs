@@ -191,3 +191,54 @@ async fn grpc_over_tls_h2_end_to_end() {
         vec![("x-req-trailer".to_string(), b"t1".to_vec())]
     );
 }
+
+#[tokio::test]
+async fn tls_connections_that_send_no_request_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = TestPki::new();
+    let origin = Origin::start();
+    let cert = pki.issue_server(&["localhost", "127.0.0.1"]);
+    let gw = Gateway::builder(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+         header_read_timeout = \"1s\"\n\
+         tls = {{ cert = \"gw.pem\", key = \"gw.key\" }}\n\n\
+         [[upstreams]]\nname = \"origin\"\nurl = \"{}\"\n\n{CATCH_ALL}",
+        origin.url()
+    ))
+    .file("gw.pem", cert.cert_pem)
+    .file("gw.key", cert.key_pem)
+    .start();
+    // After a complete handshake: nothing (h2 and http/1.1), or only the h2 preface.
+    let cases: [(&[u8], &[u8]); 3] = [
+        (b"h2", b""),
+        (b"h2", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+        (b"http/1.1", b""),
+    ];
+    for (alpn, send) in cases {
+        let mut config = tls::client_config_from_pem(&pki.ca_pem(), None);
+        config.alpn_protocols = vec![alpn.to_vec()];
+        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+        let tcp = tokio::net::TcpStream::connect(gw.data_addr())
+            .await
+            .expect("connect");
+        let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
+        let mut stream = connector.connect(name, tcp).await.expect("TLS handshake");
+        stream.write_all(send).await.expect("write");
+        stream.flush().await.expect("flush");
+        let what = String::from_utf8_lossy(alpn);
+        let closed = tokio::time::timeout(Duration::from_secs(30), async {
+            let mut buf = [0u8; 1024];
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(
+            closed.is_ok(),
+            "{what} connection without a request still open"
+        );
+    }
+}

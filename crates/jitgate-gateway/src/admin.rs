@@ -55,7 +55,13 @@ const MAX_BATCH: usize = 10_000;
 pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBody> {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
-    let get = matches!(method, Method::GET | Method::HEAD);
+    // HEAD is served wherever GET is (hyper sends the head without the body).
+    let routed = if method == Method::HEAD {
+        Method::GET
+    } else {
+        method.clone()
+    };
+    let get = routed == Method::GET;
     match path.as_str() {
         "/healthz" if get => return json_response(StatusCode::OK, &json!({ "status": "ok" })),
         "/readyz" if get => return readyz(&shared).await,
@@ -81,8 +87,8 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Pro
         operator,
     };
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    match (&method, segments.as_slice()) {
-        (&Method::GET | &Method::HEAD, ["v1", "openapi.json"]) => {
+    match (&routed, segments.as_slice()) {
+        (&Method::GET, ["v1", "openapi.json"]) => {
             let mut resp = Response::new(ProxyBody::full(Bytes::from_static(OPENAPI.as_bytes())));
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -115,13 +121,7 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Pro
             Some(refused) => refused,
             None => api.audit(req.uri().query()).await,
         },
-        (
-            _,
-            ["v1", "openapi.json"]
-            | ["v1", "admin", "rules" | "reload"]
-            | ["v1", "tickets", ..]
-            | ["v1", "audit"],
-        ) => not_allowed(&method, &path),
+        _ if allowed_methods(&path).is_some() => not_allowed(&method, &path),
         _ => Problem::new(
             StatusCode::NOT_FOUND,
             "not-found",
@@ -133,15 +133,44 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Pro
     }
 }
 
+/// 405 with `Allow` listing what [`ENDPOINTS`] serves at `path`.
 fn not_allowed(method: &Method, path: &str) -> Response<ProxyBody> {
-    Problem::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method-not-allowed",
-        "Method not allowed",
-        format!("{method} is not supported on {path}"),
-        Fault::Downstream,
-    )
-    .into_response()
+    let allow = allowed_methods(path).unwrap_or_else(|| "GET, HEAD".to_string());
+    Problem::method_not_allowed(method.as_str(), path, &allow).into_response()
+}
+
+/// The `Allow` value for `path`: the methods [`ENDPOINTS`] lists for it (a literal template
+/// before one with `{id}`, so `/v1/tickets/decide` is the batch endpoint), with HEAD wherever
+/// GET is. `None` when no endpoint has this path.
+fn allowed_methods(path: &str) -> Option<String> {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let fits = |template: &str, literal_only: bool| {
+        let parts: Vec<&str> = template.trim_start_matches('/').split('/').collect();
+        parts.len() == segments.len()
+            && parts
+                .iter()
+                .zip(&segments)
+                .all(|(t, s)| t == s || (!literal_only && t.starts_with('{') && !s.is_empty()))
+    };
+    let methods = |literal_only: bool| -> Vec<&'static str> {
+        ENDPOINTS
+            .iter()
+            .filter(|(_, template)| fits(template, literal_only))
+            .map(|(m, _)| *m)
+            .collect()
+    };
+    let mut found = methods(true);
+    if found.is_empty() {
+        found = methods(false);
+    }
+    if found.contains(&"GET") {
+        found.push("HEAD");
+    }
+    let allow: Vec<&str> = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+        .into_iter()
+        .filter(|m| found.contains(m))
+        .collect();
+    (!allow.is_empty()).then(|| allow.join(", "))
 }
 
 async fn readyz(shared: &Shared) -> Response<ProxyBody> {

@@ -5,6 +5,8 @@ use std::error::Error as StdError;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -30,6 +32,68 @@ impl fmt::Display for IdleTimeout {
 
 impl StdError for IdleTimeout {}
 
+/// How a client's request body failed while it was being relayed upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientBodyFault {
+    /// No byte arrived for this long (the upstream's `idle_timeout`), or the body was still
+    /// incomplete, with the gateway waiting for the client, when `response_timeout` ran out.
+    Stalled(Duration),
+    /// The client's framing was invalid (a chunk size that overflows, a bad chunk line), the
+    /// body ended before its `Content-Length`, or the client reset its stream.
+    Broken(String),
+}
+
+impl fmt::Display for ClientBodyFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientBodyFault::Stalled(t) => write!(f, "the request body stalled for {t:?}"),
+            ClientBodyFault::Broken(why) => {
+                write!(f, "the request body is malformed or cut short: {why}")
+            }
+        }
+    }
+}
+
+/// What the relay of a client's request body observed, shared with the forwarder: when the
+/// upstream exchange fails, this says whether the client's body is why, so a client cannot
+/// make the gateway report an upstream failure at will.
+#[derive(Debug, Default)]
+pub struct ClientBody {
+    fault: OnceLock<ClientBodyFault>,
+    /// The relay is waiting for the client to send more (its last poll was pending).
+    waiting: AtomicBool,
+}
+
+/// `hyper::Error`'s own text is generic ("error reading a body from connection"); the cause
+/// is in its sources.
+fn error_chain(err: &hyper::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        source = e.source();
+    }
+    out
+}
+
+impl ClientBody {
+    /// Why the exchange failed if the client is to blame: the fault the relay recorded, or,
+    /// when the response timeout ran out (`timed_out`) while the relay was still waiting for
+    /// the client's body, a stall. `None` when the client is not to blame.
+    pub fn fault(&self, timed_out: bool, waited: Duration) -> Option<ClientBodyFault> {
+        if let Some(fault) = self.fault.get() {
+            return Some(fault.clone());
+        }
+        (timed_out && self.waiting.load(Ordering::Acquire))
+            .then_some(ClientBodyFault::Stalled(waited))
+    }
+
+    fn record(&self, fault: ClientBodyFault) {
+        let _ = self.fault.set(fault);
+    }
+}
+
 /// A body the gateway sends, either way.
 pub enum ProxyBody {
     /// No body.
@@ -51,14 +115,18 @@ impl ProxyBody {
         }
     }
 
-    /// Relays `inner`, failing when no frame arrives for `idle`.
+    /// Relays a client's request body `inner`, failing when no frame arrives for `idle`. A
+    /// body with content records how it fails (see [`ProxyBody::client_body`]).
     pub fn relay(inner: Incoming, idle: Duration) -> ProxyBody {
+        // Only bodies that can fail need the shared record: most requests have none.
+        let client = (!inner.is_end_stream()).then(Arc::default);
         ProxyBody::Stream(Relay {
             inner,
             idle,
             last: None,
             sleep: None,
             checkin: None,
+            client,
         })
     }
 
@@ -71,7 +139,17 @@ impl ProxyBody {
             last: None,
             sleep: None,
             checkin,
+            client: None,
         })
+    }
+
+    /// What the relay of a client's request body observes, for the forwarder to read when
+    /// the upstream exchange fails; `None` for other bodies.
+    pub fn client_body(&self) -> Option<Arc<ClientBody>> {
+        match self {
+            ProxyBody::Stream(relay) => relay.client.clone(),
+            ProxyBody::Empty | ProxyBody::Full(_) => None,
+        }
     }
 }
 
@@ -84,6 +162,8 @@ pub struct Relay {
     last: Option<Instant>,
     sleep: Option<Pin<Box<Sleep>>>,
     checkin: Option<Checkin>,
+    /// Set on a client's request body: where its failures are recorded.
+    client: Option<Arc<ClientBody>>,
 }
 
 impl Drop for Relay {
@@ -138,6 +218,12 @@ impl Relay {
                 if self.sleep.is_some() {
                     self.last = Some(Instant::now());
                 }
+                if let Some(client) = &self.client {
+                    client.waiting.store(false, Ordering::Release);
+                    if let Some(Err(e)) = &frame {
+                        client.record(ClientBodyFault::Broken(error_chain(e)));
+                    }
+                }
                 if frame.is_none() {
                     if let Some(checkin) = self.checkin.take() {
                         checkin.done();
@@ -146,6 +232,9 @@ impl Relay {
                 Poll::Ready(frame.map(|f| f.map_err(BoxError::from)))
             }
             Poll::Pending => {
+                if let Some(client) = &self.client {
+                    client.waiting.store(true, Ordering::Release);
+                }
                 let idle = self.idle;
                 let now = Instant::now();
                 let last = *self.last.get_or_insert(now);
@@ -158,6 +247,9 @@ impl Relay {
                         Poll::Ready(()) => {
                             let deadline = self.last.unwrap_or(now) + idle;
                             if deadline <= Instant::now() {
+                                if let Some(client) = &self.client {
+                                    client.record(ClientBodyFault::Stalled(idle));
+                                }
                                 return Poll::Ready(Some(Err(Box::new(IdleTimeout(idle)))));
                             }
                             sleep.as_mut().reset(deadline);

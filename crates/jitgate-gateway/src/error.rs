@@ -12,7 +12,7 @@ use jitgate_rules::config::render_error_body;
 use jitgate_rules::route::{ErrorTemplate, Route};
 use jitgate_rules::ticket::{TicketId, Timestamp};
 
-use crate::body::ProxyBody;
+use crate::body::{ClientBodyFault, ProxyBody};
 use crate::grpc;
 use crate::problem::{Fault, Problem};
 
@@ -44,6 +44,9 @@ pub enum GatewayError {
     },
     /// 408: the client stopped sending a body the gateway was reading.
     BodyStalled(Duration),
+    /// 408 or 400: forwarding failed because the client's body did (stalled, malformed or cut
+    /// short): the client's fault, never reported as the upstream's.
+    ClientBody(ClientBodyFault),
     /// 403: a protocol upgrade on an approve route (a tunnel cannot be held).
     UpgradeNotHoldable,
     /// 429: too many pending tickets.
@@ -120,7 +123,9 @@ impl GatewayError {
             | GatewayError::Mismatch(_) => StatusCode::FORBIDDEN,
             GatewayError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             GatewayError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            GatewayError::BodyStalled(_) => StatusCode::REQUEST_TIMEOUT,
+            GatewayError::BodyStalled(_)
+            | GatewayError::ClientBody(ClientBodyFault::Stalled(_)) => StatusCode::REQUEST_TIMEOUT,
+            GatewayError::ClientBody(ClientBodyFault::Broken(_)) => StatusCode::BAD_REQUEST,
             GatewayError::TooManyPending { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::Pending { .. } => StatusCode::ACCEPTED,
             GatewayError::StoreUnavailable { .. } | GatewayError::ShuttingDown { .. } => {
@@ -140,6 +145,7 @@ impl GatewayError {
             | GatewayError::Unauthenticated(_)
             | GatewayError::BodyTooLarge { .. }
             | GatewayError::BodyStalled(_)
+            | GatewayError::ClientBody(_)
             | GatewayError::MethodNotAllowed { .. } => Fault::Downstream,
             GatewayError::UpstreamUnavailable { .. } | GatewayError::UpstreamTimeout { .. } => {
                 Fault::Upstream
@@ -165,7 +171,9 @@ impl GatewayError {
             GatewayError::BodyTooLarge { .. } | GatewayError::TooManyPending { .. } => {
                 grpc::RESOURCE_EXHAUSTED
             }
-            GatewayError::BodyStalled(_) => grpc::DEADLINE_EXCEEDED,
+            GatewayError::BodyStalled(_)
+            | GatewayError::ClientBody(ClientBodyFault::Stalled(_)) => grpc::DEADLINE_EXCEEDED,
+            GatewayError::ClientBody(ClientBodyFault::Broken(_)) => grpc::INVALID_ARGUMENT,
             // Retrying will not help until an approver decides: the ticket in `jit-ticket`
             // says what to wait for.
             GatewayError::Pending { .. } => grpc::FAILED_PRECONDITION,
@@ -222,6 +230,17 @@ impl GatewayError {
                 "Request body stalled",
                 format!("no request body data for {idle:?}"),
             ),
+            GatewayError::ClientBody(fault) => {
+                let detail = format!("{fault}; the request was not forwarded in full");
+                match fault {
+                    ClientBodyFault::Stalled(_) => {
+                        ("body-timeout", "Request body stalled", detail)
+                    }
+                    ClientBodyFault::Broken(_) => {
+                        ("malformed-request", "Malformed or ambiguous request", detail)
+                    }
+                }
+            }
             GatewayError::UpgradeNotHoldable => (
                 "upgrade-not-holdable",
                 "Upgrade needs approval",

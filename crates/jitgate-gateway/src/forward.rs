@@ -108,6 +108,8 @@ pub async fn forward(
             HeaderValue::from_static("chunked"),
         );
     }
+    // Read when the exchange fails: a failure caused by the client's body is the client's.
+    let client_body = body.client_body();
     let mut request = Request::new(body);
     *request.method_mut() = canonical.method().clone();
     *request.uri_mut() = uri;
@@ -117,15 +119,21 @@ pub async fn forward(
     let sent = tokio::time::timeout(def.response_timeout, upstream.send(request)).await;
     let (mut resp, checkin) = match sent {
         Err(_) => {
+            if let Some(e) = upstream::client_fault(client_body.as_deref(), def, true) {
+                return Err(e);
+            }
             return Err(GatewayError::UpstreamTimeout {
                 upstream: def.name.clone(),
                 detail: format!(
                     "no response from upstream {} within {:?}",
                     def.name, def.response_timeout
                 ),
-            })
+            });
         }
         Ok(Err(e)) => {
+            if let Some(e) = upstream::client_fault(client_body.as_deref(), def, false) {
+                return Err(e);
+            }
             tracing::warn!(upstream = %def.name, "upstream error: {}", upstream::describe(&e));
             let upstream = def.name.clone();
             return Err(match e.failure() {

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod approval;
 pub mod body;
+pub mod budget;
 pub mod context;
 pub mod engine;
 pub mod error;

@@ -37,6 +37,8 @@ pub struct Problem {
     pub fault: Fault,
     /// Extension members (`rule`, `errors`, ...).
     pub extensions: Map<String, Value>,
+    /// With 405: the methods the resource supports, sent in `Allow` (RFC 9110 section 10.2.1).
+    pub allow: Option<Box<str>>,
 }
 
 impl Problem {
@@ -55,6 +57,7 @@ impl Problem {
             detail: detail.into(),
             fault,
             extensions: Map::new(),
+            allow: None,
         }
     }
 
@@ -73,6 +76,20 @@ impl Problem {
             detail,
             Fault::Downstream,
         )
+    }
+
+    /// 405 for `method` on `path`, which supports `allow` (`"GET, HEAD"`), also sent in
+    /// `Allow` as RFC 9110 section 15.5.6 requires.
+    pub fn method_not_allowed(method: &str, path: &str, allow: &str) -> Problem {
+        let mut p = Problem::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method-not-allowed",
+            "Method not allowed",
+            format!("{method} is not supported on {path}; it supports {allow}"),
+            Fault::Downstream,
+        );
+        p.allow = Some(allow.into());
+        p
     }
 
     /// 404: no route in the table matches (fail closed).
@@ -161,6 +178,9 @@ impl Problem {
         if self.status == StatusCode::UNAUTHORIZED {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Some(allow) = self.allow.and_then(|a| HeaderValue::from_str(&a).ok()) {
+            resp.headers_mut().insert(header::ALLOW, allow);
         }
         resp
     }

@@ -4,6 +4,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,10 +13,12 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use crate::admin;
+use crate::budget::{self, Budgeted};
 use crate::engine::Engine;
 use crate::proxy::{self, ConnInfo};
 use crate::state::{build_snapshot, load_table, Shared, Trigger};
@@ -138,38 +141,22 @@ impl Gateway {
         } else {
             None
         };
+        let data_budget = budget::data_plane_budget(server.max_connections);
 
-        let mut shutdown = std::pin::pin!(shutdown);
-        loop {
-            let (accepted, plane) = tokio::select! {
-                () = &mut shutdown => break,
-                a = data.accept() => (a, Plane::Data),
-                a = admin.accept() => (a, Plane::Admin),
-            };
-            let (stream, peer) = match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let _ = stream.set_nodelay(true);
-            let conn = Conn {
-                shared: shared.clone(),
-                builders: builders.clone(),
-                watcher: graceful.watcher(),
-                peer,
-                plane,
-                first_byte_timeout: server.header_read_timeout,
-            };
-            let tls = if plane == Plane::Data {
-                tls.clone()
-            } else {
-                None
-            };
-            tokio::spawn(conn.serve(stream, tls));
+        // One accept loop per plane, each with its own budget: however many clients the data
+        // plane has, the admin plane can still accept (approvers, health checks).
+        let plane = |plane, tls| Listener {
+            plane,
+            tls,
+            shared: &shared,
+            builders: &builders,
+            graceful: &graceful,
+            header_read_timeout: server.header_read_timeout,
+        };
+        tokio::select! {
+            () = shutdown => {}
+            () = plane(Plane::Data, tls).accept_loop(&data, data_budget) => {}
+            () = plane(Plane::Admin, None).accept_loop(&admin, budget::ADMIN_CONNECTIONS) => {}
         }
         // Close the listeners before saying so: "shutting down" means no new connection
         // can be accepted any more.
@@ -203,6 +190,15 @@ enum Plane {
     Admin,
 }
 
+impl Plane {
+    fn name(self) -> &'static str {
+        match self {
+            Plane::Data => "data",
+            Plane::Admin => "admin",
+        }
+    }
+}
+
 /// Connection builders: sniffing for plaintext (HTTP/1.1 or h2c prior knowledge), and one
 /// per protocol for TLS, where ALPN already said which.
 struct Builders {
@@ -232,6 +228,79 @@ impl Builders {
     }
 }
 
+/// One plane's listener and what its connections share.
+struct Listener<'a> {
+    plane: Plane,
+    tls: Option<TlsAcceptor>,
+    shared: &'a Arc<Shared>,
+    builders: &'a Arc<Builders>,
+    graceful: &'a GracefulShutdown,
+    header_read_timeout: Duration,
+}
+
+/// The first pause after an accept error such as EMFILE; doubled while errors continue.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
+/// The longest pause between accept attempts while they keep failing.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+impl Listener<'_> {
+    /// Accepts for ever, at most `budget` connections at a time: at the budget it stops
+    /// accepting, and new connections wait in the listen backlog until one closes.
+    async fn accept_loop(self, listener: &TcpListener, budget: usize) {
+        let permits = Arc::new(Semaphore::new(budget.min(Semaphore::MAX_PERMITS)));
+        let mut backoff = Duration::ZERO;
+        loop {
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                return; // never closed
+            };
+            let (stream, peer) = match listener.accept().await {
+                Ok(accepted) => {
+                    if !backoff.is_zero() {
+                        tracing::info!(plane = self.plane.name(), "accepting again");
+                        backoff = Duration::ZERO;
+                    }
+                    accepted
+                }
+                // The peer gave up before we accepted it: nothing to wait for.
+                Err(e) if is_connection_error(&e) => continue,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning, and log once a run.
+                    if backoff.is_zero() {
+                        tracing::warn!(
+                            plane = self.plane.name(),
+                            "accept failed: {e}; backing off"
+                        );
+                    }
+                    backoff = (backoff * 2).clamp(ACCEPT_BACKOFF_MIN, ACCEPT_BACKOFF_MAX);
+                    drop(permit);
+                    tokio::time::sleep(backoff).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let conn = Conn {
+                shared: self.shared.clone(),
+                builders: self.builders.clone(),
+                watcher: self.graceful.watcher(),
+                peer,
+                plane: self.plane,
+                header_read_timeout: self.header_read_timeout,
+            };
+            tokio::spawn(conn.serve(Budgeted::new(stream, permit), self.tls.clone()));
+        }
+    }
+}
+
+/// Accept errors about one connection that the peer already abandoned, as opposed to errors
+/// about the process (out of descriptors or memory) that retrying at once cannot fix.
+fn is_connection_error(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset, Interrupted};
+    matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionRefused | ConnectionReset | Interrupted
+    )
+}
+
 /// One accepted connection.
 struct Conn {
     shared: Arc<Shared>,
@@ -239,31 +308,29 @@ struct Conn {
     watcher: Watcher,
     peer: SocketAddr,
     plane: Plane,
-    first_byte_timeout: Duration,
+    header_read_timeout: Duration,
 }
 
 impl Conn {
-    async fn serve(self, stream: TcpStream, tls: Option<TlsAcceptor>) {
+    async fn serve(self, stream: Budgeted<TcpStream>, tls: Option<TlsAcceptor>) {
+        // Every phase of reading the first request head (TLS handshake, the HTTP/1-or-h2c
+        // sniff, the h2 preface, SETTINGS and first HEADERS, an HTTP/1 head) is bounded by
+        // one deadline: hyper's own header timer covers only HTTP/1 heads and starts after
+        // the sniff, and h2 has none.
+        let deadline = Instant::now() + self.header_read_timeout;
         let peer = self.peer;
         match tls {
             None => {
-                // hyper's header timer starts only once the protocol is known; a client that
-                // connects and sends nothing must not hold a task and a socket for ever.
-                let mut probe = [0u8; 1];
-                match tokio::time::timeout(self.first_byte_timeout, stream.peek(&mut probe)).await {
-                    Ok(Ok(n)) if n > 0 => {}
-                    _ => return,
-                }
                 let builders = self.builders.clone();
-                self.run(stream, false, &builders.sniff).await;
+                self.run(stream, false, &builders.sniff, deadline).await;
             }
             Some(acceptor) => {
-                match tokio::time::timeout(self.first_byte_timeout, acceptor.accept(stream)).await {
+                match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
                     Ok(Ok(stream)) => {
                         let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
                         let builders = self.builders.clone();
                         let builder = if h2 { &builders.http2 } else { &builders.http1 };
-                        self.run(stream, true, builder).await;
+                        self.run(stream, true, builder, deadline).await;
                     }
                     Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -272,8 +339,13 @@ impl Conn {
         }
     }
 
-    async fn run<S>(self, stream: S, tls: bool, builder: &auto::Builder<TokioExecutor>)
-    where
+    async fn run<S>(
+        self,
+        stream: S,
+        tls: bool,
+        builder: &auto::Builder<TokioExecutor>,
+        deadline: Instant,
+    ) where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let Conn {
@@ -284,7 +356,12 @@ impl Conn {
             ..
         } = self;
         let conn = ConnInfo::new(peer, tls);
+        // Set by the first request: from then on hyper's HTTP/1 header timer (which also
+        // bounds idle keep-alive) and h2 keep-alive pings govern the connection.
+        let started = Arc::new(AtomicBool::new(false));
+        let first_request = started.clone();
         let service = service_fn(move |req| {
+            first_request.store(true, Ordering::Relaxed);
             let shared = shared.clone();
             let conn = conn.clone();
             async move {
@@ -295,7 +372,21 @@ impl Conn {
             }
         });
         let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-        if let Err(e) = watcher.watch(connection.into_owned()).await {
+        let mut connection = std::pin::pin!(watcher.watch(connection.into_owned()));
+        let ended = tokio::select! {
+            ended = &mut connection => Some(ended),
+            () = tokio::time::sleep_until(deadline) => None,
+        };
+        let ended = match ended {
+            Some(ended) => ended,
+            None if started.load(Ordering::Relaxed) => connection.await,
+            None => {
+                // Dropping the connection closes the socket.
+                tracing::debug!(%peer, "no request within header_read_timeout; closing");
+                return;
+            }
+        };
+        if let Err(e) = ended {
             tracing::debug!(%peer, "connection ended: {e}");
         }
     }

@@ -468,9 +468,11 @@ fn restart_notices(old: &Config, new: &Config) -> Vec<String> {
     if old.server.header_read_timeout != new.server.header_read_timeout
         || old.server.shutdown_grace != new.server.shutdown_grace
         || old.server.watch != new.server.watch
+        || old.server.max_connections != new.server.max_connections
     {
         out.push(
-            "server.header_read_timeout, shutdown_grace and watch take effect at restart".into(),
+            "server.header_read_timeout, shutdown_grace, watch and max_connections take effect at restart"
+                .into(),
         );
     }
     if old.store != new.store {

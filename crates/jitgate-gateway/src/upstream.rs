@@ -18,7 +18,8 @@ use tokio::net::TcpStream;
 
 use jitgate_rules::config::{Upstream, UpstreamProtocol};
 
-use crate::body::ProxyBody;
+use crate::body::{ClientBody, ProxyBody};
+use crate::error::GatewayError;
 use crate::tls::{self, TlsError};
 
 /// A pooled client for one upstream, kept across reloads while its definition is unchanged.
@@ -319,6 +320,20 @@ impl SendError {
             SendError::Exchange(_) => Failure::Exchange,
         }
     }
+}
+
+/// The answer when an exchange with `def` failed (`timed_out`: no response head within
+/// `response_timeout`) because the client's request body did: 408 when it stalled, 400 when
+/// it was malformed or cut short, logged as a client fault. `None` when the client is not to
+/// blame, and the failure is the upstream's (502 or 504).
+pub fn client_fault(
+    body: Option<&ClientBody>,
+    def: &Upstream,
+    timed_out: bool,
+) -> Option<GatewayError> {
+    let fault = body?.fault(timed_out, def.response_timeout)?;
+    tracing::info!(upstream = %def.name, "client fault: {fault}; not an upstream failure");
+    Some(GatewayError::ClientBody(fault))
 }
 
 /// How an upstream exchange failed, for choosing 502 or 504.

@@ -49,6 +49,9 @@ pub struct Server {
     pub shutdown_grace: Duration,
     /// `watch = true` (default): reload when the file changes.
     pub watch: bool,
+    /// `max_connections` (at least 1): data-plane client connections served at once; `None`
+    /// lets the gateway derive it from the process's open-file limit at start.
+    pub max_connections: Option<usize>,
 }
 
 /// A PEM certificate chain and private key.
@@ -619,6 +622,7 @@ const SERVER_KEYS: &[&str] = &[
     "header_read_timeout",
     "shutdown_grace",
     "watch",
+    "max_connections",
 ];
 const STORE_KEYS: &[&str] = &["kind", "url", "retention"];
 const APPROVALS_KEYS: &[&str] = &[
@@ -1111,6 +1115,9 @@ impl<'s> Cx<'s> {
             .duration(t, "shutdown_grace", sec)
             .map_or(secs(30), |d| d.0);
         let watch = self.bool_(t, "watch", sec).is_none_or(|b| b.0);
+        let max_connections = self
+            .u32_(t, "max_connections", sec, 1)
+            .map(|n| n.0 as usize);
         let (listen, admin_listen) = (listen?.0, admin_listen?.0);
         ok.then_some(Server {
             listen,
@@ -1121,6 +1128,7 @@ impl<'s> Cx<'s> {
             header_read_timeout,
             shutdown_grace,
             watch,
+            max_connections,
         })
     }
 

@@ -1,6 +1,6 @@
 use std::collections::BTreeSet;
 
-use super::{ENDPOINTS, OPENAPI};
+use super::{allowed_methods, ENDPOINTS, OPENAPI};
 
 /// The OpenAPI document describes exactly the endpoints the admin plane serves.
 #[test]
@@ -42,5 +42,28 @@ fn openapi_lists_every_endpoint_and_nothing_else() {
                 "{method} {path} documents no responses"
             );
         }
+    }
+}
+
+/// `Allow` on a 405 lists what the endpoints serve at that path; unknown paths have none.
+#[test]
+fn allow_lists_the_methods_of_the_path_s_endpoint() {
+    let id = "jit_01JD3ZK8Q6W6M7ZC2Y6F8X4T9B";
+    let cases = [
+        ("/healthz".to_string(), Some("GET, HEAD")),
+        ("/v1/tickets".to_string(), Some("GET, HEAD")),
+        (format!("/v1/tickets/{id}"), Some("GET, HEAD")),
+        (format!("/v1/tickets/{id}/approve"), Some("POST")),
+        (format!("/v1/tickets/{id}/deny"), Some("POST")),
+        // The literal batch endpoint, not a ticket called "decide".
+        ("/v1/tickets/decide".to_string(), Some("POST")),
+        ("/v1/admin/reload".to_string(), Some("POST")),
+        ("/v1/admin/rules".to_string(), Some("GET, HEAD")),
+        (format!("/v1/tickets/{id}/other"), None),
+        ("/v1/tickets//approve".to_string(), None),
+        ("/nowhere".to_string(), None),
+    ];
+    for (path, want) in cases {
+        assert_eq!(allowed_methods(&path).as_deref(), want, "{path}");
     }
 }
