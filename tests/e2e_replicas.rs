@@ -545,3 +545,43 @@ async fn graceful_shutdown_answers_held_requests_503_with_ticket() {
     assert_eq!(reqs[0].body_sha256, sha256_hex(body.as_bytes()));
     assert!(reqs[0].header("jit-approval").is_some(), "{:#?}", reqs[0]);
 }
+
+/// A release whose store write landed but whose answer was lost (late past the store's
+/// operation timeout) is settled by reading the ticket back: the request is forwarded once,
+/// not refused with 503 while its use is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_release_whose_store_answer_is_lost_is_settled_by_reading_back() {
+    let redis = RedisServer::start();
+    let relay = Relay::start(format!("127.0.0.1:{}", redis.port).parse().unwrap());
+    let origin = Origin::start();
+    let pem = signing_key_pem();
+    let cfg = config(&Knobs {
+        redis_url: &format!("redis://127.0.0.1:{}/0", relay.port),
+        origin_url: &origin.url(),
+        hold_timeout: "30s",
+        approval_extra: "",
+    });
+    let gw = replica(&cfg, &pem);
+    wait_store_ok(&gw).await;
+
+    let body = r#"{"image":"web:1.4.2"}"#;
+    let held = deploy_in_background(&gw, "/deploy/web", body);
+    let id = id_of(&wait_pending(&gw, ROUTE, SOON).await);
+    // The write that spends the use records its release id; its answer comes 4 s late, past
+    // the store's 3 s operation timeout, while the write itself lands at once.
+    relay.delay_answer_to(b"\"releases\":[\"rel_", Duration::from_secs(4));
+    let r = approve(&gw, "alice", &id, "ship it").await;
+    assert_eq!(r.status, 200, "approve: {}", r.text());
+
+    let resp = answer_within(held, Duration::from_secs(20)).await;
+    assert_eq!(relay.sprung(), 1, "the release's answer was not delayed");
+    assert_eq!(resp.status, 200, "{}\n{}", resp.text(), gw.stderr_text());
+    let reqs = origin.wait_for(1, SOON).await;
+    assert_eq!(reqs.len(), 1, "{reqs:#?}");
+    assert!(
+        gw.stderr_text().contains("settled by reading back"),
+        "{}",
+        gw.stderr_text()
+    );
+    wait_status(&gw, &id, "EXECUTED", SOON).await;
+}

@@ -11,6 +11,7 @@ pub mod client;
 pub mod gateway;
 pub mod origin;
 pub mod raw_origin;
+pub mod relay;
 pub mod tls;
 pub mod ws;
 
@@ -22,5 +23,6 @@ pub use client::{body, body_with_trailers, raw_request, send, Client, RawRespons
 pub use gateway::{Gateway, GatewayBuilder, Sig};
 pub use origin::{sha256_hex, Origin, Recorded};
 pub use raw_origin::{RawOrigin, RawRecorded};
+pub use relay::Relay;
 pub use tls::{IssuedCert, TestPki};
 pub use ws::WsClient;
