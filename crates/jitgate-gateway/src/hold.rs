@@ -271,11 +271,17 @@ impl Held<'_> {
             .and_then(|v| v.to_str().ok())
             .map(|r| ticket::clip(r.trim(), MAX_REASON).to_string())
             .filter(|r| !r.is_empty());
+        let source = crate::headers::client_ip(
+            &self.snap.table.config().server.trusted_proxies,
+            self.conn.peer.ip(),
+            &pending.parts.headers,
+        );
         let draft = TicketDraft {
             route: route.name.clone(),
             route_hash: route.definition_hash,
             mode: Mode::from(policy.mode),
             requester: pending.requester.clone(),
+            source: Some(source.to_string()),
             reason,
             request: snapshot,
             ticket_ttl: policy.ticket_ttl.unwrap_or(cfg.ticket_ttl),

@@ -508,6 +508,10 @@ pub struct Ticket {
     pub mode: Mode,
     /// Who asked.
     pub requester: Requester,
+    /// The client address the request came from (canonical text, e.g. `192.0.2.7`), which
+    /// per-source pending limits count by; `None` on tickets recorded before it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
     /// The `Jit-Reason` header.
     pub reason: Option<String>,
     /// What was asked.
@@ -573,6 +577,8 @@ pub struct TicketDraft {
     pub mode: Mode,
     /// Who asked.
     pub requester: Requester,
+    /// The client address (canonical text), for per-source limits.
+    pub source: Option<String>,
     /// `Jit-Reason`.
     pub reason: Option<String>,
     /// What was asked (already redacted).
@@ -605,6 +611,7 @@ impl Ticket {
             route_hash,
             mode: draft.mode,
             requester: draft.requester,
+            source: draft.source,
             reason: draft.reason,
             request: draft.request,
             fingerprint,
@@ -1203,6 +1210,27 @@ pub struct AuditDraft {
     pub requester: Option<String>,
     /// Anything else (upstream status, grant id, reason...).
     pub detail: serde_json::Value,
+}
+
+impl AuditDraft {
+    /// An event about ticket `t` at `at`, by `actor` (`None`: the gateway itself), filed under
+    /// the ticket's requester.
+    pub fn about(
+        kind: AuditKind,
+        t: &Ticket,
+        actor: Option<&str>,
+        detail: serde_json::Value,
+        at: Timestamp,
+    ) -> AuditDraft {
+        AuditDraft {
+            at,
+            kind,
+            ticket: Some(t.id.clone()),
+            actor: actor.map(str::to_string),
+            requester: Some(t.requester.key().into_owned()),
+            detail,
+        }
+    }
 }
 
 /// A numbered, hash-chained audit event.

@@ -29,6 +29,7 @@ fn draft(path: &str, user: &str) -> TicketDraft {
             groups: vec!["dev".into()],
             anonymous: None,
         },
+        source: Some("192.0.2.7".into()),
         reason: Some("hotfix".into()),
         request: RequestSnapshot {
             method: "POST".into(),

@@ -34,6 +34,7 @@ fn draft(quorum: u32) -> TicketDraft {
         route_hash: [7; 32],
         mode: Mode::Action,
         requester: bob(),
+        source: Some("192.0.2.7".into()),
         reason: Some("hotfix 4411".into()),
         request: request(),
         ticket_ttl: Duration::from_secs(900),
@@ -195,8 +196,36 @@ fn ticket_json_is_camel_case_as_in_the_spec() {
     assert_eq!(v["selfApproval"], false);
     assert_eq!(v["tokenUses"], 1);
     assert_eq!(v["routeHash"], hex(&[7; 32]));
+    assert_eq!(v["source"], "192.0.2.7");
     let back: Ticket = serde_json::from_value(v).unwrap();
     assert_eq!(back, t);
+}
+
+#[test]
+fn tickets_stored_before_the_source_field_read_back_without_one() {
+    let mut v = serde_json::to_value(ticket(1)).unwrap();
+    v.as_object_mut().unwrap().remove("source");
+    let back: Ticket = serde_json::from_value(v).unwrap();
+    assert_eq!(back.source, None);
+    let mut t = ticket(1);
+    t.source = None;
+    assert!(serde_json::to_value(&t).unwrap().get("source").is_none());
+}
+
+#[test]
+fn audit_draft_about_a_ticket_files_it_under_its_requester() {
+    let t = ticket(1);
+    let d = AuditDraft::about(
+        AuditKind::TicketApproved,
+        &t,
+        Some("alice"),
+        serde_json::json!({ "quorumReached": true }),
+        at(1),
+    );
+    assert_eq!(d.ticket.as_ref(), Some(&t.id));
+    assert_eq!(d.requester.as_deref(), Some("bob"));
+    assert_eq!(d.actor.as_deref(), Some("alice"));
+    assert_eq!(d.at, at(1));
 }
 
 // === redaction ===
