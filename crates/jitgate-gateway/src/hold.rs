@@ -20,7 +20,7 @@ use jitgate_rules::ticket::{
     self, AuditKind, Mode, RequestSnapshot, Requester, Status, Ticket, TicketDraft, TicketId,
     TransitionError,
 };
-use jitgate_store::{Store, StoreError};
+use jitgate_store::{PendingLimits, Store, StoreError};
 
 use crate::body::ProxyBody;
 use crate::engine::Engine;
@@ -233,35 +233,6 @@ impl Held<'_> {
         }
 
         // A new ticket, or the pending one an identical request already opened.
-        if let Some(max) = policy.max_pending_per_requester {
-            match store
-                .pending_count(&route.name, &pending.requester.key())
-                .await
-            {
-                Ok(n) if n >= u64::from(max) => {
-                    let cfg = &self.snap.table.config().approvals;
-                    let ttl = policy.ticket_ttl.unwrap_or(cfg.ticket_ttl);
-                    let mut resp = Problem::new(
-                        StatusCode::TOO_MANY_REQUESTS,
-                        "too-many-pending",
-                        "Too many pending approvals",
-                        format!(
-                            "{} already has {n} pending ticket(s) on route {} (limit {max})",
-                            pending.requester.key(),
-                            route.name
-                        ),
-                        Fault::Policy,
-                    )
-                    .with("rule", route.name.clone())
-                    .into_response();
-                    resp.headers_mut()
-                        .insert(header::RETRY_AFTER, HeaderValue::from(ttl.as_secs().max(1)));
-                    return resp;
-                }
-                Ok(_) => {}
-                Err(e) => return store_unavailable(&e, route, None),
-            }
-        }
         let now = jitgate_store::now();
         let cfg = &self.snap.table.config().approvals;
         let reason = pending
@@ -293,20 +264,48 @@ impl Held<'_> {
             grant_terms: policy.grant_terms(),
         };
         let fresh = Ticket::open(jitgate_store::new_ticket_id(now), draft, now);
-        let (t, created) = match store.create_or_join(fresh, &pending.fingerprint).await {
+        let limits = PendingLimits {
+            max_pending: None,
+            per_requester: policy.max_pending_per_requester,
+            per_source: None,
+        };
+        let on_create = |t: &Ticket| {
+            vec![ticket::AuditDraft::about(
+                AuditKind::TicketCreated,
+                t,
+                None,
+                json!({ "method": t.request.method, "path": t.request.path, "host": t.request.host }),
+                now,
+            )]
+        };
+        let created = store
+            .create_or_join(fresh, &pending.fingerprint, &limits, &on_create)
+            .await;
+        let (t, created) = match created {
             Ok(r) => r,
+            Err(StoreError::Limit { scope, limit }) => {
+                let ttl = policy.ticket_ttl.unwrap_or(cfg.ticket_ttl);
+                let mut resp = Problem::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too-many-pending",
+                    "Too many pending approvals",
+                    format!(
+                        "too many pending tickets for {} on route {} ({scope} limit {limit})",
+                        pending.requester.key(),
+                        route.name
+                    ),
+                    Fault::Policy,
+                )
+                .with("rule", route.name.clone())
+                .into_response();
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(ttl.as_secs().max(1)));
+                return resp;
+            }
             Err(e) => return store_unavailable(&e, route, None),
         };
         if created {
             tracing::info!(ticket = %t.id, route = %route.name, requester = %t.requester.key(), method = %t.request.method, path = %t.request.path, "held for approval");
-            engine
-                .audit(
-                    AuditKind::TicketCreated,
-                    &t,
-                    None,
-                    json!({ "method": t.request.method, "path": t.request.path, "host": t.request.host }),
-                )
-                .await;
         } else {
             tracing::info!(ticket = %t.id, route = %route.name, "identical request joined a pending ticket");
         }
@@ -505,8 +504,18 @@ impl Held<'_> {
         }
         let now = jitgate_store::now();
         let release = jitgate_store::new_release_id(now);
+        // Spending the use and recording `ticket.executed` are one store operation.
+        let executed = |_: &Ticket, t: &Ticket| {
+            vec![ticket::AuditDraft::about(
+                AuditKind::TicketExecuted,
+                t,
+                None,
+                json!({ "release": release, "use": t.redeemed }),
+                now,
+            )]
+        };
         let t = match store
-            .transition(&id, &|t| ticket::execute(t, now, &release))
+            .transition(&id, &|t| ticket::execute(t, now, &release), &executed)
             .await
         {
             Ok(t) => t,
@@ -537,24 +546,12 @@ impl Held<'_> {
             client_upgrade: None,
             approval: token,
         };
-        let resp = proxy::forward(upstream, hop, parts, ProxyBody::full(body)).await;
-        let status = resp.status().as_u16();
-        let engine = engine.clone();
-        tokio::spawn(async move {
-            engine
-                .audit(
-                    AuditKind::TicketExecuted,
-                    &t,
-                    None,
-                    json!({ "upstreamStatus": status, "use": t.redeemed }),
-                )
-                .await;
-        });
-        resp
+        proxy::forward(upstream, hop, parts, ProxyBody::full(body)).await
     }
 
-    /// An approved `access` ticket: the approver's decision created a grant (just after the
-    /// ticket changed, so it may take a moment to appear); the held request is its first use.
+    /// An approved `access` ticket: the store wrote its grant with the approval (one atomic
+    /// operation, so it exists once the ticket says `APPROVED`); the held request is its
+    /// first use.
     async fn release_on_grant(
         &self,
         store: &Arc<dyn Store>,
@@ -587,9 +584,19 @@ impl Held<'_> {
             .await
             .map_err(|e| store_unavailable(&e, route, None))?;
         let route_hash = ticket::hex(&route.definition_hash);
+        let used = |_: &ticket::Grant, g: &ticket::Grant| {
+            vec![ticket::AuditDraft {
+                at: now,
+                kind: AuditKind::GrantUsed,
+                ticket: g.ticket.clone(),
+                actor: None,
+                requester: Some(g.requester.key().to_string()),
+                detail: json!({ "grant": g.id.to_string(), "uses": g.uses }),
+            }]
+        };
         for g in grants.iter().filter(|g| g.route_hash == route_hash) {
             if let Ok(used) = store
-                .transition_grant(&g.id, &|g| ticket::use_grant(g, now))
+                .transition_grant(&g.id, &|g| ticket::use_grant(g, now), &used)
                 .await
             {
                 return Ok(Some(used));
@@ -613,16 +620,6 @@ impl Held<'_> {
         else {
             return proxy::internal_error("route has no upstream");
         };
-        let engine = self.shared.engine().clone();
-        let draft = ticket::AuditDraft {
-            at: jitgate_store::now(),
-            kind: AuditKind::GrantUsed,
-            ticket: grant.ticket.clone(),
-            actor: None,
-            requester: Some(grant.requester.key().to_string()),
-            detail: json!({ "grant": grant.id.to_string(), "uses": grant.uses }),
-        };
-        tokio::spawn(async move { engine.append(draft).await });
         let hop = Hop {
             conn: self.conn,
             trusted_peer: self.trusted_peer,
