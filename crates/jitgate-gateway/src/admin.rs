@@ -14,7 +14,8 @@ use serde_json::{json, Value};
 
 use jitgate_identity::Identity;
 use jitgate_rules::ticket::{
-    self, Approver, AuditKind, Mode, Status, Ticket, TicketId, Timestamp, TransitionError,
+    self, Approver, AuditDraft, AuditKind, Mode, Status, Ticket, TicketId, Timestamp,
+    TransitionError,
 };
 use jitgate_store::{AuditFilter, StoreError};
 
@@ -525,13 +526,36 @@ impl Api<'_> {
         }
         let who = &self.caller;
         let now = engine.now();
+        // The decision, and the grant an approved access ticket gets (the store writes it
+        // with the transition), are recorded with the change itself.
+        let audit = |before: &Ticket, t: &Ticket| {
+            let (kind, detail) = if approve {
+                (
+                    AuditKind::TicketApproved,
+                    json!({ "comment": text, "approvals": t.approvals.len(), "quorum": t.quorum, "quorumReached": t.status == Status::Approved }),
+                )
+            } else {
+                (AuditKind::TicketDenied, json!({ "reason": text }))
+            };
+            let mut events = vec![AuditDraft::about(kind, t, Some(&who.user), detail, now)];
+            if let Some(g) = ticket::grant_of(before, t) {
+                events.push(AuditDraft::about(
+                    AuditKind::GrantCreated,
+                    t,
+                    Some(&who.user),
+                    json!({ "grant": g.id.to_string(), "expiresAt": g.expires_at, "maxUses": g.max_uses }),
+                    now,
+                ));
+            }
+            events
+        };
         let result = if approve {
             store
-                .transition(&id, &|t| ticket::approve(t, who, text.clone(), now))
+                .transition(&id, &|t| ticket::approve(t, who, text.clone(), now), &audit)
                 .await
         } else {
             store
-                .transition(&id, &|t| ticket::deny(t, who, text.clone(), now))
+                .transition(&id, &|t| ticket::deny(t, who, text.clone(), now), &audit)
                 .await
         };
         let t = match result {
@@ -545,48 +569,11 @@ impl Api<'_> {
             }
             Err(e) => return Err(store_problem(&e)),
         };
-        let (kind, detail) = if approve {
-            (
-                AuditKind::TicketApproved,
-                json!({ "comment": text, "approvals": t.approvals.len(), "quorum": t.quorum, "quorumReached": t.status == Status::Approved }),
-            )
-        } else {
-            (AuditKind::TicketDenied, json!({ "reason": text }))
-        };
         tracing::info!(ticket = %t.id, route = %t.route, by = %who.user, status = %t.status, "decision recorded");
-        engine.audit(kind, &t, Some(&who.user), detail).await;
-        if t.status == Status::Approved && t.mode == Mode::Access {
-            self.grant(&t, now).await;
+        if t.status == Status::Approved && t.mode == Mode::Access && t.grant_terms.is_none() {
+            tracing::warn!(ticket = %t.id, route = %t.route, "approved access ticket without grant terms; no grant");
         }
         Ok(t)
-    }
-
-    /// An approved `access` ticket becomes the grant its terms (recorded when it was opened)
-    /// describe; `t` is the ticket as this approval left it.
-    async fn grant(&self, t: &Ticket, _now: Timestamp) {
-        // This approval moved the ticket out of PENDING (the transition succeeded from there).
-        let mut before = t.clone();
-        before.status = Status::Pending;
-        let Some(grant) = ticket::grant_of(&before, t) else {
-            tracing::warn!(ticket = %t.id, route = %t.route, "approved access ticket without grant terms; no grant");
-            return;
-        };
-        let Ok(store) = self.engine().store() else {
-            return;
-        };
-        match store.create_grant(grant).await {
-            Ok(g) => {
-                self.engine()
-                    .audit(
-                        AuditKind::GrantCreated,
-                        t,
-                        Some(&self.caller.user),
-                        json!({ "grant": g.id.to_string(), "expiresAt": g.expires_at, "maxUses": g.max_uses }),
-                    )
-                    .await;
-            }
-            Err(e) => tracing::error!(ticket = %t.id, "grant not created: {e}"),
-        }
     }
 
     async fn audit(&self, query: Option<&str>) -> Response<ProxyBody> {

@@ -211,18 +211,12 @@ impl Engine {
         actor: Option<&str>,
         detail: Value,
     ) -> Option<ticket::AuditEvent> {
-        self.append(AuditDraft {
-            at: self.now(),
-            kind,
-            ticket: Some(t.id.clone()),
-            actor: actor.map(str::to_string),
-            requester: Some(t.requester.key().to_string()),
-            detail,
-        })
-        .await
+        self.append(AuditDraft::about(kind, t, actor, detail, self.now()))
+            .await
     }
 
-    /// Appends an audit event; a failure is logged (the change it records has happened).
+    /// Appends an audit event that records no state change (state changes carry theirs,
+    /// through the store's transition hooks); a failure is logged.
     pub async fn append(&self, draft: AuditDraft) -> Option<ticket::AuditEvent> {
         let store = self.store().ok()?;
         let (kind, ticket) = (draft.kind, draft.ticket.clone());
@@ -244,17 +238,23 @@ impl Engine {
         self.expire(&t.id, now).await
     }
 
-    /// Expires ticket `id` as of `now` and audits it; `None` unless this call expired it. The
-    /// store publishes the change, which wakes its holders.
+    /// Expires ticket `id` as of `now`, with its audit event; `None` unless this call expired
+    /// it. The store publishes the change, which wakes its holders.
     async fn expire(&self, id: &TicketId, now: Timestamp) -> Option<Ticket> {
         let store = self.store().ok()?;
         let expired = store
-            .transition(id, &|t| ticket::expire(t, now))
+            .transition(id, &|t| ticket::expire(t, now), &|_, t| {
+                vec![AuditDraft::about(
+                    AuditKind::TicketExpired,
+                    t,
+                    None,
+                    Value::Null,
+                    now,
+                )]
+            })
             .await
             .ok()?;
         tracing::info!(ticket = %id, route = %expired.route, "ticket expired undecided");
-        self.audit(AuditKind::TicketExpired, &expired, None, Value::Null)
-            .await;
         Some(expired)
     }
 
@@ -331,12 +331,18 @@ impl Drop for HoldGuard {
         handle.spawn(async move {
             let Ok(store) = engine.store() else { return };
             let now = engine.now();
-            match store.transition(&id, &|t| ticket::cancel(t, now)).await {
+            let audit = |_: &Ticket, t: &Ticket| {
+                vec![AuditDraft::about(
+                    AuditKind::TicketCancelled,
+                    t,
+                    None,
+                    serde_json::json!({ "why": "client disconnected" }),
+                    now,
+                )]
+            };
+            match store.transition(&id, &|t| ticket::cancel(t, now), &audit).await {
                 Ok(t) => {
                     tracing::info!(ticket = %id, route = %t.route, "client went away; ticket cancelled");
-                    engine
-                        .audit(AuditKind::TicketCancelled, &t, None, serde_json::json!({ "why": "client disconnected" }))
-                        .await;
                 }
                 Err(e) => tracing::debug!(ticket = %id, "not cancelled: {e}"),
             }
@@ -383,20 +389,34 @@ async fn dispatch(engine: std::sync::Weak<Engine>, mut rx: broadcast::Receiver<T
     }
 }
 
+/// How often the reconciler asks the store to prune index entries of records past retention
+/// (each call does a bounded amount of work).
+const PRUNE_INTERVAL: Duration = Duration::from_secs(30);
+
 /// Every `reconcile_interval`: wake holders whose ticket left the pending index (a decision
-/// whose notification was lost) and expire overdue tickets.
+/// whose notification was lost) and expire overdue tickets; every [`PRUNE_INTERVAL`], prune
+/// the store.
 async fn reconcile(engine: std::sync::Weak<Engine>) {
     let Some(interval) = engine.upgrade().map(|e| e.reconcile_interval) else {
         return;
     };
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next_prune = tokio::time::Instant::now() + PRUNE_INTERVAL;
     loop {
         tick.tick().await;
         let Some(engine) = engine.upgrade() else {
             return;
         };
         let Ok(store) = engine.store() else { continue };
+        if tokio::time::Instant::now() >= next_prune {
+            next_prune = tokio::time::Instant::now() + PRUNE_INTERVAL;
+            match store.prune(engine.now()).await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!("pruned {n} store entries past retention"),
+                Err(e) => tracing::debug!("prune skipped: {e}"),
+            }
+        }
         let index = match store.pending_index().await {
             Ok(i) => i,
             Err(e) => {

@@ -508,6 +508,10 @@ pub struct Ticket {
     pub mode: Mode,
     /// Who asked.
     pub requester: Requester,
+    /// The client address the request came from (canonical text, e.g. `192.0.2.7`), which
+    /// per-source pending limits count by; `None` on tickets recorded before it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
     /// The `Jit-Reason` header.
     pub reason: Option<String>,
     /// What was asked.
@@ -573,6 +577,8 @@ pub struct TicketDraft {
     pub mode: Mode,
     /// Who asked.
     pub requester: Requester,
+    /// The client address (canonical text), for per-source limits.
+    pub source: Option<String>,
     /// `Jit-Reason`.
     pub reason: Option<String>,
     /// What was asked (already redacted).
@@ -605,6 +611,7 @@ impl Ticket {
             route_hash,
             mode: draft.mode,
             requester: draft.requester,
+            source: draft.source,
             reason: draft.reason,
             request: draft.request,
             fingerprint,
@@ -881,6 +888,9 @@ pub enum TransitionError {
         /// The ticket's current status.
         status: Status,
     },
+    /// Redeeming with a request the ticket was not opened for.
+    #[error("the ticket was opened for a different request")]
+    OtherRequest,
     /// Redeeming an `access` ticket (its approval is a grant, not a release).
     #[error("access tickets are redeemed through their grant")]
     NotAction,
@@ -904,6 +914,7 @@ impl TransitionError {
     pub fn status(&self) -> u16 {
         match self {
             TransitionError::NotAnApprover
+            | TransitionError::OtherRequest
             | TransitionError::SelfApproval
             | TransitionError::RedemptionExpired
             | TransitionError::GrantRevoked
@@ -1011,9 +1022,19 @@ pub fn cancel(t: &Ticket, now: Timestamp) -> Result<Ticket, TransitionError> {
 }
 
 /// Redeems one use of an approved `action` ticket for the release `release` (an id unique to
-/// this attempt, recorded on the ticket); the last allowed use makes it `EXECUTED`. The store
-/// applies this atomically, which is what makes release at-most-once.
-pub fn execute(t: &Ticket, now: Timestamp, release: &str) -> Result<Ticket, TransitionError> {
+/// this attempt, recorded on the ticket) of the request whose fingerprint is `fingerprint`;
+/// the last allowed use makes it `EXECUTED`. A request with another fingerprint spends
+/// nothing. The store applies this atomically, which is what makes release at-most-once and
+/// only of what was approved.
+pub fn execute(
+    t: &Ticket,
+    now: Timestamp,
+    release: &str,
+    fingerprint: &str,
+) -> Result<Ticket, TransitionError> {
+    if t.fingerprint != fingerprint {
+        return Err(TransitionError::OtherRequest);
+    }
     if t.status != Status::Approved {
         return Err(TransitionError::NotApproved { status: t.status });
     }
@@ -1203,6 +1224,27 @@ pub struct AuditDraft {
     pub requester: Option<String>,
     /// Anything else (upstream status, grant id, reason...).
     pub detail: serde_json::Value,
+}
+
+impl AuditDraft {
+    /// An event about ticket `t` at `at`, by `actor` (`None`: the gateway itself), filed under
+    /// the ticket's requester.
+    pub fn about(
+        kind: AuditKind,
+        t: &Ticket,
+        actor: Option<&str>,
+        detail: serde_json::Value,
+        at: Timestamp,
+    ) -> AuditDraft {
+        AuditDraft {
+            at,
+            kind,
+            ticket: Some(t.id.clone()),
+            actor: actor.map(str::to_string),
+            requester: Some(t.requester.key().into_owned()),
+            detail,
+        }
+    }
 }
 
 /// A numbered, hash-chained audit event.

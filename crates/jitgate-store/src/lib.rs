@@ -5,6 +5,12 @@
 //! that was read and written only if nothing changed in between (optimistic concurrency),
 //! so two replicas, two approvers, or a decision racing an expiry never produce two outcomes.
 //!
+//! A change and the audit events that record it are one atomic operation: the caller passes a
+//! pure hook computing the events from the record before and after, and the store numbers,
+//! chains and appends them in the same write (or not at all). What the approve transition of
+//! an `access` ticket grants ([`ticket::grant_of`]) is written with it too, and pending-ticket
+//! limits are checked in the same operation that creates a ticket.
+//!
 //! The trait returns boxed futures ([`StoreFuture`]) rather than using `async fn` so that it
 //! stays object-safe (`Arc<dyn Store>`) without the `async-trait` macro.
 #![forbid(unsafe_code)]
@@ -14,7 +20,8 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use jitgate_rules::ticket::{
-    AuditDraft, AuditEvent, Grant, GrantId, Status, Ticket, TicketId, Timestamp, TransitionError,
+    self, AuditDraft, AuditEvent, Grant, GrantId, Status, Ticket, TicketId, Timestamp,
+    TransitionError,
 };
 use tokio::sync::broadcast;
 
@@ -33,6 +40,68 @@ pub type TicketTransition<'a> =
 
 /// A pure grant transition, e.g. `&|g| ticket::use_grant(g, now)`.
 pub type GrantTransition<'a> = &'a (dyn Fn(&Grant) -> Result<Grant, TransitionError> + Send + Sync);
+
+/// The audit events a ticket change records, from the ticket before and after it (called
+/// once per attempt, so it must be pure); `&|_, _| Vec::new()` records nothing.
+pub type TicketAudit<'a> = &'a (dyn Fn(&Ticket, &Ticket) -> Vec<AuditDraft> + Send + Sync);
+
+/// [`TicketAudit`] for grants.
+pub type GrantAudit<'a> = &'a (dyn Fn(&Grant, &Grant) -> Vec<AuditDraft> + Send + Sync);
+
+/// The audit events a ticket's creation records (`ticket.created`); not called when the
+/// request joins a pending ticket.
+pub type CreateAudit<'a> = &'a (dyn Fn(&Ticket) -> Vec<AuditDraft> + Send + Sync);
+
+/// Caps on pending tickets, checked atomically with the creation of a ticket (never when a
+/// request joins one). Pending tickets past their expiry that no one has expired yet count.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PendingLimits {
+    /// All pending tickets in the store (`[approvals] max_pending`).
+    pub max_pending: Option<u64>,
+    /// Pending tickets of this ticket's requester on its route (`max_pending_per_requester`).
+    pub per_requester: Option<u32>,
+    /// Pending tickets opened from this ticket's [`Ticket::source`] address, on any route.
+    /// Tickets without a source are not counted by address.
+    pub per_source: Option<u32>,
+}
+
+/// Which [`PendingLimits`] cap refused a ticket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LimitScope {
+    /// `max_pending`.
+    Global,
+    /// `per_requester`.
+    Requester,
+    /// `per_source`.
+    Source,
+}
+
+impl LimitScope {
+    /// `global`, `requester` or `source`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitScope::Global => "global",
+            LimitScope::Requester => "requester",
+            LimitScope::Source => "source",
+        }
+    }
+
+    fn parse(s: &str) -> Option<LimitScope> {
+        [
+            LimitScope::Global,
+            LimitScope::Requester,
+            LimitScope::Source,
+        ]
+        .into_iter()
+        .find(|l| l.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for LimitScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// Why a store operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -53,6 +122,15 @@ pub enum StoreError {
     /// Stored data could not be read back (or the audit chain is broken).
     #[error("store data is corrupt: {0}")]
     Corrupt(String),
+    /// Creating the ticket would exceed a [`PendingLimits`] cap (the gateway answers 429 with
+    /// `Retry-After`). Nothing was written.
+    #[error("too many pending tickets ({scope} limit {limit})")]
+    Limit {
+        /// Which cap.
+        scope: LimitScope,
+        /// Its value.
+        limit: u64,
+    },
 }
 
 /// Which audit events to return, oldest first.
@@ -87,10 +165,15 @@ pub trait Store: Send + Sync + 'static {
     /// Stores `ticket` unless a `PENDING`, not yet due ticket with the same coalesce key
     /// exists, which is returned instead. Returns the ticket and whether it was created.
     /// "Not yet due" is judged at `ticket.created_at`, the caller's clock.
+    ///
+    /// Creation is refused with [`StoreError::Limit`] when it would exceed one of `limits`
+    /// (joining never is), and records the events of `on_create`, atomically with the write.
     fn create_or_join<'a>(
         &'a self,
         ticket: Ticket,
         coalesce_key: &'a str,
+        limits: &'a PendingLimits,
+        on_create: CreateAudit<'a>,
     ) -> StoreFuture<'a, (Ticket, bool)>;
 
     /// The ticket, if it exists and is within retention.
@@ -104,10 +187,16 @@ pub trait Store: Send + Sync + 'static {
     /// apply `f`, write only if unchanged since the read, retrying on conflict (a bounded
     /// number of times, then [`StoreError::Conflict`]). A ticket leaving `PENDING` is
     /// published to [`Store::subscribe`]rs on every replica.
+    ///
+    /// The events `audit` computes from the ticket before and after are appended to the
+    /// audit chain in the same atomic operation: both land or neither does. When the change
+    /// approves an `access` ticket, the grant [`ticket::grant_of`] derives is written with it
+    /// (unless a grant with that id exists, which is never overwritten).
     fn transition<'a>(
         &'a self,
         id: &'a TicketId,
         f: TicketTransition<'a>,
+        audit: TicketAudit<'a>,
     ) -> StoreFuture<'a, Ticket>;
 
     /// Every `PENDING` ticket id with its `expiresAt`, soonest-expiring first: what a replica
@@ -116,22 +205,20 @@ pub trait Store: Send + Sync + 'static {
     /// with many thousands of tickets pending.
     fn pending_index(&self) -> StoreFuture<'_, Vec<(TicketId, Timestamp)>>;
 
-    /// How many `PENDING` tickets `requester` (see [`jitgate_rules::Requester::key`]) has on
-    /// `route`, including overdue ones not yet expired.
-    fn pending_count<'a>(&'a self, route: &'a str, requester: &'a str) -> StoreFuture<'a, u64>;
-
     /// Ids of tickets that left `PENDING`, on any replica. Lossy (a lagging or reconnecting
     /// subscriber may miss some): holders also poll.
     fn subscribe(&self) -> broadcast::Receiver<TicketId>;
 
     /// Numbers, chains and appends an audit event, atomically with respect to every other
-    /// appender (also on other replicas).
+    /// appender (also on other replicas). For events that record no state change (shadow
+    /// matches, what became of a forwarded request); changes carry theirs.
     fn append_audit(&self, draft: AuditDraft) -> StoreFuture<'_, AuditEvent>;
 
     /// Audit events matching `filter`, oldest first.
     fn audit<'a>(&'a self, filter: &'a AuditFilter) -> StoreFuture<'a, Vec<AuditEvent>>;
 
-    /// Stores a new grant.
+    /// Stores a grant made outside a ticket transition (records no event). Grants that
+    /// approvals create are written by [`Store::transition`].
     fn create_grant(&self, grant: Grant) -> StoreFuture<'_, Grant>;
 
     /// The grant, if it exists and is within retention.
@@ -148,16 +235,26 @@ pub trait Store: Send + Sync + 'static {
         now: Timestamp,
     ) -> StoreFuture<'a, Vec<Grant>>;
 
-    /// [`Store::transition`] for grants (use, revoke).
+    /// [`Store::transition`] for grants (use, revoke), with their events.
     fn transition_grant<'a>(
         &'a self,
         id: &'a GrantId,
         f: GrantTransition<'a>,
+        audit: GrantAudit<'a>,
     ) -> StoreFuture<'a, Grant>;
+
+    /// Maintenance, called periodically: removes index entries whose records are past
+    /// retention (and, in memory, the records themselves), doing at most about
+    /// [`PRUNE_BATCH`] entries of work per call. Returns how many entries were removed; a
+    /// busy store may need several calls.
+    fn prune(&self, now: Timestamp) -> StoreFuture<'_, usize>;
 
     /// Readiness: the backend answers.
     fn ping(&self) -> StoreFuture<'_, ()>;
 }
+
+/// The most entries one [`Store::prune`] call examines.
+pub const PRUNE_BATCH: usize = 1000;
 
 // === ids and clock ===
 
@@ -215,13 +312,52 @@ pub(crate) fn ticket_keep_until(t: &Ticket, now: Timestamp, retention: Duration)
     settled.plus(retention)
 }
 
-/// Like [`ticket_keep_until`] for grants.
+/// Like [`ticket_keep_until`] for grants: until the grant ends (expiry, revocation, or its
+/// last use) plus `retention`.
 pub(crate) fn grant_keep_until(g: &Grant, now: Timestamp, retention: Duration) -> Timestamp {
-    let end = match g.revoked_at {
+    let mut end = match g.revoked_at {
         Some(r) => r.min(g.expires_at),
         None => g.expires_at,
     };
+    if g.max_uses.is_some_and(|m| g.uses >= m) {
+        end = end.min(now);
+    }
     end.max(now).plus(retention)
+}
+
+/// What a ticket change writes besides the ticket: whether it left `PENDING` (unindex,
+/// publish) and the grant an approval created.
+pub(crate) struct Effects {
+    left_pending: bool,
+    grant: Option<Grant>,
+}
+
+impl Effects {
+    pub(crate) fn of(before: &Ticket, after: &Ticket) -> Effects {
+        Effects {
+            left_pending: before.status == Status::Pending && after.status != Status::Pending,
+            grant: ticket::grant_of(before, after),
+        }
+    }
+}
+
+/// Chains `drafts` after the audit head `(seq, hash)`.
+pub(crate) fn chain_all(head: (u64, &str), drafts: &[AuditDraft]) -> Vec<AuditEvent> {
+    let (mut seq, mut prev) = (head.0, head.1.to_string());
+    let mut out = Vec::with_capacity(drafts.len());
+    for d in drafts {
+        seq += 1;
+        let e = ticket::chain(&prev, seq, d.clone());
+        prev.clone_from(&e.hash);
+        out.push(e);
+    }
+    out
+}
+
+/// The key of the per-requester index of `route`: length-prefixed so that route `a:b` +
+/// user `c` and route `a` + user `b:c` differ.
+pub(crate) fn route_requester(route: &str, requester: &str) -> String {
+    format!("{}:{route}:{requester}", route.len())
 }
 
 /// Bounded optimistic retries before [`StoreError::Conflict`].

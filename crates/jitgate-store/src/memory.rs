@@ -1,22 +1,22 @@
 //! The embedded store: one process, everything behind one mutex.
 //!
 //! The mutex is a `std` one and is never held across an `.await`, so each operation is one
-//! short critical section; that is also what makes transitions atomic here.
+//! short critical section; that is also what makes a transition, the grant it creates, the
+//! limits it checks and the audit events it records atomic here.
 
-use std::collections::HashMap;
-use std::hash::Hash;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use jitgate_rules::ticket::{
-    self, AuditDraft, AuditEvent, Grant, GrantId, Status, Ticket, TicketId, Timestamp,
-    TransitionError, GENESIS,
+    AuditDraft, AuditEvent, Grant, GrantId, Status, Ticket, TicketId, Timestamp, GENESIS,
 };
 use tokio::sync::broadcast;
 
 use crate::{
-    grant_keep_until, now, ticket_keep_until, AuditFilter, GrantTransition, Store, StoreError,
-    StoreFuture, TicketTransition,
+    chain_all, grant_keep_until, now, route_requester, ticket_keep_until, AuditFilter, CreateAudit,
+    Effects, GrantAudit, GrantTransition, LimitScope, PendingLimits, Store, StoreError,
+    StoreFuture, TicketAudit, TicketTransition,
 };
 
 /// The in-memory [`Store`]. Cloning shares the same data (like a second handle in the same
@@ -32,10 +32,18 @@ struct Inner {
     retention: Duration,
 }
 
+/// Records with the instant they may be dropped, and the indexes of pending tickets (kept
+/// in step with the records, so limits and the pending index cost no scan).
 #[derive(Default)]
 struct State {
     tickets: HashMap<TicketId, (Ticket, Timestamp)>,
     coalesce: HashMap<String, TicketId>,
+    /// Pending tickets and their expiry.
+    pending: HashMap<TicketId, Timestamp>,
+    /// Pending tickets per [`route_requester`] key.
+    by_requester: HashMap<String, HashSet<TicketId>>,
+    /// Pending tickets per source address.
+    by_source: HashMap<String, HashSet<TicketId>>,
     grants: HashMap<GrantId, (Grant, Timestamp)>,
     audit: Vec<AuditEvent>,
     last_purge: Timestamp,
@@ -56,16 +64,33 @@ impl MemoryStore {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    fn lock_raw(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock leaves plain data behind, never a half-applied
-        // transition (each is computed before it is written), so the poison can be ignored.
-        let mut st = self
-            .inner
+        // transition (each is computed before anything is written), so the poison can be
+        // ignored.
+        self.inner
             .state
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        st.purge(now());
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        let mut st = self.lock_raw();
+        let at = now();
+        // At most once a second, so operations stay O(1) amortised rather than scanning
+        // every record each time.
+        if at.as_millis() >= st.last_purge.as_millis().saturating_add(1000) {
+            st.purge(at);
+        }
         st
+    }
+
+    fn keep_ticket(&self, t: &Ticket) -> Timestamp {
+        ticket_keep_until(t, now(), self.inner.retention)
+    }
+
+    fn keep_grant(&self, g: &Grant) -> Timestamp {
+        grant_keep_until(g, now(), self.inner.retention)
     }
 }
 
@@ -75,44 +100,126 @@ impl Default for MemoryStore {
     }
 }
 
+// === impl State ===
+
 impl State {
-    /// Drops what is past retention; at most once a second, so operations stay O(1)
-    /// amortised rather than scanning every ticket each time.
-    fn purge(&mut self, now: Timestamp) {
-        if now.as_millis() < self.last_purge.as_millis().saturating_add(1000) {
-            return;
+    /// Drops records past retention (and their index entries); returns how many.
+    fn purge(&mut self, at: Timestamp) -> usize {
+        self.last_purge = at;
+        let gone: Vec<Ticket> = self
+            .tickets
+            .values()
+            .filter(|(_, keep)| *keep <= at)
+            .map(|(t, _)| t.clone())
+            .collect();
+        for t in &gone {
+            self.tickets.remove(&t.id);
+            self.unindex_pending(t);
         }
-        self.last_purge = now;
-        self.tickets.retain(|_, (_, keep)| *keep > now);
-        self.grants.retain(|_, (_, keep)| *keep > now);
-        let tickets = &self.tickets;
-        self.coalesce.retain(|_, id| tickets.contains_key(id));
+        let before = self.grants.len();
+        self.grants.retain(|_, (_, keep)| *keep > at);
+        gone.len() + (before - self.grants.len())
+    }
+
+    fn index_pending(&mut self, t: &Ticket, coalesce_key: &str) {
+        self.coalesce.insert(coalesce_key.to_string(), t.id.clone());
+        self.pending.insert(t.id.clone(), t.expires_at);
+        self.by_requester
+            .entry(route_requester(&t.route, &t.requester.key()))
+            .or_default()
+            .insert(t.id.clone());
+        if let Some(source) = &t.source {
+            self.by_source
+                .entry(source.clone())
+                .or_default()
+                .insert(t.id.clone());
+        }
+    }
+
+    fn unindex_pending(&mut self, t: &Ticket) {
+        if self.coalesce.get(&t.fingerprint) == Some(&t.id) {
+            self.coalesce.remove(&t.fingerprint);
+        }
+        self.pending.remove(&t.id);
+        remove_from(
+            &mut self.by_requester,
+            &route_requester(&t.route, &t.requester.key()),
+            &t.id,
+        );
+        if let Some(source) = &t.source {
+            remove_from(&mut self.by_source, source, &t.id);
+        }
+    }
+
+    /// The cap `t` would exceed, most specific first.
+    fn refusal(&self, t: &Ticket, limits: &PendingLimits) -> Option<StoreError> {
+        let over = |n: usize, cap: u64| n as u64 >= cap;
+        let count = |index: &HashMap<String, HashSet<TicketId>>, key: &str| {
+            index.get(key).map_or(0, HashSet::len)
+        };
+        let mine = count(
+            &self.by_requester,
+            &route_requester(&t.route, &t.requester.key()),
+        );
+        if let Some(cap) = limits.per_requester.map(u64::from) {
+            if over(mine, cap) {
+                return Some(limit(LimitScope::Requester, cap));
+            }
+        }
+        if let (Some(cap), Some(source)) = (limits.per_source.map(u64::from), &t.source) {
+            if over(count(&self.by_source, source), cap) {
+                return Some(limit(LimitScope::Source, cap));
+            }
+        }
+        if let Some(cap) = limits.max_pending {
+            if over(self.pending.len(), cap) {
+                return Some(limit(LimitScope::Global, cap));
+            }
+        }
+        None
+    }
+
+    /// Numbers, chains and appends `drafts`.
+    fn append(&mut self, drafts: &[AuditDraft]) -> Vec<AuditEvent> {
+        let head = self
+            .audit
+            .last()
+            .map_or((0, GENESIS), |e| (e.seq, e.hash.as_str()));
+        let events = chain_all(head, drafts);
+        self.audit.extend(events.iter().cloned());
+        events
+    }
+
+    fn live_ticket(&self, id: &TicketId, at: Timestamp) -> Option<&Ticket> {
+        self.tickets
+            .get(id)
+            .filter(|(_, keep)| *keep > at)
+            .map(|(t, _)| t)
     }
 }
 
-/// Applies a pure transition to the record `id` and stores the result, kept until `keep_until`
-/// of it; returns the record as it was and as it is now. The caller holds the lock throughout,
-/// which is what makes the transition atomic.
-fn apply<K: Eq + Hash + Clone, V: Clone>(
-    records: &mut HashMap<K, (V, Timestamp)>,
-    id: &K,
-    f: impl FnOnce(&V) -> Result<V, TransitionError>,
-    keep_until: impl FnOnce(&V) -> Timestamp,
-) -> Result<(V, V), StoreError> {
-    let (current, _) = records.get(id).ok_or(StoreError::NotFound)?;
-    let next = f(current)?;
-    let keep = keep_until(&next);
-    let (current, _) = records
-        .insert(id.clone(), (next.clone(), keep))
-        .ok_or(StoreError::NotFound)?;
-    Ok((current, next))
+fn limit(scope: LimitScope, limit: u64) -> StoreError {
+    StoreError::Limit { scope, limit }
 }
+
+fn remove_from(index: &mut HashMap<String, HashSet<TicketId>>, key: &str, id: &TicketId) {
+    if let Some(set) = index.get_mut(key) {
+        set.remove(id);
+        if set.is_empty() {
+            index.remove(key);
+        }
+    }
+}
+
+// === impl Store for MemoryStore ===
 
 impl Store for MemoryStore {
     fn create_or_join<'a>(
         &'a self,
         ticket: Ticket,
         coalesce_key: &'a str,
+        limits: &'a PendingLimits,
+        on_create: CreateAudit<'a>,
     ) -> StoreFuture<'a, (Ticket, bool)> {
         Box::pin(async move {
             let mut st = self.lock();
@@ -125,27 +232,33 @@ impl Store for MemoryStore {
             {
                 return Ok((existing.clone(), false));
             }
-            let keep = ticket_keep_until(&ticket, now(), self.inner.retention);
-            st.coalesce
-                .insert(coalesce_key.to_string(), ticket.id.clone());
+            if let Some(refused) = st.refusal(&ticket, limits) {
+                return Err(refused);
+            }
+            let drafts = on_create(&ticket);
+            let keep = self.keep_ticket(&ticket);
             st.tickets.insert(ticket.id.clone(), (ticket.clone(), keep));
+            if ticket.status == Status::Pending {
+                st.index_pending(&ticket, coalesce_key);
+            }
+            st.append(&drafts);
             Ok((ticket, true))
         })
     }
 
     fn get<'a>(&'a self, id: &'a TicketId) -> StoreFuture<'a, Option<Ticket>> {
-        Box::pin(async move { Ok(self.lock().tickets.get(id).map(|(t, _)| t.clone())) })
+        Box::pin(async move { Ok(self.lock().live_ticket(id, now()).cloned()) })
     }
 
     fn list(&self, status: Option<Status>, limit: usize) -> StoreFuture<'_, Vec<Ticket>> {
         Box::pin(async move {
             let st = self.lock();
+            let at = now();
             let mut out: Vec<Ticket> = st
                 .tickets
                 .values()
-                .map(|(t, _)| t)
-                .filter(|t| status.is_none_or(|s| t.status == s))
-                .cloned()
+                .filter(|(t, keep)| *keep > at && status.is_none_or(|s| t.status == s))
+                .map(|(t, _)| t.clone())
                 .collect();
             if status == Some(Status::Pending) {
                 out.sort_by(|a, b| (a.expires_at, &a.id).cmp(&(b.expires_at, &b.id)));
@@ -161,18 +274,27 @@ impl Store for MemoryStore {
         &'a self,
         id: &'a TicketId,
         f: TicketTransition<'a>,
+        audit: TicketAudit<'a>,
     ) -> StoreFuture<'a, Ticket> {
         Box::pin(async move {
             let mut st = self.lock();
-            let (current, next) = apply(&mut st.tickets, id, f, |t| {
-                ticket_keep_until(t, now(), self.inner.retention)
-            })?;
-            let left_pending = current.status == Status::Pending && next.status != Status::Pending;
-            if left_pending && st.coalesce.get(&next.fingerprint) == Some(id) {
-                st.coalesce.remove(&next.fingerprint);
+            let current = st.live_ticket(id, now()).ok_or(StoreError::NotFound)?;
+            let next = f(current)?;
+            let drafts = audit(current, &next);
+            let effects = Effects::of(current, &next);
+            // Everything is computed; now write it all.
+            let keep = self.keep_ticket(&next);
+            st.tickets.insert(id.clone(), (next.clone(), keep));
+            if effects.left_pending {
+                st.unindex_pending(&next);
             }
+            if let Some(g) = effects.grant {
+                let keep = self.keep_grant(&g);
+                st.grants.entry(g.id.clone()).or_insert((g, keep));
+            }
+            st.append(&drafts);
             drop(st);
-            if left_pending {
+            if effects.left_pending {
                 // No receivers is fine: nobody is holding this request here.
                 let _ = self.inner.decisions.send(id.clone());
             }
@@ -184,29 +306,12 @@ impl Store for MemoryStore {
         Box::pin(async move {
             let st = self.lock();
             let mut out: Vec<(TicketId, Timestamp)> = st
-                .tickets
-                .values()
-                .filter(|(t, _)| t.status == Status::Pending)
-                .map(|(t, _)| (t.id.clone(), t.expires_at))
+                .pending
+                .iter()
+                .map(|(id, exp)| (id.clone(), *exp))
                 .collect();
             out.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
             Ok(out)
-        })
-    }
-
-    fn pending_count<'a>(&'a self, route: &'a str, requester: &'a str) -> StoreFuture<'a, u64> {
-        Box::pin(async move {
-            let st = self.lock();
-            let n = st
-                .tickets
-                .values()
-                .filter(|(t, _)| {
-                    t.status == Status::Pending
-                        && t.route == route
-                        && t.requester.key() == requester
-                })
-                .count();
-            Ok(n as u64)
         })
     }
 
@@ -216,20 +321,16 @@ impl Store for MemoryStore {
 
     fn append_audit(&self, draft: AuditDraft) -> StoreFuture<'_, AuditEvent> {
         Box::pin(async move {
-            let mut st = self.inner.state.lock().unwrap_or_else(|e| e.into_inner());
-            let (prev, seq) = st
-                .audit
-                .last()
-                .map_or((GENESIS.to_string(), 0), |e| (e.hash.clone(), e.seq));
-            let e = ticket::chain(&prev, seq + 1, draft);
-            st.audit.push(e.clone());
-            Ok(e)
+            let mut st = self.lock();
+            st.append(std::slice::from_ref(&draft))
+                .pop()
+                .ok_or_else(|| StoreError::Corrupt("audit append produced no event".into()))
         })
     }
 
     fn audit<'a>(&'a self, filter: &'a AuditFilter) -> StoreFuture<'a, Vec<AuditEvent>> {
         Box::pin(async move {
-            let st = self.inner.state.lock().unwrap_or_else(|e| e.into_inner());
+            let st = self.lock();
             let it = st.audit.iter().filter(|e| filter.matches(e)).cloned();
             Ok(if filter.limit == 0 {
                 it.collect()
@@ -242,14 +343,22 @@ impl Store for MemoryStore {
     fn create_grant(&self, grant: Grant) -> StoreFuture<'_, Grant> {
         Box::pin(async move {
             let mut st = self.lock();
-            let keep = grant_keep_until(&grant, now(), self.inner.retention);
+            let keep = self.keep_grant(&grant);
             st.grants.insert(grant.id.clone(), (grant.clone(), keep));
             Ok(grant)
         })
     }
 
     fn get_grant<'a>(&'a self, id: &'a GrantId) -> StoreFuture<'a, Option<Grant>> {
-        Box::pin(async move { Ok(self.lock().grants.get(id).map(|(g, _)| g.clone())) })
+        Box::pin(async move {
+            let at = now();
+            Ok(self
+                .lock()
+                .grants
+                .get(id)
+                .filter(|(_, keep)| *keep > at)
+                .map(|(g, _)| g.clone()))
+        })
     }
 
     fn active_grants(&self, at: Timestamp) -> StoreFuture<'_, Vec<Grant>> {
@@ -284,14 +393,28 @@ impl Store for MemoryStore {
         &'a self,
         id: &'a GrantId,
         f: GrantTransition<'a>,
+        audit: GrantAudit<'a>,
     ) -> StoreFuture<'a, Grant> {
         Box::pin(async move {
             let mut st = self.lock();
-            let (_, next) = apply(&mut st.grants, id, f, |g| {
-                grant_keep_until(g, now(), self.inner.retention)
-            })?;
+            let at = now();
+            let (current, _) = st
+                .grants
+                .get(id)
+                .filter(|(_, keep)| *keep > at)
+                .ok_or(StoreError::NotFound)?;
+            let next = f(current)?;
+            let drafts = audit(current, &next);
+            let keep = self.keep_grant(&next);
+            st.grants.insert(id.clone(), (next.clone(), keep));
+            st.append(&drafts);
             Ok(next)
         })
+    }
+
+    fn prune(&self, at: Timestamp) -> StoreFuture<'_, usize> {
+        // Indexes here are kept in step with the records, so pruning is purging.
+        Box::pin(async move { Ok(self.lock_raw().purge(at)) })
     }
 
     fn ping(&self) -> StoreFuture<'_, ()> {

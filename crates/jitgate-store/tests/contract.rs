@@ -9,12 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jitgate_rules::ticket::{
-    self, Approver, AuditDraft, AuditKind, Grant, Mode, RequestSnapshot, Requester, Status, Ticket,
-    TicketDraft, Timestamp, TransitionError,
+    self, Approver, AuditDraft, AuditEvent, AuditKind, Grant, GrantId, GrantTerms, Mode,
+    RequestSnapshot, Requester, Status, Ticket, TicketDraft, TicketId, Timestamp, TransitionError,
 };
 use jitgate_store::{
-    new_grant_id, new_ticket_id, now, AuditFilter, MemoryStore, RedisOptions, RedisStore, Store,
-    StoreError,
+    new_grant_id, new_ticket_id, now, AuditFilter, LimitScope, MemoryStore, PendingLimits,
+    RedisOptions, RedisStore, Store, StoreError,
 };
 
 // === fixtures ===
@@ -29,6 +29,7 @@ fn draft(path: &str, user: &str) -> TicketDraft {
             groups: vec!["dev".into()],
             anonymous: None,
         },
+        source: Some("192.0.2.7".into()),
         reason: Some("hotfix".into()),
         request: RequestSnapshot {
             method: "POST".into(),
@@ -56,6 +57,26 @@ fn new_ticket(path: &str, user: &str) -> Ticket {
     Ticket::open(new_ticket_id(at), draft(path, user), at)
 }
 
+fn ticket_from(path: &str, user: &str, source: &str) -> Ticket {
+    let at = now();
+    let mut d = draft(path, user);
+    d.source = Some(source.into());
+    Ticket::open(new_ticket_id(at), d, at)
+}
+
+/// An `access` ticket: approving it grants bob an hour with at most 5 uses.
+fn access_ticket(path: &str, user: &str) -> Ticket {
+    let at = now();
+    let mut d = draft(path, user);
+    d.route = "db-console".into();
+    d.mode = Mode::Access;
+    d.grant_terms = Some(GrantTerms {
+        duration_ms: 3_600_000,
+        max_uses: Some(5),
+    });
+    Ticket::open(new_ticket_id(at), d, at)
+}
+
 fn oncall(user: &str) -> Approver {
     Approver {
         user: user.into(),
@@ -67,11 +88,92 @@ fn later(t: Timestamp, secs: u64) -> Timestamp {
     t.plus(Duration::from_secs(secs))
 }
 
+const NO_LIMITS: PendingLimits = PendingLimits {
+    max_pending: None,
+    per_requester: None,
+    per_source: None,
+};
+
+/// The events a ticket change records, as the gateway records them: one per outcome, and
+/// `grant.created` when the change created a grant.
+fn events(before: &Ticket, after: &Ticket) -> Vec<AuditDraft> {
+    let kind = match (before.status, after.status) {
+        (Status::Pending, Status::Pending | Status::Approved) => AuditKind::TicketApproved,
+        (_, Status::Denied) => AuditKind::TicketDenied,
+        (_, Status::Expired) => AuditKind::TicketExpired,
+        (_, Status::Cancelled) => AuditKind::TicketCancelled,
+        _ => AuditKind::TicketExecuted,
+    };
+    let at = now();
+    let mut out = vec![AuditDraft::about(
+        kind,
+        after,
+        None,
+        serde_json::json!({ "redeemed": after.redeemed }),
+        at,
+    )];
+    if let Some(g) = ticket::grant_of(before, after) {
+        out.push(AuditDraft::about(
+            AuditKind::GrantCreated,
+            after,
+            None,
+            serde_json::json!({ "grant": g.id }),
+            at,
+        ));
+    }
+    out
+}
+
+fn created_event(t: &Ticket) -> Vec<AuditDraft> {
+    vec![AuditDraft::about(
+        AuditKind::TicketCreated,
+        t,
+        None,
+        serde_json::Value::Null,
+        now(),
+    )]
+}
+
+fn no_events(_: &Ticket, _: &Ticket) -> Vec<AuditDraft> {
+    Vec::new()
+}
+
 async fn create(s: &dyn Store, t: Ticket) -> Ticket {
     let key = t.fingerprint.clone();
-    let (t, created) = s.create_or_join(t, &key).await.unwrap();
+    let (t, created) = s
+        .create_or_join(t, &key, &NO_LIMITS, &created_event)
+        .await
+        .unwrap();
     assert!(created);
     t
+}
+
+async fn create_or_join(
+    s: &dyn Store,
+    t: Ticket,
+    limits: &PendingLimits,
+) -> Result<(Ticket, bool), StoreError> {
+    let key = t.fingerprint.clone();
+    s.create_or_join(t, &key, limits, &created_event).await
+}
+
+async fn events_of(s: &dyn Store, id: &TicketId) -> Vec<AuditEvent> {
+    s.audit(&AuditFilter {
+        ticket: Some(id.clone()),
+        ..AuditFilter::default()
+    })
+    .await
+    .unwrap()
+}
+
+fn count(events: &[AuditEvent], kinds: &[AuditKind]) -> usize {
+    events.iter().filter(|e| kinds.contains(&e.kind)).count()
+}
+
+async fn whole_chain_verifies(s: &dyn Store) -> usize {
+    let all = s.audit(&AuditFilter::default()).await.unwrap();
+    ticket::verify(&all).unwrap();
+    all.len()
 }
 
 /// Two handles on the same data: for Redis two separate instances (two "replicas").
@@ -81,8 +183,13 @@ struct Pair {
     _server: Option<RedisServer>,
 }
 
-fn memory() -> Pair {
-    let m = MemoryStore::default();
+/// How long finished records are kept in most cases: longer than any test.
+const DAYS: Duration = Duration::from_secs(7 * 24 * 3600);
+/// ... and in the retention cases.
+const ONE_SECOND: Duration = Duration::from_secs(1);
+
+fn memory(retention: Duration) -> Pair {
+    let m = MemoryStore::new(retention);
     Pair {
         a: Arc::new(m.clone()),
         b: Arc::new(m),
@@ -90,10 +197,10 @@ fn memory() -> Pair {
     }
 }
 
-async fn redis() -> Pair {
+async fn redis(retention: Duration) -> Pair {
     let server = RedisServer::start();
-    let a = server.store().await;
-    let b = server.store().await;
+    let a = server.store_with(retention).await;
+    let b = server.store_with(retention).await;
     Pair {
         a: Arc::new(a),
         b: Arc::new(b),
@@ -137,9 +244,22 @@ impl RedisServer {
     }
 
     async fn store(&self) -> RedisStore {
+        self.store_with(DAYS).await
+    }
+
+    async fn store_with(&self, retention: Duration) -> RedisStore {
         let mut o = RedisOptions::new(self.url());
         o.op_timeout = Duration::from_secs(2);
+        o.retention = retention;
         RedisStore::connect(o).await.unwrap()
+    }
+
+    /// Whether `member` is in the sorted set `key`.
+    fn indexed(&self, key: &str, member: &str) -> bool {
+        // ZSCORE answers a bulk string ($n) when present, a null ($-1 / _) when not.
+        let r = self.command(&format!("ZSCORE {key} {member}"));
+        assert!(r.starts_with('$') || r.starts_with('_'), "ZSCORE: {r:?}");
+        !(r.starts_with("$-1") || r.starts_with('_'))
     }
 
     /// One inline command over a fresh socket; the raw reply (or "" if unreachable).
@@ -189,43 +309,53 @@ async fn create_then_get(p: Pair) {
     assert_eq!(listed, vec![t.clone()]);
     assert_eq!(p.b.list(None, 10).await.unwrap(), vec![t.clone()]);
     assert!(p.b.list(Some(Status::Denied), 10).await.unwrap().is_empty());
-    assert_eq!(p.a.pending_count("prod-deploy", "bob").await.unwrap(), 1);
-    assert_eq!(p.a.pending_count("prod-deploy", "alice").await.unwrap(), 0);
+    assert_eq!(
+        p.a.pending_index().await.unwrap(),
+        vec![(t.id.clone(), t.expires_at)]
+    );
     p.a.ping().await.unwrap();
     assert_eq!(
-        p.a.transition(&missing, &|t| ticket::cancel(t, now()))
+        p.a.transition(&missing, &|t| ticket::cancel(t, now()), &events)
             .await
             .unwrap_err(),
         StoreError::NotFound
     );
+    // The creation was recorded with the ticket; the refused transition recorded nothing.
+    let ev = events_of(&*p.b, &t.id).await;
+    assert_eq!(count(&ev, &[AuditKind::TicketCreated]), 1);
+    assert_eq!(whole_chain_verifies(&*p.a).await, 1);
 }
 
 async fn coalescing_joins_pending_and_stops_after_decision(p: Pair) {
     let first = create(&*p.a, new_ticket("/v1/a", "bob")).await;
     let again = new_ticket("/v1/a", "bob");
     assert_eq!(again.fingerprint, first.fingerprint);
-    let (joined, created) = p.b.create_or_join(again, &first.fingerprint).await.unwrap();
+    let (joined, created) = create_or_join(&*p.b, again, &NO_LIMITS).await.unwrap();
     assert!(!created);
     assert_eq!(joined.id, first.id);
     // A different requester or request is a different ticket.
     let other = new_ticket("/v1/a", "carol");
-    let (o, created) =
-        p.b.create_or_join(other.clone(), &other.fingerprint)
-            .await
-            .unwrap();
+    let (o, created) = create_or_join(&*p.b, other, &NO_LIMITS).await.unwrap();
     assert!(created && o.id != first.id);
-    assert_eq!(p.a.pending_count("prod-deploy", "bob").await.unwrap(), 1);
+    // Joining records nothing: one ticket.created each.
+    assert_eq!(whole_chain_verifies(&*p.a).await, 2);
 
     let denied =
-        p.b.transition(&first.id, &|t| {
-            ticket::deny(t, &oncall("alice"), Some("no".into()), now())
-        })
+        p.b.transition(
+            &first.id,
+            &|t| ticket::deny(t, &oncall("alice"), Some("no".into()), now()),
+            &events,
+        )
         .await
         .unwrap();
     assert_eq!(denied.status, Status::Denied);
-    assert_eq!(p.a.pending_count("prod-deploy", "bob").await.unwrap(), 0);
+    // Bob has nothing pending on the route any more: a limit of one lets the next one in.
+    let one_each = PendingLimits {
+        per_requester: Some(1),
+        ..NO_LIMITS
+    };
     let third = new_ticket("/v1/a", "bob");
-    let (t3, created) = p.a.create_or_join(third, &first.fingerprint).await.unwrap();
+    let (t3, created) = create_or_join(&*p.a, third, &one_each).await.unwrap();
     assert!(created);
     assert_ne!(t3.id, first.id);
     assert_eq!(
@@ -249,7 +379,7 @@ async fn pending_index_tracks_pending_tickets(p: Pair) {
             (late.id.clone(), late.expires_at)
         ]
     );
-    p.b.transition(&soon.id, &|t| ticket::cancel(t, now()))
+    p.b.transition(&soon.id, &|t| ticket::cancel(t, now()), &events)
         .await
         .unwrap();
     assert_eq!(
@@ -262,10 +392,9 @@ async fn coalescing_skips_a_due_ticket(p: Pair) {
     let mut first = new_ticket("/v1/a", "bob");
     first.expires_at = first.created_at; // due at once
     let first = create(&*p.a, first).await;
-    let (second, created) =
-        p.b.create_or_join(new_ticket("/v1/a", "bob"), &first.fingerprint)
-            .await
-            .unwrap();
+    let (second, created) = create_or_join(&*p.b, new_ticket("/v1/a", "bob"), &NO_LIMITS)
+        .await
+        .unwrap();
     assert!(created && second.id != first.id);
 }
 
@@ -288,7 +417,7 @@ async fn racing_decisions_have_one_outcome(p: Pair) {
                         3 => ticket::expire(t, expires),
                         _ => ticket::cancel(t, later(created, 1)),
                     };
-                    store.transition(&id, &f).await
+                    store.transition(&id, &f, &no_events).await
                 }));
             }
         }
@@ -307,12 +436,16 @@ async fn racing_decisions_have_one_outcome(p: Pair) {
     }
 }
 
-async fn execute_happens_at_most_once(p: Pair) {
+/// 16 concurrent executes across both handles: exactly one spends the use, and exactly one
+/// `ticket.executed` is recorded with it.
+async fn execute_and_its_event_happen_exactly_once(p: Pair) {
     for round in 0..20 {
         let t = create(&*p.a, new_ticket(&format!("/v1/x/{round}"), "bob")).await;
-        p.a.transition(&t.id, &|t| {
-            ticket::approve(t, &oncall("alice"), None, now())
-        })
+        p.a.transition(
+            &t.id,
+            &|t| ticket::approve(t, &oncall("alice"), None, now()),
+            &events,
+        )
         .await
         .unwrap();
         let mut tasks = Vec::new();
@@ -321,7 +454,11 @@ async fn execute_happens_at_most_once(p: Pair) {
             let id = t.id.clone();
             tasks.push(tokio::spawn(async move {
                 store
-                    .transition(&id, &|t| ticket::execute(t, now(), &format!("r{i}")))
+                    .transition(
+                        &id,
+                        &|t| ticket::execute(t, now(), &format!("r{i}"), &t.fingerprint),
+                        &events,
+                    )
                     .await
             }));
         }
@@ -337,7 +474,10 @@ async fn execute_happens_at_most_once(p: Pair) {
             }
         }
         assert_eq!(ok, 1);
+        let ev = events_of(&*p.b, &t.id).await;
+        assert_eq!(count(&ev, &[AuditKind::TicketExecuted]), 1, "{ev:?}");
     }
+    whole_chain_verifies(&*p.a).await;
 }
 
 async fn decisions_are_published(p: Pair) {
@@ -345,7 +485,7 @@ async fn decisions_are_published(p: Pair) {
     let t = create(&*p.a, new_ticket("/v1/pub", "bob")).await;
     wait_subscribed(&p).await;
     // An approval short of quorum is not a decision; the cancel is.
-    p.a.transition(&t.id, &|t| ticket::cancel(t, now()))
+    p.a.transition(&t.id, &|t| ticket::cancel(t, now()), &events)
         .await
         .unwrap();
     let got = tokio::time::timeout(Duration::from_secs(30), rx.recv())
@@ -445,7 +585,7 @@ async fn grants_are_used_and_revoked_atomically(p: Pair) {
         let id = g.id.clone();
         tasks.push(tokio::spawn(async move {
             store
-                .transition_grant(&id, &|g| ticket::use_grant(g, now()))
+                .transition_grant(&id, &|g| ticket::use_grant(g, now()), &grant_used)
                 .await
         }));
     }
@@ -458,49 +598,528 @@ async fn grants_are_used_and_revoked_atomically(p: Pair) {
     assert_eq!(ok, 5);
     assert!(p.a.active_grants(now()).await.unwrap().is_empty());
     let revoked =
-        p.b.transition_grant(&g.id, &|g| ticket::revoke(g, now()))
+        p.b.transition_grant(&g.id, &|g| ticket::revoke(g, now()), &grant_used)
             .await
             .unwrap();
     assert!(revoked.revoked_at.is_some());
     assert_eq!(
-        p.a.transition_grant(&g.id, &|g| ticket::revoke(g, now()))
+        p.a.transition_grant(&g.id, &|g| ticket::revoke(g, now()), &grant_used)
             .await
             .unwrap_err(),
         StoreError::Transition(TransitionError::GrantRevoked)
     );
+    // Five uses and one revocation, each recorded with its change.
+    let all = p.a.audit(&AuditFilter::default()).await.unwrap();
+    ticket::verify(&all).unwrap();
+    assert_eq!(count(&all, &[AuditKind::GrantUsed]), 5);
+    assert_eq!(count(&all, &[AuditKind::GrantRevoked]), 1);
+}
+
+fn grant_used(before: &Grant, after: &Grant) -> Vec<AuditDraft> {
+    let kind = if after.revoked_at.is_some() && before.revoked_at.is_none() {
+        AuditKind::GrantRevoked
+    } else {
+        AuditKind::GrantUsed
+    };
+    vec![AuditDraft {
+        at: now(),
+        kind,
+        ticket: after.ticket.clone(),
+        actor: None,
+        requester: Some(after.requester.key().into_owned()),
+        detail: serde_json::json!({ "grant": after.id, "uses": after.uses }),
+    }]
+}
+
+/// approve, deny, expire, cancel and execute race on one ticket from both handles while
+/// unrelated events are appended: every change that lands lands with its events, so each
+/// ticket has exactly one outcome event, one `ticket.executed` per spent use, and the whole
+/// chain verifies.
+async fn transitions_and_their_events_land_together(p: Pair) {
+    let mut noise = Vec::new();
+    for (i, store) in [p.a.clone(), p.b.clone()].into_iter().enumerate() {
+        noise.push(tokio::spawn(async move {
+            for k in 0..150 {
+                store
+                    .append_audit(AuditDraft {
+                        at: now(),
+                        kind: AuditKind::ShadowMatched,
+                        ticket: None,
+                        actor: None,
+                        requester: Some(format!("noise{i}")),
+                        detail: serde_json::json!({ "k": k }),
+                    })
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for round in 0..120 {
+        let t = create(&*p.a, new_ticket(&format!("/v1/together/{round}"), "bob")).await;
+        let (created, expires) = (t.created_at, t.expires_at);
+        let mut tasks = Vec::new();
+        for (i, store) in [p.a.clone(), p.b.clone()].into_iter().enumerate() {
+            for op in 0..6 {
+                let store = store.clone();
+                let id = t.id.clone();
+                tasks.push(tokio::spawn(async move {
+                    let who = oncall(&format!("u{i}{op}"));
+                    let f = move |t: &Ticket| match op {
+                        0 | 1 => ticket::approve(t, &who, None, later(created, 1)),
+                        2 => ticket::deny(t, &who, None, later(created, 1)),
+                        3 => ticket::expire(t, expires),
+                        4 => ticket::cancel(t, later(created, 1)),
+                        _ => {
+                            ticket::execute(t, later(created, 2), &format!("r{i}"), &t.fingerprint)
+                        }
+                    };
+                    (op, store.transition(&id, &f, &events).await)
+                }));
+            }
+        }
+        let (mut decided, mut executed) = (0, 0);
+        for task in tasks {
+            match task.await.unwrap() {
+                (5, Ok(_)) => executed += 1,
+                (_, Ok(_)) => decided += 1,
+                (
+                    _,
+                    Err(StoreError::Transition(
+                        TransitionError::NotPending { .. } | TransitionError::NotApproved { .. },
+                    )),
+                ) => {}
+                (_, Err(e)) => panic!("unexpected {e:?}"),
+            }
+        }
+        assert_eq!(decided, 1, "round {round}");
+        let stored = p.b.get(&t.id).await.unwrap().unwrap();
+        assert_eq!(executed, usize::from(stored.status == Status::Executed));
+        let ev = events_of(&*p.b, &t.id).await;
+        let outcomes = [
+            AuditKind::TicketApproved,
+            AuditKind::TicketDenied,
+            AuditKind::TicketExpired,
+            AuditKind::TicketCancelled,
+        ];
+        assert_eq!(count(&ev, &[AuditKind::TicketCreated]), 1, "{ev:?}");
+        assert_eq!(count(&ev, &outcomes), 1, "round {round}: {ev:?}");
+        assert_eq!(count(&ev, &[AuditKind::TicketExecuted]), executed);
+        assert_eq!(ev.len(), 1 + decided + executed);
+    }
+    for n in noise {
+        n.await.unwrap();
+    }
+    let all = p.a.audit(&AuditFilter::default()).await.unwrap();
+    ticket::verify(&all).unwrap();
+    assert_eq!(count(&all, &[AuditKind::ShadowMatched]), 300);
+}
+
+/// Two approvers on two replicas approve an `access` ticket (quorum 1) at once: one wins,
+/// the winner's write creates exactly one grant, and `grant.created` is recorded once.
+async fn access_approval_creates_exactly_one_grant(p: Pair) {
+    for round in 0..30 {
+        let t = create(&*p.a, access_ticket(&format!("/console/{round}"), "bob")).await;
+        let mut tasks = Vec::new();
+        for (store, who) in [(p.a.clone(), "alice"), (p.b.clone(), "carol")] {
+            let id = t.id.clone();
+            tasks.push(tokio::spawn(async move {
+                let at = now();
+                store
+                    .transition(
+                        &id,
+                        &|t| ticket::approve(t, &oncall(who), None, at),
+                        &events,
+                    )
+                    .await
+            }));
+        }
+        let mut winners = Vec::new();
+        for task in tasks {
+            match task.await.unwrap() {
+                Ok(t) => winners.push(t),
+                Err(StoreError::Transition(TransitionError::NotPending { .. })) => {}
+                Err(e) => panic!("unexpected {e:?}"),
+            }
+        }
+        assert_eq!(winners.len(), 1, "round {round}");
+        let approved = &winners[0];
+        let g = p.b.get_grant(&GrantId::for_ticket(&t.id)).await.unwrap();
+        let g = g.expect("the approval created the grant");
+        assert_eq!(Some(g.clone()), ticket::grant_of(&t, approved));
+        let mine = p.a.grants_for("db-console", "bob", now()).await.unwrap();
+        assert_eq!(mine.iter().filter(|x| x.id == g.id).count(), 1);
+        assert_eq!(mine.len(), round + 1);
+        let ev = events_of(&*p.a, &t.id).await;
+        assert_eq!(count(&ev, &[AuditKind::GrantCreated]), 1, "{ev:?}");
+        assert_eq!(count(&ev, &[AuditKind::TicketApproved]), 1, "{ev:?}");
+    }
+    // Derived grant ids are never overwritten: a grant already stored under the id (here a
+    // revoked one) stays as it is when the ticket is approved.
+    let t = create(&*p.a, access_ticket("/console/again", "bob")).await;
+    let at = now();
+    let mut before = t.clone();
+    let approved = ticket::approve(&t, &oncall("alice"), None, at).unwrap();
+    before.status = Status::Pending;
+    let mut existing = ticket::grant_of(&before, &approved).unwrap();
+    existing.revoked_at = Some(at);
+    p.a.create_grant(existing.clone()).await.unwrap();
+    p.b.transition(
+        &t.id,
+        &|t| ticket::approve(t, &oncall("alice"), None, at),
+        &events,
+    )
+    .await
+    .unwrap();
+    assert_eq!(p.a.get_grant(&existing.id).await.unwrap(), Some(existing));
+    assert_eq!(whole_chain_verifies(&*p.b).await, 31 * 3);
+    // An action ticket's approval creates no grant.
+    let action = create(&*p.a, new_ticket("/v1/action", "bob")).await;
+    p.a.transition(
+        &action.id,
+        &|t| ticket::approve(t, &oncall("alice"), None, now()),
+        &events,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        p.a.get_grant(&GrantId::for_ticket(&action.id))
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+/// A burst of writers that all record events, on both handles at once (400 creates, then
+/// 400 approvals and 400 executes): every change lands with its event, none gives up on a
+/// conflict, and the chain is whole.
+async fn a_burst_of_writes_with_events_all_lands(p: Pair) {
+    let n = 400;
+    let (created, refused) = race_creates(&p, NO_LIMITS, n, |i| {
+        ticket_from(&format!("/v1/burst/{i}"), &format!("u{i}"), "192.0.2.9")
+    })
+    .await;
+    assert!(refused.is_empty(), "{refused:?}");
+    for step in 0..2 {
+        let mut tasks = Vec::new();
+        for (i, t) in created.iter().enumerate() {
+            let store = if i % 2 == 0 { p.a.clone() } else { p.b.clone() };
+            let id = t.id.clone();
+            tasks.push(tokio::spawn(async move {
+                let f = move |t: &Ticket| {
+                    if step == 0 {
+                        ticket::approve(t, &oncall("alice"), None, now())
+                    } else {
+                        ticket::execute(t, now(), "r", &t.fingerprint)
+                    }
+                };
+                store.transition(&id, &f, &events).await
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap().unwrap();
+        }
+    }
+    assert_eq!(whole_chain_verifies(&*p.b).await, 3 * n);
+}
+
+/// Creates `n` distinct tickets at once from both handles under `limits`.
+async fn race_creates(
+    p: &Pair,
+    limits: PendingLimits,
+    n: usize,
+    make: impl Fn(usize) -> Ticket,
+) -> (Vec<Ticket>, Vec<StoreError>) {
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let store = if i % 2 == 0 { p.a.clone() } else { p.b.clone() };
+        let t = make(i);
+        tasks.push(tokio::spawn(async move {
+            create_or_join(&*store, t, &limits).await
+        }));
+    }
+    let (mut created, mut refused) = (Vec::new(), Vec::new());
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok((t, true)) => created.push(t),
+            Ok((t, false)) => panic!("distinct tickets joined {}", t.id),
+            Err(e) => refused.push(e),
+        }
+    }
+    (created, refused)
+}
+
+/// `max_pending = 5`: of 32 concurrent distinct creates exactly 5 land; joining one of them
+/// still works at the cap, and a ticket leaving `PENDING` frees a place.
+async fn global_pending_cap_is_atomic(p: Pair) {
+    let limits = PendingLimits {
+        max_pending: Some(5),
+        ..NO_LIMITS
+    };
+    let (created, refused) = race_creates(&p, limits, 32, |i| {
+        ticket_from(
+            &format!("/v1/cap/{i}"),
+            &format!("user{i}"),
+            &format!("192.0.2.{i}"),
+        )
+    })
+    .await;
+    assert_eq!(created.len(), 5);
+    assert_eq!(refused.len(), 27);
+    for e in &refused {
+        assert_eq!(
+            *e,
+            StoreError::Limit {
+                scope: LimitScope::Global,
+                limit: 5
+            }
+        );
+    }
+    let first = &created[0];
+    let again = ticket_from(
+        &first.request.path,
+        first.requester.key().as_ref(),
+        "192.0.2.1",
+    );
+    let (joined, fresh) = create_or_join(&*p.b, again, &limits).await.unwrap();
+    assert!(!fresh && joined.id == first.id);
+    // Refused creates wrote nothing, not even an event.
+    assert_eq!(p.a.pending_index().await.unwrap().len(), 5);
+    assert_eq!(whole_chain_verifies(&*p.a).await, 5);
+    p.a.transition(&first.id, &|t| ticket::cancel(t, now()), &events)
+        .await
+        .unwrap();
+    let (_, fresh) = create_or_join(
+        &*p.a,
+        ticket_from("/v1/cap/next", "zed", "192.0.2.99"),
+        &limits,
+    )
+    .await
+    .unwrap();
+    assert!(fresh);
+}
+
+/// `per_source = 3`: 32 requesters behind one address open 3 tickets; other addresses are
+/// not affected, and joining works at the cap.
+async fn per_source_cap_is_atomic(p: Pair) {
+    let limits = PendingLimits {
+        per_source: Some(3),
+        ..NO_LIMITS
+    };
+    let (created, refused) = race_creates(&p, limits, 32, |i| {
+        ticket_from(&format!("/v1/src/{i}"), &format!("user{i}"), "198.51.100.9")
+    })
+    .await;
+    assert_eq!(created.len(), 3);
+    assert_eq!(refused.len(), 29);
+    for e in &refused {
+        assert_eq!(
+            *e,
+            StoreError::Limit {
+                scope: LimitScope::Source,
+                limit: 3
+            }
+        );
+    }
+    let first = &created[0];
+    let again = ticket_from(
+        &first.request.path,
+        first.requester.key().as_ref(),
+        "198.51.100.9",
+    );
+    let (joined, fresh) = create_or_join(&*p.a, again, &limits).await.unwrap();
+    assert!(!fresh && joined.id == first.id);
+    let elsewhere = ticket_from("/v1/src/x", "user0", "198.51.100.10");
+    assert!(create_or_join(&*p.b, elsewhere, &limits).await.unwrap().1);
+    // A ticket without a source is not counted by address.
+    let mut unknown = new_ticket("/v1/src/unknown", "user1");
+    unknown.source = None;
+    assert!(create_or_join(&*p.b, unknown, &limits).await.unwrap().1);
+}
+
+/// `per_requester = 2`: one requester racing 32 creates on one route from 32 addresses opens
+/// 2; the same requester on another route, and another requester, are not affected. An
+/// overdue ticket not yet expired still counts.
+async fn per_requester_cap_is_atomic(p: Pair) {
+    let limits = PendingLimits {
+        per_requester: Some(2),
+        ..NO_LIMITS
+    };
+    let (created, refused) = race_creates(&p, limits, 32, |i| {
+        ticket_from(&format!("/v1/req/{i}"), "bob", &format!("203.0.113.{i}"))
+    })
+    .await;
+    assert_eq!(created.len(), 2);
+    assert_eq!(refused.len(), 30);
+    for e in &refused {
+        assert_eq!(
+            *e,
+            StoreError::Limit {
+                scope: LimitScope::Requester,
+                limit: 2
+            }
+        );
+    }
+    let (joined, fresh) = create_or_join(
+        &*p.b,
+        ticket_from(&created[1].request.path, "bob", "203.0.113.200"),
+        &limits,
+    )
+    .await
+    .unwrap();
+    assert!(!fresh && joined.id == created[1].id);
+    assert!(
+        create_or_join(&*p.a, new_ticket("/v1/req/x", "carol"), &limits)
+            .await
+            .unwrap()
+            .1
+    );
+    let mut other_route = new_ticket("/v1/req/x", "bob");
+    other_route.route = "other-route".into();
+    assert!(create_or_join(&*p.a, other_route, &limits).await.unwrap().1);
+
+    let mut overdue = new_ticket("/v1/req/overdue", "dave");
+    overdue.expires_at = overdue.created_at;
+    create(&*p.a, overdue).await;
+    let one = PendingLimits {
+        per_requester: Some(1),
+        ..NO_LIMITS
+    };
+    assert_eq!(
+        create_or_join(&*p.b, new_ticket("/v1/req/next", "dave"), &one).await,
+        Err(StoreError::Limit {
+            scope: LimitScope::Requester,
+            limit: 1
+        })
+    );
+}
+
+/// With one second of retention, a cancelled ticket, an ended grant and a ticket whose record
+/// lapsed while still pending are gone a few seconds later, and `prune` clears what still
+/// pointed at them; a live ticket stays.
+async fn finished_records_leave_within_retention(p: Pair) {
+    let cancelled = create(&*p.a, ticket_from("/v1/ret/c", "bob", "192.0.2.50")).await;
+    p.a.transition(&cancelled.id, &|t| ticket::cancel(t, now()), &events)
+        .await
+        .unwrap();
+    // An approved access ticket is settled by its grant, so it stays (its grant does not).
+    let access = create(&*p.a, access_ticket("/console/ret", "bob")).await;
+    let access =
+        p.b.transition(
+            &access.id,
+            &|t| ticket::approve(t, &oncall("alice"), None, now()),
+            &events,
+        )
+        .await
+        .unwrap();
+    let gid = GrantId::for_ticket(&access.id);
+    p.a.transition_grant(&gid, &|g| ticket::revoke(g, now()), &|_, _| Vec::new())
+        .await
+        .unwrap();
+    let mut lapsed = ticket_from("/v1/ret/lapsed", "erin", "192.0.2.51");
+    lapsed.expires_at = lapsed.created_at;
+    let lapsed = create(&*p.a, lapsed).await;
+    // A live ticket of the same requester and address keeps their index sets alive.
+    let live = create(&*p.a, ticket_from("/v1/ret/live", "erin", "192.0.2.51")).await;
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while p.a.get(&cancelled.id).await.unwrap().is_some()
+        || p.a.get(&lapsed.id).await.unwrap().is_some()
+        || p.a.get_grant(&gid).await.unwrap().is_some()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "records outlived their retention"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(p.b.get(&access.id).await.unwrap(), Some(access.clone()));
+    let pr = |route: &str, user: &str| format!("jit:pr:{}:{route}:{user}", route.len());
+    if let Some(server) = &p._server {
+        // The records expired on their own; the indexes still point at them.
+        assert!(server.indexed("jit:tickets", cancelled.id.as_str()));
+        assert!(server.indexed("jit:grants", gid.as_str()));
+        assert!(server.indexed("jit:pending", lapsed.id.as_str()));
+        assert!(server.indexed(&pr("prod-deploy", "erin"), lapsed.id.as_str()));
+        assert!(server.indexed("jit:ps:192.0.2.51", lapsed.id.as_str()));
+    }
+    let removed = p.b.prune(now()).await.unwrap();
+    if let Some(server) = &p._server {
+        assert_eq!(removed, 7);
+        for id in [&cancelled.id, &lapsed.id] {
+            assert!(!server.indexed("jit:tickets", id.as_str()));
+        }
+        assert!(server.indexed("jit:tickets", access.id.as_str()));
+        assert!(!server.indexed("jit:grants", gid.as_str()));
+        assert!(!server.indexed(&pr("db-console", "bob"), gid.as_str()));
+        assert!(!server.indexed("jit:pending", lapsed.id.as_str()));
+        assert!(!server.indexed(&pr("prod-deploy", "erin"), lapsed.id.as_str()));
+        assert!(!server.indexed("jit:ps:192.0.2.51", lapsed.id.as_str()));
+        assert!(server.indexed("jit:tickets", live.id.as_str()));
+        assert!(server.indexed("jit:pending", live.id.as_str()));
+        assert!(server.indexed(&pr("prod-deploy", "erin"), live.id.as_str()));
+        assert!(server.indexed("jit:ps:192.0.2.51", live.id.as_str()));
+    }
+    // (Both may share a millisecond, so "newest first" is compared as a set.)
+    let mut listed = p.a.list(None, 100).await.unwrap();
+    listed.sort_by(|x, y| x.id.cmp(&y.id));
+    let mut expected = vec![live.clone(), access.clone()];
+    expected.sort_by(|x, y| x.id.cmp(&y.id));
+    assert_eq!(listed, expected);
+    assert_eq!(
+        p.a.pending_index().await.unwrap(),
+        vec![(live.id.clone(), live.expires_at)]
+    );
+    // The lapsed ticket no longer counts against its requester or address; the live one does.
+    let two = PendingLimits {
+        max_pending: Some(2),
+        per_requester: Some(2),
+        per_source: Some(2),
+    };
+    let next = ticket_from("/v1/ret/next", "erin", "192.0.2.51");
+    assert!(create_or_join(&*p.b, next, &two).await.unwrap().1);
+    assert_eq!(p.a.prune(now()).await.unwrap(), 0);
 }
 
 macro_rules! contract {
-    ($($case:ident),* $(,)?) => {
+    ($($retention:expr => $($case:ident),+ $(,)?);+ $(;)?) => {
         mod memory_store {
-            $(
+            $($(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn $case() {
-                    super::$case(super::memory()).await;
+                    super::$case(super::memory($retention)).await;
                 }
-            )*
+            )+)+
         }
         mod redis_store {
-            $(
+            $($(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn $case() {
-                    super::$case(super::redis().await).await;
+                    super::$case(super::redis($retention).await).await;
                 }
-            )*
+            )+)+
         }
     };
 }
 
 contract!(
-    create_then_get,
-    coalescing_joins_pending_and_stops_after_decision,
-    coalescing_skips_a_due_ticket,
-    pending_index_tracks_pending_tickets,
-    racing_decisions_have_one_outcome,
-    execute_happens_at_most_once,
-    decisions_are_published,
-    audit_chain_holds_under_concurrent_appends,
-    grants_are_used_and_revoked_atomically,
+    super::DAYS =>
+        create_then_get,
+        coalescing_joins_pending_and_stops_after_decision,
+        coalescing_skips_a_due_ticket,
+        pending_index_tracks_pending_tickets,
+        racing_decisions_have_one_outcome,
+        transitions_and_their_events_land_together,
+        execute_and_its_event_happen_exactly_once,
+        access_approval_creates_exactly_one_grant,
+        a_burst_of_writes_with_events_all_lands,
+        global_pending_cap_is_atomic,
+        per_source_cap_is_atomic,
+        per_requester_cap_is_atomic,
+        decisions_are_published,
+        audit_chain_holds_under_concurrent_appends,
+        grants_are_used_and_revoked_atomically;
+    super::ONE_SECOND =>
+        finished_records_leave_within_retention;
 );
 
 // === Redis only ===
@@ -520,7 +1139,7 @@ async fn redis_subscriber_reconnects_after_client_kill() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let t = create(&a, new_ticket("/v1/kill", "bob")).await;
-    a.transition(&t.id, &|t| ticket::cancel(t, now()))
+    a.transition(&t.id, &|t| ticket::cancel(t, now()), &events)
         .await
         .unwrap();
     let got = tokio::time::timeout(Duration::from_secs(30), rx.recv())
@@ -535,22 +1154,10 @@ async fn redis_tickets_survive_a_new_store_instance() {
     let server = RedisServer::start();
     let first = server.store().await;
     let t = create(&first, new_ticket("/v1/restart", "bob")).await;
-    first
-        .append_audit(AuditDraft {
-            at: now(),
-            kind: AuditKind::TicketCreated,
-            ticket: Some(t.id.clone()),
-            actor: None,
-            requester: Some("bob".into()),
-            detail: serde_json::Value::Null,
-        })
-        .await
-        .unwrap();
     drop(first);
     let second = server.store().await;
     assert_eq!(second.get(&t.id).await.unwrap(), Some(t.clone()));
-    let (joined, created) = second
-        .create_or_join(new_ticket("/v1/restart", "bob"), &t.fingerprint)
+    let (joined, created) = create_or_join(&second, new_ticket("/v1/restart", "bob"), &NO_LIMITS)
         .await
         .unwrap();
     assert!(!created && joined.id == t.id);
@@ -578,7 +1185,7 @@ async fn redis_outage_is_unavailable_not_a_hang() {
     assert!(matches!(r, Err(StoreError::Unavailable(_))), "{r:?}");
     let r = tokio::time::timeout(
         Duration::from_secs(60),
-        store.transition(&t.id, &|t| ticket::cancel(t, now())),
+        store.transition(&t.id, &|t| ticket::cancel(t, now()), &events),
     )
     .await
     .expect("no hang");
@@ -603,4 +1210,46 @@ async fn redis_unreachable_at_connect_is_unavailable() {
     assert!(matches!(r, Err(StoreError::Unavailable(_))));
     let bad = RedisStore::connect(RedisOptions::new("http://nope")).await;
     assert!(matches!(bad, Err(StoreError::Unavailable(_))));
+}
+
+/// `prune` does at most about a thousand entries of work per call, and repeated calls finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_prune_does_bounded_work() {
+    let server = RedisServer::start();
+    let store = server.store_with(ONE_SECOND).await;
+    let mut last = None;
+    for i in 0..600 {
+        let mut t = ticket_from(
+            &format!("/v1/bulk/{i}"),
+            &format!("u{}", i % 7),
+            "192.0.2.77",
+        );
+        t.expires_at = t.created_at;
+        last = Some(create(&store, t).await);
+    }
+    let last = last.unwrap();
+    while store.get(&last.id).await.unwrap().is_some() {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // 600 tickets, each in jit:tickets, jit:pending, its requester's and its address's set.
+    let mut total = 0;
+    let mut calls = 0;
+    loop {
+        let n = store.prune(now()).await.unwrap();
+        assert!(n <= 1000, "one call removed {n}");
+        calls += 1;
+        total += n;
+        if n == 0 {
+            break;
+        }
+        assert!(calls < 20, "prune does not finish");
+    }
+    // Each in jit:tickets and jit:pending at least (the per-requester and per-address sets
+    // may have expired with their last member).
+    assert!(total >= 1200, "{total}");
+    assert!(calls >= 3, "{calls} calls");
+    assert!(store.pending_index().await.unwrap().is_empty());
+    assert!(server.command("ZCARD jit:tickets").starts_with(":0"));
+    assert!(!server.indexed("jit:ps:192.0.2.77", last.id.as_str()));
 }

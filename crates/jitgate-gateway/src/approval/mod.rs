@@ -21,10 +21,10 @@ use serde_json::json;
 
 use jitgate_rules::route::{ApprovalMode, Route};
 use jitgate_rules::ticket::{
-    self, AuditKind, Mode, Requester, Status, Ticket, TicketDraft, TicketId,
+    self, AuditDraft, AuditKind, Mode, Requester, Status, Ticket, TicketDraft, TicketId,
 };
 use jitgate_rules::Canonical;
-use jitgate_store::StoreError;
+use jitgate_store::{PendingLimits, StoreError};
 
 use crate::body::{ProxyBody, RequestBody};
 use crate::context::Exchange;
@@ -193,25 +193,15 @@ async fn open(
         ));
     };
     let ticket_ttl = policy.ticket_ttl.unwrap_or(cfg.ticket_ttl);
-    let key = held.requester.key();
-    if let Some(max) = policy.max_pending_per_requester {
-        match store.pending_count(&route.name, &key).await {
-            Ok(n) if n >= u64::from(max) => {
-                return Err(GatewayError::TooManyPending {
-                    detail: format!(
-                        "{key} already has {n} pending ticket(s) on route {} (limit {max})",
-                        route.name
-                    ),
-                    retry_after: ticket_ttl,
-                })
-            }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(route = %route.name, "store unavailable: {e}");
-                return Err(GatewayError::StoreUnavailable { ticket: None });
-            }
-        }
-    }
+    let anonymous = held.requester.user.is_none();
+    // Caps are checked by the store atomically with creation: overall, this requester on
+    // this route, and, for anonymous requesters (who can mint identities at will), what one
+    // client address has open.
+    let limits = PendingLimits {
+        max_pending: Some(cfg.max_pending),
+        per_requester: policy.max_pending_per_requester,
+        per_source: anonymous.then_some(cfg.max_pending_per_source),
+    };
     let now = x.engine().now();
     let reason = held
         .canonical
@@ -232,25 +222,41 @@ async fn open(
         self_approval: policy.self_approval,
         token_uses: policy.token_uses,
         grant_terms: policy.grant_terms(),
+        source: anonymous.then(|| held.canonical.source().to_string()),
     };
     let fresh = Ticket::open(jitgate_store::new_ticket_id(now), draft, now);
-    let (t, created) = store
-        .create_or_join(fresh, &held.fingerprint)
+    let on_create = |t: &Ticket| {
+        vec![AuditDraft::about(
+            AuditKind::TicketCreated,
+            t,
+            None,
+            json!({ "method": t.request.method, "host": t.request.host, "path": t.request.path, "target": t.request.target }),
+            now,
+        )]
+    };
+    let (t, created) = match store
+        .create_or_join(fresh, &held.fingerprint, &limits, &on_create)
         .await
-        .map_err(|e| {
+    {
+        Ok(r) => r,
+        Err(StoreError::Limit { scope, limit }) => {
+            return Err(GatewayError::TooManyPending {
+                detail: format!(
+                    "too many pending tickets ({} limit {limit}) for {} on route {}",
+                    scope.as_str(),
+                    held.requester.key(),
+                    route.name
+                ),
+                retry_after: ticket_ttl,
+            })
+        }
+        Err(e) => {
             tracing::warn!(route = %route.name, "store unavailable: {e}");
-            GatewayError::StoreUnavailable { ticket: None }
-        })?;
+            return Err(GatewayError::StoreUnavailable { ticket: None });
+        }
+    };
     if created {
         tracing::info!(ticket = %t.id, route = %route.name, requester = %t.requester.key(), method = %t.request.method, path = %t.request.path, "held for approval");
-        x.engine()
-            .audit(
-                AuditKind::TicketCreated,
-                &t,
-                None,
-                json!({ "method": t.request.method, "path": t.request.path, "host": t.request.host, "target": t.request.target }),
-            )
-            .await;
     } else {
         tracing::info!(ticket = %t.id, route = %route.name, "identical request joined a pending ticket");
     }

@@ -114,11 +114,31 @@ pub(super) async fn redeem(
     };
     let now = engine.now();
     let release = jitgate_store::new_release_id(now);
+    // The use and its `ticket.executed` event are one store operation: whatever happens to
+    // the client or the upstream next, the spent use is on record.
+    let executed = |_: &Ticket, t: &Ticket| {
+        vec![AuditDraft::about(
+            AuditKind::TicketExecuted,
+            t,
+            None,
+            json!({ "release": release, "use": t.redeemed }),
+            now,
+        )]
+    };
     let spent = match store
-        .transition(&id, &|t| ticket::execute(t, now, &release))
+        .transition(
+            &id,
+            &|t| ticket::execute(t, now, &release, &held.fingerprint),
+            &executed,
+        )
         .await
     {
         Ok(t) => t,
+        Err(StoreError::Transition(ticket::TransitionError::OtherRequest)) => {
+            tracing::warn!(ticket = %id, "a release for another request was refused");
+            let e = GatewayError::Mismatch("the ticket was opened for a different request".into());
+            return x.answer(e, Some(route));
+        }
         Err(StoreError::Transition(e)) => {
             let detail = match e {
                 ticket::TransitionError::NotApproved {
@@ -149,21 +169,6 @@ pub(super) async fn redeem(
         }
         Err(e) => return x.answer(store_error(&e, route, Some(&id)), Some(route)),
     };
-    if !spent.belongs_to(&route.name, &held.requester) || spent.fingerprint != held.fingerprint {
-        // Only reachable with a token of ours for a ticket it does not describe.
-        tracing::error!(ticket = %id, "redeemed ticket does not match the request");
-        let e = GatewayError::Mismatch("the ticket was opened for a different request".into());
-        return x.answer(e, Some(route));
-    }
-    audit_spawned(
-        engine,
-        ticket_draft(
-            engine,
-            AuditKind::TicketExecuted,
-            &spent,
-            json!({ "release": release, "use": spent.redeemed }),
-        ),
-    );
     let token = engine
         .approval_token(&spent)
         .and_then(|tok| HeaderValue::from_str(&tok).ok());
@@ -249,8 +254,18 @@ pub(super) async fn on_grant(
         return x.answer(GatewayError::StoreUnavailable { ticket: None }, Some(route));
     };
     let now = engine.now();
+    let used_event = |_: &Grant, g: &Grant| {
+        vec![AuditDraft {
+            at: now,
+            kind: AuditKind::GrantUsed,
+            ticket: g.ticket.clone(),
+            actor: None,
+            requester: Some(g.requester.key().to_string()),
+            detail: json!({ "grant": g.id.to_string(), "uses": g.uses }),
+        }]
+    };
     let used = match store
-        .transition_grant(&grant.id, &|g| ticket::use_grant(g, now))
+        .transition_grant(&grant.id, &|g| ticket::use_grant(g, now), &used_event)
         .await
     {
         Ok(g) => g,
@@ -260,17 +275,6 @@ pub(super) async fn on_grant(
         Err(e) => return x.answer(store_error(&e, route, None), Some(route)),
     };
     tracing::info!(grant = %used.id, route = %route.name, "request passed on an access grant");
-    audit_spawned(
-        engine,
-        AuditDraft {
-            at: now,
-            kind: AuditKind::GrantUsed,
-            ticket: used.ticket.clone(),
-            actor: None,
-            requester: Some(used.requester.key().to_string()),
-            detail: json!({ "grant": used.id.to_string(), "uses": used.uses }),
-        },
-    );
     let record = Outcome::new(engine, None, Some(&used));
     send(x, &current, index, held, None, record).await
 }
@@ -306,22 +310,6 @@ async fn send(
                 .finish(json!({ "error": e.problem(route).detail, "status": e.status().as_u16() }));
             x.answer(e, route)
         }
-    }
-}
-
-fn ticket_draft(
-    engine: &Engine,
-    kind: AuditKind,
-    t: &Ticket,
-    detail: serde_json::Value,
-) -> AuditDraft {
-    AuditDraft {
-        at: engine.now(),
-        kind,
-        ticket: Some(t.id.clone()),
-        actor: None,
-        requester: Some(t.requester.key().to_string()),
-        detail,
     }
 }
 

@@ -67,10 +67,16 @@ async fn open(shared: &Shared, ttl: Duration) -> Ticket {
         self_approval: false,
         token_uses: 1,
         grant_terms: None,
+        source: None,
     };
     let t = Ticket::open(jitgate_store::new_ticket_id(now), draft, now);
     let store = engine.store().unwrap();
-    store.create_or_join(t, "key").await.unwrap().0
+    let limits = jitgate_store::PendingLimits::default();
+    store
+        .create_or_join(t, "key", &limits, &|_| Vec::new())
+        .await
+        .unwrap()
+        .0
 }
 
 fn exchange<'a>(shared: &'a Arc<Shared>, conn: &'a ConnInfo) -> Exchange<'a> {
@@ -131,7 +137,9 @@ async fn a_decision_releases_the_hold() {
         let now = engine.now();
         let store = engine.store().unwrap();
         store
-            .transition(&id, &|t| ticket::approve(t, &alice, None, now))
+            .transition(&id, &|t| ticket::approve(t, &alice, None, now), &|_, _| {
+                Vec::new()
+            })
             .await
             .unwrap();
     });

@@ -34,6 +34,7 @@ fn draft(quorum: u32) -> TicketDraft {
         route_hash: [7; 32],
         mode: Mode::Action,
         requester: bob(),
+        source: Some("192.0.2.7".into()),
         reason: Some("hotfix 4411".into()),
         request: request(),
         ticket_ttl: Duration::from_secs(900),
@@ -195,8 +196,36 @@ fn ticket_json_is_camel_case_as_in_the_spec() {
     assert_eq!(v["selfApproval"], false);
     assert_eq!(v["tokenUses"], 1);
     assert_eq!(v["routeHash"], hex(&[7; 32]));
+    assert_eq!(v["source"], "192.0.2.7");
     let back: Ticket = serde_json::from_value(v).unwrap();
     assert_eq!(back, t);
+}
+
+#[test]
+fn tickets_stored_before_the_source_field_read_back_without_one() {
+    let mut v = serde_json::to_value(ticket(1)).unwrap();
+    v.as_object_mut().unwrap().remove("source");
+    let back: Ticket = serde_json::from_value(v).unwrap();
+    assert_eq!(back.source, None);
+    let mut t = ticket(1);
+    t.source = None;
+    assert!(serde_json::to_value(&t).unwrap().get("source").is_none());
+}
+
+#[test]
+fn audit_draft_about_a_ticket_files_it_under_its_requester() {
+    let t = ticket(1);
+    let d = AuditDraft::about(
+        AuditKind::TicketApproved,
+        &t,
+        Some("alice"),
+        serde_json::json!({ "quorumReached": true }),
+        at(1),
+    );
+    assert_eq!(d.ticket.as_ref(), Some(&t.id));
+    assert_eq!(d.requester.as_deref(), Some("bob"));
+    assert_eq!(d.actor.as_deref(), Some("alice"));
+    assert_eq!(d.at, at(1));
 }
 
 // === redaction ===
@@ -555,17 +584,17 @@ fn cancel_only_while_pending() {
 fn execute_at_most_token_uses_times() {
     let t = ticket(1);
     assert_eq!(
-        execute(&t, at(1), "r"),
+        execute(&t, at(1), "r", &t.fingerprint),
         Err(TransitionError::NotApproved {
             status: Status::Pending
         })
     );
     let a = approve(&t, &oncall("alice"), None, at(1)).unwrap();
-    let x = execute(&a, at(2), "r").unwrap();
+    let x = execute(&a, at(2), "r", &a.fingerprint).unwrap();
     assert_eq!(x.status, Status::Executed);
     assert_eq!(x.executed_at, Some(at(2)));
     assert_eq!(
-        execute(&x, at(3), "r"),
+        execute(&x, at(3), "r", &x.fingerprint),
         Err(TransitionError::NotApproved {
             status: Status::Executed
         })
@@ -573,20 +602,25 @@ fn execute_at_most_token_uses_times() {
 
     let mut twice = a.clone();
     twice.token_uses = 2;
-    let once = execute(&twice, at(2), "r1").unwrap();
+    let once = execute(&twice, at(2), "r1", &twice.fingerprint).unwrap();
     assert_eq!(once.releases, vec!["r1".to_string()]);
+    // Another request spends nothing.
+    assert_eq!(
+        execute(&once, at(3), "r", "0000"),
+        Err(TransitionError::OtherRequest)
+    );
     assert_eq!((once.status, once.redeemed), (Status::Approved, 1));
-    let done = execute(&once, at(3), "r").unwrap();
+    let done = execute(&once, at(3), "r", &once.fingerprint).unwrap();
     assert_eq!((done.status, done.redeemed), (Status::Executed, 2));
 
     assert_eq!(
-        execute(&a, at(1 + 300), "r"),
+        execute(&a, at(1 + 300), "r", &a.fingerprint),
         Err(TransitionError::RedemptionExpired)
     );
     let mut access = a.clone();
     access.mode = Mode::Access;
     assert_eq!(
-        execute(&access, at(2), "r"),
+        execute(&access, at(2), "r", &access.fingerprint),
         Err(TransitionError::NotAction)
     );
 }
@@ -629,7 +663,7 @@ proptest! {
                 Op::Deny(u) => deny(&t, &oncall(&format!("u{u}")), None, now),
                 Op::Expire => expire(&t, now),
                 Op::Cancel => cancel(&t, now),
-                Op::Execute => execute(&t, now, "r"),
+                Op::Execute => execute(&t, now, "r", &t.fingerprint),
                 Op::Advance(s) => { now = now.plus(Duration::from_secs(u64::from(s))); continue; }
             };
             match r {
