@@ -1,7 +1,7 @@
 //! Canonicalisation end to end (SPEC 5, invariant 11.1): the published-bypass corpus and
 //! generated spellings are sent byte for byte to the real gateway; what the origin receives is
 //! exactly the canonical target, and nothing under a denied prefix ever reaches it, however
-//! leniently the origin reads its path.
+//! leniently the origin reads its path. Path-override headers never reach the origin.
 
 mod common;
 
@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use common::client::RawResponse;
 use common::*;
+use jitgate_rules::canon::PATH_OVERRIDE_HEADERS;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
 
@@ -363,5 +364,84 @@ fn generated_spellings_never_reach_a_denied_path() {
     );
     if let Err(e) = result {
         panic!("{e}");
+    }
+}
+
+/// Path-override header names in the public 403-bypass tools (as they spell them): nomore403
+/// `payloads/headers` and `simpleheaders`, byp4xx `templates/headers.txt`, 4-ZERO-3
+/// `403-bypass.sh` and bypass-url-parser `payloads/header_urls.lst`. Every one of them must be
+/// stripped; `PATH_OVERRIDE_HEADERS` holds them and more.
+const TOOL_PATH_OVERRIDES: &[&str] = &[
+    "X-Original-URL",
+    "X-Rewrite-URL",
+    "X-Override-URL",
+    "X-Original-URI",
+    "X-Original-Path",
+    "X-Forwarded-Path",
+    "X-Forwarded-URI",
+    "X-Forwarded-URL",
+    "X-Envoy-Original-Path",
+    "X-HTTP-DestinationURL",
+    "X-Http-Destinationurl",
+    "X-Proxy-Url",
+    "X-Rewrite-URI",
+    "Base-Url",
+    "Http-Url",
+    "Proxy-Url",
+    "Request-Uri",
+    "Uri",
+    "Url",
+    "Redirect",
+    "Original-Path",
+    "Original-URL",
+    "Path",
+    "Proxy-Request-FullURI",
+    "X-Accel-Redirect",
+    "X-Cf-URL",
+    "X-Flx-Redirect-URL",
+    "X-HTTP-Path-Override",
+    "X-MS-Endpoint-Absolute-Path",
+    "X-Ning-Request-URI",
+    "X-Path",
+    "X-Proxy-Request",
+    "X-Route-Request",
+    "X-Sendfile",
+    "X-URI",
+    "X-URL",
+    "X-Waws-Unencoded-URL",
+];
+
+/// No path-override header reaches the origin, whichever list names it and however it is
+/// spelt (case, `_` for `-`); headers clients legitimately send (`Referer`, WebDAV's
+/// `Destination`) are forwarded.
+#[tokio::test]
+async fn path_override_headers_never_reach_the_origin() {
+    let origin = RawOrigin::start();
+    let gw = Gateway::start(&deny_table(&origin.url(), DENIED));
+    let mut names: Vec<String> = TOOL_PATH_OVERRIDES.iter().map(|n| n.to_string()).collect();
+    names.extend(PATH_OVERRIDE_HEADERS.iter().map(|n| n.to_string()));
+    names.extend(TOOL_PATH_OVERRIDES.iter().map(|n| n.to_ascii_uppercase()));
+    names.extend(TOOL_PATH_OVERRIDES.iter().map(|n| n.replace('-', "_")));
+    // hyper refuses more than 100 headers: send them in batches.
+    for batch in names.chunks(40) {
+        let before = origin.count();
+        let mut req = b"GET /public HTTP/1.1\r\nHost: test\r\n".to_vec();
+        for name in batch {
+            req.extend_from_slice(format!("{name}: /admin/secret\r\n").as_bytes());
+        }
+        req.extend_from_slice(b"Referer: http://test/admin\r\nDestination: /public/copy\r\n\r\n");
+        let resp = RawResponse::parse(&raw_request_timeout_short(gw.data_addr(), &req).await);
+        assert_eq!(resp.status, 200, "{} ({})", resp.status_line, resp.text());
+        let seen = origin.requests();
+        assert_eq!(seen.len(), before + 1);
+        let got = &seen[before];
+        assert_eq!(got.target(), "/public");
+        let leaked: Vec<&String> = batch
+            .iter()
+            .filter(|n| !got.header_values(n).is_empty())
+            .collect();
+        assert!(leaked.is_empty(), "forwarded to the origin: {leaked:?}");
+        assert_eq!(got.header_values("referer"), ["http://test/admin"]);
+        assert_eq!(got.header_values("destination"), ["/public/copy"]);
     }
 }

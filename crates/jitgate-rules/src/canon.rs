@@ -903,8 +903,23 @@ fn form_decode(s: &str) -> Option<Vec<u8>> {
 /// Sources: the "X-Original-URL / X-Rewrite-URL" access-control bypass (IIS URL Rewrite,
 /// Symfony, Zend); Envoy's `x-envoy-original-path`/`-url`; Traefik/ingress-nginx forward-auth
 /// `x-forwarded-uri`/`-prefix`/`-path`; Spring's `ForwardedHeaderFilter` (`x-forwarded-prefix`);
-/// WSGI `x-script-name`; and the 403-bypass header lists in circulation (`x-request-uri`,
-/// `x-rewrite-path`, `x-real-url`, `x-http-destinationurl`, `x-proxy-url`, ...).
+/// WSGI `x-script-name`; Azure App Service's `x-waws-unencoded-url`; nginx's and
+/// Apache/lighttpd's internal-redirect `x-accel-redirect` and `x-sendfile` (response headers,
+/// but no client sends them, and an application that copies request headers into its response
+/// would let a client pick the file served); and every path- or URL-carrying name in the header
+/// lists of the public 403-bypass tools: nomore403 (`payloads/headers`, `payloads/simpleheaders`),
+/// byp4xx (`templates/headers.txt`), 4-ZERO-3 (`403-bypass.sh`) and bypass-url-parser
+/// (`payloads/header_urls.lst`).
+///
+/// Names in those lists left out on purpose, since they are no path override and clients or
+/// other rules need them: `Referer` (and the `Referrer`, `X-Referer`, `X-Referrer`, `X-OReferrer`
+/// spellings: the page a link was followed from; browsers send it, CSRF checks read it, routers
+/// ignore it); `Destination` (WebDAV's MOVE and COPY target, which those methods need: it names
+/// a second resource, not another path for this request, so a deployment that proxies WebDAV
+/// puts MOVE and COPY behind an approve or deny route); `Origin`; `Profile` and `X-Wap-Profile`
+/// (device-profile URLs); host overrides (`X-Host`, `X-HTTP-Host-Override`, `Proxy-Host`,
+/// `X-Forwarded-Host`, `X-Forwarded-Server`) and client-address names, which are not about the
+/// path.
 pub const PATH_OVERRIDE_HEADERS: &[&str] = &[
     "x-original-url",
     "x-rewrite-url",
@@ -928,4 +943,30 @@ pub const PATH_OVERRIDE_HEADERS: &[&str] = &[
     "x-proxy-url",
     "x-http-destinationurl",
     "x-original-request-uri",
+    // nomore403, byp4xx, 4-ZERO-3 (path- and URL-carrying names).
+    "base-url",
+    "http-url",
+    "proxy-url",
+    "request-uri",
+    "uri",
+    "url",
+    "redirect",
+    // bypass-url-parser `header_urls.lst`.
+    "original-path",
+    "original-url",
+    "path",
+    "proxy-request-fulluri",
+    "x-cf-url",
+    "x-flx-redirect-url",
+    "x-http-path-override",
+    "x-ms-endpoint-absolute-path",
+    "x-ning-request-uri",
+    "x-path",
+    "x-proxy-request",
+    "x-route-request",
+    "x-uri",
+    "x-url",
+    "x-waws-unencoded-url",
+    "x-accel-redirect",
+    "x-sendfile",
 ];

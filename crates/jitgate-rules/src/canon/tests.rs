@@ -757,8 +757,40 @@ fn override_header_lists_are_lowercase_and_distinct() {
         "x-forwarded-path",
         "x-forwarded-prefix",
         "x-envoy-original-path",
+        // nomore403, byp4xx, 4-ZERO-3
+        "base-url",
+        "http-url",
+        "proxy-url",
+        "request-uri",
+        "uri",
+        "url",
+        "redirect",
+        "x-http-destinationurl",
+        "x-proxy-url",
+        // bypass-url-parser
+        "original-path",
+        "original-url",
+        "path",
+        "proxy-request-fulluri",
+        "x-accel-redirect",
+        "x-cf-url",
+        "x-flx-redirect-url",
+        "x-http-path-override",
+        "x-ms-endpoint-absolute-path",
+        "x-ning-request-uri",
+        "x-path",
+        "x-proxy-request",
+        "x-route-request",
+        "x-sendfile",
+        "x-uri",
+        "x-url",
+        "x-waws-unencoded-url",
     ] {
         assert!(PATH_OVERRIDE_HEADERS.contains(&h), "{h}");
+    }
+    // Not path overrides, and clients need them.
+    for h in ["referer", "destination", "origin", "host", "forwarded"] {
+        assert!(!PATH_OVERRIDE_HEADERS.contains(&h), "{h}");
     }
 }
 
