@@ -104,8 +104,10 @@ fn percent_decode(s: &[u8]) -> Vec<u8> {
 }
 
 /// The path as the most lenient server could read it: percent-decoded until stable, `\` as
-/// `/`, `;` parameters stripped, dot segments resolved (clamped at the root), empty segments
-/// merged, lowercased. The query (from the first `?`) is split off first.
+/// `/`, `;` parameters stripped, every segment trimmed of whitespace (Java `trim` drops every
+/// char up to U+0020, `strip` and other languages Unicode whitespace; Spring's `trimTokens`),
+/// dot segments resolved (clamped at the root), empty segments merged, lowercased. The query
+/// (from the first `?`) is split off first.
 fn lenient_path(target: &str) -> String {
     let path = target.split('?').next().unwrap_or("");
     let mut bytes = path.as_bytes().to_vec();
@@ -122,7 +124,7 @@ fn lenient_path(target: &str) -> String {
     let mut out: Vec<&str> = Vec::new();
     for seg in text.split('/') {
         let seg = seg.split(';').next().unwrap_or("");
-        match seg {
+        match seg.trim_matches(|c: char| c <= ' ' || c.is_whitespace()) {
             "" | "." => {}
             ".." => {
                 out.pop();
@@ -174,6 +176,11 @@ fn lenient_reading_is_lenient() {
     assert_eq!(lenient_path("//x/../../admin/."), "/admin");
     assert!(under(&lenient_path("/%41DMIN"), "/admin"));
     assert!(!under(&lenient_path("/administrator"), "/admin"));
+    // Trimming matchers (Spring `trimTokens`, Java `trim`/`strip`).
+    assert_eq!(lenient_path("/admin%20/x"), "/admin/x");
+    assert_eq!(lenient_path("/%09admin"), "/admin");
+    assert_eq!(lenient_path("/public/..%20/admin"), "/admin");
+    assert_eq!(lenient_path("/%E3%80%80admin%E2%80%A8/x"), "/admin/x");
 }
 
 // === tests ===
@@ -302,6 +309,14 @@ const TOKENS: &[&str] = &[
     "%ef%bc%8f",
     "%20",
     "~",
+    // Whitespace a trimming matcher drops at a segment's edge (ASCII and Unicode).
+    "%20",
+    "%09",
+    "%c2%a0",
+    "%c2%85",
+    "%e2%80%83",
+    "%e2%80%a8",
+    "%e3%80%80",
 ];
 
 /// Invariant 1 as a property: whatever is generated from bypass pieces, the origin never

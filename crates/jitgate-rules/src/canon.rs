@@ -10,10 +10,22 @@
 //!    themselves; `%2F %5C %00 %25 %3B %3F %23` and encoded control characters are refused
 //!    (`%2F` may be kept opaque when a route opts in); other ASCII stays encoded with uppercase
 //!    hex; encoded non-ASCII must be well-formed, shortest-form UTF-8 and stays encoded
-//!    (uppercase hex), so `%EF%BC%8F` (fullwidth solidus) never turns into a separator.
-//! 4. `;` parameters are refused, or, when a route opts in, stripped from each segment for
+//!    (uppercase hex).
+//! 4. Spellings that a lenient upstream reads as another path are refused:
+//!    - a segment whose name (without `;` parameters) starts or ends with encoded whitespace:
+//!      `%20`, or Unicode White_Space such as `%C2%85` or `%E2%80%A8`. Trimming matchers drop
+//!      it (Spring's `trimTokens`, CVE-2016-5007; Java's `String.trim` drops every char up to
+//!      U+0020, `strip` and most other languages' trims Unicode whitespace), so `/admin%20/x`
+//!      reaches them as `/admin/x`. Whitespace inside a name (`/my%20file`) is kept.
+//!
+//!    These are refused rather than given more readings (as `%2F` and `;` are) because the
+//!    readings multiply (trimmed or not at each end of each segment, combined with the other
+//!    rules) and every one would have to be matched, while clients do not put such characters
+//!    in the paths of the APIs this gateway guards: one spelling per resource keeps matching,
+//!    tickets and logs simple, and a refused request fails closed.
+//! 5. `;` parameters are refused, or, when a route opts in, stripped from each segment for
 //!    matching (Tomcat semantics: `..;x` is `..`) and kept on the forwarded path.
-//! 5. Only then are `.` and `..` segments resolved (a `..` above the root is refused) and
+//! 6. Only then are `.` and `..` segments resolved (a `..` above the root is refused) and
 //!    repeated slashes merged. A trailing slash is kept.
 //!
 //! An already-canonical path (nearly every request) is returned borrowed, without allocating.
@@ -104,6 +116,12 @@ pub enum CanonError {
     /// stray continuation bytes, truncated sequences.
     #[error("percent-encoded bytes in path are not valid UTF-8 (overlong or malformed)")]
     InvalidUtf8,
+    /// A path segment whose name (without `;` parameters) starts or ends with encoded
+    /// whitespace: `%20` or Unicode White_Space such as `%C2%85` or `%E2%80%A8`. Trimming
+    /// matchers drop it (Spring's `trimTokens`, CVE-2016-5007): `/admin%20/x` reads as
+    /// `/admin/x` to them.
+    #[error("path segment starts or ends with encoded whitespace")]
+    SegmentEdgeWhitespace,
     /// `;` path parameters without a route opting in to them.
     #[error("path parameters (';') are not allowed")]
     PathParams,
@@ -230,8 +248,8 @@ pub fn canonicalize_path(raw: &str, opts: CanonOptions) -> Result<CanonPath<'_>,
 
 /// Whether `raw` is certainly canonical under any options: the fast path. Conservative: it
 /// answers false for some canonical paths (those holding encoded non-ASCII), which then take
-/// the slow path and come out unchanged. A property test checks that whatever it accepts,
-/// [`build`] returns unchanged.
+/// the slow path and come out unchanged, and for `%20` at a segment's edge, which the slow
+/// path refuses. A property test checks that whatever it accepts, [`build`] returns unchanged.
 fn is_canonical(raw: &str) -> bool {
     let b = raw.as_bytes();
     if b.first() != Some(&b'/') {
@@ -261,6 +279,7 @@ fn is_canonical(raw: &str) -> bool {
             if is_unreserved(v)
                 || !(0x20..0x7F).contains(&v)
                 || matches!(v, b'/' | b'\\' | b'%' | b';' | b'?' | b'#')
+                || (v == b' ' && (i == seg_start || matches!(b.get(i + 3), None | Some(b'/'))))
             {
                 return false;
             }
@@ -422,9 +441,15 @@ fn decode_segment(
                     b'?' => return Err(CanonError::EncodedQuestionMark),
                     b'#' => return Err(CanonError::EncodedHash),
                     0x01..=0x1F | 0x7F => return Err(CanonError::EncodedControl),
+                    b' ' if name_len.is_none() && (text.is_empty() || name_ends(b, i + 3)) => {
+                        return Err(CanonError::SegmentEdgeWhitespace)
+                    }
                     0x20..=0x7E => push_escape(&mut text, v),
                     0x80..=0xFF => {
-                        let len = encoded_utf8_char(b, i, v)?;
+                        let (ch, len) = encoded_utf8_char(b, i, v)?;
+                        let at_edge =
+                            name_len.is_none() && (text.is_empty() || name_ends(b, i + 3 * len));
+                        check_non_ascii(ch, at_edge)?;
                         for k in 0..len {
                             push_escape(&mut text, escape_at(b, i + 3 * k)?);
                         }
@@ -457,6 +482,22 @@ fn decode_segment(
     Ok(Segment { text, name_len })
 }
 
+/// Whether the segment's name ends at byte `j` of the raw segment: at its end or at `;`.
+fn name_ends(b: &[u8], j: usize) -> bool {
+    matches!(b.get(j), None | Some(b';'))
+}
+
+/// Refuse an encoded non-ASCII character that a lenient upstream reads as something else that
+/// matters to matching (module documentation, rule 4). `at_edge`: it is the first or last
+/// character of a segment's name.
+fn check_non_ascii(c: char, at_edge: bool) -> Result<(), CanonError> {
+    // `char::is_whitespace` is Unicode's White_Space property, what `strip`-style trims drop.
+    if at_edge && c.is_whitespace() {
+        return Err(CanonError::SegmentEdgeWhitespace);
+    }
+    Ok(())
+}
+
 /// The byte encoded by the escape starting at `b[i] == b'%'`.
 fn escape_at(b: &[u8], i: usize) -> Result<u8, CanonError> {
     match (
@@ -470,9 +511,10 @@ fn escape_at(b: &[u8], i: usize) -> Result<u8, CanonError> {
 }
 
 /// Check that the escapes starting at `b[i]` (whose first byte is `lead` >= 0x80) encode one
-/// well-formed UTF-8 character, and return its length in bytes. Overlong forms, surrogates,
-/// code points above U+10FFFF, stray continuation bytes and truncated sequences are refused.
-fn encoded_utf8_char(b: &[u8], i: usize, lead: u8) -> Result<usize, CanonError> {
+/// well-formed UTF-8 character, and return it and its length in bytes. Overlong forms,
+/// surrogates, code points above U+10FFFF, stray continuation bytes and truncated sequences
+/// are refused.
+fn encoded_utf8_char(b: &[u8], i: usize, lead: u8) -> Result<(char, usize), CanonError> {
     let len = match lead {
         0xC2..=0xDF => 2,
         0xE0..=0xEF => 3,
@@ -488,9 +530,9 @@ fn encoded_utf8_char(b: &[u8], i: usize, lead: u8) -> Result<usize, CanonError> 
         }
         *slot = escape_at(b, at)?;
     }
-    match std::str::from_utf8(&buf[..len]) {
-        Ok(_) => Ok(len),
-        Err(_) => Err(CanonError::InvalidUtf8),
+    match std::str::from_utf8(&buf[..len]).map(|s| s.chars().next()) {
+        Ok(Some(c)) => Ok((c, len)),
+        _ => Err(CanonError::InvalidUtf8),
     }
 }
 

@@ -35,7 +35,8 @@ fn accepted_paths() {
         ("/a/b/", "/a/b/"),
         ("/v1/deployments/prod/web", "/v1/deployments/prod/web"),
         ("/a:b@c!$&'()*+,=", "/a:b@c!$&'()*+,="),
-        ("/%20", "/%20"),
+        ("/a%20b", "/a%20b"),
+        ("/my%20file/x%20y%20z", "/my%20file/x%20y%20z"),
         ("/a%21b", "/a%21b"),
         ("/%C3%A9t%C3%A9", "/%C3%A9t%C3%A9"),
         ("/{\"json\":1}", "/{\"json\":1}"),
@@ -48,9 +49,16 @@ fn accepted_paths() {
         // other escapes uppercased, never decoded
         ("/a%3a", "/a%3A"),
         ("/%c3%a9", "/%C3%A9"),
-        ("/%ef%bc%8f", "/%EF%BC%8F"),
         ("/%e2%88%95admin", "/%E2%88%95admin"),
         ("/%F0%9F%98%80", "/%F0%9F%98%80"),
+        // non-ASCII that folds only to non-ASCII, or not at all, stays opaque
+        ("/%d0%b0dmin", "/%D0%B0dmin"),
+        ("/%e4%b8%ad%e6%96%87", "/%E4%B8%AD%E6%96%87"),
+        ("/%e2%84%a6", "/%E2%84%A6"),
+        ("/%c3%a5ngstr%c3%b6m", "/%C3%A5ngstr%C3%B6m"),
+        // Unicode whitespace that NFKC keeps is accepted inside a name
+        ("/a%e2%80%a8b", "/a%E2%80%A8b"),
+        ("/a%c2%85b", "/a%C2%85b"),
         ("/%7b%7d", "/%7B%7D"),
         // dot segments, raw and encoded, any case
         ("/a/./b", "/a/b"),
@@ -143,6 +151,21 @@ fn refused_paths() {
         ("/%C3%41", InvalidUtf8),
         ("/%E2%88", InvalidUtf8),
         ("/%C3%A", MalformedEscape),
+        // whitespace at a segment name's edge
+        ("/admin%20/x", SegmentEdgeWhitespace),
+        ("/admin%20", SegmentEdgeWhitespace),
+        ("/%20admin", SegmentEdgeWhitespace),
+        ("/%20", SegmentEdgeWhitespace),
+        ("/a/%20/b", SegmentEdgeWhitespace),
+        ("/a/..%20/b", SegmentEdgeWhitespace),
+        ("/a/%20../b", SegmentEdgeWhitespace),
+        ("/a%20%20", SegmentEdgeWhitespace),
+        ("/admin%C2%A0/x", SegmentEdgeWhitespace),
+        ("/%e3%80%80admin", SegmentEdgeWhitespace),
+        ("/admin%E2%80%A8", SegmentEdgeWhitespace),
+        ("/admin%C2%85/x", SegmentEdgeWhitespace),
+        ("/%E1%9A%80admin", SegmentEdgeWhitespace),
+        ("/admin%20;x", SegmentEdgeWhitespace),
         // path parameters
         ("/admin;jsessionid=x/secret", PathParams),
         ("/..;/admin", PathParams),
@@ -174,6 +197,88 @@ fn every_error_message_is_specific() {
     );
     assert!(CanonError::AboveRoot.to_string().contains(".."));
     assert!(CanonError::HostConflict.to_string().contains("Host"));
+    assert_eq!(
+        CanonError::SegmentEdgeWhitespace.to_string(),
+        "path segment starts or ends with encoded whitespace"
+    );
+}
+
+// === lenient upstreams: trimming ===
+
+/// The percent-encoded UTF-8 of `c`, lowercase hex (canonicalisation uppercases it).
+fn enc(c: char) -> String {
+    let mut buf = [0u8; 4];
+    c.encode_utf8(&mut buf)
+        .bytes()
+        .map(|b| format!("%{b:02x}"))
+        .collect()
+}
+
+#[test]
+fn whitespace_at_a_segment_edge_is_refused_wherever_it_stands() {
+    // Everything a trimming matcher drops: Java `trim` (every char up to U+0020), Unicode
+    // White_Space (`strip`, Python, .NET, Go).
+    let trimmed: Vec<char> = ('\0'..='\u{10FFFF}')
+        .filter(|c| *c <= ' ' || c.is_whitespace())
+        .collect();
+    assert!(trimmed.len() > 50);
+    let mut failures = Vec::new();
+    for c in trimmed {
+        let e = enc(c);
+        for opts in [DEFAULT, PARAMS, SLASH] {
+            for raw in [
+                format!("/admin{e}/x"),
+                format!("/{e}admin/x"),
+                format!("/admin{e}"),
+                format!("/{e}"),
+                format!("/a/..{e}/admin"),
+                format!("/a/{e}../admin"),
+                format!("/a/{e}/admin"),
+                format!("/admin{e}{e}"),
+                format!("/admin{e};x/y"),
+            ] {
+                if let Ok(p) = canonicalize_path(&raw, opts) {
+                    failures.push(format!(
+                        "U+{:04X} {raw} {opts:?}: accepted as {}",
+                        u32::from(c),
+                        p.path
+                    ));
+                }
+            }
+            // With %2F kept opaque, whitespace next to it is at an edge of the decoded reading.
+            if opts.allow_encoded_slash {
+                let raw = format!("/admin{e}%2Fx");
+                if let Ok(p) = canonicalize_path(&raw, opts) {
+                    failures.push(format!(
+                        "U+{:04X} {raw}: accepted as {}",
+                        u32::from(c),
+                        p.path
+                    ));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // Inside a name, ASCII space is kept and encoded; so is Unicode whitespace NFKC keeps.
+    assert_eq!(canon("/a%20b/c").unwrap(), "/a%20b/c");
+    assert_eq!(canon("/a%e2%80%a9b").unwrap(), "/a%E2%80%A9b");
+    assert_eq!(
+        canon("/a%20b%2Fc%20d").unwrap_err(),
+        CanonError::EncodedSlash
+    );
+    assert_eq!(
+        canonicalize_path("/a%20b%2Fc%20d", SLASH)
+            .unwrap()
+            .decoded_slash
+            .as_deref(),
+        Some("/a%20b/c%20d")
+    );
+    // Parameters are not part of the name: whitespace inside them is kept when forwarded.
+    let p = canonicalize_path("/admin;x=%20y/z", PARAMS).unwrap();
+    assert_eq!(
+        (p.path.as_ref(), p.forward.as_deref()),
+        ("/admin/z", Some("/admin;x=%20y/z"))
+    );
 }
 
 // === fast path ===
@@ -184,7 +289,7 @@ fn canonical_input_is_borrowed() {
         "/",
         "/a",
         "/a/b/",
-        "/%20x",
+        "/a%20x",
         "/a%3A",
         "/v1/deployments/prod/web",
     ] {
@@ -198,6 +303,13 @@ fn canonical_input_is_borrowed() {
     for raw in ["/%61", "//a", "/a/./b", "/%3a", "/a/.."] {
         let p = canonicalize_path(raw, DEFAULT).unwrap();
         assert!(matches!(p.path, Cow::Owned(_)), "{raw}");
+    }
+    // `%20` at a segment's edge is ASCII but not canonical: the slow path refuses it.
+    for raw in ["/%20", "/%20a", "/a%20", "/a%20/b", "/a/%20b", "/a%20%20"] {
+        assert!(!is_canonical(raw), "{raw}");
+    }
+    for raw in ["/a%20b", "/a%20b/c%20d/"] {
+        assert!(is_canonical(raw), "{raw}");
     }
 }
 
@@ -823,12 +935,16 @@ fn tricky_path() -> impl Strategy<Value = String> {
         1 => Just("%41"),
         1 => Just("%7e"),
         1 => Just("%3a"),
-        1 => Just("%20"),
+        2 => Just("%20"),
         1 => Just("%c3%a9"),
         1 => Just("%C3"),
         1 => Just("%a9"),
         1 => Just("%c0%ae"),
         1 => Just("%ef%bc%8f"),
+        1 => Just("%c2%a0"),
+        1 => Just("%c2%85"),
+        1 => Just("%e2%80%a8"),
+        1 => Just("%e3%80%80"),
         1 => Just("%00"),
         1 => Just("%0a"),
         1 => Just("\\"),
@@ -869,6 +985,13 @@ fn check_output(out: &str, opts: CanonOptions, params_allowed_here: bool) {
     for seg in out.split('/') {
         let name = seg.split(';').next().unwrap_or("");
         assert!(name != "." && name != "..", "{out:?}");
+        // No name starts or ends with whitespace.
+        let decoded = percent_decode_utf8(name);
+        let first = decoded.chars().next();
+        let last = decoded.chars().next_back();
+        for c in [first, last].into_iter().flatten() {
+            assert!(!c.is_whitespace(), "{out:?}: whitespace at a segment edge");
+        }
     }
     let b = out.as_bytes();
     for (i, _) in out.match_indices('%') {
@@ -888,6 +1011,23 @@ fn check_output(out: &str, opts: CanonOptions, params_allowed_here: bool) {
             assert!(opts.allow_encoded_slash, "{out:?}: %2F without opt-in");
         }
     }
+}
+
+/// Decode every escape of canonical text (well-formed UTF-8 by construction).
+fn percent_decode_utf8(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap());
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).unwrap()
 }
 
 /// Decode the unreserved escapes of `s` (which canonical output must not have).
