@@ -13,6 +13,7 @@ use common::*;
 use jitgate_rules::canon::PATH_OVERRIDE_HEADERS;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
+use unicode_normalization::UnicodeNormalization;
 
 const CORPUS: &str = include_str!("../crates/jitgate-rules/tests/data/bypass_corpus.txt");
 
@@ -103,24 +104,25 @@ fn percent_decode(s: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The path as the most lenient server could read it: percent-decoded until stable, `\` as
-/// `/`, `;` parameters stripped, every segment trimmed of whitespace (Java `trim` drops every
-/// char up to U+0020, `strip` and other languages Unicode whitespace; Spring's `trimTokens`),
-/// dot segments resolved (clamped at the root), empty segments merged, lowercased. The query
-/// (from the first `?`) is split off first.
+/// The path as the most lenient server could read it: percent-decoded, then folded the way
+/// NFKC_Casefold folds (NFKC, case folded through upper then lower case so `ſ` reads as `s` and
+/// `ß` as `ss`, invisible characters deleted), again until stable; `\` as `/`; `;` parameters
+/// stripped; every segment trimmed of whitespace (Java `trim` drops every char up to U+0020,
+/// `strip` and other languages Unicode whitespace; Spring's `trimTokens`); dot segments
+/// resolved (clamped at the root); empty segments merged. The query (from the first `?`) is
+/// split off first.
 fn lenient_path(target: &str) -> String {
     let path = target.split('?').next().unwrap_or("");
-    let mut bytes = path.as_bytes().to_vec();
+    let mut text = path.to_string();
     for _ in 0..8 {
-        let next = percent_decode(&bytes);
-        if next == bytes {
+        let decoded = String::from_utf8_lossy(&percent_decode(text.as_bytes())).into_owned();
+        let folded = fold(&decoded);
+        if folded == text {
             break;
         }
-        bytes = next;
+        text = folded;
     }
-    let text = String::from_utf8_lossy(&bytes)
-        .replace('\\', "/")
-        .replace('\0', "");
+    let text = text.replace('\\', "/").replace('\0', "");
     let mut out: Vec<&str> = Vec::new();
     for seg in text.split('/') {
         let seg = seg.split(';').next().unwrap_or("");
@@ -133,6 +135,30 @@ fn lenient_path(target: &str) -> String {
         }
     }
     format!("/{}", out.join("/")).to_ascii_lowercase()
+}
+
+/// NFKC, full case folding (upper then lower case), NFKC again, and the invisible characters
+/// NFKC_Casefold deletes (an independent short list of the default-ignorable ones attackers
+/// use, not the canonicaliser's table).
+fn fold(s: &str) -> String {
+    let nfkc: String = s.nfkc().collect();
+    let cased = nfkc.to_uppercase().to_lowercase();
+    cased.nfkc().filter(|c| !invisible(*c)).collect()
+}
+
+fn invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{AD}'
+            | '\u{34F}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}'
+            | '\u{FE00}'..='\u{FE0F}'
+            | '\u{FEFF}'
+            | '\u{E0000}'..='\u{E0FFF}'
+    )
 }
 
 /// Whether a (lowercase) path is `prefix` or below it, on segment boundaries.
@@ -181,6 +207,23 @@ fn lenient_reading_is_lenient() {
     assert_eq!(lenient_path("/%09admin"), "/admin");
     assert_eq!(lenient_path("/public/..%20/admin"), "/admin");
     assert_eq!(lenient_path("/%E3%80%80admin%E2%80%A8/x"), "/admin/x");
+    // NFKC and case folding.
+    assert_eq!(lenient_path("/%EF%BD%81dmin"), "/admin");
+    assert_eq!(lenient_path("/public/%EF%BC%8E%EF%BC%8E/admin"), "/admin");
+    assert_eq!(lenient_path("/public%EF%BC%8F..%EF%BC%8Fadmin"), "/admin");
+    assert_eq!(lenient_path("/public/%E2%80%A5/admin"), "/admin");
+    assert_eq!(lenient_path("/%C5%BFecret"), "/secret");
+    assert_eq!(lenient_path("/adm%C4%B1n"), "/admin");
+    assert_eq!(lenient_path("/pa%C3%9Fword"), "/password");
+    assert_eq!(lenient_path("/ad%C2%ADmin"), "/admin");
+    // NFKC output decoded again: a fullwidth percent sign starts an escape.
+    assert_eq!(
+        lenient_path("/public/%EF%BC%85%32%65%EF%BC%85%32%65/admin"),
+        "/admin"
+    );
+    // Ordinary non-ASCII stays what it is.
+    assert_eq!(lenient_path("/caf%C3%A9"), "/caf\u{e9}");
+    assert!(!under(&lenient_path("/%D0%B0dmin"), "/admin"));
 }
 
 // === tests ===
@@ -317,6 +360,25 @@ const TOKENS: &[&str] = &[
     "%e2%80%83",
     "%e2%80%a8",
     "%e3%80%80",
+    "%ef%bb%bf",
+    // Compatibility forms NFKC or case folding turn into ASCII, and invisible characters.
+    "%ef%bd%81dmin",
+    "%ef%bc%a1DMIN",
+    "%e2%93%90dmin",
+    "%f0%9d%90%9admin",
+    "adm%c4%b1n",
+    "ad%c2%admin",
+    "ad%e2%80%8bmin",
+    "%ef%bc%8f",
+    "%ef%bc%8e",
+    "%ef%bc%bc",
+    "%e2%80%a5",
+    "%ef%b9%92",
+    "%c5%bf",
+    "%e2%84%aa",
+    // Ordinary non-ASCII, accepted and opaque.
+    "%c3%a9",
+    "%d0%b0dmin",
 ];
 
 /// Invariant 1 as a property: whatever is generated from bypass pieces, the origin never

@@ -17,12 +17,21 @@
 //!      it (Spring's `trimTokens`, CVE-2016-5007; Java's `String.trim` drops every char up to
 //!      U+0020, `strip` and most other languages' trims Unicode whitespace), so `/admin%20/x`
 //!      reaches them as `/admin/x`. Whitespace inside a name (`/my%20file`) is kept.
+//!    - an encoded character whose NFKC form or Unicode case mapping contains ASCII: fullwidth
+//!      forms (`%EF%BC%8F` is `/`, `%EF%BD%81` is `a`), one and two dot leaders (`.`, `..`),
+//!      ligatures, super- and subscripts, circled and mathematical letters, spaces such as
+//!      `%C2%A0`, and the case-mapping cases `ſ` (`S`), Kelvin sign (`k`), `ı` (`I`), `ß`
+//!      (`SS`). NFKC-normalising and case-insensitive servers read them as ASCII.
+//!    - an encoded invisible (default-ignorable) character: soft hyphen, zero-width characters,
+//!      bidi controls, variation selectors, tags. NFKC_Casefold deletes them, so `ad%C2%ADmin`
+//!      reads as `admin`.
 //!
-//!    These are refused rather than given more readings (as `%2F` and `;` are) because the
-//!    readings multiply (trimmed or not at each end of each segment, combined with the other
-//!    rules) and every one would have to be matched, while clients do not put such characters
-//!    in the paths of the APIs this gateway guards: one spelling per resource keeps matching,
-//!    tickets and logs simple, and a refused request fails closed.
+//!    Other non-ASCII (`%C3%A9`, CJK, Cyrillic look-alikes, U+2215 division slash) is accepted
+//!    and stays opaque. These are refused rather than given more readings (as `%2F` and `;`
+//!    are) because the readings multiply (trim, NFKC and case folding, in any order and
+//!    combined with the other rules) and every one would have to be matched, while clients do
+//!    not put such characters in the paths of the APIs this gateway guards: one spelling per
+//!    resource keeps matching, tickets and logs simple, and a refused request fails closed.
 //! 5. `;` parameters are refused, or, when a route opts in, stripped from each segment for
 //!    matching (Tomcat semantics: `..;x` is `..`) and kept on the forwarded path.
 //! 6. Only then are `.` and `..` segments resolved (a `..` above the root is refused) and
@@ -35,6 +44,7 @@ use std::fmt::{self, Write as _};
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use http::{HeaderMap, HeaderValue, Method, Uri};
+use unicode_normalization::UnicodeNormalization;
 
 #[cfg(test)]
 mod tests;
@@ -122,6 +132,16 @@ pub enum CanonError {
     /// `/admin/x` to them.
     #[error("path segment starts or ends with encoded whitespace")]
     SegmentEdgeWhitespace,
+    /// A percent-encoded character whose NFKC form or Unicode case mapping contains ASCII:
+    /// fullwidth forms (`%EF%BC%8F` is `/`), dot leaders, ligatures, super- and subscripts,
+    /// circled and mathematical letters, `ſ`, the Kelvin sign. NFKC-normalising and
+    /// case-insensitive servers read them as the ASCII they fold to.
+    #[error("percent-encoded compatibility form of an ASCII character in path")]
+    EncodedCompatibilityForm,
+    /// A percent-encoded invisible (default-ignorable) character: soft hyphen, zero-width
+    /// characters, bidi controls, variation selectors, tags. NFKC_Casefold deletes them.
+    #[error("percent-encoded invisible character in path")]
+    EncodedInvisible,
     /// `;` path parameters without a route opting in to them.
     #[error("path parameters (';') are not allowed")]
     PathParams,
@@ -495,7 +515,63 @@ fn check_non_ascii(c: char, at_edge: bool) -> Result<(), CanonError> {
     if at_edge && c.is_whitespace() {
         return Err(CanonError::SegmentEdgeWhitespace);
     }
+    if is_default_ignorable(c) {
+        return Err(CanonError::EncodedInvisible);
+    }
+    if folds_to_ascii(c, FOLD_STEPS) {
+        return Err(CanonError::EncodedCompatibilityForm);
+    }
     Ok(())
+}
+
+/// How many NFKC or case-mapping steps [`folds_to_ascii`] follows. The longest chain to ASCII
+/// takes two (`ẞ` lowercases to `ß`, which uppercases to `SS`); a test over every character
+/// checks that a fourth step finds nothing the first three did not.
+const FOLD_STEPS: u8 = 3;
+
+/// Whether NFKC or full Unicode case mapping (lower or upper, as Rust, Java and Python apply
+/// them to strings), applied up to `steps` times in any order, turns `c` into text holding
+/// ASCII. Mapping to ASCII is what lets a compatibility form stand for a route's spelling; a
+/// character that folds only to other non-ASCII (`Ω` OHM SIGN to `Ω`) cannot match an ASCII
+/// route.
+fn folds_to_ascii(c: char, steps: u8) -> bool {
+    if steps == 0 {
+        return false;
+    }
+    std::iter::once(c)
+        .nfkc()
+        .chain(c.to_lowercase())
+        .chain(c.to_uppercase())
+        .any(|d| d.is_ascii() || (d != c && folds_to_ascii(d, steps - 1)))
+}
+
+/// Unicode's Default_Ignorable_Code_Point property (DerivedCoreProperties.txt of Unicode 16,
+/// the same ranges as regex-syntax's table): invisible characters that NFKC_Casefold and IDNA
+/// mapping delete. Reserved code points in these ranges are included, as in the property.
+const DEFAULT_IGNORABLE: &[(char, char)] = &[
+    ('\u{AD}', '\u{AD}'),
+    ('\u{34F}', '\u{34F}'),
+    ('\u{61C}', '\u{61C}'),
+    ('\u{115F}', '\u{1160}'),
+    ('\u{17B4}', '\u{17B5}'),
+    ('\u{180B}', '\u{180F}'),
+    ('\u{200B}', '\u{200F}'),
+    ('\u{202A}', '\u{202E}'),
+    ('\u{2060}', '\u{206F}'),
+    ('\u{3164}', '\u{3164}'),
+    ('\u{FE00}', '\u{FE0F}'),
+    ('\u{FEFF}', '\u{FEFF}'),
+    ('\u{FFA0}', '\u{FFA0}'),
+    ('\u{FFF0}', '\u{FFF8}'),
+    ('\u{1BCA0}', '\u{1BCA3}'),
+    ('\u{1D173}', '\u{1D17A}'),
+    ('\u{E0000}', '\u{E0FFF}'),
+];
+
+fn is_default_ignorable(c: char) -> bool {
+    DEFAULT_IGNORABLE
+        .iter()
+        .any(|&(lo, hi)| (lo..=hi).contains(&c))
 }
 
 /// The byte encoded by the escape starting at `b[i] == b'%'`.

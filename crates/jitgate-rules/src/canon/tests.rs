@@ -166,6 +166,40 @@ fn refused_paths() {
         ("/admin%C2%85/x", SegmentEdgeWhitespace),
         ("/%E1%9A%80admin", SegmentEdgeWhitespace),
         ("/admin%20;x", SegmentEdgeWhitespace),
+        // compatibility forms of ASCII, wherever they stand
+        ("/%ef%bc%8f", EncodedCompatibilityForm),
+        ("/%EF%BD%81dmin", EncodedCompatibilityForm),
+        ("/public/%EF%BC%8E%EF%BC%8E/admin", EncodedCompatibilityForm),
+        ("/a/..%EF%BC%BCb", EncodedCompatibilityForm),
+        ("/a/%E2%80%A5/b", EncodedCompatibilityForm),
+        ("/a/%E2%80%A4/b", EncodedCompatibilityForm),
+        ("/a%EF%B9%92", EncodedCompatibilityForm),
+        ("/a%EF%BC%85%32%65", EncodedCompatibilityForm),
+        ("/%E2%93%90dmin", EncodedCompatibilityForm),
+        ("/%F0%9D%90%9Admin", EncodedCompatibilityForm),
+        ("/%E1%B5%83dmin", EncodedCompatibilityForm),
+        ("/%EF%AC%80", EncodedCompatibilityForm),
+        ("/v%C2%B2", EncodedCompatibilityForm),
+        ("/%E2%85%A0", EncodedCompatibilityForm),
+        ("/ad%C2%A0min", EncodedCompatibilityForm),
+        ("/ad%E3%80%80min", EncodedCompatibilityForm),
+        ("/%C5%BFecret", EncodedCompatibilityForm),
+        ("/%E2%84%AA", EncodedCompatibilityForm),
+        ("/adm%C4%B1n", EncodedCompatibilityForm),
+        ("/adm%C4%B0n", EncodedCompatibilityForm),
+        ("/stra%C3%9Fe", EncodedCompatibilityForm),
+        ("/%E1%BA%9E", EncodedCompatibilityForm),
+        ("/%C7%85", EncodedCompatibilityForm),
+        ("/%C5%89", EncodedCompatibilityForm),
+        // invisible characters
+        ("/ad%C2%ADmin", EncodedInvisible),
+        ("/ad%E2%80%8Bmin", EncodedInvisible),
+        ("/%E2%80%8Badmin", EncodedInvisible),
+        ("/admin%EF%BB%BF", EncodedInvisible),
+        ("/%E2%80%AEnimda", EncodedInvisible),
+        ("/admin%EF%B8%8F", EncodedInvisible),
+        ("/admin%E1%A0%8E", EncodedInvisible),
+        ("/ad%F3%A0%80%A1min", EncodedInvisible),
         // path parameters
         ("/admin;jsessionid=x/secret", PathParams),
         ("/..;/admin", PathParams),
@@ -201,9 +235,15 @@ fn every_error_message_is_specific() {
         CanonError::SegmentEdgeWhitespace.to_string(),
         "path segment starts or ends with encoded whitespace"
     );
+    assert!(CanonError::EncodedCompatibilityForm
+        .to_string()
+        .contains("compatibility form"));
+    assert!(CanonError::EncodedInvisible
+        .to_string()
+        .contains("invisible"));
 }
 
-// === lenient upstreams: trimming ===
+// === lenient upstreams: trimming, NFKC, case folding ===
 
 /// The percent-encoded UTF-8 of `c`, lowercase hex (canonicalisation uppercases it).
 fn enc(c: char) -> String {
@@ -217,9 +257,12 @@ fn enc(c: char) -> String {
 #[test]
 fn whitespace_at_a_segment_edge_is_refused_wherever_it_stands() {
     // Everything a trimming matcher drops: Java `trim` (every char up to U+0020), Unicode
-    // White_Space (`strip`, Python, .NET, Go).
+    // White_Space (`strip`, Python, .NET, Go), and what older trims dropped (U+180E, U+200B,
+    // U+FEFF; invisible, so refused anywhere).
     let trimmed: Vec<char> = ('\0'..='\u{10FFFF}')
-        .filter(|c| *c <= ' ' || c.is_whitespace())
+        .filter(|c| {
+            *c <= ' ' || c.is_whitespace() || matches!(c, '\u{180E}' | '\u{200B}' | '\u{FEFF}')
+        })
         .collect();
     assert!(trimmed.len() > 50);
     let mut failures = Vec::new();
@@ -279,6 +322,114 @@ fn whitespace_at_a_segment_edge_is_refused_wherever_it_stands() {
         (p.path.as_ref(), p.forward.as_deref()),
         ("/admin/z", Some("/admin;x=%20y/z"))
     );
+}
+
+/// The model of a lenient upstream's folding: NFKC, then lower case, upper case or both in
+/// either order, then NFKC again, over the whole string; `c` in `x{c}y` folds to ASCII when
+/// some reading holds more ASCII than the `x` and `y` around it.
+fn lenient_readings_add_ascii(c: char) -> bool {
+    use unicode_normalization::UnicodeNormalization;
+    let s = format!("x{c}y");
+    let nfkc = |t: &str| t.nfkc().collect::<String>();
+    let lower = |t: &str| t.to_lowercase();
+    let upper = |t: &str| t.to_uppercase();
+    let mut readings = vec![s.clone(), nfkc(&s)];
+    for _ in 0..2 {
+        let mut next = Vec::new();
+        for r in &readings {
+            next.extend([
+                nfkc(r),
+                lower(r),
+                upper(r),
+                lower(&upper(r)),
+                upper(&lower(r)),
+            ]);
+        }
+        readings.extend(next);
+        readings.sort();
+        readings.dedup();
+    }
+    readings
+        .iter()
+        .any(|r| r.chars().filter(char::is_ascii).count() > 2)
+}
+
+#[test]
+fn every_character_folding_to_ascii_is_refused_and_no_other() {
+    // Every non-ASCII scalar value, against a whole-string model of NFKC and case folding (the
+    // implementation folds one character at a time). A refusal the model does not explain
+    // would turn away a legitimate path; a miss would be a bypass.
+    let mut missed = Vec::new();
+    let mut overreach = Vec::new();
+    let mut compat = 0;
+    for c in '\u{80}'..='\u{10FFFF}' {
+        // Most code points (unassigned, CJK, ...) are their own NFKC form and case mappings:
+        // no reading can hold new ASCII, so the costly model is skipped for them.
+        let fixed = {
+            use unicode_normalization::UnicodeNormalization;
+            let me = || std::iter::once(c);
+            me().nfkc().eq(me()) && c.to_lowercase().eq(me()) && c.to_uppercase().eq(me())
+        };
+        let raw = format!("/x{}y", enc(c));
+        let got = canonicalize_path(&raw, DEFAULT).map(|p| p.path.into_owned());
+        let folds = !fixed && lenient_readings_add_ascii(c);
+        match got {
+            Err(CanonError::EncodedCompatibilityForm) => {
+                compat += 1;
+                if !folds {
+                    overreach.push(format!("U+{:04X}", u32::from(c)));
+                }
+            }
+            Err(CanonError::EncodedInvisible) => assert!(is_default_ignorable(c)),
+            Err(e) => panic!("U+{:04X}: {e:?}", u32::from(c)),
+            Ok(p) => {
+                let want = format!("/x{}y", enc(c).to_ascii_uppercase());
+                assert_eq!(p, want, "U+{:04X}: accepted, but not opaque", u32::from(c));
+                if folds {
+                    missed.push(format!("U+{:04X}", u32::from(c)));
+                }
+            }
+        }
+    }
+    assert!(missed.is_empty(), "fold to ASCII but accepted: {missed:?}");
+    assert!(
+        overreach.is_empty(),
+        "refused without folding to ASCII: {overreach:?}"
+    );
+    assert!(compat > 1000, "only {compat} compatibility forms refused");
+}
+
+#[test]
+fn fold_steps_are_enough() {
+    for c in '\u{80}'..='\u{10FFFF}' {
+        assert_eq!(
+            folds_to_ascii(c, FOLD_STEPS),
+            folds_to_ascii(c, FOLD_STEPS + 1),
+            "U+{:04X}",
+            u32::from(c)
+        );
+    }
+}
+
+#[test]
+fn default_ignorable_table_is_sorted_and_disjoint() {
+    for w in DEFAULT_IGNORABLE.windows(2) {
+        assert!(w[0].0 <= w[0].1 && w[0].1 < w[1].0, "{w:?}");
+    }
+    for c in [
+        '\u{AD}',
+        '\u{200B}',
+        '\u{200D}',
+        '\u{2060}',
+        '\u{FE0F}',
+        '\u{FEFF}',
+        '\u{E0001}',
+    ] {
+        assert!(is_default_ignorable(c), "U+{:04X}", u32::from(c));
+    }
+    for c in ['a', '\u{A0}', '\u{E9}', '\u{2028}', '\u{3000}', '\u{FFFD}'] {
+        assert!(!is_default_ignorable(c), "U+{:04X}", u32::from(c));
+    }
 }
 
 // === fast path ===
@@ -941,10 +1092,17 @@ fn tricky_path() -> impl Strategy<Value = String> {
         1 => Just("%a9"),
         1 => Just("%c0%ae"),
         1 => Just("%ef%bc%8f"),
+        1 => Just("%ef%bd%81"),
+        1 => Just("%ef%bc%8e"),
+        1 => Just("%e2%80%a5"),
+        1 => Just("%c5%bf"),
         1 => Just("%c2%a0"),
         1 => Just("%c2%85"),
         1 => Just("%e2%80%a8"),
         1 => Just("%e3%80%80"),
+        1 => Just("%e2%80%8b"),
+        1 => Just("%c2%ad"),
+        1 => Just("%d0%b0"),
         1 => Just("%00"),
         1 => Just("%0a"),
         1 => Just("\\"),
@@ -985,12 +1143,19 @@ fn check_output(out: &str, opts: CanonOptions, params_allowed_here: bool) {
     for seg in out.split('/') {
         let name = seg.split(';').next().unwrap_or("");
         assert!(name != "." && name != "..", "{out:?}");
-        // No name starts or ends with whitespace.
+        // No name starts or ends with whitespace; no character in it folds to ASCII.
         let decoded = percent_decode_utf8(name);
         let first = decoded.chars().next();
         let last = decoded.chars().next_back();
         for c in [first, last].into_iter().flatten() {
             assert!(!c.is_whitespace(), "{out:?}: whitespace at a segment edge");
+        }
+        for c in decoded.chars().filter(|c| !c.is_ascii()) {
+            assert!(
+                !folds_to_ascii(c, FOLD_STEPS),
+                "{out:?}: compatibility form"
+            );
+            assert!(!is_default_ignorable(c), "{out:?}: invisible character");
         }
     }
     let b = out.as_bytes();
