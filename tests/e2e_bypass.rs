@@ -1,7 +1,7 @@
 //! Canonicalisation end to end (SPEC 5, invariant 11.1): the published-bypass corpus and
 //! generated spellings are sent byte for byte to the real gateway; what the origin receives is
 //! exactly the canonical target, and nothing under a denied prefix ever reaches it, however
-//! leniently the origin reads its path.
+//! leniently the origin reads its path. Path-override headers never reach the origin.
 
 mod common;
 
@@ -10,8 +10,10 @@ use std::time::Duration;
 
 use common::client::RawResponse;
 use common::*;
+use jitgate_rules::canon::PATH_OVERRIDE_HEADERS;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
+use unicode_normalization::UnicodeNormalization;
 
 const CORPUS: &str = include_str!("../crates/jitgate-rules/tests/data/bypass_corpus.txt");
 
@@ -102,26 +104,29 @@ fn percent_decode(s: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The path as the most lenient server could read it: percent-decoded until stable, `\` as
-/// `/`, `;` parameters stripped, dot segments resolved (clamped at the root), empty segments
-/// merged, lowercased. The query (from the first `?`) is split off first.
+/// The path as the most lenient server could read it: percent-decoded, then folded the way
+/// NFKC_Casefold folds (NFKC, case folded through upper then lower case so `ſ` reads as `s` and
+/// `ß` as `ss`, invisible characters deleted), again until stable; `\` as `/`; `;` parameters
+/// stripped; every segment trimmed of whitespace (Java `trim` drops every char up to U+0020,
+/// `strip` and other languages Unicode whitespace; Spring's `trimTokens`); dot segments
+/// resolved (clamped at the root); empty segments merged. The query (from the first `?`) is
+/// split off first.
 fn lenient_path(target: &str) -> String {
     let path = target.split('?').next().unwrap_or("");
-    let mut bytes = path.as_bytes().to_vec();
+    let mut text = path.to_string();
     for _ in 0..8 {
-        let next = percent_decode(&bytes);
-        if next == bytes {
+        let decoded = String::from_utf8_lossy(&percent_decode(text.as_bytes())).into_owned();
+        let folded = fold(&decoded);
+        if folded == text {
             break;
         }
-        bytes = next;
+        text = folded;
     }
-    let text = String::from_utf8_lossy(&bytes)
-        .replace('\\', "/")
-        .replace('\0', "");
+    let text = text.replace('\\', "/").replace('\0', "");
     let mut out: Vec<&str> = Vec::new();
     for seg in text.split('/') {
         let seg = seg.split(';').next().unwrap_or("");
-        match seg {
+        match seg.trim_matches(|c: char| c <= ' ' || c.is_whitespace()) {
             "" | "." => {}
             ".." => {
                 out.pop();
@@ -130,6 +135,30 @@ fn lenient_path(target: &str) -> String {
         }
     }
     format!("/{}", out.join("/")).to_ascii_lowercase()
+}
+
+/// NFKC, full case folding (upper then lower case), NFKC again, and the invisible characters
+/// NFKC_Casefold deletes (an independent short list of the default-ignorable ones attackers
+/// use, not the canonicaliser's table).
+fn fold(s: &str) -> String {
+    let nfkc: String = s.nfkc().collect();
+    let cased = nfkc.to_uppercase().to_lowercase();
+    cased.nfkc().filter(|c| !invisible(*c)).collect()
+}
+
+fn invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{AD}'
+            | '\u{34F}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}'
+            | '\u{FE00}'..='\u{FE0F}'
+            | '\u{FEFF}'
+            | '\u{E0000}'..='\u{E0FFF}'
+    )
 }
 
 /// Whether a (lowercase) path is `prefix` or below it, on segment boundaries.
@@ -173,6 +202,28 @@ fn lenient_reading_is_lenient() {
     assert_eq!(lenient_path("//x/../../admin/."), "/admin");
     assert!(under(&lenient_path("/%41DMIN"), "/admin"));
     assert!(!under(&lenient_path("/administrator"), "/admin"));
+    // Trimming matchers (Spring `trimTokens`, Java `trim`/`strip`).
+    assert_eq!(lenient_path("/admin%20/x"), "/admin/x");
+    assert_eq!(lenient_path("/%09admin"), "/admin");
+    assert_eq!(lenient_path("/public/..%20/admin"), "/admin");
+    assert_eq!(lenient_path("/%E3%80%80admin%E2%80%A8/x"), "/admin/x");
+    // NFKC and case folding.
+    assert_eq!(lenient_path("/%EF%BD%81dmin"), "/admin");
+    assert_eq!(lenient_path("/public/%EF%BC%8E%EF%BC%8E/admin"), "/admin");
+    assert_eq!(lenient_path("/public%EF%BC%8F..%EF%BC%8Fadmin"), "/admin");
+    assert_eq!(lenient_path("/public/%E2%80%A5/admin"), "/admin");
+    assert_eq!(lenient_path("/%C5%BFecret"), "/secret");
+    assert_eq!(lenient_path("/adm%C4%B1n"), "/admin");
+    assert_eq!(lenient_path("/pa%C3%9Fword"), "/password");
+    assert_eq!(lenient_path("/ad%C2%ADmin"), "/admin");
+    // NFKC output decoded again: a fullwidth percent sign starts an escape.
+    assert_eq!(
+        lenient_path("/public/%EF%BC%85%32%65%EF%BC%85%32%65/admin"),
+        "/admin"
+    );
+    // Ordinary non-ASCII stays what it is.
+    assert_eq!(lenient_path("/caf%C3%A9"), "/caf\u{e9}");
+    assert!(!under(&lenient_path("/%D0%B0dmin"), "/admin"));
 }
 
 // === tests ===
@@ -301,6 +352,33 @@ const TOKENS: &[&str] = &[
     "%ef%bc%8f",
     "%20",
     "~",
+    // Whitespace a trimming matcher drops at a segment's edge (ASCII and Unicode).
+    "%20",
+    "%09",
+    "%c2%a0",
+    "%c2%85",
+    "%e2%80%83",
+    "%e2%80%a8",
+    "%e3%80%80",
+    "%ef%bb%bf",
+    // Compatibility forms NFKC or case folding turn into ASCII, and invisible characters.
+    "%ef%bd%81dmin",
+    "%ef%bc%a1DMIN",
+    "%e2%93%90dmin",
+    "%f0%9d%90%9admin",
+    "adm%c4%b1n",
+    "ad%c2%admin",
+    "ad%e2%80%8bmin",
+    "%ef%bc%8f",
+    "%ef%bc%8e",
+    "%ef%bc%bc",
+    "%e2%80%a5",
+    "%ef%b9%92",
+    "%c5%bf",
+    "%e2%84%aa",
+    // Ordinary non-ASCII, accepted and opaque.
+    "%c3%a9",
+    "%d0%b0dmin",
 ];
 
 /// Invariant 1 as a property: whatever is generated from bypass pieces, the origin never
@@ -363,5 +441,84 @@ fn generated_spellings_never_reach_a_denied_path() {
     );
     if let Err(e) = result {
         panic!("{e}");
+    }
+}
+
+/// Path-override header names in the public 403-bypass tools (as they spell them): nomore403
+/// `payloads/headers` and `simpleheaders`, byp4xx `templates/headers.txt`, 4-ZERO-3
+/// `403-bypass.sh` and bypass-url-parser `payloads/header_urls.lst`. Every one of them must be
+/// stripped; `PATH_OVERRIDE_HEADERS` holds them and more.
+const TOOL_PATH_OVERRIDES: &[&str] = &[
+    "X-Original-URL",
+    "X-Rewrite-URL",
+    "X-Override-URL",
+    "X-Original-URI",
+    "X-Original-Path",
+    "X-Forwarded-Path",
+    "X-Forwarded-URI",
+    "X-Forwarded-URL",
+    "X-Envoy-Original-Path",
+    "X-HTTP-DestinationURL",
+    "X-Http-Destinationurl",
+    "X-Proxy-Url",
+    "X-Rewrite-URI",
+    "Base-Url",
+    "Http-Url",
+    "Proxy-Url",
+    "Request-Uri",
+    "Uri",
+    "Url",
+    "Redirect",
+    "Original-Path",
+    "Original-URL",
+    "Path",
+    "Proxy-Request-FullURI",
+    "X-Accel-Redirect",
+    "X-Cf-URL",
+    "X-Flx-Redirect-URL",
+    "X-HTTP-Path-Override",
+    "X-MS-Endpoint-Absolute-Path",
+    "X-Ning-Request-URI",
+    "X-Path",
+    "X-Proxy-Request",
+    "X-Route-Request",
+    "X-Sendfile",
+    "X-URI",
+    "X-URL",
+    "X-Waws-Unencoded-URL",
+];
+
+/// No path-override header reaches the origin, whichever list names it and however it is
+/// spelt (case, `_` for `-`); headers clients legitimately send (`Referer`, WebDAV's
+/// `Destination`) are forwarded.
+#[tokio::test]
+async fn path_override_headers_never_reach_the_origin() {
+    let origin = RawOrigin::start();
+    let gw = Gateway::start(&deny_table(&origin.url(), DENIED));
+    let mut names: Vec<String> = TOOL_PATH_OVERRIDES.iter().map(|n| n.to_string()).collect();
+    names.extend(PATH_OVERRIDE_HEADERS.iter().map(|n| n.to_string()));
+    names.extend(TOOL_PATH_OVERRIDES.iter().map(|n| n.to_ascii_uppercase()));
+    names.extend(TOOL_PATH_OVERRIDES.iter().map(|n| n.replace('-', "_")));
+    // hyper refuses more than 100 headers: send them in batches.
+    for batch in names.chunks(40) {
+        let before = origin.count();
+        let mut req = b"GET /public HTTP/1.1\r\nHost: test\r\n".to_vec();
+        for name in batch {
+            req.extend_from_slice(format!("{name}: /admin/secret\r\n").as_bytes());
+        }
+        req.extend_from_slice(b"Referer: http://test/admin\r\nDestination: /public/copy\r\n\r\n");
+        let resp = RawResponse::parse(&raw_request_timeout_short(gw.data_addr(), &req).await);
+        assert_eq!(resp.status, 200, "{} ({})", resp.status_line, resp.text());
+        let seen = origin.requests();
+        assert_eq!(seen.len(), before + 1);
+        let got = &seen[before];
+        assert_eq!(got.target(), "/public");
+        let leaked: Vec<&String> = batch
+            .iter()
+            .filter(|n| !got.header_values(n).is_empty())
+            .collect();
+        assert!(leaked.is_empty(), "forwarded to the origin: {leaked:?}");
+        assert_eq!(got.header_values("referer"), ["http://test/admin"]);
+        assert_eq!(got.header_values("destination"), ["/public/copy"]);
     }
 }

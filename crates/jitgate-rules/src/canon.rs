@@ -10,10 +10,31 @@
 //!    themselves; `%2F %5C %00 %25 %3B %3F %23` and encoded control characters are refused
 //!    (`%2F` may be kept opaque when a route opts in); other ASCII stays encoded with uppercase
 //!    hex; encoded non-ASCII must be well-formed, shortest-form UTF-8 and stays encoded
-//!    (uppercase hex), so `%EF%BC%8F` (fullwidth solidus) never turns into a separator.
-//! 4. `;` parameters are refused, or, when a route opts in, stripped from each segment for
+//!    (uppercase hex).
+//! 4. Spellings that a lenient upstream reads as another path are refused:
+//!    - a segment whose name (without `;` parameters) starts or ends with encoded whitespace:
+//!      `%20`, or Unicode White_Space such as `%C2%85` or `%E2%80%A8`. Trimming matchers drop
+//!      it (Spring's `trimTokens`, CVE-2016-5007; Java's `String.trim` drops every char up to
+//!      U+0020, `strip` and most other languages' trims Unicode whitespace), so `/admin%20/x`
+//!      reaches them as `/admin/x`. Whitespace inside a name (`/my%20file`) is kept.
+//!    - an encoded character whose NFKC form or Unicode case mapping contains ASCII: fullwidth
+//!      forms (`%EF%BC%8F` is `/`, `%EF%BD%81` is `a`), one and two dot leaders (`.`, `..`),
+//!      ligatures, super- and subscripts, circled and mathematical letters, spaces such as
+//!      `%C2%A0`, and the case-mapping cases `ſ` (`S`), Kelvin sign (`k`), `ı` (`I`), `ß`
+//!      (`SS`). NFKC-normalising and case-insensitive servers read them as ASCII.
+//!    - an encoded invisible (default-ignorable) character: soft hyphen, zero-width characters,
+//!      bidi controls, variation selectors, tags. NFKC_Casefold deletes them, so `ad%C2%ADmin`
+//!      reads as `admin`.
+//!
+//!    Other non-ASCII (`%C3%A9`, CJK, Cyrillic look-alikes, U+2215 division slash) is accepted
+//!    and stays opaque. These are refused rather than given more readings (as `%2F` and `;`
+//!    are) because the readings multiply (trim, NFKC and case folding, in any order and
+//!    combined with the other rules) and every one would have to be matched, while clients do
+//!    not put such characters in the paths of the APIs this gateway guards: one spelling per
+//!    resource keeps matching, tickets and logs simple, and a refused request fails closed.
+//! 5. `;` parameters are refused, or, when a route opts in, stripped from each segment for
 //!    matching (Tomcat semantics: `..;x` is `..`) and kept on the forwarded path.
-//! 5. Only then are `.` and `..` segments resolved (a `..` above the root is refused) and
+//! 6. Only then are `.` and `..` segments resolved (a `..` above the root is refused) and
 //!    repeated slashes merged. A trailing slash is kept.
 //!
 //! An already-canonical path (nearly every request) is returned borrowed, without allocating.
@@ -23,6 +44,7 @@ use std::fmt::{self, Write as _};
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use http::{HeaderMap, HeaderValue, Method, Uri};
+use unicode_normalization::UnicodeNormalization;
 
 #[cfg(test)]
 mod tests;
@@ -104,6 +126,22 @@ pub enum CanonError {
     /// stray continuation bytes, truncated sequences.
     #[error("percent-encoded bytes in path are not valid UTF-8 (overlong or malformed)")]
     InvalidUtf8,
+    /// A path segment whose name (without `;` parameters) starts or ends with encoded
+    /// whitespace: `%20` or Unicode White_Space such as `%C2%85` or `%E2%80%A8`. Trimming
+    /// matchers drop it (Spring's `trimTokens`, CVE-2016-5007): `/admin%20/x` reads as
+    /// `/admin/x` to them.
+    #[error("path segment starts or ends with encoded whitespace")]
+    SegmentEdgeWhitespace,
+    /// A percent-encoded character whose NFKC form or Unicode case mapping contains ASCII:
+    /// fullwidth forms (`%EF%BC%8F` is `/`), dot leaders, ligatures, super- and subscripts,
+    /// circled and mathematical letters, `ſ`, the Kelvin sign. NFKC-normalising and
+    /// case-insensitive servers read them as the ASCII they fold to.
+    #[error("percent-encoded compatibility form of an ASCII character in path")]
+    EncodedCompatibilityForm,
+    /// A percent-encoded invisible (default-ignorable) character: soft hyphen, zero-width
+    /// characters, bidi controls, variation selectors, tags. NFKC_Casefold deletes them.
+    #[error("percent-encoded invisible character in path")]
+    EncodedInvisible,
     /// `;` path parameters without a route opting in to them.
     #[error("path parameters (';') are not allowed")]
     PathParams,
@@ -211,6 +249,14 @@ pub fn canonicalize_path(raw: &str, opts: CanonOptions) -> Result<CanonPath<'_>,
             path_params: false,
         });
     }
+    canonicalize_slow(raw, opts)
+}
+
+/// The slow path of [`canonicalize_path`], kept out of line so that the fast path stays small
+/// enough to be inlined into its callers (the Unicode checks made the slow path large enough
+/// to stop that: about 5 ns per already-canonical path).
+#[inline(never)]
+fn canonicalize_slow(raw: &str, opts: CanonOptions) -> Result<CanonPath<'_>, CanonError> {
     let built = build(raw, opts)?;
     let decoded_slash = if built.encoded_slash {
         // `%` only ever starts a whole escape in canonical text, so this replaces escapes only.
@@ -230,8 +276,8 @@ pub fn canonicalize_path(raw: &str, opts: CanonOptions) -> Result<CanonPath<'_>,
 
 /// Whether `raw` is certainly canonical under any options: the fast path. Conservative: it
 /// answers false for some canonical paths (those holding encoded non-ASCII), which then take
-/// the slow path and come out unchanged. A property test checks that whatever it accepts,
-/// [`build`] returns unchanged.
+/// the slow path and come out unchanged, and for `%20` at a segment's edge, which the slow
+/// path refuses. A property test checks that whatever it accepts, [`build`] returns unchanged.
 fn is_canonical(raw: &str) -> bool {
     let b = raw.as_bytes();
     if b.first() != Some(&b'/') {
@@ -261,6 +307,7 @@ fn is_canonical(raw: &str) -> bool {
             if is_unreserved(v)
                 || !(0x20..0x7F).contains(&v)
                 || matches!(v, b'/' | b'\\' | b'%' | b';' | b'?' | b'#')
+                || (v == b' ' && (i == seg_start || matches!(b.get(i + 3), None | Some(b'/'))))
             {
                 return false;
             }
@@ -422,9 +469,15 @@ fn decode_segment(
                     b'?' => return Err(CanonError::EncodedQuestionMark),
                     b'#' => return Err(CanonError::EncodedHash),
                     0x01..=0x1F | 0x7F => return Err(CanonError::EncodedControl),
+                    b' ' if name_len.is_none() && (text.is_empty() || name_ends(b, i + 3)) => {
+                        return Err(CanonError::SegmentEdgeWhitespace)
+                    }
                     0x20..=0x7E => push_escape(&mut text, v),
                     0x80..=0xFF => {
-                        let len = encoded_utf8_char(b, i, v)?;
+                        let (ch, len) = encoded_utf8_char(b, i, v)?;
+                        let at_edge =
+                            name_len.is_none() && (text.is_empty() || name_ends(b, i + 3 * len));
+                        check_non_ascii(ch, at_edge)?;
                         for k in 0..len {
                             push_escape(&mut text, escape_at(b, i + 3 * k)?);
                         }
@@ -457,6 +510,87 @@ fn decode_segment(
     Ok(Segment { text, name_len })
 }
 
+/// Whether the segment's name ends at byte `j` of the raw segment: at its end or at `;`.
+fn name_ends(b: &[u8], j: usize) -> bool {
+    matches!(b.get(j), None | Some(b';'))
+}
+
+/// Refuse an encoded non-ASCII character that a lenient upstream reads as something else that
+/// matters to matching (module documentation, rule 4). `at_edge`: it is the first or last
+/// character of a segment's name.
+fn check_non_ascii(c: char, at_edge: bool) -> Result<(), CanonError> {
+    // `char::is_whitespace` is Unicode's White_Space property, what `strip`-style trims drop.
+    if at_edge && c.is_whitespace() {
+        return Err(CanonError::SegmentEdgeWhitespace);
+    }
+    if is_default_ignorable(c) {
+        return Err(CanonError::EncodedInvisible);
+    }
+    if folds_to_ascii(c, FOLD_STEPS) {
+        return Err(CanonError::EncodedCompatibilityForm);
+    }
+    Ok(())
+}
+
+/// How many NFKC or case-mapping steps [`folds_to_ascii`] follows. The longest chain to ASCII
+/// takes two (`ẞ` lowercases to `ß`, which uppercases to `SS`); a test over every character
+/// checks that a fourth step finds nothing the first three did not.
+const FOLD_STEPS: u8 = 3;
+
+/// Whether NFKC or full Unicode case mapping (lower or upper, as Rust, Java and Python apply
+/// them to strings), applied up to `steps` times in any order, turns `c` into text holding
+/// ASCII. Mapping to ASCII is what lets a compatibility form stand for a route's spelling; a
+/// character that folds only to other non-ASCII (`Ω` OHM SIGN to `Ω`) cannot match an ASCII
+/// route.
+fn folds_to_ascii(c: char, steps: u8) -> bool {
+    fold_reaches_ascii(c, c, steps)
+}
+
+/// [`folds_to_ascii`] for `c`, reached by one step from `from`. Going back to `from` (`é` to
+/// `É` to `é`) is skipped: it was followed already, with more steps left.
+fn fold_reaches_ascii(c: char, from: char, steps: u8) -> bool {
+    if steps == 0 {
+        return false;
+    }
+    let next =
+        |d: char| d.is_ascii() || (d != c && d != from && fold_reaches_ascii(d, c, steps - 1));
+    // Most non-ASCII characters are their own NFKC form: the quick check tells so from a table,
+    // without running the normaliser.
+    let nfkc_changes = unicode_normalization::is_nfkc_quick(std::iter::once(c))
+        != unicode_normalization::IsNormalized::Yes;
+    (nfkc_changes && std::iter::once(c).nfkc().any(next))
+        || c.to_lowercase().chain(c.to_uppercase()).any(next)
+}
+
+/// Unicode's Default_Ignorable_Code_Point property (DerivedCoreProperties.txt of Unicode 16,
+/// the same ranges as regex-syntax's table): invisible characters that NFKC_Casefold and IDNA
+/// mapping delete. Reserved code points in these ranges are included, as in the property.
+const DEFAULT_IGNORABLE: &[(char, char)] = &[
+    ('\u{AD}', '\u{AD}'),
+    ('\u{34F}', '\u{34F}'),
+    ('\u{61C}', '\u{61C}'),
+    ('\u{115F}', '\u{1160}'),
+    ('\u{17B4}', '\u{17B5}'),
+    ('\u{180B}', '\u{180F}'),
+    ('\u{200B}', '\u{200F}'),
+    ('\u{202A}', '\u{202E}'),
+    ('\u{2060}', '\u{206F}'),
+    ('\u{3164}', '\u{3164}'),
+    ('\u{FE00}', '\u{FE0F}'),
+    ('\u{FEFF}', '\u{FEFF}'),
+    ('\u{FFA0}', '\u{FFA0}'),
+    ('\u{FFF0}', '\u{FFF8}'),
+    ('\u{1BCA0}', '\u{1BCA3}'),
+    ('\u{1D173}', '\u{1D17A}'),
+    ('\u{E0000}', '\u{E0FFF}'),
+];
+
+fn is_default_ignorable(c: char) -> bool {
+    DEFAULT_IGNORABLE
+        .iter()
+        .any(|&(lo, hi)| (lo..=hi).contains(&c))
+}
+
 /// The byte encoded by the escape starting at `b[i] == b'%'`.
 fn escape_at(b: &[u8], i: usize) -> Result<u8, CanonError> {
     match (
@@ -470,9 +604,10 @@ fn escape_at(b: &[u8], i: usize) -> Result<u8, CanonError> {
 }
 
 /// Check that the escapes starting at `b[i]` (whose first byte is `lead` >= 0x80) encode one
-/// well-formed UTF-8 character, and return its length in bytes. Overlong forms, surrogates,
-/// code points above U+10FFFF, stray continuation bytes and truncated sequences are refused.
-fn encoded_utf8_char(b: &[u8], i: usize, lead: u8) -> Result<usize, CanonError> {
+/// well-formed UTF-8 character, and return it and its length in bytes. Overlong forms,
+/// surrogates, code points above U+10FFFF, stray continuation bytes and truncated sequences
+/// are refused.
+fn encoded_utf8_char(b: &[u8], i: usize, lead: u8) -> Result<(char, usize), CanonError> {
     let len = match lead {
         0xC2..=0xDF => 2,
         0xE0..=0xEF => 3,
@@ -488,9 +623,9 @@ fn encoded_utf8_char(b: &[u8], i: usize, lead: u8) -> Result<usize, CanonError> 
         }
         *slot = escape_at(b, at)?;
     }
-    match std::str::from_utf8(&buf[..len]) {
-        Ok(_) => Ok(len),
-        Err(_) => Err(CanonError::InvalidUtf8),
+    match std::str::from_utf8(&buf[..len]).map(|s| s.chars().next()) {
+        Ok(Some(c)) => Ok((c, len)),
+        _ => Err(CanonError::InvalidUtf8),
     }
 }
 
@@ -911,8 +1046,23 @@ fn form_decode(s: &str) -> Option<Vec<u8>> {
 /// Sources: the "X-Original-URL / X-Rewrite-URL" access-control bypass (IIS URL Rewrite,
 /// Symfony, Zend); Envoy's `x-envoy-original-path`/`-url`; Traefik/ingress-nginx forward-auth
 /// `x-forwarded-uri`/`-prefix`/`-path`; Spring's `ForwardedHeaderFilter` (`x-forwarded-prefix`);
-/// WSGI `x-script-name`; and the 403-bypass header lists in circulation (`x-request-uri`,
-/// `x-rewrite-path`, `x-real-url`, `x-http-destinationurl`, `x-proxy-url`, ...).
+/// WSGI `x-script-name`; Azure App Service's `x-waws-unencoded-url`; nginx's and
+/// Apache/lighttpd's internal-redirect `x-accel-redirect` and `x-sendfile` (response headers,
+/// but no client sends them, and an application that copies request headers into its response
+/// would let a client pick the file served); and every path- or URL-carrying name in the header
+/// lists of the public 403-bypass tools: nomore403 (`payloads/headers`, `payloads/simpleheaders`),
+/// byp4xx (`templates/headers.txt`), 4-ZERO-3 (`403-bypass.sh`) and bypass-url-parser
+/// (`payloads/header_urls.lst`).
+///
+/// Names in those lists left out on purpose, since they are no path override and clients or
+/// other rules need them: `Referer` (and the `Referrer`, `X-Referer`, `X-Referrer`, `X-OReferrer`
+/// spellings: the page a link was followed from; browsers send it, CSRF checks read it, routers
+/// ignore it); `Destination` (WebDAV's MOVE and COPY target, which those methods need: it names
+/// a second resource, not another path for this request, so a deployment that proxies WebDAV
+/// puts MOVE and COPY behind an approve or deny route); `Origin`; `Profile` and `X-Wap-Profile`
+/// (device-profile URLs); host overrides (`X-Host`, `X-HTTP-Host-Override`, `Proxy-Host`,
+/// `X-Forwarded-Host`, `X-Forwarded-Server`) and client-address names, which are not about the
+/// path.
 pub const PATH_OVERRIDE_HEADERS: &[&str] = &[
     "x-original-url",
     "x-rewrite-url",
@@ -936,4 +1086,30 @@ pub const PATH_OVERRIDE_HEADERS: &[&str] = &[
     "x-proxy-url",
     "x-http-destinationurl",
     "x-original-request-uri",
+    // nomore403, byp4xx, 4-ZERO-3 (path- and URL-carrying names).
+    "base-url",
+    "http-url",
+    "proxy-url",
+    "request-uri",
+    "uri",
+    "url",
+    "redirect",
+    // bypass-url-parser `header_urls.lst`.
+    "original-path",
+    "original-url",
+    "path",
+    "proxy-request-fulluri",
+    "x-cf-url",
+    "x-flx-redirect-url",
+    "x-http-path-override",
+    "x-ms-endpoint-absolute-path",
+    "x-ning-request-uri",
+    "x-path",
+    "x-proxy-request",
+    "x-route-request",
+    "x-uri",
+    "x-url",
+    "x-waws-unencoded-url",
+    "x-accel-redirect",
+    "x-sendfile",
 ];

@@ -35,7 +35,8 @@ fn accepted_paths() {
         ("/a/b/", "/a/b/"),
         ("/v1/deployments/prod/web", "/v1/deployments/prod/web"),
         ("/a:b@c!$&'()*+,=", "/a:b@c!$&'()*+,="),
-        ("/%20", "/%20"),
+        ("/a%20b", "/a%20b"),
+        ("/my%20file/x%20y%20z", "/my%20file/x%20y%20z"),
         ("/a%21b", "/a%21b"),
         ("/%C3%A9t%C3%A9", "/%C3%A9t%C3%A9"),
         ("/{\"json\":1}", "/{\"json\":1}"),
@@ -48,9 +49,16 @@ fn accepted_paths() {
         // other escapes uppercased, never decoded
         ("/a%3a", "/a%3A"),
         ("/%c3%a9", "/%C3%A9"),
-        ("/%ef%bc%8f", "/%EF%BC%8F"),
         ("/%e2%88%95admin", "/%E2%88%95admin"),
         ("/%F0%9F%98%80", "/%F0%9F%98%80"),
+        // non-ASCII that folds only to non-ASCII, or not at all, stays opaque
+        ("/%d0%b0dmin", "/%D0%B0dmin"),
+        ("/%e4%b8%ad%e6%96%87", "/%E4%B8%AD%E6%96%87"),
+        ("/%e2%84%a6", "/%E2%84%A6"),
+        ("/%c3%a5ngstr%c3%b6m", "/%C3%A5ngstr%C3%B6m"),
+        // Unicode whitespace that NFKC keeps is accepted inside a name
+        ("/a%e2%80%a8b", "/a%E2%80%A8b"),
+        ("/a%c2%85b", "/a%C2%85b"),
         ("/%7b%7d", "/%7B%7D"),
         // dot segments, raw and encoded, any case
         ("/a/./b", "/a/b"),
@@ -143,6 +151,55 @@ fn refused_paths() {
         ("/%C3%41", InvalidUtf8),
         ("/%E2%88", InvalidUtf8),
         ("/%C3%A", MalformedEscape),
+        // whitespace at a segment name's edge
+        ("/admin%20/x", SegmentEdgeWhitespace),
+        ("/admin%20", SegmentEdgeWhitespace),
+        ("/%20admin", SegmentEdgeWhitespace),
+        ("/%20", SegmentEdgeWhitespace),
+        ("/a/%20/b", SegmentEdgeWhitespace),
+        ("/a/..%20/b", SegmentEdgeWhitespace),
+        ("/a/%20../b", SegmentEdgeWhitespace),
+        ("/a%20%20", SegmentEdgeWhitespace),
+        ("/admin%C2%A0/x", SegmentEdgeWhitespace),
+        ("/%e3%80%80admin", SegmentEdgeWhitespace),
+        ("/admin%E2%80%A8", SegmentEdgeWhitespace),
+        ("/admin%C2%85/x", SegmentEdgeWhitespace),
+        ("/%E1%9A%80admin", SegmentEdgeWhitespace),
+        ("/admin%20;x", SegmentEdgeWhitespace),
+        // compatibility forms of ASCII, wherever they stand
+        ("/%ef%bc%8f", EncodedCompatibilityForm),
+        ("/%EF%BD%81dmin", EncodedCompatibilityForm),
+        ("/public/%EF%BC%8E%EF%BC%8E/admin", EncodedCompatibilityForm),
+        ("/a/..%EF%BC%BCb", EncodedCompatibilityForm),
+        ("/a/%E2%80%A5/b", EncodedCompatibilityForm),
+        ("/a/%E2%80%A4/b", EncodedCompatibilityForm),
+        ("/a%EF%B9%92", EncodedCompatibilityForm),
+        ("/a%EF%BC%85%32%65", EncodedCompatibilityForm),
+        ("/%E2%93%90dmin", EncodedCompatibilityForm),
+        ("/%F0%9D%90%9Admin", EncodedCompatibilityForm),
+        ("/%E1%B5%83dmin", EncodedCompatibilityForm),
+        ("/%EF%AC%80", EncodedCompatibilityForm),
+        ("/v%C2%B2", EncodedCompatibilityForm),
+        ("/%E2%85%A0", EncodedCompatibilityForm),
+        ("/ad%C2%A0min", EncodedCompatibilityForm),
+        ("/ad%E3%80%80min", EncodedCompatibilityForm),
+        ("/%C5%BFecret", EncodedCompatibilityForm),
+        ("/%E2%84%AA", EncodedCompatibilityForm),
+        ("/adm%C4%B1n", EncodedCompatibilityForm),
+        ("/adm%C4%B0n", EncodedCompatibilityForm),
+        ("/stra%C3%9Fe", EncodedCompatibilityForm),
+        ("/%E1%BA%9E", EncodedCompatibilityForm),
+        ("/%C7%85", EncodedCompatibilityForm),
+        ("/%C5%89", EncodedCompatibilityForm),
+        // invisible characters
+        ("/ad%C2%ADmin", EncodedInvisible),
+        ("/ad%E2%80%8Bmin", EncodedInvisible),
+        ("/%E2%80%8Badmin", EncodedInvisible),
+        ("/admin%EF%BB%BF", EncodedInvisible),
+        ("/%E2%80%AEnimda", EncodedInvisible),
+        ("/admin%EF%B8%8F", EncodedInvisible),
+        ("/admin%E1%A0%8E", EncodedInvisible),
+        ("/ad%F3%A0%80%A1min", EncodedInvisible),
         // path parameters
         ("/admin;jsessionid=x/secret", PathParams),
         ("/..;/admin", PathParams),
@@ -174,6 +231,205 @@ fn every_error_message_is_specific() {
     );
     assert!(CanonError::AboveRoot.to_string().contains(".."));
     assert!(CanonError::HostConflict.to_string().contains("Host"));
+    assert_eq!(
+        CanonError::SegmentEdgeWhitespace.to_string(),
+        "path segment starts or ends with encoded whitespace"
+    );
+    assert!(CanonError::EncodedCompatibilityForm
+        .to_string()
+        .contains("compatibility form"));
+    assert!(CanonError::EncodedInvisible
+        .to_string()
+        .contains("invisible"));
+}
+
+// === lenient upstreams: trimming, NFKC, case folding ===
+
+/// The percent-encoded UTF-8 of `c`, lowercase hex (canonicalisation uppercases it).
+fn enc(c: char) -> String {
+    let mut buf = [0u8; 4];
+    c.encode_utf8(&mut buf)
+        .bytes()
+        .map(|b| format!("%{b:02x}"))
+        .collect()
+}
+
+#[test]
+fn whitespace_at_a_segment_edge_is_refused_wherever_it_stands() {
+    // Everything a trimming matcher drops: Java `trim` (every char up to U+0020), Unicode
+    // White_Space (`strip`, Python, .NET, Go), and what older trims dropped (U+180E, U+200B,
+    // U+FEFF; invisible, so refused anywhere).
+    let trimmed: Vec<char> = ('\0'..='\u{10FFFF}')
+        .filter(|c| {
+            *c <= ' ' || c.is_whitespace() || matches!(c, '\u{180E}' | '\u{200B}' | '\u{FEFF}')
+        })
+        .collect();
+    assert!(trimmed.len() > 50);
+    let mut failures = Vec::new();
+    for c in trimmed {
+        let e = enc(c);
+        for opts in [DEFAULT, PARAMS, SLASH] {
+            for raw in [
+                format!("/admin{e}/x"),
+                format!("/{e}admin/x"),
+                format!("/admin{e}"),
+                format!("/{e}"),
+                format!("/a/..{e}/admin"),
+                format!("/a/{e}../admin"),
+                format!("/a/{e}/admin"),
+                format!("/admin{e}{e}"),
+                format!("/admin{e};x/y"),
+            ] {
+                if let Ok(p) = canonicalize_path(&raw, opts) {
+                    failures.push(format!(
+                        "U+{:04X} {raw} {opts:?}: accepted as {}",
+                        u32::from(c),
+                        p.path
+                    ));
+                }
+            }
+            // With %2F kept opaque, whitespace next to it is at an edge of the decoded reading.
+            if opts.allow_encoded_slash {
+                let raw = format!("/admin{e}%2Fx");
+                if let Ok(p) = canonicalize_path(&raw, opts) {
+                    failures.push(format!(
+                        "U+{:04X} {raw}: accepted as {}",
+                        u32::from(c),
+                        p.path
+                    ));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // Inside a name, ASCII space is kept and encoded; so is Unicode whitespace NFKC keeps.
+    assert_eq!(canon("/a%20b/c").unwrap(), "/a%20b/c");
+    assert_eq!(canon("/a%e2%80%a9b").unwrap(), "/a%E2%80%A9b");
+    assert_eq!(
+        canon("/a%20b%2Fc%20d").unwrap_err(),
+        CanonError::EncodedSlash
+    );
+    assert_eq!(
+        canonicalize_path("/a%20b%2Fc%20d", SLASH)
+            .unwrap()
+            .decoded_slash
+            .as_deref(),
+        Some("/a%20b/c%20d")
+    );
+    // Parameters are not part of the name: whitespace inside them is kept when forwarded.
+    let p = canonicalize_path("/admin;x=%20y/z", PARAMS).unwrap();
+    assert_eq!(
+        (p.path.as_ref(), p.forward.as_deref()),
+        ("/admin/z", Some("/admin;x=%20y/z"))
+    );
+}
+
+/// The model of a lenient upstream's folding: NFKC, then lower case, upper case or both in
+/// either order, then NFKC again, over the whole string; `c` in `x{c}y` folds to ASCII when
+/// some reading holds more ASCII than the `x` and `y` around it.
+fn lenient_readings_add_ascii(c: char) -> bool {
+    use unicode_normalization::UnicodeNormalization;
+    let s = format!("x{c}y");
+    let nfkc = |t: &str| t.nfkc().collect::<String>();
+    let lower = |t: &str| t.to_lowercase();
+    let upper = |t: &str| t.to_uppercase();
+    let mut readings = vec![s.clone(), nfkc(&s)];
+    for _ in 0..2 {
+        let mut next = Vec::new();
+        for r in &readings {
+            next.extend([
+                nfkc(r),
+                lower(r),
+                upper(r),
+                lower(&upper(r)),
+                upper(&lower(r)),
+            ]);
+        }
+        readings.extend(next);
+        readings.sort();
+        readings.dedup();
+    }
+    readings
+        .iter()
+        .any(|r| r.chars().filter(char::is_ascii).count() > 2)
+}
+
+#[test]
+fn every_character_folding_to_ascii_is_refused_and_no_other() {
+    // Every non-ASCII scalar value, against a whole-string model of NFKC and case folding (the
+    // implementation folds one character at a time). A refusal the model does not explain
+    // would turn away a legitimate path; a miss would be a bypass.
+    let mut missed = Vec::new();
+    let mut overreach = Vec::new();
+    let mut compat = 0;
+    for c in '\u{80}'..='\u{10FFFF}' {
+        // Most code points (unassigned, CJK, ...) are their own NFKC form and case mappings:
+        // no reading can hold new ASCII, so the costly model is skipped for them.
+        let fixed = {
+            use unicode_normalization::UnicodeNormalization;
+            let me = || std::iter::once(c);
+            me().nfkc().eq(me()) && c.to_lowercase().eq(me()) && c.to_uppercase().eq(me())
+        };
+        let raw = format!("/x{}y", enc(c));
+        let got = canonicalize_path(&raw, DEFAULT).map(|p| p.path.into_owned());
+        let folds = !fixed && lenient_readings_add_ascii(c);
+        match got {
+            Err(CanonError::EncodedCompatibilityForm) => {
+                compat += 1;
+                if !folds {
+                    overreach.push(format!("U+{:04X}", u32::from(c)));
+                }
+            }
+            Err(CanonError::EncodedInvisible) => assert!(is_default_ignorable(c)),
+            Err(e) => panic!("U+{:04X}: {e:?}", u32::from(c)),
+            Ok(p) => {
+                let want = format!("/x{}y", enc(c).to_ascii_uppercase());
+                assert_eq!(p, want, "U+{:04X}: accepted, but not opaque", u32::from(c));
+                if folds {
+                    missed.push(format!("U+{:04X}", u32::from(c)));
+                }
+            }
+        }
+    }
+    assert!(missed.is_empty(), "fold to ASCII but accepted: {missed:?}");
+    assert!(
+        overreach.is_empty(),
+        "refused without folding to ASCII: {overreach:?}"
+    );
+    assert!(compat > 1000, "only {compat} compatibility forms refused");
+}
+
+#[test]
+fn fold_steps_are_enough() {
+    for c in '\u{80}'..='\u{10FFFF}' {
+        assert_eq!(
+            folds_to_ascii(c, FOLD_STEPS),
+            folds_to_ascii(c, FOLD_STEPS + 1),
+            "U+{:04X}",
+            u32::from(c)
+        );
+    }
+}
+
+#[test]
+fn default_ignorable_table_is_sorted_and_disjoint() {
+    for w in DEFAULT_IGNORABLE.windows(2) {
+        assert!(w[0].0 <= w[0].1 && w[0].1 < w[1].0, "{w:?}");
+    }
+    for c in [
+        '\u{AD}',
+        '\u{200B}',
+        '\u{200D}',
+        '\u{2060}',
+        '\u{FE0F}',
+        '\u{FEFF}',
+        '\u{E0001}',
+    ] {
+        assert!(is_default_ignorable(c), "U+{:04X}", u32::from(c));
+    }
+    for c in ['a', '\u{A0}', '\u{E9}', '\u{2028}', '\u{3000}', '\u{FFFD}'] {
+        assert!(!is_default_ignorable(c), "U+{:04X}", u32::from(c));
+    }
 }
 
 // === fast path ===
@@ -184,7 +440,7 @@ fn canonical_input_is_borrowed() {
         "/",
         "/a",
         "/a/b/",
-        "/%20x",
+        "/a%20x",
         "/a%3A",
         "/v1/deployments/prod/web",
     ] {
@@ -198,6 +454,13 @@ fn canonical_input_is_borrowed() {
     for raw in ["/%61", "//a", "/a/./b", "/%3a", "/a/.."] {
         let p = canonicalize_path(raw, DEFAULT).unwrap();
         assert!(matches!(p.path, Cow::Owned(_)), "{raw}");
+    }
+    // `%20` at a segment's edge is ASCII but not canonical: the slow path refuses it.
+    for raw in ["/%20", "/%20a", "/a%20", "/a%20/b", "/a/%20b", "/a%20%20"] {
+        assert!(!is_canonical(raw), "{raw}");
+    }
+    for raw in ["/a%20b", "/a%20b/c%20d/"] {
+        assert!(is_canonical(raw), "{raw}");
     }
 }
 
@@ -757,8 +1020,40 @@ fn override_header_lists_are_lowercase_and_distinct() {
         "x-forwarded-path",
         "x-forwarded-prefix",
         "x-envoy-original-path",
+        // nomore403, byp4xx, 4-ZERO-3
+        "base-url",
+        "http-url",
+        "proxy-url",
+        "request-uri",
+        "uri",
+        "url",
+        "redirect",
+        "x-http-destinationurl",
+        "x-proxy-url",
+        // bypass-url-parser
+        "original-path",
+        "original-url",
+        "path",
+        "proxy-request-fulluri",
+        "x-accel-redirect",
+        "x-cf-url",
+        "x-flx-redirect-url",
+        "x-http-path-override",
+        "x-ms-endpoint-absolute-path",
+        "x-ning-request-uri",
+        "x-path",
+        "x-proxy-request",
+        "x-route-request",
+        "x-sendfile",
+        "x-uri",
+        "x-url",
+        "x-waws-unencoded-url",
     ] {
         assert!(PATH_OVERRIDE_HEADERS.contains(&h), "{h}");
+    }
+    // Not path overrides, and clients need them.
+    for h in ["referer", "destination", "origin", "host", "forwarded"] {
+        assert!(!PATH_OVERRIDE_HEADERS.contains(&h), "{h}");
     }
 }
 
@@ -791,12 +1086,23 @@ fn tricky_path() -> impl Strategy<Value = String> {
         1 => Just("%41"),
         1 => Just("%7e"),
         1 => Just("%3a"),
-        1 => Just("%20"),
+        2 => Just("%20"),
         1 => Just("%c3%a9"),
         1 => Just("%C3"),
         1 => Just("%a9"),
         1 => Just("%c0%ae"),
         1 => Just("%ef%bc%8f"),
+        1 => Just("%ef%bd%81"),
+        1 => Just("%ef%bc%8e"),
+        1 => Just("%e2%80%a5"),
+        1 => Just("%c5%bf"),
+        1 => Just("%c2%a0"),
+        1 => Just("%c2%85"),
+        1 => Just("%e2%80%a8"),
+        1 => Just("%e3%80%80"),
+        1 => Just("%e2%80%8b"),
+        1 => Just("%c2%ad"),
+        1 => Just("%d0%b0"),
         1 => Just("%00"),
         1 => Just("%0a"),
         1 => Just("\\"),
@@ -837,6 +1143,20 @@ fn check_output(out: &str, opts: CanonOptions, params_allowed_here: bool) {
     for seg in out.split('/') {
         let name = seg.split(';').next().unwrap_or("");
         assert!(name != "." && name != "..", "{out:?}");
+        // No name starts or ends with whitespace; no character in it folds to ASCII.
+        let decoded = percent_decode_utf8(name);
+        let first = decoded.chars().next();
+        let last = decoded.chars().next_back();
+        for c in [first, last].into_iter().flatten() {
+            assert!(!c.is_whitespace(), "{out:?}: whitespace at a segment edge");
+        }
+        for c in decoded.chars().filter(|c| !c.is_ascii()) {
+            assert!(
+                !folds_to_ascii(c, FOLD_STEPS),
+                "{out:?}: compatibility form"
+            );
+            assert!(!is_default_ignorable(c), "{out:?}: invisible character");
+        }
     }
     let b = out.as_bytes();
     for (i, _) in out.match_indices('%') {
@@ -856,6 +1176,23 @@ fn check_output(out: &str, opts: CanonOptions, params_allowed_here: bool) {
             assert!(opts.allow_encoded_slash, "{out:?}: %2F without opt-in");
         }
     }
+}
+
+/// Decode every escape of canonical text (well-formed UTF-8 by construction).
+fn percent_decode_utf8(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap());
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).unwrap()
 }
 
 /// Decode the unreserved escapes of `s` (which canonical output must not have).

@@ -179,3 +179,62 @@ fn cookie_crumbs_are_joined() {
     let all: Vec<&HeaderValue> = h.get_all("cookie").iter().collect();
     assert_eq!(all, vec![&HeaderValue::from_static("a=1; b=2")]);
 }
+
+/// Every path-override header the public 403-bypass tools send (nomore403 `payloads/headers`,
+/// byp4xx `templates/headers.txt`, 4-ZERO-3 `403-bypass.sh`, bypass-url-parser
+/// `payloads/header_urls.lst`), spelt as they spell them, is stripped; so is every name in
+/// `PATH_OVERRIDE_HEADERS`. What a legitimate client sends (`Referer`, WebDAV's `Destination`)
+/// and the host- and address-style names in those lists are left to their own rules.
+#[test]
+fn scrub_strips_every_path_override_header() {
+    let tool_names = [
+        "X-Original-URL",
+        "X-Rewrite-URL",
+        "X-Override-URL",
+        "X-Original-URI",
+        "X-Original-Path",
+        "X-Forwarded-Path",
+        "X-Forwarded-URI",
+        "X-Forwarded-URL",
+        "X-Envoy-Original-Path",
+        "X-HTTP-DestinationURL",
+        "X-Proxy-Url",
+        "X-Rewrite-URI",
+        "Base-Url",
+        "Http-Url",
+        "Proxy-Url",
+        "Request-Uri",
+        "Uri",
+        "Url",
+        "Redirect",
+        "Original-Path",
+        "Original-URL",
+        "Path",
+        "Proxy-Request-FullURI",
+        "X-Accel-Redirect",
+        "X-Cf-URL",
+        "X-Flx-Redirect-URL",
+        "X-HTTP-Path-Override",
+        "X-MS-Endpoint-Absolute-Path",
+        "X-Ning-Request-URI",
+        "X-Path",
+        "X-Proxy-Request",
+        "X-Route-Request",
+        "X-Sendfile",
+        "X-URI",
+        "X-URL",
+        "X-Waws-Unencoded-URL",
+    ];
+    let mut pairs: Vec<(&str, &str)> = tool_names.iter().map(|n| (*n, "/admin")).collect();
+    pairs.extend(PATH_OVERRIDE_HEADERS.iter().map(|n| (*n, "/admin")));
+    pairs.extend([
+        ("referer", "https://app.example/admin"),
+        ("destination", "/public/copy"),
+        ("x-kept", "1"),
+    ]);
+    let mut h = map(&pairs);
+    scrub_request(&mut h, false, true, &[]).unwrap();
+    let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(names, vec!["destination", "referer", "x-kept"]);
+}
