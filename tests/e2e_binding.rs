@@ -428,19 +428,18 @@ async fn grant_limits_come_from_the_route_the_ticket_was_opened_under() {
 
 /// Admin tokens naming the person behind them (`user`), as SPEC 7 shows.
 fn person_tokens_config(origin: &Origin, approval_extra: &str) -> String {
-    let token = |name: &str, user: Option<&str>, group: &str| {
-        let user = user.map_or(String::new(), |u| format!("user = \"{u}\", "));
+    let token = |name: &str, user: &str, group: &str| {
         format!(
-            "{{ name = \"{name}\", {user}sha256 = \"{}\", groups = [\"{group}\"] }}",
+            "{{ name = \"{name}\", user = \"{user}\", sha256 = \"{}\", groups = [\"{group}\"] }}",
             sha256_hex(token_of(name).as_bytes())
         )
     };
     let tokens = [
-        token("ops", None, "platform"),
-        token("alice-laptop", Some("alice"), "oncall"),
-        token("alice-ci", Some("alice"), "oncall"),
-        token("carol", None, "oncall"),
-        token("ci-bot", Some("bob"), "oncall"),
+        token("ops", "ops", "platform"),
+        token("alice-laptop", "alice", "oncall"),
+        token("alice-ci", "alice", "oncall"),
+        token("carol", "carol", "oncall"),
+        token("ci-bot", "bob", "oncall"),
     ];
     format!(
         r#"[server]
