@@ -11,6 +11,7 @@ pub mod client;
 pub mod gateway;
 pub mod origin;
 pub mod raw_origin;
+pub mod redteam;
 pub mod relay;
 pub mod tls;
 pub mod ws;
