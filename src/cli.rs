@@ -367,7 +367,7 @@ fn explain(
         let names: Vec<&str> = c.methods().iter().map(Method::as_str).collect();
         println!("methods considered: {}", names.join(", "));
     }
-    let mut buf = [""; 3];
+    let mut buf = [""; jitgate_rules::request::READINGS];
     let paths = c.path_readings(&mut buf);
     if paths.len() > 1 {
         println!("path readings: {}", paths.join(", "));

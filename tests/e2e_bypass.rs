@@ -522,3 +522,61 @@ async fn path_override_headers_never_reach_the_origin() {
         assert_eq!(got.header_values("destination"), ["/public/copy"]);
     }
 }
+
+/// A WebDAV `Destination` is a second path the upstream writes to: a MOVE or COPY into a denied
+/// prefix is denied like a request to it, in any spelling; one that names another host, or
+/// cannot be read, is refused; a copy between allowed paths passes with its Destination.
+#[tokio::test]
+async fn webdav_destination_into_a_denied_path_is_denied() {
+    let origin = RawOrigin::start();
+    let gw = Gateway::start(&deny_table(&origin.url(), DENIED));
+    for (method, dest, status) in [
+        ("COPY", "/admin/stolen", 403),
+        ("MOVE", "/%61dmin/stolen", 403),
+        ("MOVE", "http://test/public/../admin/stolen", 403),
+        ("COPY", "http://elsewhere.example/public/x", 400),
+        ("COPY", "/public/%2e%2e/%2e%2e/etc", 400),
+    ] {
+        let req = format!(
+            "{method} /public/doc HTTP/1.1\r\nHost: test\r\nDestination: {dest}\r\nContent-Length: 0\r\n\r\n"
+        );
+        let resp =
+            RawResponse::parse(&raw_request_timeout_short(gw.data_addr(), req.as_bytes()).await);
+        assert_eq!(resp.status, status, "{method} -> {dest}: {}", resp.text());
+    }
+    assert_eq!(
+        origin.count(),
+        0,
+        "a write into a denied path reached the origin"
+    );
+    let req = b"COPY /public/doc HTTP/1.1\r\nHost: test\r\nDestination: /public/copy\r\nContent-Length: 0\r\n\r\n";
+    let resp = RawResponse::parse(&raw_request_timeout_short(gw.data_addr(), req).await);
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let got = origin.requests();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].header_values("destination"), ["/public/copy"]);
+}
+
+/// Host-override headers (a second opinion on which virtual host is meant) and httpoxy's
+/// `Proxy` never reach the upstream.
+#[tokio::test]
+async fn host_override_headers_never_reach_the_origin() {
+    let origin = RawOrigin::start();
+    let gw = Gateway::start(&deny_table(&origin.url(), DENIED));
+    let req = b"GET /public HTTP/1.1\r\nHost: test\r\nX-Host: admin.internal\r\n\
+X-HTTP-Host-Override: admin.internal\r\nX-Original-Host: admin.internal\r\n\
+Proxy-Host: admin.internal\r\nProxy: http://evil.example:3128\r\nX-Forwarded-Server: evil\r\n\r\n";
+    let resp = RawResponse::parse(&raw_request_timeout_short(gw.data_addr(), req).await);
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let got = &origin.requests()[0];
+    for name in [
+        "x-host",
+        "x-http-host-override",
+        "x-original-host",
+        "proxy-host",
+        "proxy",
+        "x-forwarded-server",
+    ] {
+        assert!(got.header_values(name).is_empty(), "{name} was forwarded");
+    }
+}

@@ -29,14 +29,29 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     HeaderName::from_static("http2-settings"),
 ];
 
-/// Client-address headers an upstream might believe; only a trusted proxy may send them.
-const CLIENT_ADDRESS: [&str; 6] = [
+/// Client-address (and proxy-identity) headers an upstream might believe; only a trusted
+/// proxy may send them.
+const CLIENT_ADDRESS: [&str; 7] = [
     "x-real-ip",
     "true-client-ip",
     "x-client-ip",
     "x-cluster-client-ip",
     "fastly-client-ip",
     "cf-connecting-ip",
+    "x-forwarded-server",
+];
+
+/// Headers some frameworks take as the request's host instead of `Host` (Symfony's and Zend's
+/// `X-Host`-style overrides, the 403-bypass lists' host spellings), so an upstream could serve
+/// a virtual host the rules never matched; and `Proxy`, which CGI servers turn into the
+/// `HTTP_PROXY` environment variable ("httpoxy", CVE-2016-5385). Never forwarded; the host the
+/// upstream sees is the canonical one (`Host`, `X-Forwarded-Host`).
+pub const HOST_OVERRIDE_HEADERS: [&str; 5] = [
+    "x-host",
+    "x-http-host-override",
+    "x-original-host",
+    "proxy-host",
+    "proxy",
 ];
 
 /// The gateway's own header namespace: a request's `Jit-*` headers are read by the gateway
@@ -114,8 +129,8 @@ pub struct Scrubbed {
 /// Makes the request's headers what both the matcher and the upstream will see, before
 /// matching: hop-by-hop headers and those `Connection` names (so `Connection: x-env` cannot
 /// hide a header from the upstream after the matcher saw it), names with `_` (CGI-style
-/// servers read `X_Original_URL` as `X-Original-URL`; nginx drops them too), path-override
-/// headers, the gateway's `Jit-*` headers (returned, not forwarded), and, from an untrusted
+/// servers read `X_Original_URL` as `X-Original-URL`; nginx drops them too), path- and
+/// host-override headers, the gateway's `Jit-*` headers (returned, not forwarded), and, from an untrusted
 /// peer, every client-address header and the `identity` headers (which only a trusted proxy
 /// may set). Values keep no leading or trailing whitespace (RFC 9110 section 5.5: it is not
 /// part of the value; HTTP/1 parsers drop it, HTTP/2 carries it), so a header condition and
@@ -138,6 +153,7 @@ pub fn scrub_request(
         if n.contains('_')
             || n.starts_with(GATEWAY_PREFIX)
             || PATH_OVERRIDE_HEADERS.contains(&n)
+            || HOST_OVERRIDE_HEADERS.contains(&n)
             || (!trusted_peer && (CLIENT_ADDRESS.contains(&n) || identity.contains(name)))
         {
             if doomed.last() != Some(name) {

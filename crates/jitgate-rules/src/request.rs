@@ -58,6 +58,10 @@ pub enum EdgeError {
     /// The canonical target cannot be carried in a request line (should not happen).
     #[error("the canonical target is not a valid request target")]
     Target,
+    /// A WebDAV `Destination` (the second path a MOVE or COPY acts on) that is malformed,
+    /// sent twice, or names another host.
+    #[error("Destination header: {0}")]
+    Destination(String),
 }
 
 /// Headers left out of an approval's binding on every route: they identify a trace or a hop,
@@ -97,6 +101,50 @@ pub const DEFAULT_VOLATILE_HEADERS: &[&str] = &[
     "via",
 ];
 
+/// The most path readings a request has ([`Canonical::path_readings`]).
+pub const READINGS: usize = 5;
+
+/// The readings of a WebDAV `Destination` header: the canonical path (and its `%2F`-decoded
+/// reading) of an absolute URI on this request's host, or of an absolute path. Sent twice,
+/// malformed, or naming another host: refused.
+fn destination_readings(
+    headers: &HeaderMap,
+    host: &[u8],
+    edge: &Edge<'_>,
+) -> Result<[Option<Box<str>>; 2], EdgeError> {
+    let mut values = headers.get_all("destination").iter();
+    let Some(value) = values.next() else {
+        return Ok([None, None]);
+    };
+    let bad = |why: &str| EdgeError::Destination(why.to_string());
+    if values.next().is_some() {
+        return Err(bad("sent more than once"));
+    }
+    let uri: http::Uri = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| bad("not a URI"))?;
+    if let Some(authority) = uri.authority() {
+        let default_port = if uri.scheme_str() == Some("https") {
+            443
+        } else {
+            80
+        };
+        let theirs = canon::canonical_host(authority.as_str(), default_port)
+            .map_err(|e| EdgeError::Destination(e.to_string()))?;
+        if theirs.as_bytes() != host {
+            return Err(bad("names another host"));
+        }
+    }
+    let path = canon::canonicalize_path(uri.path(), edge.canon)
+        .map_err(|e| EdgeError::Destination(e.to_string()))?;
+    Ok([
+        Some(Box::from(&*path.path)),
+        path.decoded_slash.as_deref().map(Box::from),
+    ])
+}
+
 /// The headers an approval is bound to, and their digest (see [`Canonical::bound_headers`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BoundHeaders {
@@ -135,6 +183,9 @@ pub struct Canonical {
     matched: Option<Box<str>>,
     /// The reading with `%2F` decoded, when a route allowed `%2F` and the path had one.
     decoded_slash: Option<Box<str>>,
+    /// The canonical path of a `Destination` header (WebDAV MOVE/COPY write there), and its
+    /// `%2F`-decoded reading: more paths the request acts on.
+    destination: [Option<Box<str>>; 2],
     encoded_slash: bool,
     path_params: bool,
     headers: HeaderMap,
@@ -210,6 +261,7 @@ impl Canonical {
                 return Err(EdgeError::GatewayHeader(name.clone()));
             }
         }
+        let destination = destination_readings(&headers, host.as_bytes(), edge)?;
         let overrides = canon::method_overrides(&headers, forwarded.query())?;
         let methods = if overrides.is_empty() {
             Vec::new()
@@ -226,6 +278,7 @@ impl Canonical {
             target: forwarded,
             matched,
             decoded_slash,
+            destination,
             encoded_slash,
             path_params,
             headers,
@@ -298,21 +351,29 @@ impl Canonical {
         &self.target
     }
 
-    /// Every path reading an upstream may act on, canonical first; a restricting route
-    /// matches if any does, an allow route only if all do. Filled into `buf` (no allocation).
-    pub fn path_readings<'a>(&'a self, buf: &'a mut [&'a str; 3]) -> &'a [&'a str] {
+    /// Every path reading an upstream may act on, canonical first (then the `%2F`-decoded
+    /// reading, the forwarded path with its `;` parameters, and a WebDAV `Destination`); a
+    /// restricting route matches if any does, an allow route only if all do. Filled into
+    /// `buf` (no allocation).
+    pub fn path_readings<'a>(&'a self, buf: &'a mut [&'a str; READINGS]) -> &'a [&'a str] {
         buf[0] = self.path();
         let mut n = 1;
-        for extra in [self.decoded_slash.as_deref(), Some(self.target.path())]
-            .into_iter()
-            .flatten()
+        let [d0, d1] = &self.destination;
+        for extra in [
+            self.decoded_slash.as_deref(),
+            Some(self.target.path()),
+            d0.as_deref(),
+            d1.as_deref(),
+        ]
+        .into_iter()
+        .flatten()
         {
             if buf[..n].iter().all(|have| *have != extra) {
                 buf[n] = extra;
                 n += 1;
             }
         }
-        let buf: &'a [&'a str; 3] = buf;
+        let buf: &'a [&'a str; READINGS] = buf;
         &buf[..n]
     }
 
@@ -390,7 +451,7 @@ impl Canonical {
 
     /// Calls `f` with the matcher's view of this request.
     pub fn with_view<R>(&self, f: impl FnOnce(&RequestView<'_>) -> R) -> R {
-        let mut buf = [""; 3];
+        let mut buf = [""; READINGS];
         let paths = self.path_readings(&mut buf);
         f(&RequestView {
             methods: self.methods(),

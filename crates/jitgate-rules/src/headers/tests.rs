@@ -238,3 +238,23 @@ fn scrub_strips_every_path_override_header() {
     names.sort_unstable();
     assert_eq!(names, vec!["destination", "referer", "x-kept"]);
 }
+
+#[test]
+fn host_overrides_and_httpoxy_never_pass() {
+    let mut h = map(&[
+        ("x-host", "admin.internal"),
+        ("X-HTTP-Host-Override", "admin.internal"),
+        ("x-original-host", "admin.internal"),
+        ("proxy-host", "admin.internal"),
+        ("proxy", "http://evil.example:3128"),
+        ("x-forwarded-server", "evil"),
+        ("x-kept", "1"),
+    ]);
+    scrub_request(&mut h, false, false, &[]).unwrap();
+    let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+    assert_eq!(names, vec!["x-kept"]);
+    let mut trusted = map(&[("x-forwarded-server", "edge-1"), ("proxy", "x")]);
+    scrub_request(&mut trusted, false, true, &[]).unwrap();
+    let names: Vec<&str> = trusted.keys().map(|k| k.as_str()).collect();
+    assert_eq!(names, vec!["x-forwarded-server"]);
+}

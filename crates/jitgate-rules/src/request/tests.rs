@@ -60,7 +60,7 @@ fn path_parameters_are_matched_without_and_forwarded_with() {
     assert_eq!(c.path(), "/spring/deploy/web");
     assert_eq!(c.target().as_str(), "/spring/deploy/web;version=evil");
     assert!(c.has_path_params());
-    let mut buf = [""; 3];
+    let mut buf = [""; READINGS];
     assert_eq!(
         c.path_readings(&mut buf),
         &["/spring/deploy/web", "/spring/deploy/web;version=evil"]
@@ -302,4 +302,57 @@ fn binding_covers_every_forwarded_header_but_the_volatile_ones() {
         b.digest,
         same.bound_headers(|n| n == "x-custom-trace").digest
     );
+}
+
+#[test]
+fn a_webdav_destination_is_another_path_the_request_acts_on() {
+    let t = RuleTable::parse(
+        r#"
+[[upstreams]]
+name = "u"
+url = "http://127.0.0.1:9"
+
+[[routes]]
+name = "admin"
+path = "/admin/**"
+action = "deny"
+
+[[routes]]
+name = "public"
+path = "/public/**"
+upstream = "u"
+action = "allow"
+"#,
+        Path::new("proxy.toml"),
+    )
+    .unwrap();
+    let copy = |dest: &str| {
+        let mut p = parts(
+            "COPY",
+            "/public/a",
+            &[("host", "dav.example"), ("destination", dest)],
+        );
+        Canonical::build(&mut p, &edge(&[], &[], t.canon_options()))
+    };
+    let inside = copy("/public/b").unwrap();
+    assert_eq!(resolve_name(&t, &inside), "public");
+    for dest in [
+        "/admin/x",
+        "http://dav.example/admin/x",
+        "http://DAV.example:80/%61dmin/x",
+        "/public/../admin/x",
+    ] {
+        let c = copy(dest).unwrap();
+        assert_eq!(resolve_name(&t, &c), "admin", "{dest}");
+    }
+    for dest in [
+        "http://other.example/public/b",
+        "/a/%2e%2e/%2e%2e/x",
+        "not a uri",
+    ] {
+        assert!(
+            matches!(copy(dest), Err(EdgeError::Destination(_))),
+            "{dest}"
+        );
+    }
 }
