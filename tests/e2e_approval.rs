@@ -968,3 +968,32 @@ name = "rest""#;
         "{kinds:?}"
     );
 }
+
+/// A WebSocket upgrade on an approve route is refused (a tunnel cannot be held); any other
+/// `Upgrade` (h2c) was stripped at the edge, so that request is held like a plain one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn only_websocket_upgrades_are_refused_on_approve_routes() {
+    let origin = Origin::start();
+    let gw = start(&origin, "hold_timeout = \"1s\"", "");
+    let ws = b"POST /deploy/ws HTTP/1.1\r\nHost: test\r\nX-User: bob\r\nConnection: Upgrade\r\n\
+Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+Content-Length: 0\r\n\r\n";
+    let resp = RawResponse::parse(&raw_request(gw.data_addr(), ws).await);
+    assert_eq!(resp.status, 403, "{}", resp.text());
+    assert!(
+        resp.text().contains("upgrade-not-holdable"),
+        "{}",
+        resp.text()
+    );
+    let h2c = b"POST /deploy/h2c HTTP/1.1\r\nHost: test\r\nX-User: bob\r\n\
+Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\
+Content-Length: 0\r\n\r\n";
+    let resp = RawResponse::parse(&raw_request(gw.data_addr(), h2c).await);
+    assert_eq!(
+        resp.status,
+        202,
+        "held like a plain request: {}",
+        resp.text()
+    );
+    assert_eq!(origin.count(), 0);
+}

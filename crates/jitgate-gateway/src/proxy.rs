@@ -45,6 +45,9 @@ pub async fn handle(
             return x.answer(GatewayError::Malformed(e.to_string()), None);
         }
     };
+    // Only a WebSocket upgrade is passed through; any other `Upgrade` was stripped at the edge
+    // and the request goes on as a plain one.
+    let upgrade = upgrade.filter(|_| canonical.is_upgrade());
     if canonical.path().starts_with(approval::WELL_KNOWN) {
         if let Some(resp) = approval::well_known(&x, &canonical).await {
             return resp;
@@ -87,6 +90,10 @@ async fn serve(
             body = RequestBody::Buffered(bytes);
         }
     }
+    if table.has_shadows() {
+        let before = resolved.as_ref().ok().map(|r| r.route);
+        record_shadows(x, &canonical, before);
+    }
     let resolved = match resolved {
         Ok(r) => r,
         Err(Unresolved::NoRoute) => {
@@ -100,9 +107,6 @@ async fn serve(
         Err(e) => return x.answer(GatewayError::Malformed(e.to_string()), None),
     };
     let route = resolved.route;
-    if table.has_shadows() {
-        record_shadows(x, &canonical, route);
-    }
     match route.action {
         Action::Allow => {}
         Action::Deny => {
@@ -111,16 +115,7 @@ async fn serve(
         }
         // Boxed: the hold path is large and rare; keeping it out of this future keeps every
         // connection's in-flight slot small.
-        Action::Approve => {
-            return Box::pin(approval::serve(
-                x,
-                route,
-                canonical,
-                body,
-                upgrade.is_some(),
-            ))
-            .await
-        }
+        Action::Approve => return Box::pin(approval::serve(x, route, canonical, body)).await,
     }
     let Some(upstream) = snap
         .route_upstreams
@@ -145,9 +140,11 @@ async fn serve(
     }
 }
 
-/// Records what the shadow routes before `route` would have done: they decide nothing.
-fn record_shadows(x: &Exchange<'_>, canonical: &Canonical, route: &Route) {
-    for shadow in x.snap.table.shadows(canonical, Some(route.index)) {
+/// Records what the shadow routes before `route` (every one when no route decided) would have
+/// done: they decide nothing.
+fn record_shadows(x: &Exchange<'_>, canonical: &Canonical, route: Option<&Route>) {
+    let decided_by = route.map_or("(no route)", |r| r.name.as_str());
+    for shadow in x.snap.table.shadows(canonical, route.map(|r| r.index)) {
         let would = match shadow.action {
             Action::Allow => "allow",
             Action::Deny => "deny",
@@ -155,7 +152,7 @@ fn record_shadows(x: &Exchange<'_>, canonical: &Canonical, route: &Route) {
         };
         tracing::info!(
             shadow = %shadow.name,
-            route = %route.name,
+            route = decided_by,
             method = %canonical.method(),
             path = canonical.path(),
             "shadow route would {would}"
@@ -169,7 +166,7 @@ fn record_shadows(x: &Exchange<'_>, canonical: &Canonical, route: &Route) {
             detail: json!({
                 "route": shadow.name,
                 "wouldDo": shadow.action.as_str(),
-                "decidedBy": route.name,
+                "decidedBy": decided_by,
                 "method": canonical.method_label(),
                 "host": canonical.host(),
                 "path": canonical.path(),

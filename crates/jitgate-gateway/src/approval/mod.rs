@@ -60,13 +60,12 @@ pub async fn serve(
     route: &Route,
     canonical: Canonical,
     body: RequestBody,
-    upgrade: bool,
 ) -> Response<ProxyBody> {
     let Some(policy) = route.approval.as_ref() else {
         let e = GatewayError::Internal("approve route without an approval policy".into());
         return x.answer(e, Some(route));
     };
-    if upgrade {
+    if canonical.is_upgrade() {
         return x.answer(GatewayError::UpgradeNotHoldable, Some(route));
     }
     let identity = match x
