@@ -8,6 +8,8 @@ mod common;
 
 use std::time::Duration;
 
+use proptest::prelude::*;
+
 use common::redteam::{
     audit_events, config, pending_id, problem, raw_open, spawn_send, ticket, tickets_in, wait_held,
     BOB, WAIT,
@@ -514,4 +516,209 @@ async fn a_token_acting_as_the_requester_cannot_self_approve() {
         .assert_no_new_requests(Duration::from_millis(200))
         .await;
     held.abort();
+}
+
+// === property: what is released under an approval is what was approved ===
+
+/// The approved request of [`released_requests_equal_the_approved_one`].
+const BIND_PATH: &str = "/spring/deploy/web?x=1";
+const BIND_BODY: &str = r#"{"image":"web:7"}"#;
+const BIND_HEADERS: [(&str, &str); 4] = [
+    ("x-tenant", "acct_A"),
+    ("content-type", "application/json"),
+    ("accept", "application/json"),
+    ("x-user", "bob"),
+];
+
+/// One change an attacker (or a sloppy client) makes to the approved request before sending it
+/// with the approval token.
+#[derive(Debug, Clone)]
+enum Mutation {
+    SetHeader(&'static str, &'static str),
+    DropHeader(&'static str),
+    RepeatHeader(&'static str, &'static str),
+    Target(&'static str),
+    Method(&'static str),
+    Body(&'static str),
+}
+
+fn mutation() -> impl Strategy<Value = Mutation> {
+    use proptest::sample::select;
+    prop_oneof![
+        select(vec![
+            ("x-tenant", "acct_B"),
+            ("x-tenant", "ACCT_A"),
+            ("content-type", "application/x-www-form-urlencoded"),
+            ("accept", "*/*"),
+            ("x-extra", "1"),
+            ("x-user", "mallory"),
+            ("x-groups", "oncall"),
+            ("x-http-method-override", "DELETE"),
+            ("authorization", "Basic eDp5"),
+            ("cookie", "s=1"),
+            // Volatile: they may change without voiding the approval.
+            (
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+            ),
+            ("x-request-id", "r-42"),
+        ])
+        .prop_map(|(n, v)| Mutation::SetHeader(n, v)),
+        select(vec!["x-tenant", "content-type", "accept"]).prop_map(Mutation::DropHeader),
+        select(vec![("x-tenant", "acct_B"), ("accept", "text/html")])
+            .prop_map(|(n, v)| Mutation::RepeatHeader(n, v)),
+        select(vec![
+            "/spring/deploy/web;version=evil?x=1",
+            "/spring/deploy/web?x=2",
+            "/spring/deploy/web",
+            "/spring/deploy/web?x=1&_method=DELETE",
+            "/spring/deploy/%77eb?x=1",
+            "/spring/deploy/./web?x=1",
+            "/spring/deploy//web?x=1",
+            "/spring/deploy/WEB?x=1",
+            "/spring/deploy/web/?x=1",
+            "/spring/deploy/web;?x=1",
+        ])
+        .prop_map(Mutation::Target),
+        select(vec!["PUT", "PATCH"]).prop_map(Mutation::Method),
+        select(vec![r#"{"image":"web:8"}"#, r#"{"image": "web:7"}"#, ""]).prop_map(Mutation::Body),
+    ]
+}
+
+/// The request after `mutations`: (method, target, headers, body).
+fn mutated(mutations: &[Mutation]) -> (String, String, Vec<(String, String)>, String) {
+    let mut method = "POST".to_string();
+    let mut target = BIND_PATH.to_string();
+    let mut headers: Vec<(String, String)> = BIND_HEADERS
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect();
+    let mut body = BIND_BODY.to_string();
+    for m in mutations {
+        match m {
+            Mutation::SetHeader(n, v) => {
+                headers.retain(|(k, _)| k != n);
+                headers.push((n.to_string(), v.to_string()));
+            }
+            Mutation::DropHeader(n) => headers.retain(|(k, _)| k != n),
+            Mutation::RepeatHeader(n, v) => headers.push((n.to_string(), v.to_string())),
+            Mutation::Target(t) => target = t.to_string(),
+            Mutation::Method(x) => method = x.to_string(),
+            Mutation::Body(b) => body = b.to_string(),
+        }
+    }
+    (method, target, headers, body)
+}
+
+/// What of a forwarded request the approval binds, as the origin received it: method, target,
+/// the headers but those the gateway sets or that are volatile, and the body.
+fn bound_view(r: &Recorded) -> (String, String, Vec<(String, Vec<u8>)>, String) {
+    const NOT_BOUND: [&str; 10] = [
+        "host",
+        "content-length",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "via",
+        "jit-approval",
+        "traceparent",
+        "x-request-id",
+        "x-groups",
+    ];
+    let mut headers: Vec<(String, Vec<u8>)> = r
+        .headers
+        .iter()
+        .filter(|(n, _)| !NOT_BOUND.contains(&n.as_str()))
+        .cloned()
+        .collect();
+    headers.sort();
+    (
+        r.method.clone(),
+        r.path_and_query.clone().unwrap_or_default(),
+        headers,
+        r.body_sha256.clone(),
+    )
+}
+
+/// SPEC 11.7 as a property: a request re-sent with an approval token in any variation (other
+/// headers, targets, methods, bodies, requesters) is either refused and forwards nothing, or is
+/// forwarded equal to the approved request in method, target, bound headers and body.
+#[test]
+fn released_requests_equal_the_approved_one() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let origin = Origin::start();
+    let routes = r#"[[routes]]
+name = "spring-deploy"
+methods = ["POST"]
+path = "/spring/deploy/**"
+upstream = "origin"
+action = "approve"
+allow_path_params = true
+[routes.approval]
+approvers = ["group:oncall"]
+token_uses = 1000
+"#;
+    // Only the approve route: anything forwarded was released under the approval.
+    let gw = Gateway::start(&config(&origin.url(), "", "", "", routes));
+    let (approved, token) = rt.block_on(async {
+        let held = spawn_send("POST", gw.url(BIND_PATH), &BIND_HEADERS, BIND_BODY);
+        let id = pending_id(&gw, "spring-deploy").await;
+        let r = approve(&gw, "alice", &id, "ok").await;
+        assert_eq!(r.status, 200, "approve: {}", r.text());
+        let resp = held.await.unwrap();
+        assert_eq!(resp.status, 200, "released: {}", resp.text());
+        let reqs = origin.wait_for(1, WAIT).await;
+        let token = reqs[0].header_str("jit-approval").expect("token upstream");
+        (bound_view(&reqs[0]), token)
+    });
+    let strategy = proptest::collection::vec(mutation(), 0..4);
+    let mut runner = proptest::test_runner::TestRunner::new(proptest::test_runner::Config {
+        cases: 200,
+        failure_persistence: None,
+        ..proptest::test_runner::Config::default()
+    });
+    let released = std::cell::Cell::new(0usize);
+    let result = runner.run(&strategy, |mutations| {
+        let (method, target, headers, body) = mutated(&mutations);
+        let before = origin.count();
+        let mut h: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        h.push(("jit-approval", &token));
+        let resp = rt.block_on(send(&method, &gw.url(&target), &h, body));
+        let new = origin.requests()[before..].to_vec();
+        if resp.status == 200 {
+            released.set(released.get() + 1);
+            prop_assert_eq!(new.len(), 1, "{:?}", mutations);
+            prop_assert_eq!(bound_view(&new[0]), approved.clone(), "{:?}", mutations);
+        } else {
+            prop_assert!(
+                new.is_empty(),
+                "{:?} answered {} but was forwarded",
+                mutations,
+                resp.status
+            );
+            prop_assert!(
+                matches!(resp.status.as_u16(), 400 | 403 | 404),
+                "{:?}: unexpected {} {}",
+                mutations,
+                resp.status,
+                resp.text()
+            );
+        }
+        Ok(())
+    });
+    println!("property: {} of 200 variations released", released.get());
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+    assert!(
+        released.get() > 0,
+        "no variation was released: the property tested nothing"
+    );
 }
