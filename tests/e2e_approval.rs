@@ -997,3 +997,22 @@ Content-Length: 0\r\n\r\n";
     );
     assert_eq!(origin.count(), 0);
 }
+
+/// A held POST whose body carries `_method` shows it to the approver: the ticket's method is
+/// `POST+DELETE`, as the upstream framework will read it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_body_method_override_is_on_the_ticket() {
+    let origin = Origin::start();
+    let gw = start(&origin, "hold_timeout = \"1s\"", "");
+    let held = post_as_bob(
+        &gw,
+        "/deploy/web",
+        "_method=DELETE&x=1",
+        &[("content-type", "application/x-www-form-urlencoded")],
+    );
+    let t = wait_pending(&gw, "prod-deploy", WAIT).await;
+    assert_eq!(t["request"]["method"], "POST+DELETE", "{t}");
+    let resp = held.await.unwrap();
+    assert_eq!(resp.status, 202, "{}", resp.text());
+    assert_eq!(origin.count(), 0);
+}

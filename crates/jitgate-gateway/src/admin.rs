@@ -49,6 +49,8 @@ pub const ENDPOINTS: &[(&str, &str)] = &[
 const MAX_BODY: usize = 1024 * 1024;
 /// Longest comment or reason kept.
 const MAX_TEXT: usize = 2000;
+/// The most tickets one listing reads from the store.
+const MAX_LIST: usize = 10_000;
 /// Most ids in one batch decision.
 const MAX_BATCH: usize = 10_000;
 
@@ -432,18 +434,25 @@ impl Api<'_> {
             Ok(s) => s,
             Err(e) => return store_problem(&e).into_response(),
         };
-        // Read more than asked when filtering by visibility, so a page is rarely short.
-        let fetch = if self.operator { limit } else { limit * 4 };
-        match store.list(status, fetch).await {
-            Ok(tickets) => {
-                let visible: Vec<&Ticket> = tickets
-                    .iter()
-                    .filter(|t| self.can_see(t))
-                    .take(limit)
-                    .collect();
-                json_response(StatusCode::OK, &json!({ "tickets": visible }))
+        // Tickets the caller may not see must not crowd out those they may: read ever larger
+        // pages until `limit` visible ones are found or the store has no more (up to the
+        // store-wide listing cap).
+        let mut fetch = if self.operator { limit } else { limit * 4 };
+        loop {
+            let tickets = match store.list(status, fetch).await {
+                Ok(t) => t,
+                Err(e) => return store_problem(&e).into_response(),
+            };
+            let exhausted = tickets.len() < fetch || fetch >= MAX_LIST;
+            let visible: Vec<&Ticket> = tickets
+                .iter()
+                .filter(|t| self.can_see(t))
+                .take(limit)
+                .collect();
+            if visible.len() == limit || exhausted {
+                return json_response(StatusCode::OK, &json!({ "tickets": visible }));
             }
-            Err(e) => store_problem(&e).into_response(),
+            fetch = (fetch * 4).min(MAX_LIST);
         }
     }
 

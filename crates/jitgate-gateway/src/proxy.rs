@@ -67,7 +67,7 @@ async fn serve(
     let table = &snap.table;
     let mut resolved = table.resolve(&canonical);
     // `_method` in a POST body: read only when an override could change the route.
-    if let Some(kind) = form::form_kind(canonical.method(), canonical.headers()) {
+    if form::may_carry_override(canonical.method()) {
         let at = resolved.as_ref().ok().map(|r| r.route);
         if table.may_override_method(&canonical, at) {
             let limit = table.config().approvals.max_held_body;
@@ -79,7 +79,7 @@ async fn serve(
                 Ok(b) => b,
                 Err(e) => return x.answer(e, at),
             };
-            match form::body_method_overrides(kind, canonical.headers(), &bytes) {
+            match form::body_method_overrides(canonical.headers(), &bytes) {
                 Ok(found) if !found.is_empty() => {
                     canonical.add_method_readings(found);
                     resolved = table.resolve(&canonical);

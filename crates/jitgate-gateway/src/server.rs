@@ -353,6 +353,7 @@ impl Conn {
             watcher,
             peer,
             plane,
+            header_read_timeout,
             ..
         } = self;
         let conn = ConnInfo::new(peer, tls);
@@ -360,15 +361,20 @@ impl Conn {
         // bounds idle keep-alive) and h2 keep-alive pings govern the connection.
         let started = Arc::new(AtomicBool::new(false));
         let first_request = started.clone();
+        let activity = Arc::new(Activity::default());
+        let seen = activity.clone();
         let service = service_fn(move |req| {
             first_request.store(true, Ordering::Relaxed);
             let shared = shared.clone();
             let conn = conn.clone();
+            let busy = seen.begin();
             async move {
-                Ok::<_, Infallible>(match plane {
+                let resp = match plane {
                     Plane::Data => proxy::handle(shared, conn, req).await,
                     Plane::Admin => admin::handle(shared, req).await,
-                })
+                };
+                drop(busy);
+                Ok::<_, Infallible>(resp)
             }
         });
         let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
@@ -379,6 +385,21 @@ impl Conn {
         };
         let ended = match ended {
             Some(ended) => ended,
+            // The admin plane's few connections are for approvers: one that stays idle (no
+            // request in flight) for header_read_timeout is closed, also over h2, where
+            // answering PINGs would otherwise keep it for ever.
+            None if started.load(Ordering::Relaxed) && plane == Plane::Admin => {
+                match activity
+                    .close_when_idle(connection, header_read_timeout)
+                    .await
+                {
+                    Some(ended) => ended,
+                    None => {
+                        tracing::debug!(%peer, "admin connection idle for header_read_timeout; closing");
+                        return;
+                    }
+                }
+            }
             None if started.load(Ordering::Relaxed) => connection.await,
             None => {
                 // Dropping the connection closes the socket.
@@ -388,6 +409,59 @@ impl Conn {
         };
         if let Err(e) = ended {
             tracing::debug!(%peer, "connection ended: {e}");
+        }
+    }
+}
+
+/// Requests in flight on one connection, and when the last one ended.
+#[derive(Default)]
+struct Activity {
+    in_flight: std::sync::atomic::AtomicUsize,
+    idle_since: std::sync::Mutex<Option<Instant>>,
+}
+
+/// Marks a request in flight until dropped.
+struct Busy(Arc<Activity>);
+
+impl Activity {
+    fn begin(self: &Arc<Self>) -> Busy {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        Busy(self.clone())
+    }
+
+    /// Drives `connection` to its end, or gives up (`None`, dropping it: the socket closes)
+    /// once no request has been in flight for `idle`.
+    async fn close_when_idle<F: Future>(
+        &self,
+        mut connection: std::pin::Pin<&mut F>,
+        idle: Duration,
+    ) -> Option<F::Output> {
+        loop {
+            let since = self.idle_since.lock().ok().and_then(|s| *s);
+            let busy = self.in_flight.load(Ordering::Acquire) > 0;
+            let check = match since {
+                Some(since) if !busy => {
+                    if since.elapsed() >= idle {
+                        return None;
+                    }
+                    since + idle
+                }
+                _ => Instant::now() + idle,
+            };
+            tokio::select! {
+                ended = &mut connection => return Some(ended),
+                () = tokio::time::sleep_until(check) => {}
+            }
+        }
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            if let Ok(mut s) = self.0.idle_since.lock() {
+                *s = Some(Instant::now());
+            }
         }
     }
 }

@@ -921,22 +921,37 @@ pub fn method_overrides(
         }
     }
     if let Some(q) = query {
-        form_method_overrides(q, &mut out)?;
+        form_method_overrides(q, &mut out, true)?;
     }
     Ok(out)
 }
 
 /// The `_method` parameters of an application/x-www-form-urlencoded string (a query, or a
-/// form body), appended to `out`; see [`method_overrides`] for the spellings that count.
-pub(crate) fn form_method_overrides(form: &str, out: &mut Vec<Method>) -> Result<(), CanonError> {
+/// form body), appended to `out`; see [`method_overrides`] for the spellings that count. A
+/// value that is not a method token is an error when `strict` (the query: 400), and is skipped
+/// otherwise (a body read as a form whatever its type: frameworks ignore or refuse such values,
+/// so they override nothing).
+pub(crate) fn form_method_overrides(
+    form: &str,
+    out: &mut Vec<Method>,
+    strict: bool,
+) -> Result<(), CanonError> {
     for pair in form.split(['&', ';']) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         if !is_method_param(key) {
             continue;
         }
-        let decoded = form_decode(value).ok_or(CanonError::InvalidMethodOverride)?;
+        let Some(decoded) = form_decode(value) else {
+            if strict {
+                return Err(CanonError::InvalidMethodOverride);
+            }
+            continue;
+        };
         for item in decoded.split(|&c| c == b',') {
-            push_method(out, item)?;
+            match push_method(out, item) {
+                Err(e) if strict => return Err(e),
+                _ => {}
+            }
         }
     }
     Ok(())
@@ -978,6 +993,9 @@ pub(crate) fn is_method_param(key: &str) -> bool {
     loop {
         match (decoded.next(), rest.next()) {
             (None, None) => return true,
+            // PHP keeps a name only up to a NUL byte (`_method%00x` is `_method`), and reads
+            // `_method[...]` as an array named `_method`.
+            (Some(Some(0 | b'[')), None) => return true,
             (Some(Some(c)), Some(want)) if c.eq_ignore_ascii_case(want) => {}
             _ => return false,
         }

@@ -101,6 +101,9 @@ pub struct Approvals {
     /// `max_pending_per_source` (default 20): pending tickets anonymous requesters may open
     /// from one client address; beyond it 429.
     pub max_pending_per_source: u32,
+    /// `max_pending_per_user` (default 50): pending tickets one named requester may have
+    /// across every route; beyond it 429.
+    pub max_pending_per_user: u32,
 }
 
 /// `[identity]`
@@ -634,6 +637,7 @@ const APPROVALS_KEYS: &[&str] = &[
     "reconcile_interval",
     "max_pending",
     "max_pending_per_source",
+    "max_pending_per_user",
 ];
 const IDENTITY_KEYS: &[&str] = &["jwt", "headers", "credential_headers"];
 const JWT_KEYS: &[&str] = &[
@@ -1219,6 +1223,15 @@ impl<'s> Cx<'s> {
         let max_pending_per_source = self
             .u32_(t, "max_pending_per_source", sec, 1)
             .map_or(20, |n| n.0);
+        let max_pending_per_user = match self.u32_(t, "max_pending_per_user", sec, 1) {
+            Some((n, span)) => {
+                if u64::from(n) >= max_pending {
+                    self.warn(span, "`max_pending_per_user` is not below `max_pending`: one requester can take every pending slot");
+                }
+                n
+            }
+            None => 50,
+        };
         let ticket = ticket_ttl.clone().map_or(secs(900), |d| d.0);
         if let Some((h, span)) = &hold_timeout {
             if *h > ticket {
@@ -1234,6 +1247,7 @@ impl<'s> Cx<'s> {
             reconcile_interval,
             max_pending,
             max_pending_per_source,
+            max_pending_per_user,
         })
     }
 

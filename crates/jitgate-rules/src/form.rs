@@ -1,95 +1,101 @@
 //! `_method` in request bodies (SPEC section 5, method overrides): Rails (`Rack::MethodOverride`),
-//! Laravel and Symfony take a POST's method from a `_method` field of its form body, and
-//! Laravel also from a JSON body's top-level `_method`. The gateway reads such a body only when
-//! an override could change which route matches ([`crate::RuleTable::may_override_method`]),
-//! and the overrides found become extra method readings of the [`crate::Canonical`] request.
+//! Laravel and Symfony take a POST's method from a `_method` field of its body. The gateway
+//! reads such a body only when an override could change which route matches
+//! ([`crate::RuleTable::may_override_method`]), and the overrides found become extra method
+//! readings of the [`crate::Canonical`] request.
 //!
-//! Parsing is deliberately lenient in what counts: every field whose name reads as `_method`
-//! the way [`crate::canon::method_overrides`] reads query parameters; a multipart body that
-//! cannot be split but mentions `_method` is refused as ambiguous.
+//! Frameworks disagree on which bodies are forms: Rack parses a POST without a `Content-Type`
+//! as one and splits the media type at `,`, PHP at `,` or a space, Laravel reads JSON whenever
+//! the type contains `/json`, and PHP takes a multipart boundary from the first parameter
+//! whose name merely contains `boundary`. So the body is read every way a framework could read
+//! it, whatever it says it is: as a URL-encoded form, as JSON (top-level members, however deep
+//! the rest nests), and as multipart under every boundary it could have. Every override any
+//! reading finds counts (an ambiguous request can only fall into a stricter route), and a body
+//! that mentions `_method` but cannot be read the way its type or shape says is refused.
 
 use http::header::{HeaderMap, CONTENT_TYPE};
 use http::Method;
 
 use crate::canon::{form_method_overrides, is_method_param, push_method, CanonError};
+use crate::json;
 
 #[cfg(test)]
 mod tests;
 
-/// The body kinds that can carry `_method`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FormKind {
-    /// `application/x-www-form-urlencoded`
-    UrlEncoded,
-    /// `multipart/form-data`
-    Multipart,
-    /// `application/json` and `+json` types
-    Json,
-}
-
-/// Which body kind the request's `Content-Type` announces, if it can carry `_method` (only
-/// POST bodies are read by the frameworks that honour it).
-pub fn form_kind(method: &Method, headers: &HeaderMap) -> Option<FormKind> {
-    if *method != Method::POST {
-        return None;
-    }
-    let ct = headers.get(CONTENT_TYPE)?.to_str().ok()?;
-    let media = ct.split(';').next()?.trim().to_ascii_lowercase();
-    match media.as_str() {
-        "application/x-www-form-urlencoded" => Some(FormKind::UrlEncoded),
-        "multipart/form-data" => Some(FormKind::Multipart),
-        m if m == "application/json" || (m.starts_with("application/") && m.ends_with("+json")) => {
-            Some(FormKind::Json)
-        }
-        _ => None,
-    }
+/// Whether a request's body can carry `_method`: the frameworks that honour it do so on POST.
+pub fn may_carry_override(method: &Method) -> bool {
+    *method == Method::POST
 }
 
 /// The override methods a POST body carries in `_method` fields (uppercase, without
-/// duplicates); empty when it has none. An invalid method token, or a multipart body that
-/// mentions `_method` but cannot be parsed, is an error (400).
-pub fn body_method_overrides(
-    kind: FormKind,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Result<Vec<Method>, CanonError> {
+/// duplicates), read every way a framework could read it; empty when it has none. A body that
+/// mentions `_method` but is JSON or multipart that cannot be parsed is an error (400).
+pub fn body_method_overrides(headers: &HeaderMap, body: &[u8]) -> Result<Vec<Method>, CanonError> {
     let mut out = Vec::new();
-    match kind {
-        FormKind::UrlEncoded => {
-            form_method_overrides(&String::from_utf8_lossy(body), &mut out)?;
-        }
-        FormKind::Json => {
-            if let Ok(serde_json::Value::Object(map)) = serde_json::from_slice(body) {
-                for (k, v) in &map {
-                    if k == "_method" {
-                        match v {
-                            serde_json::Value::String(s) => push_method(&mut out, s.as_bytes())?,
-                            _ => return Err(CanonError::InvalidMethodOverride),
-                        }
+    let text = String::from_utf8_lossy(body);
+    // As a URL-encoded form.
+    form_method_overrides(&text, &mut out, false)?;
+    // As JSON: top-level members only (that is what `$request->get('_method')` sees).
+    let trimmed = text.trim_start();
+    if trimmed.starts_with('{') {
+        let mut values = Vec::new();
+        let parsed = json::members(&text, |m| {
+            if m.depth == 1 {
+                if let Some(key) = json::decode_string(m.raw_key) {
+                    if is_method_param(&key) {
+                        values.push(m.value);
                     }
                 }
             }
+        });
+        if parsed.is_err() && mentions_method(body) {
+            return Err(CanonError::InvalidMethodOverride);
         }
-        FormKind::Multipart => {
-            let boundary = headers
-                .get(CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .and_then(boundary);
-            let parsed = boundary.and_then(|b| multipart_fields(body, b.as_bytes()));
-            match parsed {
-                Some(fields) => {
-                    for (name, value) in fields {
-                        if is_method_param(&String::from_utf8_lossy(name)) {
-                            push_method(&mut out, trim_crlf(value))?;
-                        }
-                    }
-                }
-                None if mentions_method(body) => return Err(CanonError::InvalidMethodOverride),
-                None => {}
+        for span in values {
+            // A non-string `_method` is not a method; frameworks refuse it or ignore it.
+            if let Some(v) = text.get(span).and_then(json::decode_string) {
+                lenient(&mut out, v.as_bytes());
             }
         }
     }
+    // As multipart, under every boundary it could have.
+    let content_type = headers
+        .get_all(CONTENT_TYPE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut boundaries = boundary_candidates(&content_type);
+    if let Some(first) = body.split(|c| *c == b'\n').next() {
+        let first = first.strip_suffix(b"\r").unwrap_or(first);
+        if let Some(b) = first.strip_prefix(b"--") {
+            if !b.is_empty() && b.len() <= 200 {
+                boundaries.push(b.to_vec());
+            }
+        }
+    }
+    let mut any_parsed = false;
+    for b in &boundaries {
+        if let Some(fields) = multipart_fields(body, b) {
+            any_parsed = true;
+            for (name, value) in fields {
+                if is_method_param(&String::from_utf8_lossy(name)) {
+                    lenient(&mut out, trim_crlf(value));
+                }
+            }
+        }
+    }
+    let multipart_expected =
+        content_type.to_ascii_lowercase().contains("multipart") || body.starts_with(b"--");
+    if multipart_expected && !any_parsed && mentions_method(body) {
+        return Err(CanonError::InvalidMethodOverride);
+    }
     Ok(out)
+}
+
+/// Appends an override, skipping a value that is not a method token (it overrides nothing).
+fn lenient(out: &mut Vec<Method>, item: &[u8]) {
+    let _ = push_method(out, item);
 }
 
 fn trim_crlf(v: &[u8]) -> &[u8] {
@@ -97,28 +103,33 @@ fn trim_crlf(v: &[u8]) -> &[u8] {
     v.strip_suffix(b"\n").unwrap_or(v)
 }
 
+/// Whether the body has `method` anywhere (any case): every spelling of the field has it.
 fn mentions_method(body: &[u8]) -> bool {
     body.windows(6).any(|w| w.eq_ignore_ascii_case(b"method"))
 }
 
-/// The `boundary` parameter of a multipart `Content-Type` (quotes removed).
-fn boundary(content_type: &str) -> Option<String> {
-    content_type.split(';').skip(1).find_map(|p| {
-        let (k, v) = p.split_once('=')?;
-        if !k.trim().eq_ignore_ascii_case("boundary") {
-            return None;
-        }
-        let v = v.trim();
-        let v = v
-            .strip_prefix('"')
-            .and_then(|x| x.strip_suffix('"'))
-            .unwrap_or(v);
-        (!v.is_empty() && v.len() <= 70).then(|| v.to_string())
-    })
+/// Every value a framework could take as the boundary: each parameter whose name contains
+/// `boundary` (PHP looks for the substring), quotes removed.
+fn boundary_candidates(content_type: &str) -> Vec<Vec<u8>> {
+    content_type
+        .split([';', ','])
+        .filter_map(|p| {
+            let (k, v) = p.split_once('=')?;
+            if !k.to_ascii_lowercase().contains("boundary") {
+                return None;
+            }
+            let v = v.trim();
+            let v = v
+                .strip_prefix('"')
+                .and_then(|x| x.strip_suffix('"'))
+                .unwrap_or(v);
+            (!v.is_empty() && v.len() <= 200).then(|| v.as_bytes().to_vec())
+        })
+        .collect()
 }
 
-/// The (name, value) of each part of a multipart/form-data body (RFC 7578), or `None` when the
-/// body does not have that shape.
+/// The (name, value) of each part of a multipart body (RFC 7578), or `None` when the body does
+/// not have that shape under `boundary`.
 fn multipart_fields<'b>(body: &'b [u8], boundary: &[u8]) -> Option<Vec<(&'b [u8], &'b [u8])>> {
     let mut delim = b"--".to_vec();
     delim.extend_from_slice(boundary);

@@ -41,6 +41,18 @@ const CLIENT_ADDRESS: [&str; 7] = [
     "x-forwarded-server",
 ];
 
+/// What only a trusted proxy may say about the request's way here: the client-address headers,
+/// `Forwarded` and every `X-Forwarded-*` (Rack reads `X-Forwarded-Ssl`, `-Scheme` and `-Port`
+/// for the scheme and port), and IIS's `Front-End-Https`. The gateway sets `X-Forwarded-For`,
+/// `-Proto` and `-Host` itself.
+fn is_forwarding(n: &str) -> bool {
+    CLIENT_ADDRESS.contains(&n)
+        || n == "forwarded"
+        || n.starts_with("x-forwarded-")
+        || n == "front-end-https"
+        || n == "x-url-scheme"
+}
+
 /// Headers some frameworks take as the request's host instead of `Host` (Symfony's and Zend's
 /// `X-Host`-style overrides, the 403-bypass lists' host spellings), so an upstream could serve
 /// a virtual host the rules never matched; and `Proxy`, which CGI servers turn into the
@@ -154,7 +166,7 @@ pub fn scrub_request(
             || n.starts_with(GATEWAY_PREFIX)
             || PATH_OVERRIDE_HEADERS.contains(&n)
             || HOST_OVERRIDE_HEADERS.contains(&n)
-            || (!trusted_peer && (CLIENT_ADDRESS.contains(&n) || identity.contains(name)))
+            || (!trusted_peer && (is_forwarding(n) || identity.contains(name)))
         {
             if doomed.last() != Some(name) {
                 doomed.push(name.clone());

@@ -10,6 +10,7 @@ pub mod config;
 pub mod diag;
 pub mod form;
 pub mod headers;
+mod json;
 pub mod matcher;
 pub mod request;
 pub mod route;

@@ -93,11 +93,10 @@ pub const DEFAULT_VOLATILE_HEADERS: &[&str] = &[
     "x-datadog-parent-id",
     "x-datadog-sampling-priority",
     "x-datadog-origin",
+    // Set or rewritten by the gateway itself on the way out (the client address it resolved,
+    // the canonical host, its own hop); what a trusted proxy sends beside them is bound.
     "x-forwarded-for",
-    "x-forwarded-proto",
     "x-forwarded-host",
-    "x-forwarded-port",
-    "forwarded",
     "via",
 ];
 

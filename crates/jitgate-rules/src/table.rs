@@ -200,18 +200,25 @@ impl RuleTable {
         Ok(Resolved { route, upstream })
     }
 
-    /// Whether a method override found in the body could change which route `c` resolves to:
-    /// an enforcing `approve` or `deny` route with a method list, before `resolved` (the route
-    /// `c` resolves to now, `None` for none), matches `c` but for its method. Only then is a
-    /// form body worth reading for `_method` ([`crate::form`]).
+    /// Whether a method override found in the body could change which route `c` resolves to
+    /// (`resolved`, `None` for none): when `resolved` is an allow route with a method list (an
+    /// override it does not list makes it stop matching, and a later route, or none, decides),
+    /// or when an enforcing `approve` or `deny` route with a method list before it matches `c`
+    /// but for its method. Only then is a body worth reading for `_method` ([`crate::form`]).
     pub fn may_override_method(&self, c: &Canonical, resolved: Option<&Route>) -> bool {
+        use crate::route::MethodSet;
+        if resolved.is_some_and(|r| {
+            r.action == crate::route::Action::Allow && matches!(r.methods, MethodSet::Only(_))
+        }) {
+            return true;
+        }
         let limit = resolved.map_or(usize::MAX, |r| r.index);
         c.with_view(|v| {
             self.matcher
                 .find_by(&self.config.routes, v, |r| {
                     r.index < limit
                         && r.action.is_restricting()
-                        && matches!(r.methods, crate::route::MethodSet::Only(_))
+                        && matches!(r.methods, MethodSet::Only(_))
                         && route_matches_any_method(r, v)
                 })
                 .is_some()

@@ -639,6 +639,16 @@ impl Ticket {
         &self.fingerprint
     }
 
+    /// What caps this ticket counts against beyond its route: its requester's user across every
+    /// route (`user:<name>`), or, for an anonymous requester (who can mint identities at will),
+    /// the client address it came from. `None` for an anonymous ticket without an address.
+    pub fn quota_key(&self) -> Option<String> {
+        match &self.requester.user {
+            Some(u) => Some(format!("user:{u}")),
+            None => self.source.clone(),
+        }
+    }
+
     /// Whether this ticket was opened on `route` by `requester` (the same principal).
     pub fn belongs_to(&self, route: &str, requester: &Requester) -> bool {
         self.route == route && self.requester.same_principal(requester)
@@ -785,41 +795,55 @@ pub fn is_secret_field(name: &str) -> bool {
 }
 
 /// A preview of the body for approvers, at most `cap` bytes (plus a trailing `…` when cut).
-/// JSON bodies have secret-looking fields (at any depth) redacted, form bodies likewise;
-/// other UTF-8 text is shown as is; binary bodies are summarised by their size.
+/// It is the body's own text: JSON bodies have the values of secret-looking fields (at any
+/// depth) replaced in place, form bodies likewise; nothing is re-printed, so duplicate keys
+/// and numbers beyond 64 bits show as the upstream will read them. Other UTF-8 text is shown
+/// as is; binary bodies are summarised by their size.
 pub fn body_preview(body: &[u8], cap: usize) -> String {
     if body.is_empty() {
         return String::new();
     }
-    let text = if let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(body) {
-        redact_json(&mut v);
-        v.to_string()
-    } else if let Ok(s) = std::str::from_utf8(body) {
-        if looks_like_form(s) {
-            redact_form(s)
-        } else {
-            s.to_string()
-        }
-    } else {
+    let Ok(s) = std::str::from_utf8(body) else {
         return format!("[binary, {} bytes]", body.len());
+    };
+    let text = match redact_json_text(s) {
+        Some(redacted) => redacted,
+        None if looks_like_form(s) => redact_form(s),
+        None => s.to_string(),
     };
     truncate(text, cap)
 }
 
-fn redact_json(v: &mut serde_json::Value) {
-    match v {
-        serde_json::Value::Object(map) => {
-            for (k, val) in map.iter_mut() {
-                if is_secret_field(k) {
-                    *val = serde_json::Value::String(REDACTED.to_string());
-                } else {
-                    redact_json(val);
-                }
-            }
-        }
-        serde_json::Value::Array(items) => items.iter_mut().for_each(redact_json),
-        _ => {}
+/// `s` with the value of every secret-looking member replaced by `"[redacted]"`, byte for
+/// byte otherwise; `None` when `s` is not JSON.
+fn redact_json_text(s: &str) -> Option<String> {
+    if !s.trim_start().starts_with(['{', '[']) {
+        return None;
     }
+    let mut secret: Vec<std::ops::Range<usize>> = Vec::new();
+    crate::json::members(s, |m| {
+        let key = crate::json::decode_string(m.raw_key).unwrap_or_default();
+        if is_secret_field(&key) {
+            secret.push(m.value);
+        }
+    })
+    .ok()?;
+    // Members are reported innermost first; keep the outermost spans, in order.
+    secret.sort_by_key(|r| (r.start, std::cmp::Reverse(r.end)));
+    let mut out = String::with_capacity(s.len());
+    let mut at = 0;
+    for r in secret {
+        if r.start < at {
+            continue;
+        }
+        out.push_str(s.get(at..r.start)?);
+        out.push('"');
+        out.push_str(REDACTED);
+        out.push('"');
+        at = r.end;
+    }
+    out.push_str(s.get(at..)?);
+    Some(out)
 }
 
 fn looks_like_form(s: &str) -> bool {

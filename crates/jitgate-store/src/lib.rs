@@ -60,8 +60,9 @@ pub struct PendingLimits {
     pub max_pending: Option<u64>,
     /// Pending tickets of this ticket's requester on its route (`max_pending_per_requester`).
     pub per_requester: Option<u32>,
-    /// Pending tickets opened from this ticket's [`Ticket::source`] address, on any route.
-    /// Tickets without a source are not counted by address.
+    /// Pending tickets with this ticket's [`Ticket::quota_key`], on any route: of its user,
+    /// or, for an anonymous requester, opened from its client address. Anonymous tickets
+    /// without an address are not counted.
     pub per_source: Option<u32>,
 }
 

@@ -42,7 +42,7 @@ struct State {
     pending: HashMap<TicketId, Timestamp>,
     /// Pending tickets per [`route_requester`] key.
     by_requester: HashMap<String, HashSet<TicketId>>,
-    /// Pending tickets per source address.
+    /// Pending tickets per quota key ([`Ticket::quota_key`]: a user, or an anonymous address).
     by_source: HashMap<String, HashSet<TicketId>>,
     grants: HashMap<GrantId, (Grant, Timestamp)>,
     audit: Vec<AuditEvent>,
@@ -128,9 +128,9 @@ impl State {
             .entry(route_requester(&t.route, &t.requester.key()))
             .or_default()
             .insert(t.id.clone());
-        if let Some(source) = &t.source {
+        if let Some(quota) = t.quota_key() {
             self.by_source
-                .entry(source.clone())
+                .entry(quota)
                 .or_default()
                 .insert(t.id.clone());
         }
@@ -146,8 +146,8 @@ impl State {
             &route_requester(&t.route, &t.requester.key()),
             &t.id,
         );
-        if let Some(source) = &t.source {
-            remove_from(&mut self.by_source, source, &t.id);
+        if let Some(quota) = t.quota_key() {
+            remove_from(&mut self.by_source, &quota, &t.id);
         }
     }
 
@@ -166,8 +166,8 @@ impl State {
                 return Some(limit(LimitScope::Requester, cap));
             }
         }
-        if let (Some(cap), Some(source)) = (limits.per_source.map(u64::from), &t.source) {
-            if over(count(&self.by_source, source), cap) {
+        if let (Some(cap), Some(quota)) = (limits.per_source.map(u64::from), t.quota_key()) {
+            if over(count(&self.by_source, &quota), cap) {
                 return Some(limit(LimitScope::Source, cap));
             }
         }

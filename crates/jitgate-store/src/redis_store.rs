@@ -28,7 +28,8 @@
 //! - `jit:tickets` sorted set of all ticket ids by creation (lists)
 //! - `jit:pr:<len>:<route>:<requester>` pending ids of one requester on one route by expiry
 //!   (the per-requester cap), expiring with its longest-kept member
-//! - `jit:ps:<source>` pending ids opened from one client address by expiry (the per-source
+//! - `jit:ps:<quota key>` pending ids of one user (`user:<name>`, across routes) or opened from
+//!   one client address by anonymous requesters, by expiry (the per-source
 //!   cap), likewise
 //! - `jit:{<grant id>}:g` grant JSON; `jit:grants` and `jit:gr:<len>:<route>:<requester>`
 //!   grant ids by expiry
@@ -827,7 +828,8 @@ impl Store for RedisStore {
         Box::pin(self.bounded(async move {
             let ckey = coalesce_key(coalesce);
             let json = encode(&ticket)?;
-            let source = ticket.source.as_deref();
+            let quota = ticket.quota_key();
+            let source = quota.as_deref();
             let mut drafts = None;
             let mut attempts = Attempts::new();
             while attempts.left() {
@@ -948,6 +950,7 @@ impl Store for RedisStore {
                 let at = now();
                 let ttl = px(ticket_keep_until(&next, at, self.opts.retention), at);
                 let requester = current.requester.key();
+                let quota = current.quota_key();
                 let grant = match &effects.grant {
                     Some(g) => Some((
                         encode(g)?,
@@ -961,7 +964,7 @@ impl Store for RedisStore {
                         .key(PENDING)
                         .key(per_requester("pr", &current.route, &requester))
                         .key(coalesce_key(&current.fingerprint))
-                        .key(per_source(current.source.as_deref()))
+                        .key(per_source(quota.as_deref()))
                         .key(gid.as_ref().map(grant_key).unwrap_or_default())
                         .key(GRANTS)
                         .key(per_requester("gr", &current.route, &requester))
@@ -973,7 +976,7 @@ impl Store for RedisStore {
                         .arg(id.as_str())
                         .arg(if effects.left_pending { "1" } else { "0" })
                         .arg(DECISIONS)
-                        .arg(if current.source.is_some() { "1" } else { "0" });
+                        .arg(if quota.is_some() { "1" } else { "0" });
                     match (&effects.grant, &grant) {
                         (Some(g), Some((gjson, gttl))) => inv
                             .arg(gjson)

@@ -64,6 +64,19 @@ fn ticket_from(path: &str, user: &str, source: &str) -> Ticket {
     Ticket::open(new_ticket_id(at), d, at)
 }
 
+/// An anonymous requester's ticket (credential digest `who`) opened from `source`.
+fn anonymous_from(path: &str, who: &str, source: &str) -> Ticket {
+    let at = now();
+    let mut d = draft(path, "nobody");
+    d.requester = Requester {
+        user: None,
+        groups: Vec::new(),
+        anonymous: Some(who.into()),
+    };
+    d.source = Some(source.into());
+    Ticket::open(new_ticket_id(at), d, at)
+}
+
 /// An `access` ticket: approving it grants bob an hour with at most 5 uses.
 fn access_ticket(path: &str, user: &str) -> Ticket {
     let at = now();
@@ -898,15 +911,17 @@ async fn global_pending_cap_is_atomic(p: Pair) {
     assert!(fresh);
 }
 
-/// `per_source = 3`: 32 requesters behind one address open 3 tickets; other addresses are
-/// not affected, and joining works at the cap.
+/// `per_source = 3`: 32 anonymous requesters behind one address open 3 tickets; other
+/// addresses are not affected, and joining works at the cap. A named requester counts as one
+/// user across routes and addresses.
 async fn per_source_cap_is_atomic(p: Pair) {
     let limits = PendingLimits {
         per_source: Some(3),
         ..NO_LIMITS
     };
+    // Anonymous requesters are capped by client address, whatever credentials they show.
     let (created, refused) = race_creates(&p, limits, 32, |i| {
-        ticket_from(&format!("/v1/src/{i}"), &format!("user{i}"), "198.51.100.9")
+        anonymous_from(&format!("/v1/src/{i}"), &format!("anon{i}"), "198.51.100.9")
     })
     .await;
     assert_eq!(created.len(), 3);
@@ -921,19 +936,27 @@ async fn per_source_cap_is_atomic(p: Pair) {
         );
     }
     let first = &created[0];
-    let again = ticket_from(
+    let again = anonymous_from(
         &first.request.path,
-        first.requester.key().as_ref(),
+        first.requester.anonymous.as_deref().unwrap_or_default(),
         "198.51.100.9",
     );
     let (joined, fresh) = create_or_join(&*p.a, again, &limits).await.unwrap();
     assert!(!fresh && joined.id == first.id);
-    let elsewhere = ticket_from("/v1/src/x", "user0", "198.51.100.10");
+    let elsewhere = anonymous_from("/v1/src/x", "anon0", "198.51.100.10");
     assert!(create_or_join(&*p.b, elsewhere, &limits).await.unwrap().1);
-    // A ticket without a source is not counted by address.
-    let mut unknown = new_ticket("/v1/src/unknown", "user1");
+    // An anonymous ticket without a source is not counted by address.
+    let mut unknown = anonymous_from("/v1/src/unknown", "anon1", "198.51.100.9");
     unknown.source = None;
     assert!(create_or_join(&*p.b, unknown, &limits).await.unwrap().1);
+    // A named requester is capped as one user across routes and addresses.
+    let (created, refused) = race_creates(&p, limits, 16, |i| {
+        let mut t = ticket_from(&format!("/v1/usr/{i}"), "carol", &format!("203.0.113.{i}"));
+        t.route = format!("route-{i}");
+        t
+    })
+    .await;
+    assert_eq!((created.len(), refused.len()), (3, 13));
 }
 
 /// `per_requester = 2`: one requester racing 32 creates on one route from 32 addresses opens
@@ -1040,7 +1063,7 @@ async fn finished_records_leave_within_retention(p: Pair) {
         assert!(server.indexed("jit:grants", gid.as_str()));
         assert!(server.indexed("jit:pending", lapsed.id.as_str()));
         assert!(server.indexed(&pr("prod-deploy", "erin"), lapsed.id.as_str()));
-        assert!(server.indexed("jit:ps:192.0.2.51", lapsed.id.as_str()));
+        assert!(server.indexed("jit:ps:user:erin", lapsed.id.as_str()));
     }
     let removed = p.b.prune(now()).await.unwrap();
     if let Some(server) = &p._server {
@@ -1053,11 +1076,11 @@ async fn finished_records_leave_within_retention(p: Pair) {
         assert!(!server.indexed(&pr("db-console", "bob"), gid.as_str()));
         assert!(!server.indexed("jit:pending", lapsed.id.as_str()));
         assert!(!server.indexed(&pr("prod-deploy", "erin"), lapsed.id.as_str()));
-        assert!(!server.indexed("jit:ps:192.0.2.51", lapsed.id.as_str()));
+        assert!(!server.indexed("jit:ps:user:erin", lapsed.id.as_str()));
         assert!(server.indexed("jit:tickets", live.id.as_str()));
         assert!(server.indexed("jit:pending", live.id.as_str()));
         assert!(server.indexed(&pr("prod-deploy", "erin"), live.id.as_str()));
-        assert!(server.indexed("jit:ps:192.0.2.51", live.id.as_str()));
+        assert!(server.indexed("jit:ps:user:erin", live.id.as_str()));
     }
     // (Both may share a millisecond, so "newest first" is compared as a set.)
     let mut listed = p.a.list(None, 100).await.unwrap();

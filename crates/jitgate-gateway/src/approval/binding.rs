@@ -12,8 +12,6 @@ use crate::context::Exchange;
 
 /// How much of a held body approvers see.
 const PREVIEW_CAP: usize = 2048;
-/// How many bound headers a ticket shows (all of them are bound).
-const MAX_TICKET_HEADERS: usize = 64;
 
 /// The requester of `c`: the authenticated user, or an anonymous client told apart from every
 /// other by a digest of the credential-bearing headers it sent (its address when it sent none).
@@ -83,10 +81,10 @@ pub(super) fn bound_headers(
 /// target, the bound headers (secrets redacted) and their digest, the body hash and a redacted
 /// preview.
 pub(super) fn snapshot(c: &Canonical, bound: &BoundHeaders, body: &[u8]) -> RequestSnapshot {
+    // Every bound header is shown: an approver sees all the upstream will receive.
     let shown = bound
         .fields
         .iter()
-        .take(MAX_TICKET_HEADERS)
         .map(|(n, v)| (n.as_str(), v.to_str().unwrap_or("[binary]")));
     RequestSnapshot {
         method: c.method_label(),

@@ -24,7 +24,7 @@ use jitgate_rules::ticket::{
     self, AuditDraft, AuditKind, Mode, Requester, Status, Ticket, TicketDraft, TicketId,
 };
 use jitgate_rules::Canonical;
-use jitgate_store::{PendingLimits, StoreError};
+use jitgate_store::{LimitScope, PendingLimits, StoreError};
 
 use crate::body::{ProxyBody, RequestBody};
 use crate::context::Exchange;
@@ -58,7 +58,7 @@ pub struct HeldRequest {
 pub async fn serve(
     x: &Exchange<'_>,
     route: &Route,
-    canonical: Canonical,
+    mut canonical: Canonical,
     body: RequestBody,
 ) -> Response<ProxyBody> {
     let Some(policy) = route.approval.as_ref() else {
@@ -102,6 +102,14 @@ pub async fn serve(
         Ok(b) => b,
         Err(e) => return x.answer(e, Some(route)),
     };
+    // The body is here anyway: a `_method` in it is part of what the approver must see (the
+    // ticket's method reads `POST+DELETE`), even where it could not change the route.
+    if jitgate_rules::form::may_carry_override(canonical.method()) {
+        match jitgate_rules::form::body_method_overrides(canonical.headers(), &body) {
+            Ok(found) => canonical.add_method_readings(found),
+            Err(e) => return x.answer(GatewayError::Malformed(e.to_string()), Some(route)),
+        }
+    }
     let requester = binding::requester(x, &identity, &canonical);
     let bound = binding::bound_headers(x, &identity, policy, &canonical);
     let request = binding::snapshot(&canonical, &bound, &body);
@@ -194,12 +202,16 @@ async fn open(
     let ticket_ttl = policy.ticket_ttl.unwrap_or(cfg.ticket_ttl);
     let anonymous = held.requester.user.is_none();
     // Caps are checked by the store atomically with creation: overall, this requester on
-    // this route, and, for anonymous requesters (who can mint identities at will), what one
-    // client address has open.
+    // this route, and this requester across routes: a named user, or, for anonymous
+    // requesters (who can mint identities at will), what one client address has open.
     let limits = PendingLimits {
         max_pending: Some(cfg.max_pending),
         per_requester: policy.max_pending_per_requester,
-        per_source: anonymous.then_some(cfg.max_pending_per_source),
+        per_source: Some(if anonymous {
+            cfg.max_pending_per_source
+        } else {
+            cfg.max_pending_per_user
+        }),
     };
     let now = x.engine().now();
     let reason = held
@@ -242,7 +254,12 @@ async fn open(
             return Err(GatewayError::TooManyPending {
                 detail: format!(
                     "too many pending tickets ({} limit {limit}) for {} on route {}",
-                    scope.as_str(),
+                    match scope {
+                        LimitScope::Source if anonymous => "per-source",
+                        LimitScope::Source => "per-user",
+                        LimitScope::Requester => "per-requester on this route",
+                        LimitScope::Global => "global",
+                    },
                     held.requester.key(),
                     route.name
                 ),

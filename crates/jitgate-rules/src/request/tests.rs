@@ -250,6 +250,41 @@ fn a_body_override_is_worth_reading_only_before_a_method_restricted_route() {
     assert!(!t.may_override_method(&c, Some(r)));
 }
 
+#[test]
+fn a_body_override_is_worth_reading_behind_an_allow_route_with_methods() {
+    let t = RuleTable::parse(
+        r#"
+[[upstreams]]
+name = "u"
+url = "http://127.0.0.1:9"
+
+[[routes]]
+name = "reads-and-posts"
+methods = ["GET", "POST"]
+path = "/api/**"
+upstream = "u"
+action = "allow"
+
+[[routes]]
+name = "the-rest"
+path = "/api/**"
+upstream = "u"
+action = "approve"
+[routes.approval]
+approvers = ["group:oncall"]
+"#,
+        Path::new("proxy.toml"),
+    )
+    .unwrap();
+    let mut c = build("POST", "/api/items/1", &[("host", "h")]).unwrap();
+    let r = t.resolve(&c).unwrap().route;
+    assert_eq!(r.name, "reads-and-posts");
+    // An override can push the request off the allow route onto the later approve route.
+    assert!(t.may_override_method(&c, Some(r)));
+    c.add_method_readings([Method::DELETE]);
+    assert_eq!(resolve_name(&t, &c), "the-rest");
+}
+
 use crate::table::Unresolved;
 
 #[test]

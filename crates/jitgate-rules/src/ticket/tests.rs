@@ -267,6 +267,21 @@ fn body_previews_redact_secret_fields_and_are_capped() {
         body_preview(b"user=bob&password=hunter2", 100),
         "user=bob&password=[redacted]"
     );
+    // The body's own text: duplicate keys and large numbers show as sent.
+    assert_eq!(
+        body_preview(
+            br#"{"replicas":1000,"replicas":1, "to":100000000000000000001}"#,
+            100
+        ),
+        r#"{"replicas":1000,"replicas":1, "to":100000000000000000001}"#
+    );
+    assert_eq!(
+        body_preview(
+            br#"{"token":{"nested":"x","password":"y"}, "a" : [1]}"#,
+            100
+        ),
+        r#"{"token":"[redacted]", "a" : [1]}"#
+    );
     assert_eq!(body_preview(b"hello world", 5), "hello…");
     assert_eq!(body_preview("ééé".as_bytes(), 3), "é…");
     assert_eq!(body_preview(&[0xff, 0xfe], 10), "[binary, 2 bytes]");
