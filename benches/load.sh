@@ -19,6 +19,9 @@
 #   BENCH_PATH [/bench/items/42]  request path (only the catch-all route matches it)
 #   KEEP=1             keep the work dir (configs, logs, raw wrk output)
 #   JITGATE_BIN        gateway binary to run instead of the freshly built one
+#   BASELINE_BIN       a second gateway binary (say, a build of an earlier commit) run beside
+#                      it as target "baseline" with the same table, interleaved, for
+#                      before/after figures from one run
 #
 # Everything listens on 127.0.0.1 and every wrk run targets 127.0.0.1 only.
 set -euo pipefail
@@ -243,33 +246,42 @@ EOF
 gen_config >"$WORK/proxy.toml"
 ROUTES=$(grep -c '^\[\[routes\]\]' "$WORK/proxy.toml")
 
-jitgate_skip() {
-    echo "load.sh: SKIP jitgate: $1" >&2
+gateway_skip() {
+    echo "load.sh: SKIP $1: $2" >&2
     echo "load.sh:   (config: $WORK/proxy.toml; stderr tail below)" >&2
-    tail -n 15 "$WORK/jitgate.err" 2>/dev/null | sed 's/^/load.sh:   | /' >&2 || true
+    tail -n 15 "$WORK/$1.err" 2>/dev/null | sed 's/^/load.sh:   | /' >&2 || true
 }
 
-if [[ ! -x $JITGATE_BIN ]]; then
-    jitgate_skip "binary $JITGATE_BIN not built"
-else
-    "$JITGATE_BIN" serve --config "$WORK/proxy.toml" >"$WORK/jitgate.out" 2>"$WORK/jitgate.err" &
-    JITGATE_PID=$!
-    PIDS+=("$JITGATE_PID")
-    if line=$(wait_for_line "$WORK/jitgate.out" '^jitgate: data plane on ' "$JITGATE_PID" 20); then
-        JITGATE_URL=${line#jitgate: data plane on }
-        if [[ $JITGATE_URL != http://127.0.0.1:* ]]; then
-            jitgate_skip "data plane not on http://127.0.0.1 ($JITGATE_URL)"
-        elif ! wait_http_200 "$JITGATE_URL$BENCH_PATH" 10; then
-            jitgate_skip "GET $JITGATE_URL$BENCH_PATH did not answer 200"
-        else
-            TARGETS+=(jitgate)
-            URL[jitgate]=$JITGATE_URL$BENCH_PATH
-        fi
-    elif kill -0 "$JITGATE_PID" 2>/dev/null; then
-        jitgate_skip "no 'jitgate: data plane on' line on stdout within 20 s"
-    else
-        jitgate_skip "'jitgate serve' exited before announcing its address"
+# start_gateway NAME BIN: runs BIN with the table and adds it as target NAME once it answers.
+start_gateway() {
+    local name=$1 bin=$2 pid line url
+    if [[ ! -x $bin ]]; then
+        gateway_skip "$name" "binary $bin not built"
+        return
     fi
+    "$bin" serve --config "$WORK/proxy.toml" >"$WORK/$name.out" 2>"$WORK/$name.err" &
+    pid=$!
+    PIDS+=("$pid")
+    if line=$(wait_for_line "$WORK/$name.out" '^jitgate: data plane on ' "$pid" 20); then
+        url=${line#jitgate: data plane on }
+        if [[ $url != http://127.0.0.1:* ]]; then
+            gateway_skip "$name" "data plane not on http://127.0.0.1 ($url)"
+        elif ! wait_http_200 "$url$BENCH_PATH" 10; then
+            gateway_skip "$name" "GET $url$BENCH_PATH did not answer 200"
+        else
+            TARGETS+=("$name")
+            URL[$name]=$url$BENCH_PATH
+        fi
+    elif kill -0 "$pid" 2>/dev/null; then
+        gateway_skip "$name" "no 'jitgate: data plane on' line on stdout within 20 s"
+    else
+        gateway_skip "$name" "'jitgate serve' exited before announcing its address"
+    fi
+}
+
+start_gateway jitgate "$JITGATE_BIN"
+if [[ -n ${BASELINE_BIN:-} ]]; then
+    start_gateway baseline "$BASELINE_BIN"
 fi
 
 # --- nginx -----------------------------------------------------------------------------------
@@ -353,7 +365,8 @@ minus() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%+.3f", a - b }'; }
 echo
 echo "jitgate load benchmark: $(nproc) CPUs, wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s, median of $ROUNDS round(s), GET $BENCH_PATH"
 printf '%-8s %14s %12s %14s %8s\n' target "req/s" "p99 ms" "added p99 ms" errors
-for t in origin jitgate nginx; do
+for t in origin jitgate baseline nginx; do
+    [[ $t == baseline && -z ${BASELINE_BIN:-} ]] && continue
     if [[ -n ${RPS[$t]:-} ]]; then
         added=$([[ $t == origin ]] && echo "-" || minus "${P99[$t]}" "${P99[origin]}")
         printf '%-8s %14s %12s %14s %8s\n' "$t" "${RPS[$t]}" "${P99[$t]}" "$added" "${ERR[$t]}"
@@ -372,6 +385,11 @@ if [[ -n ${RPS[jitgate]:-} ]]; then
 fi
 if [[ -n ${RPS[nginx]:-} ]]; then
     echo "nginx   added p99: $(minus "${P99[nginx]}" "${P99[origin]}") ms"
+fi
+if [[ -n ${RPS[baseline]:-} && -n ${RPS[jitgate]:-} ]]; then
+    echo "jitgate/baseline rps: $(ratio "${RPS[jitgate]}" "${RPS[baseline]}")"
+    [[ -n ${RPS[nginx]:-} ]] && echo "baseline/nginx rps: $(ratio "${RPS[baseline]}" "${RPS[nginx]}")"
+    echo "baseline added p99: $(minus "${P99[baseline]}" "${P99[origin]}") ms"
 fi
 for t in "${TARGETS[@]}"; do
     if [[ ${ERR[$t]} != 0 ]]; then

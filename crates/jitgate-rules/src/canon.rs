@@ -894,6 +894,13 @@ pub const METHOD_OVERRIDE_HEADERS: &[&str] = &[
     "x-method-override",
 ];
 
+/// [`METHOD_OVERRIDE_HEADERS`] as header names (looked up without parsing a name each time).
+pub const METHOD_OVERRIDE_NAMES: [http::HeaderName; 3] = [
+    http::HeaderName::from_static("x-http-method-override"),
+    http::HeaderName::from_static("x-http-method"),
+    http::HeaderName::from_static("x-method-override"),
+];
+
 /// Method-override spellings that count as the method for matching: headers
 /// X-HTTP-Method-Override, X-HTTP-Method, X-Method-Override (every value, comma-separated lists
 /// too) and the `_method` query parameter (every occurrence, percent-decoded). Uppercased.
@@ -910,8 +917,8 @@ pub fn method_overrides(
     query: Option<&str>,
 ) -> Result<Vec<Method>, CanonError> {
     let mut out = Vec::new();
-    for name in METHOD_OVERRIDE_HEADERS {
-        for value in headers.get_all(*name) {
+    for name in &METHOD_OVERRIDE_NAMES {
+        for value in headers.get_all(name) {
             let s = value
                 .to_str()
                 .map_err(|_| CanonError::InvalidMethodOverride)?;
@@ -920,6 +927,15 @@ pub fn method_overrides(
             }
         }
     }
+    if let Some(q) = query {
+        form_method_overrides(q, &mut out, true)?;
+    }
+    Ok(out)
+}
+
+/// [`method_overrides`] of the query alone (for a request without override headers).
+pub fn query_method_overrides(query: Option<&str>) -> Result<Vec<Method>, CanonError> {
+    let mut out = Vec::new();
     if let Some(q) = query {
         form_method_overrides(q, &mut out, true)?;
     }

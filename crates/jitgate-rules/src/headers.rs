@@ -71,6 +71,9 @@ pub const HOST_OVERRIDE_HEADERS: [&str; 5] = [
 /// `Jit-*` header an upstream sees is the `Jit-Approval` the gateway sets itself.
 pub const GATEWAY_PREFIX: &str = "jit-";
 
+/// `X-Forwarded-For`.
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
 /// More `Connection` tokens than this is an attack, not a client.
 const MAX_CONNECTION_TOKENS: usize = 32;
 
@@ -128,7 +131,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) -> Result<(
     Ok(())
 }
 
-/// What [`scrub_request`] took out of the request that the gateway still needs.
+/// What [`scrub_request`] took out of the request that the gateway still needs, and what it
+/// saw on its one pass over the headers (so later steps skip lookups of absent headers).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Scrubbed {
     /// `Proxy-Authorization` (hop-by-hop, so never forwarded): a credential that tells
@@ -136,7 +140,16 @@ pub struct Scrubbed {
     pub proxy_authorization: Option<HeaderValue>,
     /// The request's `Jit-*` headers, in order (empty, without allocating, when none).
     pub gateway: Vec<(HeaderName, HeaderValue)>,
+    /// How many `Cookie` fields are left (HTTP/2 may split it).
+    pub cookie_fields: usize,
+    /// Whether a `Destination` header is left.
+    pub destination: bool,
+    /// Whether a method-override header is left.
+    pub method_override: bool,
 }
+
+/// `Destination` (WebDAV MOVE/COPY).
+pub const DESTINATION: HeaderName = HeaderName::from_static("destination");
 
 /// Makes the request's headers what both the matcher and the upstream will see, before
 /// matching: hop-by-hop headers and those `Connection` names (so `Connection: x-env` cannot
@@ -153,30 +166,52 @@ pub fn scrub_request(
     trusted_peer: bool,
     identity: &[HeaderName],
 ) -> Result<Scrubbed, HeaderError> {
-    let mut out = Scrubbed {
-        proxy_authorization: headers.get(header::PROXY_AUTHORIZATION).cloned(),
-        gateway: Vec::new(),
-    };
-    strip_hop_by_hop(headers, upgrade)?;
+    let mut out = Scrubbed::default();
+    // One pass over the headers classifies them; the map is only changed when something has to
+    // go (most requests have nothing to remove).
+    let mut hop = false;
     let mut doomed: Vec<HeaderName> = Vec::new();
     let mut padded = false;
     for (name, value) in headers.iter() {
+        if *name == header::TE || HOP_BY_HOP.contains(name) {
+            hop = true;
+            if *name == header::PROXY_AUTHORIZATION && out.proxy_authorization.is_none() {
+                out.proxy_authorization = Some(value.clone());
+            }
+            continue;
+        }
         let n = name.as_str();
-        if n.contains('_')
-            || n.starts_with(GATEWAY_PREFIX)
-            || PATH_OVERRIDE_HEADERS.contains(&n)
-            || HOST_OVERRIDE_HEADERS.contains(&n)
+        let gateway = n.starts_with(GATEWAY_PREFIX);
+        if gateway
+            || n.contains('_')
+            || always_dropped(name)
             || (!trusted_peer && (is_forwarding(n) || identity.contains(name)))
         {
             if doomed.last() != Some(name) {
                 doomed.push(name.clone());
             }
-            if n.starts_with(GATEWAY_PREFIX) {
+            if gateway {
                 out.gateway.push((name.clone(), value.clone()));
             }
-        } else {
-            padded |= is_padded(value.as_bytes());
+            continue;
         }
+        padded |= is_padded(value.as_bytes());
+        if *name == header::COOKIE {
+            out.cookie_fields += 1;
+        } else if *name == DESTINATION {
+            out.destination = true;
+        } else if crate::canon::METHOD_OVERRIDE_NAMES.contains(name) {
+            out.method_override = true;
+        }
+    }
+    if hop {
+        // Connection may name any header: what it named is gone from the tallies too.
+        strip_hop_by_hop(headers, upgrade)?;
+        out.cookie_fields = headers.get_all(header::COOKIE).iter().count();
+        out.destination = headers.contains_key(DESTINATION);
+        out.method_override = crate::canon::METHOD_OVERRIDE_NAMES
+            .iter()
+            .any(|n| headers.contains_key(n));
     }
     for name in &doomed {
         headers.remove(name);
@@ -185,6 +220,21 @@ pub fn scrub_request(
         trim_values(headers);
     }
     Ok(out)
+}
+
+/// Whether `name` is a path- or host-override header, dropped from every request. A hash set:
+/// this runs for every header of every request, and the lists hold about fifty names.
+fn always_dropped(name: &HeaderName) -> bool {
+    use std::collections::HashSet;
+    static SET: std::sync::LazyLock<HashSet<HeaderName, crate::matcher::FxBuild>> =
+        std::sync::LazyLock::new(|| {
+            PATH_OVERRIDE_HEADERS
+                .iter()
+                .chain(HOST_OVERRIDE_HEADERS.iter())
+                .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+                .collect()
+        });
+    SET.contains(name)
 }
 
 fn is_padded(v: &[u8]) -> bool {
@@ -237,7 +287,7 @@ pub fn client_ip(trusted: &[IpNet], peer: IpAddr, headers: &HeaderMap) -> IpAddr
         return peer;
     }
     let mut client = peer;
-    let values: Vec<&HeaderValue> = headers.get_all("x-forwarded-for").iter().collect();
+    let values: Vec<&HeaderValue> = headers.get_all(X_FORWARDED_FOR).iter().collect();
     for value in values.iter().rev() {
         let Ok(text) = value.to_str() else {
             return client;

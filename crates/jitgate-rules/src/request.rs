@@ -111,7 +111,7 @@ fn destination_readings(
     host: &[u8],
     edge: &Edge<'_>,
 ) -> Result<[Option<Box<str>>; 2], EdgeError> {
-    let mut values = headers.get_all("destination").iter();
+    let mut values = headers.get_all(headers::DESTINATION).iter();
     let Some(value) = values.next() else {
         return Ok([None, None]);
     };
@@ -252,7 +252,9 @@ impl Canonical {
         let mut headers = std::mem::take(&mut parts.headers);
         let scrubbed =
             headers::scrub_request(&mut headers, upgrade, trusted_peer, edge.identity_headers)?;
-        headers::join_cookie_crumbs(&mut headers);
+        if scrubbed.cookie_fields > 1 {
+            headers::join_cookie_crumbs(&mut headers);
+        }
         for (name, _) in &scrubbed.gateway {
             let mut values = scrubbed.gateway.iter().filter(|(n, _)| n == name);
             let once = values.next().is_some_and(|(_, v)| v.to_str().is_ok());
@@ -260,8 +262,16 @@ impl Canonical {
                 return Err(EdgeError::GatewayHeader(name.clone()));
             }
         }
-        let destination = destination_readings(&headers, host.as_bytes(), edge)?;
-        let overrides = canon::method_overrides(&headers, forwarded.query())?;
+        let destination = if scrubbed.destination {
+            destination_readings(&headers, host.as_bytes(), edge)?
+        } else {
+            [None, None]
+        };
+        let overrides = if scrubbed.method_override {
+            canon::method_overrides(&headers, forwarded.query())?
+        } else {
+            canon::query_method_overrides(forwarded.query())?
+        };
         let methods = if overrides.is_empty() {
             Vec::new()
         } else {
