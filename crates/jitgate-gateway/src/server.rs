@@ -367,7 +367,8 @@ impl Conn {
             first_request.store(true, Ordering::Relaxed);
             let shared = shared.clone();
             let conn = conn.clone();
-            let busy = seen.begin();
+            // Only the admin plane closes idle connections itself.
+            let busy = (plane == Plane::Admin).then(|| seen.begin());
             async move {
                 let resp = match plane {
                     Plane::Data => proxy::handle(shared, conn, req).await,
