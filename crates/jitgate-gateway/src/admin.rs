@@ -89,50 +89,72 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Pro
         caller: approver_of(&caller),
         operator,
     };
-    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    match (&routed, segments.as_slice()) {
-        (&Method::GET, ["v1", "openapi.json"]) => {
-            let mut resp = Response::new(ProxyBody::full(Bytes::from_static(OPENAPI.as_bytes())));
-            resp.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            resp
-        }
-        (&Method::GET, ["v1", "admin", "rules"]) => api
-            .operator_only()
-            .unwrap_or_else(|| json_response(StatusCode::OK, &shared.rules_json())),
-        (&Method::POST, ["v1", "admin", "reload"]) => match api.operator_only() {
-            Some(refused) => refused,
-            None => reload(&shared).await,
-        },
-        (&Method::GET, ["v1", "tickets"]) => api.list(req.uri().query()).await,
-        (&Method::POST, ["v1", "tickets", "decide"]) => match read_json(req).await {
-            Ok(body) => api.decide_batch(body).await,
-            Err(p) => p.into_response(),
-        },
-        (&Method::GET, ["v1", "tickets", id]) => api.show(id).await,
-        (&Method::POST, ["v1", "tickets", id, verb @ ("approve" | "deny")]) => {
-            let id = id.to_string();
-            let approve = *verb == "approve";
-            match read_json(req).await {
-                Ok(body) => api.decide_one(&id, approve, body).await,
-                Err(p) => p.into_response(),
+    let mut resp = api.route(&routed, &method, &path, req).await;
+    resp.extensions_mut().insert(Authenticated);
+    resp
+}
+
+/// Marks an answer to an authenticated call: the connection serves an approver or operator
+/// (the server keeps such connections; others it closes once idle).
+#[derive(Debug, Clone, Copy)]
+pub struct Authenticated;
+
+impl Api<'_> {
+    /// Serves an authenticated call.
+    async fn route(
+        &self,
+        routed: &Method,
+        method: &Method,
+        path: &str,
+        req: Request<Incoming>,
+    ) -> Response<ProxyBody> {
+        let (api, shared) = (self, self.shared);
+        let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        match (routed, segments.as_slice()) {
+            (&Method::GET, ["v1", "openapi.json"]) => {
+                let mut resp =
+                    Response::new(ProxyBody::full(Bytes::from_static(OPENAPI.as_bytes())));
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                resp
             }
+            (&Method::GET, ["v1", "admin", "rules"]) => api
+                .operator_only()
+                .unwrap_or_else(|| json_response(StatusCode::OK, &shared.rules_json())),
+            (&Method::POST, ["v1", "admin", "reload"]) => match api.operator_only() {
+                Some(refused) => refused,
+                None => reload(shared).await,
+            },
+            (&Method::GET, ["v1", "tickets"]) => api.list(req.uri().query()).await,
+            (&Method::POST, ["v1", "tickets", "decide"]) => match read_json(req).await {
+                Ok(body) => api.decide_batch(body).await,
+                Err(p) => p.into_response(),
+            },
+            (&Method::GET, ["v1", "tickets", id]) => api.show(id).await,
+            (&Method::POST, ["v1", "tickets", id, verb @ ("approve" | "deny")]) => {
+                let id = id.to_string();
+                let approve = *verb == "approve";
+                match read_json(req).await {
+                    Ok(body) => api.decide_one(&id, approve, body).await,
+                    Err(p) => p.into_response(),
+                }
+            }
+            (&Method::GET, ["v1", "audit"]) => match api.operator_only() {
+                Some(refused) => refused,
+                None => api.audit(req.uri().query()).await,
+            },
+            _ if allowed_methods(path).is_some() => not_allowed(method, path),
+            _ => Problem::new(
+                StatusCode::NOT_FOUND,
+                "not-found",
+                "Not found",
+                format!("no admin endpoint at {path}"),
+                Fault::Downstream,
+            )
+            .into_response(),
         }
-        (&Method::GET, ["v1", "audit"]) => match api.operator_only() {
-            Some(refused) => refused,
-            None => api.audit(req.uri().query()).await,
-        },
-        _ if allowed_methods(&path).is_some() => not_allowed(&method, &path),
-        _ => Problem::new(
-            StatusCode::NOT_FOUND,
-            "not-found",
-            "Not found",
-            format!("no admin endpoint at {path}"),
-            Fault::Downstream,
-        )
-        .into_response(),
     }
 }
 

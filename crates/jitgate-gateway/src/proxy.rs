@@ -79,7 +79,7 @@ async fn serve(
                 Ok(b) => b,
                 Err(e) => return x.answer(e, at),
             };
-            match form::body_method_overrides(canonical.headers(), &bytes) {
+            match form::body_method_overrides(&bytes) {
                 Ok(found) if !found.is_empty() => {
                     canonical.add_method_readings(found);
                     resolved = table.resolve(&canonical);

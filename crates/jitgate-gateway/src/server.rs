@@ -374,7 +374,9 @@ impl Conn {
                     Plane::Data => proxy::handle(shared, conn, req).await,
                     Plane::Admin => admin::handle(shared, req).await,
                 };
-                drop(busy);
+                if let Some(mut busy) = busy {
+                    busy.authenticated = resp.extensions().get::<admin::Authenticated>().is_some();
+                }
                 Ok::<_, Infallible>(resp)
             }
         });
@@ -386,9 +388,10 @@ impl Conn {
         };
         let ended = match ended {
             Some(ended) => ended,
-            // The admin plane's few connections are for approvers: one that stays idle (no
-            // request in flight) for header_read_timeout is closed, also over h2, where
-            // answering PINGs would otherwise keep it for ever.
+            // The admin plane's few connections are for approvers: one that serves no
+            // authenticated call for header_read_timeout (and has none in flight) is closed,
+            // also over h2, where answering PINGs would otherwise keep it for ever; polling
+            // `/healthz` does not keep a connection.
             None if started.load(Ordering::Relaxed) && plane == Plane::Admin => {
                 match activity
                     .close_when_idle(connection, header_read_timeout)
@@ -414,40 +417,57 @@ impl Conn {
     }
 }
 
-/// Requests in flight on one connection, and when the last one ended.
-#[derive(Default)]
+/// Requests in flight on one admin connection, and when the last authenticated one ended (or
+/// the connection began).
 struct Activity {
     in_flight: std::sync::atomic::AtomicUsize,
-    idle_since: std::sync::Mutex<Option<Instant>>,
+    idle_since: std::sync::Mutex<Instant>,
 }
 
-/// Marks a request in flight until dropped.
-struct Busy(Arc<Activity>);
+impl Default for Activity {
+    fn default() -> Self {
+        Activity {
+            in_flight: std::sync::atomic::AtomicUsize::new(0),
+            idle_since: std::sync::Mutex::new(Instant::now()),
+        }
+    }
+}
+
+/// Marks a request in flight until dropped; an authenticated one refreshes the connection.
+struct Busy {
+    activity: Arc<Activity>,
+    authenticated: bool,
+}
 
 impl Activity {
     fn begin(self: &Arc<Self>) -> Busy {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
-        Busy(self.clone())
+        Busy {
+            activity: self.clone(),
+            authenticated: false,
+        }
     }
 
     /// Drives `connection` to its end, or gives up (`None`, dropping it: the socket closes)
-    /// once no request has been in flight for `idle`.
+    /// once it has had no request in flight and no authenticated one for `idle`.
     async fn close_when_idle<F: Future>(
         &self,
         mut connection: std::pin::Pin<&mut F>,
         idle: Duration,
     ) -> Option<F::Output> {
         loop {
-            let since = self.idle_since.lock().ok().and_then(|s| *s);
+            let since = self
+                .idle_since
+                .lock()
+                .map_or_else(|_| Instant::now(), |s| *s);
             let busy = self.in_flight.load(Ordering::Acquire) > 0;
-            let check = match since {
-                Some(since) if !busy => {
-                    if since.elapsed() >= idle {
-                        return None;
-                    }
-                    since + idle
-                }
-                _ => Instant::now() + idle,
+            if !busy && since.elapsed() >= idle {
+                return None;
+            }
+            let check = if busy {
+                Instant::now() + idle
+            } else {
+                since + idle
             };
             tokio::select! {
                 ended = &mut connection => return Some(ended),
@@ -459,9 +479,10 @@ impl Activity {
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            if let Ok(mut s) = self.0.idle_since.lock() {
-                *s = Some(Instant::now());
+        self.activity.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if self.authenticated {
+            if let Ok(mut s) = self.activity.idle_since.lock() {
+                *s = Instant::now();
             }
         }
     }

@@ -9,11 +9,11 @@
 //! the type contains `/json`, and PHP takes a multipart boundary from the first parameter
 //! whose name merely contains `boundary`. So the body is read every way a framework could read
 //! it, whatever it says it is: as a URL-encoded form, as JSON (top-level members, however deep
-//! the rest nests), and as multipart under every boundary it could have. Every override any
-//! reading finds counts (an ambiguous request can only fall into a stricter route), and a body
-//! that mentions `_method` but cannot be read the way its type or shape says is refused.
+//! the rest nests), and as multipart whatever its boundary (every part header that names the
+//! field, wherever it stands in the body). Every override any reading finds counts (an
+//! ambiguous request can only fall into a stricter route), and a body that looks like a JSON
+//! object and mentions `_method` but cannot be parsed is refused.
 
-use http::header::{HeaderMap, CONTENT_TYPE};
 use http::Method;
 
 use crate::canon::{form_method_overrides, is_method_param, push_method, CanonError};
@@ -28,18 +28,20 @@ pub fn may_carry_override(method: &Method) -> bool {
 }
 
 /// The override methods a POST body carries in `_method` fields (uppercase, without
-/// duplicates), read every way a framework could read it; empty when it has none. A body that
-/// mentions `_method` but is JSON or multipart that cannot be parsed is an error (400).
-pub fn body_method_overrides(headers: &HeaderMap, body: &[u8]) -> Result<Vec<Method>, CanonError> {
+/// duplicates), read every way a framework could read it, whatever its `Content-Type` says;
+/// empty when it has none. A body that looks like a JSON object and mentions `method` but
+/// cannot be parsed is an error (400). Linear in the body's size.
+pub fn body_method_overrides(body: &[u8]) -> Result<Vec<Method>, CanonError> {
     let mut out = Vec::new();
     let text = String::from_utf8_lossy(body);
     // As a URL-encoded form.
     form_method_overrides(&text, &mut out, false)?;
-    // As JSON: top-level members only (that is what `$request->get('_method')` sees).
-    let trimmed = text.trim_start();
-    if trimmed.starts_with('{') {
+    // As JSON: top-level members only (that is what `$request->get('_method')` sees). Some
+    // parsers skip a byte-order mark.
+    let json_text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    if json_text.trim_start().starts_with('{') {
         let mut values = Vec::new();
-        let parsed = json::members(&text, |m| {
+        let parsed = json::members(json_text, |m| {
             if m.depth == 1 {
                 if let Some(key) = json::decode_string(m.raw_key) {
                     if is_method_param(&key) {
@@ -53,42 +55,16 @@ pub fn body_method_overrides(headers: &HeaderMap, body: &[u8]) -> Result<Vec<Met
         }
         for span in values {
             // A non-string `_method` is not a method; frameworks refuse it or ignore it.
-            if let Some(v) = text.get(span).and_then(json::decode_string) {
+            if let Some(v) = json_text.get(span).and_then(json::decode_string) {
                 lenient(&mut out, v.as_bytes());
             }
         }
     }
-    // As multipart, under every boundary it could have.
-    let content_type = headers
-        .get_all(CONTENT_TYPE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect::<Vec<_>>()
-        .join(",");
-    let mut boundaries = boundary_candidates(&content_type);
-    if let Some(first) = body.split(|c| *c == b'\n').next() {
-        let first = first.strip_suffix(b"\r").unwrap_or(first);
-        if let Some(b) = first.strip_prefix(b"--") {
-            if !b.is_empty() && b.len() <= 200 {
-                boundaries.push(b.to_vec());
-            }
-        }
-    }
-    let mut any_parsed = false;
-    for b in &boundaries {
-        if let Some(fields) = multipart_fields(body, b) {
-            any_parsed = true;
-            for (name, value) in fields {
-                if is_method_param(&String::from_utf8_lossy(name)) {
-                    lenient(&mut out, trim_crlf(value));
-                }
-            }
-        }
-    }
-    let multipart_expected =
-        content_type.to_ascii_lowercase().contains("multipart") || body.starts_with(b"--");
-    if multipart_expected && !any_parsed && mentions_method(body) {
-        return Err(CanonError::InvalidMethodOverride);
+    // As multipart, whatever the boundary: PHP skips to any `--B` line under a boundary it
+    // picks its own way and reads on past the closing one, Rack picks another; so every part
+    // header naming the field counts, wherever it stands (linear in the body's size).
+    for value in multipart_method_values(body) {
+        lenient(&mut out, value);
     }
     Ok(out)
 }
@@ -108,87 +84,165 @@ fn mentions_method(body: &[u8]) -> bool {
     body.windows(6).any(|w| w.eq_ignore_ascii_case(b"method"))
 }
 
-/// Every value a framework could take as the boundary: each parameter whose name contains
-/// `boundary` (PHP looks for the substring), quotes removed.
-fn boundary_candidates(content_type: &str) -> Vec<Vec<u8>> {
-    content_type
-        .split([';', ','])
-        .filter_map(|p| {
-            let (k, v) = p.split_once('=')?;
-            if !k.to_ascii_lowercase().contains("boundary") {
-                return None;
-            }
-            let v = v.trim();
-            let v = v
-                .strip_prefix('"')
-                .and_then(|x| x.strip_suffix('"'))
-                .unwrap_or(v);
-            (!v.is_empty() && v.len() <= 200).then(|| v.as_bytes().to_vec())
-        })
-        .collect()
-}
-
-/// The (name, value) of each part of a multipart body (RFC 7578), or `None` when the body does
-/// not have that shape under `boundary`.
-fn multipart_fields<'b>(body: &'b [u8], boundary: &[u8]) -> Option<Vec<(&'b [u8], &'b [u8])>> {
-    let mut delim = b"--".to_vec();
-    delim.extend_from_slice(boundary);
-    let mut rest = &body[find(body, &delim)? + delim.len()..];
+/// The values of every multipart part whose headers name it as a method field, however the
+/// boundary is chosen: each `Content-Disposition` (or `Content-ID`, which Rack uses as the
+/// name when the disposition is long) header line, with its folded continuation lines, whose
+/// `name` parameters (every one: PHP and Rack keep the last, others the first; quoted values
+/// unescaped as Rack does; `name*=` decoded) include a method field; the value runs from the
+/// empty line after the part's headers to the next line that starts with `--`.
+fn multipart_method_values(body: &[u8]) -> Vec<&[u8]> {
+    let lines = line_spans(body);
     let mut out = Vec::new();
-    loop {
-        if rest.starts_with(b"--") {
-            return Some(out);
+    let mut i = 0;
+    while i < lines.len() {
+        let line = &body[lines[i].clone()];
+        let lower_starts =
+            |p: &[u8]| line.len() >= p.len() && line[..p.len()].eq_ignore_ascii_case(p);
+        if !(lower_starts(b"content-disposition:") || lower_starts(b"content-id:")) {
+            i += 1;
+            continue;
         }
-        rest = rest
-            .strip_prefix(b"\r\n")
-            .or_else(|| rest.strip_prefix(b"\n"))?;
-        let end = find(rest, &delim)?;
-        let part = &rest[..end];
-        rest = &rest[end + delim.len()..];
-        let (head, value) = split_head(part)?;
-        let name = head
-            .split(|c| *c == b'\n')
-            .find_map(|line| disposition_name(line.strip_suffix(b"\r").unwrap_or(line)))?;
-        out.push((name, trim_crlf(value)));
-    }
-}
-
-fn split_head(part: &[u8]) -> Option<(&[u8], &[u8])> {
-    if let Some(i) = find(part, b"\r\n\r\n") {
-        return Some((&part[..i], &part[i + 4..]));
-    }
-    find(part, b"\n\n").map(|i| (&part[..i], &part[i + 2..]))
-}
-
-/// The `name` of a `Content-Disposition: form-data; name="..."` line.
-fn disposition_name(line: &[u8]) -> Option<&[u8]> {
-    let colon = line.iter().position(|c| *c == b':')?;
-    if !line[..colon]
-        .trim_ascii()
-        .eq_ignore_ascii_case(b"content-disposition")
-    {
-        return None;
-    }
-    line[colon + 1..]
-        .split(|c| *c == b';')
-        .skip(1)
-        .find_map(|p| {
-            let eq = p.iter().position(|c| *c == b'=')?;
-            if !p[..eq].trim_ascii().eq_ignore_ascii_case(b"name") {
-                return None;
+        // The header with its folded continuation lines.
+        let mut header: Vec<u8> = line.to_vec();
+        let mut j = i + 1;
+        while j < lines.len() && matches!(body[lines[j].clone()].first(), Some(b' ' | b'\t')) {
+            header.push(b' ');
+            header.extend_from_slice(&body[lines[j].clone()]);
+            j += 1;
+        }
+        if part_names(&header).iter().any(|n| is_method_param(n)) {
+            // The rest of the part's headers, then its value.
+            while j < lines.len() && !body[lines[j].clone()].is_empty() {
+                j += 1;
             }
-            let v = p[eq + 1..].trim_ascii();
-            Some(
-                v.strip_prefix(b"\"")
-                    .and_then(|x| x.strip_suffix(b"\""))
-                    .unwrap_or(v),
-            )
-        })
+            let start = lines.get(j + 1).map_or(body.len(), |r| r.start);
+            let mut k = j + 1;
+            while k < lines.len() && !body[lines[k].clone()].starts_with(b"--") {
+                k += 1;
+            }
+            let end = lines.get(k).map_or(body.len(), |r| r.start).max(start);
+            out.push(trim_crlf(body.get(start..end).unwrap_or(&[])));
+        }
+        i = j.max(i + 1);
+    }
+    out
 }
 
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    if needle.is_empty() || hay.len() < needle.len() {
-        return None;
+/// The byte ranges of the body's lines, without their `\n` or `\r\n`.
+fn line_spans(body: &[u8]) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    for (i, c) in body.iter().enumerate() {
+        if *c == b'\n' {
+            let end = if i > start && body[i - 1] == b'\r' {
+                i - 1
+            } else {
+                i
+            };
+            out.push(start..end);
+            start = i + 1;
+        }
     }
-    hay.windows(needle.len()).position(|w| w == needle)
+    if start < body.len() {
+        out.push(start..body.len());
+    }
+    out
+}
+
+/// Every name a part header can give: each `name` / `name*` parameter of a disposition
+/// (quoted values unescaped, `name*=charset''value` percent-decoded), and a `Content-ID`
+/// value without its angle brackets.
+fn part_names(header: &[u8]) -> Vec<String> {
+    let text = String::from_utf8_lossy(header);
+    let Some((field, rest)) = text.split_once(':') else {
+        return Vec::new();
+    };
+    if field.trim().eq_ignore_ascii_case("content-id") {
+        let v = rest.trim();
+        let v = v
+            .strip_prefix('<')
+            .and_then(|x| x.strip_suffix('>'))
+            .unwrap_or(v);
+        return vec![v.to_string()];
+    }
+    let mut names = Vec::new();
+    for param in split_params(rest) {
+        let Some((k, v)) = param.split_once('=') else {
+            continue;
+        };
+        let key = k.trim().to_ascii_lowercase();
+        let v = v.trim();
+        if key == "name" {
+            names.push(unquote(v));
+        } else if key == "name*" {
+            let raw = v.rsplit_once('\'').map_or(v, |(_, x)| x);
+            let decoded: Vec<u8> = percent_decode(raw.as_bytes());
+            names.push(String::from_utf8_lossy(&decoded).into_owned());
+        }
+    }
+    names
+}
+
+/// Parameters split at `;` outside double quotes.
+fn split_params(s: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut start, mut quoted, mut escaped) = (0, false, false);
+    for (i, c) in s.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            ';' if !quoted => {
+                out.push(&s[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(&s[start..]);
+    out
+}
+
+/// A parameter value without its quotes, backslash escapes undone.
+fn unquote(v: &str) -> String {
+    let Some(inner) = v.strip_prefix('"') else {
+        return v.to_string();
+    };
+    let mut out = String::new();
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let Some(n) = chars.next() {
+                    out.push(n);
+                }
+            }
+            '"' => break,
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn percent_decode(b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    out
 }

@@ -113,6 +113,10 @@ pub(crate) fn members<'t>(text: &'t str, mut each: impl FnMut(Member<'t>)) -> Re
             b't' if b[i..].starts_with(b"true") => i + 4,
             b'f' if b[i..].starts_with(b"false") => i + 5,
             b'n' if b[i..].starts_with(b"null") => i + 4,
+            // Not JSON, but Python writes and reads them: accepted, so a body that carries
+            // them is still scanned (for `_method`, and for secrets in its preview).
+            b'N' if b[i..].starts_with(b"NaN") => i + 3,
+            b'I' if b[i..].starts_with(b"Infinity") => i + 8,
             _ => return Err(()),
         };
         i = value_end;
@@ -166,6 +170,9 @@ fn string_end(b: &[u8], i: usize) -> Result<usize, ()> {
 }
 
 fn number_end(b: &[u8], i: usize) -> Result<usize, ()> {
+    if b[i..].starts_with(b"-Infinity") {
+        return Ok(i + 9);
+    }
     let mut j = i;
     while j < b.len() && matches!(b[j], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9') {
         j += 1;

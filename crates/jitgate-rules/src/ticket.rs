@@ -806,8 +806,17 @@ pub fn body_preview(body: &[u8], cap: usize) -> String {
     let Ok(s) = std::str::from_utf8(body) else {
         return format!("[binary, {} bytes]", body.len());
     };
-    let text = match redact_json_text(s) {
+    let json = s.strip_prefix('\u{feff}').unwrap_or(s);
+    let text = match redact_json_text(json) {
         Some(redacted) => redacted,
+        // Looks like JSON a lenient parser might still read, but not ours: its secrets could
+        // not be found, so it is not shown.
+        None if json.trim_start().starts_with(['{', '[']) => {
+            return format!(
+                "[{} bytes that look like JSON but do not parse: not shown, so that no secret in them is]",
+                body.len()
+            )
+        }
         None if looks_like_form(s) => redact_form(s),
         None => s.to_string(),
     };

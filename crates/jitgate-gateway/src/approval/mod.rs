@@ -105,7 +105,7 @@ pub async fn serve(
     // The body is here anyway: a `_method` in it is part of what the approver must see (the
     // ticket's method reads `POST+DELETE`), even where it could not change the route.
     if jitgate_rules::form::may_carry_override(canonical.method()) {
-        match jitgate_rules::form::body_method_overrides(canonical.headers(), &body) {
+        match jitgate_rules::form::body_method_overrides(&body) {
             Ok(found) => canonical.add_method_readings(found),
             Err(e) => return x.answer(GatewayError::Malformed(e.to_string()), Some(route)),
         }
