@@ -12,15 +12,9 @@ use proptest::prelude::*;
 
 use common::redteam::{
     audit_events, config, pending_id, problem, raw_open, spawn_send, ticket, tickets_in, wait_held,
-    BOB, WAIT,
+    ALLOW_REST, BOB, WAIT,
 };
 use common::*;
-
-const ALLOW_REST: &str = r#"[[routes]]
-name = "rest"
-path = "/**"
-upstream = "origin"
-action = "allow""#;
 
 // === finding 1: the approval binds the forwarded request ===
 

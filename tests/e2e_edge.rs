@@ -8,15 +8,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::redteam::{config, grpc_frame, problem, raw_open, BOB, WAIT};
+use common::redteam::{config, grpc_frame, problem, raw_open, ALLOW_REST, BOB, WAIT};
 use common::*;
 use tokio::net::TcpStream;
-
-const ALLOW_REST: &str = r#"[[routes]]
-name = "rest"
-path = "/**"
-upstream = "origin"
-action = "allow""#;
 
 // === finding 5: HTTP/2 header values with surrounding whitespace ===
 

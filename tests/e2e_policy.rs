@@ -8,14 +8,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::redteam::{config, pending_id, problem, raw_open, spawn_send, ticket, BOB, WAIT};
+use common::redteam::{
+    config, pending_id, problem, raw_open, spawn_send, ticket, ALLOW_REST, BOB, WAIT,
+};
 use common::*;
-
-const ALLOW_REST: &str = r#"[[routes]]
-name = "rest"
-path = "/**"
-upstream = "origin"
-action = "allow""#;
 
 // === finding 4: a shadow route observes only ===
 

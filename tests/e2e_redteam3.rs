@@ -21,61 +21,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::redteam::{config, problem, ticket, BOB, WAIT};
+use common::redteam::{config, items_deny_config, leak, problem, ticket, ALLOW_REST, BOB, WAIT};
 use common::*;
-
-const ALLOW_REST: &str = r#"[[routes]]
-name = "rest"
-path = "/**"
-upstream = "origin"
-action = "allow""#;
-
-/// DELETE on `/items/**` is denied; everything else is allowed.
-fn items_deny_config(origin: &Origin) -> String {
-    let routes = format!(
-        r#"[[routes]]
-name = "items-delete"
-methods = ["DELETE"]
-path = "/items/**"
-action = "deny"
-
-{ALLOW_REST}"#
-    );
-    config(&origin.url(), "", "", "", &routes)
-}
-
-/// Sends `POST {path}` with `headers` and `body`; `Some(what happened)` when the gateway
-/// forwarded it. A request a framework upstream reads as DELETE must never reach the upstream
-/// through a route that denies DELETE.
-async fn leak(
-    gw: &Gateway,
-    origin: &Origin,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-    what: &str,
-) -> Option<String> {
-    let before = origin.count();
-    let resp = send("POST", &gw.url(path), headers, body.to_string()).await;
-    origin
-        .assert_no_new_requests(Duration::from_millis(150))
-        .await;
-    let after = origin.requests();
-    if after.len() == before {
-        assert!(
-            resp.status.is_client_error(),
-            "{what}: expected a refusal, got {}: {}",
-            resp.status,
-            resp.text()
-        );
-        return None;
-    }
-    let r = after.last().expect("a request");
-    Some(format!(
-        "{what}: gateway answered {}, origin received {} {}",
-        resp.status, r.method, r.target
-    ))
-}
 
 /// One request: what it shows, Content-Type, body.
 type Case<'a> = (&'a str, &'a str, String);

@@ -11,8 +11,9 @@ use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
 use super::approval::{admin_call, identity_and_admin_toml};
-use super::client::{Client, Response};
+use super::client::{send, Client, Response};
 use super::gateway::Gateway;
+use super::origin::Origin;
 
 /// Deadline for anything the gateway should do promptly.
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -174,4 +175,65 @@ pub fn grpc_frame(payload: &[u8]) -> Vec<u8> {
     out.extend_from_slice(&u32::try_from(payload.len()).expect("small").to_be_bytes());
     out.extend_from_slice(payload);
     out
+}
+
+/// An allow catch-all to end a table with.
+pub const ALLOW_REST: &str = r#"[[routes]]
+name = "rest"
+path = "/**"
+upstream = "origin"
+action = "allow""#;
+
+/// DELETE on `/items/**` is denied; everything else is allowed.
+pub fn items_deny_config(origin: &Origin) -> String {
+    let routes = format!(
+        r#"[[routes]]
+name = "items-delete"
+methods = ["DELETE"]
+path = "/items/**"
+action = "deny"
+
+{ALLOW_REST}"#
+    );
+    config(&origin.url(), "", "", "", &routes)
+}
+
+/// Sends `POST {path}` with `headers` and `body`; `Some(what happened)` when the gateway
+/// forwarded it. A request a framework upstream reads as DELETE must never reach the upstream
+/// through a route that denies DELETE.
+pub async fn leak(
+    gw: &Gateway,
+    origin: &Origin,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+    what: &str,
+) -> Option<String> {
+    let before = origin.count();
+    let resp = send("POST", &gw.url(path), headers, body.to_string()).await;
+    origin
+        .assert_no_new_requests(Duration::from_millis(150))
+        .await;
+    let after = origin.requests();
+    if after.len() == before {
+        assert!(
+            resp.status.is_client_error(),
+            "{what}: expected a refusal, got {}: {}",
+            resp.status,
+            resp.text()
+        );
+        return None;
+    }
+    let r = after.last().expect("a request");
+    Some(format!(
+        "{what}: gateway answered {}, origin received {} {} with {:?}",
+        resp.status,
+        r.method,
+        r.target,
+        r.headers
+            .iter()
+            .filter(|(n, _)| n == "content-type")
+            .map(|(n, v)| format!("{n}: {}", String::from_utf8_lossy(v)))
+            .collect::<Vec<_>>()
+    ))
 }
