@@ -338,14 +338,7 @@ fn explain(
         Ok(r) => r.into_parts().0,
         Err(e) => return fail(&format!("not a request `{method} {url}`: {e}")),
     };
-    let identity_headers: Vec<HeaderName> = table
-        .config()
-        .identity
-        .headers
-        .iter()
-        .flat_map(|h| std::iter::once(h.user.as_str()).chain(h.groups.as_deref()))
-        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
-        .collect();
+    let identity_headers = table.config().identity.header_names();
     let edge = Edge {
         peer: source,
         tls: parts.uri.scheme_str() == Some("https"),

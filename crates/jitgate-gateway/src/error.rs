@@ -393,7 +393,7 @@ fn insert(h: &mut HeaderMap, name: HeaderName, value: &str) {
 }
 
 /// Renders a route's custom error (placeholders escaped for its content type).
-pub fn render_template(
+fn render_template(
     t: &ErrorTemplate,
     ticket: &str,
     reason: &str,

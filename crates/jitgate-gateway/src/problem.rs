@@ -92,17 +92,6 @@ impl Problem {
         p
     }
 
-    /// 404: no route in the table matches (fail closed).
-    pub fn no_route(method: &str, path: &str) -> Problem {
-        Problem::new(
-            StatusCode::NOT_FOUND,
-            "no-route",
-            "No route matches this request",
-            format!("no route in the rule table matches {method} {path}"),
-            Fault::Policy,
-        )
-    }
-
     /// 401: missing or invalid credentials. Answered with `WWW-Authenticate: Bearer`.
     pub fn unauthenticated(detail: impl Into<String>) -> Problem {
         Problem::new(
@@ -123,30 +112,6 @@ impl Problem {
             detail,
             Fault::Internal,
         )
-    }
-
-    /// 502: the upstream could not be reached or broke the exchange.
-    pub fn bad_gateway(upstream: &str, detail: impl Into<String>) -> Problem {
-        Problem::new(
-            StatusCode::BAD_GATEWAY,
-            "upstream-unavailable",
-            "Upstream unavailable",
-            detail,
-            Fault::Upstream,
-        )
-        .with("upstream", upstream)
-    }
-
-    /// 504: the upstream did not connect or answer in time.
-    pub fn gateway_timeout(upstream: &str, detail: impl Into<String>) -> Problem {
-        Problem::new(
-            StatusCode::GATEWAY_TIMEOUT,
-            "upstream-timeout",
-            "Upstream timed out",
-            detail,
-            Fault::Upstream,
-        )
-        .with("upstream", upstream)
     }
 
     /// The JSON body.

@@ -71,10 +71,7 @@ async fn serve(
         let at = resolved.as_ref().ok().map(|r| r.route);
         if table.may_override_method(&canonical, at) {
             let limit = table.config().approvals.max_held_body;
-            let idle = at
-                .and_then(|r| snap.route_upstreams.get(r.index))
-                .and_then(Option::as_ref)
-                .map_or(std::time::Duration::from_secs(30), |u| u.def.idle_timeout);
+            let idle = snap.body_idle(at.map_or(usize::MAX, |r| r.index));
             let bytes = match body.buffer(canonical.headers(), limit, idle).await {
                 Ok(b) => b,
                 Err(e) => return x.answer(e, at),
@@ -117,11 +114,7 @@ async fn serve(
         // connection's in-flight slot small.
         Action::Approve => return Box::pin(approval::serve(x, route, canonical, body)).await,
     }
-    let Some(upstream) = snap
-        .route_upstreams
-        .get(route.index)
-        .and_then(Option::as_ref)
-    else {
+    let Some(upstream) = snap.upstream_of(route.index) else {
         return x.answer(
             GatewayError::Internal(format!("route {} has no upstream client", route.name)),
             Some(route),

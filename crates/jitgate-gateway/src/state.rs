@@ -45,6 +45,18 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// The upstream client of route `index` (`None` for a deny route without one).
+    pub fn upstream_of(&self, index: usize) -> Option<&Arc<UpstreamClient>> {
+        self.route_upstreams.get(index).and_then(Option::as_ref)
+    }
+
+    /// How long a request body on route `index` may stall while the gateway reads it whole:
+    /// its upstream's `idle_timeout` (30 s for a route without an upstream).
+    pub fn body_idle(&self, index: usize) -> std::time::Duration {
+        self.upstream_of(index)
+            .map_or(std::time::Duration::from_secs(30), |u| u.def.idle_timeout)
+    }
+
     /// The edge settings for a request on `conn` under this table.
     pub fn edge<'a>(&'a self, conn: &ConnInfo) -> Edge<'a> {
         Edge {

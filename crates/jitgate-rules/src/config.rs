@@ -132,6 +132,17 @@ impl Default for Identity {
     }
 }
 
+impl Identity {
+    /// The `[identity.headers]` names (user, then groups): only a trusted proxy may send them.
+    pub fn header_names(&self) -> Vec<http::HeaderName> {
+        self.headers
+            .iter()
+            .flat_map(|h| std::iter::once(h.user.as_str()).chain(h.groups.as_deref()))
+            .filter_map(|n| http::HeaderName::from_bytes(n.as_bytes()).ok())
+            .collect()
+    }
+}
+
 /// The credential-bearing headers that tell anonymous requesters apart by default.
 pub const DEFAULT_CREDENTIAL_HEADERS: [&str; 6] = [
     "authorization",

@@ -92,12 +92,7 @@ pub async fn serve(
         return x.answer(GatewayError::StoreUnavailable { ticket: None }, Some(route));
     }
     let limit = x.snap.table.config().approvals.max_held_body;
-    let idle = x
-        .snap
-        .route_upstreams
-        .get(route.index)
-        .and_then(Option::as_ref)
-        .map_or(std::time::Duration::from_secs(30), |u| u.def.idle_timeout);
+    let idle = x.snap.body_idle(route.index);
     let body = match body.buffer(canonical.headers(), limit, idle).await {
         Ok(b) => b,
         Err(e) => return x.answer(e, Some(route)),

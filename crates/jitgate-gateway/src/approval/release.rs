@@ -289,7 +289,7 @@ async fn send(
     record: Outcome,
 ) -> Response<ProxyBody> {
     let route = current.table.routes().get(index);
-    let Some(upstream) = current.route_upstreams.get(index).and_then(Option::as_ref) else {
+    let Some(upstream) = current.upstream_of(index) else {
         let e = GatewayError::Internal("released route has no upstream client".into());
         return x.answer(e, route);
     };
