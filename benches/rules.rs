@@ -178,7 +178,7 @@ fn bench_edge(c: &mut Criterion) {
                 || parts.clone(),
                 |mut p| {
                     let c = Canonical::build(&mut p, &edge).ok()?;
-                    t.resolve(&c).ok().map(|r| r.route.index)
+                    t.resolve(&c).ok().map(|r| r.index)
                 },
                 BatchSize::SmallInput,
             )

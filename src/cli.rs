@@ -8,7 +8,7 @@ use http::{HeaderName, HeaderValue, Method};
 
 use jitgate_gateway::state::load_table;
 use jitgate_gateway::Gateway;
-use jitgate_rules::{Canonical, Edge, RuleTable, Severity, Unresolved};
+use jitgate_rules::{Canonical, RuleTable, Severity, Unresolved};
 
 #[derive(Parser)]
 #[command(
@@ -338,14 +338,7 @@ fn explain(
         Ok(r) => r.into_parts().0,
         Err(e) => return fail(&format!("not a request `{method} {url}`: {e}")),
     };
-    let identity_headers = table.config().identity.header_names();
-    let edge = Edge {
-        peer: source,
-        tls: parts.uri.scheme_str() == Some("https"),
-        trusted_proxies: &table.config().server.trusted_proxies,
-        identity_headers: &identity_headers,
-        canon: table.canon_options(),
-    };
+    let edge = table.edge(source, parts.uri.scheme_str() == Some("https"));
     let c = match Canonical::build(&mut parts, &edge) {
         Ok(c) => c,
         Err(e) => {
@@ -375,7 +368,7 @@ fn explain(
     println!("{explanation}");
     match table.resolve(&c) {
         Ok(r) => {
-            for shadow in table.shadows(&c, Some(r.route.index)) {
+            for shadow in table.shadows(&c, Some(r.index)) {
                 println!(
                     "   shadow route {} would {} (recorded; it decides nothing)",
                     shadow.name,

@@ -13,8 +13,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use jitgate_rules::{form, Canonical};
 use tokio::time::{Instant, Sleep};
 
+use crate::error::GatewayError;
 use crate::upstream::Checkin;
 
 /// Errors a relayed body can end with.
@@ -274,17 +276,27 @@ pub enum RequestBody {
 
 impl RequestBody {
     /// The whole body, reading it if needed: at most `limit` bytes (413 beyond), failing when
-    /// the client sends nothing for `idle` (408).
-    pub async fn buffer(
+    /// the client sends nothing for `idle` (408). Reading it is when a POST's `_method` fields
+    /// ([`form::body_method_overrides`]) join `canonical`'s method readings (400 when they
+    /// cannot be read): a body is read once, so its readings are added once.
+    pub async fn read(
         self,
-        headers: &http::HeaderMap,
+        canonical: &mut Canonical,
         limit: u64,
         idle: Duration,
-    ) -> Result<Bytes, crate::error::GatewayError> {
-        match self {
-            RequestBody::Buffered(b) => Ok(b),
-            RequestBody::Stream(body) => read_to_limit(headers, body, limit, idle).await,
+    ) -> Result<Bytes, GatewayError> {
+        let body = match self {
+            RequestBody::Buffered(b) => return Ok(b),
+            RequestBody::Stream(body) => {
+                read_to_limit(canonical.headers(), body, limit, idle).await?
+            }
+        };
+        if form::may_carry_override(canonical.method()) {
+            let found = form::body_method_overrides(&body)
+                .map_err(|e| GatewayError::Malformed(e.to_string()))?;
+            canonical.add_method_readings(found);
         }
+        Ok(body)
     }
 
     /// The body to forward: relayed with the upstream's idle timeout, or replayed.
@@ -303,8 +315,7 @@ async fn read_to_limit(
     mut body: Incoming,
     limit: u64,
     idle: Duration,
-) -> Result<Bytes, crate::error::GatewayError> {
-    use crate::error::GatewayError;
+) -> Result<Bytes, GatewayError> {
     use http_body_util::BodyExt as _;
     let declared = headers
         .get(http::header::CONTENT_LENGTH)

@@ -59,7 +59,7 @@ impl Exchange<'_> {
 
     /// The edge settings of this request's table generation.
     pub fn edge(&self) -> Edge<'_> {
-        self.snap.edge(self.conn)
+        self.snap.table.edge(self.conn.peer.ip(), self.conn.tls)
     }
 
     /// The gateway's own answer, shaped for this client (gRPC, route template, problem+json).

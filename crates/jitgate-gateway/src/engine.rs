@@ -203,16 +203,11 @@ impl Engine {
         }
     }
 
-    /// Appends an audit event about ticket `t`. See [`Engine::append`].
-    pub async fn audit(
-        &self,
-        kind: AuditKind,
-        t: &Ticket,
-        actor: Option<&str>,
-        detail: Value,
-    ) -> Option<ticket::AuditEvent> {
-        self.append(AuditDraft::about(kind, t, actor, detail, self.now()))
-            .await
+    /// [`Engine::append`] in a task of its own, so the request that records the event (a
+    /// client that goes away drops it) cannot lose it.
+    pub fn append_detached(self: &Arc<Self>, draft: AuditDraft) {
+        let engine = self.clone();
+        tokio::spawn(async move { engine.append(draft).await });
     }
 
     /// Appends an audit event that records no state change (state changes carry theirs,

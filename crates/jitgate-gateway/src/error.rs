@@ -198,6 +198,7 @@ impl GatewayError {
 
     /// The problem details, `rule` naming `route` when there is one.
     pub fn problem(&self, route: Option<&Route>) -> Problem {
+        let rule = route.map_or("?", |r| r.name.as_str());
         let (slug, title, detail): (&'static str, &'static str, String) = match self {
             GatewayError::Malformed(d) => (
                 "malformed-request",
@@ -213,8 +214,7 @@ impl GatewayError {
                 "denied",
                 "Denied by rule",
                 format!(
-                    "route {} denies this request",
-                    route.map_or("?", |r| r.name.as_str())
+                    "route {rule} denies this request",
                 ),
             ),
             GatewayError::Unauthenticated(d) => {
@@ -245,8 +245,7 @@ impl GatewayError {
                 "upgrade-not-holdable",
                 "Upgrade needs approval",
                 format!(
-                    "route {} requires approval, and protocol upgrades cannot be held",
-                    route.map_or("?", |r| r.name.as_str())
+                    "route {rule} requires approval, and protocol upgrades cannot be held",
                 ),
             ),
             GatewayError::TooManyPending { detail, .. } => {
@@ -256,8 +255,7 @@ impl GatewayError {
                 "approval-pending",
                 "Approval pending",
                 format!(
-                    "route {} requires approval; ticket {ticket} is still pending. Re-send the same request with Jit-Ticket: {ticket} (or the approval token in Jit-Approval) once approved",
-                    route.map_or("?", |r| r.name.as_str())
+                    "route {rule} requires approval; ticket {ticket} is still pending. Re-send the same request with Jit-Ticket: {ticket} (or the approval token in Jit-Approval) once approved",
                 ),
             ),
             GatewayError::Refused {
@@ -269,8 +267,7 @@ impl GatewayError {
                 slug,
                 title,
                 format!(
-                    "ticket {ticket} on route {}: {reason}",
-                    route.map_or("?", |r| r.name.as_str())
+                    "ticket {ticket} on route {rule}: {reason}",
                 ),
             ),
             GatewayError::Mismatch(d) => (
@@ -282,8 +279,7 @@ impl GatewayError {
                 "store-unavailable",
                 "Approval store unavailable",
                 format!(
-                    "route {} requires approval and the approval store cannot be reached; nothing was forwarded",
-                    route.map_or("?", |r| r.name.as_str())
+                    "route {rule} requires approval and the approval store cannot be reached; nothing was forwarded",
                 ),
             ),
             GatewayError::ShuttingDown { ticket } => (

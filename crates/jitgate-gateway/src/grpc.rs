@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use http::header::{self, HeaderValue};
 use http::{HeaderMap, Response};
+use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
 
 use crate::body::ProxyBody;
 
@@ -45,29 +46,22 @@ pub fn answer(status: u8, message: &str) -> Response<ProxyBody> {
 
 /// gRPC's `grpc-message` encoding: bytes outside printable ASCII, and `%`, percent-encoded.
 pub fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if (0x20..0x7F).contains(&b) && b != b'%' {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    // `CONTROLS` is 0x00-0x1F and 0x7F; bytes above 0x7F are always encoded.
+    const GRPC_MESSAGE: &AsciiSet = &CONTROLS.add(b'%');
+    utf8_percent_encode(s, GRPC_MESSAGE).to_string()
 }
 
 /// Whether a request is a gRPC call (`content-type: application/grpc`, `+proto`, `+json`...),
 /// which gets gRPC answers from the gateway.
 pub fn is_call(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .map(|v| v.as_bytes())
-        .is_some_and(|ct| {
-            let lower = ct.to_ascii_lowercase();
-            lower == b"application/grpc"
-                || lower.starts_with(b"application/grpc+")
-                || lower.starts_with(b"application/grpc;")
-        })
+    const GRPC: &[u8] = b"application/grpc";
+    // Every request with a body asks this: compared in place, without a lowercase copy.
+    headers.get(header::CONTENT_TYPE).is_some_and(|v| {
+        let ct = v.as_bytes();
+        ct.get(..GRPC.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(GRPC))
+            && matches!(ct.get(GRPC.len()), None | Some(b'+' | b';'))
+    })
 }
 
 /// How long the client will wait for this call (`grpc-timeout`: up to 8 digits and a unit,

@@ -1,16 +1,13 @@
 //! Forwarding headers the gateway sets upstream: `X-Forwarded-*` and `Via`. The request-side
 //! rules (hop-by-hop removal, scrubbing, the client address) are pure and live in
-//! [`jitgate_rules::headers`]; they are re-exported here for the response side.
+//! [`jitgate_rules::headers`]; the response side calls its [`strip_hop_by_hop`] too.
 
 use std::net::IpAddr;
 
 use http::header::{self, HeaderName};
 use http::{HeaderMap, HeaderValue, Version};
 
-/// The request-side rules are pure and live with the canonical request.
-pub use jitgate_rules::headers::{
-    client_ip, is_trusted, scrub_request, strip_hop_by_hop, wants_upgrade, HeaderError,
-};
+pub use jitgate_rules::headers::strip_hop_by_hop;
 
 /// What the request said about itself before we touched it.
 pub struct Forwarding<'a> {

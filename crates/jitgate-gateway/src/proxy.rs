@@ -63,35 +63,31 @@ async fn serve(
     mut body: RequestBody,
     upgrade: Option<OnUpgrade>,
 ) -> Response<ProxyBody> {
-    let snap = x.snap.clone();
+    let snap = &x.snap;
     let table = &snap.table;
     let mut resolved = table.resolve(&canonical);
     // `_method` in a POST body: read only when an override could change the route.
     if form::may_carry_override(canonical.method()) {
-        let at = resolved.as_ref().ok().map(|r| r.route);
+        let at = resolved.ok();
         if table.may_override_method(&canonical, at) {
             let limit = table.config().approvals.max_held_body;
             let idle = snap.body_idle(at.map_or(usize::MAX, |r| r.index));
-            let bytes = match body.buffer(canonical.headers(), limit, idle).await {
+            let readings = canonical.methods().len();
+            let bytes = match body.read(&mut canonical, limit, idle).await {
                 Ok(b) => b,
                 Err(e) => return x.answer(e, at),
             };
-            match form::body_method_overrides(&bytes) {
-                Ok(found) if !found.is_empty() => {
-                    canonical.add_method_readings(found);
-                    resolved = table.resolve(&canonical);
-                }
-                Ok(_) => {}
-                Err(e) => return x.answer(GatewayError::Malformed(e.to_string()), at),
+            if canonical.methods().len() != readings {
+                resolved = table.resolve(&canonical);
             }
             body = RequestBody::Buffered(bytes);
         }
     }
     if table.has_shadows() {
-        let before = resolved.as_ref().ok().map(|r| r.route);
+        let before = resolved.ok();
         record_shadows(x, &canonical, before);
     }
-    let resolved = match resolved {
+    let route = match resolved {
         Ok(r) => r,
         Err(Unresolved::NoRoute) => {
             let e = GatewayError::NoRoute {
@@ -103,7 +99,6 @@ async fn serve(
         }
         Err(e) => return x.answer(GatewayError::Malformed(e.to_string()), None),
     };
-    let route = resolved.route;
     match route.action {
         Action::Allow => {}
         Action::Deny => {
@@ -166,7 +161,6 @@ fn record_shadows(x: &Exchange<'_>, canonical: &Canonical, route: Option<&Route>
                 "source": canonical.source().to_string(),
             }),
         };
-        let engine = x.engine().clone();
-        tokio::spawn(async move { engine.append(draft).await });
+        x.engine().append_detached(draft);
     }
 }

@@ -361,14 +361,14 @@ impl Conn {
         // bounds idle keep-alive) and h2 keep-alive pings govern the connection.
         let started = Arc::new(AtomicBool::new(false));
         let first_request = started.clone();
-        let activity = Arc::new(Activity::default());
+        // Only the admin plane closes idle connections itself.
+        let activity = (plane == Plane::Admin).then(|| Arc::new(Activity::default()));
         let seen = activity.clone();
         let service = service_fn(move |req| {
             first_request.store(true, Ordering::Relaxed);
             let shared = shared.clone();
             let conn = conn.clone();
-            // Only the admin plane closes idle connections itself.
-            let busy = (plane == Plane::Admin).then(|| seen.begin());
+            let busy = seen.as_ref().map(Activity::begin);
             async move {
                 let resp = match plane {
                     Plane::Data => proxy::handle(shared, conn, req).await,
@@ -386,29 +386,25 @@ impl Conn {
             ended = &mut connection => Some(ended),
             () = tokio::time::sleep_until(deadline) => None,
         };
-        let ended = match ended {
-            Some(ended) => ended,
+        let ended = match (ended, &activity) {
+            (Some(ended), _) => ended,
+            (None, _) if !started.load(Ordering::Relaxed) => {
+                // Dropping the connection closes the socket.
+                tracing::debug!(%peer, "no request within header_read_timeout; closing");
+                return;
+            }
+            (None, None) => connection.await,
             // The admin plane's few connections are for approvers: one that serves no
             // authenticated call for header_read_timeout (and has none in flight) is closed,
             // also over h2, where answering PINGs would otherwise keep it for ever; polling
             // `/healthz` does not keep a connection.
-            None if started.load(Ordering::Relaxed) && plane == Plane::Admin => {
-                match activity
-                    .close_when_idle(connection, header_read_timeout)
-                    .await
-                {
-                    Some(ended) => ended,
-                    None => {
-                        tracing::debug!(%peer, "admin connection idle for header_read_timeout; closing");
-                        return;
-                    }
-                }
-            }
-            None if started.load(Ordering::Relaxed) => connection.await,
-            None => {
-                // Dropping the connection closes the socket.
-                tracing::debug!(%peer, "no request within header_read_timeout; closing");
-                return;
+            (None, Some(activity)) => {
+                let idle = activity.close_when_idle(connection, header_read_timeout);
+                let Some(ended) = idle.await else {
+                    tracing::debug!(%peer, "admin connection idle for header_read_timeout; closing");
+                    return;
+                };
+                ended
             }
         };
         if let Err(e) = ended {

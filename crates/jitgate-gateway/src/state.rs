@@ -14,12 +14,10 @@ use serde_json::{json, Value};
 
 use jitgate_rules::config::Config;
 use jitgate_rules::ticket::sha256_hex;
-use jitgate_rules::{Diagnostic, Edge, RuleTable};
+use jitgate_rules::{Diagnostic, RuleTable};
 
-use http::HeaderName;
 use jitgate_identity::{AdminAuthenticator, Authenticator};
 
-use crate::context::ConnInfo;
 use crate::engine::Engine;
 use crate::tls::{load_certified_key, CertSlot};
 use crate::upstream::UpstreamClient;
@@ -38,10 +36,6 @@ pub struct Snapshot {
     pub auth: Authenticator,
     /// Approver and operator authentication (`[admin]`).
     pub admin_auth: AdminAuthenticator,
-    /// `[identity.headers]` names, removed from requests of untrusted peers.
-    pub identity_headers: Vec<HeaderName>,
-    /// `[identity] credential_headers`: what tells anonymous requesters apart.
-    pub credential_headers: Vec<HeaderName>,
 }
 
 impl Snapshot {
@@ -55,17 +49,6 @@ impl Snapshot {
     pub fn body_idle(&self, index: usize) -> std::time::Duration {
         self.upstream_of(index)
             .map_or(std::time::Duration::from_secs(30), |u| u.def.idle_timeout)
-    }
-
-    /// The edge settings for a request on `conn` under this table.
-    pub fn edge<'a>(&'a self, conn: &ConnInfo) -> Edge<'a> {
-        Edge {
-            peer: conn.peer.ip(),
-            tls: conn.tls,
-            trusted_proxies: &self.table.config().server.trusted_proxies,
-            identity_headers: &self.identity_headers,
-            canon: self.table.canon_options(),
-        }
     }
 }
 
@@ -175,13 +158,6 @@ pub fn build_snapshot(
     let (Ok(auth), Ok(admin_auth), true) = (auth, admin_auth, errors.is_empty()) else {
         return Err(errors);
     };
-    let identity_headers = auth.identity_header_names();
-    let credential_headers = cfg
-        .identity
-        .credential_headers
-        .iter()
-        .filter_map(|h| HeaderName::from_bytes(h.as_bytes()).ok())
-        .collect();
     let route_upstreams = table
         .routes()
         .iter()
@@ -194,8 +170,6 @@ pub fn build_snapshot(
         loaded_at: SystemTime::now(),
         auth,
         admin_auth,
-        identity_headers,
-        credential_headers,
     })
 }
 

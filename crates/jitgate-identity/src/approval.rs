@@ -71,10 +71,7 @@ impl ApprovalSigner {
     /// neither approvers nor anyone else can test guesses of a credential against it.
     pub fn requester_digest(&self, material: &[u8]) -> String {
         let tag = ring::hmac::sign(&self.digest_key, material);
-        tag.as_ref()[..16]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        jitgate_rules::ticket::hex(&tag.as_ref()[..16])
     }
 
     /// The key of `[approvals] signing_key` (an Ed25519 private key, PKCS#8 PEM, as

@@ -72,15 +72,6 @@ impl Authenticator {
         self.trusted_proxies.iter().any(|net| net.contains(&peer))
     }
 
-    /// The configured identity headers. The gateway strips them from requests of untrusted
-    /// peers, so an upstream that also reads them cannot be fooled either.
-    pub fn identity_header_names(&self) -> Vec<HeaderName> {
-        self.headers
-            .iter()
-            .flat_map(|h| std::iter::once(h.user.clone()).chain(h.groups.clone()))
-            .collect()
-    }
-
     /// Whether `[identity.jwt]` is configured, i.e. whether `Authorization` is jitgate's.
     pub fn validates_jwt(&self) -> bool {
         self.jwt.is_some()

@@ -887,15 +887,8 @@ pub fn canonicalize_target<'a>(
 
 // === method overrides ===
 
-/// Headers whose value some frameworks take as the request method (lowercase names).
-pub const METHOD_OVERRIDE_HEADERS: &[&str] = &[
-    "x-http-method-override",
-    "x-http-method",
-    "x-method-override",
-];
-
-/// [`METHOD_OVERRIDE_HEADERS`] as header names (looked up without parsing a name each time).
-pub const METHOD_OVERRIDE_NAMES: [http::HeaderName; 3] = [
+/// Headers whose value some frameworks take as the request method.
+pub const METHOD_OVERRIDE_HEADERS: [http::HeaderName; 3] = [
     http::HeaderName::from_static("x-http-method-override"),
     http::HeaderName::from_static("x-http-method"),
     http::HeaderName::from_static("x-method-override"),
@@ -912,30 +905,26 @@ pub const METHOD_OVERRIDE_NAMES: [http::HeaderName; 3] = [
 /// percent-decoding and `+` as space, ASCII case-insensitively, and with PHP's renaming (leading
 /// spaces dropped, a leading `.`, space or `[` read as `_`), so `%5Fmethod` and `.method` count.
 /// Over-matching only makes a route apply to more requests, never fewer.
+///
+/// `headers` is `None` when the request has no override header (the edge knows from its one
+/// pass over the headers), which skips their lookups.
 pub fn method_overrides(
-    headers: &HeaderMap,
+    headers: Option<&HeaderMap>,
     query: Option<&str>,
 ) -> Result<Vec<Method>, CanonError> {
     let mut out = Vec::new();
-    for name in &METHOD_OVERRIDE_NAMES {
-        for value in headers.get_all(name) {
-            let s = value
-                .to_str()
-                .map_err(|_| CanonError::InvalidMethodOverride)?;
-            for item in s.split(',') {
-                push_method(&mut out, item.as_bytes())?;
+    if let Some(headers) = headers {
+        for name in &METHOD_OVERRIDE_HEADERS {
+            for value in headers.get_all(name) {
+                let s = value
+                    .to_str()
+                    .map_err(|_| CanonError::InvalidMethodOverride)?;
+                for item in s.split(',') {
+                    push_method(&mut out, item.as_bytes())?;
+                }
             }
         }
     }
-    if let Some(q) = query {
-        form_method_overrides(q, &mut out, true)?;
-    }
-    Ok(out)
-}
-
-/// [`method_overrides`] of the query alone (for a request without override headers).
-pub fn query_method_overrides(query: Option<&str>) -> Result<Vec<Method>, CanonError> {
-    let mut out = Vec::new();
     if let Some(q) = query {
         form_method_overrides(q, &mut out, true)?;
     }

@@ -115,8 +115,9 @@ pub struct Identity {
     /// only from `trusted_proxies`.
     pub headers: Option<IdentityHeaders>,
     /// `credential_headers`: the headers whose values tell anonymous requesters apart
-    /// (lowercase; default [`DEFAULT_CREDENTIAL_HEADERS`]).
-    pub credential_headers: Vec<String>,
+    /// (default [`DEFAULT_CREDENTIAL_HEADERS`]), sorted by name: the order the requester
+    /// digest reads them in.
+    pub credential_headers: Vec<HeaderName>,
 }
 
 impl Default for Identity {
@@ -125,8 +126,8 @@ impl Default for Identity {
             jwt: None,
             headers: None,
             credential_headers: DEFAULT_CREDENTIAL_HEADERS
-                .iter()
-                .map(|s| s.to_string())
+                .map(HeaderName::from_static)
+                .into_iter()
                 .collect(),
         }
     }
@@ -143,13 +144,13 @@ impl Identity {
     }
 }
 
-/// The credential-bearing headers that tell anonymous requesters apart by default.
+/// The credential-bearing headers that tell anonymous requesters apart by default (sorted).
 pub const DEFAULT_CREDENTIAL_HEADERS: [&str; 6] = [
+    "api-key",
     "authorization",
     "cookie",
     "proxy-authorization",
     "x-api-key",
-    "api-key",
     "x-auth-token",
 ];
 
@@ -974,6 +975,31 @@ impl<'s> Cx<'s> {
         Some((out, span))
     }
 
+    /// A list of header names (lowercase; one listed twice is warned about and kept once);
+    /// `None` when `key` is absent.
+    fn header_names(
+        &mut self,
+        t: &DeTable<'_>,
+        key: &str,
+        section: &str,
+    ) -> Option<Vec<HeaderName>> {
+        let (items, _) = self.str_list(t, key, section)?;
+        let mut out: Vec<HeaderName> = Vec::new();
+        for (h, sp) in items {
+            match HeaderName::from_bytes(h.as_bytes()) {
+                Ok(n) if out.contains(&n) => {
+                    self.warn(sp, format!("`{h}` is listed twice in `{key}`"))
+                }
+                Ok(n) => out.push(n),
+                Err(_) => self.error(
+                    sp,
+                    format!("`{key}` in {section}: `{h}` is not a header name"),
+                ),
+            }
+        }
+        Some(out)
+    }
+
     fn cidrs(&mut self, t: &DeTable<'_>, key: &str, section: &str) -> Vec<IpNet> {
         let Some((items, _)) = self.str_list(t, key, section) else {
             return Vec::new();
@@ -1334,30 +1360,10 @@ impl<'s> Cx<'s> {
             return Some(Identity::default());
         };
         let mut ok = true;
-        let credential_headers = match self.str_list(t, "credential_headers", "[identity]") {
-            None => {
-                ok &= !t.contains_key("credential_headers");
-                Identity::default().credential_headers
-            }
-            Some((items, _)) => {
-                let mut out: Vec<String> = Vec::new();
-                for (h, sp) in items {
-                    match HeaderName::from_bytes(h.as_bytes()) {
-                        Ok(n) if !out.iter().any(|o| o == n.as_str()) => {
-                            out.push(n.as_str().to_string())
-                        }
-                        Ok(_) => {
-                            self.warn(sp, format!("`{h}` is listed twice in `credential_headers`"))
-                        }
-                        Err(_) => {
-                            self.error(sp, format!("`credential_headers` in [identity]: `{h}` is not a header name"));
-                            ok = false;
-                        }
-                    }
-                }
-                out
-            }
-        };
+        let mut credential_headers = self
+            .header_names(t, "credential_headers", "[identity]")
+            .unwrap_or_else(|| Identity::default().credential_headers);
+        credential_headers.sort_by(|a, b| a.as_str().cmp(b.as_str()));
         let jwt = match self.table(t, "jwt", "[identity]") {
             Some((jt, span)) => {
                 let j = self.jwt(jt, span, "[identity.jwt]");
@@ -2238,26 +2244,9 @@ impl<'s> Cx<'s> {
                 }
             },
         };
-        let mut volatile_headers: Vec<HeaderName> = Vec::new();
-        if let Some((items, _)) = self.str_list(t, "volatile_headers", sec) {
-            for (h, sp) in items {
-                match HeaderName::from_bytes(h.as_bytes()) {
-                    Ok(n) if volatile_headers.contains(&n) => {
-                        self.warn(sp, format!("`{h}` is listed twice in `volatile_headers`"))
-                    }
-                    Ok(n) => volatile_headers.push(n),
-                    Err(_) => {
-                        self.error(
-                            sp,
-                            format!("`volatile_headers`: `{h}` is not a header name"),
-                        );
-                        ok = false;
-                    }
-                }
-            }
-        } else {
-            ok &= !t.contains_key("volatile_headers");
-        }
+        let volatile_headers = self
+            .header_names(t, "volatile_headers", sec)
+            .unwrap_or_default();
         ok.then(|| ApprovalPolicy {
             approvers,
             quorum,

@@ -176,8 +176,8 @@ fn part_names(header: &[u8]) -> Vec<String> {
             names.push(unquote(v));
         } else if key == "name*" {
             let raw = v.rsplit_once('\'').map_or(v, |(_, x)| x);
-            let decoded: Vec<u8> = percent_decode(raw.as_bytes());
-            names.push(String::from_utf8_lossy(&decoded).into_owned());
+            let decoded = percent_encoding::percent_decode_str(raw).decode_utf8_lossy();
+            names.push(decoded.into_owned());
         }
     }
     names
@@ -219,29 +219,6 @@ fn unquote(v: &str) -> String {
             }
             '"' => break,
             c => out.push(c),
-        }
-    }
-    out
-}
-
-fn percent_decode(b: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        match (
-            b[i],
-            b.get(i + 1).copied().and_then(hex),
-            b.get(i + 2).copied().and_then(hex),
-        ) {
-            (b'%', Some(h), Some(l)) => {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-            }
-            (c, _, _) => {
-                out.push(c);
-                i += 1;
-            }
         }
     }
     out

@@ -200,7 +200,7 @@ pub fn scrub_request(
             out.cookie_fields += 1;
         } else if *name == DESTINATION {
             out.destination = true;
-        } else if crate::canon::METHOD_OVERRIDE_NAMES.contains(name) {
+        } else if crate::canon::METHOD_OVERRIDE_HEADERS.contains(name) {
             out.method_override = true;
         }
     }
@@ -209,7 +209,7 @@ pub fn scrub_request(
         strip_hop_by_hop(headers, upgrade)?;
         out.cookie_fields = headers.get_all(header::COOKIE).iter().count();
         out.destination = headers.contains_key(DESTINATION);
-        out.method_override = crate::canon::METHOD_OVERRIDE_NAMES
+        out.method_override = crate::canon::METHOD_OVERRIDE_HEADERS
             .iter()
             .any(|n| headers.contains_key(n));
     }

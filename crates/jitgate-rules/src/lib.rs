@@ -25,7 +25,7 @@ pub use diag::{Diagnostic, Severity};
 pub use matcher::Matcher;
 pub use request::{Canonical, Edge, EdgeError};
 pub use route::{Action, RequestView, Route};
-pub use table::{ExplainStep, Explanation, Resolved, RuleTable, Unresolved};
+pub use table::{ExplainStep, Explanation, RuleTable, Unresolved};
 pub use ticket::{
     Approver, AuditDraft, AuditEvent, AuditKind, Grant, GrantId, IdError, Mode, RequestSnapshot,
     Requester, Status, Ticket, TicketDraft, TicketId, Timestamp, TransitionError, Vote,

@@ -154,7 +154,8 @@ pub struct BoundHeaders {
 }
 
 /// What the edge knows about the connection, and the table-derived settings that shape the
-/// canonical view (computed once per rule table, not per request).
+/// canonical view (computed once per rule table, not per request; see
+/// [`crate::RuleTable::edge`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Edge<'a> {
     /// The TCP peer.
@@ -267,11 +268,10 @@ impl Canonical {
         } else {
             [None, None]
         };
-        let overrides = if scrubbed.method_override {
-            canon::method_overrides(&headers, forwarded.query())?
-        } else {
-            canon::query_method_overrides(forwarded.query())?
-        };
+        let overrides = canon::method_overrides(
+            scrubbed.method_override.then_some(&headers),
+            forwarded.query(),
+        )?;
         let methods = if overrides.is_empty() {
             Vec::new()
         } else {

@@ -30,13 +30,16 @@
 //! host, including none.
 
 use std::fmt;
+use std::net::IpAddr;
 use std::path::Path;
+
+use http::HeaderName;
 
 use crate::canon::CanonOptions;
 use crate::config::{parse_config, Config, Upstream};
 use crate::diag::{Diagnostic, Severity};
 use crate::matcher::{path_captures, route_matches, route_matches_any_method, why_not, Matcher};
-use crate::request::Canonical;
+use crate::request::{Canonical, Edge};
 use crate::route::{RequestView, Route};
 
 /// A parsed, validated and compiled `proxy.toml`.
@@ -46,20 +49,11 @@ pub struct RuleTable {
     matcher: Matcher,
     /// Positions of the shadow routes, in file order.
     shadow: Vec<usize>,
-    /// Each route's upstream, as a position in `config.upstreams`.
-    route_upstream: Vec<Option<usize>>,
     canon: CanonOptions,
+    /// `[identity.headers]` names, for [`RuleTable::edge`].
+    identity_headers: Vec<HeaderName>,
     version: String,
     warnings: Vec<Diagnostic>,
-}
-
-/// The route a canonical request resolved to, with its upstream.
-#[derive(Debug, Clone, Copy)]
-pub struct Resolved<'t> {
-    /// The first enforcing route that matches.
-    pub route: &'t Route,
-    /// Its upstream (`None` only for a deny route without one).
-    pub upstream: Option<&'t Upstream>,
 }
 
 /// Why a canonical request resolved to no route it may use (the gateway answers 404 or 400).
@@ -112,26 +106,19 @@ impl RuleTable {
             .filter(|r| !r.enforce)
             .map(|r| r.index)
             .collect();
-        let route_upstream = config
-            .routes
-            .iter()
-            .map(|r| {
-                let name = r.upstream.as_deref()?;
-                config.upstreams.iter().position(|u| u.name == name)
-            })
-            .collect();
         let rs = &config.routes;
         let canon = CanonOptions {
             allow_encoded_slash: rs.iter().any(|r| r.allow_encoded_slash),
             allow_path_params: rs.iter().any(|r| r.allow_path_params),
         };
+        let identity_headers = config.identity.header_names();
         let version = crate::ticket::sha256_hex(src.as_bytes());
         Ok(RuleTable {
             config,
             matcher,
             shadow,
-            route_upstream,
             canon,
+            identity_headers,
             version,
             warnings: diags,
         })
@@ -178,10 +165,27 @@ impl RuleTable {
         self.config.routes.get(i)
     }
 
-    /// The route a canonical request resolves to, with its upstream; refuses a route that
-    /// did not opt in to what the request's path used (`%2F`, `;` parameters). This is the
-    /// one way the gateway (serving and at every release) and `explain` pick a route.
-    pub fn resolve(&self, c: &Canonical) -> Result<Resolved<'_>, Unresolved<'_>> {
+    /// The edge settings of this table for a request from `peer` (over TLS or not): what
+    /// [`Canonical::build`] needs, the same for the gateway and `explain`.
+    pub fn edge(&self, peer: IpAddr, tls: bool) -> Edge<'_> {
+        Edge {
+            peer,
+            tls,
+            trusted_proxies: &self.config.server.trusted_proxies,
+            identity_headers: &self.identity_headers,
+            canon: self.canon,
+        }
+    }
+
+    /// The `[identity.headers]` names: only a trusted proxy may send them.
+    pub fn identity_headers(&self) -> &[HeaderName] {
+        &self.identity_headers
+    }
+
+    /// The route a canonical request resolves to; refuses a route that did not opt in to what
+    /// the request's path used (`%2F`, `;` parameters). This is the one way the gateway
+    /// (serving and at every release) and `explain` pick a route.
+    pub fn resolve(&self, c: &Canonical) -> Result<&Route, Unresolved<'_>> {
         let route = c
             .with_view(|v| self.match_request(v))
             .ok_or(Unresolved::NoRoute)?;
@@ -191,13 +195,7 @@ impl RuleTable {
         if c.has_path_params() && !route.allow_path_params {
             return Err(Unresolved::PathParams(route));
         }
-        let upstream = self
-            .route_upstream
-            .get(route.index)
-            .copied()
-            .flatten()
-            .and_then(|i| self.config.upstreams.get(i));
-        Ok(Resolved { route, upstream })
+        Ok(route)
     }
 
     /// Whether a method override found in the body could change which route `c` resolves to

@@ -807,28 +807,29 @@ pub fn body_preview(body: &[u8], cap: usize) -> String {
         return format!("[binary, {} bytes]", body.len());
     };
     let json = s.strip_prefix('\u{feff}').unwrap_or(s);
-    let text = match redact_json_text(json) {
-        Some(redacted) => redacted,
-        // Looks like JSON a lenient parser might still read, but not ours: its secrets could
-        // not be found, so it is not shown.
-        None if json.trim_start().starts_with(['{', '[']) => {
-            return format!(
-                "[{} bytes that look like JSON but do not parse: not shown, so that no secret in them is]",
-                body.len()
-            )
+    let text = if json.trim_start().starts_with(['{', '[']) {
+        match redact_json_text(json) {
+            Some(redacted) => redacted,
+            // Looks like JSON a lenient parser might still read, but not ours: its secrets
+            // could not be found, so it is not shown.
+            None => {
+                return format!(
+                    "[{} bytes that look like JSON but do not parse: not shown, so that no secret in them is]",
+                    body.len()
+                )
+            }
         }
-        None if looks_like_form(s) => redact_form(s),
-        None => s.to_string(),
+    } else if looks_like_form(s) {
+        redact_form(s)
+    } else {
+        s.to_string()
     };
     truncate(text, cap)
 }
 
 /// `s` with the value of every secret-looking member replaced by `"[redacted]"`, byte for
-/// byte otherwise; `None` when `s` is not JSON.
+/// byte otherwise; `None` when `s` does not parse as JSON.
 fn redact_json_text(s: &str) -> Option<String> {
-    if !s.trim_start().starts_with(['{', '[']) {
-        return None;
-    }
     let mut secret: Vec<std::ops::Range<usize>> = Vec::new();
     crate::json::members(s, |m| {
         let key = crate::json::decode_string(m.raw_key).unwrap_or_default();

@@ -30,11 +30,10 @@ pub(super) fn requester(x: &Exchange<'_>, identity: &Identity, c: &Canonical) ->
     }
 }
 
-/// Keyed digest over the configured credential headers (`[identity] credential_headers`),
-/// by name, values in order; over the client address when none was sent.
+/// Keyed digest over the configured credential headers (`[identity] credential_headers`,
+/// sorted by name), values in order; over the client address when none was sent.
 fn anonymous_digest(x: &Exchange<'_>, c: &Canonical) -> String {
-    let mut names: Vec<&HeaderName> = x.snap.credential_headers.iter().collect();
-    names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    let names = &x.snap.table.config().identity.credential_headers;
     let mut material: Vec<u8> = Vec::new();
     let mut field = |name: &HeaderName, value: &[u8]| {
         material.extend_from_slice(name.as_str().as_bytes());
@@ -73,7 +72,7 @@ pub(super) fn bound_headers(
     c.bound_headers(|n| {
         policy.volatile_headers.contains(n)
             || (identity.via == Via::Jwt && n == header::AUTHORIZATION)
-            || (identity.via == Via::TrustedHeaders && x.snap.identity_headers.contains(n))
+            || (identity.via == Via::TrustedHeaders && x.snap.table.identity_headers().contains(n))
     })
 }
 

@@ -46,14 +46,14 @@ pub(super) async fn wait(
                 return Ok(t);
             }
             expires_at = t.expires_at;
-            if x.engine().now() >= expires_at {
+            if engine.now() >= expires_at {
                 if let Some(expired) = engine.expire_if_due(&t).await {
                     guard.disarm();
                     return Ok(expired);
                 }
             }
         }
-        let now = x.engine().now();
+        let now = engine.now();
         let until_expiry = Duration::from_millis(expires_at.0.saturating_sub(now.0));
         let wake = deadline.min(tokio::time::Instant::now() + until_expiry);
         let stopping = tokio::select! {

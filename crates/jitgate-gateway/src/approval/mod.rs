@@ -93,18 +93,13 @@ pub async fn serve(
     }
     let limit = x.snap.table.config().approvals.max_held_body;
     let idle = x.snap.body_idle(route.index);
-    let body = match body.buffer(canonical.headers(), limit, idle).await {
+    // Read whole, a body's `_method` joins the method readings even where it could not change
+    // the route: it is part of what the approver must see (the ticket's method reads
+    // `POST+DELETE`).
+    let body = match body.read(&mut canonical, limit, idle).await {
         Ok(b) => b,
         Err(e) => return x.answer(e, Some(route)),
     };
-    // The body is here anyway: a `_method` in it is part of what the approver must see (the
-    // ticket's method reads `POST+DELETE`), even where it could not change the route.
-    if jitgate_rules::form::may_carry_override(canonical.method()) {
-        match jitgate_rules::form::body_method_overrides(&body) {
-            Ok(found) => canonical.add_method_readings(found),
-            Err(e) => return x.answer(GatewayError::Malformed(e.to_string()), Some(route)),
-        }
-    }
     let requester = binding::requester(x, &identity, &canonical);
     let bound = binding::bound_headers(x, &identity, policy, &canonical);
     let request = binding::snapshot(&canonical, &bound, &body);

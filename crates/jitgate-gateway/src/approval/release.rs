@@ -30,7 +30,7 @@ fn recheck(
 ) -> Result<(Arc<Snapshot>, usize), Box<Response<ProxyBody>>> {
     let current = x.shared.snapshot();
     let now = match current.table.resolve(&held.canonical) {
-        Ok(r) => r.route,
+        Ok(r) => r,
         Err(Unresolved::NoRoute) => {
             let e = GatewayError::NoRoute {
                 method: held.canonical.method().to_string(),
@@ -313,12 +313,6 @@ async fn send(
     }
 }
 
-/// Appends in a task of its own, so a client going away cannot lose the event.
-fn audit_spawned(engine: &Arc<Engine>, draft: AuditDraft) {
-    let engine = engine.clone();
-    tokio::spawn(async move { engine.append(draft).await });
-}
-
 /// Records what became of a released request (`ticket.forwarded`): the upstream's status,
 /// the gateway's error, or, when the client went away before the answer (the request future
 /// was dropped), that.
@@ -359,7 +353,7 @@ impl Outcome {
         if let (Some(d), Some(o)) = (draft.detail.as_object_mut(), outcome.as_object()) {
             d.extend(o.clone());
         }
-        audit_spawned(&self.engine, draft);
+        self.engine.append_detached(draft);
     }
 }
 

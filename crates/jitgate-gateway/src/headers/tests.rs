@@ -2,6 +2,7 @@
 
 use super::*;
 use ipnet::IpNet;
+use jitgate_rules::headers::client_ip;
 
 fn map(pairs: &[(&str, &str)]) -> HeaderMap {
     let mut h = HeaderMap::new();

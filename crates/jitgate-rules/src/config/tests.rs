@@ -87,6 +87,14 @@ fn example_fixture_parses_every_key() {
         (h.user.as_str(), h.groups.as_deref()),
         ("x-auth-user", Some("x-auth-groups"))
     );
+    // The names the edge strips from untrusted peers' requests (user, then groups).
+    assert_eq!(
+        c.identity.header_names(),
+        [
+            http::HeaderName::from_static("x-auth-user"),
+            http::HeaderName::from_static("x-auth-groups")
+        ]
+    );
     assert_eq!(
         c.admin.operators,
         vec![

@@ -200,7 +200,7 @@ fn table() -> RuleTable {
 
 fn resolve_name(t: &RuleTable, c: &Canonical) -> String {
     match t.resolve(c) {
-        Ok(r) => r.route.name.clone(),
+        Ok(r) => r.name.clone(),
         Err(e) => e.to_string(),
     }
 }
@@ -211,10 +211,17 @@ fn shadow_routes_observe_and_matching_goes_on() {
     let mut p = parts("POST", "/deploy/web", &[("host", "h")]);
     let c = Canonical::build(&mut p, &edge(&[], &[], t.canon_options())).unwrap();
     let r = t.resolve(&c).unwrap();
-    assert_eq!(r.route.name, "deploy");
-    assert_eq!(r.upstream.unwrap().name, "u");
+    assert_eq!(r.name, "deploy");
+    assert_eq!(
+        r.upstream
+            .as_deref()
+            .and_then(|u| t.upstream(u))
+            .unwrap()
+            .name,
+        "u"
+    );
     let seen: Vec<&str> = t
-        .shadows(&c, Some(r.route.index))
+        .shadows(&c, Some(r.index))
         .iter()
         .map(|r| r.name.as_str())
         .collect();
@@ -240,13 +247,13 @@ fn resolve_refuses_an_opt_in_the_route_lacks() {
 fn a_body_override_is_worth_reading_only_before_a_method_restricted_route() {
     let t = table();
     let mut c = build("POST", "/items/1", &[("host", "h")]).unwrap();
-    let r = t.resolve(&c).unwrap().route;
+    let r = t.resolve(&c).unwrap();
     assert_eq!(r.name, "rest");
     assert!(t.may_override_method(&c, Some(r)));
     c.add_method_readings([Method::DELETE]);
     assert_eq!(resolve_name(&t, &c), "items-delete");
     let c = build("POST", "/other", &[("host", "h")]).unwrap();
-    let r = t.resolve(&c).unwrap().route;
+    let r = t.resolve(&c).unwrap();
     assert!(!t.may_override_method(&c, Some(r)));
 }
 
@@ -277,7 +284,7 @@ approvers = ["group:oncall"]
     )
     .unwrap();
     let mut c = build("POST", "/api/items/1", &[("host", "h")]).unwrap();
-    let r = t.resolve(&c).unwrap().route;
+    let r = t.resolve(&c).unwrap();
     assert_eq!(r.name, "reads-and-posts");
     // An override can push the request off the allow route onto the later approve route.
     assert!(t.may_override_method(&c, Some(r)));
