@@ -23,7 +23,7 @@ use jitgate_rules::ticket::{
     self, AuditDraft, AuditEvent, Grant, GrantId, Status, Ticket, TicketId, Timestamp,
     TransitionError,
 };
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 pub mod memory;
 pub mod redis_store;
@@ -218,6 +218,49 @@ pub trait Store: Send + Sync + 'static {
     /// Audit events matching `filter`, oldest first.
     fn audit<'a>(&'a self, filter: &'a AuditFilter) -> StoreFuture<'a, Vec<AuditEvent>>;
 
+    /// Audit events numbered after `after`, oldest first, at most `limit`: what tails the
+    /// trail (the event stream, the notification outbox).
+    fn audit_after(&self, after: u64, limit: usize) -> StoreFuture<'_, Vec<AuditEvent>>;
+
+    /// The number of the newest audit event this store has seen appended, on any replica: it
+    /// changes as events land, so tailers wake instead of polling. A lost wake-up (a pub/sub
+    /// reconnect) only delays them until they next look.
+    fn audit_seq(&self) -> watch::Receiver<u64>;
+
+    /// The notification outbox's fan-out cursor: the last audit event already turned into
+    /// deliveries. Set to the audit head the first time it is read, so an outbox that starts
+    /// on an existing trail does not notify its history.
+    fn outbox_cursor(&self) -> StoreFuture<'_, u64>;
+
+    /// Adds `deliveries` (due at `due`; an id already queued is kept as it is) and moves the
+    /// cursor from `from` to `to`, atomically. `Ok(false)`, and nothing written, when the
+    /// cursor is no longer `from` (another replica fanned those events out).
+    fn outbox_enqueue<'a>(
+        &'a self,
+        from: u64,
+        to: u64,
+        deliveries: &'a [Delivery],
+        due: Timestamp,
+    ) -> StoreFuture<'a, bool>;
+
+    /// Claims up to `limit` deliveries due at `now` for `lease`: nobody else claims them until
+    /// the lease ends, so a replica that dies mid-attempt delays a delivery, never loses it.
+    fn outbox_claim(
+        &self,
+        now: Timestamp,
+        lease: Duration,
+        limit: usize,
+    ) -> StoreFuture<'_, Vec<Claimed>>;
+
+    /// Settles a claimed delivery: done (`retry_at = None`, removed) or due again at
+    /// `retry_at` with one more attempt counted. `Ok(false)` when the claim was lost (its
+    /// lease ran out and another replica claimed it).
+    fn outbox_settle<'a>(
+        &'a self,
+        claimed: &'a Claimed,
+        retry_at: Option<Timestamp>,
+    ) -> StoreFuture<'a, bool>;
+
     /// Stores a grant made outside a ticket transition (records no event). Grants that
     /// approvals create are written by [`Store::transition`].
     fn create_grant(&self, grant: Grant) -> StoreFuture<'_, Grant>;
@@ -279,6 +322,39 @@ fn random80() -> u128 {
         b = n.to_le_bytes();
     }
     u128::from_le_bytes(b)
+}
+
+/// One notification in the outbox: an audit event rendered for one channel.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Delivery {
+    /// Stable across retries (what receivers deduplicate on, e.g. `webhook-id`).
+    pub id: String,
+    /// The `[[notify]]` channel's name.
+    pub channel: String,
+    /// The audit event it announces.
+    pub seq: u64,
+    /// What is sent, fixed when the event was fanned out so every retry sends the same.
+    pub payload: String,
+    /// When it was queued (retries end a channel's `retry_for` after it).
+    pub queued_at: Timestamp,
+    /// Attempts made so far (0 when first claimed).
+    #[serde(default)]
+    pub attempts: u32,
+}
+
+/// A delivery claimed by [`Store::outbox_claim`]; `token` settles it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claimed {
+    /// The delivery.
+    pub delivery: Delivery,
+    /// Proves the claim to [`Store::outbox_settle`].
+    pub token: String,
+}
+
+/// A fresh random claim token.
+pub(crate) fn new_claim_token() -> String {
+    format!("{:032x}", random80())
 }
 
 /// A fresh ticket id at `at`.

@@ -11,12 +11,12 @@ use std::time::Duration;
 use jitgate_rules::ticket::{
     AuditDraft, AuditEvent, Grant, GrantId, Status, Ticket, TicketId, Timestamp, GENESIS,
 };
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 use crate::{
-    chain_all, grant_keep_until, now, route_requester, ticket_keep_until, AuditFilter, CreateAudit,
-    Effects, GrantAudit, GrantTransition, LimitScope, PendingLimits, Store, StoreError,
-    StoreFuture, TicketAudit, TicketTransition,
+    chain_all, grant_keep_until, new_claim_token, now, route_requester, ticket_keep_until,
+    AuditFilter, Claimed, CreateAudit, Delivery, Effects, GrantAudit, GrantTransition, LimitScope,
+    PendingLimits, Store, StoreError, StoreFuture, TicketAudit, TicketTransition,
 };
 
 /// The in-memory [`Store`]. Cloning shares the same data (like a second handle in the same
@@ -46,7 +46,23 @@ struct State {
     by_source: HashMap<String, HashSet<TicketId>>,
     grants: HashMap<GrantId, (Grant, Timestamp)>,
     audit: Vec<AuditEvent>,
+    /// Told the newest audit seq on every append.
+    audit_seq: Option<watch::Sender<u64>>,
+    outbox: Outbox,
     last_purge: Timestamp,
+}
+
+/// The notification outbox: the fan-out cursor and the queued deliveries.
+#[derive(Default)]
+struct Outbox {
+    cursor: Option<u64>,
+    queued: HashMap<String, Queued>,
+}
+
+struct Queued {
+    delivery: Delivery,
+    due: Timestamp,
+    claim: Option<String>,
 }
 
 // === impl MemoryStore ===
@@ -55,9 +71,13 @@ impl MemoryStore {
     /// A store that keeps finished tickets and grants for `retention`.
     pub fn new(retention: Duration) -> Self {
         let (decisions, _) = broadcast::channel(1024);
+        let state = State {
+            audit_seq: Some(watch::channel(0).0),
+            ..State::default()
+        };
         MemoryStore {
             inner: Arc::new(Inner {
-                state: Mutex::new(State::default()),
+                state: Mutex::new(state),
                 decisions,
                 retention,
             }),
@@ -187,6 +207,9 @@ impl State {
             .map_or((0, GENESIS), |e| (e.seq, e.hash.as_str()));
         let events = chain_all(head, drafts);
         self.audit.extend(events.iter().cloned());
+        if let (Some(tx), Some(last)) = (&self.audit_seq, events.last()) {
+            tx.send_replace(last.seq);
+        }
         events
     }
 
@@ -337,6 +360,119 @@ impl Store for MemoryStore {
             } else {
                 it.take(filter.limit).collect()
             })
+        })
+    }
+
+    fn audit_after(&self, after: u64, limit: usize) -> StoreFuture<'_, Vec<AuditEvent>> {
+        Box::pin(async move {
+            let st = self.lock();
+            // Numbers run from 1 without gaps, so event `seq` sits at index `seq - 1`.
+            let from = usize::try_from(after)
+                .unwrap_or(usize::MAX)
+                .min(st.audit.len());
+            Ok(st.audit[from..].iter().take(limit).cloned().collect())
+        })
+    }
+
+    fn audit_seq(&self) -> watch::Receiver<u64> {
+        match &self.lock_raw().audit_seq {
+            Some(tx) => tx.subscribe(),
+            None => watch::channel(0).1,
+        }
+    }
+
+    fn outbox_cursor(&self) -> StoreFuture<'_, u64> {
+        Box::pin(async move {
+            let mut st = self.lock();
+            let head = st.audit.last().map_or(0, |e| e.seq);
+            Ok(*st.outbox.cursor.get_or_insert(head))
+        })
+    }
+
+    fn outbox_enqueue<'a>(
+        &'a self,
+        from: u64,
+        to: u64,
+        deliveries: &'a [Delivery],
+        due: Timestamp,
+    ) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let mut st = self.lock();
+            let head = st.audit.last().map_or(0, |e| e.seq);
+            if *st.outbox.cursor.get_or_insert(head) != from {
+                return Ok(false);
+            }
+            for d in deliveries {
+                st.outbox
+                    .queued
+                    .entry(d.id.clone())
+                    .or_insert_with(|| Queued {
+                        delivery: d.clone(),
+                        due,
+                        claim: None,
+                    });
+            }
+            st.outbox.cursor = Some(to);
+            Ok(true)
+        })
+    }
+
+    fn outbox_claim(
+        &self,
+        now: Timestamp,
+        lease: Duration,
+        limit: usize,
+    ) -> StoreFuture<'_, Vec<Claimed>> {
+        Box::pin(async move {
+            let mut st = self.lock();
+            let token = new_claim_token();
+            let mut due: Vec<(&String, &mut Queued)> = st
+                .outbox
+                .queued
+                .iter_mut()
+                .filter(|(_, q)| q.due <= now)
+                .collect();
+            due.sort_by_key(|(id, q)| (q.due, q.delivery.seq, id.as_str().to_owned()));
+            Ok(due
+                .into_iter()
+                .take(limit)
+                .map(|(_, q)| {
+                    q.due = now.plus(lease);
+                    q.claim = Some(token.clone());
+                    Claimed {
+                        delivery: q.delivery.clone(),
+                        token: token.clone(),
+                    }
+                })
+                .collect())
+        })
+    }
+
+    fn outbox_settle<'a>(
+        &'a self,
+        claimed: &'a Claimed,
+        retry_at: Option<Timestamp>,
+    ) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let mut st = self.lock();
+            let id = &claimed.delivery.id;
+            let Some(q) = st.outbox.queued.get_mut(id) else {
+                return Ok(false);
+            };
+            if q.claim.as_deref() != Some(claimed.token.as_str()) {
+                return Ok(false);
+            }
+            match retry_at {
+                Some(at) => {
+                    q.due = at;
+                    q.claim = None;
+                    q.delivery.attempts += 1;
+                }
+                None => {
+                    st.outbox.queued.remove(id);
+                }
+            }
+            Ok(true)
         })
     }
 

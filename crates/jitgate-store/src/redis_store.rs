@@ -52,13 +52,14 @@ use jitgate_rules::ticket::{
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, RedisError, Script};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
 use crate::{
-    chain_all, grant_keep_until, now, route_requester, ticket_keep_until, AuditFilter, CreateAudit,
-    Effects, GrantAudit, GrantTransition, LimitScope, PendingLimits, Store, StoreError,
-    StoreFuture, TicketAudit, TicketTransition, MAX_ATTEMPTS, PRUNE_BATCH,
+    chain_all, grant_keep_until, new_claim_token, now, route_requester, ticket_keep_until,
+    AuditFilter, Claimed, CreateAudit, Delivery, Effects, GrantAudit, GrantTransition, LimitScope,
+    PendingLimits, Store, StoreError, StoreFuture, TicketAudit, TicketTransition, MAX_ATTEMPTS,
+    PRUNE_BATCH,
 };
 
 /// The pub/sub channel decisions are published on.
@@ -68,6 +69,15 @@ const TICKETS: &str = "jit:tickets";
 const GRANTS: &str = "jit:grants";
 const AUDIT: &str = "jit:audit";
 const AUDIT_HEAD: &str = "jit:audit:head";
+/// The pub/sub channel every audit append announces its newest seq on.
+const AUDIT_NEW: &str = "jit:audit:new";
+/// The notification outbox: fan-out cursor, due time per delivery id, delivery JSON, attempts
+/// and claim tokens per id.
+const OUTBOX_CURSOR: &str = "jit:{outbox}:cursor";
+const OUTBOX_DUE: &str = "jit:{outbox}:due";
+const OUTBOX_DATA: &str = "jit:{outbox}:data";
+const OUTBOX_TRIES: &str = "jit:{outbox}:tries";
+const OUTBOX_CLAIMS: &str = "jit:{outbox}:claims";
 /// The per-requester and per-source sets, for [`Store::prune`]'s SCAN.
 const PER_KEY_SETS: &str = "jit:[gp][rs]:*";
 
@@ -118,6 +128,7 @@ pub struct RedisStore {
     conn: ConnectionManager,
     opts: RedisOptions,
     decisions: broadcast::Sender<TicketId>,
+    audit_seq: watch::Sender<u64>,
     listener: JoinHandle<()>,
     scripts: Arc<Scripts>,
     prune: Mutex<PruneCursor>,
@@ -135,6 +146,10 @@ struct Scripts {
     create_grant: Script,
     append_audit: Script,
     unindex_gone: Script,
+    outbox_cursor: Script,
+    outbox_enqueue: Script,
+    outbox_claim: Script,
+    outbox_settle: Script,
 }
 
 /// Where the next [`Store::prune`] resumes, so work bounded per call still covers every
@@ -236,11 +251,18 @@ impl RedisStore {
         .map_err(|_| StoreError::Unavailable("timed out connecting to redis".into()))?
         .map_err(unavailable)?;
         let (decisions, _) = broadcast::channel(1024);
-        let listener = tokio::spawn(listen(client, decisions.clone(), opts.connect_timeout));
+        let (audit_seq, _) = watch::channel(0);
+        let listener = tokio::spawn(listen(
+            client,
+            decisions.clone(),
+            audit_seq.clone(),
+            opts.connect_timeout,
+        ));
         Ok(RedisStore {
             conn,
             opts,
             decisions,
+            audit_seq,
             listener,
             scripts: Arc::new(Scripts {
                 create: Script::new(&format!("{AUDIT_LUA}{CREATE_TICKET}")),
@@ -249,6 +271,10 @@ impl RedisStore {
                 create_grant: Script::new(&format!("{AUDIT_LUA}{CREATE_GRANT}")),
                 append_audit: Script::new(&format!("{AUDIT_LUA}{APPEND_AUDIT}")),
                 unindex_gone: Script::new(UNINDEX_GONE),
+                outbox_cursor: Script::new(OUTBOX_CURSOR_LUA),
+                outbox_enqueue: Script::new(OUTBOX_ENQUEUE_LUA),
+                outbox_claim: Script::new(OUTBOX_CLAIM_LUA),
+                outbox_settle: Script::new(OUTBOX_SETTLE_LUA),
             }),
             prune: Mutex::new(PruneCursor::default()),
             audit_head: tokio::sync::Mutex::new(None),
@@ -586,12 +612,17 @@ impl RedisStore {
 
 /// Receives decisions on a dedicated pub/sub connection and fans them out; reconnects with
 /// backoff (up to 5 s) whenever the connection fails or is killed.
-async fn listen(client: Client, tx: broadcast::Sender<TicketId>, connect_timeout: Duration) {
+async fn listen(
+    client: Client,
+    tx: broadcast::Sender<TicketId>,
+    audit_seq: watch::Sender<u64>,
+    connect_timeout: Duration,
+) {
     let mut backoff = Duration::from_millis(50);
     loop {
         let attempt = async {
             let mut ps = client.get_async_pubsub().await?;
-            ps.subscribe(DECISIONS).await?;
+            ps.subscribe(&[DECISIONS, AUDIT_NEW]).await?;
             Ok::<_, RedisError>(ps)
         };
         match tokio::time::timeout(connect_timeout, attempt).await {
@@ -603,7 +634,15 @@ async fn listen(client: Client, tx: broadcast::Sender<TicketId>, connect_timeout
                     let Ok(payload) = msg.get_payload::<String>() else {
                         continue;
                     };
-                    if let Ok(id) = TicketId::parse(&payload) {
+                    if msg.get_channel_name() == AUDIT_NEW {
+                        if let Ok(seq) = payload.parse::<u64>() {
+                            audit_seq.send_if_modified(|s| {
+                                let newer = seq > *s;
+                                *s = (*s).max(seq);
+                                newer
+                            });
+                        }
+                    } else if let Ok(id) = TicketId::parse(&payload) {
                         let _ = tx.send(id);
                     }
                 }
@@ -637,6 +676,7 @@ local function audit_append(head, stream, a)
     redis.call('XADD', stream, ARGV[a + 3 + 2 * i], 'e', ARGV[a + 4 + 2 * i])
   end
   redis.call('SET', head, ARGV[a + 1])
+  redis.call('PUBLISH', 'jit:audit:new', string.match(ARGV[a + 1], '^%d+'))
 end
 local function extend(key, px)
   if redis.call('PTTL', key) < tonumber(px) then redis.call('PEXPIRE', key, px) end
@@ -744,6 +784,73 @@ for i, m in ipairs(ARGV) do
   end
 end
 return n
+"#;
+
+/// KEYS: outbox cursor, audit head. Returns the cursor, set to the head's seq when absent.
+const OUTBOX_CURSOR_LUA: &str = r#"
+local c = redis.call('GET', KEYS[1])
+if c then return c end
+local head = redis.call('GET', KEYS[2])
+local seq = '0'
+if head then seq = string.match(head, '^%d+') or '0' end
+redis.call('SET', KEYS[1], seq)
+return seq
+"#;
+
+/// KEYS: cursor, audit head, due, data, tries. ARGV: expected cursor, new cursor, due ms, then
+/// pairs of id and delivery JSON. Returns 1 when written, 0 when the cursor moved.
+const OUTBOX_ENQUEUE_LUA: &str = r#"
+local c = redis.call('GET', KEYS[1])
+if not c then
+  local head = redis.call('GET', KEYS[2])
+  c = '0'
+  if head then c = string.match(head, '^%d+') or '0' end
+end
+if c ~= ARGV[1] then return 0 end
+for i = 4, #ARGV, 2 do
+  if redis.call('HSETNX', KEYS[4], ARGV[i], ARGV[i + 1]) == 1 then
+    redis.call('ZADD', KEYS[3], ARGV[3], ARGV[i])
+    redis.call('HSET', KEYS[5], ARGV[i], 0)
+  end
+end
+redis.call('SET', KEYS[1], ARGV[2])
+return 1
+"#;
+
+/// KEYS: due, data, tries, claims. ARGV: now ms, lease end ms, limit, token. Returns triples
+/// of id, delivery JSON and attempts.
+const OUTBOX_CLAIM_LUA: &str = r#"
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+local out = {}
+for _, id in ipairs(ids) do
+  local json = redis.call('HGET', KEYS[2], id)
+  if json then
+    redis.call('ZADD', KEYS[1], ARGV[2], id)
+    redis.call('HSET', KEYS[4], id, ARGV[4])
+    table.insert(out, id)
+    table.insert(out, json)
+    table.insert(out, redis.call('HGET', KEYS[3], id) or '0')
+  else
+    redis.call('ZREM', KEYS[1], id)
+  end
+end
+return out
+"#;
+
+/// KEYS: due, data, tries, claims. ARGV: id, token, retry at ms ("" = done). Returns 1 when
+/// settled, 0 when the claim was lost.
+const OUTBOX_SETTLE_LUA: &str = r#"
+if redis.call('HGET', KEYS[4], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('HDEL', KEYS[4], ARGV[1])
+if ARGV[3] == '' then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  redis.call('HDEL', KEYS[2], ARGV[1])
+  redis.call('HDEL', KEYS[3], ARGV[1])
+else
+  redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
+  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+end
+return 1
 "#;
 
 /// What a script answered.
@@ -1087,6 +1194,124 @@ impl Store for RedisStore {
                     _ => return Ok(out),
                 }
             }
+        }))
+    }
+
+    fn audit_after(&self, after: u64, limit: usize) -> StoreFuture<'_, Vec<AuditEvent>> {
+        Box::pin(self.bounded(async move {
+            let mut c = self.conn.clone();
+            // Stream ids are `<seq>-0`: exclusive of `after`.
+            let page: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+                .arg(AUDIT)
+                .arg(format!("({after}-0"))
+                .arg("+")
+                .arg("COUNT")
+                .arg(limit.max(1))
+                .query_async(&mut c)
+                .await
+                .map_err(unavailable)?;
+            page.iter()
+                .filter_map(|(_, fields)| fields.iter().find(|(k, _)| k == "e"))
+                .map(|(_, json)| decode("audit event", json))
+                .collect()
+        }))
+    }
+
+    fn audit_seq(&self) -> watch::Receiver<u64> {
+        self.audit_seq.subscribe()
+    }
+
+    fn outbox_cursor(&self) -> StoreFuture<'_, u64> {
+        Box::pin(self.bounded(async move {
+            let mut c = self.conn.clone();
+            let mut inv = self.scripts.outbox_cursor.prepare_invoke();
+            inv.key(OUTBOX_CURSOR).key(AUDIT_HEAD);
+            let v: String = inv.invoke_async(&mut c).await.map_err(unavailable)?;
+            v.parse()
+                .map_err(|_| StoreError::Corrupt(format!("outbox cursor `{v}` is not a number")))
+        }))
+    }
+
+    fn outbox_enqueue<'a>(
+        &'a self,
+        from: u64,
+        to: u64,
+        deliveries: &'a [Delivery],
+        due: Timestamp,
+    ) -> StoreFuture<'a, bool> {
+        Box::pin(self.bounded(async move {
+            let mut c = self.conn.clone();
+            let mut inv = self.scripts.outbox_enqueue.prepare_invoke();
+            inv.key(OUTBOX_CURSOR)
+                .key(AUDIT_HEAD)
+                .key(OUTBOX_DUE)
+                .key(OUTBOX_DATA)
+                .key(OUTBOX_TRIES)
+                .arg(from)
+                .arg(to)
+                .arg(due.as_millis());
+            for d in deliveries {
+                inv.arg(&d.id).arg(encode(d)?);
+            }
+            let written: i64 = inv.invoke_async(&mut c).await.map_err(unavailable)?;
+            Ok(written == 1)
+        }))
+    }
+
+    fn outbox_claim(
+        &self,
+        now: Timestamp,
+        lease: Duration,
+        limit: usize,
+    ) -> StoreFuture<'_, Vec<Claimed>> {
+        Box::pin(self.bounded(async move {
+            let mut c = self.conn.clone();
+            let token = new_claim_token();
+            let mut inv = self.scripts.outbox_claim.prepare_invoke();
+            inv.key(OUTBOX_DUE)
+                .key(OUTBOX_DATA)
+                .key(OUTBOX_TRIES)
+                .key(OUTBOX_CLAIMS)
+                .arg(now.as_millis())
+                .arg(now.plus(lease).as_millis())
+                .arg(limit.max(1))
+                .arg(&token);
+            let flat: Vec<String> = inv.invoke_async(&mut c).await.map_err(unavailable)?;
+            flat.chunks(3)
+                .map(|t| match t {
+                    [_, json, tries] => {
+                        let mut delivery: Delivery = decode("outbox delivery", json)?;
+                        delivery.attempts = tries.parse().map_err(|_| {
+                            StoreError::Corrupt(format!("outbox attempts `{tries}`"))
+                        })?;
+                        Ok(Claimed {
+                            delivery,
+                            token: token.clone(),
+                        })
+                    }
+                    _ => Err(StoreError::Corrupt("short outbox claim reply".into())),
+                })
+                .collect()
+        }))
+    }
+
+    fn outbox_settle<'a>(
+        &'a self,
+        claimed: &'a Claimed,
+        retry_at: Option<Timestamp>,
+    ) -> StoreFuture<'a, bool> {
+        Box::pin(self.bounded(async move {
+            let mut c = self.conn.clone();
+            let mut inv = self.scripts.outbox_settle.prepare_invoke();
+            inv.key(OUTBOX_DUE)
+                .key(OUTBOX_DATA)
+                .key(OUTBOX_TRIES)
+                .key(OUTBOX_CLAIMS)
+                .arg(&claimed.delivery.id)
+                .arg(&claimed.token)
+                .arg(opt_arg(retry_at.map(Timestamp::as_millis)));
+            let settled: i64 = inv.invoke_async(&mut c).await.map_err(unavailable)?;
+            Ok(settled == 1)
         }))
     }
 

@@ -13,8 +13,8 @@ use jitgate_rules::ticket::{
     RequestSnapshot, Requester, Status, Ticket, TicketDraft, TicketId, Timestamp, TransitionError,
 };
 use jitgate_store::{
-    new_grant_id, new_ticket_id, now, AuditFilter, LimitScope, MemoryStore, PendingLimits,
-    RedisOptions, RedisStore, Store, StoreError,
+    new_grant_id, new_ticket_id, now, AuditFilter, Delivery, LimitScope, MemoryStore,
+    PendingLimits, RedisOptions, RedisStore, Store, StoreError,
 };
 
 // === fixtures ===
@@ -1103,6 +1103,137 @@ async fn finished_records_leave_within_retention(p: Pair) {
     assert_eq!(p.a.prune(now()).await.unwrap(), 0);
 }
 
+fn rules_event(n: u64) -> AuditDraft {
+    AuditDraft {
+        at: now(),
+        kind: AuditKind::RulesReloaded,
+        ticket: None,
+        actor: None,
+        requester: None,
+        detail: serde_json::json!({ "n": n }),
+    }
+}
+
+fn delivery(id: &str, seq: u64) -> Delivery {
+    Delivery {
+        id: id.into(),
+        channel: "hook".into(),
+        seq,
+        payload: format!("{{\"seq\":{seq}}}"),
+        queued_at: now(),
+        attempts: 0,
+    }
+}
+
+async fn audit_tail_reads_after_a_number(p: Pair) {
+    let mut seqs = Vec::new();
+    for n in 0..5 {
+        seqs.push(p.a.append_audit(rules_event(n)).await.unwrap().seq);
+    }
+    let after = p.b.audit_after(seqs[1], 2).await.unwrap();
+    assert_eq!(after.iter().map(|e| e.seq).collect::<Vec<_>>(), &seqs[2..4]);
+    let rest = p.b.audit_after(seqs[3], 100).await.unwrap();
+    assert_eq!(rest.iter().map(|e| e.seq).collect::<Vec<_>>(), &seqs[4..]);
+    assert_eq!(rest[0].detail["n"], 4);
+    assert!(p.b.audit_after(seqs[4], 100).await.unwrap().is_empty());
+}
+
+async fn audit_appends_wake_tailers_on_every_handle(p: Pair) {
+    let mut rx = p.b.audit_seq();
+    wait_subscribed(&p).await;
+    let e = p.a.append_audit(rules_event(1)).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(30), rx.wait_for(|s| *s >= e.seq))
+        .await
+        .expect("audit append announced")
+        .unwrap();
+}
+
+async fn outbox_fans_out_once_and_delivers_once(p: Pair) {
+    // History before the outbox first looks is not notified.
+    p.a.append_audit(rules_event(0)).await.unwrap();
+    let cursor = p.a.outbox_cursor().await.unwrap();
+    assert_eq!(p.b.outbox_cursor().await.unwrap(), cursor);
+    assert!(p.a.audit_after(cursor, 10).await.unwrap().is_empty());
+    let e = p.a.append_audit(rules_event(1)).await.unwrap();
+    // Two replicas fan out the same events: only one wins the cursor.
+    let batch = [delivery("msg_1", e.seq), delivery("msg_2", e.seq)];
+    let at = now();
+    assert!(p.a.outbox_enqueue(cursor, e.seq, &batch, at).await.unwrap());
+    assert!(!p.b.outbox_enqueue(cursor, e.seq, &batch, at).await.unwrap());
+    assert_eq!(p.b.outbox_cursor().await.unwrap(), e.seq);
+    // Nothing is due before its time; then each delivery goes to one claimer.
+    assert!(p
+        .a
+        .outbox_claim(Timestamp(at.as_millis() - 1), Duration::from_secs(60), 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let mine =
+        p.a.outbox_claim(at, Duration::from_secs(60), 10)
+            .await
+            .unwrap();
+    assert_eq!(mine.len(), 2);
+    assert!(p
+        .b
+        .outbox_claim(at, Duration::from_secs(60), 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let (one, two) = (&mine[0], &mine[1]);
+    assert_eq!(one.delivery.attempts, 0);
+    let ids: Vec<&str> = mine.iter().map(|c| c.delivery.id.as_str()).collect();
+    assert!(ids.contains(&"msg_1") && ids.contains(&"msg_2"));
+    assert_eq!(one.delivery.payload, format!("{{\"seq\":{}}}", e.seq));
+    // Done once; a second settle of the same claim finds nothing.
+    assert!(p.a.outbox_settle(one, None).await.unwrap());
+    assert!(!p.a.outbox_settle(one, None).await.unwrap());
+    // A failed attempt is due again with one more attempt counted.
+    let retry = later(at, 5);
+    assert!(p.a.outbox_settle(two, Some(retry)).await.unwrap());
+    assert!(p
+        .b
+        .outbox_claim(later(at, 4), Duration::from_secs(60), 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let again =
+        p.b.outbox_claim(retry, Duration::from_secs(60), 10)
+            .await
+            .unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].delivery.id, two.delivery.id);
+    assert_eq!(again[0].delivery.attempts, 1);
+    // The first claimer's token no longer settles it.
+    assert!(!p.a.outbox_settle(two, None).await.unwrap());
+    // A claimer that dies holds it only until its lease ends; then another replica takes
+    // it, and the dead one's late settle is refused.
+    let lease_end = later(retry, 60);
+    let taken =
+        p.a.outbox_claim(lease_end, Duration::from_secs(60), 10)
+            .await
+            .unwrap();
+    assert_eq!(taken.len(), 1);
+    assert!(!p.b.outbox_settle(&again[0], None).await.unwrap());
+    assert!(p.a.outbox_settle(&taken[0], None).await.unwrap());
+    assert!(p
+        .b
+        .outbox_claim(later(lease_end, 3600), Duration::from_secs(60), 10)
+        .await
+        .unwrap()
+        .is_empty());
+    // An id fanned out again (a replica that lost the race after writing) is not duplicated.
+    let cursor = p.a.outbox_cursor().await.unwrap();
+    let dup = [delivery("msg_3", e.seq), delivery("msg_3", e.seq)];
+    assert!(p.b.outbox_enqueue(cursor, cursor, &dup, at).await.unwrap());
+    assert_eq!(
+        p.a.outbox_claim(at, Duration::from_secs(60), 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
 macro_rules! contract {
     ($($retention:expr => $($case:ident),+ $(,)?);+ $(;)?) => {
         mod memory_store {
@@ -1140,7 +1271,10 @@ contract!(
         per_requester_cap_is_atomic,
         decisions_are_published,
         audit_chain_holds_under_concurrent_appends,
-        grants_are_used_and_revoked_atomically;
+        grants_are_used_and_revoked_atomically,
+        audit_tail_reads_after_a_number,
+        audit_appends_wake_tailers_on_every_handle,
+        outbox_fans_out_once_and_delivers_once;
     super::ONE_SECOND =>
         finished_records_leave_within_retention;
 );
