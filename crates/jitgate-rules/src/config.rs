@@ -11,6 +11,9 @@ use ipnet::IpNet;
 
 use crate::route::{Principal, Route};
 
+mod notify;
+pub use notify::{Notify, NotifyKind, NOTIFY_EVENTS};
+
 /// A parsed and validated `proxy.toml`.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -28,6 +31,8 @@ pub struct Config {
     pub upstreams: Vec<Upstream>,
     /// `[[routes]]`, in file order.
     pub routes: Vec<Route>,
+    /// `[[notify]]` channels, in file order.
+    pub notify: Vec<Notify>,
 }
 
 /// `[server]`
@@ -189,6 +194,9 @@ pub struct Admin {
     pub jwt: Option<JwtConfig>,
     /// `api_tokens`.
     pub api_tokens: Vec<ApiToken>,
+    /// `public_url`: how approvers reach the admin plane (links in notifications); `None`:
+    /// `http://<admin_listen>`.
+    pub public_url: Option<Uri>,
 }
 
 /// A static admin API token, stored as the hex SHA-256 of the token.
@@ -301,6 +309,7 @@ pub(crate) fn parse_config(src: &str, file: &Path) -> (Option<Config>, Vec<Diagn
         base: file.parent().map(Path::to_path_buf).unwrap_or_default(),
         diags: Vec::new(),
         broken_upstreams: Vec::new(),
+        channels: Vec::new(),
         line_starts: std::iter::once(0)
             .chain(src.match_indices('\n').map(|(i, _)| i + 1))
             .collect(),
@@ -329,6 +338,8 @@ struct Cx<'s> {
     /// Byte offset of the start of each line, so locating a span is a binary search
     /// (scanning from the top each time made 10,000-route files quadratic).
     line_starts: Vec<usize>,
+    /// Names of the `[[notify]]` channels (those with errors too), for routes' `notify`.
+    channels: Vec<String>,
 }
 
 /// Levenshtein distance, for "did you mean" suggestions.
@@ -627,6 +638,7 @@ const TOP_KEYS: &[&str] = &[
     "admin",
     "upstreams",
     "routes",
+    "notify",
 ];
 const SERVER_KEYS: &[&str] = &[
     "listen",
@@ -660,7 +672,7 @@ const JWT_KEYS: &[&str] = &[
     "jwks_file",
     "groups_claim",
 ];
-const ADMIN_KEYS: &[&str] = &["operators", "jwt", "api_tokens"];
+const ADMIN_KEYS: &[&str] = &["operators", "jwt", "api_tokens", "public_url"];
 const TOKEN_KEYS: &[&str] = &["name", "user", "sha256", "groups"];
 const UPSTREAM_KEYS: &[&str] = &[
     "name",
@@ -712,6 +724,8 @@ const APPROVAL_KEYS: &[&str] = &[
     "auto_approve",
     "approve_above_rate",
     "volatile_headers",
+    "notify",
+    "chat_approval",
 ];
 const AUTO_KEYS: &[&str] = &[
     "path_prefix",
@@ -1064,6 +1078,17 @@ impl<'s> Cx<'s> {
         let identity = self.identity(doc);
         let admin = self.admin(doc);
         let upstreams = self.upstreams(doc);
+        let notify = self.notify(doc);
+        self.channels = doc
+            .get("notify")
+            .and_then(|v| v.get_ref().as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|c| c.get_ref().as_table()?.get("name")?.get_ref().as_str())
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default();
         let routes = self.routes(doc, &upstreams, approvals.as_ref());
         // Shadowing is judged on every route that compiled, even when other parts of the
         // file have errors, so one `check` reports everything there is to fix.
@@ -1076,6 +1101,7 @@ impl<'s> Cx<'s> {
             admin: admin?,
             upstreams,
             routes,
+            notify: notify?,
         })
     }
 
@@ -1500,10 +1526,31 @@ impl<'s> Cx<'s> {
                 _ => ok = false,
             }
         }
+        let public_url = match self.str_(t, "public_url", sec) {
+            None => {
+                ok &= !t.contains_key("public_url");
+                None
+            }
+            Some((u, sp)) => match u.parse::<Uri>() {
+                Ok(uri)
+                    if matches!(uri.scheme_str(), Some("http" | "https"))
+                        && uri.host().is_some_and(|h| !h.is_empty())
+                        && uri.query().is_none() =>
+                {
+                    Some(uri)
+                }
+                _ => {
+                    self.error(sp, format!("`public_url` in [admin] must be an http(s) URL such as https://jitgate-admin.example.com, not `{u}`"));
+                    ok = false;
+                    None
+                }
+            },
+        };
         ok.then_some(Admin {
             operators,
             jwt,
             api_tokens,
+            public_url,
         })
     }
 
@@ -1639,6 +1686,13 @@ fn check_upstream_url(u: &str) -> Result<Uri, String> {
 /// SHA-256 over a normalised rendering of everything that decides what a route matches and
 /// does (not its position or location), so an approval lapses when its rule is edited.
 fn definition_hash(r: &Route) -> [u8; 32] {
+    // Who is told about a ticket is not what was approved: changing the channels must not
+    // invalidate pending approvals.
+    let approval = r.approval.clone().map(|mut a| {
+        a.notify = None;
+        a.chat_approval = true;
+        a
+    });
     let def = format!(
         "name={:?}\naction={}\nupstream={:?}\nmethods={:?}\nhost={:?}\npath={:?}\nheaders={:?}\nsource={:?}\nci={}\nslash={}\nparams={}\nenforce={}\nerror={:?}\napproval={:?}\n",
         r.name,
@@ -1654,7 +1708,7 @@ fn definition_hash(r: &Route) -> [u8; 32] {
         r.allow_path_params,
         r.enforce,
         r.error,
-        r.approval,
+        approval,
     );
     Sha256::digest(def.as_bytes()).into()
 }
@@ -2247,6 +2301,40 @@ impl<'s> Cx<'s> {
         let volatile_headers = self
             .header_names(t, "volatile_headers", sec)
             .unwrap_or_default();
+        let notify = match self.str_list(t, "notify", sec) {
+            None => {
+                ok &= !t.contains_key("notify");
+                None
+            }
+            Some((names, _)) => {
+                let mut picked: Vec<String> = Vec::new();
+                for (n, sp) in names {
+                    if !self.channels.iter().any(|c| c == n) {
+                        let known: Vec<&str> = self.channels.iter().map(String::as_str).collect();
+                        let hint = suggest(n, &known)
+                            .map(|s| format!("; did you mean `{s}`?"))
+                            .unwrap_or_default();
+                        self.error(
+                            sp,
+                            format!(
+                                "`notify` names `{n}`, which no [[notify]] channel is called{hint}"
+                            ),
+                        );
+                        ok = false;
+                    } else if !picked.iter().any(|p| p == n) {
+                        picked.push(n.to_string());
+                    }
+                }
+                Some(picked)
+            }
+        };
+        let chat_approval = match self.bool_(t, "chat_approval", sec) {
+            None => {
+                ok &= !t.contains_key("chat_approval");
+                true
+            }
+            Some((b, _)) => b,
+        };
         ok.then(|| ApprovalPolicy {
             approvers,
             quorum,
@@ -2268,6 +2356,8 @@ impl<'s> Cx<'s> {
             auto_approve,
             approve_above_rate,
             volatile_headers,
+            notify,
+            chat_approval,
         })
     }
 

@@ -173,6 +173,12 @@ pub struct ApprovalPolicy {
     /// `volatile_headers`: headers (lowercase) left out of the approval binding on this
     /// route, in addition to [`crate::request::DEFAULT_VOLATILE_HEADERS`].
     pub volatile_headers: Vec<HeaderName>,
+    /// `notify`: the `[[notify]]` channels told about this route's tickets (`None`: every
+    /// channel).
+    pub notify: Option<Vec<String>>,
+    /// `chat_approval`: whether chat messages carry Approve / Deny buttons (default true);
+    /// false leaves a link to the ticket page only.
+    pub chat_approval: bool,
 }
 
 impl ApprovalPolicy {

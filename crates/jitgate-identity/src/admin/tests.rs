@@ -28,6 +28,7 @@ fn admin(jwt: Option<JwtConfig>) -> Admin {
             sha256: sha256_hex(CI_TOKEN),
             groups: vec!["oncall".into()],
         }],
+        public_url: None,
     }
 }
 

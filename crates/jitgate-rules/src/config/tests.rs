@@ -550,6 +550,7 @@ fn line_index_agrees_with_from_offset() {
         base: PathBuf::new(),
         diags: Vec::new(),
         broken_upstreams: Vec::new(),
+        channels: Vec::new(),
         line_starts: std::iter::once(0)
             .chain(src.match_indices('\n').map(|(i, _)| i + 1))
             .collect(),
@@ -624,5 +625,148 @@ fn error_templates_escape_for_their_content_type() {
     assert_eq!(
         Escaping::for_content_type("image/svg+xml"),
         Some(Escaping::Markup)
+    );
+}
+
+const HOOK: &str = "[[notify]]\nname = \"ops-hook\"\nkind = \"webhook\"\nurl = \"https://hooks.example.com/jitgate\"\nsecret_env = \"JITGATE_WEBHOOK_SECRET\"\n";
+
+#[test]
+fn notify_channels_parse_with_defaults() {
+    let src = format!(
+        "{HOOK}\n[[notify]]\nname = \"chat\"\nkind = \"slack\"\nurl = \"https://hooks.slack.com/services/T/B/x\"\nsigning_secret_env = \"SLACK_SIGNING\"\nevents = [\"ticket.opened\", \"ticket.decided\"]\nusers = {{ \"U012ABC\" = \"alice\" }}\ntimeout = \"3s\"\nretry_for = \"10m\"\n\n[admin]\npublic_url = \"https://jit.example.com\"\n\n{}",
+        approve_route("approvers = [\"group:oncall\"]\nnotify = [\"chat\"]\nchat_approval = false")
+    );
+    let t = parse(&src);
+    let c = t.config();
+    assert_eq!(c.notify.len(), 2);
+    let hook = &c.notify[0];
+    assert_eq!(hook.kind, NotifyKind::Webhook);
+    assert_eq!(hook.secret_env.as_deref(), Some("JITGATE_WEBHOOK_SECRET"));
+    assert_eq!(hook.events.len(), NOTIFY_EVENTS.len());
+    assert_eq!(hook.timeout, Duration::from_secs(10));
+    assert_eq!(hook.retry_for, Duration::from_secs(3600));
+    let chat = &c.notify[1];
+    assert_eq!(chat.kind, NotifyKind::Slack);
+    assert!(chat.wants("ticket.decided") && !chat.wants("ticket.expired"));
+    assert_eq!(
+        chat.users,
+        vec![("U012ABC".to_string(), "alice".to_string())]
+    );
+    assert_eq!(chat.timeout, Duration::from_secs(3));
+    assert_eq!(chat.retry_for, Duration::from_secs(600));
+    assert_eq!(
+        c.admin.public_url.as_ref().unwrap().to_string(),
+        "https://jit.example.com/"
+    );
+    let a = c.routes[0].approval.as_ref().unwrap();
+    assert_eq!(a.notify.as_deref(), Some(&["chat".to_string()][..]));
+    assert!(!a.chat_approval);
+    // Without `notify`, a route tells every channel.
+    let t = parse(&format!(
+        "{HOOK}\n{}",
+        approve_route("approvers = [\"group:oncall\"]")
+    ));
+    let a = t.config().routes[0].approval.as_ref().unwrap();
+    assert!(a.notify.is_none() && a.chat_approval);
+}
+
+#[test]
+fn notify_errors_point_at_the_value() {
+    let e = one_error(&format!(
+        "{}\n{}",
+        HOOK.replace("webhook", "webhok"),
+        approve_route("approvers = [\"group:oncall\"]")
+    ));
+    assert!(
+        e.contains("proxy.toml:3:8: error:") && e.contains("did you mean `webhook`?"),
+        "{e}"
+    );
+    let e = one_error(&HOOK.replace("\"ticket", "x").replace(
+        "secret_env = \"JITGATE_WEBHOOK_SECRET\"\n",
+        "secret_env = \"JITGATE_WEBHOOK_SECRET\"\nevents = [\"ticket.opend\"]\n",
+    ));
+    assert!(
+        e.contains(":6:") && e.contains("did you mean `ticket.opened`?"),
+        "{e}"
+    );
+    let e = one_error(&HOOK.replace("secret_env = \"JITGATE_WEBHOOK_SECRET\"\n", ""));
+    assert!(e.contains("needs `secret_env`"), "{e}");
+    let e = one_error(&HOOK.replace("https://hooks.example.com/jitgate", "ftp://x"));
+    assert!(e.contains(":4:7: error:") && e.contains("https://"), "{e}");
+    let e = one_error(&HOOK.replace("https://hooks.", "https://user:pw@hooks."));
+    assert!(e.contains("credentials"), "{e}");
+    let e = one_error(&format!("{HOOK}users = {{ \"U1\" = \"alice\" }}\n"));
+    assert!(
+        e.contains("`users` is only read for kind = \"slack\""),
+        "{e}"
+    );
+    let e = one_error(&format!("{HOOK}retry_fro = \"1h\"\n"));
+    assert!(
+        e.contains("unknown key `retry_fro`") && e.contains("did you mean `retry_for`?"),
+        "{e}"
+    );
+    let e = one_error(&format!("{HOOK}\n{HOOK}"));
+    assert!(
+        e.contains(":8:8: error:") && e.contains("used twice"),
+        "{e}"
+    );
+    let e = one_error(&format!("{HOOK}timeout = \"2m\"\n"));
+    assert!(e.contains("at most 60s"), "{e}");
+    let e = one_error(&format!("{HOOK}events = []\n"));
+    assert!(e.contains("`events` is empty"), "{e}");
+    // A route naming a channel that does not exist.
+    let e = one_error(&format!(
+        "{HOOK}\n{}",
+        approve_route("approvers = [\"group:oncall\"]\nnotify = [\"ops-hok\"]")
+    ));
+    assert!(
+        e.contains("no [[notify]] channel is called") && e.contains("did you mean `ops-hook`?"),
+        "{e}"
+    );
+    let e = one_error(&format!(
+        "[admin]\npublic_url = \"jit.example.com\"\n{}",
+        approve_route("approvers = [\"group:oncall\"]")
+    ));
+    assert!(
+        e.contains(":2:14: error:") && e.contains("public_url"),
+        "{e}"
+    );
+    // Plain http to a remote host is allowed with a warning; to loopback it is not warned.
+    let t = parse(&HOOK.replace("https://hooks.example.com/jitgate", "http://127.0.0.1:9/x"));
+    assert!(
+        !t.warnings().iter().any(|w| w.to_string().contains("unencrypted")),
+        "{:?}",
+        t.warnings()
+    );
+    let t = parse(&HOOK.replace("https://", "http://"));
+    assert!(t
+        .warnings()
+        .iter()
+        .any(|w| w.to_string().contains("unencrypted")));
+}
+
+#[test]
+fn notify_channels_do_not_change_the_approved_definition() {
+    let a = parse(&format!(
+        "{HOOK}\n{}",
+        approve_route("approvers = [\"group:oncall\"]")
+    ));
+    let b = parse(&format!(
+        "{HOOK}\n{}",
+        approve_route(
+            "approvers = [\"group:oncall\"]\nnotify = [\"ops-hook\"]\nchat_approval = false"
+        )
+    ));
+    let c = parse(&format!(
+        "{HOOK}\n{}",
+        approve_route("approvers = [\"group:dev\"]")
+    ));
+    assert_eq!(
+        a.config().routes[0].definition_hash,
+        b.config().routes[0].definition_hash
+    );
+    assert_ne!(
+        a.config().routes[0].definition_hash,
+        c.config().routes[0].definition_hash
     );
 }
