@@ -43,6 +43,8 @@ pub const ENDPOINTS: &[(&str, &str)] = &[
     ("GET", "/v1/audit"),
     ("GET", "/v1/admin/rules"),
     ("POST", "/v1/admin/reload"),
+    ("GET", "/v1/events"),
+    ("POST", "/v1/notify/slack/actions"),
 ];
 
 /// Largest JSON body the decision API reads (a batch of 10,000 ids is about 350 KB).
@@ -70,6 +72,12 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Pro
         "/readyz" if get => return readyz(&shared).await,
         JWKS if get => return json_response(StatusCode::OK, &shared.engine().signer().jwks()),
         "/healthz" | "/readyz" | JWKS => return not_allowed(&method, &path),
+        // Slack cannot send a bearer token: its callbacks are authenticated by their
+        // signature instead.
+        "/v1/notify/slack/actions" if method == Method::POST => {
+            return crate::notify::slack::actions(&shared, req).await
+        }
+        "/v1/notify/slack/actions" => return not_allowed(&method, &path),
         _ => {}
     }
     let snap = shared.snapshot();
@@ -141,6 +149,7 @@ impl Api<'_> {
                     Err(p) => p.into_response(),
                 }
             }
+            (&Method::GET, ["v1", "events"]) => api.events(&req),
             (&Method::GET, ["v1", "audit"]) => match api.operator_only() {
                 Some(refused) => refused,
                 None => api.audit(req.uri().query()).await,
@@ -387,6 +396,22 @@ fn not_found() -> Problem {
     )
 }
 
+/// Decides ticket `raw` as `caller` by exactly the API's rules (chat callbacks).
+pub(crate) async fn decide_as(
+    shared: &Arc<Shared>,
+    caller: Approver,
+    raw: &str,
+    approve: bool,
+    text: Option<String>,
+) -> Result<Ticket, Problem> {
+    let api = Api {
+        shared,
+        caller,
+        operator: false,
+    };
+    api.decide(raw, approve, clip(text)).await
+}
+
 /// One authenticated admin call.
 struct Api<'a> {
     shared: &'a Arc<Shared>,
@@ -417,6 +442,33 @@ impl Api<'_> {
         self.operator
             || self.caller.is_listed(&t.approvers)
             || t.requester.user.as_deref() == Some(self.caller.user.as_str())
+    }
+
+    /// `GET /v1/events`: what this caller may see, as server-sent events.
+    fn events(&self, req: &Request<Incoming>) -> Response<ProxyBody> {
+        let last_id = match req.headers().get("last-event-id").map(HeaderValue::to_str) {
+            None => None,
+            Some(Ok(v)) => match v.trim().parse::<u64>() {
+                Ok(n) => Some(n),
+                Err(_) => {
+                    return Problem::bad_request(
+                        "Last-Event-ID must be an event id from this stream",
+                    )
+                    .into_response()
+                }
+            },
+            Some(Err(_)) => {
+                return Problem::bad_request("Last-Event-ID must be an event id from this stream")
+                    .into_response()
+            }
+        };
+        let (caller, operator) = (self.caller.clone(), self.operator);
+        let visible = move |t: &Ticket| {
+            operator
+                || caller.is_listed(&t.approvers)
+                || t.requester.user.as_deref() == Some(caller.user.as_str())
+        };
+        crate::events::stream(self.shared, last_id, visible)
     }
 
     async fn list(&self, query: Option<&str>) -> Response<ProxyBody> {

@@ -104,6 +104,8 @@ pub enum ProxyBody {
     Full(Option<Bytes>),
     /// Relayed from the peer, frame by frame, never buffered whole.
     Stream(Relay),
+    /// Written by a task as it goes (server-sent events); ends when the task drops its end.
+    Channel(tokio::sync::mpsc::Receiver<Bytes>),
 }
 
 impl ProxyBody {
@@ -150,7 +152,7 @@ impl ProxyBody {
     pub fn client_body(&self) -> Option<Arc<ClientBody>> {
         match self {
             ProxyBody::Stream(relay) => relay.client.clone(),
-            ProxyBody::Empty | ProxyBody::Full(_) => None,
+            ProxyBody::Empty | ProxyBody::Full(_) | ProxyBody::Channel(_) => None,
         }
     }
 }
@@ -191,6 +193,7 @@ impl Body for ProxyBody {
             ProxyBody::Empty => Poll::Ready(None),
             ProxyBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             ProxyBody::Stream(relay) => relay.poll_frame(cx),
+            ProxyBody::Channel(rx) => rx.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b)))),
         }
     }
 
@@ -199,6 +202,7 @@ impl Body for ProxyBody {
             ProxyBody::Empty => true,
             ProxyBody::Full(bytes) => bytes.is_none(),
             ProxyBody::Stream(relay) => relay.inner.is_end_stream(),
+            ProxyBody::Channel(_) => false,
         }
     }
 
@@ -209,6 +213,7 @@ impl Body for ProxyBody {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
             ProxyBody::Stream(relay) => relay.inner.size_hint(),
+            ProxyBody::Channel(_) => SizeHint::default(),
         }
     }
 }

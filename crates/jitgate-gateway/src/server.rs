@@ -85,6 +85,8 @@ impl Gateway {
                 source,
             })?;
         let shared = Arc::new(Shared::new(snapshot, engine, config_path, cert));
+        crate::notify::deliver::start(shared.clone());
+        crate::events::Hub::start(shared.clone());
         Ok(Gateway {
             shared,
             data,

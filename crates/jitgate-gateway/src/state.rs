@@ -36,6 +36,8 @@ pub struct Snapshot {
     pub auth: Authenticator,
     /// Approver and operator authentication (`[admin]`).
     pub admin_auth: AdminAuthenticator,
+    /// `[[notify]]` channels with their secrets.
+    pub notify: Arc<crate::notify::Channels>,
 }
 
 impl Snapshot {
@@ -105,6 +107,8 @@ struct Attempt {
 pub struct Shared {
     snapshot: ArcSwap<Snapshot>,
     engine: Arc<Engine>,
+    /// Events for `GET /v1/events` streams.
+    pub hub: crate::events::Hub,
     config_path: PathBuf,
     cert: Option<Arc<CertSlot>>,
     /// Reloads run one at a time.
@@ -155,7 +159,10 @@ pub fn build_snapshot(
         .map_err(|e| errors.push(format!("[identity]: {e}")));
     let admin_auth = AdminAuthenticator::from_config(&cfg.admin, cfg.identity.jwt.as_ref())
         .map_err(|e| errors.push(format!("[admin]: {e}")));
-    let (Ok(auth), Ok(admin_auth), true) = (auth, admin_auth, errors.is_empty()) else {
+    let notify = crate::notify::Channels::build(cfg).map_err(|e| errors.extend(e));
+    let (Ok(auth), Ok(admin_auth), Ok(notify), true) =
+        (auth, admin_auth, notify, errors.is_empty())
+    else {
         return Err(errors);
     };
     let route_upstreams = table
@@ -170,6 +177,7 @@ pub fn build_snapshot(
         loaded_at: SystemTime::now(),
         auth,
         admin_auth,
+        notify: Arc::new(notify),
     })
 }
 
@@ -184,6 +192,7 @@ impl Shared {
         Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             engine,
+            hub: crate::events::Hub::default(),
             config_path,
             cert,
             reload_lock: tokio::sync::Mutex::new(()),

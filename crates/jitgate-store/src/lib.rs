@@ -222,6 +222,9 @@ pub trait Store: Send + Sync + 'static {
     /// trail (the event stream, the notification outbox).
     fn audit_after(&self, after: u64, limit: usize) -> StoreFuture<'_, Vec<AuditEvent>>;
 
+    /// The number of the newest audit event (0 for an empty trail).
+    fn audit_head(&self) -> StoreFuture<'_, u64>;
+
     /// The number of the newest audit event this store has seen appended, on any replica: it
     /// changes as events land, so tailers wake instead of polling. A lost wake-up (a pub/sub
     /// reconnect) only delays them until they next look.
@@ -334,6 +337,9 @@ pub struct Delivery {
     pub channel: String,
     /// The audit event it announces.
     pub seq: u64,
+    /// The ticket it is about, if any.
+    #[serde(default)]
+    pub ticket: Option<TicketId>,
     /// What is sent, fixed when the event was fanned out so every retry sends the same.
     pub payload: String,
     /// When it was queued (retries end a channel's `retry_for` after it).

@@ -374,6 +374,10 @@ impl Store for MemoryStore {
         })
     }
 
+    fn audit_head(&self) -> StoreFuture<'_, u64> {
+        Box::pin(async move { Ok(self.lock().audit.last().map_or(0, |e| e.seq)) })
+    }
+
     fn audit_seq(&self) -> watch::Receiver<u64> {
         match &self.lock_raw().audit_seq {
             Some(tx) => tx.subscribe(),

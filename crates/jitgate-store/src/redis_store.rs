@@ -1217,6 +1217,13 @@ impl Store for RedisStore {
         }))
     }
 
+    fn audit_head(&self) -> StoreFuture<'_, u64> {
+        Box::pin(self.bounded(async move {
+            let head = self.get_string(AUDIT_HEAD).await?;
+            Ok(parse_head(head.as_deref())?.0)
+        }))
+    }
+
     fn audit_seq(&self) -> watch::Receiver<u64> {
         self.audit_seq.subscribe()
     }

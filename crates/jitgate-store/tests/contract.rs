@@ -1119,6 +1119,7 @@ fn delivery(id: &str, seq: u64) -> Delivery {
         id: id.into(),
         channel: "hook".into(),
         seq,
+        ticket: None,
         payload: format!("{{\"seq\":{seq}}}"),
         queued_at: now(),
         attempts: 0,
@@ -1136,6 +1137,7 @@ async fn audit_tail_reads_after_a_number(p: Pair) {
     assert_eq!(rest.iter().map(|e| e.seq).collect::<Vec<_>>(), &seqs[4..]);
     assert_eq!(rest[0].detail["n"], 4);
     assert!(p.b.audit_after(seqs[4], 100).await.unwrap().is_empty());
+    assert_eq!(p.b.audit_head().await.unwrap(), seqs[4]);
 }
 
 async fn audit_appends_wake_tailers_on_every_handle(p: Pair) {

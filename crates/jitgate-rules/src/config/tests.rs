@@ -734,7 +734,9 @@ fn notify_errors_point_at_the_value() {
     // Plain http to a remote host is allowed with a warning; to loopback it is not warned.
     let t = parse(&HOOK.replace("https://hooks.example.com/jitgate", "http://127.0.0.1:9/x"));
     assert!(
-        !t.warnings().iter().any(|w| w.to_string().contains("unencrypted")),
+        !t.warnings()
+            .iter()
+            .any(|w| w.to_string().contains("unencrypted")),
         "{:?}",
         t.warnings()
     );

@@ -1,0 +1,173 @@
+//! `GET /v1/events`: the ticket and grant events a caller may see, as server-sent events.
+//!
+//! One task per replica tails the audit trail (woken by the store's append announcements,
+//! so events from every replica arrive) and publishes what channels would be told to the
+//! connected streams; each stream keeps what its caller may see. An event's SSE `id` is its
+//! audit `seq`: a client that reconnects with `Last-Event-ID` is sent what it missed from
+//! the store before the live events.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use tokio::sync::{broadcast, mpsc};
+
+use jitgate_rules::ticket::Ticket;
+use jitgate_store::Store;
+
+use crate::body::ProxyBody;
+use crate::notify::Told;
+use crate::state::Shared;
+
+/// Events kept for slow streams before they lag (and are closed, to resume by id).
+const BACKLOG: usize = 1024;
+/// The most events replayed for a `Last-Event-ID`.
+const MAX_REPLAY: usize = 1000;
+/// A comment line this often keeps proxies from closing a quiet stream.
+const KEEPALIVE: Duration = Duration::from_secs(15);
+
+/// The replica's event fan-out to streams.
+pub struct Hub {
+    tx: broadcast::Sender<Arc<Told>>,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Hub {
+            tx: broadcast::channel(BACKLOG).0,
+        }
+    }
+}
+
+impl Hub {
+    /// Starts tailing the trail for `shared`'s hub; ends at shutdown.
+    pub fn start(shared: Arc<Shared>) {
+        tokio::spawn(tail(shared));
+    }
+}
+
+async fn tail(shared: Arc<Shared>) {
+    let Some(store) = crate::notify::deliver::store_of(&shared).await else {
+        return;
+    };
+    let mut down = shared.engine().shutdown_signal();
+    let mut seq = store.audit_seq();
+    let mut last = loop {
+        match store.audit_head().await {
+            Ok(h) => break h,
+            Err(_) => tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = down.changed() => return,
+            },
+        }
+    };
+    let hub = &shared.hub;
+    loop {
+        match store.audit_after(last, 256).await {
+            Ok(events) if !events.is_empty() => {
+                for e in &events {
+                    last = e.seq;
+                    // Nobody listening: skip loading what nobody reads.
+                    if hub.tx.receiver_count() == 0 {
+                        continue;
+                    }
+                    if let Some(told) = Told::load(&*store, e).await {
+                        let _ = hub.tx.send(Arc::new(told));
+                    }
+                }
+                continue;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "event stream tail failed; retrying"),
+        }
+        tokio::select! {
+            _ = seq.changed() => {}
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = down.changed() => {}
+        }
+        if *down.borrow() {
+            return;
+        }
+    }
+}
+
+/// One `text/event-stream` frame.
+fn frame(told: &Told) -> Bytes {
+    Bytes::from(format!(
+        "id: {}\nevent: {}\ndata: {}\n\n",
+        told.seq, told.kind, told.body
+    ))
+}
+
+/// Serves a stream of the events `visible` lets through, resuming after `last_id`.
+pub fn stream(
+    shared: &Arc<Shared>,
+    last_id: Option<u64>,
+    visible: impl Fn(&Ticket) -> bool + Send + Sync + 'static,
+) -> Response<ProxyBody> {
+    let mut rx = shared.hub.tx.subscribe();
+    let (out, body) = mpsc::channel::<Bytes>(16);
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let mut down = shared.engine().shutdown_signal();
+        let shows = |t: &Told| t.ticket.as_ref().is_some_and(&visible);
+        // Subscribed first, then replayed: nothing falls between the two; live events the
+        // replay already sent are skipped by number.
+        let mut sent = last_id.unwrap_or(0);
+        if out
+            .send(Bytes::from_static(b": jitgate events\n\n"))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        if let (Some(after), Ok(store)) = (last_id, shared.engine().store()) {
+            let store: Arc<dyn Store> = store.clone();
+            if let Ok(events) = store.audit_after(after, MAX_REPLAY).await {
+                for e in &events {
+                    if let Some(told) = Told::load(&*store, e).await {
+                        if shows(&told) && out.send(frame(&told)).await.is_err() {
+                            return;
+                        }
+                    }
+                    sent = e.seq;
+                }
+            }
+        }
+        loop {
+            tokio::select! {
+                got = rx.recv() => match got {
+                    Ok(told) => {
+                        if told.seq <= sent || !shows(&told) {
+                            continue;
+                        }
+                        sent = told.seq;
+                        if out.send(frame(&told)).await.is_err() {
+                            return;
+                        }
+                    }
+                    // Too slow: end the stream; the client resumes with Last-Event-ID.
+                    Err(broadcast::error::RecvError::Lagged(_)) => return,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                () = tokio::time::sleep(KEEPALIVE) => {
+                    if out.send(Bytes::from_static(b": keepalive\n\n")).await.is_err() {
+                        return;
+                    }
+                }
+                _ = down.changed() => return,
+            }
+        }
+    });
+    let mut resp = Response::new(ProxyBody::Channel(body));
+    *resp.status_mut() = StatusCode::OK;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    resp
+}
