@@ -9,6 +9,7 @@
 pub mod approval;
 pub mod client;
 pub mod gateway;
+pub mod hooks;
 pub mod origin;
 pub mod raw_origin;
 pub mod redteam;
@@ -22,6 +23,7 @@ pub use approval::{
 };
 pub use client::{body, body_with_trailers, raw_request, send, Client, RawResponse, Response};
 pub use gateway::{Gateway, GatewayBuilder, Sig};
+pub use hooks::{Hook, HookReceiver};
 pub use origin::{sha256_hex, Origin, Recorded};
 pub use raw_origin::{RawOrigin, RawRecorded};
 pub use relay::Relay;

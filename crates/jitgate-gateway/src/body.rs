@@ -105,7 +105,11 @@ pub enum ProxyBody {
     /// Relayed from the peer, frame by frame, never buffered whole.
     Stream(Relay),
     /// Written by a task as it goes (server-sent events); ends when the task drops its end.
-    Channel(tokio::sync::mpsc::Receiver<Bytes>),
+    /// The guard, if any, lives as long as the body (it keeps its connection counted busy).
+    Channel(
+        tokio::sync::mpsc::Receiver<Bytes>,
+        Option<Box<dyn std::any::Any + Send + Sync>>,
+    ),
 }
 
 impl ProxyBody {
@@ -147,12 +151,24 @@ impl ProxyBody {
         })
     }
 
+    /// Keeps `guard` alive while a body written as it goes is being sent; other bodies give
+    /// it back.
+    pub fn keep_while_streaming<G: std::any::Any + Send + Sync>(&mut self, guard: G) -> Option<G> {
+        match self {
+            ProxyBody::Channel(_, slot) => {
+                *slot = Some(Box::new(guard));
+                None
+            }
+            _ => Some(guard),
+        }
+    }
+
     /// What the relay of a client's request body observes, for the forwarder to read when
     /// the upstream exchange fails; `None` for other bodies.
     pub fn client_body(&self) -> Option<Arc<ClientBody>> {
         match self {
             ProxyBody::Stream(relay) => relay.client.clone(),
-            ProxyBody::Empty | ProxyBody::Full(_) | ProxyBody::Channel(_) => None,
+            ProxyBody::Empty | ProxyBody::Full(_) | ProxyBody::Channel(..) => None,
         }
     }
 }
@@ -193,7 +209,7 @@ impl Body for ProxyBody {
             ProxyBody::Empty => Poll::Ready(None),
             ProxyBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             ProxyBody::Stream(relay) => relay.poll_frame(cx),
-            ProxyBody::Channel(rx) => rx.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b)))),
+            ProxyBody::Channel(rx, _) => rx.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b)))),
         }
     }
 
@@ -202,7 +218,7 @@ impl Body for ProxyBody {
             ProxyBody::Empty => true,
             ProxyBody::Full(bytes) => bytes.is_none(),
             ProxyBody::Stream(relay) => relay.inner.is_end_stream(),
-            ProxyBody::Channel(_) => false,
+            ProxyBody::Channel(..) => false,
         }
     }
 
@@ -213,7 +229,7 @@ impl Body for ProxyBody {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
             ProxyBody::Stream(relay) => relay.inner.size_hint(),
-            ProxyBody::Channel(_) => SizeHint::default(),
+            ProxyBody::Channel(..) => SizeHint::default(),
         }
     }
 }

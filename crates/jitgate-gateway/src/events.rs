@@ -160,7 +160,7 @@ pub fn stream(
             }
         }
     });
-    let mut resp = Response::new(ProxyBody::Channel(body));
+    let mut resp = Response::new(ProxyBody::Channel(body, None));
     *resp.status_mut() = StatusCode::OK;
     let h = resp.headers_mut();
     h.insert(

@@ -372,12 +372,14 @@ impl Conn {
             let conn = conn.clone();
             let busy = seen.as_ref().map(Activity::begin);
             async move {
-                let resp = match plane {
+                let mut resp = match plane {
                     Plane::Data => proxy::handle(shared, conn, req).await,
                     Plane::Admin => admin::handle(shared, req).await,
                 };
                 if let Some(mut busy) = busy {
                     busy.authenticated = resp.extensions().get::<admin::Authenticated>().is_some();
+                    // An event stream is a call in flight until it ends.
+                    drop(resp.body_mut().keep_while_streaming(busy));
                 }
                 Ok::<_, Infallible>(resp)
             }

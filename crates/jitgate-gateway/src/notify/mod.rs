@@ -152,9 +152,9 @@ impl Channels {
         let picked = route
             .and_then(|r| r.approval.as_ref())
             .and_then(|a| a.notify.as_ref());
-        self.list.iter().filter(move |c| {
-            c.cfg.wants(event) && picked.is_none_or(|p| p.iter().any(|n| *n == c.cfg.name))
-        })
+        self.list
+            .iter()
+            .filter(move |c| c.cfg.wants(event) && picked.is_none_or(|p| p.contains(&c.cfg.name)))
     }
 
     /// The ticket's page on the web UI.

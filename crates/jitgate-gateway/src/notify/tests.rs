@@ -146,7 +146,10 @@ fn chat_messages_keep_client_text_inert() {
     let card = teams::card(&told, &channels());
     let reason = &card["attachments"][0]["content"]["body"][1]["facts"][2];
     assert_eq!(reason["title"], "Reason");
-    assert_eq!(reason["value"], r"\<\!channel\> \[x\]\(https://evil\.example\)");
+    assert_eq!(
+        reason["value"],
+        r"\<\!channel\> \[x\]\(https://evil\.example\)"
+    );
 }
 
 #[test]
