@@ -117,6 +117,29 @@ fn example_fixture_parses_every_key() {
         vec!["authorization", "cookie", "x-api-key", "x-session"]
     );
     assert_eq!(c.admin.api_tokens[0].groups, vec!["oncall".to_string()]);
+    assert_eq!(
+        c.admin.public_url.as_ref().unwrap().to_string(),
+        "https://jitgate-admin.example.com/"
+    );
+    let kinds: Vec<(&str, NotifyKind)> =
+        c.notify.iter().map(|n| (n.name.as_str(), n.kind)).collect();
+    assert_eq!(
+        kinds,
+        [
+            ("ops-hook", NotifyKind::Webhook),
+            ("chat", NotifyKind::Slack),
+            ("teams", NotifyKind::Teams)
+        ]
+    );
+    assert_eq!(c.notify[0].events, ["ticket.opened", "ticket.decided"]);
+    assert_eq!(
+        (c.notify[0].timeout, c.notify[0].retry_for),
+        (Duration::from_secs(5), Duration::from_secs(7200))
+    );
+    assert_eq!(
+        c.notify[1].signing_secret_env.as_deref(),
+        Some("SLACK_SIGNING_SECRET")
+    );
     let billing = t.upstream("billing").unwrap();
     assert_eq!(billing.protocol, UpstreamProtocol::H2);
     assert!(!billing.preserve_host);
@@ -152,7 +175,7 @@ fn example_fixture_parses_every_key() {
     assert_eq!(r.headers.len(), 2);
     assert_eq!(r.source.len(), 2);
     assert!(r.case_insensitive && r.allow_encoded_slash && r.allow_path_params && r.enforce);
-    assert_eq!(r.location.to_string(), format!("{FILE}:80:1"));
+    assert_eq!(r.location.to_string(), format!("{FILE}:81:1"));
     let a = r.approval.as_ref().unwrap();
     assert_eq!(
         a.approvers,
@@ -181,6 +204,11 @@ fn example_fixture_parses_every_key() {
             per: Duration::from_secs(60)
         })
     );
+    assert_eq!(
+        a.notify.as_deref(),
+        Some(&["ops-hook".to_string(), "chat".to_string()][..])
+    );
+    assert!(a.chat_approval);
     let auto = &a.auto_approve[0];
     assert_eq!(
         auto.path_prefix.as_deref(),
