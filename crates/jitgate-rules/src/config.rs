@@ -28,6 +28,18 @@ pub struct Config {
     pub upstreams: Vec<Upstream>,
     /// `[[routes]]`, in file order.
     pub routes: Vec<Route>,
+    /// Every file the config names (certificates, keys, CA bundles, JWKS), resolved, with
+    /// where it is named, in file order.
+    pub files: Vec<FileRef>,
+}
+
+/// A file named in the config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileRef {
+    /// The path, resolved against the config file's folder.
+    pub path: PathBuf,
+    /// Where the config names it.
+    pub location: Location,
 }
 
 /// `[server]`
@@ -300,6 +312,7 @@ pub(crate) fn parse_config(src: &str, file: &Path) -> (Option<Config>, Vec<Diagn
         file: file.display().to_string(),
         base: file.parent().map(Path::to_path_buf).unwrap_or_default(),
         diags: Vec::new(),
+        files: Vec::new(),
         broken_upstreams: Vec::new(),
         line_starts: std::iter::once(0)
             .chain(src.match_indices('\n').map(|(i, _)| i + 1))
@@ -324,6 +337,8 @@ struct Cx<'s> {
     file: String,
     base: PathBuf,
     diags: Vec<Diagnostic>,
+    /// The files named so far.
+    files: Vec<FileRef>,
     /// Upstreams that were declared but had errors: routes naming them are not reported again.
     broken_upstreams: Vec<String>,
     /// Byte offset of the start of each line, so locating a span is a binary search
@@ -766,13 +781,20 @@ impl<'s> Cx<'s> {
         self.diags
     }
 
-    fn path(&self, p: &str) -> PathBuf {
+    /// `p` resolved against the config's folder, recorded as a file the config names.
+    fn path(&mut self, p: &str, span: &Range<usize>) -> PathBuf {
         let p = Path::new(p);
-        if p.is_absolute() {
+        let path = if p.is_absolute() {
             p.to_path_buf()
         } else {
             self.base.join(p)
-        }
+        };
+        let location = self.loc(span);
+        self.files.push(FileRef {
+            path: path.clone(),
+            location,
+        });
+        path
     }
 
     fn check_keys(&mut self, t: &DeTable<'_>, section: &str, allowed: &[&str]) {
@@ -1051,7 +1073,7 @@ impl<'s> Cx<'s> {
             self.error(span, format!("`{key}` in {section} is empty"));
             return None;
         }
-        Some(self.path(s))
+        Some(self.path(s, &span))
     }
 
     // === sections ===
@@ -1076,6 +1098,7 @@ impl<'s> Cx<'s> {
             admin: admin?,
             upstreams,
             routes,
+            files: std::mem::take(&mut self.files),
         })
     }
 
@@ -1327,7 +1350,7 @@ impl<'s> Cx<'s> {
             .str_list(t, "public_keys", sec)
             .map(|(ks, _)| {
                 ks.into_iter()
-                    .map(|(k, _)| self.path(k))
+                    .map(|(k, sp)| self.path(k, &sp))
                     .collect::<Vec<_>>()
             })
             .unwrap_or_default();
