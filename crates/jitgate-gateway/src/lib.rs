@@ -14,6 +14,7 @@ pub mod grpc;
 pub mod headers;
 pub mod problem;
 pub mod proxy;
+pub mod rules_file;
 pub mod server;
 pub mod state;
 pub mod tls;
