@@ -505,7 +505,7 @@ fn spawn_sighup(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                 got = hup.recv() => {
                     if got.is_none() { return; }
                     tracing::info!("SIGHUP: reloading");
-                    let _ = shared.reload(Trigger::Signal).await;
+                    let _ = shared.reload(Trigger::Signal, None).await;
                 }
                 _ = stop.changed() => return,
             }
@@ -571,7 +571,7 @@ fn watch_file(
                     .await
                     .is_ok()
             {}
-            let _ = shared.reload(Trigger::Watch).await;
+            let _ = shared.reload(Trigger::Watch, None).await;
         }
     });
     Some(watcher)
