@@ -224,6 +224,12 @@ impl RedisServer {
             .unwrap_or_default()
     }
 
+    /// Starts it again on the same port (empty: persistence is off) after [`Self::stop`].
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
     /// Stops it (SIGKILL): the store becomes unreachable.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use serde::Deserialize;
@@ -23,7 +23,7 @@ use crate::approval::view_paths::JWKS;
 use crate::body::ProxyBody;
 use crate::engine::Engine;
 use crate::problem::{json_response, Fault, Problem};
-use crate::state::{Shared, Trigger};
+use crate::state::{Applied, Rejected, Shared, SourceRefused, Trigger};
 
 /// The OpenAPI 3 document of this plane, served at `/v1/openapi.json`.
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -42,6 +42,8 @@ pub const ENDPOINTS: &[(&str, &str)] = &[
     ("POST", "/v1/tickets/decide"),
     ("GET", "/v1/audit"),
     ("GET", "/v1/admin/rules"),
+    ("GET", "/v1/admin/rules/source"),
+    ("PUT", "/v1/admin/rules/source"),
     ("POST", "/v1/admin/reload"),
     ("GET", "/v1/events"),
     ("POST", "/v1/notify/slack/actions"),
@@ -49,6 +51,11 @@ pub const ENDPOINTS: &[(&str, &str)] = &[
 
 /// Largest JSON body the decision API reads (a batch of 10,000 ids is about 350 KB).
 const MAX_BODY: usize = 1024 * 1024;
+/// Largest rule table `PUT /v1/admin/rules/source` takes (a table of a thousand routes is
+/// about 200 KB).
+const MAX_SOURCE: usize = 1024 * 1024;
+/// The media type of the rule table (registered with IANA in 2024).
+const TOML: &str = "application/toml";
 /// Longest comment or reason kept.
 const MAX_TEXT: usize = 2000;
 /// The most tickets one listing reads from the store.
@@ -131,9 +138,16 @@ impl Api<'_> {
             (&Method::GET, ["v1", "admin", "rules"]) => api
                 .operator_only()
                 .unwrap_or_else(|| json_response(StatusCode::OK, &shared.rules_json())),
+            (&Method::GET, ["v1", "admin", "rules", "source"]) => api
+                .operator_only()
+                .unwrap_or_else(|| rules_source(shared, req.headers())),
+            (&Method::PUT, ["v1", "admin", "rules", "source"]) => match api.operator_only() {
+                Some(refused) => refused,
+                None => api.put_source(req).await,
+            },
             (&Method::POST, ["v1", "admin", "reload"]) => match api.operator_only() {
                 Some(refused) => refused,
-                None => reload(shared).await,
+                None => reload(shared, &api.caller.user).await,
             },
             (&Method::GET, ["v1", "tickets"]) => api.list(req.uri().query()).await,
             (&Method::POST, ["v1", "tickets", "decide"]) => match read_json(req).await {
@@ -232,29 +246,137 @@ async fn readyz(shared: &Shared) -> Response<ProxyBody> {
     )
 }
 
-async fn reload(shared: &Shared) -> Response<ProxyBody> {
-    match shared.reload(Trigger::Admin).await {
-        Ok(applied) => json_response(
-            StatusCode::OK,
-            &json!({
-                "version": applied.version,
-                "changed": applied.changed,
-                "warnings": applied.warnings,
-            }),
+async fn reload(shared: &Shared, by: &str) -> Response<ProxyBody> {
+    match shared.reload(Trigger::Admin, Some(by)).await {
+        Ok(applied) => applied_response(&applied),
+        Err(rejected) => invalid_config(shared, rejected, "the running table is unchanged"),
+    }
+}
+
+fn applied_response(applied: &Applied) -> Response<ProxyBody> {
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "version": applied.version,
+            "changed": applied.changed,
+            "warnings": applied.warnings,
+        }),
+    )
+}
+
+fn invalid_config(shared: &Shared, rejected: Rejected, unchanged: &str) -> Response<ProxyBody> {
+    Problem::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid-config",
+        "Rule table rejected",
+        format!(
+            "{} error(s) in {}; {unchanged}",
+            rejected.errors.len(),
+            shared.config_path().display()
         ),
-        Err(rejected) => Problem::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid-config",
-            "Rule table rejected",
+        Fault::Downstream,
+    )
+    .with("errors", rejected.errors)
+    .into_response()
+}
+
+/// `"<version>"`, the entity tag of the rule table's source.
+fn etag(version: &str) -> Option<HeaderValue> {
+    HeaderValue::from_str(&format!("\"{version}\"")).ok()
+}
+
+/// `GET /v1/admin/rules/source`: the exact text the table in force was built from (not the
+/// file on disk, which may hold an edit not applied yet), tagged with its version.
+fn rules_source(shared: &Shared, headers: &HeaderMap) -> Response<ProxyBody> {
+    let snap = shared.snapshot();
+    let version = snap.table.version();
+    // Weak comparison (RFC 9110 section 13.1.2): `W/` is ignored, `*` matches.
+    let unchanged = headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| {
+            let t = t.trim();
+            t.strip_prefix("W/").unwrap_or(t)
+        })
+        .any(|t| t == "*" || unquote(t) == version);
+    let mut resp = if unchanged {
+        let mut r = Response::new(ProxyBody::Empty);
+        *r.status_mut() = StatusCode::NOT_MODIFIED;
+        r
+    } else {
+        let mut r = Response::new(ProxyBody::full(Bytes::copy_from_slice(
+            snap.table.source().as_bytes(),
+        )));
+        r.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(TOML));
+        r
+    };
+    if let Some(tag) = etag(version) {
+        resp.headers_mut().insert(header::ETAG, tag);
+    }
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+fn unquote(tag: &str) -> &str {
+    tag.strip_prefix('"')
+        .and_then(|t| t.strip_suffix('"'))
+        .unwrap_or(tag)
+}
+
+/// The versions `If-Match` names: strong entity tags (`"<version>"`; a bare version is taken
+/// too). Weak tags never match (RFC 9110 section 13.1.1 compares strongly), so naming only
+/// weak ones is stale. Missing, or `*` (which would overwrite whatever is in force), is 428.
+fn if_match_versions(headers: &HeaderMap) -> Result<Vec<String>, Problem> {
+    let required = |detail: &str| {
+        Problem::new(
+            StatusCode::PRECONDITION_REQUIRED,
+            "precondition-required",
+            "If-Match required",
             format!(
-                "{} error(s) in {}; the running table is unchanged",
-                rejected.errors.len(),
-                shared.config_path().display()
+                "{detail}: send `If-Match` with the ETag of GET /v1/admin/rules/source (the \
+                 version you edited), so a change made meanwhile is not overwritten"
             ),
             Fault::Downstream,
         )
-        .with("errors", rejected.errors)
-        .into_response(),
+    };
+    let mut values = headers.get_all(header::IF_MATCH).iter().peekable();
+    if values.peek().is_none() {
+        return Err(required("no If-Match header"));
+    }
+    let mut versions = Vec::new();
+    for v in values {
+        let v = v
+            .to_str()
+            .map_err(|_| Problem::bad_request("If-Match is not visible ASCII"))?;
+        for tag in v.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            if tag == "*" {
+                return Err(required("`If-Match: *` is not accepted"));
+            }
+            if !tag.starts_with("W/") {
+                versions.push(unquote(tag).to_string());
+            }
+        }
+    }
+    Ok(versions)
+}
+
+/// Reads a body of at most `limit` bytes.
+async fn read_body(req: Request<Incoming>, limit: usize, what: &str) -> Result<Bytes, Problem> {
+    let limited = http_body_util::Limited::new(req.into_body(), limit);
+    match tokio::time::timeout(Duration::from_secs(10), limited.collect()).await {
+        Ok(Ok(c)) => Ok(c.to_bytes()),
+        Ok(Err(e)) => Err(Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body-too-large",
+            "Body too large",
+            format!("{what} are at most {limit} bytes ({e})"),
+            Fault::Downstream,
+        )),
+        Err(_) => Err(Problem::bad_request("the request body stalled")),
     }
 }
 
@@ -267,20 +389,7 @@ fn approver_of(id: &Identity) -> Approver {
 
 /// Reads a small JSON body; an empty body is `{}`.
 async fn read_json(req: Request<Incoming>) -> Result<Value, Problem> {
-    let limited = http_body_util::Limited::new(req.into_body(), MAX_BODY);
-    let bytes = match tokio::time::timeout(Duration::from_secs(10), limited.collect()).await {
-        Ok(Ok(c)) => c.to_bytes(),
-        Ok(Err(e)) => {
-            return Err(Problem::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body-too-large",
-                "Body too large",
-                format!("admin request bodies are at most {MAX_BODY} bytes ({e})"),
-                Fault::Downstream,
-            ))
-        }
-        Err(_) => return Err(Problem::bad_request("the request body stalled")),
-    };
+    let bytes = read_body(req, MAX_BODY, "admin request bodies").await?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(json!({}));
     }
@@ -657,6 +766,99 @@ impl Api<'_> {
             tracing::warn!(ticket = %t.id, route = %t.route, "approved access ticket without grant terms; no grant");
         }
         Ok(t)
+    }
+
+    /// `PUT /v1/admin/rules/source` (see [`Shared::replace_source`]). The body is the new
+    /// file; it is never logged.
+    async fn put_source(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        let shared = self.shared;
+        let if_match = match if_match_versions(req.headers()) {
+            Ok(v) => v,
+            Err(p) => return p.into_response(),
+        };
+        let source = match read_body(req, MAX_SOURCE, "rule tables").await {
+            Ok(b) => b,
+            Err(p) => return p.into_response(),
+        };
+        let refused = match shared
+            .replace_source(&if_match, source.to_vec(), &self.caller.user)
+            .await
+        {
+            Ok(applied) => {
+                let mut resp = applied_response(&applied);
+                if let Some(tag) = etag(&applied.version) {
+                    resp.headers_mut().insert(header::ETAG, tag);
+                }
+                return resp;
+            }
+            Err(refused) => refused,
+        };
+        let file = shared.config_path().display().to_string();
+        let (problem, current) = match refused {
+            SourceRefused::Invalid(rejected) => {
+                return invalid_config(
+                    shared,
+                    rejected,
+                    "the file and the running table are unchanged",
+                )
+            }
+            SourceRefused::Stale { current } => (
+                Problem::new(
+                    StatusCode::PRECONDITION_FAILED,
+                    "stale-version",
+                    "Rule table changed",
+                    format!(
+                        "If-Match does not name the version in force, {current}: get the \
+                         source again, redo the edit on it, and send it with its ETag"
+                    ),
+                    Fault::Downstream,
+                )
+                .with("currentVersion", current.clone()),
+                current,
+            ),
+            SourceRefused::DiskChanged { current, on_disk } => (
+                Problem::new(
+                    StatusCode::CONFLICT,
+                    "config-changed-on-disk",
+                    "Config file changed on disk",
+                    format!(
+                        "{file} holds version {on_disk}, not the table in force ({current}): an \
+                         edit there is not applied yet or was rejected (see lastReloadError in \
+                         GET /v1/admin/rules); replacing the file would lose it, so nothing was \
+                         changed. Reload or fix the file first"
+                    ),
+                    Fault::Downstream,
+                )
+                .with("currentVersion", current.clone())
+                .with("diskVersion", on_disk),
+                current,
+            ),
+            SourceRefused::NotWritable(m) => (
+                Problem::new(
+                    StatusCode::CONFLICT,
+                    "config-not-writable",
+                    "Config file not writable",
+                    format!("{m}; nothing was changed"),
+                    Fault::Downstream,
+                ),
+                shared.snapshot().table.version().to_string(),
+            ),
+            SourceRefused::Io(m) => (
+                Problem::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "config-write-failed",
+                    "Config file not written",
+                    format!("{m}; the file and the running table are unchanged"),
+                    Fault::Internal,
+                ),
+                shared.snapshot().table.version().to_string(),
+            ),
+        };
+        let mut resp = problem.into_response();
+        if let Some(tag) = etag(&current) {
+            resp.headers_mut().insert(header::ETAG, tag);
+        }
+        resp
     }
 
     async fn audit(&self, query: Option<&str>) -> Response<ProxyBody> {

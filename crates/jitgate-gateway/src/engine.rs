@@ -64,6 +64,13 @@ pub struct Engine {
     reconcile_interval: Duration,
 }
 
+/// How long [`Engine::append_reliably`] waits for the store before answering its caller.
+pub const AUDIT_TRY: Duration = Duration::from_secs(2);
+/// The longest pause between two retries of an audit append.
+pub const AUDIT_BACKOFF_CAP: Duration = Duration::from_secs(5);
+/// How long an audit append is retried before the event is logged as lost.
+pub const AUDIT_RETRY_FOR: Duration = Duration::from_secs(15 * 60);
+
 struct Held {
     notify: Arc<Notify>,
     waiters: usize,
@@ -221,6 +228,52 @@ impl Engine {
                 tracing::error!(ticket = ?ticket.as_ref().map(TicketId::as_str), ?kind, "audit append failed: {e}");
                 None
             }
+        }
+    }
+
+    /// Appends an event about a change that applies whether or not the store is up (a new
+    /// rule table: allow routes must keep flowing through a store outage), so the change
+    /// cannot wait for its event. One attempt is made now, for at most [`AUDIT_TRY`]; if it
+    /// fails the event is logged whole at error level (so it is never only in memory) and a
+    /// task retries with backoff (up to [`AUDIT_BACKOFF_CAP`] apart) for [`AUDIT_RETRY_FOR`],
+    /// then logs it as lost. Delivery is at least once: an attempt that timed out may still
+    /// have been written, and its retry then records the event twice.
+    pub async fn append_reliably(self: &Arc<Self>, draft: AuditDraft) {
+        let err = match self.try_append(draft.clone()).await {
+            Ok(_) => return,
+            Err(e) => e,
+        };
+        let event = serde_json::to_string(&draft).unwrap_or_default();
+        tracing::error!(kind = ?draft.kind, %event, "audit append failed ({err}); retrying in the background");
+        let engine = self.clone();
+        tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + AUDIT_RETRY_FOR;
+            let mut backoff = Duration::from_millis(250);
+            loop {
+                tokio::time::sleep(backoff).await;
+                match engine.try_append(draft.clone()).await {
+                    Ok(e) => {
+                        tracing::info!(kind = ?draft.kind, seq = e.seq, "audit append succeeded on retry");
+                        return;
+                    }
+                    Err(err) if tokio::time::Instant::now() >= deadline => {
+                        tracing::error!(kind = ?draft.kind, %event, "audit event LOST: the store refused it for {AUDIT_RETRY_FOR:?} ({err})");
+                        return;
+                    }
+                    Err(err) => {
+                        tracing::warn!(kind = ?draft.kind, "audit append retry failed: {err}")
+                    }
+                }
+                backoff = (backoff * 2).min(AUDIT_BACKOFF_CAP);
+            }
+        });
+    }
+
+    async fn try_append(&self, draft: AuditDraft) -> Result<ticket::AuditEvent, String> {
+        let store = self.store().map_err(|e| e.to_string())?;
+        match tokio::time::timeout(AUDIT_TRY, store.append_audit(draft)).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err(format!("the store did not answer within {AUDIT_TRY:?}")),
         }
     }
 

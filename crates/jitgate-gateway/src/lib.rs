@@ -16,6 +16,7 @@ pub mod headers;
 pub mod notify;
 pub mod problem;
 pub mod proxy;
+pub mod rules_file;
 pub mod server;
 pub mod state;
 pub mod tls;

@@ -46,12 +46,17 @@ pub enum StartError {
     Engine(#[from] crate::engine::EngineError),
 }
 
-/// A bound, not yet serving, gateway.
+/// A bound, not yet serving, gateway. Its reload triggers (SIGHUP, the file watch) are
+/// already live, so an edit or a SIGHUP sent as soon as the listeners are announced is never
+/// missed (and SIGHUP's default action, ending the process, never applies).
 pub struct Gateway {
     shared: Arc<Shared>,
     data: TcpListener,
     admin: TcpListener,
     tls: Option<TlsAcceptor>,
+    /// Tells the reload triggers to stop.
+    stop: watch::Sender<bool>,
+    _watcher: Option<notify::RecommendedWatcher>,
 }
 
 impl Gateway {
@@ -87,11 +92,20 @@ impl Gateway {
         let shared = Arc::new(Shared::new(snapshot, engine, config_path, cert));
         crate::notify::deliver::start(shared.clone());
         crate::events::Hub::start(shared.clone());
+        let (stop, stop_rx) = watch::channel(false);
+        spawn_sighup(shared.clone(), stop_rx.clone());
+        let watcher = if server.watch {
+            watch_file(shared.clone(), stop_rx)
+        } else {
+            None
+        };
         Ok(Gateway {
             shared,
             data,
             admin,
             tls,
+            stop,
+            _watcher: watcher,
         })
     }
 
@@ -131,18 +145,13 @@ impl Gateway {
             data,
             admin,
             tls,
+            stop: stop_tx,
+            _watcher,
         } = self;
         let server = shared.snapshot().table.config().server.clone();
-        let (stop_tx, stop_rx) = watch::channel(false);
         let graceful = GracefulShutdown::new();
         let builders = Arc::new(Builders::new(server.header_read_timeout));
 
-        spawn_sighup(shared.clone(), stop_rx.clone());
-        let _watcher = if server.watch {
-            watch_file(shared.clone(), stop_rx.clone())
-        } else {
-            None
-        };
         let data_budget = budget::data_plane_budget(server.max_connections);
 
         // One accept loop per plane, each with its own budget: however many clients the data
@@ -500,7 +509,7 @@ fn spawn_sighup(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                 got = hup.recv() => {
                     if got.is_none() { return; }
                     tracing::info!("SIGHUP: reloading");
-                    let _ = shared.reload(Trigger::Signal).await;
+                    let _ = shared.reload(Trigger::Signal, None).await;
                 }
                 _ = stop.changed() => return,
             }
@@ -551,6 +560,9 @@ fn watch_file(
         );
         return None;
     }
+    // One look once the watch is in place: an edit made after the table was first read but
+    // before the watch began raised no event. An unchanged file is a no-op.
+    changed.notify_one();
     tokio::spawn(async move {
         loop {
             tokio::select! {
@@ -563,7 +575,7 @@ fn watch_file(
                     .await
                     .is_ok()
             {}
-            let _ = shared.reload(Trigger::Watch).await;
+            let _ = shared.reload(Trigger::Watch, None).await;
         }
     });
     Some(watcher)

@@ -4,7 +4,7 @@
 //! reload never changes the rules under a request in flight. Reload builds and validates
 //! the whole new snapshot off the hot path; an invalid file changes nothing.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -13,12 +13,14 @@ use arc_swap::ArcSwap;
 use serde_json::{json, Value};
 
 use jitgate_rules::config::Config;
-use jitgate_rules::ticket::sha256_hex;
+use jitgate_rules::ticket::{sha256_hex, AuditDraft, AuditKind};
 use jitgate_rules::{Diagnostic, RuleTable};
+use rustls::sign::CertifiedKey;
 
 use jitgate_identity::{AdminAuthenticator, Authenticator};
 
 use crate::engine::Engine;
+use crate::rules_file::{self, WriteError};
 use crate::tls::{load_certified_key, CertSlot};
 use crate::upstream::UpstreamClient;
 
@@ -63,14 +65,18 @@ pub enum Trigger {
     Signal,
     /// `POST /v1/admin/reload`.
     Admin,
+    /// `PUT /v1/admin/rules/source`.
+    Put,
 }
 
 impl Trigger {
-    fn as_str(self) -> &'static str {
+    /// How logs, `GET /v1/admin/rules` and the audit name it.
+    pub fn as_str(self) -> &'static str {
         match self {
             Trigger::Watch => "watch",
             Trigger::Signal => "signal",
             Trigger::Admin => "admin",
+            Trigger::Put => "put",
         }
     }
 }
@@ -91,6 +97,37 @@ pub struct Applied {
 pub struct Rejected {
     /// Every error, as `file:line:column: error: message`.
     pub errors: Vec<String>,
+}
+
+/// Why `PUT /v1/admin/rules/source` changed nothing (neither the file nor the table in force).
+#[derive(Debug, Clone)]
+pub enum SourceRefused {
+    /// `If-Match` does not name the version in force.
+    Stale {
+        /// The version in force.
+        current: String,
+    },
+    /// The file on disk is not the table in force (an edit not applied yet, or rejected):
+    /// replacing it would lose that edit.
+    DiskChanged {
+        /// The version in force.
+        current: String,
+        /// SHA-256 of the file on disk.
+        on_disk: String,
+    },
+    /// The file must not or cannot be replaced (a symbolic link, read-only, missing).
+    NotWritable(String),
+    /// The new table is invalid.
+    Invalid(Rejected),
+    /// Reading or writing the file failed otherwise.
+    Io(String),
+}
+
+/// A validated snapshot, ready to swap in.
+struct Built {
+    snapshot: Snapshot,
+    cert: Option<CertifiedKey>,
+    version: String,
 }
 
 #[derive(Debug, Clone)]
@@ -216,7 +253,9 @@ impl Shared {
         &self.config_path
     }
 
-    /// Re-reads the file and swaps in the new table if it is valid and different.
+    /// Re-reads the file and swaps in the new table if it is valid and different. `actor` is
+    /// the authenticated admin caller for API triggers (`None` for watch and signal); a change
+    /// applied or refused is audited as `rules.reloaded` / `rules.rejected` by them.
     ///
     /// Parsing, certificate loading and building upstream clients (which reads the system
     /// trust store) run on the blocking pool, off the runtime's workers. An explicit reload
@@ -224,7 +263,7 @@ impl Shared {
     /// rotated certificate can be picked up alone. A watch-triggered reload of a file identical
     /// to the last *invalid* one is skipped quietly (editors save neighbours often); failures
     /// that depend on other files (a certificate written after the config) are retried.
-    pub async fn reload(&self, trigger: Trigger) -> Result<Applied, Rejected> {
+    pub async fn reload(&self, trigger: Trigger, actor: Option<&str>) -> Result<Applied, Rejected> {
         let _one_at_a_time = self.reload_lock.lock().await;
         let current = self.snapshot();
         let path = self.config_path.clone();
@@ -232,13 +271,14 @@ impl Shared {
             Ok(b) => b,
             Err(e) => {
                 let errors = vec![format!("{}: error: cannot read: {e}", path.display())];
-                return Err(self.record_failure(trigger, None, false, errors));
+                return Err(self.reject(trigger, actor, None, false, errors).await);
             }
         };
         let version = sha256_hex(&bytes);
         if version == current.table.version() {
             if trigger != Trigger::Watch {
-                self.rotate_certificate(&current, trigger, &version).await?;
+                self.rotate_certificate(&current, trigger, actor, &version)
+                    .await?;
             }
             return Ok(Applied {
                 version,
@@ -251,10 +291,149 @@ impl Shared {
                 errors: self.last_errors(),
             });
         }
+        match self.build(bytes, version.clone(), &current, false).await {
+            Ok(built) => Ok(self.install(built, &current, trigger, actor).await),
+            Err((invalid, errors)) => Err(self
+                .reject(trigger, actor, Some(version), invalid, errors)
+                .await),
+        }
+    }
+
+    /// `PUT /v1/admin/rules/source`: replaces the config file with `source` and swaps in its
+    /// table, if `if_match` names the version in force (the caller edited what is in force),
+    /// the file on disk still holds that version (no edit made there is lost), the file may be
+    /// replaced, and `source` passes exactly the validation a reload does. Otherwise nothing
+    /// changes, on disk or in force.
+    ///
+    /// Runs under the reload lock, so concurrent PUTs and reloads are serialised and two PUTs
+    /// naming the same version cannot both win. The file watcher sees the write and finds the
+    /// version it reads already in force: no second reload, no second audit event.
+    pub async fn replace_source(
+        &self,
+        if_match: &[String],
+        source: Vec<u8>,
+        actor: &str,
+    ) -> Result<Applied, SourceRefused> {
+        let _one_at_a_time = self.reload_lock.lock().await;
+        let (trigger, actor) = (Trigger::Put, Some(actor));
+        let current = self.snapshot();
+        let in_force = current.table.version().to_string();
+        if !if_match.contains(&in_force) {
+            return Err(SourceRefused::Stale { current: in_force });
+        }
+        let version = sha256_hex(&source);
+        let path = self.config_path.clone();
+        let (check_path, write_path) = (path.clone(), path.clone());
+        let on_disk =
+            tokio::task::spawn_blocking(move || rules_file::read_replaceable(&check_path))
+                .await
+                .unwrap_or_else(|e| Err(WriteError::Io(format!("file check failed: {e}"))));
+        let refused = match on_disk {
+            Ok(bytes) => {
+                let on_disk = sha256_hex(&bytes);
+                (on_disk != in_force).then(|| SourceRefused::DiskChanged {
+                    current: in_force.clone(),
+                    on_disk,
+                })
+            }
+            Err(WriteError::NotWritable(m)) => Some(SourceRefused::NotWritable(m)),
+            Err(WriteError::Io(m)) => Some(SourceRefused::Io(m)),
+        };
+        if let Some(refused) = refused {
+            let why = refused_message(&path, &refused);
+            self.reject(trigger, actor, Some(version), false, vec![why])
+                .await;
+            return Err(refused);
+        }
+        if version == in_force {
+            return Ok(Applied {
+                version,
+                changed: false,
+                warnings: Vec::new(),
+            });
+        }
+        let built = match self
+            .build(source.clone(), version.clone(), &current, true)
+            .await
+        {
+            Ok(b) => b,
+            Err((invalid, errors)) => {
+                let rejected = self
+                    .reject(trigger, actor, Some(version), invalid, errors)
+                    .await;
+                return Err(SourceRefused::Invalid(rejected));
+            }
+        };
+        let written =
+            tokio::task::spawn_blocking(move || rules_file::replace(&write_path, &source))
+                .await
+                .unwrap_or_else(|e| Err(WriteError::Io(format!("file write failed: {e}"))));
+        if let Err(e) = written {
+            let refused = match e {
+                WriteError::NotWritable(m) => SourceRefused::NotWritable(m),
+                WriteError::Io(m) => SourceRefused::Io(m),
+            };
+            let why = refused_message(&path, &refused);
+            self.reject(trigger, actor, Some(version), false, vec![why])
+                .await;
+            return Err(refused);
+        }
+        tracing::info!(by = actor, file = %path.display(), %version, "config file replaced through the admin API");
+        Ok(self.install(built, &current, trigger, actor).await)
+    }
+
+    /// Parses, validates and builds the snapshot of `bytes` exactly as every reload does
+    /// (relative paths against the config file's folder, the TLS certificate loaded when the
+    /// gateway serves TLS, upstream clients, identity keys); `Err` says whether the file itself
+    /// was invalid, with every error.
+    ///
+    /// With `known_files_only` (a table sent through the API), a table naming a file the table
+    /// in force does not name is invalid, before any file is read: the rules API edits rules,
+    /// it does not point the gateway at other files on its host (which would let an operator
+    /// probe for files, or have the gateway read or write them). New files are named by editing
+    /// the file on the host, where they have to be put anyway.
+    async fn build(
+        &self,
+        bytes: Vec<u8>,
+        version: String,
+        current: &Arc<Snapshot>,
+        known_files_only: bool,
+    ) -> Result<Built, (bool, Vec<String>)> {
+        let path = self.config_path.clone();
         let wants_cert = self.cert.is_some();
         let previous = current.clone();
-        let built = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             let table = parse_table(bytes, &path).map_err(|e| (true, e))?;
+            if known_files_only {
+                let known: HashSet<&Path> = previous
+                    .table
+                    .config()
+                    .files
+                    .iter()
+                    .map(|f| f.path.as_path())
+                    .collect();
+                let unknown: Vec<String> = table
+                    .config()
+                    .files
+                    .iter()
+                    .filter(|f| !known.contains(f.path.as_path()))
+                    .map(|f| {
+                        format!(
+                            "{}: error: `{}` is not named by the table in force; the rules API \
+                             does not point the gateway at other files: name it by editing {} \
+                             on the host",
+                            f.location,
+                            f.path.display(),
+                            path.display()
+                        )
+                    })
+                    .collect();
+                // Not `invalid`: the same text is fine from the file on disk, so a watch
+                // reload of it must not be skipped as a known-bad version.
+                if !unknown.is_empty() {
+                    return Err((false, unknown));
+                }
+            }
             let cert = match (&table.config().server.tls, wants_cert) {
                 (Some(files), true) => Some(
                     load_certified_key(files)
@@ -263,16 +442,29 @@ impl Shared {
                 _ => None,
             };
             let snapshot = build_snapshot(table, Some(&previous)).map_err(|e| (false, e))?;
-            Ok::<_, (bool, Vec<String>)>((snapshot, cert))
+            Ok(Built {
+                snapshot,
+                cert,
+                version,
+            })
         })
         .await
-        .unwrap_or_else(|e| Err((false, vec![format!("reload task failed: {e}")])));
-        let (snapshot, cert) = match built {
-            Ok(b) => b,
-            Err((invalid, errors)) => {
-                return Err(self.record_failure(trigger, Some(version), invalid, errors))
-            }
-        };
+        .unwrap_or_else(|e| Err((false, vec![format!("reload task failed: {e}")])))
+    }
+
+    /// Swaps `built` in and audits it as `rules.reloaded`.
+    async fn install(
+        &self,
+        built: Built,
+        current: &Snapshot,
+        trigger: Trigger,
+        actor: Option<&str>,
+    ) -> Applied {
+        let Built {
+            snapshot,
+            cert,
+            version,
+        } = built;
         let mut warnings = render(snapshot.table.warnings());
         warnings.extend(restart_notices(
             current.table.config(),
@@ -285,7 +477,7 @@ impl Shared {
         for w in &warnings {
             tracing::warn!("{w}");
         }
-        tracing::info!(trigger = trigger.as_str(), %version, "rule table reloaded");
+        tracing::info!(trigger = trigger.as_str(), by = actor, %version, "rule table reloaded");
         self.set_attempt(Attempt {
             at: SystemTime::now(),
             trigger,
@@ -293,17 +485,25 @@ impl Shared {
             invalid: false,
             errors: Vec::new(),
         });
-        Ok(Applied {
+        let detail = json!({
+            "trigger": trigger.as_str(),
+            "previousVersion": current.table.version(),
+            "version": version,
+            "warnings": warnings.len(),
+        });
+        self.audit(AuditKind::RulesReloaded, actor, detail).await;
+        Applied {
             version,
             changed: true,
             warnings,
-        })
+        }
     }
 
     async fn rotate_certificate(
         &self,
         current: &Snapshot,
         trigger: Trigger,
+        actor: Option<&str>,
         version: &str,
     ) -> Result<(), Rejected> {
         let (Some(slot), Some(files)) = (&self.cert, current.table.config().server.tls.clone())
@@ -322,9 +522,45 @@ impl Shared {
             }
             Err(e) => {
                 let errors = vec![format!("{}: error: {e}", path.display())];
-                Err(self.record_failure(trigger, Some(version.to_string()), false, errors))
+                Err(self
+                    .reject(trigger, actor, Some(version.to_string()), false, errors)
+                    .await)
             }
         }
+    }
+
+    /// Records a refused reload (logs, `lastReloadError`) and audits it as `rules.rejected`.
+    async fn reject(
+        &self,
+        trigger: Trigger,
+        actor: Option<&str>,
+        version: Option<String>,
+        invalid: bool,
+        errors: Vec<String>,
+    ) -> Rejected {
+        let detail = json!({
+            "trigger": trigger.as_str(),
+            "version": version,
+            "errorCount": errors.len(),
+            "errors": errors.iter().take(MAX_AUDITED_ERRORS).collect::<Vec<_>>(),
+        });
+        let rejected = self.record_failure(trigger, version, invalid, errors);
+        self.audit(AuditKind::RulesRejected, actor, detail).await;
+        rejected
+    }
+
+    /// Audits a rule-table event. The change it records has already applied (or been
+    /// refused) whatever the store says: see [`Engine::append_reliably`].
+    async fn audit(&self, kind: AuditKind, actor: Option<&str>, detail: Value) {
+        let draft = AuditDraft {
+            at: self.engine.now(),
+            kind,
+            ticket: None,
+            actor: actor.map(str::to_string),
+            requester: None,
+            detail,
+        };
+        self.engine.append_reliably(draft).await;
     }
 
     fn record_failure(
@@ -436,6 +672,31 @@ impl Shared {
             "lastReload": last_reload,
             "lastReloadError": last_error,
         })
+    }
+}
+
+/// The most errors a `rules.rejected` event lists (`errorCount` has the total).
+const MAX_AUDITED_ERRORS: usize = 50;
+
+/// The one-line reason a PUT was refused before its table was validated or while writing it,
+/// as `lastReloadError` and the audit show it.
+fn refused_message(path: &Path, refused: &SourceRefused) -> String {
+    match refused {
+        SourceRefused::DiskChanged { current, on_disk } => format!(
+            "{}: error: the file on disk (version {on_disk}) is not the table in force \
+             ({current}); reload or fix it first",
+            path.display()
+        ),
+        SourceRefused::NotWritable(m) | SourceRefused::Io(m) => {
+            format!("{}: error: {m}", path.display())
+        }
+        SourceRefused::Stale { current } => {
+            format!(
+                "{}: error: stale If-Match; {current} is in force",
+                path.display()
+            )
+        }
+        SourceRefused::Invalid(r) => r.errors.join("; "),
     }
 }
 

@@ -33,6 +33,18 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// `[[notify]]` channels, in file order.
     pub notify: Vec<Notify>,
+    /// Every file the config names (certificates, keys, CA bundles, JWKS), resolved, with
+    /// where it is named, in file order.
+    pub files: Vec<FileRef>,
+}
+
+/// A file named in the config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileRef {
+    /// The path, resolved against the config file's folder.
+    pub path: PathBuf,
+    /// Where the config names it.
+    pub location: Location,
 }
 
 /// `[server]`
@@ -308,6 +320,7 @@ pub(crate) fn parse_config(src: &str, file: &Path) -> (Option<Config>, Vec<Diagn
         file: file.display().to_string(),
         base: file.parent().map(Path::to_path_buf).unwrap_or_default(),
         diags: Vec::new(),
+        files: Vec::new(),
         broken_upstreams: Vec::new(),
         channels: Vec::new(),
         line_starts: std::iter::once(0)
@@ -333,6 +346,8 @@ struct Cx<'s> {
     file: String,
     base: PathBuf,
     diags: Vec<Diagnostic>,
+    /// The files named so far.
+    files: Vec<FileRef>,
     /// Upstreams that were declared but had errors: routes naming them are not reported again.
     broken_upstreams: Vec<String>,
     /// Byte offset of the start of each line, so locating a span is a binary search
@@ -780,13 +795,20 @@ impl<'s> Cx<'s> {
         self.diags
     }
 
-    fn path(&self, p: &str) -> PathBuf {
+    /// `p` resolved against the config's folder, recorded as a file the config names.
+    fn path(&mut self, p: &str, span: &Range<usize>) -> PathBuf {
         let p = Path::new(p);
-        if p.is_absolute() {
+        let path = if p.is_absolute() {
             p.to_path_buf()
         } else {
             self.base.join(p)
-        }
+        };
+        let location = self.loc(span);
+        self.files.push(FileRef {
+            path: path.clone(),
+            location,
+        });
+        path
     }
 
     fn check_keys(&mut self, t: &DeTable<'_>, section: &str, allowed: &[&str]) {
@@ -1065,7 +1087,7 @@ impl<'s> Cx<'s> {
             self.error(span, format!("`{key}` in {section} is empty"));
             return None;
         }
-        Some(self.path(s))
+        Some(self.path(s, &span))
     }
 
     // === sections ===
@@ -1102,6 +1124,7 @@ impl<'s> Cx<'s> {
             upstreams,
             routes,
             notify: notify?,
+            files: std::mem::take(&mut self.files),
         })
     }
 
@@ -1353,7 +1376,7 @@ impl<'s> Cx<'s> {
             .str_list(t, "public_keys", sec)
             .map(|(ks, _)| {
                 ks.into_iter()
-                    .map(|(k, _)| self.path(k))
+                    .map(|(k, sp)| self.path(k, &sp))
                     .collect::<Vec<_>>()
             })
             .unwrap_or_default();

@@ -52,6 +52,8 @@ pub struct RuleTable {
     canon: CanonOptions,
     /// `[identity.headers]` names, for [`RuleTable::edge`].
     identity_headers: Vec<HeaderName>,
+    /// The text this table was parsed from (served by `GET /v1/admin/rules/source`).
+    source: String,
     version: String,
     warnings: Vec<Diagnostic>,
 }
@@ -119,6 +121,7 @@ impl RuleTable {
             shadow,
             canon,
             identity_headers,
+            source: src.to_string(),
             version,
             warnings: diags,
         })
@@ -147,6 +150,12 @@ impl RuleTable {
     /// Lowercase hex SHA-256 of the source bytes.
     pub fn version(&self) -> &str {
         &self.version
+    }
+
+    /// The exact text this table was parsed from: what is in force, whatever the file on disk
+    /// says now. Its SHA-256 is [`Self::version`].
+    pub fn source(&self) -> &str {
+        &self.source
     }
 
     /// Warnings found while parsing (shadowed routes, ignored keys, ...).

@@ -1,6 +1,8 @@
 use std::collections::BTreeSet;
 
-use super::{allowed_methods, ENDPOINTS, OPENAPI};
+use http::{header, HeaderMap, HeaderValue, StatusCode};
+
+use super::{allowed_methods, if_match_versions, ENDPOINTS, OPENAPI};
 
 /// The OpenAPI document describes exactly the endpoints the admin plane serves.
 #[test]
@@ -59,11 +61,46 @@ fn allow_lists_the_methods_of_the_path_s_endpoint() {
         ("/v1/tickets/decide".to_string(), Some("POST")),
         ("/v1/admin/reload".to_string(), Some("POST")),
         ("/v1/admin/rules".to_string(), Some("GET, HEAD")),
+        ("/v1/admin/rules/source".to_string(), Some("GET, HEAD, PUT")),
         (format!("/v1/tickets/{id}/other"), None),
         ("/v1/tickets//approve".to_string(), None),
         ("/nowhere".to_string(), None),
     ];
     for (path, want) in cases {
         assert_eq!(allowed_methods(&path).as_deref(), want, "{path}");
+    }
+}
+
+fn if_match(values: &[&str]) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for v in values {
+        h.append(
+            header::IF_MATCH,
+            HeaderValue::from_str(v).expect("header value"),
+        );
+    }
+    h
+}
+
+/// `If-Match` is required and compared strongly: weak tags never match, `*` (a blind
+/// overwrite) is refused like a missing header.
+#[test]
+fn if_match_names_strong_versions_only() {
+    let v = "3a7bd3e2360a3d29eea436fcfb7e44c735d117c42d1c1835420b6b9942dd4f1b";
+    let ok = |values: &[&str]| if_match_versions(&if_match(values)).expect("versions");
+    assert_eq!(ok(&[&format!("\"{v}\"")]), [v]);
+    assert_eq!(ok(&[v]), [v]);
+    assert_eq!(ok(&[&format!("\"a\", \"{v}\"")]), ["a", v]);
+    assert_eq!(ok(&["\"a\"", &format!("\"{v}\"")]), ["a", v]);
+    assert!(ok(&[&format!("W/\"{v}\"")]).is_empty());
+    assert!(ok(&[""]).is_empty());
+    for refused in [
+        if_match(&[]),
+        if_match(&["*"]),
+        if_match(&[&format!("\"{v}\", *")]),
+    ] {
+        let p = if_match_versions(&refused).expect_err("refused");
+        assert_eq!(p.status, StatusCode::PRECONDITION_REQUIRED);
+        assert_eq!(p.slug, "precondition-required");
     }
 }

@@ -562,6 +562,59 @@ fn definition_hash_changes_with_the_rule_only() {
     assert_ne!(a.version(), b.version());
 }
 
+/// Every path key is listed with where it is named, so the rules API can refuse a table that
+/// points the gateway at files the table in force does not name.
+#[test]
+fn every_file_the_config_names_is_listed_with_its_position() {
+    let src = include_str!("../../tests/data/proxy.example.toml");
+    let t = parse(src);
+    let files: Vec<(String, String)> = t
+        .config()
+        .files
+        .iter()
+        .map(|f| (f.path.display().to_string(), f.location.to_string()))
+        .collect();
+    let at = |needle: &str| {
+        let line = src
+            .lines()
+            .position(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("{needle} not in the fixture"));
+        let column = src.lines().nth(line).unwrap().find(needle).unwrap() + 1;
+        format!("{FILE}:{}:{column}", line + 1)
+    };
+    let want = [
+        ("/etc/jitgate/certs/gw.pem", at("\"certs/gw.pem\"")),
+        ("/etc/jitgate/certs/gw.key", at("\"certs/gw.key\"")),
+        (
+            "/etc/jitgate/keys/approval-ed25519.pem",
+            at("\"keys/approval-ed25519.pem\""),
+        ),
+        ("/etc/jitgate/keys/idp.pem", at("\"keys/idp.pem\"")),
+        ("/etc/jitgate/keys/jwks.json", at("\"keys/jwks.json\"")),
+        (
+            "/etc/jitgate/admin-jwks.json",
+            at("\"/etc/jitgate/admin-jwks.json\""),
+        ),
+        (
+            "/etc/jitgate/certs/internal-ca.pem",
+            at("\"certs/internal-ca.pem\""),
+        ),
+    ];
+    let want: Vec<(String, String)> = want.into_iter().map(|(p, l)| (p.to_string(), l)).collect();
+    assert_eq!(files, want);
+}
+
+#[test]
+fn the_table_keeps_the_exact_source_its_version_hashes() {
+    let src = format!(
+        "# comments and spacing kept\r\n\n{}",
+        with_route("name = \"r\"\nupstream = \"up\"\naction = \"allow\"\n")
+    );
+    let t = parse(&src);
+    assert_eq!(t.source(), src);
+    assert_eq!(t.version(), crate::ticket::sha256_hex(src.as_bytes()));
+}
+
 #[test]
 fn suggestions() {
     assert_eq!(suggest("lsiten", SERVER_KEYS), Some("listen"));
@@ -577,6 +630,7 @@ fn line_index_agrees_with_from_offset() {
         file: "f".into(),
         base: PathBuf::new(),
         diags: Vec::new(),
+        files: Vec::new(),
         broken_upstreams: Vec::new(),
         channels: Vec::new(),
         line_starts: std::iter::once(0)
