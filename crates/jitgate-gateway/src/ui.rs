@@ -369,6 +369,12 @@ impl<'a> Ui<'a> {
             );
         };
         let user = identity.subject().to_string();
+        // A session this browser already had is replaced, not left behind.
+        for old in session::cookies(&self.parts.headers, session::COOKIE) {
+            if session::well_formed(old) {
+                sessions.remove(old);
+            }
+        }
         let id = match sessions.open(credential, &user) {
             Ok(id) => id,
             Err(e) => {

@@ -998,6 +998,33 @@ async fn signing_out_ends_the_session() {
     assert!(shared.ui_sessions().is_empty());
 }
 
+/// Signing in again replaces the browser's session: a fresh id, the old one ended.
+#[tokio::test(start_paused = true)]
+async fn signing_in_again_replaces_the_session() {
+    let shared = shared();
+    let mut alice = sign_in(&shared, "alice").await;
+    let before = alice.clone();
+    let form = call(&shared, alice.get("/ui/signin"), false).await;
+    // Already signed in: sent to the list.
+    assert_eq!(form.status, StatusCode::SEE_OTHER);
+    let form = call(&shared, Browser::default().get("/ui/signin"), false).await;
+    alice.keep(&form);
+    let body = format!("csrf={}&token={}", form.csrf(), token("alice"));
+    let again = call(&shared, alice.post("/ui/signin", &body), false).await;
+    assert_eq!(again.status, StatusCode::SEE_OTHER);
+    alice.keep(&again);
+    assert_ne!(alice.cookie_header(), before.cookie_header());
+    assert_eq!(
+        call(&shared, before.get("/ui/"), false).await.status,
+        StatusCode::SEE_OTHER
+    );
+    assert_eq!(
+        call(&shared, alice.get("/ui/"), false).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(shared.ui_sessions().len(), 1);
+}
+
 /// A session lasts eight hours at most.
 #[tokio::test(start_paused = true)]
 async fn sessions_expire() {
