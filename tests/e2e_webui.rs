@@ -14,6 +14,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -136,7 +137,13 @@ struct Driver {
 }
 
 impl Drop for Driver {
+    /// Ends chromedriver and every browser it started (its process group), also when the
+    /// test failed before closing its sessions.
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-KILL")
+            .arg(format!("-{}", self.child.id()))
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -152,6 +159,8 @@ async fn chromedriver() -> Driver {
     let port = free_port();
     let child = Command::new(program)
         .arg(format!("--port={port}"))
+        // A process group of its own, which the browsers it starts join: Drop ends them all.
+        .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
