@@ -144,6 +144,7 @@ pub async fn run(config: &Path, once: bool) -> ExitCode {
     }
     println!("Tickets and their audit trail (operators):\n   $ curl -H 'Authorization: Bearer {OPS_TOKEN}' '{admin}/v1/tickets?status=EXECUTED'\n   $ curl -H 'Authorization: Bearer {OPS_TOKEN}' '{admin}/v1/audit'");
     println!("The same from the command line:\n   $ jitgate tickets --admin {admin} --token demo-alice-token list --status all");
+    println!("The approvers' web page (sign in with demo-alice-token, or demo-ops-token for the audit trail):\n   {admin}/ui/");
     println!("Rule table and reload status:\n   $ curl -H 'Authorization: Bearer {OPS_TOKEN}' {admin}/v1/admin/rules");
     println!("Explain a request without sending it:\n   $ jitgate explain --config {} GET '/%61dmin/users'", path.display());
     println!("Edit {} and save: the table reloads (or the error is reported with file:line:column and nothing changes).", path.display());

@@ -1,6 +1,11 @@
-//! The admin plane: health, the decision API, audit, and the rule table. Never served on the
-//! data port. Every call but `/healthz`, `/readyz` and `/.well-known/jwks.json` needs a bearer
-//! credential (a JWT or a static API token); rules, reload and audit need an operator.
+//! The admin plane: health, the decision API, audit, the rule table, and the approvers' web
+//! page under `/ui/` ([`crate::ui`]). Never served on the data port. Every call but
+//! `/healthz`, `/readyz`, `/.well-known/jwks.json` and the web page (which has its own session)
+//! needs a bearer credential (a JWT or a static API token); rules, reload and audit need an
+//! operator.
+//!
+//! [`Api`] is the one place the decision rules are applied to a caller: the JSON API and the
+//! web page both go through it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,8 +19,8 @@ use serde_json::{json, Value};
 
 use jitgate_identity::Identity;
 use jitgate_rules::ticket::{
-    self, Approver, AuditDraft, AuditKind, Mode, Status, Ticket, TicketId, Timestamp,
-    TransitionError,
+    self, Approver, AuditDraft, AuditEvent, AuditKind, Grant, Mode, Status, Ticket, TicketId,
+    Timestamp, TransitionError,
 };
 use jitgate_store::{AuditFilter, StoreError};
 
@@ -23,7 +28,8 @@ use crate::approval::view_paths::JWKS;
 use crate::body::ProxyBody;
 use crate::engine::Engine;
 use crate::problem::{json_response, Fault, Problem};
-use crate::state::{Applied, Rejected, Shared, SourceRefused, Trigger};
+use crate::state::{Applied, Rejected, Shared, Snapshot, SourceRefused, Trigger};
+use crate::ui;
 
 /// The OpenAPI 3 document of this plane, served at `/v1/openapi.json`.
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -63,9 +69,13 @@ const MAX_LIST: usize = 10_000;
 /// Most ids in one batch decision.
 const MAX_BATCH: usize = 10_000;
 
-/// Serves one admin request.
-pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBody> {
+/// Serves one admin request; `tls` says whether the connection spoke TLS (the web page's
+/// session cookie is then `Secure`).
+pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>, tls: bool) -> Response<ProxyBody> {
     let path = req.uri().path().to_string();
+    if ui::is_ui_path(&path) {
+        return ui::handle(&shared, req, tls).await;
+    }
     let method = req.method().clone();
     // HEAD is served wherever GET is (hyper sends the head without the body).
     let routed = if method == Method::HEAD {
@@ -98,12 +108,7 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Pro
             .into_response();
         }
     };
-    let operator = snap.admin_auth.is_operator(&caller);
-    let api = Api {
-        shared: &shared,
-        caller: approver_of(&caller),
-        operator,
-    };
+    let api = Api::new(&shared, &snap, &caller);
     let mut resp = api.route(&routed, &method, &path, req).await;
     resp.extensions_mut().insert(Authenticated);
     resp
@@ -154,7 +159,13 @@ impl Api<'_> {
                 Ok(body) => api.decide_batch(body).await,
                 Err(p) => p.into_response(),
             },
-            (&Method::GET, ["v1", "tickets", id]) => api.show(id).await,
+            (&Method::GET, ["v1", "tickets", id]) => match api.ticket(id).await {
+                Ok(t) => json_response(
+                    StatusCode::OK,
+                    &serde_json::to_value(&t).unwrap_or(Value::Null),
+                ),
+                Err(p) => p.into_response(),
+            },
             (&Method::POST, ["v1", "tickets", id, verb @ ("approve" | "deny")]) => {
                 let id = id.to_string();
                 let approve = *verb == "approve";
@@ -164,10 +175,7 @@ impl Api<'_> {
                 }
             }
             (&Method::GET, ["v1", "events"]) => api.events(&req),
-            (&Method::GET, ["v1", "audit"]) => match api.operator_only() {
-                Some(refused) => refused,
-                None => api.audit(req.uri().query()).await,
-            },
+            (&Method::GET, ["v1", "audit"]) => api.audit(req.uri().query()).await,
             _ if allowed_methods(path).is_some() => not_allowed(method, path),
             _ => Problem::new(
                 StatusCode::NOT_FOUND,
@@ -434,7 +442,7 @@ fn clip(text: Option<String>) -> Option<String> {
 }
 
 /// Query string pairs, percent-decoded (`+` is a space).
-fn query_pairs(query: Option<&str>) -> Result<Vec<(String, String)>, Problem> {
+pub(crate) fn query_pairs(query: Option<&str>) -> Result<Vec<(String, String)>, Problem> {
     fn decode(s: &str) -> Option<String> {
         let b = s.as_bytes();
         let mut out = Vec::with_capacity(b.len());
@@ -518,32 +526,53 @@ pub(crate) async fn decide_as(
         caller,
         operator: false,
     };
-    api.decide(raw, approve, clip(text)).await
+    api.decide(raw, approve, text).await
 }
 
-/// One authenticated admin call.
-struct Api<'a> {
+/// One authenticated caller of the admin plane (the JSON API or the web page): the decision
+/// rules and what the caller may see, applied in one place.
+pub(crate) struct Api<'a> {
     shared: &'a Arc<Shared>,
     caller: Approver,
     operator: bool,
 }
 
-impl Api<'_> {
+impl<'a> Api<'a> {
+    /// The caller `identity` (authenticated by `snap.admin_auth`), judged by `snap`.
+    pub(crate) fn new(shared: &'a Arc<Shared>, snap: &Snapshot, identity: &Identity) -> Api<'a> {
+        Api {
+            shared,
+            caller: approver_of(identity),
+            operator: snap.admin_auth.is_operator(identity),
+        }
+    }
+
+    /// Whether the caller is in `[admin] operators`.
+    pub(crate) fn is_operator(&self) -> bool {
+        self.operator
+    }
+
+    /// The engine's clock.
+    pub(crate) fn now(&self) -> Timestamp {
+        self.engine().now()
+    }
+
     fn engine(&self) -> &Arc<Engine> {
         self.shared.engine()
     }
 
+    fn not_an_operator(&self) -> Problem {
+        Problem::new(
+            StatusCode::FORBIDDEN,
+            "not-an-operator",
+            "Operators only",
+            format!("{} is not in [admin] operators", self.caller.user),
+            Fault::Downstream,
+        )
+    }
+
     fn operator_only(&self) -> Option<Response<ProxyBody>> {
-        (!self.operator).then(|| {
-            Problem::new(
-                StatusCode::FORBIDDEN,
-                "not-an-operator",
-                "Operators only",
-                format!("{} is not in [admin] operators", self.caller.user),
-                Fault::Downstream,
-            )
-            .into_response()
-        })
+        (!self.operator).then(|| self.not_an_operator().into_response())
     }
 
     /// Operators see every ticket; others those they may decide or asked for themselves.
@@ -613,51 +642,88 @@ impl Api<'_> {
                 }
             }
         }
-        let store = match self.engine().store() {
-            Ok(s) => s,
-            Err(e) => return store_problem(&e).into_response(),
-        };
+        match self.visible_tickets(status, limit).await {
+            Ok(visible) => json_response(StatusCode::OK, &json!({ "tickets": visible })),
+            Err(p) => p.into_response(),
+        }
+    }
+
+    /// Up to `limit` (at most 10,000) tickets the caller may see, as [`Store::list`] orders
+    /// them (`PENDING` ones soonest-expiring first).
+    ///
+    /// [`Store::list`]: jitgate_store::Store::list
+    pub(crate) async fn visible_tickets(
+        &self,
+        status: Option<Status>,
+        limit: usize,
+    ) -> Result<Vec<Ticket>, Problem> {
+        let limit = limit.clamp(1, MAX_LIST);
+        let store = self.engine().store().map_err(|e| store_problem(&e))?;
         // Tickets the caller may not see must not crowd out those they may: read ever larger
         // pages until `limit` visible ones are found or the store has no more (up to the
         // store-wide listing cap).
-        let mut fetch = if self.operator { limit } else { limit * 4 };
+        let mut fetch = if self.operator {
+            limit
+        } else {
+            (limit * 4).min(MAX_LIST)
+        };
         loop {
-            let tickets = match store.list(status, fetch).await {
-                Ok(t) => t,
-                Err(e) => return store_problem(&e).into_response(),
-            };
+            let tickets = store
+                .list(status, fetch)
+                .await
+                .map_err(|e| store_problem(&e))?;
             let exhausted = tickets.len() < fetch || fetch >= MAX_LIST;
-            let visible: Vec<&Ticket> = tickets
-                .iter()
+            let visible: Vec<Ticket> = tickets
+                .into_iter()
                 .filter(|t| self.can_see(t))
                 .take(limit)
                 .collect();
             if visible.len() == limit || exhausted {
-                return json_response(StatusCode::OK, &json!({ "tickets": visible }));
+                return Ok(visible);
             }
             fetch = (fetch * 4).min(MAX_LIST);
         }
     }
 
-    async fn show(&self, raw: &str) -> Response<ProxyBody> {
-        let Ok(id) = TicketId::parse(raw) else {
-            return not_found().into_response();
-        };
-        let store = match self.engine().store() {
-            Ok(s) => s,
-            Err(e) => return store_problem(&e).into_response(),
-        };
+    /// The ticket `raw` names, if the caller may see it (expired first if it is due); an
+    /// invisible ticket is as unknown as a missing one, so ids cannot be probed.
+    pub(crate) async fn ticket(&self, raw: &str) -> Result<Ticket, Problem> {
+        let id = TicketId::parse(raw).map_err(|_| not_found())?;
+        let store = self.engine().store().map_err(|e| store_problem(&e))?;
         match store.get(&id).await {
             Ok(Some(t)) if self.can_see(&t) => {
-                let t = self.engine().expire_if_due(&t).await.unwrap_or(t);
-                json_response(
-                    StatusCode::OK,
-                    &serde_json::to_value(&t).unwrap_or(Value::Null),
-                )
+                Ok(self.engine().expire_if_due(&t).await.unwrap_or(t))
             }
-            Ok(_) => not_found().into_response(),
-            Err(e) => store_problem(&e).into_response(),
+            Ok(_) => Err(not_found()),
+            Err(e) => Err(store_problem(&e)),
         }
+    }
+
+    /// The audit events `filter` selects: operators only.
+    pub(crate) async fn audit_events(
+        &self,
+        filter: &AuditFilter,
+    ) -> Result<Vec<AuditEvent>, Problem> {
+        if !self.operator {
+            return Err(self.not_an_operator());
+        }
+        let store = self.engine().store().map_err(|e| store_problem(&e))?;
+        store.audit(filter).await.map_err(|e| store_problem(&e))
+    }
+
+    /// Active grants the caller may see: operators every one, others their own. (Who may see
+    /// and revoke grants is for the grants API to settle; until then this errs on the side
+    /// of showing less.)
+    pub(crate) async fn visible_grants(&self) -> Result<Vec<Grant>, Problem> {
+        let store = self.engine().store().map_err(|e| store_problem(&e))?;
+        let grants = store
+            .active_grants(self.now())
+            .await
+            .map_err(|e| store_problem(&e))?;
+        Ok(grants
+            .into_iter()
+            .filter(|g| self.operator || g.requester.user.as_deref() == Some(&self.caller.user))
+            .collect())
     }
 
     async fn decide_one(&self, raw: &str, approve: bool, body: Value) -> Response<ProxyBody> {
@@ -667,7 +733,7 @@ impl Api<'_> {
             parse_body::<DenyBody>(body).map(|b| b.reason)
         };
         match text {
-            Ok(text) => match self.decide(raw, approve, clip(text)).await {
+            Ok(text) => match self.decide(raw, approve, text).await {
                 Ok(t) => json_response(
                     StatusCode::OK,
                     &serde_json::to_value(&t).unwrap_or(Value::Null),
@@ -683,30 +749,54 @@ impl Api<'_> {
             Ok(b) => b,
             Err(p) => return p.into_response(),
         };
-        if body.ids.is_empty() || body.ids.len() > MAX_BATCH {
-            return Problem::bad_request(format!("ids must list 1 to {MAX_BATCH} tickets"))
-                .into_response();
-        }
         let approve = body.decision == Verdict::Approve;
-        let text = clip(if approve { body.comment } else { body.reason });
-        let mut results = Vec::with_capacity(body.ids.len());
-        for id in &body.ids {
-            let result = match self.decide(id, approve, text.clone()).await {
+        let text = if approve { body.comment } else { body.reason };
+        let outcomes = match self.decide_many(&body.ids, approve, text).await {
+            Ok(o) => o,
+            Err(p) => return p.into_response(),
+        };
+        let results: Vec<Value> = body
+            .ids
+            .iter()
+            .zip(outcomes)
+            .map(|(id, outcome)| match outcome {
                 Ok(t) => json!({ "id": id, "status": 200, "ticket": t }),
                 Err(p) => json!({ "id": id, "status": p.status.as_u16(), "problem": p.to_json() }),
-            };
-            results.push(result);
-        }
+            })
+            .collect();
         json_response(StatusCode::OK, &json!({ "results": results }))
     }
 
-    /// Approves or denies one ticket as the caller.
-    async fn decide(
+    /// Decides each of `ids` in turn, as [`Api::decide`] does one; the outcomes are in the
+    /// order of `ids`. Refused whole (400) unless `ids` lists 1 to 10,000 tickets.
+    pub(crate) async fn decide_many(
+        &self,
+        ids: &[String],
+        approve: bool,
+        text: Option<String>,
+    ) -> Result<Vec<Result<Ticket, Problem>>, Problem> {
+        if ids.is_empty() || ids.len() > MAX_BATCH {
+            return Err(Problem::bad_request(format!(
+                "ids must list 1 to {MAX_BATCH} tickets"
+            )));
+        }
+        let mut outcomes = Vec::with_capacity(ids.len());
+        for id in ids {
+            outcomes.push(self.decide(id, approve, text.clone()).await);
+        }
+        Ok(outcomes)
+    }
+
+    /// Approves or denies one ticket as the caller: the comment (approval) or reason (denial)
+    /// is trimmed and clipped, invisible tickets are unknown (404), and the pure transition
+    /// judges the rest (approver lists, self-approval, quorum, expiry 409).
+    pub(crate) async fn decide(
         &self,
         raw: &str,
         approve: bool,
         text: Option<String>,
     ) -> Result<Ticket, Problem> {
+        let text = clip(text);
         let id = TicketId::parse(raw).map_err(|_| not_found())?;
         let engine = self.engine();
         let store = engine.store().map_err(|e| store_problem(&e))?;
@@ -862,6 +952,9 @@ impl Api<'_> {
     }
 
     async fn audit(&self, query: Option<&str>) -> Response<ProxyBody> {
+        if let Some(refused) = self.operator_only() {
+            return refused;
+        }
         let mut filter = AuditFilter {
             limit: 1000,
             ..AuditFilter::default()
@@ -893,13 +986,9 @@ impl Api<'_> {
                 }
             }
         }
-        let store = match self.engine().store() {
-            Ok(s) => s,
-            Err(e) => return store_problem(&e).into_response(),
-        };
-        match store.audit(&filter).await {
+        match self.audit_events(&filter).await {
             Ok(events) => json_response(StatusCode::OK, &json!({ "events": events })),
-            Err(e) => store_problem(&e).into_response(),
+            Err(p) => p.into_response(),
         }
     }
 }

@@ -1,5 +1,5 @@
 //! The jitgate data plane (listeners, TLS, canonical forwarding) and admin plane
-//! (health, rule table, reload).
+//! (health, decision API, rule table, reload, the approvers' web page).
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -20,6 +20,7 @@ pub mod rules_file;
 pub mod server;
 pub mod state;
 pub mod tls;
+pub mod ui;
 pub mod upstream;
 
 pub use error::GatewayError;

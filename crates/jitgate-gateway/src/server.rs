@@ -383,7 +383,7 @@ impl Conn {
             async move {
                 let mut resp = match plane {
                     Plane::Data => proxy::handle(shared, conn, req).await,
-                    Plane::Admin => admin::handle(shared, req).await,
+                    Plane::Admin => admin::handle(shared, req, conn.tls).await,
                 };
                 if let Some(mut busy) = busy {
                     busy.authenticated = resp.extensions().get::<admin::Authenticated>().is_some();

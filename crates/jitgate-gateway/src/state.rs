@@ -152,6 +152,8 @@ pub struct Shared {
     reload_lock: tokio::sync::Mutex<()>,
     last_attempt: Mutex<Option<Attempt>>,
     last_error: Mutex<Option<Attempt>>,
+    /// The web page's signed-in sessions (this replica's memory).
+    ui_sessions: crate::ui::Sessions,
 }
 
 /// Reads and validates a config file; every failure is reported as diagnostics.
@@ -235,6 +237,7 @@ impl Shared {
             reload_lock: tokio::sync::Mutex::new(()),
             last_attempt: Mutex::new(None),
             last_error: Mutex::new(None),
+            ui_sessions: crate::ui::Sessions::new(),
         }
     }
 
@@ -246,6 +249,11 @@ impl Shared {
     /// The approval engine (store, signer, held requests).
     pub fn engine(&self) -> &Arc<Engine> {
         &self.engine
+    }
+
+    /// The web page's sessions.
+    pub fn ui_sessions(&self) -> &crate::ui::Sessions {
+        &self.ui_sessions
     }
 
     /// The config file being served.
