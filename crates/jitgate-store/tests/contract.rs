@@ -1412,3 +1412,51 @@ async fn redis_prune_does_bounded_work() {
     assert!(server.command("ZCARD jit:tickets").starts_with(":0"));
     assert!(!server.indexed("jit:ps:192.0.2.77", last.id.as_str()));
 }
+
+/// **FINDING** (red team: one undecodable delivery holds its whole claim batch for ever).
+/// `outbox_claim` leases every due delivery in one script, then decodes them all: one entry
+/// that does not decode (a delivery written by another version, a hand edit, a truncated
+/// write) fails the whole call, after the script already leased the batch. Every lease
+/// ends together, the same batch is due again together, and it fails again: the good
+/// deliveries claimed with the bad one are never sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_outbox_claim_survives_an_undecodable_delivery() {
+    let server = RedisServer::start();
+    let store = server.store().await;
+    let e = store.append_audit(rules_event(1)).await.unwrap();
+    let cursor = store.outbox_cursor().await.unwrap();
+    let at = now();
+    let batch = [delivery("msg_a", e.seq), delivery("msg_b", e.seq)];
+    assert!(store
+        .outbox_enqueue(cursor, cursor, &batch, at)
+        .await
+        .unwrap());
+    // A third entry that is not a delivery, due with them.
+    assert!(server
+        .command("HSET jit:{outbox}:data msg_bad not-json")
+        .starts_with(':'));
+    assert!(server
+        .command(&format!(
+            "ZADD jit:{{outbox}}:due {} msg_bad",
+            at.as_millis()
+        ))
+        .starts_with(':'));
+    let lease = Duration::from_secs(10);
+    let mut got = Vec::new();
+    // Each round comes after the previous round's lease.
+    for round in 0..3u64 {
+        let when = later(at, round * 60);
+        if let Ok(claimed) = store.outbox_claim(when, lease, 10).await {
+            for c in claimed {
+                got.push(c.delivery.id.clone());
+                assert!(store.outbox_settle(&c, None).await.unwrap());
+            }
+        }
+    }
+    got.sort();
+    assert_eq!(
+        got,
+        ["msg_a", "msg_b"],
+        "the deliveries claimed with an undecodable one were never handed out"
+    );
+}
