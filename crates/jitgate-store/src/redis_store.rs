@@ -1284,21 +1284,39 @@ impl Store for RedisStore {
                 .arg(limit.max(1))
                 .arg(&token);
             let flat: Vec<String> = inv.invoke_async(&mut c).await.map_err(unavailable)?;
-            flat.chunks(3)
-                .map(|t| match t {
-                    [_, json, tries] => {
-                        let mut delivery: Delivery = decode("outbox delivery", json)?;
-                        delivery.attempts = tries.parse().map_err(|_| {
-                            StoreError::Corrupt(format!("outbox attempts `{tries}`"))
-                        })?;
-                        Ok(Claimed {
-                            delivery,
-                            token: token.clone(),
-                        })
+            let mut claimed = Vec::with_capacity(flat.len() / 3);
+            for t in flat.chunks(3) {
+                let [id, json, tries] = t else {
+                    return Err(StoreError::Corrupt("short outbox claim reply".into()));
+                };
+                let decoded = decode::<Delivery>("outbox delivery", json).and_then(|mut d| {
+                    d.attempts = tries.parse().map_err(|_| {
+                        StoreError::Corrupt(format!("outbox attempts `{tries}`"))
+                    })?;
+                    Ok(d)
+                });
+                match decoded {
+                    Ok(delivery) => claimed.push(Claimed {
+                        delivery,
+                        token: token.clone(),
+                    }),
+                    // It can never be sent: dropped (under this claim), so that it does not
+                    // fail every later claim of the deliveries leased with it.
+                    Err(e) => {
+                        tracing::error!(delivery = %id, error = %e, "undecodable notification dropped from the outbox");
+                        let mut drop = self.scripts.outbox_settle.prepare_invoke();
+                        drop.key(OUTBOX_DUE)
+                            .key(OUTBOX_DATA)
+                            .key(OUTBOX_TRIES)
+                            .key(OUTBOX_CLAIMS)
+                            .arg(id)
+                            .arg(&token)
+                            .arg("");
+                        let _: i64 = drop.invoke_async(&mut c).await.map_err(unavailable)?;
                     }
-                    _ => Err(StoreError::Corrupt("short outbox claim reply".into())),
-                })
-                .collect()
+                }
+            }
+            Ok(claimed)
         }))
     }
 
