@@ -396,19 +396,22 @@ fn not_found() -> Problem {
     )
 }
 
-/// Decides ticket `raw` as `caller` by exactly the API's rules (chat callbacks).
+/// Decides ticket `raw` as `caller` by exactly the API's rules, from chat channel `chat`
+/// (chat callbacks): only tickets whose route tells that channel and allows chat approval.
 pub(crate) async fn decide_as(
     shared: &Arc<Shared>,
     caller: Approver,
     raw: &str,
     approve: bool,
     text: Option<String>,
+    chat: &str,
 ) -> Result<Ticket, Problem> {
     let api = Api {
         shared,
         caller,
         operator: false,
     };
+    api.chat_may_decide(raw, chat).await?;
     api.decide(raw, approve, clip(text)).await
 }
 
@@ -442,6 +445,42 @@ impl Api<'_> {
         self.operator
             || self.caller.is_listed(&t.approvers)
             || t.requester.user.as_deref() == Some(self.caller.user.as_str())
+    }
+
+    /// Refuses a decision from chat channel `channel` on a ticket whose route does not tell
+    /// that channel or says `chat_approval = false`. Tickets the caller cannot see are left
+    /// to [`Api::decide`] (unknown either way); a route no longer configured is not refused.
+    async fn chat_may_decide(&self, raw: &str, channel: &str) -> Result<(), Problem> {
+        let Ok(id) = TicketId::parse(raw) else {
+            return Ok(());
+        };
+        let store = self.engine().store().map_err(|e| store_problem(&e))?;
+        let t = match store.get(&id).await {
+            Ok(Some(t)) if self.can_see(&t) => t,
+            Ok(_) => return Ok(()),
+            Err(e) => return Err(store_problem(&e)),
+        };
+        let snap = self.shared.snapshot();
+        let Some(a) = snap.table.route(&t.route).and_then(|r| r.approval.as_ref()) else {
+            return Ok(());
+        };
+        let told = a
+            .notify
+            .as_ref()
+            .is_none_or(|n| n.iter().any(|c| c == channel));
+        if a.chat_approval && told {
+            return Ok(());
+        }
+        Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "chat-approval-off",
+            "Not decided from chat",
+            format!(
+                "route {} is not decided from chat channel {channel}; decide on the ticket page",
+                t.route
+            ),
+            Fault::Downstream,
+        ))
     }
 
     /// `GET /v1/events`: what this caller may see, as server-sent events.

@@ -249,6 +249,7 @@ async fn act(shared: &Arc<Shared>, req: Request<hyper::body::Incoming>) -> Resul
         &ticket,
         approve,
         comment,
+        &channel.cfg.name,
     )
     .await;
     let Some(url) = response_url else {
