@@ -102,6 +102,22 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Pro
     resp
 }
 
+/// What the holder of `credential` (an `Authorization` header) may see of tickets under
+/// `snap`, as the API judges it; `None` when it no longer authenticates.
+pub(crate) fn viewer(
+    snap: &crate::state::Snapshot,
+    credential: &http::HeaderMap,
+) -> Option<impl Fn(&Ticket) -> bool + Send + Sync + 'static> {
+    let id = snap.admin_auth.authenticate(credential).ok()?;
+    let operator = snap.admin_auth.is_operator(&id);
+    let caller = approver_of(&id);
+    Some(move |t: &Ticket| {
+        operator
+            || caller.is_listed(&t.approvers)
+            || t.requester.user.as_deref() == Some(caller.user.as_str())
+    })
+}
+
 /// Marks an answer to an authenticated call: the connection serves an approver or operator
 /// (the server keeps such connections; others it closes once idle).
 #[derive(Debug, Clone, Copy)]
@@ -501,13 +517,13 @@ impl Api<'_> {
                     .into_response()
             }
         };
-        let (caller, operator) = (self.caller.clone(), self.operator);
-        let visible = move |t: &Ticket| {
-            operator
-                || caller.is_listed(&t.approvers)
-                || t.requester.user.as_deref() == Some(caller.user.as_str())
-        };
-        crate::events::stream(self.shared, last_id, visible)
+        // The stream checks its credential again as it goes (a reload may withdraw it, a JWT
+        // may expire): it keeps only the header that carries it.
+        let mut credential = http::HeaderMap::new();
+        if let Some(v) = req.headers().get(header::AUTHORIZATION) {
+            credential.insert(header::AUTHORIZATION, v.clone());
+        }
+        crate::events::stream(self.shared, last_id, credential)
     }
 
     async fn list(&self, query: Option<&str>) -> Response<ProxyBody> {

@@ -7,10 +7,10 @@
 //! the store before the live events.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Response, StatusCode};
+use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
 use tokio::sync::{broadcast, mpsc};
 
 use jitgate_rules::ticket::Ticket;
@@ -18,7 +18,7 @@ use jitgate_store::Store;
 
 use crate::body::ProxyBody;
 use crate::notify::Told;
-use crate::state::Shared;
+use crate::state::{Shared, Snapshot};
 
 /// Events kept for slow streams before they lag (and are closed, to resume by id).
 const BACKLOG: usize = 1024;
@@ -26,6 +26,9 @@ const BACKLOG: usize = 1024;
 const MAX_REPLAY: usize = 1000;
 /// A comment line this often keeps proxies from closing a quiet stream.
 const KEEPALIVE: Duration = Duration::from_secs(15);
+/// How often a stream's credential is checked again even when the rule table has not
+/// changed (a JWT's expiry); at the latest at the next event or keep-alive after that.
+const RECHECK: Duration = Duration::from_secs(5);
 
 /// The replica's event fan-out to streams.
 pub struct Hub {
@@ -100,18 +103,64 @@ fn frame(told: &Told) -> Bytes {
     ))
 }
 
-/// Serves a stream of the events `visible` lets through, resuming after `last_id`.
+/// What a stream's caller may see, judged again when the rule table changes and at least
+/// every [`RECHECK`]: a stream ends once its credential no longer authenticates.
+struct Viewer {
+    credential: HeaderMap,
+    snap: Arc<Snapshot>,
+    checked: Instant,
+    sees: Box<dyn Fn(&Ticket) -> bool + Send + Sync>,
+}
+
+impl Viewer {
+    fn new(shared: &Shared, credential: HeaderMap) -> Option<Viewer> {
+        let snap = shared.snapshot();
+        let sees = Box::new(crate::admin::viewer(&snap, &credential)?);
+        Some(Viewer {
+            credential,
+            snap,
+            checked: Instant::now(),
+            sees,
+        })
+    }
+
+    /// Whether the credential still authenticates (judged again if due).
+    fn current(&mut self, shared: &Shared) -> bool {
+        let snap = shared.snapshot();
+        if Arc::ptr_eq(&snap, &self.snap) && self.checked.elapsed() < RECHECK {
+            return true;
+        }
+        match crate::admin::viewer(&snap, &self.credential) {
+            Some(sees) => {
+                self.sees = Box::new(sees);
+                self.snap = snap;
+                self.checked = Instant::now();
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn shows(&self, t: &Told) -> bool {
+        t.ticket.as_ref().is_some_and(|t| (self.sees)(t))
+    }
+}
+
+/// Serves a stream of the events the holder of `credential` may see, resuming after
+/// `last_id`.
 pub fn stream(
     shared: &Arc<Shared>,
     last_id: Option<u64>,
-    visible: impl Fn(&Ticket) -> bool + Send + Sync + 'static,
+    credential: HeaderMap,
 ) -> Response<ProxyBody> {
     let mut rx = shared.hub.tx.subscribe();
     let (out, body) = mpsc::channel::<Bytes>(16);
     let shared = shared.clone();
     tokio::spawn(async move {
         let mut down = shared.engine().shutdown_signal();
-        let shows = |t: &Told| t.ticket.as_ref().is_some_and(&visible);
+        let Some(mut viewer) = Viewer::new(&shared, credential) else {
+            return;
+        };
         // Subscribed first, then replayed: nothing falls between the two; live events the
         // replay already sent are skipped by number.
         let mut sent = last_id.unwrap_or(0);
@@ -127,7 +176,10 @@ pub fn stream(
             if let Ok(events) = store.audit_after(after, MAX_REPLAY).await {
                 for e in &events {
                     if let Some(told) = Told::load(&*store, e).await {
-                        if shows(&told) && out.send(frame(&told)).await.is_err() {
+                        if !viewer.current(&shared) {
+                            return;
+                        }
+                        if viewer.shows(&told) && out.send(frame(&told)).await.is_err() {
                             return;
                         }
                     }
@@ -139,7 +191,10 @@ pub fn stream(
             tokio::select! {
                 got = rx.recv() => match got {
                     Ok(told) => {
-                        if told.seq <= sent || !shows(&told) {
+                        if !viewer.current(&shared) {
+                            return;
+                        }
+                        if told.seq <= sent || !viewer.shows(&told) {
                             continue;
                         }
                         sent = told.seq;
@@ -152,6 +207,9 @@ pub fn stream(
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
                 () = tokio::time::sleep(KEEPALIVE) => {
+                    if !viewer.current(&shared) {
+                        return;
+                    }
                     if out.send(Bytes::from_static(b": keepalive\n\n")).await.is_err() {
                         return;
                     }
