@@ -481,7 +481,8 @@ async fn read_until(s: &mut TcpStream, seen: &mut String, needle: &str, n: usize
     }
 }
 
-/// Reads whatever arrives within `d`; whether the stream was closed.
+/// Reads whatever arrives within `d`; whether the stream ended (the connection closed, or
+/// the chunked body's last chunk arrived).
 async fn read_for(s: &mut TcpStream, seen: &mut String, d: Duration) -> bool {
     let deadline = tokio::time::Instant::now() + d;
     let mut buf = [0u8; 8192];
@@ -492,7 +493,12 @@ async fn read_for(s: &mut TcpStream, seen: &mut String, d: Duration) -> bool {
         }
         match tokio::time::timeout(left, s.read(&mut buf)).await {
             Ok(Ok(0)) | Ok(Err(_)) => return true,
-            Ok(Ok(k)) => seen.push_str(&String::from_utf8_lossy(&buf[..k])),
+            Ok(Ok(k)) => {
+                seen.push_str(&String::from_utf8_lossy(&buf[..k]));
+                if seen.ends_with("\r\n0\r\n\r\n") {
+                    return true;
+                }
+            }
             Err(_) => return false,
         }
     }
@@ -697,11 +703,32 @@ async fn resumed_stream_sends_every_visible_event_after_last_event_id() {
     }
     let missed = open_ticket(&gw, "/deploy/two").await;
 
-    let mut again = open_stream(&gw, "alice", Some(last)).await;
+    // Resume as an EventSource does: when the stream closes, reconnect with the last id it
+    // sent.
+    let mut last_id = last;
     let mut resumed = String::new();
-    read_for(&mut again, &mut resumed, Duration::from_secs(2)).await;
-    let third = open_ticket(&gw, "/deploy/three").await;
-    read_until(&mut again, &mut resumed, &third, 1).await;
+    let mut live = false;
+    for _ in 0..5 {
+        let mut s = open_stream(&gw, "alice", Some(last_id)).await;
+        let mut part = String::new();
+        let closed = read_for(&mut s, &mut part, Duration::from_secs(2)).await;
+        if let Some(id) = part
+            .lines()
+            .filter_map(|l| l.strip_prefix("id: "))
+            .filter_map(|v| v.trim().parse::<u64>().ok())
+            .last()
+        {
+            last_id = id;
+        }
+        resumed.push_str(&part);
+        if !closed {
+            let third = open_ticket(&gw, "/deploy/three").await;
+            read_until(&mut s, &mut resumed, &third, 1).await;
+            live = true;
+            break;
+        }
+    }
+    assert!(live, "never got a live stream:\n{resumed}");
     assert!(!resumed.contains(&first), "{resumed}");
     assert!(
         resumed.contains(&missed),

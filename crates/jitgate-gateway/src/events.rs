@@ -171,20 +171,33 @@ pub fn stream(
         {
             return;
         }
-        if let (Some(after), Ok(store)) = (last_id, shared.engine().store()) {
+        if let Some(after) = last_id {
+            // What the client missed cannot be read: it reconnects and asks again rather
+            // than go on without it.
+            let Ok(store) = shared.engine().store() else {
+                return;
+            };
             let store: Arc<dyn Store> = store.clone();
-            if let Ok(events) = store.audit_after(after, MAX_REPLAY).await {
-                for e in &events {
-                    if let Some(told) = Told::load(&*store, e).await {
-                        if !viewer.current(&shared) {
-                            return;
-                        }
-                        if viewer.shows(&told) && out.send(frame(&told)).await.is_err() {
-                            return;
-                        }
+            let Ok(events) = store.audit_after(after, MAX_REPLAY).await else {
+                return;
+            };
+            for e in &events {
+                if let Some(told) = Told::load(&*store, e).await {
+                    if !viewer.current(&shared) {
+                        return;
                     }
-                    sent = e.seq;
+                    if viewer.shows(&told) && out.send(frame(&told)).await.is_err() {
+                        return;
+                    }
                 }
+                sent = e.seq;
+            }
+            // More behind than one replay: the client is told how far this one got (an `id`
+            // alone moves its Last-Event-ID) and resumes from there, so nothing between the
+            // replay and the live events is skipped.
+            if events.len() >= MAX_REPLAY {
+                let _ = out.send(Bytes::from(format!("id: {sent}\n\n"))).await;
+                return;
             }
         }
         loop {
