@@ -805,3 +805,53 @@ async fn slack_callback_answers_promptly_whatever_response_url_does() {
     );
     wait_status(&gw, &id, "APPROVED", SOON).await;
 }
+
+// === the outbox ===
+
+/// **FINDING** (one unresponsive channel delays every channel). The delivery loop claims up
+/// to 32 due deliveries, posts them all, and claims again only once every one of them has
+/// answered or timed out. A channel that accepts connections and never answers (a hung
+/// receiver) makes each round last its `timeout`: during a burst, the approvers' Slack
+/// messages queue behind it, 16 or so per round, minutes late for a few hundred tickets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hung_webhook_does_not_hold_back_other_channels() {
+    let origin = Origin::start();
+    let slack = HookReceiver::start(0);
+    // Accepts (the kernel does) and never answers.
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let notify = format!(
+        "{}\n[[notify]]\nname = \"audit-sink\"\nkind = \"webhook\"\nurl = \"http://{}/hook\"\n\
+         secret_env = \"HOOK_SECRET\"\ntimeout = \"5s\"\nevents = [\"ticket.opened\"]\n",
+        slack_channel(&slack.url()),
+        hung.local_addr().unwrap()
+    );
+    let cfg = config(MEMORY, "", &notify, "", &origin.url());
+    let gw = Gateway::builder(&cfg)
+        .env("SLACK_SIGNING", SLACK_SECRET)
+        .env("HOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+        .start();
+    let gw = Arc::new(gw);
+    let opened: Vec<_> = (0..45)
+        .map(|i| {
+            let gw = gw.clone();
+            tokio::spawn(async move { open_ticket(&gw, &format!("/deploy/app{i}")).await })
+        })
+        .collect();
+    for o in opened {
+        o.await.unwrap();
+    }
+    let started = std::time::Instant::now();
+    let deadline = started + Duration::from_secs(8);
+    loop {
+        let n = slack.hooks().iter().filter(|h| h.path == "/slack").count();
+        if n >= 45 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "8 s after 45 tickets opened, Slack had been told about {n}: the hung webhook \
+             channel holds back every delivery claimed with it"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
