@@ -4,6 +4,7 @@
 //!
 //! Tests named for what must hold; the ones marked **FINDING** in their doc comment failed
 //! when written.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
@@ -716,7 +717,7 @@ async fn resumed_stream_sends_every_visible_event_after_last_event_id() {
             .lines()
             .filter_map(|l| l.strip_prefix("id: "))
             .filter_map(|v| v.trim().parse::<u64>().ok())
-            .last()
+            .next_back()
         {
             last_id = id;
         }
