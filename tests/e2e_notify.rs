@@ -1,6 +1,7 @@
 //! Notifications and the event stream, end to end: the real binary, a real redis-server, a
 //! webhook receiver that checks Standard Webhooks signatures, Slack callbacks signed as Slack
 //! signs them, and `GET /v1/events` read as a client reads a stream.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

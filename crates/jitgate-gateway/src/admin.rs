@@ -108,10 +108,48 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>, tls: bool) -> R
             .into_response();
         }
     };
+    AuthMark::of(req.extensions());
     let api = Api::new(&shared, &snap, &caller);
     let mut resp = api.route(&routed, &method, &path, req).await;
     resp.extensions_mut().insert(Authenticated);
     resp
+}
+
+/// What the holder of `credential` (an `Authorization` header) may see of tickets under
+/// `snap`, as the API judges it; `None` when it no longer authenticates.
+pub(crate) fn viewer(
+    snap: &crate::state::Snapshot,
+    credential: &http::HeaderMap,
+) -> Option<impl Fn(&Ticket) -> bool + Send + Sync + 'static> {
+    let id = snap.admin_auth.authenticate(credential).ok()?;
+    let operator = snap.admin_auth.is_operator(&id);
+    let caller = approver_of(&id);
+    Some(move |t: &Ticket| {
+        operator
+            || caller.is_listed(&t.approvers)
+            || t.requester.user.as_deref() == Some(caller.user.as_str())
+    })
+}
+
+/// Put on each admin request by the server: marked once the caller is authenticated (a bearer
+/// credential, a Slack signature), from when the request keeps its connection busy. An
+/// unauthenticated request in flight (a body trickled before its signature can be checked)
+/// does not keep a connection from its idle close.
+#[derive(Clone)]
+pub struct AuthMark(Arc<dyn Fn() + Send + Sync>);
+
+impl AuthMark {
+    /// A mark that calls `f`.
+    pub fn new(f: impl Fn() + Send + Sync + 'static) -> AuthMark {
+        AuthMark(Arc::new(f))
+    }
+
+    /// Marks the request `extensions` belong to as authenticated, if the server asked to know.
+    pub fn of(extensions: &http::Extensions) {
+        if let Some(m) = extensions.get::<AuthMark>() {
+            (m.0)();
+        }
+    }
 }
 
 /// Marks an answer to an authenticated call: the connection serves an approver or operator
@@ -513,19 +551,22 @@ fn not_found() -> Problem {
     )
 }
 
-/// Decides ticket `raw` as `caller` by exactly the API's rules (chat callbacks).
+/// Decides ticket `raw` as `caller` by exactly the API's rules, from chat channel `chat`
+/// (chat callbacks): only tickets whose route tells that channel and allows chat approval.
 pub(crate) async fn decide_as(
     shared: &Arc<Shared>,
     caller: Approver,
     raw: &str,
     approve: bool,
     text: Option<String>,
+    chat: &str,
 ) -> Result<Ticket, Problem> {
     let api = Api {
         shared,
         caller,
         operator: false,
     };
+    api.chat_may_decide(raw, chat).await?;
     api.decide(raw, approve, text).await
 }
 
@@ -582,6 +623,42 @@ impl<'a> Api<'a> {
             || t.requester.user.as_deref() == Some(self.caller.user.as_str())
     }
 
+    /// Refuses a decision from chat channel `channel` on a ticket whose route does not tell
+    /// that channel or says `chat_approval = false`. Tickets the caller cannot see are left
+    /// to [`Api::decide`] (unknown either way); a route no longer configured is not refused.
+    async fn chat_may_decide(&self, raw: &str, channel: &str) -> Result<(), Problem> {
+        let Ok(id) = TicketId::parse(raw) else {
+            return Ok(());
+        };
+        let store = self.engine().store().map_err(|e| store_problem(&e))?;
+        let t = match store.get(&id).await {
+            Ok(Some(t)) if self.can_see(&t) => t,
+            Ok(_) => return Ok(()),
+            Err(e) => return Err(store_problem(&e)),
+        };
+        let snap = self.shared.snapshot();
+        let Some(a) = snap.table.route(&t.route).and_then(|r| r.approval.as_ref()) else {
+            return Ok(());
+        };
+        let told = a
+            .notify
+            .as_ref()
+            .is_none_or(|n| n.iter().any(|c| c == channel));
+        if a.chat_approval && told {
+            return Ok(());
+        }
+        Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "chat-approval-off",
+            "Not decided from chat",
+            format!(
+                "route {} is not decided from chat channel {channel}; decide on the ticket page",
+                t.route
+            ),
+            Fault::Downstream,
+        ))
+    }
+
     /// `GET /v1/events`: what this caller may see, as server-sent events.
     fn events(&self, req: &Request<Incoming>) -> Response<ProxyBody> {
         let last_id = match req.headers().get("last-event-id").map(HeaderValue::to_str) {
@@ -600,13 +677,13 @@ impl<'a> Api<'a> {
                     .into_response()
             }
         };
-        let (caller, operator) = (self.caller.clone(), self.operator);
-        let visible = move |t: &Ticket| {
-            operator
-                || caller.is_listed(&t.approvers)
-                || t.requester.user.as_deref() == Some(caller.user.as_str())
-        };
-        crate::events::stream(self.shared, last_id, visible)
+        // The stream checks its credential again as it goes (a reload may withdraw it, a JWT
+        // may expire): it keeps only the header that carries it.
+        let mut credential = http::HeaderMap::new();
+        if let Some(v) = req.headers().get(header::AUTHORIZATION) {
+            credential.insert(header::AUTHORIZATION, v.clone());
+        }
+        crate::events::stream(self.shared, last_id, credential)
     }
 
     async fn list(&self, query: Option<&str>) -> Response<ProxyBody> {

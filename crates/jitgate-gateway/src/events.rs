@@ -7,18 +7,18 @@
 //! the store before the live events.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Response, StatusCode};
-use tokio::sync::{broadcast, mpsc};
+use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
+use tokio::sync::{broadcast, mpsc, watch};
 
 use jitgate_rules::ticket::Ticket;
 use jitgate_store::Store;
 
 use crate::body::ProxyBody;
 use crate::notify::Told;
-use crate::state::Shared;
+use crate::state::{Shared, Snapshot};
 
 /// Events kept for slow streams before they lag (and are closed, to resume by id).
 const BACKLOG: usize = 1024;
@@ -26,16 +26,23 @@ const BACKLOG: usize = 1024;
 const MAX_REPLAY: usize = 1000;
 /// A comment line this often keeps proxies from closing a quiet stream.
 const KEEPALIVE: Duration = Duration::from_secs(15);
+/// How often a stream's credential is checked again even when the rule table has not
+/// changed (a JWT's expiry); at the latest at the next event or keep-alive after that.
+const RECHECK: Duration = Duration::from_secs(5);
 
 /// The replica's event fan-out to streams.
 pub struct Hub {
     tx: broadcast::Sender<Arc<Told>>,
+    /// Bumped when the trail was found to have restarted lower (a store that lost its data):
+    /// open streams end, so clients reconnect onto the new numbering.
+    restarted: watch::Sender<u64>,
 }
 
 impl Default for Hub {
     fn default() -> Self {
         Hub {
             tx: broadcast::channel(BACKLOG).0,
+            restarted: watch::channel(0).0,
         }
     }
 }
@@ -53,7 +60,10 @@ async fn tail(shared: Arc<Shared>) {
     };
     let mut down = shared.engine().shutdown_signal();
     let mut seq = store.audit_seq();
-    let mut last = loop {
+    // The newest event read, by number and hash: a trail that restarted (a store that lost
+    // its data: a restart without persistence, a failover to a lagging replica) shows as a
+    // head below it or beside it, or as events that do not chain onto it.
+    let (mut last, mut last_hash) = loop {
         match store.audit_head().await {
             Ok(h) => break h,
             Err(_) => tokio::select! {
@@ -66,8 +76,13 @@ async fn tail(shared: Arc<Shared>) {
     loop {
         match store.audit_after(last, 256).await {
             Ok(events) if !events.is_empty() => {
+                if events[0].seq == last + 1 && events[0].prev != last_hash {
+                    restart(hub, &mut last, &mut last_hash);
+                    continue;
+                }
                 for e in &events {
                     last = e.seq;
+                    last_hash.clone_from(&e.hash);
                     // Nobody listening: skip loading what nobody reads.
                     if hub.tx.receiver_count() == 0 {
                         continue;
@@ -78,7 +93,14 @@ async fn tail(shared: Arc<Shared>) {
                 }
                 continue;
             }
-            Ok(_) => {}
+            Ok(_) => {
+                if let Ok((head, hash)) = store.audit_head().await {
+                    if head < last || (head == last && hash != last_hash) {
+                        restart(hub, &mut last, &mut last_hash);
+                        continue;
+                    }
+                }
+            }
             Err(e) => tracing::debug!(error = %e, "event stream tail failed; retrying"),
         }
         tokio::select! {
@@ -92,6 +114,18 @@ async fn tail(shared: Arc<Shared>) {
     }
 }
 
+/// The trail restarted: read it from its start, and end the open streams so their clients
+/// reconnect onto the new numbering.
+fn restart(hub: &Hub, last: &mut u64, last_hash: &mut String) {
+    tracing::warn!(
+        last = *last,
+        "the audit trail restarted (the store lost its data); event streams start over"
+    );
+    *last = 0;
+    *last_hash = jitgate_rules::ticket::GENESIS.to_string();
+    hub.restarted.send_modify(|n| *n += 1);
+}
+
 /// One `text/event-stream` frame.
 fn frame(told: &Told) -> Bytes {
     Bytes::from(format!(
@@ -100,18 +134,65 @@ fn frame(told: &Told) -> Bytes {
     ))
 }
 
-/// Serves a stream of the events `visible` lets through, resuming after `last_id`.
+/// What a stream's caller may see, judged again when the rule table changes and at least
+/// every [`RECHECK`]: a stream ends once its credential no longer authenticates.
+struct Viewer {
+    credential: HeaderMap,
+    snap: Arc<Snapshot>,
+    checked: Instant,
+    sees: Box<dyn Fn(&Ticket) -> bool + Send + Sync>,
+}
+
+impl Viewer {
+    fn new(shared: &Shared, credential: HeaderMap) -> Option<Viewer> {
+        let snap = shared.snapshot();
+        let sees = Box::new(crate::admin::viewer(&snap, &credential)?);
+        Some(Viewer {
+            credential,
+            snap,
+            checked: Instant::now(),
+            sees,
+        })
+    }
+
+    /// Whether the credential still authenticates (judged again if due).
+    fn current(&mut self, shared: &Shared) -> bool {
+        let snap = shared.snapshot();
+        if Arc::ptr_eq(&snap, &self.snap) && self.checked.elapsed() < RECHECK {
+            return true;
+        }
+        match crate::admin::viewer(&snap, &self.credential) {
+            Some(sees) => {
+                self.sees = Box::new(sees);
+                self.snap = snap;
+                self.checked = Instant::now();
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn shows(&self, t: &Told) -> bool {
+        t.ticket.as_ref().is_some_and(|t| (self.sees)(t))
+    }
+}
+
+/// Serves a stream of the events the holder of `credential` may see, resuming after
+/// `last_id`.
 pub fn stream(
     shared: &Arc<Shared>,
     last_id: Option<u64>,
-    visible: impl Fn(&Ticket) -> bool + Send + Sync + 'static,
+    credential: HeaderMap,
 ) -> Response<ProxyBody> {
     let mut rx = shared.hub.tx.subscribe();
+    let mut restarted = shared.hub.restarted.subscribe();
     let (out, body) = mpsc::channel::<Bytes>(16);
     let shared = shared.clone();
     tokio::spawn(async move {
         let mut down = shared.engine().shutdown_signal();
-        let shows = |t: &Told| t.ticket.as_ref().is_some_and(&visible);
+        let Some(mut viewer) = Viewer::new(&shared, credential) else {
+            return;
+        };
         // Subscribed first, then replayed: nothing falls between the two; live events the
         // replay already sent are skipped by number.
         let mut sent = last_id.unwrap_or(0);
@@ -122,24 +203,51 @@ pub fn stream(
         {
             return;
         }
-        if let (Some(after), Ok(store)) = (last_id, shared.engine().store()) {
+        if let Some(mut after) = last_id {
+            // What the client missed cannot be read: it reconnects and asks again rather
+            // than go on without it.
+            let Ok(store) = shared.engine().store() else {
+                return;
+            };
             let store: Arc<dyn Store> = store.clone();
-            if let Ok(events) = store.audit_after(after, MAX_REPLAY).await {
-                for e in &events {
-                    if let Some(told) = Told::load(&*store, e).await {
-                        if shows(&told) && out.send(frame(&told)).await.is_err() {
-                            return;
-                        }
+            // An id past the head is from a trail that is gone: all of this one is new.
+            let Ok((head, _)) = store.audit_head().await else {
+                return;
+            };
+            if after > head {
+                after = 0;
+                sent = 0;
+            }
+            let Ok(events) = store.audit_after(after, MAX_REPLAY).await else {
+                return;
+            };
+            for e in &events {
+                if let Some(told) = Told::load(&*store, e).await {
+                    if !viewer.current(&shared) {
+                        return;
                     }
-                    sent = e.seq;
+                    if viewer.shows(&told) && out.send(frame(&told)).await.is_err() {
+                        return;
+                    }
                 }
+                sent = e.seq;
+            }
+            // More behind than one replay: the client is told how far this one got (an `id`
+            // alone moves its Last-Event-ID) and resumes from there, so nothing between the
+            // replay and the live events is skipped.
+            if events.len() >= MAX_REPLAY {
+                let _ = out.send(Bytes::from(format!("id: {sent}\n\n"))).await;
+                return;
             }
         }
         loop {
             tokio::select! {
                 got = rx.recv() => match got {
                     Ok(told) => {
-                        if told.seq <= sent || !shows(&told) {
+                        if !viewer.current(&shared) {
+                            return;
+                        }
+                        if told.seq <= sent || !viewer.shows(&told) {
                             continue;
                         }
                         sent = told.seq;
@@ -152,11 +260,15 @@ pub fn stream(
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
                 () = tokio::time::sleep(KEEPALIVE) => {
+                    if !viewer.current(&shared) {
+                        return;
+                    }
                     if out.send(Bytes::from_static(b": keepalive\n\n")).await.is_err() {
                         return;
                     }
                 }
                 _ = down.changed() => return,
+                _ = restarted.changed() => return,
             }
         }
     });

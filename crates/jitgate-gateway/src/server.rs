@@ -375,18 +375,25 @@ impl Conn {
         // Only the admin plane closes idle connections itself.
         let activity = (plane == Plane::Admin).then(|| Arc::new(Activity::default()));
         let seen = activity.clone();
-        let service = service_fn(move |req| {
+        let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
             first_request.store(true, Ordering::Relaxed);
             let shared = shared.clone();
             let conn = conn.clone();
-            let busy = seen.as_ref().map(Activity::begin);
+            let busy = seen.as_ref().map(|a| Arc::new(Activity::begin(a)));
+            if let Some(b) = &busy {
+                let b = b.clone();
+                req.extensions_mut()
+                    .insert(admin::AuthMark::new(move || b.mark()));
+            }
             async move {
                 let mut resp = match plane {
                     Plane::Data => proxy::handle(shared, conn, req).await,
                     Plane::Admin => admin::handle(shared, req, conn.tls).await,
                 };
-                if let Some(mut busy) = busy {
-                    busy.authenticated = resp.extensions().get::<admin::Authenticated>().is_some();
+                if let Some(busy) = busy {
+                    if resp.extensions().get::<admin::Authenticated>().is_some() {
+                        busy.mark();
+                    }
                     // An event stream is a call in flight until it ends.
                     drop(resp.body_mut().keep_while_streaming(busy));
                 }
@@ -445,15 +452,24 @@ impl Default for Activity {
 /// Marks a request in flight until dropped; an authenticated one refreshes the connection.
 struct Busy {
     activity: Arc<Activity>,
-    authenticated: bool,
+    /// Counted in flight since the caller was authenticated: an unauthenticated request (a
+    /// body trickled before its signature can be checked, say) never keeps a connection.
+    authenticated: std::sync::atomic::AtomicBool,
+}
+
+impl Busy {
+    fn mark(&self) {
+        if !self.authenticated.swap(true, Ordering::AcqRel) {
+            self.activity.in_flight.fetch_add(1, Ordering::AcqRel);
+        }
+    }
 }
 
 impl Activity {
     fn begin(self: &Arc<Self>) -> Busy {
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
         Busy {
             activity: self.clone(),
-            authenticated: false,
+            authenticated: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -488,8 +504,8 @@ impl Activity {
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        self.activity.in_flight.fetch_sub(1, Ordering::AcqRel);
-        if self.authenticated {
+        if *self.authenticated.get_mut() {
+            self.activity.in_flight.fetch_sub(1, Ordering::AcqRel);
             if let Ok(mut s) = self.activity.idle_since.lock() {
                 *s = Instant::now();
             }

@@ -222,8 +222,9 @@ pub trait Store: Send + Sync + 'static {
     /// trail (the event stream, the notification outbox).
     fn audit_after(&self, after: u64, limit: usize) -> StoreFuture<'_, Vec<AuditEvent>>;
 
-    /// The number of the newest audit event (0 for an empty trail).
-    fn audit_head(&self) -> StoreFuture<'_, u64>;
+    /// The number and hash of the newest audit event (0 and [`ticket::GENESIS`] for an empty
+    /// trail).
+    fn audit_head(&self) -> StoreFuture<'_, (u64, String)>;
 
     /// The number of the newest audit event this store has seen appended, on any replica: it
     /// changes as events land, so tailers wake instead of polling. A lost wake-up (a pub/sub
@@ -246,14 +247,19 @@ pub trait Store: Send + Sync + 'static {
         due: Timestamp,
     ) -> StoreFuture<'a, bool>;
 
-    /// Claims up to `limit` deliveries due at `now` for `lease`: nobody else claims them until
-    /// the lease ends, so a replica that dies mid-attempt delays a delivery, never loses it.
-    fn outbox_claim(
-        &self,
+    /// Claims up to `limit` of `channel`'s deliveries due at `now` for `lease` (per channel, so
+    /// a channel that hangs delays only its own): nobody else claims them until the lease
+    /// ends, so a replica that dies mid-attempt delays a delivery, never loses it.
+    fn outbox_claim<'a>(
+        &'a self,
+        channel: &'a str,
         now: Timestamp,
         lease: Duration,
         limit: usize,
-    ) -> StoreFuture<'_, Vec<Claimed>>;
+    ) -> StoreFuture<'a, Vec<Claimed>>;
+
+    /// The channels that have queued deliveries (due or not).
+    fn outbox_channels(&self) -> StoreFuture<'_, Vec<String>>;
 
     /// Settles a claimed delivery: done (`retry_at = None`, removed) or due again at
     /// `retry_at` with one more attempt counted. `Ok(false)` when the claim was lost (its

@@ -374,8 +374,14 @@ impl Store for MemoryStore {
         })
     }
 
-    fn audit_head(&self) -> StoreFuture<'_, u64> {
-        Box::pin(async move { Ok(self.lock().audit.last().map_or(0, |e| e.seq)) })
+    fn audit_head(&self) -> StoreFuture<'_, (u64, String)> {
+        Box::pin(async move {
+            Ok(self
+                .lock()
+                .audit
+                .last()
+                .map_or((0, GENESIS.to_string()), |e| (e.seq, e.hash.clone())))
+        })
     }
 
     fn audit_seq(&self) -> watch::Receiver<u64> {
@@ -421,12 +427,28 @@ impl Store for MemoryStore {
         })
     }
 
-    fn outbox_claim(
-        &self,
+    fn outbox_channels(&self) -> StoreFuture<'_, Vec<String>> {
+        Box::pin(async move {
+            let st = self.lock();
+            let mut names: Vec<String> = st
+                .outbox
+                .queued
+                .values()
+                .map(|q| q.delivery.channel.clone())
+                .collect();
+            names.sort();
+            names.dedup();
+            Ok(names)
+        })
+    }
+
+    fn outbox_claim<'a>(
+        &'a self,
+        channel: &'a str,
         now: Timestamp,
         lease: Duration,
         limit: usize,
-    ) -> StoreFuture<'_, Vec<Claimed>> {
+    ) -> StoreFuture<'a, Vec<Claimed>> {
         Box::pin(async move {
             let mut st = self.lock();
             let token = new_claim_token();
@@ -434,7 +456,7 @@ impl Store for MemoryStore {
                 .outbox
                 .queued
                 .iter_mut()
-                .filter(|(_, q)| q.due <= now)
+                .filter(|(_, q)| q.due <= now && q.delivery.channel == channel)
                 .collect();
             due.sort_by_key(|(id, q)| (q.due, q.delivery.seq, id.as_str().to_owned()));
             Ok(due

@@ -74,7 +74,12 @@ const AUDIT_NEW: &str = "jit:audit:new";
 /// The notification outbox: fan-out cursor, due time per delivery id, delivery JSON, attempts
 /// and claim tokens per id.
 const OUTBOX_CURSOR: &str = "jit:{outbox}:cursor";
-const OUTBOX_DUE: &str = "jit:{outbox}:due";
+/// The channels with queued deliveries; each has its own due set, so a channel that hangs
+/// only delays itself.
+const OUTBOX_CHANNELS: &str = "jit:{outbox}:channels";
+fn outbox_due(channel: &str) -> String {
+    format!("jit:{{outbox}}:due:{channel}")
+}
 const OUTBOX_DATA: &str = "jit:{outbox}:data";
 const OUTBOX_TRIES: &str = "jit:{outbox}:tries";
 const OUTBOX_CLAIMS: &str = "jit:{outbox}:claims";
@@ -797,8 +802,9 @@ redis.call('SET', KEYS[1], seq)
 return seq
 "#;
 
-/// KEYS: cursor, audit head, due, data, tries. ARGV: expected cursor, new cursor, due ms, then
-/// pairs of id and delivery JSON. Returns 1 when written, 0 when the cursor moved.
+/// KEYS: cursor, audit head, channels, data, tries, then the due set of each delivery's
+/// channel. ARGV: expected cursor, new cursor, due ms, then triples of id, channel and
+/// delivery JSON. Returns 1 when written, 0 when the cursor moved.
 const OUTBOX_ENQUEUE_LUA: &str = r#"
 local c = redis.call('GET', KEYS[1])
 if not c then
@@ -807,11 +813,14 @@ if not c then
   if head then c = string.match(head, '^%d+') or '0' end
 end
 if c ~= ARGV[1] then return 0 end
-for i = 4, #ARGV, 2 do
-  if redis.call('HSETNX', KEYS[4], ARGV[i], ARGV[i + 1]) == 1 then
-    redis.call('ZADD', KEYS[3], ARGV[3], ARGV[i])
+local k = 6
+for i = 4, #ARGV, 3 do
+  if redis.call('HSETNX', KEYS[4], ARGV[i], ARGV[i + 2]) == 1 then
+    redis.call('ZADD', KEYS[k], ARGV[3], ARGV[i])
+    redis.call('SADD', KEYS[3], ARGV[i + 1])
     redis.call('HSET', KEYS[5], ARGV[i], 0)
   end
+  k = k + 1
 end
 redis.call('SET', KEYS[1], ARGV[2])
 return 1
@@ -837,8 +846,8 @@ end
 return out
 "#;
 
-/// KEYS: due, data, tries, claims. ARGV: id, token, retry at ms ("" = done). Returns 1 when
-/// settled, 0 when the claim was lost.
+/// KEYS: due, data, tries, claims, channels. ARGV: id, token, retry at ms ("" = done),
+/// channel. Returns 1 when settled, 0 when the claim was lost.
 const OUTBOX_SETTLE_LUA: &str = r#"
 if redis.call('HGET', KEYS[4], ARGV[1]) ~= ARGV[2] then return 0 end
 redis.call('HDEL', KEYS[4], ARGV[1])
@@ -846,6 +855,7 @@ if ARGV[3] == '' then
   redis.call('ZREM', KEYS[1], ARGV[1])
   redis.call('HDEL', KEYS[2], ARGV[1])
   redis.call('HDEL', KEYS[3], ARGV[1])
+  if redis.call('ZCARD', KEYS[1]) == 0 then redis.call('SREM', KEYS[5], ARGV[4]) end
 else
   redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
   redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
@@ -1217,10 +1227,11 @@ impl Store for RedisStore {
         }))
     }
 
-    fn audit_head(&self) -> StoreFuture<'_, u64> {
+    fn audit_head(&self) -> StoreFuture<'_, (u64, String)> {
         Box::pin(self.bounded(async move {
             let head = self.get_string(AUDIT_HEAD).await?;
-            Ok(parse_head(head.as_deref())?.0)
+            let (seq, hash) = parse_head(head.as_deref())?;
+            Ok((seq, hash.to_string()))
         }))
     }
 
@@ -1251,31 +1262,47 @@ impl Store for RedisStore {
             let mut inv = self.scripts.outbox_enqueue.prepare_invoke();
             inv.key(OUTBOX_CURSOR)
                 .key(AUDIT_HEAD)
-                .key(OUTBOX_DUE)
+                .key(OUTBOX_CHANNELS)
                 .key(OUTBOX_DATA)
                 .key(OUTBOX_TRIES)
                 .arg(from)
                 .arg(to)
                 .arg(due.as_millis());
             for d in deliveries {
-                inv.arg(&d.id).arg(encode(d)?);
+                inv.key(outbox_due(&d.channel))
+                    .arg(&d.id)
+                    .arg(&d.channel)
+                    .arg(encode(d)?);
             }
             let written: i64 = inv.invoke_async(&mut c).await.map_err(unavailable)?;
             Ok(written == 1)
         }))
     }
 
-    fn outbox_claim(
-        &self,
+    fn outbox_channels(&self) -> StoreFuture<'_, Vec<String>> {
+        Box::pin(self.bounded(async move {
+            let mut c = self.conn.clone();
+            redis::cmd("SMEMBERS")
+                .arg(OUTBOX_CHANNELS)
+                .query_async(&mut c)
+                .await
+                .map_err(unavailable)
+        }))
+    }
+
+    fn outbox_claim<'a>(
+        &'a self,
+        channel: &'a str,
         now: Timestamp,
         lease: Duration,
         limit: usize,
-    ) -> StoreFuture<'_, Vec<Claimed>> {
+    ) -> StoreFuture<'a, Vec<Claimed>> {
         Box::pin(self.bounded(async move {
             let mut c = self.conn.clone();
             let token = new_claim_token();
+            let due_key = outbox_due(channel);
             let mut inv = self.scripts.outbox_claim.prepare_invoke();
-            inv.key(OUTBOX_DUE)
+            inv.key(&due_key)
                 .key(OUTBOX_DATA)
                 .key(OUTBOX_TRIES)
                 .key(OUTBOX_CLAIMS)
@@ -1284,21 +1311,41 @@ impl Store for RedisStore {
                 .arg(limit.max(1))
                 .arg(&token);
             let flat: Vec<String> = inv.invoke_async(&mut c).await.map_err(unavailable)?;
-            flat.chunks(3)
-                .map(|t| match t {
-                    [_, json, tries] => {
-                        let mut delivery: Delivery = decode("outbox delivery", json)?;
-                        delivery.attempts = tries.parse().map_err(|_| {
-                            StoreError::Corrupt(format!("outbox attempts `{tries}`"))
-                        })?;
-                        Ok(Claimed {
-                            delivery,
-                            token: token.clone(),
-                        })
+            let mut claimed = Vec::with_capacity(flat.len() / 3);
+            for t in flat.chunks(3) {
+                let [id, json, tries] = t else {
+                    return Err(StoreError::Corrupt("short outbox claim reply".into()));
+                };
+                let decoded = decode::<Delivery>("outbox delivery", json).and_then(|mut d| {
+                    d.attempts = tries.parse().map_err(|_| {
+                        StoreError::Corrupt(format!("outbox attempts `{tries}`"))
+                    })?;
+                    Ok(d)
+                });
+                match decoded {
+                    Ok(delivery) => claimed.push(Claimed {
+                        delivery,
+                        token: token.clone(),
+                    }),
+                    // It can never be sent: dropped (under this claim), so that it does not
+                    // fail every later claim of the deliveries leased with it.
+                    Err(e) => {
+                        tracing::error!(delivery = %id, error = %e, "undecodable notification dropped from the outbox");
+                        let mut drop = self.scripts.outbox_settle.prepare_invoke();
+                        drop.key(&due_key)
+                            .key(OUTBOX_DATA)
+                            .key(OUTBOX_TRIES)
+                            .key(OUTBOX_CLAIMS)
+                            .key(OUTBOX_CHANNELS)
+                            .arg(id)
+                            .arg(&token)
+                            .arg("")
+                            .arg(channel);
+                        let _: i64 = drop.invoke_async(&mut c).await.map_err(unavailable)?;
                     }
-                    _ => Err(StoreError::Corrupt("short outbox claim reply".into())),
-                })
-                .collect()
+                }
+            }
+            Ok(claimed)
         }))
     }
 
@@ -1310,13 +1357,15 @@ impl Store for RedisStore {
         Box::pin(self.bounded(async move {
             let mut c = self.conn.clone();
             let mut inv = self.scripts.outbox_settle.prepare_invoke();
-            inv.key(OUTBOX_DUE)
+            inv.key(outbox_due(&claimed.delivery.channel))
                 .key(OUTBOX_DATA)
                 .key(OUTBOX_TRIES)
                 .key(OUTBOX_CLAIMS)
+                .key(OUTBOX_CHANNELS)
                 .arg(&claimed.delivery.id)
                 .arg(&claimed.token)
-                .arg(opt_arg(retry_at.map(Timestamp::as_millis)));
+                .arg(opt_arg(retry_at.map(Timestamp::as_millis)))
+                .arg(&claimed.delivery.channel);
             let settled: i64 = inv.invoke_async(&mut c).await.map_err(unavailable)?;
             Ok(settled == 1)
         }))

@@ -1137,7 +1137,8 @@ async fn audit_tail_reads_after_a_number(p: Pair) {
     assert_eq!(rest.iter().map(|e| e.seq).collect::<Vec<_>>(), &seqs[4..]);
     assert_eq!(rest[0].detail["n"], 4);
     assert!(p.b.audit_after(seqs[4], 100).await.unwrap().is_empty());
-    assert_eq!(p.b.audit_head().await.unwrap(), seqs[4]);
+    let last = p.b.audit_after(seqs[3], 1).await.unwrap().remove(0);
+    assert_eq!(p.b.audit_head().await.unwrap(), (seqs[4], last.hash));
 }
 
 async fn audit_appends_wake_tailers_on_every_handle(p: Pair) {
@@ -1166,18 +1167,23 @@ async fn outbox_fans_out_once_and_delivers_once(p: Pair) {
     // Nothing is due before its time; then each delivery goes to one claimer.
     assert!(p
         .a
-        .outbox_claim(Timestamp(at.as_millis() - 1), Duration::from_secs(60), 10)
+        .outbox_claim(
+            "hook",
+            Timestamp(at.as_millis() - 1),
+            Duration::from_secs(60),
+            10
+        )
         .await
         .unwrap()
         .is_empty());
     let mine =
-        p.a.outbox_claim(at, Duration::from_secs(60), 10)
+        p.a.outbox_claim("hook", at, Duration::from_secs(60), 10)
             .await
             .unwrap();
     assert_eq!(mine.len(), 2);
     assert!(p
         .b
-        .outbox_claim(at, Duration::from_secs(60), 10)
+        .outbox_claim("hook", at, Duration::from_secs(60), 10)
         .await
         .unwrap()
         .is_empty());
@@ -1194,12 +1200,12 @@ async fn outbox_fans_out_once_and_delivers_once(p: Pair) {
     assert!(p.a.outbox_settle(two, Some(retry)).await.unwrap());
     assert!(p
         .b
-        .outbox_claim(later(at, 4), Duration::from_secs(60), 10)
+        .outbox_claim("hook", later(at, 4), Duration::from_secs(60), 10)
         .await
         .unwrap()
         .is_empty());
     let again =
-        p.b.outbox_claim(retry, Duration::from_secs(60), 10)
+        p.b.outbox_claim("hook", retry, Duration::from_secs(60), 10)
             .await
             .unwrap();
     assert_eq!(again.len(), 1);
@@ -1211,7 +1217,7 @@ async fn outbox_fans_out_once_and_delivers_once(p: Pair) {
     // it, and the dead one's late settle is refused.
     let lease_end = later(retry, 60);
     let taken =
-        p.a.outbox_claim(lease_end, Duration::from_secs(60), 10)
+        p.a.outbox_claim("hook", lease_end, Duration::from_secs(60), 10)
             .await
             .unwrap();
     assert_eq!(taken.len(), 1);
@@ -1219,7 +1225,7 @@ async fn outbox_fans_out_once_and_delivers_once(p: Pair) {
     assert!(p.a.outbox_settle(&taken[0], None).await.unwrap());
     assert!(p
         .b
-        .outbox_claim(later(lease_end, 3600), Duration::from_secs(60), 10)
+        .outbox_claim("hook", later(lease_end, 3600), Duration::from_secs(60), 10)
         .await
         .unwrap()
         .is_empty());
@@ -1228,12 +1234,39 @@ async fn outbox_fans_out_once_and_delivers_once(p: Pair) {
     let dup = [delivery("msg_3", e.seq), delivery("msg_3", e.seq)];
     assert!(p.b.outbox_enqueue(cursor, cursor, &dup, at).await.unwrap());
     assert_eq!(
-        p.a.outbox_claim(at, Duration::from_secs(60), 10)
+        p.a.outbox_claim("hook", at, Duration::from_secs(60), 10)
             .await
             .unwrap()
             .len(),
         1
     );
+    // Claims are per channel: another channel's deliveries are not behind these, and the
+    // channels with queued deliveries are listed until their last one is done.
+    let mut chat = delivery("msg_4", e.seq);
+    chat.channel = "chat".into();
+    let cursor = p.a.outbox_cursor().await.unwrap();
+    assert!(p
+        .a
+        .outbox_enqueue(cursor, cursor, &[chat], at)
+        .await
+        .unwrap());
+    let mut channels = p.b.outbox_channels().await.unwrap();
+    channels.sort();
+    assert_eq!(channels, ["chat", "hook"]);
+    assert!(p
+        .b
+        .outbox_claim("hook", at, Duration::from_secs(60), 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let chat =
+        p.b.outbox_claim("chat", at, Duration::from_secs(60), 10)
+            .await
+            .unwrap();
+    assert_eq!(chat.len(), 1);
+    assert_eq!(chat[0].delivery.id, "msg_4");
+    assert!(p.b.outbox_settle(&chat[0], None).await.unwrap());
+    assert_eq!(p.a.outbox_channels().await.unwrap(), ["hook"]);
 }
 
 macro_rules! contract {
@@ -1411,4 +1444,52 @@ async fn redis_prune_does_bounded_work() {
     assert!(store.pending_index().await.unwrap().is_empty());
     assert!(server.command("ZCARD jit:tickets").starts_with(":0"));
     assert!(!server.indexed("jit:ps:192.0.2.77", last.id.as_str()));
+}
+
+/// **FINDING** (red team: one undecodable delivery holds its whole claim batch for ever).
+/// `outbox_claim` leases every due delivery in one script, then decodes them all: one entry
+/// that does not decode (a delivery written by another version, a hand edit, a truncated
+/// write) fails the whole call, after the script already leased the batch. Every lease
+/// ends together, the same batch is due again together, and it fails again: the good
+/// deliveries claimed with the bad one are never sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_outbox_claim_survives_an_undecodable_delivery() {
+    let server = RedisServer::start();
+    let store = server.store().await;
+    let e = store.append_audit(rules_event(1)).await.unwrap();
+    let cursor = store.outbox_cursor().await.unwrap();
+    let at = now();
+    let batch = [delivery("msg_a", e.seq), delivery("msg_b", e.seq)];
+    assert!(store
+        .outbox_enqueue(cursor, cursor, &batch, at)
+        .await
+        .unwrap());
+    // A third entry that is not a delivery, due with them.
+    assert!(server
+        .command("HSET jit:{outbox}:data msg_bad not-json")
+        .starts_with(':'));
+    assert!(server
+        .command(&format!(
+            "ZADD jit:{{outbox}}:due:hook {} msg_bad",
+            at.as_millis()
+        ))
+        .starts_with(':'));
+    let lease = Duration::from_secs(10);
+    let mut got = Vec::new();
+    // Each round comes after the previous round's lease.
+    for round in 0..3u64 {
+        let when = later(at, round * 60);
+        if let Ok(claimed) = store.outbox_claim("hook", when, lease, 10).await {
+            for c in claimed {
+                got.push(c.delivery.id.clone());
+                assert!(store.outbox_settle(&c, None).await.unwrap());
+            }
+        }
+    }
+    got.sort();
+    assert_eq!(
+        got,
+        ["msg_a", "msg_b"],
+        "the deliveries claimed with an undecodable one were never handed out"
+    );
 }

@@ -1,6 +1,7 @@
 //! The outbox's two loops: fan-out (audit events to deliveries) and delivery (claim, post,
 //! settle, audit).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -61,7 +62,7 @@ async fn fan_out(shared: Arc<Shared>, wake: Arc<Notify>) {
         let more = match fan_out_step(&shared, &*store).await {
             Ok((more, queued)) => {
                 if queued {
-                    wake.notify_one();
+                    wake.notify_waiters();
                 }
                 more
             }
@@ -126,23 +127,76 @@ async fn fan_out_step(
     Ok((true, won && !deliveries.is_empty()))
 }
 
+/// Runs one worker per channel (configured, or with deliveries still queued): a channel that
+/// hangs delays only its own deliveries.
 async fn deliver(shared: Arc<Shared>, wake: Arc<Notify>) {
     let Some(store) = store_of(&shared).await else {
         return;
     };
     let mut down = shared.engine().shutdown_signal();
+    let mut workers: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
+    loop {
+        let mut names: Vec<String> = shared
+            .snapshot()
+            .notify
+            .names()
+            .map(str::to_string)
+            .collect();
+        match store.outbox_channels().await {
+            Ok(queued) => names.extend(queued),
+            Err(e) => tracing::warn!(error = %e, "notification channels not listed; retrying"),
+        }
+        workers.retain(|_, w| !w.is_finished());
+        for name in names {
+            if let std::collections::hash_map::Entry::Vacant(slot) = workers.entry(name) {
+                let name = slot.key().clone();
+                slot.insert(tokio::spawn(channel_worker(
+                    shared.clone(),
+                    store.clone(),
+                    wake.clone(),
+                    name,
+                )));
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(POLL * 4) => {}
+            _ = down.changed() => {}
+        }
+        if *down.borrow() {
+            return;
+        }
+    }
+}
+
+/// Claims, posts and settles `channel`'s due deliveries until the channel is neither
+/// configured nor has anything queued.
+async fn channel_worker(
+    shared: Arc<Shared>,
+    store: Arc<dyn Store>,
+    wake: Arc<Notify>,
+    channel: String,
+) {
+    let mut down = shared.engine().shutdown_signal();
     loop {
         let channels = shared.snapshot().notify.clone();
-        let lease = channels.longest_timeout() + Duration::from_secs(5);
+        let lease = channels
+            .get(&channel)
+            .map_or(Duration::from_secs(10), |c| c.cfg.timeout)
+            + Duration::from_secs(5);
         let now = shared.engine().now();
-        let claimed = match store.outbox_claim(now, lease, CLAIM_BATCH).await {
+        let claimed = match store.outbox_claim(&channel, now, lease, CLAIM_BATCH).await {
             Ok(c) => c,
             Err(e) => {
-                tracing::warn!(error = %e, "notification claim failed; retrying");
+                tracing::warn!(%channel, error = %e, "notification claim failed; retrying");
                 Vec::new()
             }
         };
         if claimed.is_empty() {
+            if channels.get(&channel).is_none() {
+                // Removed from the config: its leftovers (dropped as they come due) keep it
+                // listed, and the supervisor starts it again then.
+                return;
+            }
             tokio::select! {
                 _ = wake.notified() => {}
                 _ = tokio::time::sleep(POLL) => {}

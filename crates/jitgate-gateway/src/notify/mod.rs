@@ -162,13 +162,9 @@ impl Channels {
         format!("{}/ui/tickets/{id}", self.base)
     }
 
-    /// The longest attempt any channel may take.
-    fn longest_timeout(&self) -> Duration {
-        self.list
-            .iter()
-            .map(|c| c.cfg.timeout)
-            .max()
-            .unwrap_or(Duration::from_secs(10))
+    /// The channels' names.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.list.iter().map(|c| c.cfg.name.as_str())
     }
 
     /// Whether there is any channel at all.

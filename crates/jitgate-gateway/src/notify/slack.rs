@@ -185,6 +185,7 @@ async fn act(shared: &Arc<Shared>, req: Request<hyper::body::Incoming>) -> Resul
     else {
         return Err(unsigned());
     };
+    crate::admin::AuthMark::of(&parts.extensions);
     let payload: Value = form_payload(&body)
         .and_then(|p| serde_json::from_str(&p).ok())
         .ok_or_else(|| Problem::bad_request("the callback carries no JSON `payload` field"))?;
@@ -249,6 +250,7 @@ async fn act(shared: &Arc<Shared>, req: Request<hyper::body::Incoming>) -> Resul
         &ticket,
         approve,
         comment,
+        &channel.cfg.name,
     )
     .await;
     let Some(url) = response_url else {
