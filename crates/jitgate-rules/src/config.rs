@@ -24,10 +24,20 @@ pub struct Config {
     pub identity: Identity,
     /// `[admin]`
     pub admin: Admin,
+    /// `[audit]`
+    pub audit: Audit,
     /// `[[upstreams]]`, in file order.
     pub upstreams: Vec<Upstream>,
     /// `[[routes]]`, in file order.
     pub routes: Vec<Route>,
+}
+
+/// `[audit]`
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Audit {
+    /// `file`: a JSON-lines file that every audit event this replica appends to the store is
+    /// also written to, as a hash chain of its own; resolved against the config file's folder.
+    pub file: Option<PathBuf>,
 }
 
 /// `[server]`
@@ -625,6 +635,7 @@ const TOP_KEYS: &[&str] = &[
     "approvals",
     "identity",
     "admin",
+    "audit",
     "upstreams",
     "routes",
 ];
@@ -640,6 +651,7 @@ const SERVER_KEYS: &[&str] = &[
     "max_connections",
 ];
 const STORE_KEYS: &[&str] = &["kind", "url", "retention"];
+const AUDIT_KEYS: &[&str] = &["file"];
 const APPROVALS_KEYS: &[&str] = &[
     "hold_timeout",
     "ticket_ttl",
@@ -1063,6 +1075,7 @@ impl<'s> Cx<'s> {
         let approvals = self.approvals(doc);
         let identity = self.identity(doc);
         let admin = self.admin(doc);
+        let audit = self.audit(doc);
         let upstreams = self.upstreams(doc);
         let routes = self.routes(doc, &upstreams, approvals.as_ref());
         // Shadowing is judged on every route that compiled, even when other parts of the
@@ -1074,6 +1087,7 @@ impl<'s> Cx<'s> {
             approvals: approvals?,
             identity: identity?,
             admin: admin?,
+            audit: audit?,
             upstreams,
             routes,
         })
@@ -1224,6 +1238,16 @@ impl<'s> Cx<'s> {
                 None
             }
         }
+    }
+
+    fn audit(&mut self, doc: &DeTable<'_>) -> Option<Audit> {
+        let empty = DeTable::new();
+        let t = self.section(doc, "audit", AUDIT_KEYS).unwrap_or(&empty);
+        let file = match t.get("file") {
+            None => None,
+            Some(_) => Some(self.path_value(t, "file", "[audit]")?),
+        };
+        Some(Audit { file })
     }
 
     fn approvals(&mut self, doc: &DeTable<'_>) -> Option<Approvals> {

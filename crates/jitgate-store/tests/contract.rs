@@ -530,6 +530,7 @@ async fn audit_chain_holds_under_concurrent_appends(p: Pair) {
                             ticket: None,
                             actor: Some(format!("a{i}{j}")),
                             requester: Some("bob".into()),
+                            route: None,
                             detail: serde_json::json!({ "k": k }),
                         })
                         .await
@@ -640,6 +641,7 @@ fn grant_used(before: &Grant, after: &Grant) -> Vec<AuditDraft> {
         ticket: after.ticket.clone(),
         actor: None,
         requester: Some(after.requester.key().into_owned()),
+        route: Some(after.route.clone()),
         detail: serde_json::json!({ "grant": after.id, "uses": after.uses }),
     }]
 }
@@ -660,6 +662,7 @@ async fn transitions_and_their_events_land_together(p: Pair) {
                         ticket: None,
                         actor: None,
                         requester: Some(format!("noise{i}")),
+                        route: None,
                         detail: serde_json::json!({ "k": k }),
                     })
                     .await
