@@ -1,6 +1,7 @@
 //! `jitgate`: the gateway binary and its CLI.
 #![forbid(unsafe_code)]
 
+mod admin_client;
 mod cli;
 mod demo;
 mod echo;
