@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod admin_client;
+mod audit_cli;
 mod cli;
 mod demo;
 mod echo;

@@ -124,8 +124,8 @@ impl AuditFile {
                     line,
                     why,
                 };
-                let raw: serde_json::Value =
-                    serde_json::from_slice(&text).map_err(|e| broken(format!("not JSON: {e}")))?;
+                let raw: serde_json::Value = serde_json::from_slice(text.trim_ascii_end())
+                    .map_err(|e| broken(format!("not JSON: {e}")))?;
                 let e = ticket::check_alone(&raw).map_err(broken)?;
                 (e.seq, e.hash)
             }
