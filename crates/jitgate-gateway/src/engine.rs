@@ -67,7 +67,7 @@ pub struct Engine {
     /// The `[audit] file` writer, until [`Engine::close_audit`].
     audit_file: Mutex<Option<AuditSink>>,
     /// Audit appends running in tasks of their own ([`Engine::append_detached`], the
-    /// cancellation of an abandoned hold), which shutdown lets land before closing the file.
+    /// cancellation of an abandoned hold), which shutdown lets land before the process exits.
     detached: watch::Sender<usize>,
 }
 
@@ -261,23 +261,25 @@ impl Engine {
         self.audit_file.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// At shutdown, once requests have drained: lets detached audit appends land, then
+    /// At shutdown, once requests have drained: lets detached audit appends land in the
+    /// store (the runtime ends with the process, and with it any task still appending), then
     /// writes out the `[audit] file`'s queue and stops writing it, all within `timeout`.
     /// Events appended afterwards are in the store only.
     pub async fn close_audit(&self, timeout: Duration) {
-        let Some(sink) = self.lock_audit_file().take() else {
-            return;
-        };
         let deadline = tokio::time::Instant::now() + timeout;
         let mut running = self.detached.subscribe();
         if tokio::time::timeout_at(deadline, running.wait_for(|n| *n == 0))
             .await
             .is_err()
         {
-            tracing::warn!(
-                "audit appends still running at shutdown; closing the audit file without them"
+            tracing::error!(
+                "{} audit append(s) still running {timeout:?} into shutdown; they may be lost",
+                *running.borrow()
             );
         }
+        let Some(sink) = self.lock_audit_file().take() else {
+            return;
+        };
         if let Some(store) = self.store.get() {
             store.tap_audit(None);
         }

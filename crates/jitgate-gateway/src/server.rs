@@ -172,7 +172,8 @@ impl Gateway {
                 tracing::warn!("shutdown grace of {:?} elapsed; closing remaining connections", server.shutdown_grace);
             }
         }
-        // What the drained requests recorded reaches the [audit] file before the exit.
+        // What the drained requests recorded reaches the store, and the [audit] file,
+        // before the exit.
         shared.engine().close_audit(AUDIT_FLUSH_TIMEOUT).await;
         Ok(())
     }
