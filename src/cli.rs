@@ -1,4 +1,4 @@
-//! Command-line interface: `serve`, `check`, `explain`, `demo`, `token`, `tickets`.
+//! Command-line interface: `serve`, `check`, `explain`, `demo`, `token`, `tickets`, `audit`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -81,6 +81,8 @@ enum Command {
     },
     /// List, show, approve and deny approval tickets through the admin API.
     Tickets(crate::tickets_cli::TicketsArgs),
+    /// Verify the audit hash chain (an [audit] file, or the store's) and export it.
+    Audit(crate::audit_cli::AuditArgs),
     /// A small echo origin (used by the demo and load tests).
     #[command(hide = true)]
     EchoOrigin {
@@ -94,7 +96,10 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo's walkthrough and the tickets client's answers are their output; their logs
     // stay quiet unless asked for.
-    let quiet = matches!(cli.command, Command::Demo { .. } | Command::Tickets(_));
+    let quiet = matches!(
+        cli.command,
+        Command::Demo { .. } | Command::Tickets(_) | Command::Audit(_)
+    );
     init_logging(if quiet { "error" } else { "info" });
     match cli.command {
         Command::Check { file } => check(&file),
@@ -113,6 +118,7 @@ pub fn main() -> ExitCode {
             ttl,
         } => token(&config, admin, &user, &groups, &ttl),
         Command::Tickets(args) => crate::tickets_cli::run(args),
+        Command::Audit(args) => crate::audit_cli::run(args),
         Command::Serve { config } => {
             runtime().map_or(ExitCode::FAILURE, |rt| rt.block_on(serve(&config)))
         }

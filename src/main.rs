@@ -1,6 +1,8 @@
 //! `jitgate`: the gateway binary and its CLI.
 #![forbid(unsafe_code)]
 
+mod admin_client;
+mod audit_cli;
 mod cli;
 mod demo;
 mod echo;

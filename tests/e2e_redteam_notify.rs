@@ -691,6 +691,8 @@ async fn resumed_stream_sends_every_visible_event_after_last_event_id() {
     let gw = Gateway::start(&cfg);
     let mut alice = open_stream(&gw, "alice", None).await;
     let mut seen = String::new();
+    // Subscribed before anything happens: the stream has begun.
+    read_until(&mut alice, &mut seen, ": jitgate events", 1).await;
     let first = open_ticket(&gw, "/deploy/one").await;
     read_until(&mut alice, &mut seen, "event: ticket.opened", 1).await;
     let last = sse_events(&seen)[0].0;
@@ -758,6 +760,8 @@ async fn event_streams_keep_flowing_after_the_redis_trail_restarts() {
     }
     let mut alice = open_stream(&gw, "alice", None).await;
     let mut seen = String::new();
+    // Subscribed before anything happens: the stream has begun.
+    read_until(&mut alice, &mut seen, ": jitgate events", 1).await;
     let before = open_ticket(&gw, "/deploy/before").await;
     read_until(&mut alice, &mut seen, &before, 1).await;
     for _ in 0..30 {
@@ -766,20 +770,30 @@ async fn event_streams_keep_flowing_after_the_redis_trail_restarts() {
     }
     assert!(redis.cli(&["FLUSHALL"]).contains("OK"));
     let after = open_ticket(&gw, "/deploy/after").await;
-    let closed = read_for(&mut alice, &mut seen, Duration::from_secs(3)).await;
-    // Closing (so the client reconnects) would be acceptable too, if a new stream works.
+    // Either the stream shows the new ticket, or it ends (so the client reconnects) and a new
+    // stream works; silence is the failure.
+    let deadline = tokio::time::Instant::now() + SOON;
+    let closed = loop {
+        if seen.contains(&after) {
+            break false;
+        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        assert!(
+            !left.is_zero(),
+            "after the Redis trail restarted, alice's stream stayed silent about a new ticket:\n{seen}"
+        );
+        if read_for(&mut alice, &mut seen, left.min(Duration::from_secs(1))).await {
+            break true;
+        }
+    };
     if closed {
         let mut again = open_stream(&gw, "alice", None).await;
         let mut fresh = String::new();
+        // Subscribed before anything happens: the stream has begun.
+        read_until(&mut again, &mut fresh, ": jitgate events", 1).await;
         let later = open_ticket(&gw, "/deploy/later").await;
-        read_for(&mut again, &mut fresh, Duration::from_secs(3)).await;
-        assert!(fresh.contains(&later), "{fresh}");
-        return;
+        read_until(&mut again, &mut fresh, &later, 1).await;
     }
-    assert!(
-        seen.contains(&after),
-        "after the Redis trail restarted, alice's stream stayed silent about a new ticket:\n{seen}"
-    );
 }
 
 /// What held: an Approve from Slack answers within Slack's 3 s even when `response_url`

@@ -133,16 +133,34 @@ pub async fn deny(gw: &Gateway, user: &str, id: &str, reason: &str) -> Response 
     admin_call(gw, user, "POST", &format!("/v1/tickets/{id}/deny"), &body).await
 }
 
-/// The audit events of a ticket (as `ops`), checked to form a valid hash chain in order.
+/// The kinds of a ticket's audit events (as `ops`), in chain order, following `nextCursor`
+/// through every page.
 pub async fn audit_kinds(gw: &Gateway, id: &str) -> Vec<String> {
-    let r = admin_call(gw, "ops", "GET", &format!("/v1/audit?ticket={id}"), "").await;
-    assert_eq!(r.status, 200, "audit: {}", r.text());
-    r.json()["events"]
-        .as_array()
-        .expect("events")
-        .iter()
-        .map(|e| e["kind"].as_str().unwrap_or_default().to_string())
-        .collect()
+    let mut kinds = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let r = admin_call(
+            gw,
+            "ops",
+            "GET",
+            &format!("/v1/audit?ticket={id}{cursor}"),
+            "",
+        )
+        .await;
+        assert_eq!(r.status, 200, "audit: {}", r.text());
+        let page = r.json();
+        kinds.extend(
+            page["events"]
+                .as_array()
+                .expect("events")
+                .iter()
+                .map(|e| e["kind"].as_str().unwrap_or_default().to_string()),
+        );
+        match page["nextCursor"].as_str() {
+            Some(next) => cursor = format!("&cursor={next}"),
+            None => return kinds,
+        }
+    }
 }
 
 /// Polls a ticket's audit events (as `ops`) until every kind in `want` is there; returns them.

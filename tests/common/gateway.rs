@@ -395,6 +395,14 @@ impl Gateway {
         self.running = spawn(&self.builder, self.dir.path(), &self.config_path);
     }
 
+    /// Stops with SIGTERM (SIGKILL after `grace`) and starts it again with the same dir and
+    /// current config, as an orderly restart would; returns how the first process exited.
+    pub fn restart_graceful(&mut self, grace: Duration) -> Option<ExitStatus> {
+        let status = self.stop(grace);
+        self.running = spawn(&self.builder, self.dir.path(), &self.config_path);
+        status
+    }
+
     /// Stops with SIGTERM, waiting up to `grace` before SIGKILL; returns the exit status.
     pub fn stop(&mut self, grace: Duration) -> Option<ExitStatus> {
         if self.is_running() {

@@ -1032,42 +1032,110 @@ impl<'a> Api<'a> {
         if let Some(refused) = self.operator_only() {
             return refused;
         }
-        let mut filter = AuditFilter {
-            limit: 1000,
-            ..AuditFilter::default()
-        };
-        let pairs = match query_pairs(query) {
-            Ok(p) => p,
+        let filter = match audit_filter(query) {
+            Ok(f) => f,
             Err(p) => return p.into_response(),
         };
-        for (k, v) in pairs {
-            let bad = |what: &str| Problem::bad_request(what.to_string()).into_response();
-            match k.as_str() {
-                "ticket" => match TicketId::parse(&v) {
-                    Ok(id) => filter.ticket = Some(id),
-                    Err(_) => return bad("ticket must be a ticket id (jit_...)"),
-                },
-                "requester" => filter.requester = Some(v),
-                "since" => match Timestamp::parse_rfc3339(&v) {
-                    Ok(t) => filter.since = Some(t),
-                    Err(_) => return bad("since must be an RFC 3339 timestamp"),
-                },
-                "limit" => match v.parse::<usize>() {
-                    Ok(n) if (1..=10_000).contains(&n) => filter.limit = n,
-                    _ => return bad("limit must be between 1 and 10000"),
-                },
-                other => {
-                    return bad(&format!(
-                        "unknown query parameter `{other}` (ticket, requester, since, limit)"
-                    ))
+        let store = match self.engine().store() {
+            Ok(s) => s,
+            Err(e) => return store_problem(&e).into_response(),
+        };
+        match store.audit_page(&filter).await {
+            Ok(page) => {
+                let mut body = json!({ "events": page.events });
+                if let Some(after) = page.next {
+                    body["nextCursor"] = Value::String(cursor_of(after));
                 }
+                json_response(StatusCode::OK, &body)
             }
-        }
-        match self.audit_events(&filter).await {
-            Ok(events) => json_response(StatusCode::OK, &json!({ "events": events })),
-            Err(p) => p.into_response(),
+            Err(e) => store_problem(&e).into_response(),
         }
     }
+}
+
+/// The query parameters `GET /v1/audit` takes.
+const AUDIT_PARAMS: &str = "ticket, requester, route, kind, since, until, cursor, limit";
+
+/// The filter of a `GET /v1/audit` query. Each parameter may be given once.
+fn audit_filter(query: Option<&str>) -> Result<AuditFilter, Problem> {
+    let mut filter = AuditFilter {
+        limit: 1000,
+        ..AuditFilter::default()
+    };
+    let mut seen = std::collections::HashSet::new();
+    for (k, v) in query_pairs(query)? {
+        let bad = |what: String| Problem::bad_request(what);
+        if !seen.insert(k.clone()) {
+            return Err(bad(format!("`{k}` is given more than once")));
+        }
+        let time = |v: &str| {
+            Timestamp::parse_rfc3339(v)
+                .map_err(|_| bad(format!("{k} must be an RFC 3339 timestamp, not `{v}`")))
+        };
+        match k.as_str() {
+            "ticket" => {
+                let id = TicketId::parse(&v)
+                    .map_err(|_| bad("ticket must be a ticket id (jit_...)".into()))?;
+                filter.ticket = Some(id);
+            }
+            "requester" => filter.requester = Some(v),
+            "route" if v.is_empty() => return Err(bad("route must not be empty".into())),
+            "route" => filter.route = Some(v),
+            "kind" => {
+                let kind = AuditKind::parse(&v).ok_or_else(|| {
+                    let kinds: Vec<&str> = AuditKind::ALL.iter().map(|k| k.as_str()).collect();
+                    bad(format!(
+                        "kind must be one of {}, not `{v}`",
+                        kinds.join(", ")
+                    ))
+                })?;
+                filter.kind = Some(kind);
+            }
+            "since" => filter.since = Some(time(&v)?),
+            "until" => filter.until = Some(time(&v)?),
+            "cursor" => {
+                filter.after = parse_cursor(&v).ok_or_else(|| {
+                    bad(
+                        "cursor is not one this API returned (pass a page's nextCursor as is)"
+                            .into(),
+                    )
+                })?
+            }
+            "limit" => match v.parse::<usize>() {
+                Ok(n) if (1..=10_000).contains(&n) => filter.limit = n,
+                _ => return Err(bad("limit must be between 1 and 10000".into())),
+            },
+            other => {
+                return Err(bad(format!(
+                    "unknown query parameter `{other}` ({AUDIT_PARAMS})"
+                )))
+            }
+        }
+    }
+    if let (Some(since), Some(until)) = (filter.since, filter.until) {
+        if since >= until {
+            return Err(Problem::bad_request("since must be before until"));
+        }
+    }
+    Ok(filter)
+}
+
+/// What a `nextCursor` starts with: a version, so the encoding can change.
+const CURSOR_PREFIX: &str = "c1.";
+
+/// The cursor of the position after event `seq`. Clients treat it as opaque.
+fn cursor_of(seq: u64) -> String {
+    format!("{CURSOR_PREFIX}{seq}")
+}
+
+/// The position a cursor stands for; `None` for anything [`cursor_of`] does not make.
+fn parse_cursor(s: &str) -> Option<u64> {
+    let digits = s.strip_prefix(CURSOR_PREFIX)?;
+    if digits.is_empty() || digits.len() > 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let seq: u64 = digits.parse().ok()?;
+    (cursor_of(seq) == s).then_some(seq)
 }
 
 #[cfg(test)]

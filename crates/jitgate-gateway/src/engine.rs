@@ -20,6 +20,8 @@ use jitgate_store::{MemoryStore, RedisOptions, RedisStore, Store, StoreError};
 use serde_json::Value;
 use tokio::sync::{broadcast, watch, Notify};
 
+use crate::audit_sink::{AuditFile, AuditSink};
+
 /// The clock approvals are judged by (ticket expiry, redemption windows, audit times).
 #[derive(Debug, Clone, Copy)]
 pub enum Clock {
@@ -62,6 +64,27 @@ pub struct Engine {
     held: Mutex<HashMap<TicketId, Held>>,
     shutdown: watch::Sender<bool>,
     reconcile_interval: Duration,
+    /// The `[audit] file` writer, until [`Engine::close_audit`].
+    audit_file: Mutex<Option<AuditSink>>,
+    /// Audit appends running in tasks of their own ([`Engine::append_detached`], the
+    /// cancellation of an abandoned hold), which shutdown lets land before the process exits.
+    detached: watch::Sender<usize>,
+}
+
+/// Counts a detached task until dropped.
+struct Detached(watch::Sender<usize>);
+
+impl Detached {
+    fn new(count: &watch::Sender<usize>) -> Detached {
+        count.send_modify(|n| *n += 1);
+        Detached(count.clone())
+    }
+}
+
+impl Drop for Detached {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
 }
 
 /// How long [`Engine::append_reliably`] waits for the store before answering its caller.
@@ -103,7 +126,21 @@ impl Engine {
                  dies with this process (replicas cannot verify each other's tokens)"
             );
         }
+        let audit_file = match &cfg.audit.file {
+            Some(path) => {
+                let file = AuditFile::open(path).map_err(|e| EngineError(e.to_string()))?;
+                tracing::info!(
+                    file = %path.display(),
+                    "audit events also go to {} (its chain continues after seq {})",
+                    path.display(),
+                    file.head().0
+                );
+                Some(file.start())
+            }
+            None => None,
+        };
         let (shutdown, _) = watch::channel(false);
+        let (detached, _) = watch::channel(0);
         let engine = Arc::new(Engine {
             clock,
             store: OnceLock::new(),
@@ -115,6 +152,8 @@ impl Engine {
             held: Mutex::new(HashMap::new()),
             shutdown,
             reconcile_interval: cfg.approvals.reconcile_interval,
+            audit_file: Mutex::new(audit_file),
+            detached,
         });
         match &cfg.store {
             config::Store::Memory { retention } => {
@@ -131,6 +170,10 @@ impl Engine {
 
     fn install(self: &Arc<Self>, store: Arc<dyn Store>) {
         let rx = store.subscribe();
+        // Tapped before anyone can append through it.
+        if let Some(sink) = self.lock_audit_file().as_ref() {
+            store.tap_audit(Some(sink.tap()));
+        }
         if self.store.set(store).is_ok() {
             tokio::spawn(dispatch(Arc::downgrade(self), rx));
             tokio::spawn(reconcile(Arc::downgrade(self)));
@@ -214,7 +257,52 @@ impl Engine {
     /// client that goes away drops it) cannot lose it.
     pub fn append_detached(self: &Arc<Self>, draft: AuditDraft) {
         let engine = self.clone();
-        tokio::spawn(async move { engine.append(draft).await });
+        let running = Detached::new(&self.detached);
+        tokio::spawn(async move {
+            engine.append(draft).await;
+            drop(running);
+        });
+    }
+
+    fn lock_audit_file(&self) -> std::sync::MutexGuard<'_, Option<AuditSink>> {
+        self.audit_file.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// At shutdown, once requests have drained: lets detached audit appends land in the
+    /// store (the runtime ends with the process, and with it any task still appending), then
+    /// writes out the `[audit] file`'s queue and stops writing it, all within `timeout`.
+    /// Events appended afterwards are in the store only.
+    pub async fn close_audit(&self, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut running = self.detached.subscribe();
+        if tokio::time::timeout_at(deadline, running.wait_for(|n| *n == 0))
+            .await
+            .is_err()
+        {
+            tracing::error!(
+                "{} audit append(s) still running {timeout:?} into shutdown; they may be lost",
+                *running.borrow()
+            );
+        }
+        let Some(sink) = self.lock_audit_file().take() else {
+            return;
+        };
+        if let Some(store) = self.store.get() {
+            store.tap_audit(None);
+        }
+        let path = sink.path().display().to_string();
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if let Some(report) = sink.close(left.max(Duration::from_secs(1))).await {
+            if report.unwritten == 0 {
+                tracing::info!(file = %path, "audit file written and closed ({} event(s) this run)", report.written);
+            } else {
+                tracing::error!(
+                    file = %path,
+                    "audit file closed with {} event(s) not written to it (the store has them)",
+                    report.unwritten
+                );
+            }
+        }
     }
 
     /// Appends an audit event that records no state change (state changes carry theirs,
@@ -376,7 +464,9 @@ impl Drop for HoldGuard {
         };
         let engine = self.engine.clone();
         let id = self.id.clone();
+        let running = Detached::new(&engine.detached);
         handle.spawn(async move {
+            let _running = running;
             let Ok(store) = engine.store() else { return };
             let now = engine.now();
             let audit = |_: &Ticket, t: &Ticket| {

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod approval;
+pub mod audit_sink;
 pub mod body;
 pub mod budget;
 pub mod context;

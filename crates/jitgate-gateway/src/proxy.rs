@@ -151,6 +151,7 @@ fn record_shadows(x: &Exchange<'_>, canonical: &Canonical, route: Option<&Route>
             ticket: None,
             actor: None,
             requester: None,
+            route: Some(shadow.name.to_string()),
             detail: json!({
                 "route": shadow.name,
                 "wouldDo": shadow.action.as_str(),

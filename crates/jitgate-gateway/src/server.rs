@@ -183,9 +183,15 @@ impl Gateway {
                 tracing::warn!("shutdown grace of {:?} elapsed; closing remaining connections", server.shutdown_grace);
             }
         }
+        // What the drained requests recorded reaches the store, and the [audit] file,
+        // before the exit.
+        shared.engine().close_audit(AUDIT_FLUSH_TIMEOUT).await;
         Ok(())
     }
 }
+
+/// How long shutdown waits for the `[audit] file` to be written out once requests drained.
+const AUDIT_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn absolute(path: &Path) -> PathBuf {
     if path.is_absolute() {

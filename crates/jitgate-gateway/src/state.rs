@@ -561,6 +561,7 @@ impl Shared {
     /// refused) whatever the store says: see [`Engine::append_reliably`].
     async fn audit(&self, kind: AuditKind, actor: Option<&str>, detail: Value) {
         let draft = AuditDraft {
+            route: None,
             at: self.engine.now(),
             kind,
             ticket: None,
@@ -741,6 +742,9 @@ fn restart_notices(old: &Config, new: &Config) -> Vec<String> {
     }
     if old.store != new.store {
         out.push("store settings changed; they take effect at restart".into());
+    }
+    if old.audit != new.audit {
+        out.push("[audit] settings changed; they take effect at restart".into());
     }
     if old.approvals.signing_key != new.approvals.signing_key
         || old.approvals.reconcile_interval != new.approvals.reconcile_interval

@@ -27,6 +27,8 @@ pub struct Config {
     pub identity: Identity,
     /// `[admin]`
     pub admin: Admin,
+    /// `[audit]`
+    pub audit: Audit,
     /// `[[upstreams]]`, in file order.
     pub upstreams: Vec<Upstream>,
     /// `[[routes]]`, in file order.
@@ -45,6 +47,14 @@ pub struct FileRef {
     pub path: PathBuf,
     /// Where the config names it.
     pub location: Location,
+}
+
+/// `[audit]`
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Audit {
+    /// `file`: a JSON-lines file that every audit event this replica appends to the store is
+    /// also written to, as a hash chain of its own; resolved against the config file's folder.
+    pub file: Option<PathBuf>,
 }
 
 /// `[server]`
@@ -651,6 +661,7 @@ const TOP_KEYS: &[&str] = &[
     "approvals",
     "identity",
     "admin",
+    "audit",
     "upstreams",
     "routes",
     "notify",
@@ -667,6 +678,7 @@ const SERVER_KEYS: &[&str] = &[
     "max_connections",
 ];
 const STORE_KEYS: &[&str] = &["kind", "url", "retention"];
+const AUDIT_KEYS: &[&str] = &["file"];
 const APPROVALS_KEYS: &[&str] = &[
     "hold_timeout",
     "ticket_ttl",
@@ -1099,6 +1111,7 @@ impl<'s> Cx<'s> {
         let approvals = self.approvals(doc);
         let identity = self.identity(doc);
         let admin = self.admin(doc);
+        let audit = self.audit(doc);
         let upstreams = self.upstreams(doc);
         let notify = self.notify(doc);
         self.channels = doc
@@ -1121,10 +1134,15 @@ impl<'s> Cx<'s> {
             approvals: approvals?,
             identity: identity?,
             admin: admin?,
+            audit: audit?,
             upstreams,
             routes,
             notify: notify?,
-            files: std::mem::take(&mut self.files),
+            files: {
+                let mut files = std::mem::take(&mut self.files);
+                files.sort_by_key(|f| (f.location.line, f.location.column));
+                files
+            },
         })
     }
 
@@ -1273,6 +1291,16 @@ impl<'s> Cx<'s> {
                 None
             }
         }
+    }
+
+    fn audit(&mut self, doc: &DeTable<'_>) -> Option<Audit> {
+        let empty = DeTable::new();
+        let t = self.section(doc, "audit", AUDIT_KEYS).unwrap_or(&empty);
+        let file = match t.get("file") {
+            None => None,
+            Some(_) => Some(self.path_value(t, "file", "[audit]")?),
+        };
+        Some(Audit { file })
     }
 
     fn approvals(&mut self, doc: &DeTable<'_>) -> Option<Approvals> {

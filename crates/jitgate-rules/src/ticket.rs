@@ -1242,6 +1242,63 @@ pub enum AuditKind {
     RulesRejected,
 }
 
+impl AuditKind {
+    /// Every kind, in declaration order.
+    pub const ALL: [AuditKind; 17] = [
+        AuditKind::TicketCreated,
+        AuditKind::TicketNotified,
+        AuditKind::TicketApproved,
+        AuditKind::TicketDenied,
+        AuditKind::TicketExpired,
+        AuditKind::TicketCancelled,
+        AuditKind::TicketExecuted,
+        AuditKind::TicketForwarded,
+        AuditKind::GrantCreated,
+        AuditKind::GrantUsed,
+        AuditKind::GrantRevoked,
+        AuditKind::GrantExpired,
+        AuditKind::BreakGlass,
+        AuditKind::AutoApproved,
+        AuditKind::ShadowMatched,
+        AuditKind::RulesReloaded,
+        AuditKind::RulesRejected,
+    ];
+
+    /// The wire name (`ticket.created`, `break_glass`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditKind::TicketCreated => "ticket.created",
+            AuditKind::TicketNotified => "ticket.notified",
+            AuditKind::TicketApproved => "ticket.approved",
+            AuditKind::TicketDenied => "ticket.denied",
+            AuditKind::TicketExpired => "ticket.expired",
+            AuditKind::TicketCancelled => "ticket.cancelled",
+            AuditKind::TicketExecuted => "ticket.executed",
+            AuditKind::TicketForwarded => "ticket.forwarded",
+            AuditKind::GrantCreated => "grant.created",
+            AuditKind::GrantUsed => "grant.used",
+            AuditKind::GrantRevoked => "grant.revoked",
+            AuditKind::GrantExpired => "grant.expired",
+            AuditKind::BreakGlass => "break_glass",
+            AuditKind::AutoApproved => "auto_approved",
+            AuditKind::ShadowMatched => "shadow.matched",
+            AuditKind::RulesReloaded => "rules.reloaded",
+            AuditKind::RulesRejected => "rules.rejected",
+        }
+    }
+
+    /// The kind with this wire name.
+    pub fn parse(s: &str) -> Option<AuditKind> {
+        AuditKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+impl fmt::Display for AuditKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// An audit event before the store numbers and chains it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -1256,6 +1313,9 @@ pub struct AuditDraft {
     pub actor: Option<String>,
     /// Whom it concerns (the requester's key), for `?requester=`.
     pub requester: Option<String>,
+    /// The route concerned, for `?route=`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
     /// Anything else (upstream status, grant id, reason...).
     pub detail: serde_json::Value,
 }
@@ -1276,6 +1336,7 @@ impl AuditDraft {
             ticket: Some(t.id.clone()),
             actor: actor.map(str::to_string),
             requester: Some(t.requester.key().into_owned()),
+            route: Some(t.route.clone()),
             detail,
         }
     }
@@ -1297,8 +1358,19 @@ pub struct AuditEvent {
     pub actor: Option<String>,
     /// Whom it concerns.
     pub requester: Option<String>,
+    /// The route concerned. Absent (not `null`) when there is none, so events recorded
+    /// before the field existed keep their hashes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
     /// Anything else.
     pub detail: serde_json::Value,
+    /// On a line of an `[audit] file`: the `seq` this event has in the store's chain (the
+    /// line's own `seq`, `prev` and `hash` are the file's chain). Absent in the store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_seq: Option<u64>,
+    /// On a line of an `[audit] file`: the event's `hash` in the store's chain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_hash: Option<String>,
     /// The previous event's hash ([`GENESIS`] for the first).
     pub prev: String,
     /// `SHA-256(prev || canonical JSON of this event without "hash")`, hex.
@@ -1317,7 +1389,10 @@ pub fn chain(prev: &str, seq: u64, draft: AuditDraft) -> AuditEvent {
         ticket: draft.ticket,
         actor: draft.actor,
         requester: draft.requester,
+        route: draft.route,
         detail: draft.detail,
+        store_seq: None,
+        store_hash: None,
         prev: prev.to_string(),
         hash: String::new(),
     };
@@ -1325,15 +1400,44 @@ pub fn chain(prev: &str, seq: u64, draft: AuditDraft) -> AuditEvent {
     e
 }
 
+/// The line an `[audit] file` holds for `stored`, an event of the store's chain: the same
+/// event, numbered and chained in the file's own chain after the line whose hash is `prev`,
+/// carrying its store `seq` and `hash` in `storeSeq` and `storeHash` (covered by the line's
+/// hash). Several replicas share the store's chain, so the events one replica appends are
+/// not consecutive there; the file's chain is, so the file verifies on its own.
+pub fn rechain(prev: &str, seq: u64, stored: &AuditEvent) -> AuditEvent {
+    let mut e = AuditEvent {
+        seq,
+        store_seq: Some(stored.seq),
+        store_hash: Some(stored.hash.clone()),
+        prev: prev.to_string(),
+        hash: String::new(),
+        ..stored.clone()
+    };
+    e.hash = event_hash(&e);
+    e
+}
+
 /// The hash an event should carry, whatever it carries.
 pub fn event_hash(e: &AuditEvent) -> String {
-    let mut v = serde_json::to_value(e).unwrap_or(serde_json::Value::Null);
-    if let serde_json::Value::Object(m) = &mut v {
-        m.remove("hash");
-    }
+    let v = serde_json::to_value(e).unwrap_or(serde_json::Value::Null);
+    value_hash(&e.prev, &v)
+}
+
+/// The hash of an event as written (a JSON object, read from a file or an API answer):
+/// `SHA-256(prev || canonical JSON of the object without "hash")`. Hashing what was written,
+/// rather than what it decodes to, means a member added to a line breaks its hash too.
+pub fn value_hash(prev: &str, v: &serde_json::Value) -> String {
     let mut h = Sha256::new();
-    h.update(e.prev.as_bytes());
-    h.update(canonical_json(&v).as_bytes());
+    h.update(prev.as_bytes());
+    match v {
+        serde_json::Value::Object(m) if m.contains_key("hash") => {
+            let mut m = m.clone();
+            m.remove("hash");
+            h.update(canonical_json(&serde_json::Value::Object(m)).as_bytes());
+        }
+        other => h.update(canonical_json(other).as_bytes()),
+    }
     hex(&h.finalize())
 }
 
@@ -1409,4 +1513,96 @@ pub fn verify_from(
         seq = e.seq;
     }
     Ok(())
+}
+
+/// Verifies a chain one event at a time, as it is read (lines of a file, pages of the admin
+/// API), from the JSON as written: see [`verify_from`] for what is checked, and
+/// [`value_hash`] for why the JSON rather than the decoded event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainCheck {
+    prev: String,
+    seq: u64,
+}
+
+/// Why an event breaks the chain; `seq` is the position in the chain where it breaks (the
+/// number the event should have carried).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("seq {seq}: {why}")]
+pub struct ChainBreak {
+    /// The first broken event's position in the chain.
+    pub seq: u64,
+    /// What is wrong with it.
+    pub why: String,
+}
+
+impl Default for ChainCheck {
+    fn default() -> Self {
+        ChainCheck::new()
+    }
+}
+
+impl ChainCheck {
+    /// A check of a whole chain, from [`GENESIS`].
+    pub fn new() -> ChainCheck {
+        ChainCheck::after(GENESIS, 0)
+    }
+
+    /// A check of the events that follow the event with hash `prev` and number `seq`.
+    pub fn after(prev: &str, seq: u64) -> ChainCheck {
+        ChainCheck {
+            prev: prev.to_string(),
+            seq,
+        }
+    }
+
+    /// The number the next event must carry.
+    pub fn next_seq(&self) -> u64 {
+        self.seq.saturating_add(1)
+    }
+
+    /// The hash of the last event checked ([`GENESIS`] or the starting point before any).
+    pub fn head(&self) -> &str {
+        &self.prev
+    }
+
+    /// Checks the next event as written; returns it decoded.
+    pub fn check(&mut self, raw: &serde_json::Value) -> Result<AuditEvent, ChainBreak> {
+        let broken = |why: String| ChainBreak {
+            seq: self.next_seq(),
+            why,
+        };
+        let e: AuditEvent = serde_json::from_value(raw.clone())
+            .map_err(|err| broken(format!("not an audit event: {err}")))?;
+        if e.seq != self.next_seq() {
+            return Err(broken(format!(
+                "expected seq {}, found {} (an event is missing, or out of order)",
+                self.next_seq(),
+                e.seq
+            )));
+        }
+        if e.prev != self.prev {
+            return Err(broken(
+                "prev does not match the preceding event's hash".to_string(),
+            ));
+        }
+        if value_hash(&e.prev, raw) != e.hash {
+            return Err(broken(
+                "hash does not match the event's content".to_string(),
+            ));
+        }
+        self.prev.clone_from(&e.hash);
+        self.seq = e.seq;
+        Ok(e)
+    }
+}
+
+/// Checks one event on its own (the last line of an `[audit] file`, before a gateway
+/// continues its chain): it decodes, and its hash matches its content as written.
+pub fn check_alone(raw: &serde_json::Value) -> Result<AuditEvent, String> {
+    let e: AuditEvent =
+        serde_json::from_value(raw.clone()).map_err(|err| format!("not an audit event: {err}"))?;
+    if value_hash(&e.prev, raw) != e.hash {
+        return Err("hash does not match the event's content".to_string());
+    }
+    Ok(e)
 }

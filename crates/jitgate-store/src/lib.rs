@@ -20,7 +20,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use jitgate_rules::ticket::{
-    self, AuditDraft, AuditEvent, Grant, GrantId, Status, Ticket, TicketId, Timestamp,
+    self, AuditDraft, AuditEvent, AuditKind, Grant, GrantId, Status, Ticket, TicketId, Timestamp,
     TransitionError,
 };
 use tokio::sync::{broadcast, watch};
@@ -134,21 +134,35 @@ pub enum StoreError {
     },
 }
 
-/// Which audit events to return, oldest first.
+/// Which audit events to return, in chain order (oldest first).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AuditFilter {
     /// Events about this ticket.
     pub ticket: Option<TicketId>,
     /// Events whose requester *or* actor is this user.
     pub requester: Option<String>,
+    /// Events about this route.
+    pub route: Option<String>,
+    /// Events of this kind.
+    pub kind: Option<AuditKind>,
     /// Events at or after this instant.
     pub since: Option<Timestamp>,
+    /// Events before this instant.
+    pub until: Option<Timestamp>,
+    /// Only events after this `seq` (a page's [`AuditPage::next`]); `0` is the chain's start.
+    pub after: u64,
     /// At most this many events (the oldest that match); `0` means no limit.
     pub limit: usize,
+    /// [`Store::audit_page`] examines at most this many events (`0`: [`AUDIT_SCAN`]), so a
+    /// filter that matches little never reads a whole long chain in one call.
+    pub max_scan: usize,
 }
 
+/// The most events one [`Store::audit_page`] call examines by default.
+pub const AUDIT_SCAN: usize = 10_000;
+
 impl AuditFilter {
-    /// Whether an event passes the filter (limit aside).
+    /// Whether an event passes the filter (position and limit aside).
     pub fn matches(&self, e: &AuditEvent) -> bool {
         self.ticket
             .as_ref()
@@ -157,7 +171,68 @@ impl AuditFilter {
                 .requester
                 .as_deref()
                 .is_none_or(|r| e.requester.as_deref() == Some(r) || e.actor.as_deref() == Some(r))
+            && self
+                .route
+                .as_deref()
+                .is_none_or(|r| e.route.as_deref() == Some(r))
+            && self.kind.is_none_or(|k| e.kind == k)
             && self.since.is_none_or(|s| e.at >= s)
+            && self.until.is_none_or(|u| e.at < u)
+    }
+
+    /// How many events one page may examine.
+    pub fn scan_budget(&self) -> usize {
+        if self.max_scan == 0 {
+            AUDIT_SCAN
+        } else {
+            self.max_scan
+        }
+    }
+}
+
+/// One page of audit events.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AuditPage {
+    /// The matching events, in chain order.
+    pub events: Vec<AuditEvent>,
+    /// When the chain goes on past what this page examined: the `seq` to continue after
+    /// ([`AuditFilter::after`]). The next page may hold no match (the scan budget ran out
+    /// first); `None` once the end of the chain was reached.
+    pub next: Option<u64>,
+}
+
+/// Where a store sends every audit event it appended (see [`Store::tap_audit`]).
+pub type AuditTap = tokio::sync::mpsc::UnboundedSender<AuditEvent>;
+
+/// The tap of one store: events are sent, in chain order, only once their write landed.
+#[derive(Default)]
+pub(crate) struct Tap(std::sync::Mutex<Option<AuditTap>>);
+
+impl Tap {
+    pub(crate) fn set(&self, tx: Option<AuditTap>) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = tx;
+    }
+
+    pub(crate) fn send(&self, events: &[AuditEvent]) {
+        if events.is_empty() {
+            return;
+        }
+        let mut tap = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(tx) = tap.as_ref() {
+            for e in events {
+                if tx.send(e.clone()).is_err() {
+                    // The receiver is gone: stop sending.
+                    *tap = None;
+                    return;
+                }
+            }
+        }
     }
 }
 
@@ -215,8 +290,38 @@ pub trait Store: Send + Sync + 'static {
     /// matches, what became of a forwarded request); changes carry theirs.
     fn append_audit(&self, draft: AuditDraft) -> StoreFuture<'_, AuditEvent>;
 
-    /// Audit events matching `filter`, oldest first.
-    fn audit<'a>(&'a self, filter: &'a AuditFilter) -> StoreFuture<'a, Vec<AuditEvent>>;
+    /// One page of the audit events matching `filter`, in chain order: those after
+    /// `filter.after`, up to `filter.limit` of them, examining at most
+    /// [`AuditFilter::scan_budget`] events.
+    fn audit_page<'a>(&'a self, filter: &'a AuditFilter) -> StoreFuture<'a, AuditPage>;
+
+    /// Every audit event matching `filter` (up to `filter.limit`), oldest first: the pages
+    /// of [`Store::audit_page`] until the limit or the end of the chain.
+    fn audit<'a>(&'a self, filter: &'a AuditFilter) -> StoreFuture<'a, Vec<AuditEvent>> {
+        Box::pin(async move {
+            let mut out = Vec::new();
+            let mut page_filter = filter.clone();
+            loop {
+                if filter.limit != 0 {
+                    page_filter.limit = filter.limit - out.len();
+                }
+                let page = self.audit_page(&page_filter).await?;
+                out.extend(page.events);
+                match page.next {
+                    Some(after) if filter.limit == 0 || out.len() < filter.limit => {
+                        page_filter.after = after;
+                    }
+                    _ => return Ok(out),
+                }
+            }
+        })
+    }
+
+    /// Sends every audit event this handle appends from now on to `tap` (replacing an earlier
+    /// tap; `None` removes it): in chain order, each once its write landed, whether it
+    /// records a change or was appended on its own. Events other replicas append are not
+    /// sent. What an `[audit] file` is written from.
+    fn tap_audit(&self, tap: Option<AuditTap>);
 
     /// Audit events numbered after `after`, oldest first, at most `limit`: what tails the
     /// trail (the event stream, the notification outbox).
@@ -346,6 +451,9 @@ pub struct Delivery {
     /// The ticket it is about, if any.
     #[serde(default)]
     pub ticket: Option<TicketId>,
+    /// That ticket's route, if any.
+    #[serde(default)]
+    pub route: Option<String>,
     /// What is sent, fixed when the event was fanned out so every retry sends the same.
     pub payload: String,
     /// When it was queued (retries end a channel's `retry_for` after it).

@@ -15,8 +15,9 @@ use tokio::sync::{broadcast, watch};
 
 use crate::{
     chain_all, grant_keep_until, new_claim_token, now, route_requester, ticket_keep_until,
-    AuditFilter, Claimed, CreateAudit, Delivery, Effects, GrantAudit, GrantTransition, LimitScope,
-    PendingLimits, Store, StoreError, StoreFuture, TicketAudit, TicketTransition,
+    AuditFilter, AuditPage, AuditTap, Claimed, CreateAudit, Delivery, Effects, GrantAudit,
+    GrantTransition, LimitScope, PendingLimits, Store, StoreError, StoreFuture, Tap, TicketAudit,
+    TicketTransition,
 };
 
 /// The in-memory [`Store`]. Cloning shares the same data (like a second handle in the same
@@ -30,6 +31,8 @@ struct Inner {
     state: Mutex<State>,
     decisions: broadcast::Sender<TicketId>,
     retention: Duration,
+    /// Taken while the state lock is held, so events reach it in chain order.
+    tap: Tap,
 }
 
 /// Records with the instant they may be dropped, and the indexes of pending tickets (kept
@@ -80,6 +83,7 @@ impl MemoryStore {
                 state: Mutex::new(state),
                 decisions,
                 retention,
+                tap: Tap::default(),
             }),
         }
     }
@@ -103,6 +107,13 @@ impl MemoryStore {
             st.purge(at);
         }
         st
+    }
+
+    /// Appends `drafts` to the chain and sends them to the tap, under the state lock.
+    fn record(&self, st: &mut State, drafts: &[AuditDraft]) -> Vec<AuditEvent> {
+        let events = st.append(drafts);
+        self.inner.tap.send(&events);
+        events
     }
 
     fn keep_ticket(&self, t: &Ticket) -> Timestamp {
@@ -264,7 +275,7 @@ impl Store for MemoryStore {
             if ticket.status == Status::Pending {
                 st.index_pending(&ticket, coalesce_key);
             }
-            st.append(&drafts);
+            self.record(&mut st, &drafts);
             Ok((ticket, true))
         })
     }
@@ -315,7 +326,7 @@ impl Store for MemoryStore {
                 let keep = self.keep_grant(&g);
                 st.grants.entry(g.id.clone()).or_insert((g, keep));
             }
-            st.append(&drafts);
+            self.record(&mut st, &drafts);
             drop(st);
             if effects.left_pending {
                 // No receivers is fine: nobody is holding this request here.
@@ -345,21 +356,31 @@ impl Store for MemoryStore {
     fn append_audit(&self, draft: AuditDraft) -> StoreFuture<'_, AuditEvent> {
         Box::pin(async move {
             let mut st = self.lock();
-            st.append(std::slice::from_ref(&draft))
+            self.record(&mut st, std::slice::from_ref(&draft))
                 .pop()
                 .ok_or_else(|| StoreError::Corrupt("audit append produced no event".into()))
         })
     }
 
-    fn audit<'a>(&'a self, filter: &'a AuditFilter) -> StoreFuture<'a, Vec<AuditEvent>> {
+    fn audit_page<'a>(&'a self, filter: &'a AuditFilter) -> StoreFuture<'a, AuditPage> {
         Box::pin(async move {
             let st = self.lock();
-            let it = st.audit.iter().filter(|e| filter.matches(e)).cloned();
-            Ok(if filter.limit == 0 {
-                it.collect()
-            } else {
-                it.take(filter.limit).collect()
-            })
+            let start = st.audit.partition_point(|e| e.seq <= filter.after);
+            let budget = filter.scan_budget();
+            let mut page = AuditPage::default();
+            let mut last = None;
+            for e in st.audit.iter().skip(start).take(budget) {
+                last = Some(e.seq);
+                if filter.matches(e) {
+                    page.events.push(e.clone());
+                    if filter.limit != 0 && page.events.len() == filter.limit {
+                        break;
+                    }
+                }
+            }
+            let end = st.audit.last().map_or(0, |e| e.seq);
+            page.next = last.filter(|&l| l < end);
+            Ok(page)
         })
     }
 
@@ -502,6 +523,12 @@ impl Store for MemoryStore {
         })
     }
 
+    fn tap_audit(&self, tap: Option<AuditTap>) {
+        // Under the state lock, so no append is half-way between the chain and the tap.
+        let _st = self.lock_raw();
+        self.inner.tap.set(tap);
+    }
+
     fn create_grant(&self, grant: Grant) -> StoreFuture<'_, Grant> {
         Box::pin(async move {
             let mut st = self.lock();
@@ -569,7 +596,7 @@ impl Store for MemoryStore {
             let drafts = audit(current, &next);
             let keep = self.keep_grant(&next);
             st.grants.insert(id.clone(), (next.clone(), keep));
-            st.append(&drafts);
+            self.record(&mut st, &drafts);
             Ok(next)
         })
     }

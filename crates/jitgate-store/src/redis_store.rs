@@ -48,7 +48,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use jitgate_rules::ticket::{
-    self, AuditDraft, AuditEvent, Grant, GrantId, Status, Ticket, TicketId, Timestamp, GENESIS,
+    AuditDraft, AuditEvent, Grant, GrantId, Status, Ticket, TicketId, Timestamp, GENESIS,
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, RedisError, Script};
@@ -57,9 +57,9 @@ use tokio::task::JoinHandle;
 
 use crate::{
     chain_all, grant_keep_until, new_claim_token, now, route_requester, ticket_keep_until,
-    AuditFilter, Claimed, CreateAudit, Delivery, Effects, GrantAudit, GrantTransition, LimitScope,
-    PendingLimits, Store, StoreError, StoreFuture, TicketAudit, TicketTransition, MAX_ATTEMPTS,
-    PRUNE_BATCH,
+    AuditFilter, AuditPage, AuditTap, Claimed, CreateAudit, Delivery, Effects, GrantAudit,
+    GrantTransition, LimitScope, PendingLimits, Store, StoreError, StoreFuture, Tap, TicketAudit,
+    TicketTransition, MAX_ATTEMPTS, PRUNE_BATCH,
 };
 
 /// The pub/sub channel decisions are published on.
@@ -83,6 +83,8 @@ fn outbox_due(channel: &str) -> String {
 const OUTBOX_DATA: &str = "jit:{outbox}:data";
 const OUTBOX_TRIES: &str = "jit:{outbox}:tries";
 const OUTBOX_CLAIMS: &str = "jit:{outbox}:claims";
+/// Audit events read per XRANGE.
+const AUDIT_READ: usize = 500;
 /// The per-requester and per-source sets, for [`Store::prune`]'s SCAN.
 const PER_KEY_SETS: &str = "jit:[gp][rs]:*";
 
@@ -142,6 +144,8 @@ pub struct RedisStore {
     /// head: conflicts are bounded by the number of replicas instead of growing with every
     /// concurrent writer (where, retrying optimistically, each round lets one through).
     audit_head: tokio::sync::Mutex<Option<String>>,
+    /// Sent to while this replica's turn at the audit head is held, so in chain order.
+    tap: Tap,
 }
 
 struct Scripts {
@@ -283,7 +287,37 @@ impl RedisStore {
             }),
             prune: Mutex::new(PruneCursor::default()),
             audit_head: tokio::sync::Mutex::new(None),
+            tap: Tap::default(),
         })
+    }
+
+    /// Up to `count` audit events from seq `from` on: `(seq, event JSON)`.
+    async fn audit_range(&self, from: u64, count: usize) -> Result<Vec<(u64, String)>, StoreError> {
+        let mut c = self.conn.clone();
+        let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+            .arg(AUDIT)
+            .arg(format!("{from}-0"))
+            .arg("+")
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        entries
+            .into_iter()
+            .map(|(id, fields)| {
+                let seq = id
+                    .split_once('-')
+                    .and_then(|(s, _)| s.parse().ok())
+                    .ok_or_else(|| StoreError::Corrupt(format!("audit stream id {id}")))?;
+                let json = fields
+                    .into_iter()
+                    .find(|(k, _)| k == "e")
+                    .map(|(_, v)| v)
+                    .ok_or_else(|| StoreError::Corrupt(format!("audit entry {id} has no event")))?;
+                Ok((seq, json))
+            })
+            .collect()
     }
 
     /// Bounds `fut` by `op_timeout`.
@@ -386,10 +420,11 @@ impl RedisStore {
         loop {
             let mut inv = script.prepare_invoke();
             build(&mut inv);
-            let written = audit_args(&mut inv, head.as_deref(), drafts)?;
+            let (written, events) = audit_args(&mut inv, head.as_deref(), drafts)?;
             match self.run(&inv).await? {
                 Reply::Ok => {
                     **turn = written;
+                    self.tap.send(&events);
                     return Ok(true);
                 }
                 Reply::HeadMoved(now_head) => {
@@ -908,12 +943,12 @@ fn parse_head(head: Option<&str>) -> Result<(u64, &str), StoreError> {
 }
 
 /// Chains `drafts` after `head` and adds the audit arguments [`AUDIT_LUA`] reads; returns
-/// the head once they are written.
+/// the head once they are written, and the events.
 fn audit_args(
     inv: &mut redis::ScriptInvocation<'_>,
     head: Option<&str>,
     drafts: &[AuditDraft],
-) -> Result<Option<String>, StoreError> {
+) -> Result<(Option<String>, Vec<AuditEvent>), StoreError> {
     let events = chain_all(parse_head(head)?, drafts);
     let new_head = match events.last() {
         Some(e) => Some(format!("{} {}", e.seq, e.hash)),
@@ -925,7 +960,7 @@ fn audit_args(
     for e in &events {
         inv.arg(format!("{}-0", e.seq)).arg(encode(e)?);
     }
-    Ok(new_head)
+    Ok((new_head, events))
 }
 
 fn opt_arg<T: ToString>(v: Option<T>) -> String {
@@ -1152,13 +1187,15 @@ impl Store for RedisStore {
             loop {
                 let mut inv = self.scripts.append_audit.prepare_invoke();
                 inv.key(AUDIT_HEAD).key(AUDIT);
-                let written = audit_args(&mut inv, head.as_deref(), std::slice::from_ref(&draft))?;
+                let (written, events) =
+                    audit_args(&mut inv, head.as_deref(), std::slice::from_ref(&draft))?;
                 match self.run(&inv).await? {
                     Reply::Ok => {
-                        let (seq, prev) = parse_head(head.as_deref())?;
-                        let e = ticket::chain(prev, seq + 1, draft);
                         *turn = written;
-                        return Ok(e);
+                        self.tap.send(&events);
+                        return events.into_iter().next().ok_or_else(|| {
+                            StoreError::Corrupt("audit append produced no event".into())
+                        });
                     }
                     Reply::HeadMoved(now_head) => {
                         head = now_head;
@@ -1170,40 +1207,42 @@ impl Store for RedisStore {
         }))
     }
 
-    fn audit<'a>(&'a self, filter: &'a AuditFilter) -> StoreFuture<'a, Vec<AuditEvent>> {
+    fn audit_page<'a>(&'a self, filter: &'a AuditFilter) -> StoreFuture<'a, AuditPage> {
         Box::pin(self.bounded(async move {
-            let mut out = Vec::new();
-            let mut start = "-".to_string();
-            loop {
-                let mut c = self.conn.clone();
-                let page: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
-                    .arg(AUDIT)
-                    .arg(&start)
-                    .arg("+")
-                    .arg("COUNT")
-                    .arg(500)
-                    .query_async(&mut c)
-                    .await
-                    .map_err(unavailable)?;
-                let n = page.len();
-                let mut last = None;
-                for (sid, fields) in page {
-                    if let Some((_, json)) = fields.iter().find(|(k, _)| k == "e") {
-                        let e: AuditEvent = decode("audit event", json)?;
-                        if filter.matches(&e) {
-                            out.push(e);
-                            if filter.limit != 0 && out.len() == filter.limit {
-                                return Ok(out);
-                            }
+            // Stream ids are `<seq>-0`, so a position in the chain is a range start.
+            let budget = filter.scan_budget();
+            let mut page = AuditPage::default();
+            let mut from = filter.after.saturating_add(1);
+            let mut examined = 0;
+            let mut last = None;
+            let more = loop {
+                let count = AUDIT_READ.min(budget - examined);
+                let entries = self.audit_range(from, count).await?;
+                let n = entries.len();
+                for (seq, json) in entries {
+                    examined += 1;
+                    last = Some(seq);
+                    let e: AuditEvent = decode("audit event", &json)?;
+                    if filter.matches(&e) {
+                        page.events.push(e);
+                        if filter.limit != 0 && page.events.len() == filter.limit {
+                            break;
                         }
                     }
-                    last = Some(sid);
                 }
-                match last {
-                    Some(sid) if n == 500 => start = format!("({sid}"),
-                    _ => return Ok(out),
+                let full = filter.limit != 0 && page.events.len() == filter.limit;
+                if n < count && !full {
+                    break false; // the end of the chain
                 }
-            }
+                let Some(l) = last else { break false };
+                if full || examined >= budget {
+                    // Stopped early: is there more beyond?
+                    break !self.audit_range(l.saturating_add(1), 1).await?.is_empty();
+                }
+                from = l.saturating_add(1);
+            };
+            page.next = if more { last } else { None };
+            Ok(page)
         }))
     }
 
@@ -1369,6 +1408,10 @@ impl Store for RedisStore {
             let settled: i64 = inv.invoke_async(&mut c).await.map_err(unavailable)?;
             Ok(settled == 1)
         }))
+    }
+
+    fn tap_audit(&self, tap: Option<AuditTap>) {
+        self.tap.set(tap);
     }
 
     fn create_grant(&self, grant: Grant) -> StoreFuture<'_, Grant> {

@@ -530,6 +530,7 @@ async fn audit_chain_holds_under_concurrent_appends(p: Pair) {
                             ticket: None,
                             actor: Some(format!("a{i}{j}")),
                             requester: Some("bob".into()),
+                            route: None,
                             detail: serde_json::json!({ "k": k }),
                         })
                         .await
@@ -560,6 +561,357 @@ async fn audit_chain_holds_under_concurrent_appends(p: Pair) {
         .await
         .unwrap();
     assert_eq!(limited, all[..5].to_vec());
+}
+
+/// A draft at `at` (ms after T0) of `kind`, about `ticket`, by `actor`, for `requester` on
+/// `route`.
+fn audit_draft(
+    at: u64,
+    kind: AuditKind,
+    ticket: Option<&TicketId>,
+    actor: Option<&str>,
+    requester: &str,
+    route: Option<&str>,
+) -> AuditDraft {
+    AuditDraft {
+        at: Timestamp::from_millis(1_795_343_400_000 + at),
+        kind,
+        ticket: ticket.cloned(),
+        actor: actor.map(str::to_string),
+        requester: Some(requester.into()),
+        route: route.map(str::to_string),
+        detail: serde_json::json!({ "at": at }),
+    }
+}
+
+fn seqs(events: &[AuditEvent]) -> Vec<u64> {
+    events.iter().map(|e| e.seq).collect()
+}
+
+/// Every page of `filter` from the start, following `next`.
+async fn all_pages(s: &dyn Store, filter: &AuditFilter) -> (Vec<AuditEvent>, usize) {
+    let mut f = filter.clone();
+    let mut out = Vec::new();
+    let mut pages = 0;
+    loop {
+        let page = s.audit_page(&f).await.unwrap();
+        pages += 1;
+        assert!(pages < 1000, "pagination does not end");
+        if f.limit != 0 {
+            assert!(page.events.len() <= f.limit);
+        }
+        assert!(page.events.iter().all(|e| e.seq > f.after));
+        out.extend(page.events);
+        match page.next {
+            Some(after) => {
+                assert!(after > f.after, "a page moves forward");
+                f.after = after;
+            }
+            None => return (out, pages),
+        }
+    }
+}
+
+/// `GET /v1/audit`'s filters and cursor: ticket, requester (or actor), route, kind, since
+/// (inclusive), until (exclusive), all together; pages of `limit` that follow `next` add up to
+/// the same events in chain order, a scan budget that runs out yields short (even empty)
+/// pages that still go on, and past the end there is nothing and no `next`.
+async fn audit_filters_and_pages(p: Pair) {
+    let t1 = new_ticket_id(now());
+    let t2 = new_ticket_id(now());
+    let drafts = [
+        audit_draft(
+            0,
+            AuditKind::TicketCreated,
+            Some(&t1),
+            None,
+            "bob",
+            Some("prod-deploy"),
+        ),
+        audit_draft(
+            10,
+            AuditKind::ShadowMatched,
+            None,
+            None,
+            "anonymous",
+            Some("shadow"),
+        ),
+        audit_draft(
+            20,
+            AuditKind::TicketCreated,
+            Some(&t2),
+            None,
+            "carol",
+            Some("db-console"),
+        ),
+        audit_draft(
+            30,
+            AuditKind::TicketApproved,
+            Some(&t1),
+            Some("alice"),
+            "bob",
+            Some("prod-deploy"),
+        ),
+        audit_draft(
+            40,
+            AuditKind::TicketDenied,
+            Some(&t2),
+            Some("bob"),
+            "carol",
+            Some("db-console"),
+        ),
+        audit_draft(
+            50,
+            AuditKind::TicketExecuted,
+            Some(&t1),
+            None,
+            "bob",
+            Some("prod-deploy"),
+        ),
+        audit_draft(60, AuditKind::RulesReloaded, None, Some("ops"), "ops", None),
+        audit_draft(
+            70,
+            AuditKind::TicketForwarded,
+            Some(&t1),
+            None,
+            "bob",
+            Some("prod-deploy"),
+        ),
+    ];
+    for (i, d) in drafts.iter().enumerate() {
+        // Both handles append (two replicas for Redis): one chain either way.
+        let s = if i % 2 == 0 { &p.a } else { &p.b };
+        s.append_audit(d.clone()).await.unwrap();
+    }
+    let all = p.a.audit(&AuditFilter::default()).await.unwrap();
+    assert_eq!(seqs(&all), (1..=8).collect::<Vec<_>>());
+    ticket::verify(&all).unwrap();
+    assert_eq!(all[0].route.as_deref(), Some("prod-deploy"));
+    assert_eq!(all[6].route, None);
+
+    let t = |f: AuditFilter| {
+        let s = p.b.clone();
+        async move { seqs(&s.audit(&f).await.unwrap()) }
+    };
+    let at = |ms: u64| Some(Timestamp::from_millis(1_795_343_400_000 + ms));
+    let base = AuditFilter::default;
+    assert_eq!(
+        t(AuditFilter {
+            ticket: Some(t1.clone()),
+            ..base()
+        })
+        .await,
+        [1, 4, 6, 8]
+    );
+    // The requester, or the actor.
+    assert_eq!(
+        t(AuditFilter {
+            requester: Some("bob".into()),
+            ..base()
+        })
+        .await,
+        [1, 4, 5, 6, 8]
+    );
+    assert_eq!(
+        t(AuditFilter {
+            route: Some("db-console".into()),
+            ..base()
+        })
+        .await,
+        [3, 5]
+    );
+    assert_eq!(
+        t(AuditFilter {
+            route: Some("nope".into()),
+            ..base()
+        })
+        .await,
+        Vec::<u64>::new()
+    );
+    assert_eq!(
+        t(AuditFilter {
+            kind: Some(AuditKind::TicketCreated),
+            ..base()
+        })
+        .await,
+        [1, 3]
+    );
+    assert_eq!(
+        t(AuditFilter {
+            since: at(30),
+            ..base()
+        })
+        .await,
+        [4, 5, 6, 7, 8]
+    );
+    assert_eq!(
+        t(AuditFilter {
+            until: at(30),
+            ..base()
+        })
+        .await,
+        [1, 2, 3]
+    );
+    assert_eq!(
+        t(AuditFilter {
+            since: at(20),
+            until: at(60),
+            ..base()
+        })
+        .await,
+        [3, 4, 5, 6]
+    );
+    assert_eq!(
+        t(AuditFilter {
+            ticket: Some(t1.clone()),
+            kind: Some(AuditKind::TicketExecuted),
+            route: Some("prod-deploy".into()),
+            requester: Some("bob".into()),
+            since: at(50),
+            until: at(51),
+            ..base()
+        })
+        .await,
+        [6]
+    );
+
+    // Pages of two follow each other.
+    let first =
+        p.a.audit_page(&AuditFilter { limit: 2, ..base() })
+            .await
+            .unwrap();
+    assert_eq!(seqs(&first.events), [1, 2]);
+    assert_eq!(first.next, Some(2));
+    let second =
+        p.b.audit_page(&AuditFilter {
+            limit: 2,
+            after: 2,
+            ..base()
+        })
+        .await
+        .unwrap();
+    assert_eq!(seqs(&second.events), [3, 4]);
+    assert_eq!(second.next, Some(4));
+    let (paged, pages) = all_pages(&*p.a, &AuditFilter { limit: 3, ..base() }).await;
+    assert_eq!(paged, all);
+    assert_eq!(pages, 3);
+    // A page that ends exactly at the end of the chain has no next.
+    let (_, pages) = all_pages(&*p.a, &AuditFilter { limit: 4, ..base() }).await;
+    assert_eq!(pages, 2);
+    let last =
+        p.a.audit_page(&AuditFilter {
+            limit: 4,
+            after: 4,
+            ..base()
+        })
+        .await
+        .unwrap();
+    assert_eq!((seqs(&last.events), last.next), (vec![5, 6, 7, 8], None));
+    // Filtered pages skip what does not match and keep the cursor moving.
+    let (bob, _) = all_pages(
+        &*p.b,
+        &AuditFilter {
+            requester: Some("bob".into()),
+            limit: 2,
+            ..base()
+        },
+    )
+    .await;
+    assert_eq!(seqs(&bob), [1, 4, 5, 6, 8]);
+    // A scan budget of 3: pages stop after examining 3 events, even with none matching.
+    let budget = AuditFilter {
+        kind: Some(AuditKind::TicketForwarded),
+        max_scan: 3,
+        ..base()
+    };
+    let empty = p.a.audit_page(&budget).await.unwrap();
+    assert_eq!((empty.events.len(), empty.next), (0, Some(3)));
+    let (found, pages) = all_pages(&*p.a, &budget).await;
+    assert_eq!((seqs(&found), pages), (vec![8], 3));
+    // The convenience reader follows budgeted pages to the end.
+    assert_eq!(seqs(&p.a.audit(&budget).await.unwrap()), [8]);
+    // Past the end, or at it: nothing, and no next.
+    for after in [8, 9, u64::MAX] {
+        let page =
+            p.b.audit_page(&AuditFilter { after, ..base() })
+                .await
+                .unwrap();
+        assert_eq!((page.events.len(), page.next), (0, None), "after {after}");
+    }
+}
+
+/// A tap gets every event its handle appended (with changes or on their own), in chain
+/// order, exactly as stored, each once it landed; removing the tap ends the stream.
+async fn audit_tap_sends_what_landed_in_order(p: Pair) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    p.a.tap_audit(Some(tx));
+    let mut tasks = Vec::new();
+    for j in 0..4 {
+        let store = p.a.clone();
+        tasks.push(tokio::spawn(async move {
+            for k in 0..10 {
+                let t = create(&*store, new_ticket(&format!("/v1/tap/{j}/{k}"), "bob")).await;
+                store
+                    .transition(
+                        &t.id,
+                        &|t| ticket::approve(t, &oncall("alice"), None, now()),
+                        &events,
+                    )
+                    .await
+                    .unwrap();
+                store
+                    .append_audit(audit_draft(
+                        k,
+                        AuditKind::ShadowMatched,
+                        None,
+                        None,
+                        "bob",
+                        None,
+                    ))
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // A refused change records nothing, so sends nothing.
+    let refused = create(&*p.a, new_ticket("/v1/tap/refused", "bob")).await;
+    p.a.transition(
+        &refused.id,
+        &|t| ticket::deny(t, &oncall("alice"), None, now()),
+        &events,
+    )
+    .await
+    .unwrap();
+    let r =
+        p.a.transition(
+            &refused.id,
+            &|t| ticket::approve(t, &oncall("alice"), None, now()),
+            &events,
+        )
+        .await;
+    assert!(r.is_err());
+    p.a.tap_audit(None);
+    let mut tapped = Vec::new();
+    while let Some(e) = rx.recv().await {
+        tapped.push(e);
+    }
+    let stored = p.a.audit(&AuditFilter::default()).await.unwrap();
+    assert_eq!(stored.len(), 4 * 10 * 3 + 2);
+    assert_eq!(tapped, stored, "every event, in chain order, as stored");
+    // Without a tap nothing is sent (and nothing breaks).
+    p.a.append_audit(audit_draft(
+        1,
+        AuditKind::ShadowMatched,
+        None,
+        None,
+        "bob",
+        None,
+    ))
+    .await
+    .unwrap();
 }
 
 async fn grants_are_used_and_revoked_atomically(p: Pair) {
@@ -640,6 +992,7 @@ fn grant_used(before: &Grant, after: &Grant) -> Vec<AuditDraft> {
         ticket: after.ticket.clone(),
         actor: None,
         requester: Some(after.requester.key().into_owned()),
+        route: Some(after.route.clone()),
         detail: serde_json::json!({ "grant": after.id, "uses": after.uses }),
     }]
 }
@@ -660,6 +1013,7 @@ async fn transitions_and_their_events_land_together(p: Pair) {
                         ticket: None,
                         actor: None,
                         requester: Some(format!("noise{i}")),
+                        route: None,
                         detail: serde_json::json!({ "k": k }),
                     })
                     .await
@@ -1108,6 +1462,7 @@ fn rules_event(n: u64) -> AuditDraft {
         at: now(),
         kind: AuditKind::RulesReloaded,
         ticket: None,
+        route: None,
         actor: None,
         requester: None,
         detail: serde_json::json!({ "n": n }),
@@ -1120,6 +1475,7 @@ fn delivery(id: &str, seq: u64) -> Delivery {
         channel: "hook".into(),
         seq,
         ticket: None,
+        route: None,
         payload: format!("{{\"seq\":{seq}}}"),
         queued_at: now(),
         attempts: 0,
@@ -1306,6 +1662,8 @@ contract!(
         per_requester_cap_is_atomic,
         decisions_are_published,
         audit_chain_holds_under_concurrent_appends,
+        audit_filters_and_pages,
+        audit_tap_sends_what_landed_in_order,
         grants_are_used_and_revoked_atomically,
         audit_tail_reads_after_a_number,
         audit_appends_wake_tailers_on_every_handle,
@@ -1339,6 +1697,61 @@ async fn redis_subscriber_reconnects_after_client_kill() {
         .expect("decision after reconnect")
         .unwrap();
     assert_eq!(got, t.id);
+}
+
+/// With two replicas on one Redis, each replica's tap gets exactly the events it appended:
+/// together they are the whole chain, each in chain order, none twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_each_replica_taps_its_own_events() {
+    let server = RedisServer::start();
+    let a = Arc::new(server.store().await);
+    let b = Arc::new(server.store().await);
+    let (ta, mut ra) = tokio::sync::mpsc::unbounded_channel();
+    let (tb, mut rb) = tokio::sync::mpsc::unbounded_channel();
+    a.tap_audit(Some(ta));
+    b.tap_audit(Some(tb));
+    let mut tasks = Vec::new();
+    for (i, store) in [a.clone(), b.clone()].into_iter().enumerate() {
+        for j in 0..3 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                for k in 0..20 {
+                    let t = create(&*store, new_ticket(&format!("/v1/r/{i}/{j}/{k}"), "bob")).await;
+                    store
+                        .transition(&t.id, &|t| ticket::cancel(t, now()), &events)
+                        .await
+                        .unwrap();
+                }
+            }));
+        }
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    a.tap_audit(None);
+    b.tap_audit(None);
+    let (mut from_a, mut from_b) = (Vec::new(), Vec::new());
+    while let Some(e) = ra.recv().await {
+        from_a.push(e);
+    }
+    while let Some(e) = rb.recv().await {
+        from_b.push(e);
+    }
+    assert_eq!((from_a.len(), from_b.len()), (120, 120));
+    for mine in [&from_a, &from_b] {
+        assert!(
+            mine.windows(2).all(|w| w[0].seq < w[1].seq),
+            "in chain order"
+        );
+    }
+    let stored = a.audit(&AuditFilter::default()).await.unwrap();
+    ticket::verify(&stored).unwrap();
+    let mut both: Vec<AuditEvent> = from_a.into_iter().chain(from_b).collect();
+    both.sort_by_key(|e| e.seq);
+    assert_eq!(
+        both, stored,
+        "each event from exactly one replica, as stored"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -1,8 +1,12 @@
 use std::collections::BTreeSet;
 
 use http::{header, HeaderMap, HeaderValue, StatusCode};
+use jitgate_rules::ticket::{AuditKind, Timestamp};
 
-use super::{allowed_methods, if_match_versions, ENDPOINTS, OPENAPI};
+use super::{
+    allowed_methods, audit_filter, cursor_of, if_match_versions, parse_cursor, AUDIT_PARAMS,
+    ENDPOINTS, OPENAPI,
+};
 
 /// The OpenAPI document describes exactly the endpoints the admin plane serves.
 #[test]
@@ -103,4 +107,100 @@ fn if_match_names_strong_versions_only() {
         assert_eq!(p.status, StatusCode::PRECONDITION_REQUIRED);
         assert_eq!(p.slug, "precondition-required");
     }
+}
+
+/// `GET /v1/audit` documents exactly the query parameters it accepts, and every kind.
+#[test]
+fn openapi_documents_the_audit_query() {
+    let doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("openapi.json is JSON");
+    let op = &doc["paths"]["/v1/audit"]["get"];
+    let documented: BTreeSet<&str> = op["parameters"]
+        .as_array()
+        .expect("parameters")
+        .iter()
+        .map(|p| p["name"].as_str().expect("name"))
+        .collect();
+    let accepted: BTreeSet<&str> = AUDIT_PARAMS.split(", ").collect();
+    assert_eq!(documented, accepted);
+    let kinds: BTreeSet<&str> = doc["components"]["schemas"]["AuditKind"]["enum"]
+        .as_array()
+        .expect("kinds")
+        .iter()
+        .map(|k| k.as_str().expect("kind"))
+        .collect();
+    let known: BTreeSet<&str> = AuditKind::ALL.iter().map(|k| k.as_str()).collect();
+    assert_eq!(kinds, known);
+    let list = &doc["components"]["schemas"]["AuditList"]["properties"];
+    assert_eq!(list["nextCursor"]["type"], "string");
+    let event = &doc["components"]["schemas"]["AuditEvent"]["properties"];
+    for member in ["route", "storeSeq", "storeHash"] {
+        assert!(event[member].is_object(), "AuditEvent documents {member}");
+    }
+}
+
+#[test]
+fn cursors_round_trip_and_garbage_is_refused() {
+    for seq in [0, 1, 42, u64::MAX] {
+        assert_eq!(parse_cursor(&cursor_of(seq)), Some(seq));
+    }
+    for bad in [
+        "",
+        "c1.",
+        "c1.-1",
+        "c1.+1",
+        "c1.007",
+        "c1.1a",
+        "c2.5",
+        "5",
+        "c1.18446744073709551616",
+        "c1.99999999999999999999999",
+        "c1. 5",
+        "\u{0}",
+        "c1.\u{663}",
+    ] {
+        assert_eq!(parse_cursor(bad), None, "{bad:?}");
+    }
+}
+
+#[test]
+fn audit_queries_are_validated() {
+    let ok = |q: &str| audit_filter(Some(q)).unwrap_or_else(|p| panic!("{q}: {}", p.detail));
+    let refused = |q: &str| {
+        let p = audit_filter(Some(q)).expect_err(q);
+        assert_eq!(p.status, http::StatusCode::BAD_REQUEST, "{q}");
+        p.detail
+    };
+    let f = ok("");
+    assert_eq!((f.limit, f.after), (1000, 0));
+    let f = ok("ticket=jit_01JD3ZK8Q6W6M7ZC2Y6F8X4T9B&requester=bob&route=prod-deploy&kind=ticket.approved\
+                &since=2026-11-22T10:30:00Z&until=2026-11-22T12:00:00%2B01:00&cursor=c1.17&limit=5");
+    assert_eq!(
+        f.ticket.map(|t| t.to_string()).as_deref(),
+        Some("jit_01JD3ZK8Q6W6M7ZC2Y6F8X4T9B")
+    );
+    assert_eq!(f.requester.as_deref(), Some("bob"));
+    assert_eq!(f.route.as_deref(), Some("prod-deploy"));
+    assert_eq!(f.kind, Some(AuditKind::TicketApproved));
+    assert_eq!(
+        f.since,
+        Timestamp::parse_rfc3339("2026-11-22T10:30:00Z").ok()
+    );
+    assert_eq!(
+        f.until,
+        Timestamp::parse_rfc3339("2026-11-22T11:00:00Z").ok()
+    );
+    assert_eq!((f.after, f.limit), (17, 5));
+    assert!(refused("cursor=garbage").contains("cursor"));
+    assert!(refused("cursor=").contains("cursor"));
+    assert!(refused("kind=ticket.exploded").contains("ticket.created"));
+    assert!(refused("ticket=../../x").contains("ticket id"));
+    assert!(refused("since=yesterday").contains("RFC 3339"));
+    assert!(refused("until=2026-13-01T00:00:00Z").contains("RFC 3339"));
+    assert!(refused("since=2026-11-22T10:30:00Z&until=2026-11-22T10:30:00Z").contains("before"));
+    assert!(refused("limit=0").contains("limit"));
+    assert!(refused("limit=10001").contains("limit"));
+    assert!(refused("route=").contains("route"));
+    assert!(refused("kind=ticket.created&kind=ticket.denied").contains("more than once"));
+    assert!(refused("status=PENDING").contains(AUDIT_PARAMS));
+    assert!(refused("ticket=%ff").contains("malformed"));
 }

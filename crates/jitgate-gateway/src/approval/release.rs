@@ -261,6 +261,7 @@ pub(super) async fn on_grant(
             ticket: g.ticket.clone(),
             actor: None,
             requester: Some(g.requester.key().to_string()),
+            route: Some(g.route.clone()),
             detail: json!({ "grant": g.id.to_string(), "uses": g.uses }),
         }]
     };
@@ -336,6 +337,9 @@ impl Outcome {
                     .or_else(|| g.and_then(|g| g.ticket.clone())),
                 actor: None,
                 requester,
+                route: t
+                    .map(|t| t.route.clone())
+                    .or_else(|| g.map(|g| g.route.clone())),
                 detail: json!({ "grant": g.map(|g| g.id.to_string()) }),
             }),
         }

@@ -58,6 +58,10 @@ fn example_fixture_parses_every_key() {
     assert_eq!(tls.key, Path::new("/etc/jitgate/certs/gw.key"));
     assert_eq!(c.server.trusted_proxies.len(), 2);
     assert_eq!(c.server.shutdown_grace, Duration::from_secs(30));
+    assert_eq!(
+        c.audit.file.as_deref(),
+        Some(Path::new("/etc/jitgate/audit/jitgate-audit.jsonl"))
+    );
     assert!(c.server.watch);
     assert_eq!(
         c.store,
@@ -334,6 +338,42 @@ fn relative_paths_resolve_against_the_config_folder() {
 }
 
 #[test]
+fn audit_file_is_optional_resolved_and_checked() {
+    let t = parse("");
+    assert_eq!(t.config().audit, Audit::default());
+    let t = RuleTable::parse(
+        "[audit]\nfile = \"audit.jsonl\"\n",
+        Path::new("conf/proxy.toml"),
+    )
+    .unwrap();
+    assert_eq!(
+        t.config().audit.file.as_deref(),
+        Some(Path::new("conf/audit.jsonl"))
+    );
+    let t = parse("[audit]\nfile = \"/var/log/jitgate/audit.jsonl\"\n");
+    assert_eq!(
+        t.config().audit.file.as_deref(),
+        Some(Path::new("/var/log/jitgate/audit.jsonl"))
+    );
+    assert_eq!(
+        one_error("[audit]\nfiel = \"a.jsonl\"\n"),
+        format!("{FILE}:2:1: error: unknown key `fiel` in [audit]; did you mean `file`?")
+    );
+    assert_eq!(
+        one_error("[audit]\nfile = \"\"\n"),
+        format!("{FILE}:2:8: error: `file` in [audit] is empty")
+    );
+    assert_eq!(
+        one_error("[audit]\nfile = 3\n"),
+        format!("{FILE}:2:8: error: `file` in [audit] must be a string, not integer")
+    );
+    assert_eq!(
+        one_error("audit = \"a.jsonl\"\n"),
+        format!("{FILE}:1:9: error: `audit` in the top level must be a table, not string")
+    );
+}
+
+#[test]
 fn syntax_errors_have_locations() {
     let e = errors("[server]\nlisten = \n");
     assert!(e[0].starts_with(&format!("{FILE}:2:10: error: ")), "{e:?}");
@@ -598,6 +638,10 @@ fn every_file_the_config_names_is_listed_with_its_position() {
         (
             "/etc/jitgate/certs/internal-ca.pem",
             at("\"certs/internal-ca.pem\""),
+        ),
+        (
+            "/etc/jitgate/audit/jitgate-audit.jsonl",
+            at("\"audit/jitgate-audit.jsonl\""),
         ),
     ];
     let want: Vec<(String, String)> = want.into_iter().map(|(p, l)| (p.to_string(), l)).collect();

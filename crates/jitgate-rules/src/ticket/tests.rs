@@ -761,6 +761,7 @@ fn events(n: usize) -> Vec<AuditEvent> {
                     ticket: Some(TicketId::new(T0.0, i as u128)),
                     actor: Some("alice".into()),
                     requester: Some("bob".into()),
+                    route: None,
                     detail: serde_json::json!({"z": 1, "a": [i, "x"], "m": {"b": 2, "a": 1}}),
                 },
             );
@@ -835,4 +836,160 @@ fn transition_errors_map_to_http_statuses() {
     assert_eq!(TransitionError::GrantRevoked.status(), 403);
     assert_eq!(Status::parse("PENDING"), Some(Status::Pending));
     assert_eq!(Status::parse("pending"), None);
+}
+
+/// An event exactly as the store wrote it before events had a `route` (serialised and
+/// hashed by that code): it still decodes, re-serialises to the same JSON and verifies.
+const OLD_SHAPE_EVENT: &str = r#"{"seq":1,"at":"2026-09-21T14:13:20.123Z","kind":"ticket.approved","ticket":"jit_01JD3ZK8Q6W6M7ZC2Y6F8X4T9B","actor":"alice","requester":"bob","detail":{"comment":"ship it","quorumReached":true},"prev":"0000000000000000000000000000000000000000000000000000000000000000","hash":"51c1eb966ba197222675da206dd88084105923afd6c738fec0358b6da354e599"}"#;
+
+#[test]
+fn events_recorded_before_route_existed_still_verify() {
+    let raw: serde_json::Value = serde_json::from_str(OLD_SHAPE_EVENT).unwrap();
+    let e: AuditEvent = serde_json::from_value(raw.clone()).unwrap();
+    assert_eq!(e.route, None);
+    assert_eq!(e.store_seq, None);
+    assert_eq!(
+        serde_json::to_value(&e).unwrap(),
+        raw,
+        "no member added on the way back"
+    );
+    assert_eq!(event_hash(&e), e.hash);
+    assert_eq!(verify(std::slice::from_ref(&e)), Ok(()));
+    let mut check = ChainCheck::new();
+    assert_eq!(check.check(&raw), Ok(e.clone()));
+    assert_eq!(check_alone(&raw), Ok(e));
+}
+
+#[test]
+fn about_files_the_event_under_the_route() {
+    let t = ticket(1);
+    let d = AuditDraft::about(
+        AuditKind::TicketCreated,
+        &t,
+        None,
+        serde_json::Value::Null,
+        at(1),
+    );
+    assert_eq!(d.route.as_deref(), Some(t.route.as_str()));
+    let e = chain(GENESIS, 1, d);
+    let v = serde_json::to_value(&e).unwrap();
+    assert_eq!(v["route"], t.route.as_str());
+    assert!(v.get("storeSeq").is_none() && v.get("storeHash").is_none());
+    // Without a route the member is absent, not null (the shape of older events).
+    let mut none = e.clone();
+    none.route = None;
+    assert!(serde_json::to_value(&none).unwrap().get("route").is_none());
+}
+
+#[test]
+fn audit_kinds_have_their_wire_names() {
+    for k in AuditKind::ALL {
+        assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
+        assert_eq!(AuditKind::parse(k.as_str()), Some(k));
+        assert_eq!(k.to_string(), k.as_str());
+    }
+    assert_eq!(AuditKind::parse("ticket"), None);
+    assert_eq!(AuditKind::parse("TICKET.CREATED"), None);
+}
+
+/// Store events 2, 5 and 9 of some chain (another replica appended the rest), as one
+/// replica's file holds them.
+fn file_lines() -> (Vec<AuditEvent>, Vec<AuditEvent>) {
+    let store = events(9);
+    let mine: Vec<AuditEvent> = [1, 4, 8].iter().map(|&i| store[i].clone()).collect();
+    let mut prev = GENESIS.to_string();
+    let lines = mine
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let line = rechain(&prev, i as u64 + 1, e);
+            prev = line.hash.clone();
+            line
+        })
+        .collect();
+    (mine, lines)
+}
+
+#[test]
+fn a_rechained_file_is_a_chain_of_its_own() {
+    let (mine, lines) = file_lines();
+    assert_eq!(verify(&lines), Ok(()));
+    let mut check = ChainCheck::new();
+    for (line, stored) in lines.iter().zip(&mine) {
+        let raw = serde_json::to_value(line).unwrap();
+        assert_eq!(raw["storeSeq"], stored.seq);
+        assert_eq!(raw["storeHash"], stored.hash.as_str());
+        let got = check.check(&raw).unwrap();
+        assert_eq!(
+            (got.at, got.kind, &got.detail),
+            (stored.at, stored.kind, &stored.detail)
+        );
+    }
+    assert_eq!(check.next_seq(), 4);
+    assert_eq!(check.head(), lines[2].hash);
+    // The store's seq is covered by the line's hash.
+    let mut moved = serde_json::to_value(&lines[0]).unwrap();
+    moved["storeSeq"] = 3.into();
+    assert_eq!(
+        ChainCheck::new().check(&moved).unwrap_err(),
+        ChainBreak {
+            seq: 1,
+            why: "hash does not match the event's content".into()
+        }
+    );
+}
+
+#[test]
+fn chain_check_names_the_first_broken_seq() {
+    let raw: Vec<serde_json::Value> = events(5)
+        .iter()
+        .map(|e| serde_json::to_value(e).unwrap())
+        .collect();
+    let first_break = |lines: &[serde_json::Value]| {
+        let mut c = ChainCheck::new();
+        lines.iter().find_map(|l| c.check(l).err())
+    };
+    assert_eq!(first_break(&raw), None);
+    // Edited.
+    let mut edited = raw.clone();
+    edited[2]["actor"] = "mallory".into();
+    assert_eq!(first_break(&edited).unwrap().seq, 3);
+    // Removed.
+    let mut removed = raw.clone();
+    removed.remove(3);
+    let b = first_break(&removed).unwrap();
+    assert_eq!(b.seq, 4);
+    assert!(b.why.contains("expected seq 4, found 5"), "{b}");
+    // Reordered.
+    let mut swapped = raw.clone();
+    swapped.swap(1, 2);
+    assert_eq!(first_break(&swapped).unwrap().seq, 2);
+    // A member added to an event (which decoding alone would drop) breaks it.
+    let mut added = raw.clone();
+    added[0]["note"] = "approved by the CEO".into();
+    assert_eq!(first_break(&added).unwrap().seq, 1);
+    // A member removed (which decoding would default) breaks it too.
+    let mut dropped = raw.clone();
+    dropped[1].as_object_mut().unwrap().remove("actor");
+    assert_eq!(first_break(&dropped).unwrap().seq, 2);
+    // Not an event at all.
+    let mut garbage = raw.clone();
+    garbage[4] = serde_json::json!({"hello": "world"});
+    let b = first_break(&garbage).unwrap();
+    assert_eq!(b.seq, 5);
+    assert!(b.why.starts_with("not an audit event"), "{b}");
+    // An edited event whose hash was recomputed breaks the next one's prev.
+    let mut rehashed = events(5);
+    rehashed[1].actor = Some("mallory".into());
+    rehashed[1].hash = event_hash(&rehashed[1]);
+    let rehashed: Vec<serde_json::Value> = rehashed
+        .iter()
+        .map(|e| serde_json::to_value(e).unwrap())
+        .collect();
+    let b = first_break(&rehashed).unwrap();
+    assert_eq!(b.seq, 3);
+    assert!(b.why.contains("prev"), "{b}");
+    // From the middle, trusting the starting point.
+    let mut mid = ChainCheck::after(raw[1]["hash"].as_str().unwrap(), 2);
+    assert!(raw[2..].iter().all(|l| mid.check(l).is_ok()));
 }
