@@ -9,64 +9,20 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use base64::Engine as _;
-use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use serde_json::Value;
 
+use common::notify::{
+    config as notify_config, open_stream, read_until, slack_callback, slack_sign, sse_events,
+    unix_now, MEMORY, ROUTE, SLACK_SECRET,
+};
 use common::{
-    admin_call, approve, identity_and_admin_toml, send, wait_pending, wait_status, Client, Gateway,
-    Hook, HookReceiver, Origin, RedisServer, Response,
+    admin_call, approve, send, wait_pending, wait_status, Client, Gateway, Hook, HookReceiver,
+    Origin, RedisServer, Response,
 };
 
 const SOON: Duration = Duration::from_secs(30);
-const ROUTE: &str = "prod-deploy";
 /// The Standard Webhooks secret of the tests' webhook channel (24 bytes once decoded).
 const HOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-const SLACK_SECRET: &str = "8f742231b10e8888abcd99yyyzzz85a5";
-
-fn config(store: &str, hold: &str, notify: &str, approval_extra: &str, origin: &str) -> String {
-    format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-trusted_proxies = ["127.0.0.1/32"]
-
-{store}
-
-[approvals]
-hold_timeout = "{hold}"
-reconcile_interval = "300ms"
-
-[[upstreams]]
-name = "origin"
-url = "{origin}"
-
-[[routes]]
-name = "{ROUTE}"
-methods = ["POST"]
-path = "/deploy/**"
-upstream = "origin"
-action = "approve"
-[routes.approval]
-approvers = ["group:oncall"]
-{approval_extra}
-
-[[routes]]
-name = "quiet"
-methods = ["POST"]
-path = "/quiet/**"
-upstream = "origin"
-action = "approve"
-[routes.approval]
-approvers = ["group:oncall"]
-notify = []
-
-{notify}
-
-{identity}"#,
-        identity = identity_and_admin_toml(),
-    )
-}
 
 fn redis_store(redis: &RedisServer) -> String {
     format!("[store]\nkind = \"redis\"\nurl = \"{}\"\n", redis.url())
@@ -150,6 +106,15 @@ fn successes<'a>(hooks: &'a [Hook], kind: &str) -> Vec<&'a Hook> {
         .collect()
 }
 
+/// `(id, data)` of each event named `kind` in what was read.
+fn events_named(seen: &str, kind: &str) -> Vec<(u64, Value)> {
+    sse_events(seen)
+        .into_iter()
+        .filter(|(_, name, _)| name == kind)
+        .map(|(id, _, data)| (id, data))
+        .collect()
+}
+
 async fn audit(gw: &Gateway, id: &str) -> Vec<Value> {
     let r = admin_call(gw, "ops", "GET", &format!("/v1/audit?ticket={id}"), "").await;
     assert_eq!(r.status, 200, "{}", r.text());
@@ -162,8 +127,9 @@ async fn webhook_gets_each_event_once_through_failures_and_a_killed_gateway() {
     let origin = Origin::start();
     // The first two attempts fail.
     let hooks = HookReceiver::start(2);
-    let cfg = config(
+    let cfg = notify_config(
         &redis_store(&redis),
+        "",
         "200ms",
         &webhook(&hooks.url()),
         "",
@@ -271,8 +237,9 @@ async fn two_replicas_deliver_every_event_exactly_once() {
     let redis = RedisServer::start();
     let origin = Origin::start();
     let hooks = HookReceiver::start(0);
-    let cfg = config(
+    let cfg = notify_config(
         &redis_store(&redis),
+        "",
         "200ms",
         &webhook(&hooks.url()),
         "",
@@ -348,42 +315,6 @@ async fn two_replicas_deliver_every_event_exactly_once() {
     }
 }
 
-/// A Slack interactive callback, form-encoded and signed as Slack signs it.
-fn slack_callback(user: &str, action: &str, ticket: &str, response_url: &str) -> String {
-    let payload = json!({
-        "type": "block_actions",
-        "user": { "id": user, "username": "someone" },
-        "actions": [{ "action_id": action, "block_id": "jitgate", "value": ticket, "type": "button" }],
-        "response_url": response_url,
-    })
-    .to_string();
-    let encoded: String = payload
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            b' ' => "+".to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect();
-    format!("payload={encoded}")
-}
-
-fn slack_sign(secret: &str, ts: u64, body: &str) -> String {
-    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
-    let tag = ring::hmac::sign(&key, format!("v0:{ts}:{body}").as_bytes());
-    let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    format!("v0={hex}")
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
 async fn post_slack(gw: &Gateway, body: &str, ts: u64, sig: &str) -> Response {
     let ts = ts.to_string();
     send(
@@ -417,14 +348,7 @@ async fn slack_buttons_decide_only_with_a_valid_signature_and_a_mapped_approver(
         teams.url()
     );
     let cfg_with = |extra: &str| {
-        config(
-            "[store]\nkind = \"memory\"\n",
-            "60s",
-            &notify,
-            extra,
-            &origin.url(),
-        )
-        .replace(
+        notify_config(MEMORY, "", "60s", &notify, extra, &origin.url()).replace(
             "[admin]\noperators",
             "[admin]\npublic_url = \"https://jit.example.com\"\noperators",
         )
@@ -558,74 +482,10 @@ async fn slack_buttons_decide_only_with_a_valid_signature_and_a_mapped_approver(
     assert!(second.to_string().contains("/ui/tickets/"), "{second}");
 }
 
-/// Opens `GET /v1/events` as `user` and returns the connection.
-async fn open_stream(gw: &Gateway, user: &str, last_id: Option<&str>) -> tokio::net::TcpStream {
-    let mut s = tokio::net::TcpStream::connect(gw.admin_addr())
-        .await
-        .unwrap();
-    let last = last_id
-        .map(|id| format!("Last-Event-ID: {id}\r\n"))
-        .unwrap_or_default();
-    let req = format!(
-        "GET /v1/events HTTP/1.1\r\nHost: admin\r\nAuthorization: {}\r\nAccept: text/event-stream\r\n{last}\r\n",
-        common::bearer_of(user)
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    s
-}
-
-/// Reads from a stream until `needle` has appeared `n` times; returns everything read.
-async fn read_until(s: &mut tokio::net::TcpStream, seen: &mut String, needle: &str, n: usize) {
-    let deadline = tokio::time::Instant::now() + SOON;
-    let mut buf = [0u8; 8192];
-    // The nth occurrence and the end of its event.
-    let complete = |seen: &str| {
-        seen.match_indices(needle)
-            .nth(n - 1)
-            .is_some_and(|(i, _)| seen[i..].contains("\n\n"))
-    };
-    while !complete(seen) {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        assert!(!left.is_zero(), "`{needle}` x{n} not seen in:\n{seen}");
-        if let Ok(Ok(k)) = tokio::time::timeout(left, s.read(&mut buf)).await {
-            assert!(k > 0, "stream closed; read:\n{seen}");
-            seen.push_str(&String::from_utf8_lossy(&buf[..k]));
-        }
-    }
-}
-
-/// The `data:` JSON of each event named `kind` in what was read.
-fn events_named(seen: &str, kind: &str) -> Vec<(u64, Value)> {
-    seen.split("\n\n")
-        .filter_map(|block| {
-            let mut id = None;
-            let mut name = None;
-            let mut data = None;
-            for line in block.lines() {
-                // Chunked framing puts size lines in between; only SSE fields count.
-                if let Some(v) = line.strip_prefix("id: ") {
-                    id = v.trim().parse::<u64>().ok();
-                } else if let Some(v) = line.strip_prefix("event: ") {
-                    name = Some(v.trim().to_string());
-                } else if let Some(v) = line.strip_prefix("data: ") {
-                    data = serde_json::from_str::<Value>(v).ok();
-                }
-            }
-            (name.as_deref() == Some(kind)).then_some((id?, data?))
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn event_stream_shows_callers_what_they_may_see_and_resumes_by_id() {
     let origin = Origin::start();
-    let cfg = config(
-        "[store]\nkind = \"memory\"\n",
-        "200ms",
-        "",
-        "",
-        &origin.url(),
-    );
+    let cfg = notify_config(MEMORY, "", "200ms", "", "", &origin.url());
     let gw = Gateway::start(&cfg);
 
     let mut alice = open_stream(&gw, "alice", None).await;
@@ -686,7 +546,7 @@ async fn event_stream_shows_callers_what_they_may_see_and_resumes_by_id() {
     );
 
     // Reconnecting with Last-Event-ID replays what came after it.
-    let mut again = open_stream(&gw, "alice", Some(&opened[0].0.to_string())).await;
+    let mut again = open_stream(&gw, "alice", Some(opened[0].0)).await;
     read_until(&mut again, &mut none, "event: ticket.decided", 1).await;
     assert!(
         events_named(&none, "ticket.opened")

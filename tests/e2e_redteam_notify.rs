@@ -12,77 +12,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use common::notify::{
+    config, open_stream, read_for, read_until, slack_callback, slack_sign, sse_events, unix_now,
+    MEMORY, SLACK_SECRET,
+};
 use common::{
-    admin_call, bearer_of, identity_and_admin_toml, send, wait_status, Client, Gateway,
-    HookReceiver, Origin, RedisServer, Response,
+    admin_call, bearer_of, send, wait_status, Client, Gateway, HookReceiver, Origin, RedisServer,
+    Response,
 };
 
 const SOON: Duration = Duration::from_secs(30);
-const ROUTE: &str = "prod-deploy";
-const SLACK_SECRET: &str = "8f742231b10e8888abcd99yyyzzz85a5";
-
-/// A config: `prod-deploy` (POST /deploy/**, one approval from group oncall, `approval_extra`
-/// added to its `[routes.approval]`), `quiet` (POST /quiet/**, same approvers, tells nobody),
-/// then `notify`, then the tests' identity and admin tokens. `server_extra` lands in
-/// `[server]`.
-fn config(
-    store: &str,
-    server_extra: &str,
-    notify: &str,
-    approval_extra: &str,
-    origin: &str,
-) -> String {
-    format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-trusted_proxies = ["127.0.0.1/32"]
-watch = false
-{server_extra}
-
-{store}
-
-[approvals]
-hold_timeout = "200ms"
-reconcile_interval = "300ms"
-
-[[upstreams]]
-name = "origin"
-url = "{origin}"
-
-[[routes]]
-name = "{ROUTE}"
-methods = ["POST"]
-path = "/deploy/**"
-upstream = "origin"
-action = "approve"
-[routes.approval]
-approvers = ["group:oncall"]
-{approval_extra}
-
-[[routes]]
-name = "quiet"
-methods = ["POST"]
-path = "/quiet/**"
-upstream = "origin"
-action = "approve"
-[routes.approval]
-approvers = ["group:oncall"]
-notify = []
-
-{notify}
-
-{identity}"#,
-        identity = identity_and_admin_toml(),
-    )
-}
-
-const MEMORY: &str = "[store]\nkind = \"memory\"\n";
 
 fn slack_channel(url: &str) -> String {
     format!(
@@ -131,41 +74,6 @@ async fn open_ticket(gw: &Gateway, path: &str) -> String {
 
 // === Slack callbacks ===
 
-fn slack_callback(user: &str, action: &str, ticket: &str, response_url: &str) -> String {
-    let payload = json!({
-        "type": "block_actions",
-        "user": { "id": user, "username": "someone" },
-        "actions": [{ "action_id": action, "block_id": "jitgate", "value": ticket, "type": "button" }],
-        "response_url": response_url,
-    })
-    .to_string();
-    let encoded: String = payload
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            b' ' => "+".to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect();
-    format!("payload={encoded}")
-}
-
-fn slack_sign(secret: &str, ts: &str, body: &str) -> String {
-    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
-    let tag = ring::hmac::sign(&key, format!("v0:{ts}:{body}").as_bytes());
-    let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    format!("v0={hex}")
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
 async fn post_slack_raw(gw: &Gateway, body: &str, headers: &[(&str, &str)]) -> Response {
     let mut h = vec![("content-type", "application/x-www-form-urlencoded")];
     h.extend_from_slice(headers);
@@ -213,6 +121,7 @@ async fn slack_callback_cannot_decide_tickets_of_routes_that_keep_chat_out() {
     let cfg = config(
         MEMORY,
         "",
+        "200ms",
         &slack_channel(&slack.url()),
         "chat_approval = false",
         &origin.url(),
@@ -270,7 +179,14 @@ async fn slack_callbacks_decide_only_by_the_api_rules_with_a_valid_signature() {
         slack_channel(&slack.url()),
         slack.url()
     );
-    let cfg = config(MEMORY, "", &notify, "ticket_ttl = \"3s\"", &origin.url());
+    let cfg = config(
+        MEMORY,
+        "",
+        "200ms",
+        &notify,
+        "ticket_ttl = \"3s\"",
+        &origin.url(),
+    );
     let gw = Gateway::builder(&cfg)
         .env("SLACK_SIGNING", SLACK_SECRET)
         .start();
@@ -414,6 +330,7 @@ async fn slow_unsigned_slack_callbacks_do_not_lock_approvers_out() {
     let cfg = config(
         MEMORY,
         "header_read_timeout = \"1s\"",
+        "200ms",
         &slack_channel(&slack.url()),
         "",
         &origin.url(),
@@ -449,83 +366,6 @@ async fn slow_unsigned_slack_callbacks_do_not_lock_approvers_out() {
 
 // === the event stream ===
 
-/// Opens `GET /v1/events` as `user` and returns the connection.
-async fn open_stream(gw: &Gateway, user: &str, last_id: Option<u64>) -> TcpStream {
-    let mut s = TcpStream::connect(gw.admin_addr()).await.unwrap();
-    let last = last_id
-        .map(|id| format!("Last-Event-ID: {id}\r\n"))
-        .unwrap_or_default();
-    let req = format!(
-        "GET /v1/events HTTP/1.1\r\nHost: admin\r\nAuthorization: {}\r\nAccept: text/event-stream\r\n{last}\r\n",
-        bearer_of(user)
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    s
-}
-
-/// Reads from a stream until `needle` has appeared `n` times (and its event ended).
-async fn read_until(s: &mut TcpStream, seen: &mut String, needle: &str, n: usize) {
-    let deadline = tokio::time::Instant::now() + SOON;
-    let mut buf = [0u8; 8192];
-    let complete = |seen: &str| {
-        seen.match_indices(needle)
-            .nth(n - 1)
-            .is_some_and(|(i, _)| seen[i..].contains("\n\n"))
-    };
-    while !complete(seen) {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        assert!(!left.is_zero(), "`{needle}` x{n} not seen in:\n{seen}");
-        if let Ok(Ok(k)) = tokio::time::timeout(left, s.read(&mut buf)).await {
-            assert!(k > 0, "stream closed; read:\n{seen}");
-            seen.push_str(&String::from_utf8_lossy(&buf[..k]));
-        }
-    }
-}
-
-/// Reads whatever arrives within `d`; whether the stream ended (the connection closed, or
-/// the chunked body's last chunk arrived).
-async fn read_for(s: &mut TcpStream, seen: &mut String, d: Duration) -> bool {
-    let deadline = tokio::time::Instant::now() + d;
-    let mut buf = [0u8; 8192];
-    loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        if left.is_zero() {
-            return false;
-        }
-        match tokio::time::timeout(left, s.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return true,
-            Ok(Ok(k)) => {
-                seen.push_str(&String::from_utf8_lossy(&buf[..k]));
-                if seen.ends_with("\r\n0\r\n\r\n") {
-                    return true;
-                }
-            }
-            Err(_) => return false,
-        }
-    }
-}
-
-/// `(id, event, data)` of every SSE event in what was read.
-fn sse_events(seen: &str) -> Vec<(u64, String, Value)> {
-    seen.split("\n\n")
-        .filter_map(|block| {
-            let mut id = None;
-            let mut name = None;
-            let mut data = None;
-            for line in block.lines() {
-                if let Some(v) = line.strip_prefix("id: ") {
-                    id = v.trim().parse::<u64>().ok();
-                } else if let Some(v) = line.strip_prefix("event: ") {
-                    name = Some(v.trim().to_string());
-                } else if let Some(v) = line.strip_prefix("data: ") {
-                    data = serde_json::from_str::<Value>(v).ok();
-                }
-            }
-            Some((id?, name?, data?))
-        })
-        .collect()
-}
-
 /// What held: a stream shows only what its caller may see, also when it replays history
 /// from `Last-Event-ID: 0` (other requesters' tickets, anonymous ones, routes the caller
 /// does not approve); client-controlled text (body preview, reason) cannot add SSE lines;
@@ -539,7 +379,7 @@ async fn streams_and_messages_carry_only_visible_and_inert_data() {
         slack_channel(&hooks.url()),
         hooks.url()
     );
-    let cfg = config(MEMORY, "", &notify, "", &origin.url());
+    let cfg = config(MEMORY, "", "200ms", &notify, "", &origin.url());
     let gw = Gateway::builder(&cfg)
         .env("SLACK_SIGNING", SLACK_SECRET)
         .start();
@@ -651,7 +491,7 @@ async fn streams_and_messages_carry_only_visible_and_inert_data() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn event_stream_ends_when_its_token_is_withdrawn() {
     let origin = Origin::start();
-    let cfg = config(MEMORY, "", "", "", &origin.url());
+    let cfg = config(MEMORY, "", "200ms", "", "", &origin.url());
     let gw = Gateway::start(&cfg);
     let mut alice = open_stream(&gw, "alice", None).await;
     let mut seen = String::new();
@@ -687,7 +527,7 @@ async fn resumed_stream_sends_every_visible_event_after_last_event_id() {
     let origin = Origin::start();
     // A shadow route: every GET /ping/x records a `shadow.matched` event nobody is shown.
     let shadow = "[[routes]]\nname = \"watch\"\nmethods = [\"GET\"]\npath = \"/ping/**\"\naction = \"deny\"\nenforce = false\n";
-    let cfg = config(MEMORY, "", shadow, "", &origin.url());
+    let cfg = config(MEMORY, "", "200ms", shadow, "", &origin.url());
     let gw = Gateway::start(&cfg);
     let mut alice = open_stream(&gw, "alice", None).await;
     let mut seen = String::new();
@@ -751,7 +591,7 @@ async fn event_streams_keep_flowing_after_the_redis_trail_restarts() {
     let redis = RedisServer::start();
     let origin = Origin::start();
     let store = format!("[store]\nkind = \"redis\"\nurl = \"{}\"\n", redis.url());
-    let cfg = config(&store, "", "", "", &origin.url());
+    let cfg = config(&store, "", "200ms", "", "", &origin.url());
     let gw = Gateway::start(&cfg);
     let deadline = tokio::time::Instant::now() + SOON;
     while send("GET", &gw.admin("/readyz"), &[], "").await.json()["store"]["status"] != "ok" {
@@ -802,7 +642,14 @@ async fn event_streams_keep_flowing_after_the_redis_trail_restarts() {
 async fn slack_callback_answers_promptly_whatever_response_url_does() {
     let origin = Origin::start();
     let slack = HookReceiver::start(0);
-    let cfg = config(MEMORY, "", &slack_channel(&slack.url()), "", &origin.url());
+    let cfg = config(
+        MEMORY,
+        "",
+        "200ms",
+        &slack_channel(&slack.url()),
+        "",
+        &origin.url(),
+    );
     let gw = Gateway::builder(&cfg)
         .env("SLACK_SIGNING", SLACK_SECRET)
         .start();
@@ -866,7 +713,7 @@ async fn a_hung_webhook_does_not_hold_back_other_channels() {
         slack_channel(&slack.url()),
         hung.local_addr().unwrap()
     );
-    let cfg = config(MEMORY, "", &notify, "", &origin.url());
+    let cfg = config(MEMORY, "", "200ms", &notify, "", &origin.url());
     let gw = Gateway::builder(&cfg)
         .env("SLACK_SIGNING", SLACK_SECRET)
         .env("HOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")

@@ -10,6 +10,7 @@ pub mod approval;
 pub mod client;
 pub mod gateway;
 pub mod hooks;
+pub mod notify;
 pub mod origin;
 pub mod raw_origin;
 pub mod redteam;
