@@ -31,8 +31,10 @@ use crate::problem::{json_response, Fault, Problem};
 use crate::state::{Applied, Rejected, Shared, Snapshot, SourceRefused, Trigger};
 use crate::ui;
 
-/// The OpenAPI 3 document of this plane, served at `/v1/openapi.json`.
-pub const OPENAPI: &str = include_str!("openapi.json");
+/// The OpenAPI 3.1 document of this plane, served at `/v1/openapi.json`: generated from the
+/// contract types once ([`crate::openapi`]).
+pub static OPENAPI: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(crate::openapi::document);
 
 /// Every (method, path template) the admin plane serves; `tests` check the OpenAPI document
 /// against it.
@@ -171,7 +173,7 @@ impl Api<'_> {
         match (routed, segments.as_slice()) {
             (&Method::GET, ["v1", "openapi.json"]) => {
                 let mut resp =
-                    Response::new(ProxyBody::full(Bytes::from_static(OPENAPI.as_bytes())));
+                    Response::new(ProxyBody::full(Bytes::from(OPENAPI.as_str().to_owned())));
                 resp.headers_mut().insert(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("application/json"),
