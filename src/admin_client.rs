@@ -18,9 +18,15 @@ use http_body_util::{BodyExt as _, Full, Limited};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use serde_json::Value;
 
+use jitgate_gateway::contract::{
+    ApproveRequest, DecideRequest, DecideResult, DenyRequest, Problem, TicketList,
+};
 use jitgate_gateway::state::load_table;
+use jitgate_rules::{Status, Ticket};
 
 use crate::cli::fail;
 
@@ -117,7 +123,7 @@ impl std::fmt::Display for AdminUrl {
 }
 
 /// `http://host:port[/prefix]`; a bare `host:port` means `http://host:port`.
-fn parse_admin_url(s: &str) -> Result<AdminUrl, String> {
+pub(crate) fn parse_admin_url(s: &str) -> Result<AdminUrl, String> {
     let s = s.trim();
     let full = if s.contains("://") {
         s.to_string()
@@ -194,16 +200,40 @@ fn admin_url(flag: Option<AdminUrl>, config: Option<&Path>) -> Result<AdminUrl, 
 
 // === the HTTP client ===
 
+/// [`jitgate_gateway::contract::AuditPage`] with its events as written (see
+/// [`AdminApi::audit_page`]).
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct RawAuditPage {
+    /// The events, undecoded.
+    pub(crate) events: Vec<Value>,
+    /// Where the next page starts; `None` at the end of the chain.
+    #[serde(default)]
+    pub(crate) next_cursor: Option<String>,
+}
+
+/// Why a typed call brought back no answer of its type.
+pub(crate) enum ClientError {
+    /// The admin API refused: its status and the one-line reason (exit 1).
+    Refused(StatusCode, String),
+    /// No proper answer: unreachable, timed out, or not the contract's type (exit 3).
+    Unreachable(String),
+}
+
+impl ClientError {
+    /// Says why on stderr and gives the exit code.
+    pub(crate) fn exit(self) -> ExitCode {
+        match self {
+            ClientError::Refused(_, r) => refused(&r),
+            ClientError::Unreachable(r) => unreachable(&r),
+        }
+    }
+}
+
 /// An answer from the admin API.
 pub(crate) struct Answer {
     pub(crate) status: StatusCode,
     pub(crate) body: Bytes,
-}
-
-impl Answer {
-    pub(crate) fn json(&self) -> Option<Value> {
-        serde_json::from_slice(&self.body).ok()
-    }
 }
 
 /// The admin API at one base URL, with an optional bearer credential.
@@ -223,7 +253,7 @@ impl AdminApi {
     }
 
     /// One call; `Err` is a one-line reason why no proper answer came back.
-    pub(crate) async fn call(
+    async fn call(
         &self,
         method: Method,
         path_and_query: &str,
@@ -281,6 +311,95 @@ impl AdminApi {
         }
     }
 
+    /// One call answered with the contract type `T` (`what` names it in errors): a non-200
+    /// answer is [`ClientError::Refused`], anything else that is not a `T` is
+    /// [`ClientError::Unreachable`].
+    async fn typed<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<&Value>,
+        what: &str,
+    ) -> Result<T, ClientError> {
+        let answer = self
+            .call(method, path_and_query, body)
+            .await
+            .map_err(ClientError::Unreachable)?;
+        if answer.status != StatusCode::OK {
+            return Err(ClientError::Refused(answer.status, self.refusal(&answer)));
+        }
+        serde_json::from_slice(&answer.body).map_err(|_| {
+            ClientError::Unreachable(format!(
+                "the admin API at {} answered {path_and_query} with something that is not {what}",
+                self.base
+            ))
+        })
+    }
+
+    /// `GET /v1/tickets`.
+    pub(crate) async fn list_tickets(
+        &self,
+        status: Option<Status>,
+        limit: Option<u32>,
+    ) -> Result<TicketList, ClientError> {
+        let mut query = Vec::new();
+        if let Some(s) = status {
+            query.push(format!("status={}", s.as_str()));
+        }
+        if let Some(n) = limit {
+            query.push(format!("limit={n}"));
+        }
+        let path = if query.is_empty() {
+            "/v1/tickets".to_string()
+        } else {
+            format!("/v1/tickets?{}", query.join("&"))
+        };
+        self.typed(Method::GET, &path, None, "a ticket list").await
+    }
+
+    /// `GET /v1/tickets/{id}`; `id` must be a well-formed ticket id.
+    pub(crate) async fn ticket(&self, id: &str) -> Result<Ticket, ClientError> {
+        let path = format!("/v1/tickets/{id}");
+        self.typed(Method::GET, &path, None, "a ticket").await
+    }
+
+    /// `POST /v1/tickets/{id}/approve`.
+    pub(crate) async fn approve(
+        &self,
+        id: &str,
+        body: &ApproveRequest,
+    ) -> Result<Ticket, ClientError> {
+        let path = format!("/v1/tickets/{id}/approve");
+        self.typed(Method::POST, &path, Some(&to_json(body)?), "a ticket")
+            .await
+    }
+
+    /// `POST /v1/tickets/{id}/deny`.
+    pub(crate) async fn deny(&self, id: &str, body: &DenyRequest) -> Result<Ticket, ClientError> {
+        let path = format!("/v1/tickets/{id}/deny");
+        self.typed(Method::POST, &path, Some(&to_json(body)?), "a ticket")
+            .await
+    }
+
+    /// `POST /v1/tickets/decide`.
+    pub(crate) async fn decide(&self, body: &DecideRequest) -> Result<DecideResult, ClientError> {
+        let path = "/v1/tickets/decide";
+        self.typed(Method::POST, path, Some(&to_json(body)?), "a batch result")
+            .await
+    }
+
+    /// `GET /v1/audit?{query}`: one page, its events as written. [`AuditPage`]'s envelope,
+    /// but the events stay raw JSON: the chain is verified over each event exactly as the
+    /// store holds it, so a member that [`jitgate_rules::AuditEvent`] does not know (added by
+    /// whoever tampered with the store) still breaks the hash instead of being dropped by
+    /// decoding, and an event that does not decode is reported at its `seq`.
+    ///
+    /// [`AuditPage`]: jitgate_gateway::contract::AuditPage
+    pub(crate) async fn audit_page(&self, query: &str) -> Result<RawAuditPage, ClientError> {
+        let path = format!("/v1/audit?{query}");
+        self.typed(Method::GET, &path, None, "an audit page").await
+    }
+
     /// The one-line reason for a refused call, with a hint when no token was sent.
     pub(crate) fn refusal(&self, answer: &Answer) -> String {
         let line = problem_line(answer.status, &answer.body);
@@ -290,6 +409,12 @@ impl AdminApi {
             line
         }
     }
+}
+
+/// A request body as JSON.
+fn to_json<T: Serialize>(body: &T) -> Result<Value, ClientError> {
+    serde_json::to_value(body)
+        .map_err(|e| ClientError::Unreachable(format!("cannot write the request: {e}")))
 }
 
 /// The innermost cause (`Connection refused (os error 111)`), which says the most.
@@ -336,8 +461,20 @@ fn problem_line(status: StatusCode, body: &[u8]) -> String {
     }
 }
 
-/// The same line from a problem object (a batch result's `problem`).
-pub(crate) fn problem_value_line(fallback_status: u16, v: &Value) -> String {
+/// The same line from a batch result's `problem`.
+pub(crate) fn problem_body_line(p: &Problem) -> String {
+    let title = Some(clean(&p.title)).filter(|t| !t.is_empty());
+    let detail = Some(clean(&p.detail)).filter(|d| !d.is_empty());
+    match (title, detail) {
+        (Some(t), Some(d)) => format!("{} {t}: {d}", p.status),
+        (Some(t), None) => format!("{} {t}", p.status),
+        (None, Some(d)) => format!("{}: {d}", p.status),
+        (None, None) => format!("{}", p.status),
+    }
+}
+
+/// The same line from a problem object.
+fn problem_value_line(fallback_status: u16, v: &Value) -> String {
     let status = v
         .get("status")
         .and_then(Value::as_u64)
@@ -362,11 +499,11 @@ pub(crate) fn refused(reason: &str) -> ExitCode {
     ExitCode::from(EXIT_REFUSED)
 }
 
-/// Pretty JSON on stdout.
-pub(crate) fn print_json(v: &Value) {
-    match serde_json::to_string_pretty(v) {
+/// Pretty JSON on stdout, members in alphabetical order (as the admin API writes them).
+pub(crate) fn print_json<T: Serialize>(body: &T) {
+    match serde_json::to_value(body).and_then(|v| serde_json::to_string_pretty(&v)) {
         Ok(s) => println!("{s}"),
-        Err(_) => println!("{v}"),
+        Err(e) => eprintln!("jitgate: cannot write the answer as JSON: {e}"),
     }
 }
 
@@ -433,6 +570,37 @@ mod tests {
             "502 Bad Gateway: <html>"
         );
         assert_eq!(problem_line(StatusCode::NOT_FOUND, b""), "404 Not Found");
+    }
+
+    /// The store's chain is verified over events as written: a member the event type does
+    /// not know must reach the chain check, not be dropped by decoding.
+    #[test]
+    fn audit_pages_keep_events_as_written() {
+        let page: RawAuditPage = serde_json::from_str(
+            r#"{"events":[{"seq":1,"added":"by a tamperer"}],"nextCursor":"c1.1"}"#,
+        )
+        .expect("a page");
+        assert_eq!(page.events[0]["added"], "by a tamperer");
+        assert_eq!(page.next_cursor.as_deref(), Some("c1.1"));
+        let last: RawAuditPage = serde_json::from_str(r#"{"events":[]}"#).expect("a page");
+        assert!(last.next_cursor.is_none());
+    }
+
+    /// A batch's refused item reads as the one-line problem, as a refused call does.
+    #[test]
+    fn batch_refusals_are_one_line() {
+        let body = r#"{"results":[{"id":"jit_x","status":404,"problem":{"type":"urn:jitgate:problem:unknown-ticket","title":"Unknown ticket","status":404,"detail":"no such\nticket"}}]}"#;
+        let result: DecideResult = serde_json::from_str(body).expect("a batch result");
+        match &result.results[0] {
+            jitgate_gateway::contract::DecideItem::Refused { id, problem, .. } => {
+                assert_eq!(id, "jit_x");
+                assert_eq!(
+                    problem_body_line(problem),
+                    "404 Unknown ticket: no such\\u{a}ticket"
+                );
+            }
+            jitgate_gateway::contract::DecideItem::Decided { .. } => panic!("not decided"),
+        }
     }
 
     #[test]

@@ -12,13 +12,14 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
-use http::{Method, StatusCode};
 use serde_json::Value;
 
 use jitgate_rules::ticket::{AuditEvent, ChainBreak, ChainCheck};
 use jitgate_rules::Timestamp;
 
-use crate::admin_client::{clean, refused, runtime, unreachable, AdminApi, AdminArgs, EXIT_USAGE};
+use crate::admin_client::{
+    clean, refused, runtime, unreachable, AdminApi, AdminArgs, ClientError, EXIT_USAGE,
+};
 
 /// Events asked for per page of `GET /v1/audit`.
 const PAGE: usize = 1000;
@@ -234,33 +235,15 @@ impl<'a> Pager<'a> {
             if let Some(c) = &self.cursor {
                 query.push(format!("cursor={}", percent_encode(c)));
             }
-            let path = format!("/v1/audit?{}", query.join("&"));
-            let answer = self
-                .admin
-                .call(Method::GET, &path, None)
-                .await
-                .map_err(Stop::Unreachable)?;
-            if answer.status != StatusCode::OK {
-                return Err(Stop::Refused(self.admin.refusal(&answer)));
-            }
-            let bad = |what: &str| {
-                Stop::Unreachable(format!(
-                    "the admin API at {} answered {path} {what}",
-                    self.admin.base
-                ))
+            let page = match self.admin.audit_page(&query.join("&")).await {
+                Ok(p) => p,
+                Err(ClientError::Refused(_, r)) => return Err(Stop::Refused(r)),
+                Err(ClientError::Unreachable(r)) => return Err(Stop::Unreachable(r)),
             };
-            let body = answer
-                .json()
-                .ok_or_else(|| bad("with something that is not JSON"))?;
-            let events = body
-                .get("events")
-                .and_then(Value::as_array)
-                .cloned()
-                .ok_or_else(|| bad("without an `events` list"))?;
-            match body.get("nextCursor") {
-                None | Some(Value::Null) => self.done = true,
-                Some(Value::String(c)) => self.cursor = Some(c.clone()),
-                Some(_) => return Err(bad("with a `nextCursor` that is not a string")),
+            let events = page.events;
+            match page.next_cursor {
+                None => self.done = true,
+                Some(c) => self.cursor = Some(c),
             }
             if !events.is_empty() {
                 self.since = None;

@@ -83,6 +83,8 @@ enum Command {
     Tickets(crate::tickets_cli::TicketsArgs),
     /// Verify the audit hash chain (an [audit] file, or the store's) and export it.
     Audit(crate::audit_cli::AuditArgs),
+    /// Print the admin plane's OpenAPI 3.1 document (as served at /v1/openapi.json).
+    Openapi,
     /// A small echo origin (used by the demo and load tests).
     #[command(hide = true)]
     EchoOrigin {
@@ -98,7 +100,7 @@ pub fn main() -> ExitCode {
     // stay quiet unless asked for.
     let quiet = matches!(
         cli.command,
-        Command::Demo { .. } | Command::Tickets(_) | Command::Audit(_)
+        Command::Demo { .. } | Command::Tickets(_) | Command::Audit(_) | Command::Openapi
     );
     init_logging(if quiet { "error" } else { "info" });
     match cli.command {
@@ -118,6 +120,10 @@ pub fn main() -> ExitCode {
             ttl,
         } => token(&config, admin, &user, &groups, &ttl),
         Command::Tickets(args) => crate::tickets_cli::run(args),
+        Command::Openapi => {
+            println!("{}", jitgate_gateway::openapi::document());
+            ExitCode::SUCCESS
+        }
         Command::Audit(args) => crate::audit_cli::run(args),
         Command::Serve { config } => {
             runtime().map_or(ExitCode::FAILURE, |rt| rt.block_on(serve(&config)))

@@ -7,14 +7,17 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Method, Request};
+use http::{HeaderValue, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
+use jitgate_gateway::contract::{ApproveRequest, DenyRequest};
 use jitgate_gateway::state::load_table;
 use jitgate_gateway::Gateway;
+use jitgate_rules::Status;
 
+use crate::admin_client::{parse_admin_url, AdminApi, ClientError};
 use crate::cli::{announce, fail, shutdown_signal};
 
 /// The shipped example, used when the named file does not exist.
@@ -31,10 +34,10 @@ struct Step {
 
 /// An approver's decision in the walkthrough.
 struct Decide {
-    verb: &'static str,
+    /// Approve (with `text` as the comment) or deny (with `text` as the reason).
+    approve: bool,
     who: &'static str,
     token: &'static str,
-    field: &'static str,
     text: &'static str,
 }
 
@@ -54,17 +57,17 @@ const STEPS: &[Step] = &[
     Step {
         what: "A production deploy needs approval: bob's request is held as a ticket while alice (oncall) approves it; then it is released to the upstream once, carrying a signed Jit-Approval token.",
         method: Method::POST, target: "/v1/deployments/prod/web", headers: BOB,
-        decide: Some(Decide { verb: "approve", who: "alice", token: "demo-alice-token", field: "comment", text: "ship it" }),
+        decide: Some(Decide { approve: true, who: "alice", token: "demo-alice-token", text: "ship it" }),
     },
     Step {
         what: "The same kind of request, denied by carol: the held request gets the route's error with her reason.",
         method: Method::POST, target: "/v1/deployments/prod/api", headers: BOB,
-        decide: Some(Decide { verb: "deny", who: "carol", token: "demo-carol-token", field: "reason", text: "change freeze until Monday" }),
+        decide: Some(Decide { approve: false, who: "carol", token: "demo-carol-token", text: "change freeze until Monday" }),
     },
     Step {
         what: "A method-override header counts as the method: this GET asks for DELETE, so it is held for approval too (and denied here).",
         method: Method::GET, target: "/v1/deployments/prod/web", headers: &[("x-http-method-override", "DELETE"), ("x-user", "bob")],
-        decide: Some(Decide { verb: "deny", who: "alice", token: "demo-alice-token", field: "reason", text: "no deletes today" }),
+        decide: Some(Decide { approve: false, who: "alice", token: "demo-alice-token", text: "no deletes today" }),
     },
 ];
 
@@ -128,7 +131,7 @@ pub async fn run(config: &Path, once: bool) -> ExitCode {
                     let data = data.clone();
                     async move { send(&client, &data, step).await }
                 });
-                if let Err(e) = decide_held(&client, &admin, decide).await {
+                if let Err(e) = decide_held(&admin, decide).await {
                     println!("   (decision failed: {e})");
                 }
                 held.await.unwrap_or_else(|e| Err(e.to_string()))
@@ -220,24 +223,23 @@ async fn send(
     exchange(client, req).await
 }
 
-/// Waits for the held request's ticket, shows it, and decides it as the step says.
-async fn decide_held(
-    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
-    admin: &str,
-    decide: &Decide,
-) -> Result<(), String> {
+/// Waits for the held request's ticket, shows it, and decides it as the step says, through
+/// the CLI's typed admin client.
+async fn decide_held(admin: &str, decide: &Decide) -> Result<(), String> {
+    let base = parse_admin_url(admin)?;
+    let auth = HeaderValue::from_str(&format!("Bearer {}", decide.token))
+        .map_err(|e| format!("bad demo token: {e}"))?;
+    let api = AdminApi::new(base, Some(auth));
+    let reason = |e: ClientError| match e {
+        ClientError::Refused(_, r) | ClientError::Unreachable(r) => r,
+    };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let ticket = loop {
-        let (_, body) = call(
-            client,
-            Method::GET,
-            &format!("{admin}/v1/tickets?status=PENDING"),
-            decide.token,
-            None,
-        )
-        .await?;
-        let list: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
-        if let Some(t) = list["tickets"].as_array().and_then(|t| t.first()).cloned() {
+        let list = api
+            .list_tickets(Some(Status::Pending), None)
+            .await
+            .map_err(reason)?;
+        if let Some(t) = list.tickets.into_iter().next() {
             break t;
         }
         if tokio::time::Instant::now() >= deadline {
@@ -245,7 +247,7 @@ async fn decide_held(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let id = ticket["id"].as_str().unwrap_or_default().to_string();
+    let id = ticket.id.to_string();
     println!("   ... held. {} sees the pending ticket:", decide.who);
     println!(
         "   $ curl -H 'Authorization: Bearer {}' '{admin}/v1/tickets?status=PENDING'",
@@ -253,52 +255,42 @@ async fn decide_held(
     );
     println!(
         "   {id}: {} {}{} by {} (reason: {}), needs {} approval(s) from {}",
-        ticket["request"]["method"].as_str().unwrap_or("?"),
-        ticket["request"]["host"].as_str().unwrap_or("?"),
-        ticket["request"]["path"].as_str().unwrap_or("?"),
-        ticket["requester"]["user"].as_str().unwrap_or("anonymous"),
-        ticket["reason"].as_str().unwrap_or("-"),
-        ticket["quorum"],
-        ticket["approvers"],
+        ticket.request.method,
+        ticket.request.host,
+        ticket.request.path,
+        ticket.requester.user.as_deref().unwrap_or("anonymous"),
+        ticket.reason.as_deref().unwrap_or("-"),
+        ticket.quorum,
+        serde_json::to_string(&ticket.approvers).unwrap_or_default(),
     );
-    let body = serde_json::json!({ decide.field: decide.text }).to_string();
+    let text = Some(decide.text.to_string());
+    let body = if decide.approve {
+        serde_json::to_string(&ApproveRequest {
+            comment: text.clone(),
+        })
+    } else {
+        serde_json::to_string(&DenyRequest {
+            reason: text.clone(),
+        })
+    }
+    .unwrap_or_default();
+    let verb = if decide.approve { "approve" } else { "deny" };
     println!(
-        "   $ curl -X POST -H 'Authorization: Bearer {}' '{admin}/v1/tickets/{id}/{}' -d '{body}'",
-        decide.token, decide.verb
+        "   $ curl -X POST -H 'Authorization: Bearer {}' '{admin}/v1/tickets/{id}/{verb}' -d '{body}'",
+        decide.token
     );
-    let (status, answer) = call(
-        client,
-        Method::POST,
-        &format!("{admin}/v1/tickets/{id}/{}", decide.verb),
-        decide.token,
-        Some(body),
-    )
-    .await?;
-    let v: serde_json::Value = serde_json::from_str(&answer).unwrap_or_default();
-    println!(
-        "   -> {status}: ticket {}",
-        v["status"].as_str().unwrap_or("?")
-    );
+    let answer = if decide.approve {
+        api.approve(&id, &ApproveRequest { comment: text }).await
+    } else {
+        api.deny(&id, &DenyRequest { reason: text }).await
+    };
+    match answer {
+        Ok(t) => println!("   -> {}: ticket {}", StatusCode::OK, t.status),
+        Err(ClientError::Refused(status, _)) => println!("   -> {status}: ticket ?"),
+        Err(ClientError::Unreachable(r)) => return Err(r),
+    }
     println!("   The held request answers:");
     Ok(())
-}
-
-/// One admin-API call with a bearer token.
-async fn call(
-    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
-    method: Method,
-    url: &str,
-    token: &str,
-    body: Option<String>,
-) -> Result<(http::StatusCode, String), String> {
-    let req = Request::builder()
-        .method(method)
-        .uri(url)
-        .header("authorization", format!("Bearer {token}"))
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.unwrap_or_default())))
-        .map_err(|e| e.to_string())?;
-    exchange(client, req).await
 }
 
 /// Sends `req` (10 s limit) and reads the whole answer as text.

@@ -11,13 +11,12 @@ use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Subcommand};
-use http::{Method, StatusCode};
-use serde_json::{json, Value};
-
-use jitgate_rules::{Status, TicketId, Timestamp};
+use jitgate_gateway::contract::{ApproveRequest, DecideItem, DecideRequest, Decision, DenyRequest};
+use jitgate_rules::ticket::Vote;
+use jitgate_rules::{Mode, Status, Ticket, TicketId, Timestamp};
 
 use crate::admin_client::{
-    clean, clip, print_json, problem_value_line, refused, runtime, unreachable, AdminApi, AdminArgs,
+    clean, clip, print_json, problem_body_line, refused, runtime, AdminApi, AdminArgs, ClientError,
 };
 
 /// Widest REQUEST column in `list`.
@@ -137,41 +136,15 @@ async fn list(
     limit: Option<u32>,
     as_json: bool,
 ) -> ExitCode {
-    let mut query = Vec::new();
-    if let Some(s) = status.0 {
-        query.push(format!("status={}", s.as_str()));
-    }
-    if let Some(n) = limit {
-        query.push(format!("limit={n}"));
-    }
-    let path = if query.is_empty() {
-        "/v1/tickets".to_string()
-    } else {
-        format!("/v1/tickets?{}", query.join("&"))
-    };
-    let answer = match admin.call(Method::GET, &path, None).await {
-        Ok(a) => a,
-        Err(e) => return unreachable(&e),
-    };
-    if answer.status != StatusCode::OK {
-        return refused(&admin.refusal(&answer));
-    }
-    let Some(v) = answer.json() else {
-        return unreachable(&format!(
-            "the admin API at {} answered {path} with something that is not JSON",
-            admin.base
-        ));
+    let list = match admin.list_tickets(status.0, limit).await {
+        Ok(l) => l,
+        Err(e) => return e.exit(),
     };
     if as_json {
-        print_json(&v);
+        print_json(&list);
         return ExitCode::SUCCESS;
     }
-    let Some(tickets) = v.get("tickets").and_then(Value::as_array) else {
-        return unreachable(&format!(
-            "the admin API at {} answered {path} without a `tickets` list",
-            admin.base
-        ));
-    };
+    let tickets = list.tickets;
     if tickets.is_empty() {
         match status.0 {
             Some(s) => println!("no {s} tickets"),
@@ -191,18 +164,18 @@ async fn list(
         "APPROVALS",
     ]
     .map(String::from)];
-    for t in tickets {
+    for t in &tickets {
         let request = clip(&request_summary(t), REQUEST_COLUMN);
-        let age = time_of(t, "createdAt").map_or_else(|| "-".to_string(), |c| ago(now, c));
-        let expires = if str_of(t, "status") == "PENDING" {
-            time_of(t, "expiresAt").map_or_else(|| "-".to_string(), |e| until(now, e))
+        let age = ago(now, t.created_at);
+        let expires = if t.status == Status::Pending {
+            until(now, t.expires_at)
         } else {
             "-".to_string()
         };
         rows.push([
-            str_of(t, "id"),
-            str_of(t, "status"),
-            str_of(t, "route"),
+            clean(t.id.as_str()),
+            t.status.to_string(),
+            clean(&t.route),
             requester_user(t),
             request,
             age,
@@ -241,19 +214,10 @@ fn table<const N: usize>(rows: &[[String; N]]) -> String {
 // === show ===
 
 async fn show(admin: &AdminApi, id: &str, as_json: bool) -> ExitCode {
-    let path = format!("/v1/tickets/{id}");
-    let answer = match admin.call(Method::GET, &path, None).await {
-        Ok(a) => a,
-        Err(e) => return unreachable(&e),
-    };
-    if answer.status != StatusCode::OK {
-        return refused(&format!("{id}: {}", admin.refusal(&answer)));
-    }
-    let Some(t) = answer.json().filter(Value::is_object) else {
-        return unreachable(&format!(
-            "the admin API at {} answered {path} with something that is not a ticket",
-            admin.base
-        ));
+    let t = match admin.ticket(id).await {
+        Ok(t) => t,
+        Err(ClientError::Refused(_, reason)) => return refused(&format!("{id}: {reason}")),
+        Err(e) => return e.exit(),
     };
     if as_json {
         print_json(&t);
@@ -264,43 +228,37 @@ async fn show(admin: &AdminApi, id: &str, as_json: bool) -> ExitCode {
 }
 
 /// The human-readable view of one ticket.
-fn detail(t: &Value, now: u64) -> String {
+fn detail(t: &Ticket, now: u64) -> String {
     let mut out = String::new();
     let mut field = |label: &str, value: String| {
         out.push_str(&format!("{label:<11}{value}\n"));
     };
-    field("ticket", str_of(t, "id"));
-    field("status", str_of(t, "status"));
-    let mode = str_of(t, "mode");
-    field(
-        "route",
-        if mode.is_empty() {
-            str_of(t, "route")
-        } else {
-            format!("{} ({mode})", str_of(t, "route"))
-        },
-    );
-    let req = t.get("request").unwrap_or(&Value::Null);
-    let query = str_of(req, "query");
-    let query = if query.is_empty() {
+    field("ticket", clean(t.id.as_str()));
+    field("status", t.status.to_string());
+    let mode = match t.mode {
+        Mode::Action => "action",
+        Mode::Access => "access",
+    };
+    field("route", format!("{} ({mode})", clean(&t.route)));
+    let req = &t.request;
+    let query = if req.query.is_empty() {
         String::new()
     } else {
-        format!("?{query}")
+        format!("?{}", clean(&req.query))
     };
     field(
         "request",
-        format!("{} {}{query}", str_of(req, "method"), str_of(req, "path")),
+        format!("{} {}{query}", clean(&req.method), clean(&req.path)),
     );
-    let host = str_of(req, "host");
     field(
         "host",
-        if host.is_empty() {
+        if req.host.is_empty() {
             "(none)".to_string()
         } else {
-            host
+            clean(&req.host)
         },
     );
-    let groups = strings(t.get("requester").and_then(|r| r.get("groups")));
+    let groups = strings(&t.requester.groups);
     field(
         "requester",
         if groups.is_empty() {
@@ -309,7 +267,7 @@ fn detail(t: &Value, now: u64) -> String {
             format!("{} (groups: {})", requester_user(t), groups.join(", "))
         },
     );
-    let reason = str_of(t, "reason");
+    let reason = t.reason.as_deref().map(clean).unwrap_or_default();
     field(
         "reason",
         if reason.is_empty() {
@@ -318,24 +276,25 @@ fn detail(t: &Value, now: u64) -> String {
             reason
         },
     );
-    if let Some(c) = time_of(t, "createdAt") {
-        field("created", format!("{c} ({})", ago(now, c)));
+    field(
+        "created",
+        format!("{} ({})", t.created_at, ago(now, t.created_at)),
+    );
+    if t.status == Status::Pending {
+        field(
+            "expires",
+            format!("{} ({})", t.expires_at, until(now, t.expires_at)),
+        );
     }
-    let status = str_of(t, "status");
-    if status == "PENDING" {
-        if let Some(e) = time_of(t, "expiresAt") {
-            field("expires", format!("{e} ({})", until(now, e)));
-        }
-    }
-    if let Some(d) = time_of(t, "decidedAt") {
+    if let Some(d) = t.decided_at {
         field("decided", format!("{d} ({})", ago(now, d)));
     }
-    if status == "APPROVED" {
-        if let Some(r) = time_of(t, "redeemBy") {
+    if t.status == Status::Approved {
+        if let Some(r) = t.redeem_by {
             field("redeem by", format!("{r} ({})", until(now, r)));
         }
     }
-    let approvers = strings(t.get("approvers"));
+    let approvers = strings(&t.approvers);
     field(
         "approvals",
         if approvers.is_empty() {
@@ -344,76 +303,46 @@ fn detail(t: &Value, now: u64) -> String {
             format!("{} (approvers: {})", votes(t), approvers.join(", "))
         },
     );
-    for v in t
-        .get("approvals")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
+    for v in &t.approvals {
         out.push_str(&format!("  + {}\n", vote_line(v)));
     }
-    for v in t
-        .get("denials")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
+    for v in &t.denials {
         out.push_str(&format!("  - denied by {}\n", vote_line(v)));
     }
-    let sha = str_of(req, "bodySha256");
-    let preview = req.get("bodyPreview").and_then(Value::as_str).unwrap_or("");
-    if preview.is_empty() {
+    if req.body_preview.is_empty() {
         out.push_str(&format!("{:<11}(empty)\n", "body"));
     } else {
-        out.push_str(&format!("{:<11}sha256 {sha}\n", "body"));
-        for line in preview.lines() {
+        out.push_str(&format!(
+            "{:<11}sha256 {}\n",
+            "body",
+            clean(&req.body_sha256)
+        ));
+        for line in req.body_preview.lines() {
             out.push_str(&format!("  {}\n", clean(line)));
         }
     }
-    let headers = header_pairs(req.get("headers"));
-    if !headers.is_empty() {
+    if !req.headers.is_empty() {
         out.push_str("headers\n");
-        for (name, value) in headers {
-            out.push_str(&format!("  {name}: {value}\n"));
+        for (name, value) in &req.headers {
+            out.push_str(&format!("  {}: {}\n", clean(name), clean(value)));
         }
     }
     out
 }
 
 /// `alice (oncall), 2026-11-22T10:31:00Z: "ship it"`
-fn vote_line(v: &Value) -> String {
-    let groups = strings(v.get("groups"));
-    let mut line = str_of(v, "by");
+fn vote_line(v: &Vote) -> String {
+    let groups = strings(&v.groups);
+    let mut line = clean(&v.by);
     if !groups.is_empty() {
         line.push_str(&format!(" ({})", groups.join(", ")));
     }
-    let at = str_of(v, "at");
-    if !at.is_empty() {
-        line.push_str(&format!(", {at}"));
-    }
-    let comment = str_of(v, "comment");
+    line.push_str(&format!(", {}", v.at));
+    let comment = v.comment.as_deref().map(clean).unwrap_or_default();
     if !comment.is_empty() {
         line.push_str(&format!(": {comment:?}"));
     }
     line
-}
-
-/// `[["name","value"], ...]` (or an object) as cleaned pairs.
-fn header_pairs(v: Option<&Value>) -> Vec<(String, String)> {
-    match v {
-        Some(Value::Array(items)) => items
-            .iter()
-            .filter_map(|pair| match pair.as_array().map(Vec::as_slice) {
-                Some([Value::String(n), Value::String(v)]) => Some((clean(n), clean(v))),
-                _ => None,
-            })
-            .collect(),
-        Some(Value::Object(map)) => map
-            .iter()
-            .map(|(n, v)| (clean(n), clean(v.as_str().unwrap_or_default())))
-            .collect(),
-        _ => Vec::new(),
-    }
 }
 
 // === approve / deny ===
@@ -421,7 +350,7 @@ fn header_pairs(v: Option<&Value>) -> Vec<(String, String)> {
 /// What happened to one ticket of a decision.
 enum Outcome {
     /// Recorded; the ticket as it is now.
-    Decided(Value),
+    Decided(Box<Ticket>),
     /// Refused, with the one-line reason.
     Refused(String),
 }
@@ -435,71 +364,44 @@ async fn decide(
     // The same id twice would only be refused the second time.
     let mut seen = std::collections::HashSet::new();
     ids.retain(|id| seen.insert(id.clone()));
-    let (verb, text_key) = if approve {
-        ("approve", "comment")
-    } else {
-        ("deny", "reason")
-    };
-    let mut body = serde_json::Map::new();
-    if let Some(t) = text.filter(|t| !t.trim().is_empty()) {
-        body.insert(text_key.to_string(), Value::String(t));
-    }
+    let text = text.filter(|t| !t.trim().is_empty());
     let outcomes: Vec<(String, Outcome)> = if let [id] = ids.as_slice() {
-        let path = format!("/v1/tickets/{id}/{verb}");
-        let answer = match admin
-            .call(Method::POST, &path, Some(&Value::Object(body)))
-            .await
-        {
-            Ok(a) => a,
-            Err(e) => return unreachable(&e),
+        let answer = if approve {
+            let body = ApproveRequest { comment: text };
+            admin.approve(id, &body).await
+        } else {
+            let body = DenyRequest { reason: text };
+            admin.deny(id, &body).await
         };
-        let outcome = match answer.json() {
-            Some(t) if answer.status == StatusCode::OK && t.is_object() => Outcome::Decided(t),
-            _ if answer.status == StatusCode::OK => {
-                return unreachable(&format!(
-                    "the admin API at {} answered {path} with something that is not a ticket",
-                    admin.base
-                ))
-            }
-            _ => Outcome::Refused(admin.refusal(&answer)),
+        let outcome = match answer {
+            Ok(t) => Outcome::Decided(Box::new(t)),
+            Err(ClientError::Refused(_, reason)) => Outcome::Refused(reason),
+            Err(e) => return e.exit(),
         };
         vec![(id.clone(), outcome)]
     } else {
-        body.insert("ids".to_string(), json!(ids));
-        body.insert("decision".to_string(), json!(verb));
-        let path = "/v1/tickets/decide";
-        let answer = match admin
-            .call(Method::POST, path, Some(&Value::Object(body)))
-            .await
-        {
-            Ok(a) => a,
-            Err(e) => return unreachable(&e),
+        let (decision, comment, reason) = if approve {
+            (Decision::Approve, text, None)
+        } else {
+            (Decision::Deny, None, text)
         };
-        if answer.status != StatusCode::OK {
-            return refused(&admin.refusal(&answer));
-        }
-        let Some(results) = answer
-            .json()
-            .and_then(|v| v.get("results").and_then(Value::as_array).cloned())
-        else {
-            return unreachable(&format!(
-                "the admin API at {} answered {path} without a `results` list",
-                admin.base
-            ));
+        let body = DecideRequest {
+            ids: ids.clone(),
+            decision,
+            comment,
+            reason,
+        };
+        let results = match admin.decide(&body).await {
+            Ok(r) => r.results,
+            Err(e) => return e.exit(),
         };
         let mut outcomes: Vec<(String, Outcome)> = results
             .into_iter()
-            .map(|r| {
-                let id = str_of(&r, "id");
-                let status = r.get("status").and_then(Value::as_u64).unwrap_or(0);
-                let outcome = match r.get("ticket") {
-                    Some(t) if status == 200 && t.is_object() => Outcome::Decided(t.clone()),
-                    _ => Outcome::Refused(match r.get("problem") {
-                        Some(p) => problem_value_line(u16::try_from(status).unwrap_or(0), p),
-                        None => format!("{status} (no reason given)"),
-                    }),
-                };
-                (id, outcome)
+            .map(|r| match r {
+                DecideItem::Decided { id, ticket, .. } => (clean(&id), Outcome::Decided(ticket)),
+                DecideItem::Refused { id, problem, .. } => {
+                    (clean(&id), Outcome::Refused(problem_body_line(&problem)))
+                }
             })
             .collect();
         // Every id asked for must be accounted for.
@@ -517,11 +419,10 @@ async fn decide(
     for (id, outcome) in &outcomes {
         match outcome {
             Outcome::Decided(t) => {
-                let status = str_of(t, "status");
-                if status == "DENIED" {
-                    println!("{id}: {status}");
+                if t.status == Status::Denied {
+                    println!("{id}: {}", t.status);
                 } else {
-                    println!("{id}: {status} ({})", votes(t));
+                    println!("{id}: {} ({})", t.status, votes(t));
                 }
             }
             Outcome::Refused(reason) => {
@@ -543,33 +444,12 @@ async fn decide(
 
 // === ticket fields ===
 
-/// A string member, cleaned for the terminal; empty when absent.
-fn str_of(v: &Value, key: &str) -> String {
-    v.get(key)
-        .and_then(Value::as_str)
-        .map(clean)
-        .unwrap_or_default()
+fn strings(v: &[String]) -> Vec<String> {
+    v.iter().map(|s| clean(s)).collect()
 }
 
-fn strings(v: Option<&Value>) -> Vec<String> {
-    v.and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_str).map(clean).collect())
-        .unwrap_or_default()
-}
-
-fn time_of(v: &Value, key: &str) -> Option<Timestamp> {
-    v.get(key)
-        .and_then(Value::as_str)
-        .and_then(|s| Timestamp::parse_rfc3339(s).ok())
-}
-
-fn requester_user(t: &Value) -> String {
-    let user = t
-        .get("requester")
-        .and_then(|r| r.get("user"))
-        .and_then(Value::as_str)
-        .map(clean)
-        .unwrap_or_default();
+fn requester_user(t: &Ticket) -> String {
+    let user = t.requester.user.as_deref().map(clean).unwrap_or_default();
     if user.is_empty() {
         "anonymous".to_string()
     } else {
@@ -578,33 +458,24 @@ fn requester_user(t: &Value) -> String {
 }
 
 /// `POST api.example.com /v1/deployments?x=1`
-fn request_summary(t: &Value) -> String {
-    let req = t.get("request").unwrap_or(&Value::Null);
-    let query = str_of(req, "query");
-    let mut s = format!("{} ", str_of(req, "method"));
-    let host = str_of(req, "host");
-    if !host.is_empty() {
-        s.push_str(&host);
+fn request_summary(t: &Ticket) -> String {
+    let req = &t.request;
+    let mut s = format!("{} ", clean(&req.method));
+    if !req.host.is_empty() {
+        s.push_str(&clean(&req.host));
         s.push(' ');
     }
-    s.push_str(&str_of(req, "path"));
-    if !query.is_empty() {
+    s.push_str(&clean(&req.path));
+    if !req.query.is_empty() {
         s.push('?');
-        s.push_str(&query);
+        s.push_str(&clean(&req.query));
     }
     s
 }
 
 /// `approvals/quorum`, e.g. `1/2`.
-fn votes(t: &Value) -> String {
-    let n = t
-        .get("approvals")
-        .and_then(Value::as_array)
-        .map_or(0, Vec::len);
-    match t.get("quorum").and_then(Value::as_u64) {
-        Some(q) => format!("{n}/{q}"),
-        None => n.to_string(),
-    }
+fn votes(t: &Ticket) -> String {
+    format!("{}/{}", t.approvals.len(), t.quorum)
 }
 
 fn now_ms() -> u64 {

@@ -14,7 +14,6 @@ use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
-use serde::Deserialize;
 use serde_json::{json, Value};
 
 use jitgate_identity::Identity;
@@ -26,13 +25,19 @@ use jitgate_store::{AuditFilter, StoreError};
 
 use crate::approval::view_paths::JWKS;
 use crate::body::ProxyBody;
+use crate::contract::{
+    ApproveRequest, AuditPage, DecideItem, DecideRequest, DecideResult, Decision, DenyRequest,
+    Health, Jwk, Jwks, Ready, ReloadResult, StoreHealth, TicketList,
+};
 use crate::engine::Engine;
-use crate::problem::{json_response, Fault, Problem};
+use crate::problem::{json_body, Fault, Problem};
 use crate::state::{Applied, Rejected, Shared, Snapshot, SourceRefused, Trigger};
 use crate::ui;
 
-/// The OpenAPI 3 document of this plane, served at `/v1/openapi.json`.
-pub const OPENAPI: &str = include_str!("openapi.json");
+/// The OpenAPI 3.1 document of this plane, served at `/v1/openapi.json`: generated from the
+/// contract types once ([`crate::openapi`]).
+pub static OPENAPI: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(crate::openapi::document);
 
 /// Every (method, path template) the admin plane serves; `tests` check the OpenAPI document
 /// against it.
@@ -85,9 +90,14 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>, tls: bool) -> R
     };
     let get = routed == Method::GET;
     match path.as_str() {
-        "/healthz" if get => return json_response(StatusCode::OK, &json!({ "status": "ok" })),
+        "/healthz" if get => {
+            let health = Health {
+                status: "ok".into(),
+            };
+            return json_body(StatusCode::OK, &health);
+        }
         "/readyz" if get => return readyz(&shared).await,
-        JWKS if get => return json_response(StatusCode::OK, &shared.engine().signer().jwks()),
+        JWKS if get => return json_body(StatusCode::OK, &jwks(&shared)),
         "/healthz" | "/readyz" | JWKS => return not_allowed(&method, &path),
         // Slack cannot send a bearer token: its callbacks are authenticated by their
         // signature instead.
@@ -171,7 +181,7 @@ impl Api<'_> {
         match (routed, segments.as_slice()) {
             (&Method::GET, ["v1", "openapi.json"]) => {
                 let mut resp =
-                    Response::new(ProxyBody::full(Bytes::from_static(OPENAPI.as_bytes())));
+                    Response::new(ProxyBody::full(Bytes::from(OPENAPI.as_str().to_owned())));
                 resp.headers_mut().insert(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("application/json"),
@@ -180,7 +190,7 @@ impl Api<'_> {
             }
             (&Method::GET, ["v1", "admin", "rules"]) => api
                 .operator_only()
-                .unwrap_or_else(|| json_response(StatusCode::OK, &shared.rules_json())),
+                .unwrap_or_else(|| json_body(StatusCode::OK, &shared.rules())),
             (&Method::GET, ["v1", "admin", "rules", "source"]) => api
                 .operator_only()
                 .unwrap_or_else(|| rules_source(shared, req.headers())),
@@ -198,10 +208,7 @@ impl Api<'_> {
                 Err(p) => p.into_response(),
             },
             (&Method::GET, ["v1", "tickets", id]) => match api.ticket(id).await {
-                Ok(t) => json_response(
-                    StatusCode::OK,
-                    &serde_json::to_value(&t).unwrap_or(Value::Null),
-                ),
+                Ok(t) => json_body(StatusCode::OK, &t),
                 Err(p) => p.into_response(),
             },
             (&Method::POST, ["v1", "tickets", id, verb @ ("approve" | "deny")]) => {
@@ -281,15 +288,32 @@ async fn readyz(shared: &Shared) -> Response<ProxyBody> {
         },
         Err(e) => e.to_string(),
     };
-    json_response(
-        StatusCode::OK,
-        &json!({
-            "status": "ready",
-            "version": snap.table.version(),
-            "store": { "kind": engine.store_kind(), "status": store },
-            "held": engine.held_count(),
-        }),
-    )
+    let ready = Ready {
+        status: "ready".into(),
+        version: snap.table.version().to_string(),
+        store: StoreHealth {
+            kind: engine.store_kind().to_string(),
+            status: store,
+        },
+        held: u64::try_from(engine.held_count()).unwrap_or(u64::MAX),
+    };
+    json_body(StatusCode::OK, &ready)
+}
+
+/// `GET /.well-known/jwks.json`: the approval-token signing key (RFC 8037 OKP).
+fn jwks(shared: &Shared) -> Jwks {
+    let engine = shared.engine();
+    let signer = engine.signer();
+    Jwks {
+        keys: vec![Jwk {
+            kty: "OKP".into(),
+            crv: "Ed25519".into(),
+            x: signer.public_key_b64url(),
+            kid: signer.kid().to_string(),
+            alg: "EdDSA".into(),
+            use_: "sig".into(),
+        }],
+    }
 }
 
 async fn reload(shared: &Shared, by: &str) -> Response<ProxyBody> {
@@ -300,14 +324,12 @@ async fn reload(shared: &Shared, by: &str) -> Response<ProxyBody> {
 }
 
 fn applied_response(applied: &Applied) -> Response<ProxyBody> {
-    json_response(
-        StatusCode::OK,
-        &json!({
-            "version": applied.version,
-            "changed": applied.changed,
-            "warnings": applied.warnings,
-        }),
-    )
+    let result = ReloadResult {
+        version: applied.version.clone(),
+        changed: applied.changed,
+        warnings: applied.warnings.clone(),
+    };
+    json_body(StatusCode::OK, &result)
 }
 
 fn invalid_config(shared: &Shared, rejected: Rejected, unchanged: &str) -> Response<ProxyBody> {
@@ -442,36 +464,9 @@ async fn read_json(req: Request<Incoming>) -> Result<Value, Problem> {
     serde_json::from_slice(&bytes).map_err(|e| Problem::bad_request(format!("invalid JSON: {e}")))
 }
 
+/// The contract type `v` is (request bodies refuse unknown members).
 fn parse_body<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, Problem> {
     serde_json::from_value(v).map_err(|e| Problem::bad_request(format!("invalid request: {e}")))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ApproveBody {
-    comment: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DenyBody {
-    reason: Option<String>,
-}
-
-#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-enum Verdict {
-    Approve,
-    Deny,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DecideBody {
-    ids: Vec<String>,
-    decision: Verdict,
-    comment: Option<String>,
-    reason: Option<String>,
 }
 
 fn clip(text: Option<String>) -> Option<String> {
@@ -720,7 +715,7 @@ impl<'a> Api<'a> {
             }
         }
         match self.visible_tickets(status, limit).await {
-            Ok(visible) => json_response(StatusCode::OK, &json!({ "tickets": visible })),
+            Ok(tickets) => json_body(StatusCode::OK, &TicketList { tickets }),
             Err(p) => p.into_response(),
         }
     }
@@ -805,16 +800,13 @@ impl<'a> Api<'a> {
 
     async fn decide_one(&self, raw: &str, approve: bool, body: Value) -> Response<ProxyBody> {
         let text = if approve {
-            parse_body::<ApproveBody>(body).map(|b| b.comment)
+            parse_body::<ApproveRequest>(body).map(|b| b.comment)
         } else {
-            parse_body::<DenyBody>(body).map(|b| b.reason)
+            parse_body::<DenyRequest>(body).map(|b| b.reason)
         };
         match text {
             Ok(text) => match self.decide(raw, approve, text).await {
-                Ok(t) => json_response(
-                    StatusCode::OK,
-                    &serde_json::to_value(&t).unwrap_or(Value::Null),
-                ),
+                Ok(t) => json_body(StatusCode::OK, &t),
                 Err(p) => p.into_response(),
             },
             Err(p) => p.into_response(),
@@ -822,26 +814,34 @@ impl<'a> Api<'a> {
     }
 
     async fn decide_batch(&self, body: Value) -> Response<ProxyBody> {
-        let body: DecideBody = match parse_body(body) {
+        let body: DecideRequest = match parse_body(body) {
             Ok(b) => b,
             Err(p) => return p.into_response(),
         };
-        let approve = body.decision == Verdict::Approve;
+        let approve = body.decision == Decision::Approve;
         let text = if approve { body.comment } else { body.reason };
         let outcomes = match self.decide_many(&body.ids, approve, text).await {
             Ok(o) => o,
             Err(p) => return p.into_response(),
         };
-        let results: Vec<Value> = body
+        let results = body
             .ids
-            .iter()
+            .into_iter()
             .zip(outcomes)
             .map(|(id, outcome)| match outcome {
-                Ok(t) => json!({ "id": id, "status": 200, "ticket": t }),
-                Err(p) => json!({ "id": id, "status": p.status.as_u16(), "problem": p.to_json() }),
+                Ok(t) => DecideItem::Decided {
+                    id,
+                    status: 200,
+                    ticket: Box::new(t),
+                },
+                Err(p) => DecideItem::Refused {
+                    id,
+                    status: p.status.as_u16(),
+                    problem: p.body(),
+                },
             })
             .collect();
-        json_response(StatusCode::OK, &json!({ "results": results }))
+        json_body(StatusCode::OK, &DecideResult { results })
     }
 
     /// Decides each of `ids` in turn, as [`Api::decide`] does one; the outcomes are in the
@@ -1042,11 +1042,11 @@ impl<'a> Api<'a> {
         };
         match store.audit_page(&filter).await {
             Ok(page) => {
-                let mut body = json!({ "events": page.events });
-                if let Some(after) = page.next {
-                    body["nextCursor"] = Value::String(cursor_of(after));
-                }
-                json_response(StatusCode::OK, &body)
+                let body = AuditPage {
+                    events: page.events,
+                    next_cursor: page.next.map(cursor_of),
+                };
+                json_body(StatusCode::OK, &body)
             }
             Err(e) => store_problem(&e).into_response(),
         }

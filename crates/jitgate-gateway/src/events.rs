@@ -130,7 +130,9 @@ fn restart(hub: &Hub, last: &mut u64, last_hash: &mut String) {
 fn frame(told: &Told) -> Bytes {
     Bytes::from(format!(
         "id: {}\nevent: {}\ndata: {}\n\n",
-        told.seq, told.kind, told.body
+        told.seq,
+        told.kind,
+        told.body_json()
     ))
 }
 

@@ -130,6 +130,27 @@ impl Problem {
         Value::Object(body)
     }
 
+    /// The body as the admin contract types it ([`crate::contract::Problem`]), for answers
+    /// that carry a problem inside a JSON body (a batch decision's refused items).
+    pub fn body(&self) -> crate::contract::Problem {
+        let mut extensions = self.extensions.clone();
+        let error = typed(&mut extensions, "error");
+        let errors = typed(&mut extensions, "errors");
+        let current_version = typed(&mut extensions, "currentVersion");
+        let disk_version = typed(&mut extensions, "diskVersion");
+        crate::contract::Problem {
+            type_: format!("urn:jitgate:problem:{}", self.slug),
+            title: self.title.to_string(),
+            status: self.status.as_u16(),
+            detail: self.detail.clone(),
+            error,
+            errors,
+            current_version,
+            disk_version,
+            extensions,
+        }
+    }
+
     /// The HTTP answer.
     pub fn into_response(self) -> Response<ProxyBody> {
         let body = Bytes::from(self.to_json().to_string());
@@ -148,6 +169,38 @@ impl Problem {
             resp.headers_mut().insert(header::ALLOW, allow);
         }
         resp
+    }
+}
+
+/// Takes extension member `key` out of `extensions` as a `T`; one of another shape stays an
+/// untyped extension, so nothing is lost.
+fn typed<T: serde::de::DeserializeOwned>(
+    extensions: &mut Map<String, Value>,
+    key: &str,
+) -> Option<T> {
+    let v = extensions.remove(key)?;
+    match serde_json::from_value(v.clone()) {
+        Ok(t) => Some(t),
+        Err(_) => {
+            extensions.insert(key.to_string(), v);
+            None
+        }
+    }
+}
+
+/// A JSON answer of the admin plane from one of its contract types ([`crate::contract`]).
+/// Members are written in alphabetical order, as the admin plane always wrote them.
+pub fn json_body<T: serde::Serialize>(status: StatusCode, body: &T) -> Response<ProxyBody> {
+    match serde_json::to_value(body) {
+        Ok(v) => json_response(status, &v),
+        Err(e) => Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "Internal error",
+            format!("the answer could not be written: {e}"),
+            Fault::Internal,
+        )
+        .into_response(),
     }
 }
 

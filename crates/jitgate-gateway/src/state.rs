@@ -19,6 +19,7 @@ use rustls::sign::CertifiedKey;
 
 use jitgate_identity::{AdminAuthenticator, Authenticator};
 
+use crate::contract::{ReloadAttempt, RouteInfo, Rules, UpstreamInfo};
 use crate::engine::Engine;
 use crate::rules_file::{self, WriteError};
 use crate::tls::{load_certified_key, CertSlot};
@@ -619,68 +620,68 @@ impl Shared {
     }
 
     /// `GET /v1/admin/rules`.
-    pub fn rules_json(&self) -> Value {
+    pub fn rules(&self) -> Rules {
         let snap = self.snapshot();
         let table = &snap.table;
-        let routes: Vec<Value> = table
+        let routes = table
             .routes()
             .iter()
-            .map(|r| {
-                json!({
-                    "index": r.index,
-                    "name": r.name,
-                    "action": r.action.as_str(),
-                    "methods": match &r.methods {
-                        jitgate_rules::route::MethodSet::Any => Value::Null,
-                        jitgate_rules::route::MethodSet::Only(m) =>
-                            m.iter().map(|m| Value::from(m.as_str())).collect(),
-                    },
-                    "host": r.host.as_ref().map(|h| match h {
-                        jitgate_rules::route::HostPattern::Exact(h) => h.clone(),
-                        jitgate_rules::route::HostPattern::Suffix(s) => format!("*{s}"),
-                    }),
-                    "path": r.path.source,
-                    "upstream": r.upstream,
-                    "enforce": r.enforce,
-                    "location": r.location.to_string(),
-                })
+            .map(|r| RouteInfo {
+                index: r.index,
+                name: r.name.clone(),
+                action: r.action.as_str().to_string(),
+                methods: match &r.methods {
+                    jitgate_rules::route::MethodSet::Any => None,
+                    jitgate_rules::route::MethodSet::Only(m) => {
+                        Some(m.iter().map(|m| m.as_str().to_string()).collect())
+                    }
+                },
+                host: r.host.as_ref().map(|h| match h {
+                    jitgate_rules::route::HostPattern::Exact(h) => h.clone(),
+                    jitgate_rules::route::HostPattern::Suffix(s) => format!("*{s}"),
+                }),
+                path: r.path.source.clone(),
+                upstream: r.upstream.clone(),
+                enforce: r.enforce,
+                location: r.location.to_string(),
             })
             .collect();
-        let upstreams: Vec<Value> = table
+        let upstreams = table
             .config()
             .upstreams
             .iter()
-            .map(|u| json!({ "name": u.name, "url": u.url.to_string() }))
-            .collect();
-        let attempt_json = |a: &Attempt| {
-            json!({
-                "at": humantime::format_rfc3339_seconds(a.at).to_string(),
-                "trigger": a.trigger.as_str(),
-                "version": a.version,
-                "ok": a.errors.is_empty(),
-                "errors": a.errors,
+            .map(|u| UpstreamInfo {
+                name: u.name.clone(),
+                url: u.url.to_string(),
             })
+            .collect();
+        let attempt = |a: &Attempt| ReloadAttempt {
+            at: humantime::format_rfc3339_seconds(a.at).to_string(),
+            trigger: a.trigger.as_str().to_string(),
+            version: a.version.clone(),
+            ok: a.errors.is_empty(),
+            errors: a.errors.clone(),
         };
         let last_reload = self
             .last_attempt
             .lock()
             .ok()
-            .and_then(|a| a.as_ref().map(attempt_json));
-        let last_error = self
+            .and_then(|a| a.as_ref().map(attempt));
+        let last_reload_error = self
             .last_error
             .lock()
             .ok()
-            .and_then(|a| a.as_ref().map(attempt_json));
-        json!({
-            "file": self.config_path.display().to_string(),
-            "version": table.version(),
-            "loadedAt": humantime::format_rfc3339_seconds(snap.loaded_at).to_string(),
-            "warnings": render(table.warnings()),
-            "upstreams": upstreams,
-            "routes": routes,
-            "lastReload": last_reload,
-            "lastReloadError": last_error,
-        })
+            .and_then(|a| a.as_ref().map(attempt));
+        Rules {
+            file: self.config_path.display().to_string(),
+            version: table.version().to_string(),
+            loaded_at: humantime::format_rfc3339_seconds(snap.loaded_at).to_string(),
+            warnings: render(table.warnings()),
+            upstreams,
+            routes,
+            last_reload,
+            last_reload_error,
+        }
     }
 }
 

@@ -184,13 +184,18 @@ impl ApprovalSigner {
         Ok(claims)
     }
 
+    /// The public key, base64url without padding (the JWK's `x`).
+    pub fn public_key_b64url(&self) -> String {
+        URL_SAFE_NO_PAD.encode(&self.public)
+    }
+
     /// The JWKS document for `/.well-known/jwks.json` (RFC 8037 OKP key).
     pub fn jwks(&self) -> serde_json::Value {
         serde_json::json!({
             "keys": [{
                 "kty": "OKP",
                 "crv": "Ed25519",
-                "x": URL_SAFE_NO_PAD.encode(&self.public),
+                "x": self.public_key_b64url(),
                 "kid": self.kid,
                 "alg": "EdDSA",
                 "use": "sig",

@@ -139,6 +139,21 @@ impl fmt::Display for Timestamp {
     }
 }
 
+/// OpenAPI: an RFC 3339 `date-time` string, as it is serialized.
+impl utoipa::PartialSchema for Timestamp {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::Type::String)
+            .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(
+                utoipa::openapi::KnownFormat::DateTime,
+            )))
+            .examples(["2026-11-22T10:30:00Z"])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Timestamp {}
+
 impl Serialize for Timestamp {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&self.to_rfc3339())
@@ -228,6 +243,18 @@ macro_rules! prefixed_id {
         #[serde(try_from = "String", into = "String")]
         pub struct $name(String);
 
+        /// OpenAPI: a string starting with the kind's prefix.
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                utoipa::openapi::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::Type::String)
+                    .pattern(Some(concat!("^", $prefix)))
+                    .into()
+            }
+        }
+
+        impl utoipa::ToSchema for $name {}
+
         impl $name {
             /// The prefix every id of this kind starts with.
             pub const PREFIX: &'static str = $prefix;
@@ -306,7 +333,7 @@ impl GrantId {
 // === Ticket ===
 
 /// Where a ticket is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Status {
     /// Waiting for approvers.
@@ -367,7 +394,7 @@ impl fmt::Display for Status {
 }
 
 /// `mode` of the route the ticket was opened under.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Approve this one request.
@@ -386,7 +413,7 @@ impl From<ApprovalMode> for Mode {
 }
 
 /// Who sent the held request.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Requester {
     /// `None` for anonymous requesters.
@@ -396,6 +423,7 @@ pub struct Requester {
     /// Anonymous requesters only: an opaque digest of the credential-bearing headers they sent
     /// (their address when they sent none), so two anonymous clients are never one requester.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub anonymous: Option<String>,
 }
 
@@ -424,7 +452,7 @@ impl Requester {
 
 /// An authenticated approver acting on the admin plane. (Named apart from
 /// [`crate::route::Principal`], which is an entry of a route's approver list.)
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Approver {
     /// The approver's user name.
@@ -450,7 +478,7 @@ impl Approver {
 
 /// What approvers see of the held request. Secrets are redacted before it is built
 /// (see [`redact_headers`] and [`body_preview`]); the body itself is represented only by its hash.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RequestSnapshot {
     /// The method as matched (an override spelling if one triggered the route).
@@ -467,6 +495,7 @@ pub struct RequestSnapshot {
     pub target: String,
     /// The headers bound to the approval (every end-to-end header the upstream receives but
     /// the volatile ones and the requester's own credential), secrets redacted.
+    #[schema(value_type = Vec<Vec<String>>)]
     pub headers: Vec<(String, String)>,
     /// Lowercase hex SHA-256 over the bound headers as sent (unredacted); see
     /// [`headers_digest`].
@@ -479,7 +508,7 @@ pub struct RequestSnapshot {
 }
 
 /// One approval or denial.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Vote {
     /// The approver's user name.
@@ -493,7 +522,7 @@ pub struct Vote {
 }
 
 /// An approval ticket: one held request (or an access request) awaiting a decision.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Ticket {
     /// `jit_` + ULID.
@@ -511,6 +540,7 @@ pub struct Ticket {
     /// The client address the request came from (canonical text, e.g. `192.0.2.7`), which
     /// per-source pending limits count by; `None` on tickets recorded before it was.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub source: Option<String>,
     /// The `Jit-Reason` header.
     pub reason: Option<String>,
@@ -548,6 +578,7 @@ pub struct Ticket {
     pub redeem_by: Option<Timestamp>,
     /// `access` tickets: what their approval grants, fixed when the ticket was opened.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub grant_terms: Option<GrantTerms>,
     /// Ids of the releases that redeemed a use, oldest first (at most `tokenUses`), so a
     /// replica whose write timed out can tell by reading back whether its release landed.
@@ -557,7 +588,7 @@ pub struct Ticket {
 
 /// What approving an `access` ticket grants, recorded from the route when the ticket is
 /// opened so a later edit of the route cannot change it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct GrantTerms {
     /// How long the grant lasts from approval, in milliseconds.
@@ -892,7 +923,9 @@ pub fn clip(s: &str, cap: usize) -> &str {
 // === transitions ===
 
 /// Why a transition was refused. [`TransitionError::status`] gives the HTTP status.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(tag = "error", rename_all = "camelCase")]
 pub enum TransitionError {
     /// A decision on a ticket that is no longer pending.
@@ -1091,7 +1124,7 @@ pub fn execute(
 // === Grant ===
 
 /// A time-bound permission for one requester on one `access` route.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Grant {
     /// `grt_` + ULID.
@@ -1187,7 +1220,7 @@ pub fn revoke(g: &Grant, now: Timestamp) -> Result<Grant, TransitionError> {
 // === audit ===
 
 /// What happened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum AuditKind {
     /// A ticket was opened.
     #[serde(rename = "ticket.created")]
@@ -1343,7 +1376,7 @@ impl AuditDraft {
 }
 
 /// A numbered, hash-chained audit event.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AuditEvent {
     /// Position in the chain, from 1.
@@ -1361,15 +1394,18 @@ pub struct AuditEvent {
     /// The route concerned. Absent (not `null`) when there is none, so events recorded
     /// before the field existed keep their hashes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub route: Option<String>,
     /// Anything else.
     pub detail: serde_json::Value,
     /// On a line of an `[audit] file`: the `seq` this event has in the store's chain (the
     /// line's own `seq`, `prev` and `hash` are the file's chain). Absent in the store.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub store_seq: Option<u64>,
     /// On a line of an `[audit] file`: the event's `hash` in the store's chain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub store_hash: Option<String>,
     /// The previous event's hash ([`GENESIS`] for the first).
     pub prev: String,

@@ -11,7 +11,7 @@ use super::{
 /// The OpenAPI document describes exactly the endpoints the admin plane serves.
 #[test]
 fn openapi_lists_every_endpoint_and_nothing_else() {
-    let doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("openapi.json is JSON");
+    let doc: serde_json::Value = serde_json::from_str(&OPENAPI).expect("the document is JSON");
     assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")));
     let mut documented = BTreeSet::new();
     for (path, item) in doc["paths"].as_object().expect("paths") {
@@ -27,7 +27,7 @@ fn openapi_lists_every_endpoint_and_nothing_else() {
         .collect();
     assert_eq!(documented, served);
     // Every operation documents its responses, and every $ref resolves.
-    let text = OPENAPI;
+    let text = OPENAPI.as_str();
     for (i, _) in text.match_indices("\"$ref\"") {
         let rest = &text[i..];
         let start = rest.find("#/").expect("local ref") + 2;
@@ -112,7 +112,7 @@ fn if_match_names_strong_versions_only() {
 /// `GET /v1/audit` documents exactly the query parameters it accepts, and every kind.
 #[test]
 fn openapi_documents_the_audit_query() {
-    let doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("openapi.json is JSON");
+    let doc: serde_json::Value = serde_json::from_str(&OPENAPI).expect("the document is JSON");
     let op = &doc["paths"]["/v1/audit"]["get"];
     let documented: BTreeSet<&str> = op["parameters"]
         .as_array()
@@ -130,7 +130,7 @@ fn openapi_documents_the_audit_query() {
         .collect();
     let known: BTreeSet<&str> = AuditKind::ALL.iter().map(|k| k.as_str()).collect();
     assert_eq!(kinds, known);
-    let list = &doc["components"]["schemas"]["AuditList"]["properties"];
+    let list = &doc["components"]["schemas"]["AuditPage"]["properties"];
     assert_eq!(list["nextCursor"]["type"], "string");
     let event = &doc["components"]["schemas"]["AuditEvent"]["properties"];
     for member in ["route", "storeSeq", "storeHash"] {
@@ -203,4 +203,120 @@ fn audit_queries_are_validated() {
     assert!(refused("kind=ticket.created&kind=ticket.denied").contains("more than once"));
     assert!(refused("status=PENDING").contains(AUDIT_PARAMS));
     assert!(refused("ticket=%ff").contains("malformed"));
+}
+
+/// The generated document is OpenAPI 3.1 JSON: unique operation ids, the bearer scheme (and
+/// no credential on the unauthenticated endpoints), and every status and header each
+/// operation answers with.
+#[test]
+fn generated_openapi_is_3_1_with_unique_operation_ids() {
+    let doc: serde_json::Value = serde_json::from_str(&OPENAPI).expect("the document is JSON");
+    assert_eq!(doc["openapi"], "3.1.0");
+    assert!(doc["info"]["title"].is_string() && doc["info"]["version"].is_string());
+    let bearer = &doc["components"]["securitySchemes"]["bearer"];
+    assert_eq!(
+        (&bearer["type"], &bearer["scheme"]),
+        (&"http".into(), &"bearer".into())
+    );
+    assert_eq!(doc["security"], serde_json::json!([{ "bearer": [] }]));
+    let mut ids = BTreeSet::new();
+    let open = [
+        "/healthz",
+        "/readyz",
+        "/.well-known/jwks.json",
+        "/v1/notify/slack/actions",
+    ];
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (method, op) in item.as_object().expect("path item") {
+            let id = op["operationId"].as_str().expect("operationId");
+            assert!(ids.insert(id.to_string()), "operationId {id} is not unique");
+            let unauthenticated = op["security"] == serde_json::json!([{}]);
+            assert_eq!(
+                unauthenticated,
+                open.contains(&path.as_str()),
+                "{method} {path}"
+            );
+        }
+    }
+    let op = |m: &str, p: &str| doc["paths"][p][m].clone();
+    let statuses = |m: &str, p: &str| -> Vec<String> {
+        let mut s: Vec<String> = op(m, p)["responses"]
+            .as_object()
+            .expect("responses")
+            .keys()
+            .cloned()
+            .collect();
+        s.sort();
+        s
+    };
+    let expected: &[(&str, &str, &str)] = &[
+        ("get", "/healthz", "200"),
+        ("get", "/readyz", "200"),
+        ("get", "/.well-known/jwks.json", "200"),
+        ("get", "/v1/openapi.json", "200 401"),
+        ("get", "/v1/tickets", "200 400 401 503"),
+        ("get", "/v1/tickets/{id}", "200 401 404 503"),
+        (
+            "post",
+            "/v1/tickets/{id}/approve",
+            "200 400 401 403 404 409 413 503",
+        ),
+        (
+            "post",
+            "/v1/tickets/{id}/deny",
+            "200 400 401 403 404 409 413 503",
+        ),
+        ("post", "/v1/tickets/decide", "200 400 401 413"),
+        ("get", "/v1/audit", "200 400 401 403 503"),
+        ("get", "/v1/admin/rules", "200 401 403"),
+        ("get", "/v1/admin/rules/source", "200 304 401 403"),
+        (
+            "put",
+            "/v1/admin/rules/source",
+            "200 400 401 403 409 412 413 422 428 500",
+        ),
+        ("post", "/v1/admin/reload", "200 401 403 422"),
+        ("get", "/v1/events", "200 400 401"),
+        ("post", "/v1/notify/slack/actions", "200 400 401 403"),
+    ];
+    for (m, p, want) in expected {
+        assert_eq!(statuses(m, p).join(" "), *want, "{m} {p}");
+    }
+    let params = |m: &str, p: &str| -> Vec<String> {
+        op(m, p)["parameters"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|x| x["name"].as_str().unwrap_or("").to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(params("put", "/v1/admin/rules/source"), ["If-Match"]);
+    assert_eq!(params("get", "/v1/admin/rules/source"), ["If-None-Match"]);
+    assert_eq!(params("get", "/v1/events"), ["Last-Event-ID"]);
+    assert_eq!(
+        params("post", "/v1/notify/slack/actions"),
+        ["X-Slack-Request-Timestamp", "X-Slack-Signature"]
+    );
+    for (m, p, status) in [
+        ("get", "/v1/admin/rules/source", "200"),
+        ("put", "/v1/admin/rules/source", "200"),
+        ("put", "/v1/admin/rules/source", "412"),
+    ] {
+        assert!(
+            op(m, p)["responses"][status]["headers"]["ETag"].is_object(),
+            "{m} {p} {status}"
+        );
+    }
+    for schema in [
+        "Ticket",
+        "TicketList",
+        "DecideRequest",
+        "DecideResult",
+        "AuditPage",
+        "Problem",
+    ] {
+        assert!(doc["components"]["schemas"][schema].is_object(), "{schema}");
+    }
 }

@@ -18,12 +18,13 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use serde_json::{json, Value};
 
 use jitgate_rules::config::{Config, Notify, NotifyKind};
 use jitgate_rules::ticket::{AuditEvent, AuditKind, GrantId, Ticket, TicketId, Timestamp};
 use jitgate_rules::Route;
 use jitgate_store::Store;
+
+use crate::contract::{EventBody, EventData};
 
 pub mod deliver;
 pub mod slack;
@@ -219,12 +220,20 @@ pub struct Told {
     /// The ticket concerned, as it is now.
     pub ticket: Option<Ticket>,
     /// `{type, timestamp, data}`: the Standard Webhooks body (and the event stream's data).
-    pub body: Value,
+    pub body: EventBody,
     /// Stable for this event wherever it is told: `msg_` and part of the event's hash.
     pub msg_id: String,
 }
 
 impl Told {
+    /// `{type, timestamp, data}` as JSON (members in alphabetical order, as the admin plane
+    /// writes its answers).
+    pub fn body_json(&self) -> String {
+        serde_json::to_value(&self.body)
+            .map(|v| v.to_string())
+            .unwrap_or_default()
+    }
+
     /// Loads what `e` is about, or `None` when it is not an event anyone is told.
     pub async fn load(store: &dyn Store, e: &AuditEvent) -> Option<Told> {
         let kind = event_type(e)?;
@@ -240,9 +249,11 @@ impl Told {
             _ => None,
         };
         let data = match (&grant, &ticket) {
-            (Some(g), _) => serde_json::to_value(g).unwrap_or(Value::Null),
-            (None, Some(t)) => serde_json::to_value(t).unwrap_or(Value::Null),
-            (None, None) => json!({ "ticket": e.ticket }),
+            (Some(g), _) => EventData::Grant(g.clone()),
+            (None, Some(t)) => EventData::Ticket(Box::new(t.clone())),
+            (None, None) => EventData::TicketRef {
+                ticket: e.ticket.clone(),
+            },
         };
         Some(Told {
             seq: e.seq,
@@ -250,7 +261,11 @@ impl Told {
             at: e.at,
             actor: e.actor.clone(),
             ticket,
-            body: json!({ "type": kind, "timestamp": e.at, "data": data }),
+            body: EventBody {
+                type_: kind.to_string(),
+                timestamp: e.at,
+                data,
+            },
             msg_id: format!("msg_{}", e.hash.get(..32).unwrap_or(&e.hash)),
         })
     }
@@ -258,7 +273,7 @@ impl Told {
     /// What `channel` is sent about this event.
     fn payload(&self, channel: &Channel, route: Option<&Route>, channels: &Channels) -> String {
         match channel.cfg.kind {
-            NotifyKind::Webhook => self.body.to_string(),
+            NotifyKind::Webhook => self.body_json(),
             NotifyKind::Slack => {
                 let buttons = channel.slack_signing.is_some()
                     && route

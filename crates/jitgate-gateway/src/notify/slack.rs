@@ -18,6 +18,7 @@ use jitgate_rules::ticket::{Approver, Status, Ticket, Timestamp};
 
 use super::{clip, outcome, request_line, requester, time_left, Channels, Told};
 use crate::body::ProxyBody;
+use crate::contract::{EventBody, EventData};
 use crate::problem::{Fault, Problem};
 use crate::state::Shared;
 
@@ -321,7 +322,11 @@ impl Told {
             at,
             actor: None,
             ticket: Some(t.clone()),
-            body: json!({ "type": kind, "timestamp": at, "data": t }),
+            body: EventBody {
+                type_: kind.to_string(),
+                timestamp: at,
+                data: EventData::Ticket(Box::new(t.clone())),
+            },
             msg_id: String::new(),
         }
     }
