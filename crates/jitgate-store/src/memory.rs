@@ -479,7 +479,9 @@ impl Store for MemoryStore {
                 .iter_mut()
                 .filter(|(_, q)| q.due <= now && q.delivery.channel == channel)
                 .collect();
-            due.sort_by_key(|(id, q)| (q.due, q.delivery.seq, id.as_str().to_owned()));
+            due.sort_by(|(a_id, a), (b_id, b)| {
+                (a.due, a.delivery.seq, a_id).cmp(&(b.due, b.delivery.seq, b_id))
+            });
             Ok(due
                 .into_iter()
                 .take(limit)

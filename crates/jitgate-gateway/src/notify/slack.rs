@@ -105,19 +105,13 @@ fn decode_hex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// The `payload` field of a form-encoded body.
+/// The `payload` field of a form-encoded body, decoded as the admin plane decodes forms.
 fn form_payload(body: &[u8]) -> Option<String> {
-    body.split(|b| *b == b'&').find_map(|pair| {
-        let value = pair.strip_prefix(b"payload=")?;
-        let spaced: Vec<u8> = value
-            .iter()
-            .map(|b| if *b == b'+' { b' ' } else { *b })
-            .collect();
-        percent_encoding::percent_decode(&spaced)
-            .decode_utf8()
-            .ok()
-            .map(|s| s.into_owned())
-    })
+    let text = std::str::from_utf8(body).ok()?;
+    crate::admin::query_pairs(Some(text))
+        .ok()?
+        .into_iter()
+        .find_map(|(k, v)| (k == "payload").then_some(v))
 }
 
 fn refused(status: StatusCode, slug: &'static str, title: &'static str, detail: String) -> Problem {
