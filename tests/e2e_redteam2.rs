@@ -384,7 +384,7 @@ async fn approvers_see_every_header_the_released_request_carries() {
 
     let got = approve_and_resume(&gw, &origin, &id, "/deploy/web", &extra, body).await;
     assert_eq!(got.header_str("x-role").as_deref(), Some("admin"));
-    // Everything the origin received but what the gateway sets itself, the volatile headers
+    // Everything the origin received but what the gateway sets itself (the request id too),
     // and the identity headers (whose identity the ticket shows as `requester`).
     let gateway_set = [
         "host",
@@ -394,6 +394,9 @@ async fn approvers_see_every_header_the_released_request_carries() {
         "x-forwarded-host",
         "via",
         "jit-approval",
+        // Every request has one, set by the gateway when the client sent none (a volatile
+        // header: the resumed request's own id is forwarded).
+        "x-request-id",
         "x-user",
         "x-groups",
     ];

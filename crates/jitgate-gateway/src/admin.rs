@@ -44,6 +44,7 @@ pub static OPENAPI: std::sync::LazyLock<String> =
 pub const ENDPOINTS: &[(&str, &str)] = &[
     ("GET", "/healthz"),
     ("GET", "/readyz"),
+    ("GET", "/metrics"),
     ("GET", "/.well-known/jwks.json"),
     ("GET", "/v1/openapi.json"),
     ("GET", "/v1/tickets"),
@@ -97,8 +98,9 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>, tls: bool) -> R
             return json_body(StatusCode::OK, &health);
         }
         "/readyz" if get => return readyz(&shared).await,
+        "/metrics" if get => return metrics(&shared),
         JWKS if get => return json_body(StatusCode::OK, &jwks(&shared)),
-        "/healthz" | "/readyz" | JWKS => return not_allowed(&method, &path),
+        "/healthz" | "/readyz" | "/metrics" | JWKS => return not_allowed(&method, &path),
         // Slack cannot send a bearer token: its callbacks are authenticated by their
         // signature instead.
         "/v1/notify/slack/actions" if method == Method::POST => {
@@ -122,6 +124,19 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>, tls: bool) -> R
     let api = Api::new(&shared, &snap, &caller);
     let mut resp = api.route(&routed, &method, &path, req).await;
     resp.extensions_mut().insert(Authenticated);
+    resp
+}
+
+/// `GET /metrics`: this replica's metrics for the platform's scraper.
+fn metrics(shared: &Shared) -> Response<ProxyBody> {
+    let body = shared.engine().metrics().encode();
+    let mut resp = Response::new(ProxyBody::full(body));
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
 }
 
@@ -928,6 +943,7 @@ impl<'a> Api<'a> {
             }
             Err(e) => return Err(store_problem(&e)),
         };
+        engine.metrics().ticket_transition(&t, now);
         tracing::info!(ticket = %t.id, route = %t.route, by = %who.user, status = %t.status, "decision recorded");
         if t.status == Status::Approved && t.mode == Mode::Access && t.grant_terms.is_none() {
             tracing::warn!(ticket = %t.id, route = %t.route, "approved access ticket without grant terms; no grant");

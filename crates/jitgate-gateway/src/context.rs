@@ -2,10 +2,11 @@
 //! connection, the table generation it started with, and how to answer it.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use http::{HeaderValue, Response};
 use jitgate_rules::route::Route;
+use jitgate_rules::ticket::TicketId;
 use jitgate_rules::Edge;
 
 use crate::body::ProxyBody;
@@ -49,6 +50,18 @@ pub struct Exchange<'a> {
     pub conn: &'a ConnInfo,
     /// A gRPC call: the gateway's own answers are gRPC statuses.
     pub grpc: bool,
+    /// What the phases learnt, for the access log and the metrics.
+    pub note: Note,
+}
+
+/// What the phases of one request learnt about it, written once each as they learn it and
+/// read when the request is answered (the access log, `jitgate_requests_total`).
+#[derive(Debug, Default)]
+pub struct Note {
+    /// The index of the route that decided, in the request's own table generation.
+    pub route: OnceLock<usize>,
+    /// The ticket the request was held on or released by.
+    pub ticket: OnceLock<TicketId>,
 }
 
 impl Exchange<'_> {
@@ -60,6 +73,16 @@ impl Exchange<'_> {
     /// The edge settings of this request's table generation.
     pub fn edge(&self) -> Edge<'_> {
         self.snap.table.edge(self.conn.peer.ip(), self.conn.tls)
+    }
+
+    /// Notes the route that decided this request.
+    pub fn decided_by(&self, route: &Route) {
+        let _ = self.note.route.set(route.index);
+    }
+
+    /// Notes the ticket this request is about.
+    pub fn about(&self, ticket: &TicketId) {
+        let _ = self.note.ticket.set(ticket.clone());
     }
 
     /// The gateway's own answer, shaped for this client (gRPC, route template, problem+json).

@@ -21,6 +21,7 @@ use serde_json::Value;
 use tokio::sync::{broadcast, watch, Notify};
 
 use crate::audit_sink::{AuditFile, AuditSink};
+use crate::metrics::{HeldGauge, Metrics};
 
 /// The clock approvals are judged by (ticket expiry, redemption windows, audit times).
 #[derive(Debug, Clone, Copy)]
@@ -69,6 +70,8 @@ pub struct Engine {
     /// Audit appends running in tasks of their own ([`Engine::append_detached`], the
     /// cancellation of an abandoned hold), which shutdown lets land before the process exits.
     detached: watch::Sender<usize>,
+    /// What `GET /metrics` exposes.
+    metrics: Metrics,
 }
 
 /// Counts a detached task until dropped.
@@ -154,6 +157,7 @@ impl Engine {
             reconcile_interval: cfg.approvals.reconcile_interval,
             audit_file: Mutex::new(audit_file),
             detached,
+            metrics: Metrics::new(),
         });
         match &cfg.store {
             config::Store::Memory { retention } => {
@@ -174,6 +178,7 @@ impl Engine {
         if let Some(sink) = self.lock_audit_file().as_ref() {
             store.tap_audit(Some(sink.tap()));
         }
+        self.metrics.count_store_errors_of(store.clone());
         if self.store.set(store).is_ok() {
             tokio::spawn(dispatch(Arc::downgrade(self), rx));
             tokio::spawn(reconcile(Arc::downgrade(self)));
@@ -183,8 +188,14 @@ impl Engine {
     /// The store, or `Unavailable` while it has never been reached.
     pub fn store(&self) -> Result<&Arc<dyn Store>, StoreError> {
         self.store.get().ok_or_else(|| {
+            self.metrics.store_error();
             StoreError::Unavailable(format!("the {} store is not connected", self.store_kind))
         })
+    }
+
+    /// What `GET /metrics` exposes.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// `memory` or `redis`.
@@ -238,6 +249,7 @@ impl Engine {
             id: id.clone(),
             notify,
             armed: true,
+            _counted: self.metrics.held(),
         }
     }
 
@@ -390,6 +402,7 @@ impl Engine {
             })
             .await
             .ok()?;
+        self.metrics.ticket_transition(&expired, now);
         tracing::info!(ticket = %id, route = %expired.route, "ticket expired undecided");
         Some(expired)
     }
@@ -425,6 +438,7 @@ pub struct HoldGuard {
     id: TicketId,
     notify: Arc<Notify>,
     armed: bool,
+    _counted: HeldGauge,
 }
 
 impl HoldGuard {
@@ -480,6 +494,7 @@ impl Drop for HoldGuard {
             };
             match store.transition(&id, &|t| ticket::cancel(t, now), &audit).await {
                 Ok(t) => {
+                    engine.metrics.ticket_transition(&t, now);
                     tracing::info!(ticket = %id, route = %t.route, "client went away; ticket cancelled");
                 }
                 Err(e) => tracing::debug!(ticket = %id, "not cancelled: {e}"),

@@ -14,6 +14,7 @@ use jitgate_rules::Canonical;
 use crate::body::ProxyBody;
 use crate::error::GatewayError;
 use crate::headers::{self, Forwarding};
+use crate::metrics::Metrics;
 use crate::proxy::ConnInfo;
 use crate::upstream::{self, Failure, UpstreamClient};
 
@@ -32,6 +33,8 @@ pub struct Outbound<'a> {
     pub upgrade: Option<OnUpgrade>,
     /// The approval token, sent in `Jit-Approval`.
     pub approval: Option<HeaderValue>,
+    /// Where the upstream's time is recorded.
+    pub metrics: &'a Metrics,
 }
 
 /// Sends the canonical request upstream and relays the answer, streaming both bodies.
@@ -46,6 +49,7 @@ pub async fn forward(
         body,
         upgrade: client_upgrade,
         approval,
+        metrics,
     } = out;
     let client_version = canonical.version();
     let pq: PathAndQuery = canonical.target().clone();
@@ -116,7 +120,9 @@ pub async fn forward(
     *request.version_mut() = Version::HTTP_11;
     *request.headers_mut() = headers;
 
+    let started = std::time::Instant::now();
     let sent = tokio::time::timeout(def.response_timeout, upstream.send(request)).await;
+    metrics.upstream(&def.name, started.elapsed());
     let (mut resp, checkin) = match sent {
         Err(_) => {
             if let Some(e) = upstream::client_fault(client_body.as_deref(), def, true) {

@@ -97,3 +97,57 @@ fn insert_str(headers: &mut HeaderMap, name: HeaderName, value: &str) {
 
 #[cfg(test)]
 mod tests;
+
+/// `X-Request-Id`: taken from the client, or set, and forwarded upstream.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// Longest `X-Request-Id` taken from a client.
+const MAX_REQUEST_ID: usize = 128;
+
+/// The request's id: the client's one `X-Request-Id` when it is 1 to 128 characters of
+/// `A-Z a-z 0-9 . _ ~ : @ / + = -` (a UUID, a ULID, a W3C trace id, Envoy's and nginx's ids
+/// all are), else a new one replacing whatever was sent. The header is left holding exactly
+/// that id, so the canonical request forwards it. Anything else (two ids, spaces, quotes,
+/// control characters, an overlong id) is replaced rather than trusted into logs.
+pub fn request_id(headers: &mut HeaderMap) -> HeaderValue {
+    let mut sent = headers.get_all(&X_REQUEST_ID).iter();
+    if let (Some(id), None) = (sent.next(), sent.next()) {
+        if acceptable_request_id(id.as_bytes()) {
+            return id.clone();
+        }
+    }
+    let id = new_request_id();
+    headers.insert(X_REQUEST_ID, id.clone());
+    id
+}
+
+fn acceptable_request_id(id: &[u8]) -> bool {
+    (1..=MAX_REQUEST_ID).contains(&id.len())
+        && id
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b".-_~:@/+=".contains(&b))
+}
+
+/// 32 hex digits: a random prefix drawn once per process, then a counter. Unique across
+/// replicas (with overwhelming probability) and across the process's life, for the price of
+/// an atomic increment; an id identifies, it is not a secret.
+fn new_request_id() -> HeaderValue {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::LazyLock;
+    static PREFIX: LazyLock<u64> = LazyLock::new(|| {
+        let mut b = [0u8; 8];
+        // SystemRandom fails only without an OS random source; a time-derived prefix still
+        // keeps this process's ids apart from another's.
+        if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).is_err() {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            b = (nanos as u64 ^ u64::from(std::process::id())).to_be_bytes();
+        }
+        u64::from_be_bytes(b)
+    });
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let text = format!("{:016x}{n:016x}", *PREFIX);
+    // Hex digits are always a valid header value.
+    HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static("0"))
+}

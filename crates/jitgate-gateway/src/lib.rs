@@ -2,6 +2,7 @@
 //! (health, decision API, rule table, reload, the approvers' web page).
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod admin;
 pub mod approval;
 pub mod audit_sink;
@@ -15,6 +16,7 @@ pub mod events;
 pub mod forward;
 pub mod grpc;
 pub mod headers;
+pub mod metrics;
 pub mod notify;
 pub mod openapi;
 pub mod problem;

@@ -24,7 +24,7 @@ use crate::contract::{
 
 ## Authentication
 
-Every call except `GET /healthz`, `GET /readyz` and `GET /.well-known/jwks.json` needs `Authorization: Bearer <credential>`, where the credential is either a static API token configured for the admin plane (checked first, in constant time) or a JWT accepted by the configured JWT validator. A missing, malformed or invalid credential is answered with `401` problem `unauthenticated` and `WWW-Authenticate: Bearer`.
+Every call except `GET /healthz`, `GET /readyz`, `GET /metrics` and `GET /.well-known/jwks.json` needs `Authorization: Bearer <credential>`, where the credential is either a static API token configured for the admin plane (checked first, in constant time) or a JWT accepted by the configured JWT validator. A missing, malformed or invalid credential is answered with `401` problem `unauthenticated` and `WWW-Authenticate: Bearer`.
 
 ## Operators
 
@@ -40,12 +40,12 @@ Errors are RFC 9457 problem details (`application/problem+json`) whose `type` is
 
 ## Methods
 
-`HEAD` is also accepted on `/healthz`, `/readyz`, `/.well-known/jwks.json` and `/v1/openapi.json`. Any other method on a served path answers `405` problem `method-not-allowed` (after authentication, for the paths that need it); an unknown path answers `404` problem `not-found` to authenticated callers."#,
+`HEAD` is also accepted on `/healthz`, `/readyz`, `/metrics`, `/.well-known/jwks.json` and `/v1/openapi.json`. Any other method on a served path answers `405` problem `method-not-allowed` (after authentication, for the paths that need it); an unknown path answers `404` problem `not-found` to authenticated callers."#,
         license(name = "Apache-2.0", identifier = "Apache-2.0")
     ),
-    paths(ops::health, ops::ready, ops::jwks, ops::openapi, ops::list_tickets, ops::get_ticket, ops::approve_ticket, ops::deny_ticket, ops::decide_tickets, ops::read_audit, ops::get_rules, ops::get_rules_source, ops::put_rules_source, ops::reload_rules, ops::stream_events, ops::slack_actions),
+    paths(ops::health, ops::ready, ops::metrics, ops::jwks, ops::openapi, ops::list_tickets, ops::get_ticket, ops::approve_ticket, ops::deny_ticket, ops::decide_tickets, ops::read_audit, ops::get_rules, ops::get_rules_source, ops::put_rules_source, ops::reload_rules, ops::stream_events, ops::slack_actions),
     components(schemas(EventBody)),
-    tags((name = "health", description = r#"Liveness, readiness and published keys; no authentication."#), (name = "tickets", description = r#"Approval tickets and decisions."#), (name = "audit", description = r#"The hash-chained audit log (operators only)."#), (name = "admin", description = r#"The rule table (operators only)."#), (name = "meta", description = r#"This document."#), (name = "notifications", description = r#"Callbacks from chat tools."#)),
+    tags((name = "health", description = r#"Liveness, readiness, metrics and published keys; no authentication."#), (name = "tickets", description = r#"Approval tickets and decisions."#), (name = "audit", description = r#"The hash-chained audit log (operators only)."#), (name = "admin", description = r#"The rule table (operators only)."#), (name = "meta", description = r#"This document."#), (name = "notifications", description = r#"Callbacks from chat tools."#)),
     security(("bearer" = [])),
     modifiers(&Bearer)
 )]
@@ -97,6 +97,20 @@ mod ops {
         security(())
     )]
     fn health() {}
+
+    #[utoipa::path(
+        get,
+        path = "/metrics",
+        operation_id = "metrics",
+        tag = "health",
+        summary = r#"Metrics"#,
+        description = r#"Counters, gauges and histograms of this replica in the OpenMetrics text format, which Prometheus scrapes: `jitgate_requests_total{route,action,status}`, `jitgate_request_duration_seconds{action}`, `jitgate_held_requests`, `jitgate_tickets_opened_total{route}`, `jitgate_tickets_decided_total{route,outcome}`, `jitgate_decision_seconds`, `jitgate_release_seconds`, `jitgate_upstream_duration_seconds{upstream}`, `jitgate_reloads_total{result}`, `jitgate_store_errors_total`, `jitgate_notifications_total{channel,result}`. No authentication: like the health checks, it is for the platform's scraper on the internal admin plane."#,
+        responses(
+            (status = 200, description = r#"The exposition."#, body = String, content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8")
+        ),
+        security(())
+    )]
+    fn metrics() {}
 
     #[utoipa::path(
         get,

@@ -3,57 +3,145 @@
 //! hand the request to [`crate::approval`]; nothing after the edge re-parses the request.
 
 use std::sync::Arc;
+use std::time::{Instant, SystemTime};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use serde_json::json;
 
+use jitgate_rules::config::AccessLog;
 use jitgate_rules::form;
 use jitgate_rules::route::{Action, Route};
 use jitgate_rules::ticket::{AuditDraft, AuditKind};
 use jitgate_rules::{Canonical, Unresolved};
 
+use crate::access_log;
 use crate::approval;
 use crate::body::{ProxyBody, RequestBody};
 pub use crate::context::ConnInfo;
-use crate::context::Exchange;
+use crate::context::{Exchange, Note};
 use crate::error::GatewayError;
 use crate::forward::{forward, Outbound};
 use crate::grpc;
+use crate::headers;
+use crate::metrics::Served;
 use crate::state::Shared;
 
-/// Serves one data-plane request. Never fails: every error is an HTTP answer.
+/// Serves one data-plane request. Never fails: every error is an HTTP answer. Every request
+/// is counted (`jitgate_requests_total`, `jitgate_request_duration_seconds`) and logged
+/// (`[log] access`) once its response head is ready, under its `X-Request-Id`.
 pub async fn handle(
     shared: Arc<Shared>,
     conn: ConnInfo,
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
+    let started = Instant::now();
     // The request keeps this generation of the table until it is answered.
     let x = Exchange {
         snap: shared.snapshot(),
         shared: &shared,
         conn: &conn,
         grpc: grpc::is_call(req.headers()),
+        note: Note::default(),
     };
     let (mut parts, body) = req.into_parts();
+    let request_id = headers::request_id(&mut parts.headers);
+    let logged = Logged {
+        format: x.snap.table.config().log.access,
+        method: parts.method.clone(),
+        version: parts.version,
+        path: String::new(),
+    };
+    let (mut resp, logged) = edge(&x, parts, body, logged).await;
+    let elapsed = started.elapsed();
+    let route = x
+        .note
+        .route
+        .get()
+        .and_then(|&i| x.snap.table.routes().get(i));
+    let served = match route.map(|r| r.action) {
+        Some(Action::Allow) => Served::Allow,
+        Some(Action::Deny) => Served::Deny,
+        Some(Action::Approve) => Served::Approve,
+        None => Served::None,
+    };
+    let route = route.map(|r| r.name.as_str());
+    let status = resp.status().as_u16();
+    x.engine().metrics().request(route, served, status, elapsed);
+    if logged.format != AccessLog::Off {
+        let ticket = x.note.ticket.get().map(ToString::to_string);
+        shared.access_log().log(
+            logged.format,
+            &access_log::Entry {
+                at: SystemTime::now() - elapsed,
+                request_id: request_id.to_str().unwrap_or_default(),
+                peer: conn.peer.ip(),
+                method: logged.method.as_str(),
+                path: &logged.path,
+                version: logged.version,
+                status,
+                route,
+                action: served.as_str(),
+                ticket: ticket.as_deref(),
+                duration: elapsed,
+            },
+        );
+    }
+    // The client can quote the id the gateway logged and forwarded; an upstream's own
+    // `X-Request-Id` answer is left as it is.
+    if let http::header::Entry::Vacant(v) = resp.headers_mut().entry(headers::X_REQUEST_ID) {
+        v.insert(request_id);
+    }
+    resp
+}
+
+/// What the access log needs of the request itself, read before it is taken apart.
+struct Logged {
+    format: AccessLog,
+    method: http::Method,
+    version: http::Version,
+    /// The canonical path, or the raw one (clipped) when there is none; filled only when
+    /// the access log is on.
+    path: String,
+}
+
+/// Builds the one canonical view of the request and serves it.
+async fn edge(
+    x: &Exchange<'_>,
+    mut parts: http::request::Parts,
+    body: Incoming,
+    mut logged: Logged,
+) -> (Response<ProxyBody>, Logged) {
     let upgrade = parts.extensions.remove::<OnUpgrade>();
     let canonical = match Canonical::build(&mut parts, &x.edge()) {
         Ok(c) => c,
         Err(e) => {
             tracing::info!(method = %parts.method, target = %parts.uri, "refused: {e}");
-            return x.answer(GatewayError::Malformed(e.to_string()), None);
+            if logged.format != AccessLog::Off {
+                logged.path = access_log::clip_raw(parts.uri.path()).to_string();
+            }
+            return (
+                x.answer(GatewayError::Malformed(e.to_string()), None),
+                logged,
+            );
         }
     };
+    if logged.format != AccessLog::Off {
+        logged.path = canonical.path().to_string();
+    }
     // Only a WebSocket upgrade is passed through; any other `Upgrade` was stripped at the edge
     // and the request goes on as a plain one.
     let upgrade = upgrade.filter(|_| canonical.is_upgrade());
     if canonical.path().starts_with(approval::WELL_KNOWN) {
-        if let Some(resp) = approval::well_known(&x, &canonical).await {
-            return resp;
+        if let Some(resp) = approval::well_known(x, &canonical).await {
+            return (resp, logged);
         }
     }
-    serve(&x, canonical, RequestBody::Stream(body), upgrade).await
+    (
+        serve(x, canonical, RequestBody::Stream(body), upgrade).await,
+        logged,
+    )
 }
 
 /// Resolves the canonical request and acts on its route.
@@ -99,6 +187,7 @@ async fn serve(
         }
         Err(e) => return x.answer(GatewayError::Malformed(e.to_string()), None),
     };
+    x.decided_by(route);
     match route.action {
         Action::Allow => {}
         Action::Deny => {
@@ -121,6 +210,7 @@ async fn serve(
         body: body.into_proxy(upstream.def.idle_timeout),
         upgrade,
         approval: None,
+        metrics: x.engine().metrics(),
     };
     match forward(upstream, out).await {
         Ok(resp) => resp,

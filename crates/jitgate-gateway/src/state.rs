@@ -155,6 +155,8 @@ pub struct Shared {
     last_error: Mutex<Option<Attempt>>,
     /// The web page's signed-in sessions (this replica's memory).
     ui_sessions: crate::ui::Sessions,
+    /// `[log] access` lines, buffered.
+    access_log: crate::access_log::Writer,
 }
 
 /// Reads and validates a config file; every failure is reported as diagnostics.
@@ -239,12 +241,18 @@ impl Shared {
             last_attempt: Mutex::new(None),
             last_error: Mutex::new(None),
             ui_sessions: crate::ui::Sessions::new(),
+            access_log: crate::access_log::Writer::default(),
         }
     }
 
     /// The generation in force now.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()
+    }
+
+    /// The `[log] access` writer.
+    pub fn access_log(&self) -> &crate::access_log::Writer {
+        &self.access_log
     }
 
     /// The approval engine (store, signer, held requests).
@@ -500,6 +508,7 @@ impl Shared {
             "version": version,
             "warnings": warnings.len(),
         });
+        self.engine.metrics().reload("applied");
         self.audit(AuditKind::RulesReloaded, actor, detail).await;
         Applied {
             version,
@@ -554,6 +563,7 @@ impl Shared {
             "errors": errors.iter().take(MAX_AUDITED_ERRORS).collect::<Vec<_>>(),
         });
         let rejected = self.record_failure(trigger, version, invalid, errors);
+        self.engine.metrics().reload("rejected");
         self.audit(AuditKind::RulesRejected, actor, detail).await;
         rejected
     }

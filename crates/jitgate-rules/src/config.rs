@@ -29,6 +29,8 @@ pub struct Config {
     pub admin: Admin,
     /// `[audit]`
     pub audit: Audit,
+    /// `[log]`
+    pub log: Log,
     /// `[[upstreams]]`, in file order.
     pub upstreams: Vec<Upstream>,
     /// `[[routes]]`, in file order.
@@ -55,6 +57,25 @@ pub struct Audit {
     /// `file`: a JSON-lines file that every audit event this replica appends to the store is
     /// also written to, as a hash chain of its own; resolved against the config file's folder.
     pub file: Option<PathBuf>,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Log {
+    /// `access`: one line per data-plane request on standard output.
+    pub access: AccessLog,
+}
+
+/// `[log] access`: how each data-plane request is logged.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AccessLog {
+    /// `"text"`: `key=value` pairs (the default).
+    #[default]
+    Text,
+    /// `"json"`: one JSON object per line.
+    Json,
+    /// `"off"`: no access log.
+    Off,
 }
 
 /// `[server]`
@@ -662,6 +683,7 @@ const TOP_KEYS: &[&str] = &[
     "identity",
     "admin",
     "audit",
+    "log",
     "upstreams",
     "routes",
     "notify",
@@ -679,6 +701,7 @@ const SERVER_KEYS: &[&str] = &[
 ];
 const STORE_KEYS: &[&str] = &["kind", "url", "retention"];
 const AUDIT_KEYS: &[&str] = &["file"];
+const LOG_KEYS: &[&str] = &["access"];
 const APPROVALS_KEYS: &[&str] = &[
     "hold_timeout",
     "ticket_ttl",
@@ -1112,6 +1135,7 @@ impl<'s> Cx<'s> {
         let identity = self.identity(doc);
         let admin = self.admin(doc);
         let audit = self.audit(doc);
+        let log = self.log(doc);
         let upstreams = self.upstreams(doc);
         let notify = self.notify(doc);
         self.channels = doc
@@ -1135,6 +1159,7 @@ impl<'s> Cx<'s> {
             identity: identity?,
             admin: admin?,
             audit: audit?,
+            log: log?,
             upstreams,
             routes,
             notify: notify?,
@@ -1301,6 +1326,27 @@ impl<'s> Cx<'s> {
             Some(_) => Some(self.path_value(t, "file", "[audit]")?),
         };
         Some(Audit { file })
+    }
+
+    fn log(&mut self, doc: &DeTable<'_>) -> Option<Log> {
+        let empty = DeTable::new();
+        let t = self.section(doc, "log", LOG_KEYS).unwrap_or(&empty);
+        let access = match self.str_(t, "access", "[log]") {
+            None if t.contains_key("access") => return None,
+            None | Some(("text", _)) => AccessLog::Text,
+            Some(("json", _)) => AccessLog::Json,
+            Some(("off", _)) => AccessLog::Off,
+            Some((other, span)) => {
+                self.error(
+                    span,
+                    format!(
+                        "`access` in [log] must be \"text\", \"json\" or \"off\", not `{other}`"
+                    ),
+                );
+                return None;
+            }
+        };
+        Some(Log { access })
     }
 
     fn approvals(&mut self, doc: &DeTable<'_>) -> Option<Approvals> {

@@ -409,6 +409,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Readiness: the backend answers.
     fn ping(&self) -> StoreFuture<'_, ()>;
+
+    /// How many operations failed because the backend was unreachable or too slow, since
+    /// this store was built (`jitgate_store_errors_total`). A store in memory never fails so.
+    fn errors(&self) -> u64 {
+        0
+    }
 }
 
 /// The most entries one [`Store::prune`] call examines.

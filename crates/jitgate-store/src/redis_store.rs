@@ -146,6 +146,8 @@ pub struct RedisStore {
     audit_head: tokio::sync::Mutex<Option<String>>,
     /// Sent to while this replica's turn at the audit head is held, so in chain order.
     tap: Tap,
+    /// Operations that failed with [`StoreError::Unavailable`] (see [`Store::errors`]).
+    errors: std::sync::atomic::AtomicU64,
 }
 
 struct Scripts {
@@ -288,6 +290,7 @@ impl RedisStore {
             prune: Mutex::new(PruneCursor::default()),
             audit_head: tokio::sync::Mutex::new(None),
             tap: Tap::default(),
+            errors: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -325,12 +328,17 @@ impl RedisStore {
         &self,
         fut: impl std::future::Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.opts.op_timeout, fut).await {
+        let r = match tokio::time::timeout(self.opts.op_timeout, fut).await {
             Ok(r) => r,
             Err(_) => Err(StoreError::Unavailable(
                 "redis did not answer in time".into(),
             )),
+        };
+        if let Err(StoreError::Unavailable(_)) = r {
+            self.errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
+        r
     }
 
     async fn get_string(&self, key: &str) -> Result<Option<String>, StoreError> {
@@ -1523,6 +1531,10 @@ impl Store for RedisStore {
             removed += self.prune_sets(&mut budget).await?;
             Ok(removed)
         }))
+    }
+
+    fn errors(&self) -> u64 {
+        self.errors.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn ping(&self) -> StoreFuture<'_, ()> {

@@ -223,6 +223,7 @@ fn generated_openapi_is_3_1_with_unique_operation_ids() {
     let open = [
         "/healthz",
         "/readyz",
+        "/metrics",
         "/.well-known/jwks.json",
         "/v1/notify/slack/actions",
     ];

@@ -262,6 +262,7 @@ async fn open(
         }
     };
     if created {
+        x.engine().metrics().ticket_opened(&route.name);
         tracing::info!(ticket = %t.id, route = %route.name, requester = %t.requester.key(), method = %t.request.method, path = %t.request.path, "held for approval");
     } else {
         tracing::info!(ticket = %t.id, route = %route.name, "identical request joined a pending ticket");
@@ -276,6 +277,7 @@ async fn settle(
     t: Ticket,
     held: HeldRequest,
 ) -> Response<ProxyBody> {
+    x.about(&t.id);
     let t = if t.status == Status::Pending {
         let cfg = &x.snap.table.config().approvals;
         let mut hold_for = route

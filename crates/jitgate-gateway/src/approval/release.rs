@@ -101,6 +101,7 @@ pub(super) async fn redeem(
     held: HeldRequest,
     id: TicketId,
 ) -> Response<ProxyBody> {
+    x.about(&id);
     let (current, index) = match recheck(x, &held, route) {
         Ok(r) => r,
         Err(resp) => return *resp,
@@ -300,9 +301,14 @@ async fn send(
         body: ProxyBody::full(held.body),
         upgrade: None,
         approval,
+        metrics: x.engine().metrics(),
     };
     match forward(upstream, out).await {
         Ok(resp) => {
+            if let Some(decided_at) = record.decided_at {
+                let engine = x.engine();
+                engine.metrics().released(decided_at, engine.now());
+            }
             record.finish(json!({ "upstreamStatus": resp.status().as_u16() }));
             resp
         }
@@ -320,6 +326,8 @@ async fn send(
 struct Outcome {
     engine: Arc<Engine>,
     draft: Option<AuditDraft>,
+    /// When the ticket released here was approved (`jitgate_release_seconds`).
+    decided_at: Option<ticket::Timestamp>,
 }
 
 impl Outcome {
@@ -329,6 +337,7 @@ impl Outcome {
             .or_else(|| g.map(|g| g.requester.key().to_string()));
         Outcome {
             engine: engine.clone(),
+            decided_at: t.and_then(|t| t.decided_at),
             draft: Some(AuditDraft {
                 at: engine.now(),
                 kind: AuditKind::TicketForwarded,

@@ -85,6 +85,7 @@ fn exchange<'a>(shared: &'a Arc<Shared>, conn: &'a ConnInfo) -> Exchange<'a> {
         snap: shared.snapshot(),
         conn,
         grpc: false,
+        note: Default::default(),
     }
 }
 

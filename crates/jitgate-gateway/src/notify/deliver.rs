@@ -250,6 +250,7 @@ async fn attempt(shared: &Shared, store: &dyn Store, channels: &Channels, c: Cla
             }
         },
     };
+    shared.engine().metrics().notification(&d.channel, outcome);
     match store.outbox_settle(&c, retry_at).await {
         Ok(true) => {}
         Ok(false) => {
