@@ -7,6 +7,9 @@
 #   nginx    wrk -> nginx (keepalive pool) -> bench_origin
 # Targets are interleaved over several rounds (origin, jitgate, nginx, origin, ...) so drift on
 # the machine hits all of them alike, and the report gives medians and ratios, never pass/fail.
+# Besides rps and p99 it reports CPU per request: the user+system time (/proc/PID/stat) the
+# target's own processes spent during a run, divided by the requests wrk completed (for the
+# origin target, the origin's; for nginx, its master and workers; for jitgate, the gateway's).
 #
 # Usage: benches/load.sh
 # Environment (defaults in brackets):
@@ -17,6 +20,8 @@
 #   WARMUP [2]         seconds of unmeasured load per target before the rounds (0 to skip)
 #   ORIGIN_WORKERS [nproc]  bench_origin tokio workers
 #   BENCH_PATH [/bench/items/42]  request path (only the catch-all route matches it)
+#   ACCESS_LOG [off]   jitgate's [log] access (off, text, json); with text or json nginx
+#                      writes its access log too (buffered, like jitgate's), so both pay for one
 #   KEEP=1             keep the work dir (configs, logs, raw wrk output)
 #   JITGATE_BIN        gateway binary to run instead of the freshly built one
 #   BASELINE_BIN       a second gateway binary (say, a build of an earlier commit) run beside
@@ -35,6 +40,7 @@ WARMUP=${WARMUP:-2}
 WARMUP=${WARMUP%s}
 ORIGIN_WORKERS=${ORIGIN_WORKERS:-$(nproc)}
 BENCH_PATH=${BENCH_PATH:-/bench/items/42}
+ACCESS_LOG=${ACCESS_LOG:-off}
 
 die() { echo "load.sh: $*" >&2; exit 1; }
 is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
@@ -45,6 +51,7 @@ is_uint "$CONNECTIONS" && ((CONNECTIONS >= 1 && CONNECTIONS <= 10000)) || die "C
 is_uint "$THREADS" && ((THREADS >= 1 && THREADS <= CONNECTIONS)) || die "THREADS must be 1..CONNECTIONS"
 is_uint "$ORIGIN_WORKERS" && ((ORIGIN_WORKERS >= 1)) || die "ORIGIN_WORKERS must be >= 1"
 [[ $BENCH_PATH == /* ]] || die "BENCH_PATH must start with /"
+[[ $ACCESS_LOG =~ ^(off|text|json)$ ]] || die "ACCESS_LOG must be off, text or json"
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
@@ -145,6 +152,8 @@ wait_http_200() {
 
 "$ORIGIN_BIN" 127.0.0.1:0 --workers "$ORIGIN_WORKERS" >"$WORK/origin.out" 2>"$WORK/origin.err" &
 PIDS+=($!)
+declare -A PROCS
+PROCS[origin]=$!
 line=$(wait_for_line "$WORK/origin.out" '^bench_origin: listening on ' $! 20) ||
     die "bench_origin did not start: $(cat "$WORK/origin.err")"
 ORIGIN_URL=${line#bench_origin: listening on }
@@ -245,6 +254,9 @@ EOF
 
 gen_config >"$WORK/proxy.toml"
 ROUTES=$(grep -c '^\[\[routes\]\]' "$WORK/proxy.toml")
+# The baseline (an earlier build) may predate [log]: it gets the table without it.
+cp "$WORK/proxy.toml" "$WORK/baseline.toml"
+printf '\n[log]\naccess = "%s"\n' "$ACCESS_LOG" >>"$WORK/proxy.toml"
 
 gateway_skip() {
     echo "load.sh: SKIP $1: $2" >&2
@@ -252,14 +264,15 @@ gateway_skip() {
     tail -n 15 "$WORK/$1.err" 2>/dev/null | sed 's/^/load.sh:   | /' >&2 || true
 }
 
-# start_gateway NAME BIN: runs BIN with the table and adds it as target NAME once it answers.
+# start_gateway NAME BIN CONFIG: runs BIN with CONFIG and adds it as target NAME once it
+# answers.
 start_gateway() {
-    local name=$1 bin=$2 pid line url
+    local name=$1 bin=$2 config=$3 pid line url
     if [[ ! -x $bin ]]; then
         gateway_skip "$name" "binary $bin not built"
         return
     fi
-    "$bin" serve --config "$WORK/proxy.toml" >"$WORK/$name.out" 2>"$WORK/$name.err" &
+    "$bin" serve --config "$config" >"$WORK/$name.out" 2>"$WORK/$name.err" &
     pid=$!
     PIDS+=("$pid")
     if line=$(wait_for_line "$WORK/$name.out" '^jitgate: data plane on ' "$pid" 20); then
@@ -271,6 +284,7 @@ start_gateway() {
         else
             TARGETS+=("$name")
             URL[$name]=$url$BENCH_PATH
+            PROCS[$name]=$pid
         fi
     elif kill -0 "$pid" 2>/dev/null; then
         gateway_skip "$name" "no 'jitgate: data plane on' line on stdout within 20 s"
@@ -279,9 +293,9 @@ start_gateway() {
     fi
 }
 
-start_gateway jitgate "$JITGATE_BIN"
+start_gateway jitgate "$JITGATE_BIN" "$WORK/proxy.toml"
 if [[ -n ${BASELINE_BIN:-} ]]; then
-    start_gateway baseline "$BASELINE_BIN"
+    start_gateway baseline "$BASELINE_BIN" "$WORK/baseline.toml"
 fi
 
 # --- nginx -----------------------------------------------------------------------------------
@@ -289,14 +303,22 @@ fi
 NGINX_PORT=$(free_port) || die "no free port for nginx"
 NGINX_PREFIX=$WORK/nginx
 mkdir -p "$NGINX_PREFIX"
+if [[ $ACCESS_LOG == off ]]; then
+    NGINX_ACCESS_LOG=off
+else
+    NGINX_ACCESS_LOG="$NGINX_PREFIX/access.log combined buffer=64k flush=200ms"
+fi
 sed -e "s|@PREFIX@|$NGINX_PREFIX|g" -e "s|@PORT@|$NGINX_PORT|g" -e "s|@ORIGIN@|$ORIGIN_HOSTPORT|g" \
+    -e "s|@ACCESS_LOG@|$NGINX_ACCESS_LOG|g" \
     "$ROOT/benches/nginx.conf.tmpl" >"$NGINX_PREFIX/nginx.conf"
 "$NGINX" -p "$NGINX_PREFIX" -e "$NGINX_PREFIX/error.log" -c "$NGINX_PREFIX/nginx.conf" \
     -g 'daemon off;' >"$WORK/nginx.out" 2>&1 &
 PIDS+=($!)
+NGINX_MASTER=$!
 if wait_http_200 "http://127.0.0.1:$NGINX_PORT$BENCH_PATH" 10; then
     TARGETS+=(nginx)
     URL[nginx]=http://127.0.0.1:$NGINX_PORT$BENCH_PATH
+    PROCS[nginx]="$NGINX_MASTER $(pgrep -P "$NGINX_MASTER" | tr '\n' ' ')"
 else
     echo "load.sh: SKIP nginx: not answering 200: $(cat "$WORK/nginx.out" "$NGINX_PREFIX/error.log" 2>/dev/null | tail -5)" >&2
 fi
@@ -318,12 +340,25 @@ median() {
         if (NR % 2) print a[(NR + 1) / 2]; else printf "%.3f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
 }
 
+CLK_TCK=$(getconf CLK_TCK)
+
+# cpu_ticks "PID..." -> user+system clock ticks those processes have used so far. The command
+# name in /proc/PID/stat may hold spaces: fields are counted after its closing parenthesis.
+cpu_ticks() {
+    local pid total=0 rest
+    for pid in $1; do
+        rest=$(sed 's/^.*) //' "/proc/$pid/stat" 2>/dev/null) || continue
+        total=$((total + $(awk '{ print $12 + $13 }' <<<"$rest")))
+    done
+    echo "$total"
+}
+
 run_wrk() { # run_wrk TARGET SECONDS OUTFILE
     timeout $(($2 + 30)) wrk -t"$THREADS" -c"$CONNECTIONS" -d"$2"s --latency "${URL[$1]}" >"$3" 2>&1 ||
         echo "load.sh: wrk against $1 failed (see $3)" >&2
 }
 
-echo "load.sh: $(nproc) CPUs; wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s; $ROUNDS round(s); origin workers $ORIGIN_WORKERS; jitgate table $ROUTES routes" >&2
+echo "load.sh: $(nproc) CPUs; wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s; $ROUNDS round(s); origin workers $ORIGIN_WORKERS; jitgate table $ROUTES routes; access log $ACCESS_LOG" >&2
 echo "load.sh: targets: ${TARGETS[*]}" >&2
 
 if ((WARMUP > 0)); then
@@ -335,7 +370,13 @@ fi
 for r in $(seq 1 "$ROUNDS"); do
     for t in "${TARGETS[@]}"; do
         out=$WORK/wrk-$t-$r.txt
+        ticks_before=$(cpu_ticks "${PROCS[$t]}")
         run_wrk "$t" "$DURATION" "$out"
+        ticks=$(($(cpu_ticks "${PROCS[$t]}") - ticks_before))
+        requests=$(awk '/requests in/ { print $1 }' "$out")
+        cpu_us=$(awk -v t="$ticks" -v hz="$CLK_TCK" -v n="${requests:-0}" \
+            'BEGIN { if (n > 0) printf "%.2f", t / hz / n * 1e6; else print "nan" }')
+        echo "$cpu_us" >>"$WORK/cpu-$t"
         rps=$(awk '/^Requests\/sec:/ { print $2 }' "$out")
         p99=$(awk '$1 == "99%" { print $2 }' "$out")
         non2xx=$(awk -F': *' '/Non-2xx or 3xx responses/ { print $2 }' "$out")
@@ -345,16 +386,17 @@ for r in $(seq 1 "$ROUNDS"); do
         echo "$rps" >>"$WORK/rps-$t"
         echo "$p99ms" >>"$WORK/p99-$t"
         echo $((${non2xx:-0} + ${sockerr:-0})) >>"$WORK/err-$t"
-        printf 'load.sh: round %d %-8s %12s req/s  p99 %9s ms  errors %s\n' \
-            "$r" "$t" "$rps" "$p99ms" "$((${non2xx:-0} + ${sockerr:-0}))" >&2
+        printf 'load.sh: round %d %-8s %12s req/s  p99 %9s ms  cpu %7s us/req  errors %s\n' \
+            "$r" "$t" "$rps" "$p99ms" "$cpu_us" "$((${non2xx:-0} + ${sockerr:-0}))" >&2
     done
 done
 
 # --- report ----------------------------------------------------------------------------------
 
-declare -A RPS P99 ERR
+declare -A RPS P99 ERR CPU
 for t in "${TARGETS[@]}"; do
     RPS[$t]=$(median <"$WORK/rps-$t")
+    CPU[$t]=$(median <"$WORK/cpu-$t")
     P99[$t]=$(median <"$WORK/p99-$t")
     ERR[$t]=$(awk '{ s += $1 } END { print s + 0 }' "$WORK/err-$t")
 done
@@ -363,15 +405,15 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3f", a / b; else
 minus() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%+.3f", a - b }'; }
 
 echo
-echo "jitgate load benchmark: $(nproc) CPUs, wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s, median of $ROUNDS round(s), GET $BENCH_PATH"
-printf '%-8s %14s %12s %14s %8s\n' target "req/s" "p99 ms" "added p99 ms" errors
+echo "jitgate load benchmark: $(nproc) CPUs, wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s, median of $ROUNDS round(s), GET $BENCH_PATH, access log $ACCESS_LOG"
+printf '%-8s %14s %12s %14s %12s %8s\n' target "req/s" "p99 ms" "added p99 ms" "cpu us/req" errors
 for t in origin jitgate baseline nginx; do
     [[ $t == baseline && -z ${BASELINE_BIN:-} ]] && continue
     if [[ -n ${RPS[$t]:-} ]]; then
         added=$([[ $t == origin ]] && echo "-" || minus "${P99[$t]}" "${P99[origin]}")
-        printf '%-8s %14s %12s %14s %8s\n' "$t" "${RPS[$t]}" "${P99[$t]}" "$added" "${ERR[$t]}"
+        printf '%-8s %14s %12s %14s %12s %8s\n' "$t" "${RPS[$t]}" "${P99[$t]}" "$added" "${CPU[$t]}" "${ERR[$t]}"
     else
-        printf '%-8s %14s %12s %14s %8s\n' "$t" skipped - - -
+        printf '%-8s %14s %12s %14s %12s %8s\n' "$t" skipped - - - -
     fi
 done
 echo
@@ -382,6 +424,7 @@ if [[ -n ${RPS[jitgate]:-} ]]; then
     echo "jitgate/origin rps: $(ratio "${RPS[jitgate]}" "${RPS[origin]}")"
     [[ -n ${RPS[nginx]:-} ]] && echo "jitgate/nginx  rps: $(ratio "${RPS[jitgate]}" "${RPS[nginx]}")"
     echo "jitgate added p99: $(minus "${P99[jitgate]}" "${P99[origin]}") ms"
+    [[ -n ${CPU[nginx]:-} ]] && echo "jitgate/nginx  cpu per request: $(ratio "${CPU[jitgate]}" "${CPU[nginx]}")"
 fi
 if [[ -n ${RPS[nginx]:-} ]]; then
     echo "nginx   added p99: $(minus "${P99[nginx]}" "${P99[origin]}") ms"
@@ -390,6 +433,7 @@ if [[ -n ${RPS[baseline]:-} && -n ${RPS[jitgate]:-} ]]; then
     echo "jitgate/baseline rps: $(ratio "${RPS[jitgate]}" "${RPS[baseline]}")"
     [[ -n ${RPS[nginx]:-} ]] && echo "baseline/nginx rps: $(ratio "${RPS[baseline]}" "${RPS[nginx]}")"
     echo "baseline added p99: $(minus "${P99[baseline]}" "${P99[origin]}") ms"
+    echo "jitgate/baseline cpu per request: $(ratio "${CPU[jitgate]}" "${CPU[baseline]}")"
 fi
 for t in "${TARGETS[@]}"; do
     if [[ ${ERR[$t]} != 0 ]]; then

@@ -101,6 +101,7 @@ pub async fn run(config: &Path, once: bool) -> ExitCode {
         Err(e) => return fail(&e.to_string()),
     };
     announce(&gateway);
+    let shared = gateway.shared();
     let data = format!("{}://{}", gateway.data_scheme(), gateway.data_addr());
     let admin = format!("http://{}", gateway.admin_addr());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -149,6 +150,7 @@ pub async fn run(config: &Path, once: bool) -> ExitCode {
     println!("The same from the command line:\n   $ jitgate tickets --admin {admin} --token demo-alice-token list --status all");
     println!("The approvers' web page (sign in with demo-alice-token, or demo-ops-token for the audit trail):\n   {admin}/ui/");
     println!("Rule table and reload status:\n   $ curl -H 'Authorization: Bearer {OPS_TOKEN}' {admin}/v1/admin/rules");
+    println!("Metrics for Prometheus (no token; the admin plane is internal):\n   $ curl {admin}/metrics");
     println!("Explain a request without sending it:\n   $ jitgate explain --config {} GET '/%61dmin/users'", path.display());
     println!("Edit {} and save: the table reloads (or the error is reported with file:line:column and nothing changes).", path.display());
 
@@ -156,6 +158,9 @@ pub async fn run(config: &Path, once: bool) -> ExitCode {
         println!("\nServing until Ctrl-C.");
         shutdown_signal().await;
     }
+    // The access log is buffered; show what the walkthrough wrote to it.
+    println!("\nAccess log ([log] access; one line per request on stdout, with its X-Request-Id):");
+    shared.access_log().flush();
     let _ = stop_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
     ExitCode::SUCCESS

@@ -272,6 +272,20 @@ async fn requests_get_an_id_that_is_forwarded_answered_and_logged() {
             && line.contains("action=deny"),
         "{line}"
     );
+    // A method override is logged as every reading of the method, as the rules matched it.
+    let r = send(
+        "GET",
+        &gw.url("/m"),
+        &[
+            ("x-request-id", "override-1"),
+            ("x-http-method-override", "DELETE"),
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let line = access_line(&gw, &["request_id=\"override-1\""]).await;
+    assert!(line.contains("method=\"GET+DELETE\""), "{line}");
     // Access lines go to stdout; diagnostics stay on stderr.
     assert!(!gw.stderr_text().contains("request_id="));
 }

@@ -32,7 +32,8 @@ pub struct Entry<'a> {
     pub request_id: &'a str,
     /// The client address (the TCP peer).
     pub peer: IpAddr,
-    /// The method as matched (`POST+DELETE` when an override was read).
+    /// The method as matched: every reading (`GET+DELETE`) when an override header or a body
+    /// `_method` added one.
     pub method: &'a str,
     /// The canonical path (the raw target, clipped, when the request was malformed). Query
     /// strings are not logged: they carry credentials too often.

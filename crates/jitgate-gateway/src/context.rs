@@ -62,6 +62,8 @@ pub struct Note {
     pub route: OnceLock<usize>,
     /// The ticket the request was held on or released by.
     pub ticket: OnceLock<TicketId>,
+    /// Every method the request was read as (`GET+DELETE`), when an override added one.
+    pub methods: OnceLock<String>,
 }
 
 impl Exchange<'_> {
@@ -78,6 +80,14 @@ impl Exchange<'_> {
     /// Notes the route that decided this request.
     pub fn decided_by(&self, route: &Route) {
         let _ = self.note.route.set(route.index);
+    }
+
+    /// Notes the methods the request was read as, once every reading is known, when there is
+    /// more than one (an override header or a body `_method`).
+    pub fn read_as(&self, canonical: &jitgate_rules::Canonical) {
+        if canonical.methods().len() > 1 {
+            let _ = self.note.methods.set(canonical.method_label());
+        }
     }
 
     /// Notes the ticket this request is about.

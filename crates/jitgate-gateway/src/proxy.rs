@@ -77,7 +77,11 @@ pub async fn handle(
                 at: SystemTime::now() - elapsed,
                 request_id: request_id.to_str().unwrap_or_default(),
                 peer: conn.peer.ip(),
-                method: logged.method.as_str(),
+                method: x
+                    .note
+                    .methods
+                    .get()
+                    .map_or(logged.method.as_str(), String::as_str),
                 path: &logged.path,
                 version: logged.version,
                 status,
@@ -188,6 +192,10 @@ async fn serve(
         Err(e) => return x.answer(GatewayError::Malformed(e.to_string()), None),
     };
     x.decided_by(route);
+    // An approve route reads the whole body first, which may add a `_method` reading.
+    if route.action != Action::Approve {
+        x.read_as(&canonical);
+    }
     match route.action {
         Action::Allow => {}
         Action::Deny => {

@@ -100,6 +100,7 @@ pub async fn serve(
         Ok(b) => b,
         Err(e) => return x.answer(e, Some(route)),
     };
+    x.read_as(&canonical);
     let requester = binding::requester(x, &identity, &canonical);
     let bound = binding::bound_headers(x, &identity, policy, &canonical);
     let request = binding::snapshot(&canonical, &bound, &body);
