@@ -122,7 +122,9 @@ pub async fn forward(
 
     let started = std::time::Instant::now();
     let sent = tokio::time::timeout(def.response_timeout, upstream.send(request)).await;
-    metrics.upstream(&def.name, started.elapsed());
+    upstream
+        .duration(metrics)
+        .observe(started.elapsed().as_secs_f64());
     let (mut resp, checkin) = match sent {
         Err(_) => {
             if let Some(e) = upstream::client_fault(client_body.as_deref(), def, true) {

@@ -131,6 +131,7 @@ fn acceptable_request_id(id: &[u8]) -> bool {
 /// replicas (with overwhelming probability) and across the process's life, for the price of
 /// an atomic increment; an id identifies, it is not a secret.
 fn new_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::LazyLock;
     static PREFIX: LazyLock<u64> = LazyLock::new(|| {
@@ -147,7 +148,12 @@ fn new_request_id() -> HeaderValue {
     });
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let text = format!("{:016x}{n:016x}", *PREFIX);
+    let mut id = [0u8; 32];
+    let digits = PREFIX.to_be_bytes().into_iter().chain(n.to_be_bytes());
+    for (pair, byte) in id.chunks_exact_mut(2).zip(digits) {
+        pair[0] = HEX[usize::from(byte >> 4)];
+        pair[1] = HEX[usize::from(byte & 0xf)];
+    }
     // Hex digits are always a valid header value.
-    HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static("0"))
+    HeaderValue::from_bytes(&id).unwrap_or(HeaderValue::from_static("0"))
 }

@@ -6,7 +6,7 @@
 //! outcomes and results are fixed words, and statuses are HTTP status codes.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
@@ -78,6 +78,44 @@ pub struct Metrics {
     reloads: Family<ResultLabel, Counter>,
     store_errors: Arc<StoreErrors>,
     notifications: Family<NotifyLabels, Counter>,
+    /// Requests no route decided.
+    unrouted: RouteMeter,
+}
+
+/// How many statuses a route remembers handles for; others are looked up in the family.
+const STATUS_SLOTS: usize = 8;
+
+/// The series one route's requests land in, resolved once per route and table generation
+/// ([`Metrics::route`]) so that counting a request takes no lock and no label hashing.
+#[derive(Debug)]
+pub struct RouteMeter {
+    route: String,
+    served: Served,
+    duration: Histogram,
+    /// `jitgate_requests_total` by status, filled on first use.
+    statuses: [OnceLock<(u16, Counter)>; STATUS_SLOTS],
+}
+
+impl RouteMeter {
+    fn requests(&self, family: &Family<RequestLabels, Counter>, status: u16) -> Counter {
+        for slot in &self.statuses {
+            let (s, counter) = slot.get_or_init(|| (status, self.counter(family, status)));
+            if *s == status {
+                return counter.clone();
+            }
+        }
+        self.counter(family, status)
+    }
+
+    fn counter(&self, family: &Family<RequestLabels, Counter>, status: u16) -> Counter {
+        family
+            .get_or_create(&RequestLabels {
+                route: self.route.clone(),
+                action: self.served.as_str(),
+                status,
+            })
+            .clone()
+    }
 }
 
 /// Time to the response head, from 0.5 ms to about 16 s (held requests land at the top).
@@ -194,7 +232,18 @@ impl Metrics {
             "Notification delivery attempts, by channel and result (delivered, failed, gave_up, dropped)",
             notifications.clone(),
         );
+        let unrouted = RouteMeter {
+            route: String::new(),
+            served: Served::None,
+            duration: request_duration
+                .get_or_create(&ActionLabel {
+                    action: Served::None.as_str(),
+                })
+                .clone(),
+            statuses: Default::default(),
+        };
         Metrics {
+            unrouted,
             registry,
             requests,
             request_duration,
@@ -221,19 +270,32 @@ impl Metrics {
         out
     }
 
-    /// One data-plane request answered with `status` after `elapsed`.
-    pub fn request(&self, route: Option<&str>, served: Served, status: u16, elapsed: Duration) {
-        let labels = RequestLabels {
-            route: route.unwrap_or_default().to_string(),
-            action: served.as_str(),
-            status,
-        };
-        self.requests.get_or_create(&labels).inc();
-        self.request_duration
-            .get_or_create(&ActionLabel {
-                action: served.as_str(),
-            })
-            .observe(elapsed.as_secs_f64());
+    /// The series of requests decided by `route` (`""` when no route decided), served as
+    /// `served`. Resolve it once (a table generation keeps it per route) and pass it to
+    /// [`Metrics::request`].
+    pub fn route(&self, route: &str, served: Served) -> RouteMeter {
+        RouteMeter {
+            route: route.to_string(),
+            served,
+            duration: self
+                .request_duration
+                .get_or_create(&ActionLabel {
+                    action: served.as_str(),
+                })
+                .clone(),
+            statuses: Default::default(),
+        }
+    }
+
+    /// The series of requests no route decided.
+    pub fn unrouted(&self) -> &RouteMeter {
+        &self.unrouted
+    }
+
+    /// One data-plane request of `meter` answered with `status` after `elapsed`.
+    pub fn request(&self, meter: &RouteMeter, status: u16, elapsed: Duration) {
+        meter.requests(&self.requests, status).inc();
+        meter.duration.observe(elapsed.as_secs_f64());
     }
 
     /// One more request held; the returned guard counts it until dropped.
@@ -277,13 +339,14 @@ impl Metrics {
         self.release.observe(seconds_between(decided_at, now));
     }
 
-    /// One exchange with upstream `name` (answered or failed) took `elapsed`.
-    pub fn upstream(&self, name: &str, elapsed: Duration) {
+    /// `jitgate_upstream_duration_seconds` of upstream `name`: resolve it once per upstream
+    /// client and observe it per exchange.
+    pub fn upstream(&self, name: &str) -> Histogram {
         self.upstream_duration
             .get_or_create(&UpstreamLabel {
                 upstream: name.to_string(),
             })
-            .observe(elapsed.as_secs_f64());
+            .clone()
     }
 
     /// A reload: `applied` (a new table in force) or `rejected`.

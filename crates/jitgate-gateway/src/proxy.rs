@@ -66,9 +66,16 @@ pub async fn handle(
         Some(Action::Approve) => Served::Approve,
         None => Served::None,
     };
-    let route = route.map(|r| r.name.as_str());
     let status = resp.status().as_u16();
-    x.engine().metrics().request(route, served, status, elapsed);
+    let metrics = x.engine().metrics();
+    let meter = route
+        .and_then(|r| {
+            let slot = x.snap.route_meters.get(r.index)?;
+            Some(slot.get_or_init(|| metrics.route(&r.name, served)))
+        })
+        .unwrap_or_else(|| metrics.unrouted());
+    metrics.request(meter, status, elapsed);
+    let route = route.map(|r| r.name.as_str());
     if logged.format != AccessLog::Off {
         let ticket = x.note.ticket.get().map(ToString::to_string);
         shared.access_log().log(

@@ -41,6 +41,8 @@ pub struct Snapshot {
     pub admin_auth: AdminAuthenticator,
     /// `[[notify]]` channels with their secrets.
     pub notify: Arc<crate::notify::Channels>,
+    /// Each route's metric series, by route index, resolved on its first request.
+    pub route_meters: Vec<std::sync::OnceLock<crate::metrics::RouteMeter>>,
 }
 
 impl Snapshot {
@@ -212,7 +214,9 @@ pub fn build_snapshot(
         .iter()
         .map(|r| r.upstream.as_ref().and_then(|n| upstreams.get(n).cloned()))
         .collect();
+    let route_meters = table.routes().iter().map(|_| Default::default()).collect();
     Ok(Snapshot {
+        route_meters,
         table,
         route_upstreams,
         upstreams,

@@ -30,6 +30,8 @@ pub struct UpstreamClient {
     client: Client<HttpsConnector<HttpConnector>, ProxyBody>,
     /// The lean HTTP/1.1 pool for plain `http://` upstreams that do not ask for h2.
     h1: Option<Arc<H1Pool>>,
+    /// `jitgate_upstream_duration_seconds{upstream}`, resolved on first use.
+    duration: std::sync::OnceLock<prometheus_client::metrics::histogram::Histogram>,
 }
 
 impl UpstreamClient {
@@ -64,7 +66,17 @@ impl UpstreamClient {
             def: def.clone(),
             client: client.build(connector),
             h1: H1Pool::for_upstream(def).map(Arc::new),
+            duration: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Its `jitgate_upstream_duration_seconds` series in `metrics`.
+    pub fn duration(
+        &self,
+        metrics: &crate::metrics::Metrics,
+    ) -> &prometheus_client::metrics::histogram::Histogram {
+        self.duration
+            .get_or_init(|| metrics.upstream(&self.def.name))
     }
 
     /// Whether requests go through the HTTP/1.1 pool, which writes the origin-form target

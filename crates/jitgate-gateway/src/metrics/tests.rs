@@ -67,12 +67,16 @@ fn every_metric_of_the_contract_is_exposed() {
         Some(0.0)
     );
 
-    m.request(Some("api"), Served::Allow, 200, Duration::from_millis(1));
+    m.request(
+        &m.route("api", Served::Allow),
+        200,
+        Duration::from_millis(1),
+    );
     m.ticket_opened("api");
     let mut t = pending();
     t.status = Status::Denied;
     m.ticket_transition(&t, OPENED);
-    m.upstream("api", Duration::from_millis(1));
+    m.upstream("api").observe(0.001);
     m.notification("hook", "delivered");
     let text = m.encode();
     for (name, kind) in [
@@ -98,18 +102,29 @@ fn every_metric_of_the_contract_is_exposed() {
 #[test]
 fn requests_are_counted_by_route_action_and_status() {
     let m = Metrics::new();
-    m.request(Some("api"), Served::Allow, 200, Duration::from_millis(3));
-    m.request(Some("api"), Served::Allow, 200, Duration::from_millis(1));
-    m.request(None, Served::None, 404, Duration::from_micros(100));
+    let api = m.route("api", Served::Allow);
+    m.request(&api, 200, Duration::from_millis(3));
+    m.request(&api, 200, Duration::from_millis(1));
+    // More statuses than a route keeps handles for are counted all the same.
+    for status in 400..420 {
+        m.request(&api, status, Duration::from_millis(1));
+        m.request(&api, status, Duration::from_millis(1));
+    }
+    m.request(m.unrouted(), 404, Duration::from_micros(100));
     let text = m.encode();
     let api = r#"jitgate_requests_total{route="api",action="allow",status="200"}"#;
     assert_eq!(sample(&text, api), Some(2.0));
     let none = r#"jitgate_requests_total{route="",action="none",status="404"}"#;
     assert_eq!(sample(&text, none), Some(1.0));
+    for status in 400..420 {
+        let labels =
+            format!(r#"jitgate_requests_total{{route="api",action="allow",status="{status}"}}"#);
+        assert_eq!(sample(&text, &labels), Some(2.0), "{status}");
+    }
     let count = r#"jitgate_request_duration_seconds_count{action="allow"}"#;
-    assert_eq!(sample(&text, count), Some(2.0));
+    assert_eq!(sample(&text, count), Some(42.0));
     let sum = r#"jitgate_request_duration_seconds_sum{action="allow"}"#;
-    assert!((sample(&text, sum).unwrap() - 0.004).abs() < 1e-9);
+    assert!((sample(&text, sum).unwrap() - 0.044).abs() < 1e-9);
 }
 
 #[test]
@@ -159,7 +174,7 @@ fn held_requests_are_a_gauge_that_follows_the_guards() {
 fn releases_upstreams_reloads_notifications_and_store_errors_are_counted() {
     let m = Metrics::new();
     m.released(OPENED, OPENED.plus(Duration::from_millis(250)));
-    m.upstream("billing", Duration::from_millis(7));
+    m.upstream("billing").observe(0.007);
     m.reload("applied");
     m.reload("rejected");
     m.reload("rejected");
