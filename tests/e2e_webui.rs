@@ -142,8 +142,10 @@ impl Drop for Driver {
     /// Ends chromedriver and every browser it started (its process group), also when the
     /// test failed before closing its sessions.
     fn drop(&mut self) {
+        // `--` first: procps-ng's kill reads `kill -KILL -19` as two signal options and then
+        // signals pid -1, which is every process the caller may signal.
         let _ = Command::new("kill")
-            .arg("-KILL")
+            .args(["-s", "KILL", "--"])
             .arg(format!("-{}", self.child.id()))
             .status();
         let _ = self.child.kill();
