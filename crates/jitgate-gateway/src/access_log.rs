@@ -1,16 +1,20 @@
 //! The access log (`[log] access`): one line per data-plane request on standard output,
 //! `key=value` text or JSON, written after the response head is ready.
 //!
-//! Lines are buffered and written out when the buffer fills and at least every
-//! [`FLUSH_EVERY`], so logging costs a memory copy per request, not a system call; a line is
-//! on stdout within that interval. Diagnostics stay on standard error.
+//! Requests never write to stdout themselves: they append their line to a buffer, and a thread
+//! of its own writes the buffer out at least every [`FLUSH_EVERY`] (sooner once 64 KiB are
+//! waiting). So logging costs a memory copy per request, not a system call, and a stdout that
+//! blocks (a stalled log shipper, a full pipe) stalls only that thread: once [`MAX_PENDING`]
+//! bytes wait, further lines are dropped and counted (`jitgate_access_log_dropped_total`)
+//! instead of holding up requests, the admin plane or the runtime. Diagnostics stay on
+//! standard error.
 //!
 //! Every value a client controls is written as a JSON string (quoted, control characters
 //! escaped) in both formats, so no request can forge or split a log line.
 
-use std::io::{BufWriter, Stdout, Write};
+use std::io::Write;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use http::Version;
@@ -18,8 +22,10 @@ use jitgate_rules::config::AccessLog as Format;
 
 /// The longest a written line waits in the buffer.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(200);
-/// Buffered bytes before a write-out.
-const BUFFER: usize = 64 * 1024;
+/// Waiting bytes that wake the writer before [`FLUSH_EVERY`].
+const BATCH: usize = 64 * 1024;
+/// Waiting bytes past which lines are dropped (about 16,000 lines): stdout is not keeping up.
+pub const MAX_PENDING: usize = 4 * 1024 * 1024;
 /// Longest raw target logged for a request that could not be parsed.
 const MAX_RAW_TARGET: usize = 256;
 
@@ -52,39 +58,114 @@ pub struct Entry<'a> {
     pub duration: Duration,
 }
 
-/// The access-log writer of one process.
+/// The access-log writer of one process: a buffer and the thread that writes it out.
 #[derive(Debug)]
 pub struct Writer {
-    out: Mutex<BufWriter<Stdout>>,
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    state: Mutex<State>,
+    /// Held from taking a batch to having written it, so batches reach stdout in order.
+    order: Mutex<()>,
+    /// Wakes the writer thread: a batch is ready, or the writer is dropped.
+    wake: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    pending: Vec<u8>,
+    closed: bool,
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 impl Default for Writer {
     fn default() -> Self {
-        Writer {
-            out: Mutex::new(BufWriter::with_capacity(BUFFER, std::io::stdout())),
+        let inner = Arc::new(Inner::default());
+        let thread = inner.clone();
+        let spawned = std::thread::Builder::new()
+            .name("jitgate-access-log".into())
+            .spawn(move || write_out(&thread));
+        if let Err(e) = spawned {
+            // Without the thread nothing drains the buffer: lines are dropped and counted
+            // once it is full, and `flush` still writes what waits.
+            tracing::error!("cannot start the access-log writer: {e}");
         }
+        Writer { inner }
     }
 }
 
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.inner.lock().closed = true;
+        self.inner.wake.notify_one();
+    }
+}
+
+/// The writer thread: takes what waits, writes it, until the [`Writer`] is dropped.
+fn write_out(inner: &Inner) {
+    loop {
+        let _in_order = inner.order.lock().unwrap_or_else(|e| e.into_inner());
+        let batch = {
+            let mut state = inner.lock();
+            if state.pending.len() < BATCH && !state.closed {
+                state = inner
+                    .wake
+                    .wait_timeout(state, FLUSH_EVERY)
+                    .map_or_else(|e| e.into_inner().0, |(s, _)| s);
+            }
+            if state.closed && state.pending.is_empty() {
+                return;
+            }
+            std::mem::take(&mut state.pending)
+        };
+        write_stdout(&batch);
+    }
+}
+
+fn write_stdout(batch: &[u8]) {
+    if batch.is_empty() {
+        return;
+    }
+    let mut out = std::io::stdout().lock();
+    // A closed stdout loses the lines; it must not end the gateway.
+    let _ = out.write_all(batch).and_then(|()| out.flush());
+}
+
 impl Writer {
-    /// Logs `entry` in `format` (nothing for `off`).
-    pub fn log(&self, format: Format, entry: &Entry<'_>) {
+    /// Logs `entry` in `format` (nothing for `off`). Never blocks on stdout; `false` when the
+    /// line was dropped because [`MAX_PENDING`] bytes are already waiting.
+    pub fn log(&self, format: Format, entry: &Entry<'_>) -> bool {
         let mut line = Vec::with_capacity(256);
         match format {
-            Format::Off => return,
+            Format::Off => return true,
             Format::Text => text(entry, &mut line),
             Format::Json => json(entry, &mut line),
         }
         line.push(b'\n');
-        let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
-        // A full or closed stdout must not fail the request; the line is lost.
-        let _ = out.write_all(&line);
+        let mut state = self.inner.lock();
+        if state.pending.len() + line.len() > MAX_PENDING {
+            return false;
+        }
+        state.pending.extend_from_slice(&line);
+        if state.pending.len() >= BATCH {
+            self.inner.wake.notify_one();
+        }
+        true
     }
 
-    /// Writes out what is buffered.
+    /// Writes out what waits, from the calling thread (which may block on stdout): at
+    /// shutdown, and for the demo's walkthrough.
     pub fn flush(&self) {
-        let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = out.flush();
+        let _in_order = self.inner.order.lock().unwrap_or_else(|e| e.into_inner());
+        let batch = std::mem::take(&mut self.inner.lock().pending);
+        write_stdout(&batch);
     }
 }
 
@@ -94,8 +175,10 @@ fn quoted(s: &str, out: &mut Vec<u8>) {
     let _ = serde_json::to_writer(&mut *out, s);
 }
 
-/// Clips a raw (unparsed) target to a bounded, valid length.
-pub fn clip_raw(target: &str) -> &str {
+/// A raw (unparsed) path as logged: without its `;` parameters (a session id, say) and
+/// clipped to a bounded, valid length.
+pub fn clip_raw(path: &str) -> &str {
+    let target = path.split(';').next().unwrap_or_default();
     if target.len() <= MAX_RAW_TARGET {
         return target;
     }

@@ -64,6 +64,8 @@ pub struct Note {
     pub ticket: OnceLock<TicketId>,
     /// Every method the request was read as (`GET+DELETE`), when an override added one.
     pub methods: OnceLock<String>,
+    /// `X-Request-Id`, decided at the edge.
+    pub request_id: OnceLock<HeaderValue>,
 }
 
 impl Exchange<'_> {
@@ -80,6 +82,20 @@ impl Exchange<'_> {
     /// Notes the route that decided this request.
     pub fn decided_by(&self, route: &Route) {
         let _ = self.note.route.set(route.index);
+    }
+
+    /// Notes the request's id (see [`crate::headers::request_id`]).
+    pub fn identify(&self, id: HeaderValue) {
+        let _ = self.note.request_id.set(id);
+    }
+
+    /// The request's id: the one the edge decided, or a new one when the request never got
+    /// that far.
+    pub fn request_id(&self) -> HeaderValue {
+        self.note
+            .request_id
+            .get_or_init(|| crate::headers::request_id(&http::HeaderMap::new()))
+            .clone()
     }
 
     /// Notes the methods the request was read as, once every reading is known, when there is

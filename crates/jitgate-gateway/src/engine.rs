@@ -188,7 +188,6 @@ impl Engine {
     /// The store, or `Unavailable` while it has never been reached.
     pub fn store(&self) -> Result<&Arc<dyn Store>, StoreError> {
         self.store.get().ok_or_else(|| {
-            self.metrics.store_error();
             StoreError::Unavailable(format!("the {} store is not connected", self.store_kind))
         })
     }
@@ -515,6 +514,7 @@ async fn connect(engine: Arc<Engine>, opts: RedisOptions) {
                 return;
             }
             Err(e) => {
+                engine.metrics.store_error();
                 tracing::warn!("redis store unavailable ({e}); approve routes answer 503; retrying in {backoff:?}");
             }
         }

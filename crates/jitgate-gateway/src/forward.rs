@@ -33,6 +33,8 @@ pub struct Outbound<'a> {
     pub upgrade: Option<OnUpgrade>,
     /// The approval token, sent in `Jit-Approval`.
     pub approval: Option<HeaderValue>,
+    /// `X-Request-Id`: sent as the request's one id, whatever the client sent.
+    pub request_id: HeaderValue,
     /// Where the upstream's time is recorded.
     pub metrics: &'a Metrics,
 }
@@ -49,6 +51,7 @@ pub async fn forward(
         body,
         upgrade: client_upgrade,
         approval,
+        request_id,
         metrics,
     } = out;
     let client_version = canonical.version();
@@ -91,6 +94,7 @@ pub async fn forward(
     if let Some(token) = approval {
         headers.insert(JIT_APPROVAL, token);
     }
+    headers.insert(headers::X_REQUEST_ID, request_id);
     if let ProxyBody::Full(_) | ProxyBody::Empty = body {
         // A buffered body is replayed: its length is known.
         headers.remove(header::TRANSFER_ENCODING);

@@ -105,19 +105,17 @@ const MAX_REQUEST_ID: usize = 128;
 
 /// The request's id: the client's one `X-Request-Id` when it is 1 to 128 characters of
 /// `A-Z a-z 0-9 . _ ~ : @ / + = -` (a UUID, a ULID, a W3C trace id, Envoy's and nginx's ids
-/// all are), else a new one replacing whatever was sent. The header is left holding exactly
-/// that id, so the canonical request forwards it. Anything else (two ids, spaces, quotes,
-/// control characters, an overlong id) is replaced rather than trusted into logs.
-pub fn request_id(headers: &mut HeaderMap) -> HeaderValue {
+/// all are), else a new one. Anything else (two ids, spaces, quotes, control characters, an
+/// overlong id) is replaced rather than trusted into logs; the forwarder sends exactly this
+/// id, whatever the client sent.
+pub fn request_id(headers: &HeaderMap) -> HeaderValue {
     let mut sent = headers.get_all(&X_REQUEST_ID).iter();
     if let (Some(id), None) = (sent.next(), sent.next()) {
         if acceptable_request_id(id.as_bytes()) {
             return id.clone();
         }
     }
-    let id = new_request_id();
-    headers.insert(X_REQUEST_ID, id.clone());
-    id
+    new_request_id()
 }
 
 fn acceptable_request_id(id: &[u8]) -> bool {

@@ -78,6 +78,7 @@ pub struct Metrics {
     reloads: Family<ResultLabel, Counter>,
     store_errors: Arc<StoreErrors>,
     notifications: Family<NotifyLabels, Counter>,
+    access_log_dropped: Counter,
     /// Requests no route decided.
     unrouted: RouteMeter,
 }
@@ -232,6 +233,12 @@ impl Metrics {
             "Notification delivery attempts, by channel and result (delivered, failed, gave_up, dropped)",
             notifications.clone(),
         );
+        let access_log_dropped = Counter::default();
+        registry.register(
+            "jitgate_access_log_dropped",
+            "Access-log lines dropped because standard output did not keep up",
+            access_log_dropped.clone(),
+        );
         let unrouted = RouteMeter {
             route: String::new(),
             served: Served::None,
@@ -243,6 +250,7 @@ impl Metrics {
             statuses: Default::default(),
         };
         Metrics {
+            access_log_dropped,
             unrouted,
             registry,
             requests,
@@ -354,7 +362,12 @@ impl Metrics {
         self.reloads.get_or_create(&ResultLabel { result }).inc();
     }
 
-    /// The store failed an operation (unreachable, timed out, not connected).
+    /// An access-log line was dropped: stdout is not keeping up.
+    pub fn access_log_dropped(&self) {
+        self.access_log_dropped.inc();
+    }
+
+    /// The store failed an operation, or a connection attempt.
     pub fn store_error(&self) {
         self.store_errors.gateway.fetch_add(1, Ordering::Relaxed);
     }
@@ -392,8 +405,8 @@ impl Drop for HeldGauge {
     }
 }
 
-/// Store errors seen by the gateway (the store not connected) plus those the store counts
-/// itself (every failed command, retries included).
+/// Failed connection attempts (counted by the engine) plus the operations the store counts as
+/// failed itself (see [`jitgate_store::Store::errors`]).
 #[derive(Default)]
 struct StoreErrors {
     gateway: AtomicU64,
@@ -424,7 +437,7 @@ impl Collector for StoreErrorsCollector {
         let counter = ConstCounter::new(total);
         let metric = encoder.encode_descriptor(
             "jitgate_store_errors",
-            "Store operations that failed: unreachable, timed out or not connected",
+            "Store operations and connection attempts that failed (unreachable, or slower than op_timeout)",
             None,
             counter.metric_type(),
         )?;

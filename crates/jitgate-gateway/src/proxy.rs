@@ -30,13 +30,13 @@ use crate::state::Shared;
 
 /// Serves one data-plane request. Never fails: every error is an HTTP answer. Every request
 /// is counted (`jitgate_requests_total`, `jitgate_request_duration_seconds`) and logged
-/// (`[log] access`) once its response head is ready, under its `X-Request-Id`.
+/// (`[log] access`) once, under its `X-Request-Id`: when its response head is ready, or, when
+/// the client goes away first, as `499` when the request is dropped.
 pub async fn handle(
     shared: Arc<Shared>,
     conn: ConnInfo,
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
-    let started = Instant::now();
     // The request keeps this generation of the table until it is answered.
     let x = Exchange {
         snap: shared.snapshot(),
@@ -45,76 +45,109 @@ pub async fn handle(
         grpc: grpc::is_call(req.headers()),
         note: Note::default(),
     };
-    let (mut parts, body) = req.into_parts();
-    let request_id = headers::request_id(&mut parts.headers);
-    let logged = Logged {
+    let (parts, body) = req.into_parts();
+    let mut account = Account {
+        x: &x,
+        started: Instant::now(),
         format: x.snap.table.config().log.access,
         method: parts.method.clone(),
         version: parts.version,
         path: String::new(),
+        recorded: false,
     };
-    let (mut resp, logged) = edge(&x, parts, body, logged).await;
-    let elapsed = started.elapsed();
-    let route = x
-        .note
-        .route
-        .get()
-        .and_then(|&i| x.snap.table.routes().get(i));
-    let served = match route.map(|r| r.action) {
-        Some(Action::Allow) => Served::Allow,
-        Some(Action::Deny) => Served::Deny,
-        Some(Action::Approve) => Served::Approve,
-        None => Served::None,
-    };
-    let status = resp.status().as_u16();
-    let metrics = x.engine().metrics();
-    let meter = route
-        .and_then(|r| {
-            let slot = x.snap.route_meters.get(r.index)?;
-            Some(slot.get_or_init(|| metrics.route(&r.name, served)))
-        })
-        .unwrap_or_else(|| metrics.unrouted());
-    metrics.request(meter, status, elapsed);
-    let route = route.map(|r| r.name.as_str());
-    if logged.format != AccessLog::Off {
-        let ticket = x.note.ticket.get().map(ToString::to_string);
-        shared.access_log().log(
-            logged.format,
-            &access_log::Entry {
-                at: SystemTime::now() - elapsed,
-                request_id: request_id.to_str().unwrap_or_default(),
-                peer: conn.peer.ip(),
-                method: x
-                    .note
-                    .methods
-                    .get()
-                    .map_or(logged.method.as_str(), String::as_str),
-                path: &logged.path,
-                version: logged.version,
-                status,
-                route,
-                action: served.as_str(),
-                ticket: ticket.as_deref(),
-                duration: elapsed,
-            },
-        );
-    }
+    let mut resp = edge(&x, parts, body, &mut account).await;
+    account.record(resp.status().as_u16());
     // The client can quote the id the gateway logged and forwarded; an upstream's own
     // `X-Request-Id` answer is left as it is.
     if let http::header::Entry::Vacant(v) = resp.headers_mut().entry(headers::X_REQUEST_ID) {
-        v.insert(request_id);
+        v.insert(x.request_id());
     }
     resp
 }
 
-/// What the access log needs of the request itself, read before it is taken apart.
-struct Logged {
+/// nginx's "client closed request": what a request the client abandoned before its answer is
+/// counted and logged as.
+const CLIENT_CLOSED: u16 = 499;
+
+/// Counts and logs one request exactly once: when it is answered, or when it is dropped
+/// unanswered (the client went away; the upstream may have acted on it all the same).
+struct Account<'x, 'a> {
+    x: &'x Exchange<'a>,
+    started: Instant,
     format: AccessLog,
     method: http::Method,
     version: http::Version,
     /// The canonical path, or the raw one (clipped) when there is none; filled only when
     /// the access log is on.
     path: String,
+    recorded: bool,
+}
+
+impl Account<'_, '_> {
+    fn logs(&self) -> bool {
+        self.format != AccessLog::Off
+    }
+
+    fn record(&mut self, status: u16) {
+        if std::mem::replace(&mut self.recorded, true) {
+            return;
+        }
+        let x = self.x;
+        let elapsed = self.started.elapsed();
+        let route = x
+            .note
+            .route
+            .get()
+            .and_then(|&i| x.snap.table.routes().get(i));
+        let served = match route.map(|r| r.action) {
+            Some(Action::Allow) => Served::Allow,
+            Some(Action::Deny) => Served::Deny,
+            Some(Action::Approve) => Served::Approve,
+            None => Served::None,
+        };
+        let metrics = x.engine().metrics();
+        let meter = route
+            .and_then(|r| {
+                let slot = x.snap.route_meters.get(r.index)?;
+                Some(slot.get_or_init(|| metrics.route(&r.name, served)))
+            })
+            .unwrap_or_else(|| metrics.unrouted());
+        metrics.request(meter, status, elapsed);
+        if !self.logs() {
+            return;
+        }
+        let ticket = x.note.ticket.get().map(ToString::to_string);
+        let request_id = x.request_id();
+        let logged = x.shared.access_log().log(
+            self.format,
+            &access_log::Entry {
+                at: SystemTime::now() - elapsed,
+                request_id: request_id.to_str().unwrap_or_default(),
+                peer: x.conn.peer.ip(),
+                method: x
+                    .note
+                    .methods
+                    .get()
+                    .map_or(self.method.as_str(), String::as_str),
+                path: &self.path,
+                version: self.version,
+                status,
+                route: route.map(|r| r.name.as_str()),
+                action: served.as_str(),
+                ticket: ticket.as_deref(),
+                duration: elapsed,
+            },
+        );
+        if !logged {
+            metrics.access_log_dropped();
+        }
+    }
+}
+
+impl Drop for Account<'_, '_> {
+    fn drop(&mut self) {
+        self.record(CLIENT_CLOSED);
+    }
 }
 
 /// Builds the one canonical view of the request and serves it.
@@ -122,37 +155,37 @@ async fn edge(
     x: &Exchange<'_>,
     mut parts: http::request::Parts,
     body: Incoming,
-    mut logged: Logged,
-) -> (Response<ProxyBody>, Logged) {
+    account: &mut Account<'_, '_>,
+) -> Response<ProxyBody> {
     let upgrade = parts.extensions.remove::<OnUpgrade>();
     let canonical = match Canonical::build(&mut parts, &x.edge()) {
         Ok(c) => c,
         Err(e) => {
-            tracing::info!(method = %parts.method, target = %parts.uri, "refused: {e}");
-            if logged.format != AccessLog::Off {
-                logged.path = access_log::clip_raw(parts.uri.path()).to_string();
+            x.identify(headers::request_id(&parts.headers));
+            // Neither the query nor `;` parameters: they carry credentials too often.
+            let path = access_log::clip_raw(parts.uri.path());
+            tracing::info!(method = %parts.method, path, "refused: {e}");
+            if account.logs() {
+                account.path = path.to_string();
             }
-            return (
-                x.answer(GatewayError::Malformed(e.to_string()), None),
-                logged,
-            );
+            return x.answer(GatewayError::Malformed(e.to_string()), None);
         }
     };
-    if logged.format != AccessLog::Off {
-        logged.path = canonical.path().to_string();
+    // Read from the canonical headers: what the client's own `Connection` header nominated
+    // is gone, as from what is forwarded.
+    x.identify(headers::request_id(canonical.headers()));
+    if account.logs() {
+        account.path = canonical.path().to_string();
     }
     // Only a WebSocket upgrade is passed through; any other `Upgrade` was stripped at the edge
     // and the request goes on as a plain one.
     let upgrade = upgrade.filter(|_| canonical.is_upgrade());
     if canonical.path().starts_with(approval::WELL_KNOWN) {
         if let Some(resp) = approval::well_known(x, &canonical).await {
-            return (resp, logged);
+            return resp;
         }
     }
-    (
-        serve(x, canonical, RequestBody::Stream(body), upgrade).await,
-        logged,
-    )
+    serve(x, canonical, RequestBody::Stream(body), upgrade).await
 }
 
 /// Resolves the canonical request and acts on its route.
@@ -225,6 +258,7 @@ async fn serve(
         body: body.into_proxy(upstream.def.idle_timeout),
         upgrade,
         approval: None,
+        request_id: x.request_id(),
         metrics: x.engine().metrics(),
     };
     match forward(upstream, out).await {

@@ -92,7 +92,6 @@ impl Gateway {
         let shared = Arc::new(Shared::new(snapshot, engine, config_path, cert));
         crate::notify::deliver::start(shared.clone());
         crate::events::Hub::start(shared.clone());
-        spawn_access_log_flusher(&shared);
         let (stop, stop_rx) = watch::channel(false);
         spawn_sighup(shared.clone(), stop_rx.clone());
         let watcher = if server.watch {
@@ -187,27 +186,17 @@ impl Gateway {
         // What the drained requests recorded reaches the store, and the [audit] file,
         // before the exit.
         shared.engine().close_audit(AUDIT_FLUSH_TIMEOUT).await;
-        shared.access_log().flush();
+        // What the last requests logged, unless stdout is stuck.
+        let flushing = shared.clone();
+        let flushed = tokio::task::spawn_blocking(move || flushing.access_log().flush());
+        if tokio::time::timeout(AUDIT_FLUSH_TIMEOUT, flushed)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the access log could not be written out: stdout does not take it");
+        }
         Ok(())
     }
-}
-
-/// Writes the access log out at least every [`crate::access_log::FLUSH_EVERY`], for as long as the
-/// gateway lives.
-fn spawn_access_log_flusher(shared: &Arc<Shared>) {
-    let shared = Arc::downgrade(shared);
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(crate::access_log::FLUSH_EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            let Some(shared) = shared.upgrade() else {
-                return;
-            };
-            // Writing to a pipe can block: off the runtime's workers.
-            let _ = tokio::task::spawn_blocking(move || shared.access_log().flush()).await;
-        }
-    });
 }
 
 /// How long shutdown waits for the `[audit] file` to be written out once requests drained.

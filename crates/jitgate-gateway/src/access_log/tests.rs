@@ -77,4 +77,5 @@ fn raw_targets_are_clipped_on_a_character_boundary() {
     assert!(clipped.len() <= MAX_RAW_TARGET && clipped.len() >= MAX_RAW_TARGET - 1);
     assert!(long.starts_with(clipped));
     assert_eq!(clip_raw("/short"), "/short");
+    assert_eq!(clip_raw("/account;jsessionid=SECRET/x"), "/account");
 }

@@ -301,6 +301,7 @@ async fn send(
         body: ProxyBody::full(held.body),
         upgrade: None,
         approval,
+        request_id: x.request_id(),
         metrics: x.engine().metrics(),
     };
     match forward(upstream, out).await {

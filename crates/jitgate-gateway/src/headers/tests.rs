@@ -67,17 +67,15 @@ fn trusted_peer_appends() {
 }
 
 #[test]
-fn a_well_formed_request_id_is_kept_and_forwarded() {
+fn a_well_formed_request_id_is_kept() {
     for id in [
         "0b5f7c1e-4a8e-4d55-9f0e-8c1d2b3a4f5e",
         "01HZX8N4M8W4C0Y3V5Q6R7S8T9",
         "trace:abc/def+ghi=",
         &"a".repeat(128),
     ] {
-        let mut h = map(&[("x-request-id", id)]);
-        assert_eq!(request_id(&mut h), id);
-        assert_eq!(h.get_all(X_REQUEST_ID).iter().count(), 1);
-        assert_eq!(h[X_REQUEST_ID], id);
+        let h = map(&[("x-request-id", id)]);
+        assert_eq!(request_id(&h), id);
     }
 }
 
@@ -94,13 +92,10 @@ fn a_missing_ambiguous_or_unsafe_request_id_is_replaced() {
     ];
     let mut seen = std::collections::HashSet::new();
     for pairs in cases {
-        let mut h = map(pairs);
-        let id = request_id(&mut h);
+        let id = request_id(&map(pairs));
         let text = id.to_str().unwrap();
         assert_eq!(text.len(), 32, "{pairs:?}");
         assert!(text.bytes().all(|b| b.is_ascii_hexdigit()), "{text}");
-        // Exactly the new id is forwarded; nothing the client sent survives.
-        assert_eq!(h.get_all(X_REQUEST_ID).iter().collect::<Vec<_>>(), [&id]);
         assert!(seen.insert(text.to_string()), "ids repeat: {text}");
     }
 }
