@@ -199,18 +199,43 @@ fn version(v: Version) -> &'static str {
     }
 }
 
-fn millis(d: Duration) -> String {
-    format!("{:.3}", d.as_secs_f64() * 1000.0)
+/// `1.234`: milliseconds with three decimals, from integers (float formatting costs more than
+/// the rest of the line).
+fn millis(d: Duration, out: &mut Vec<u8>) {
+    let micros = d.as_micros();
+    let _ = write!(out, "{}.{:03}", micros / 1000, micros % 1000);
+}
+
+/// `2026-11-27T19:40:01.123Z`. The date and time to the second are formatted once a second per
+/// thread; the milliseconds are appended.
+fn timestamp(at: SystemTime, out: &mut Vec<u8>) {
+    use std::cell::RefCell;
+    thread_local! {
+        static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+    let since = at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = since.as_secs();
+    SECOND.with(|cell| {
+        let mut cached = cell.borrow_mut();
+        if cached.0 != secs {
+            let whole = SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+            let text = humantime::format_rfc3339_seconds(whole).to_string();
+            // `...:SSZ`: keep the part before the zone designator.
+            *cached = (secs, text.trim_end_matches('Z').to_string());
+        }
+        out.extend_from_slice(cached.1.as_bytes());
+    });
+    let _ = write!(out, ".{:03}Z", since.subsec_millis());
 }
 
 /// `ts=... request_id="..." peer=... method="GET" path="/x" version=HTTP/1.1 status=200
 /// route="api" action=allow ticket=- duration_ms=0.412`
 fn text(e: &Entry<'_>, out: &mut Vec<u8>) {
-    let _ = write!(
-        out,
-        "ts={} request_id=",
-        humantime::format_rfc3339_millis(e.at)
-    );
+    out.extend_from_slice(b"ts=");
+    timestamp(e.at, out);
+    out.extend_from_slice(b" request_id=");
     quoted(e.request_id, out);
     let _ = write!(out, " peer={} method=", e.peer.to_canonical());
     quoted(e.method, out);
@@ -231,24 +256,36 @@ fn text(e: &Entry<'_>, out: &mut Vec<u8>) {
         Some(t) => quoted(t, out),
         None => out.push(b'-'),
     }
-    let _ = write!(out, " duration_ms={}", millis(e.duration));
+    out.extend_from_slice(b" duration_ms=");
+    millis(e.duration, out);
 }
 
+/// One JSON object, written member by member (no intermediate value).
 fn json(e: &Entry<'_>, out: &mut Vec<u8>) {
-    let v = serde_json::json!({
-        "ts": humantime::format_rfc3339_millis(e.at).to_string(),
-        "requestId": e.request_id,
-        "peer": e.peer.to_canonical().to_string(),
-        "method": e.method,
-        "path": e.path,
-        "version": version(e.version),
-        "status": e.status,
-        "route": e.route,
-        "action": e.action,
-        "ticket": e.ticket,
-        "durationMs": (e.duration.as_secs_f64() * 1e6).round() / 1e3,
-    });
-    let _ = serde_json::to_writer(&mut *out, &v);
+    let optional = |v: Option<&str>, out: &mut Vec<u8>| match v {
+        Some(s) => quoted(s, out),
+        None => out.extend_from_slice(b"null"),
+    };
+    out.extend_from_slice(b"{\"ts\":\"");
+    timestamp(e.at, out);
+    out.extend_from_slice(b"\",\"requestId\":");
+    quoted(e.request_id, out);
+    let _ = write!(out, ",\"peer\":\"{}\",\"method\":", e.peer.to_canonical());
+    quoted(e.method, out);
+    out.extend_from_slice(b",\"path\":");
+    quoted(e.path, out);
+    let _ = write!(
+        out,
+        ",\"version\":\"{}\",\"status\":{},\"route\":",
+        version(e.version),
+        e.status
+    );
+    optional(e.route, out);
+    let _ = write!(out, ",\"action\":\"{}\",\"ticket\":", e.action);
+    optional(e.ticket, out);
+    out.extend_from_slice(b",\"durationMs\":");
+    millis(e.duration, out);
+    out.push(b'}');
 }
 
 #[cfg(test)]

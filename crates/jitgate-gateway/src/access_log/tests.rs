@@ -79,3 +79,32 @@ fn raw_targets_are_clipped_on_a_character_boundary() {
     assert_eq!(clip_raw("/short"), "/short");
     assert_eq!(clip_raw("/account;jsessionid=SECRET/x"), "/account");
 }
+
+#[test]
+fn durations_and_times_are_written_exactly() {
+    let ms = |d: Duration| {
+        let mut out = Vec::new();
+        millis(d, &mut out);
+        String::from_utf8(out).unwrap()
+    };
+    assert_eq!(ms(Duration::from_micros(412)), "0.412");
+    assert_eq!(ms(Duration::from_micros(7)), "0.007");
+    assert_eq!(ms(Duration::from_millis(8_123_455) / 1000), "8123.455");
+    assert_eq!(ms(Duration::from_secs(3600)), "3600000.000");
+    let ts = |at: SystemTime| {
+        let mut out = Vec::new();
+        timestamp(at, &mut out);
+        String::from_utf8(out).unwrap()
+    };
+    let at = SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_007);
+    assert_eq!(ts(at), "2023-11-14T22:13:20.007Z");
+    // The next second, on the same thread: the cached part moves on.
+    assert_eq!(
+        ts(at + Duration::from_millis(1_000)),
+        "2023-11-14T22:13:21.007Z"
+    );
+    assert_eq!(
+        ts(at + Duration::from_millis(86_400_000)),
+        "2023-11-15T22:13:20.007Z"
+    );
+}
