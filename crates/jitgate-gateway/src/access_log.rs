@@ -76,6 +76,9 @@ struct Inner {
 #[derive(Debug, Default)]
 struct State {
     pending: Vec<u8>,
+    /// The writer was woken for the batch waiting: one wake-up (a futex call) per batch, not
+    /// one per line until the writer runs.
+    woken: bool,
     closed: bool,
 }
 
@@ -123,6 +126,7 @@ fn write_out(inner: &Inner) {
             if state.closed && state.pending.is_empty() {
                 return;
             }
+            state.woken = false;
             std::mem::take(&mut state.pending)
         };
         write_stdout(&batch);
@@ -154,7 +158,8 @@ impl Writer {
             return false;
         }
         state.pending.extend_from_slice(&line);
-        if state.pending.len() >= BATCH {
+        if state.pending.len() >= BATCH && !state.woken {
+            state.woken = true;
             self.inner.wake.notify_one();
         }
         true
