@@ -18,8 +18,8 @@ use serde_json::{json, Value};
 
 use jitgate_identity::Identity;
 use jitgate_rules::ticket::{
-    self, Approver, AuditDraft, AuditEvent, AuditKind, Grant, Mode, Status, Ticket, TicketId,
-    Timestamp, TransitionError,
+    self, Approver, AuditDraft, AuditEvent, AuditKind, Grant, GrantId, Mode, Status, Ticket,
+    TicketId, Timestamp, TransitionError,
 };
 use jitgate_store::{AuditFilter, StoreError};
 
@@ -27,7 +27,7 @@ use crate::approval::view_paths::JWKS;
 use crate::body::ProxyBody;
 use crate::contract::{
     ApproveRequest, AuditPage, DecideItem, DecideRequest, DecideResult, Decision, DenyRequest,
-    Health, Jwk, Jwks, Ready, ReloadResult, StoreHealth, TicketList,
+    GrantList, Health, Jwk, Jwks, Ready, ReloadResult, RevokeRequest, StoreHealth, TicketList,
 };
 use crate::engine::Engine;
 use crate::problem::{json_body, Fault, Problem};
@@ -57,6 +57,8 @@ pub const ENDPOINTS: &[(&str, &str)] = &[
     ("GET", "/v1/admin/rules/source"),
     ("PUT", "/v1/admin/rules/source"),
     ("POST", "/v1/admin/reload"),
+    ("GET", "/v1/grants"),
+    ("POST", "/v1/grants/{id}/revoke"),
     ("GET", "/v1/events"),
     ("POST", "/v1/notify/slack/actions"),
 ];
@@ -231,6 +233,14 @@ impl Api<'_> {
                 let approve = *verb == "approve";
                 match read_json(req).await {
                     Ok(body) => api.decide_one(&id, approve, body).await,
+                    Err(p) => p.into_response(),
+                }
+            }
+            (&Method::GET, ["v1", "grants"]) => api.grants(req.uri().query()).await,
+            (&Method::POST, ["v1", "grants", id, "revoke"]) => {
+                let id = id.to_string();
+                match read_json(req).await {
+                    Ok(body) => api.revoke_one(&id, body).await,
                     Err(p) => p.into_response(),
                 }
             }
@@ -798,9 +808,30 @@ impl<'a> Api<'a> {
         store.audit(filter).await.map_err(|e| store_problem(&e))
     }
 
-    /// Active grants the caller may see: operators every one, others their own. (Who may see
-    /// and revoke grants is for the grants API to settle; until then this errs on the side
-    /// of showing less.)
+    /// Whether the caller may see and revoke grant `g`: operators, its requester, and the
+    /// approvers of its route in the table in force (who could have granted it).
+    pub(crate) fn may_manage_grant(&self, g: &Grant) -> bool {
+        if self.operator || g.requester.user.as_deref() == Some(self.caller.user.as_str()) {
+            return true;
+        }
+        let snap = self.shared.snapshot();
+        let approvers = snap
+            .table
+            .routes()
+            .iter()
+            .find(|r| r.name == g.route)
+            .and_then(|r| r.approval.as_ref())
+            .map(|p| {
+                p.approvers
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+            });
+        approvers.is_some_and(|a| self.caller.is_listed(&a))
+    }
+
+    /// The active grants the caller may see (see [`Api::may_manage_grant`]), soonest-ending
+    /// first.
     pub(crate) async fn visible_grants(&self) -> Result<Vec<Grant>, Problem> {
         let store = self.engine().store().map_err(|e| store_problem(&e))?;
         let grants = store
@@ -809,8 +840,103 @@ impl<'a> Api<'a> {
             .map_err(|e| store_problem(&e))?;
         Ok(grants
             .into_iter()
-            .filter(|g| self.operator || g.requester.user.as_deref() == Some(&self.caller.user))
+            .filter(|g| self.may_manage_grant(g))
             .collect())
+    }
+
+    /// `GET /v1/grants?requester=&route=`.
+    async fn grants(&self, query: Option<&str>) -> Response<ProxyBody> {
+        let (mut requester, mut route) = (None, None);
+        let pairs = match query_pairs(query) {
+            Ok(p) => p,
+            Err(p) => return p.into_response(),
+        };
+        for (k, v) in pairs {
+            match k.as_str() {
+                "requester" => requester = Some(v),
+                "route" => route = Some(v),
+                other => {
+                    return Problem::bad_request(format!(
+                        "unknown query parameter `{other}` (requester, route)"
+                    ))
+                    .into_response()
+                }
+            }
+        }
+        match self.visible_grants().await {
+            Ok(mut grants) => {
+                grants.retain(|g| {
+                    requester
+                        .as_deref()
+                        .is_none_or(|r| g.requester.user.as_deref() == Some(r))
+                        && route.as_deref().is_none_or(|r| g.route == r)
+                });
+                json_body(StatusCode::OK, &GrantList { grants })
+            }
+            Err(p) => p.into_response(),
+        }
+    }
+
+    async fn revoke_one(&self, raw: &str, body: Value) -> Response<ProxyBody> {
+        match parse_body::<RevokeRequest>(body) {
+            Ok(b) => match self.revoke(raw, b.reason).await {
+                Ok(g) => json_body(StatusCode::OK, &g),
+                Err(p) => p.into_response(),
+            },
+            Err(p) => p.into_response(),
+        }
+    }
+
+    /// Revokes grant `raw` as the caller. Its next use, on any replica, is refused: every use
+    /// is a compare-and-set on the grant in the store, which a revoked grant fails.
+    pub(crate) async fn revoke(&self, raw: &str, reason: Option<String>) -> Result<Grant, Problem> {
+        let reason = clip(reason);
+        let unknown = || {
+            Problem::new(
+                StatusCode::NOT_FOUND,
+                "unknown-grant",
+                "Unknown grant",
+                "no grant with this id is visible to you",
+                Fault::Downstream,
+            )
+        };
+        let id = GrantId::parse(raw).map_err(|_| unknown())?;
+        let engine = self.engine();
+        let store = engine.store().map_err(|e| store_problem(&e))?;
+        // Invisible grants are unknown, so ids cannot be probed.
+        match store.get_grant(&id).await {
+            Ok(Some(g)) if self.may_manage_grant(&g) => {}
+            Ok(_) => return Err(unknown()),
+            Err(e) => return Err(store_problem(&e)),
+        }
+        let now = engine.now();
+        let who = self.caller.user.clone();
+        let audit = |_: &Grant, g: &Grant| {
+            vec![AuditDraft {
+                at: now,
+                kind: AuditKind::GrantRevoked,
+                ticket: g.ticket.clone(),
+                actor: Some(who.clone()),
+                requester: Some(g.requester.key().to_string()),
+                route: Some(g.route.clone()),
+                detail: json!({ "grant": g.id.to_string(), "reason": reason, "uses": g.uses }),
+            }]
+        };
+        let revoked = store
+            .transition_grant(&id, &|g| ticket::revoke(g, now), &audit)
+            .await
+            .map_err(|e| match e {
+                StoreError::Transition(t) => Problem::new(
+                    StatusCode::CONFLICT,
+                    "grant-not-active",
+                    "Grant not active",
+                    t.to_string(),
+                    Fault::Downstream,
+                ),
+                other => store_problem(&other),
+            })?;
+        tracing::info!(grant = %revoked.id, route = %revoked.route, by = %self.caller.user, "grant revoked");
+        Ok(revoked)
     }
 
     async fn decide_one(&self, raw: &str, approve: bool, body: Value) -> Response<ProxyBody> {

@@ -42,6 +42,23 @@ pub struct DenyRequest {
     pub reason: Option<String>,
 }
 
+/// `GET /v1/grants`: the active grants the caller may see.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct GrantList {
+    /// Active grants (not revoked, not expired, uses left), soonest-ending first.
+    pub grants: Vec<Grant>,
+}
+
+/// `POST /v1/grants/{id}/revoke`. An empty body is `{}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeRequest {
+    /// Recorded with the `grant.revoked` event. Trimmed and cut to at most 2000 bytes (on a
+    /// UTF-8 boundary); a blank value is treated as absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
 /// The decision of a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]

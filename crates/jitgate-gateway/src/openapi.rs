@@ -8,11 +8,11 @@
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use jitgate_rules::ticket::{AuditKind, Status, Ticket, Timestamp};
+use jitgate_rules::ticket::{AuditKind, Grant, Status, Ticket, Timestamp};
 
 use crate::contract::{
-    ApproveRequest, AuditPage, DecideRequest, DecideResult, DenyRequest, EventBody, Health, Jwks,
-    Problem, Ready, ReloadResult, Rules, TicketList,
+    ApproveRequest, AuditPage, DecideRequest, DecideResult, DenyRequest, EventBody, GrantList,
+    Health, Jwks, Problem, Ready, ReloadResult, RevokeRequest, Rules, TicketList,
 };
 
 /// The document.
@@ -43,9 +43,9 @@ Errors are RFC 9457 problem details (`application/problem+json`) whose `type` is
 `HEAD` is also accepted on `/healthz`, `/readyz`, `/metrics`, `/.well-known/jwks.json` and `/v1/openapi.json`. Any other method on a served path answers `405` problem `method-not-allowed` (after authentication, for the paths that need it); an unknown path answers `404` problem `not-found` to authenticated callers."#,
         license(name = "Apache-2.0", identifier = "Apache-2.0")
     ),
-    paths(ops::health, ops::ready, ops::metrics, ops::jwks, ops::openapi, ops::list_tickets, ops::get_ticket, ops::approve_ticket, ops::deny_ticket, ops::decide_tickets, ops::read_audit, ops::get_rules, ops::get_rules_source, ops::put_rules_source, ops::reload_rules, ops::stream_events, ops::slack_actions),
+    paths(ops::health, ops::ready, ops::metrics, ops::jwks, ops::openapi, ops::list_tickets, ops::get_ticket, ops::approve_ticket, ops::deny_ticket, ops::decide_tickets, ops::read_audit, ops::get_rules, ops::get_rules_source, ops::put_rules_source, ops::reload_rules, ops::list_grants, ops::revoke_grant, ops::stream_events, ops::slack_actions),
     components(schemas(EventBody)),
-    tags((name = "health", description = r#"Liveness, readiness, metrics and published keys; no authentication."#), (name = "tickets", description = r#"Approval tickets and decisions."#), (name = "audit", description = r#"The hash-chained audit log (operators only)."#), (name = "admin", description = r#"The rule table (operators only)."#), (name = "meta", description = r#"This document."#), (name = "notifications", description = r#"Callbacks from chat tools."#)),
+    tags((name = "health", description = r#"Liveness, readiness, metrics and published keys; no authentication."#), (name = "tickets", description = r#"Approval tickets and decisions."#), (name = "grants", description = r#"Access grants: listing and revocation."#), (name = "audit", description = r#"The hash-chained audit log (operators only)."#), (name = "admin", description = r#"The rule table (operators only)."#), (name = "meta", description = r#"This document."#), (name = "notifications", description = r#"Callbacks from chat tools."#)),
     security(("bearer" = [])),
     modifiers(&Bearer)
 )]
@@ -240,6 +240,49 @@ mod ops {
         )
     )]
     fn deny_ticket() {}
+
+    #[utoipa::path(
+        get,
+        path = "/v1/grants",
+        operation_id = "listGrants",
+        tag = "grants",
+        summary = r#"List visible active grants"#,
+        description = r#"Active grants (not revoked, not expired, uses left), soonest-ending first, that the caller may see: operators see all, a requester their own, and the approvers of a route (in the table in force) the grants on it. Revoked, expired and used-up grants are in the audit trail (`grant.revoked`, `grant.used`). Unknown query parameters are refused with `400`."#,
+        params(
+            ("requester" = Option<String>, Query, description = r#"Only grants of this user."#),
+            ("route" = Option<String>, Query, description = r#"Only grants on this route."#)
+        ),
+        responses(
+            (status = 200, description = r#"The visible active grants."#, body = GrantList, content_type = "application/json", headers(("Cache-Control" = String, description = r#"JSON and problem answers are never cached."#))),
+            (status = 400, description = r#"Malformed request (problem `malformed-request`): an undecodable or unknown query parameter."#, body = Problem, content_type = "application/problem+json", headers(("Cache-Control" = String, description = r#"JSON and problem answers are never cached."#))),
+            (status = 401, description = r#"No `Authorization: Bearer` credential, or one that is neither a known API token nor a valid JWT (problem `unauthenticated`)."#, body = Problem, content_type = "application/problem+json", headers(("Cache-Control" = String, description = r#"JSON and problem answers are never cached."#), ("WWW-Authenticate" = String, description = r#"The bearer challenge."#))),
+            (status = 503, description = r#"The approval store is unreachable, timed out, or returned data it could not read (problem `store-unavailable`)."#, body = Problem, content_type = "application/problem+json", headers(("Cache-Control" = String, description = r#"JSON and problem answers are never cached."#)))
+        )
+    )]
+    fn list_grants() {}
+
+    #[utoipa::path(
+        post,
+        path = "/v1/grants/{id}/revoke",
+        operation_id = "revokeGrant",
+        tag = "grants",
+        summary = r#"Revoke a grant"#,
+        description = r#"Revokes the grant at once, on every replica: each use of a grant is a compare-and-set on it in the store, which a revoked grant fails, so its next request is held for approval again. Operators, the grant's requester and the approvers of its route (in the table in force) may revoke it. Audited as `grant.revoked` with the caller and the reason, which notifies the channels that want `grant.revoked`."#,
+        params(
+            ("id" = String, Path, description = r#"Grant id (`grt_` + 26-character ULID). A malformed id, an id that does not exist (or is past retention) and a grant the caller may not see all answer 404 `unknown-grant`."#, example = json!("grt_01JDAE7Y8Z3K4M5N6P7Q8R9S0T"))
+        ),
+        request_body(content = RevokeRequest, content_type = "application/json", description = r#"Optional; an empty body is `{}`. Unknown members are refused (`400`)."#),
+        responses(
+            (status = 200, description = r#"The grant, revoked."#, body = Grant, content_type = "application/json", headers(("Cache-Control" = String, description = r#"JSON and problem answers are never cached."#))),
+            (status = 400, description = r#"Malformed request (problem `malformed-request`): a body that is not JSON or has unknown members."#, body = Problem, content_type = "application/problem+json", headers(("Cache-Control" = String, description = r#"JSON and problem answers are never cached."#))),
+            (status = 401, description = r#"No `Authorization: Bearer` credential, or one that is neither a known API token nor a valid JWT (problem `unauthenticated`)."#, body = Problem, content_type = "application/problem+json", headers(("Cache-Control" = String, description = r#"JSON and problem answers are never cached."#), ("WWW-Authenticate" = String, description = r#"The bearer challenge."#))),
+            (status = 404, description = r#"No grant with this id is visible to the caller (problem `unknown-grant`)."#, body = Problem, content_type = "application/problem+json", headers(("Cache-Control" = String, description = r#"JSON and problem answers are never cached."#))),
+            (status = 409, description = r#"The grant is already revoked, expired or used up (problem `grant-not-active`)."#, body = Problem, content_type = "application/problem+json", headers(("Cache-Control" = String, description = r#"JSON and problem answers are never cached."#))),
+            (status = 413, description = r#"The request body exceeds 1 MiB (problem `body-too-large`)."#, body = Problem, content_type = "application/problem+json", headers(("Cache-Control" = String, description = r#"JSON and problem answers are never cached."#))),
+            (status = 503, description = r#"The approval store is unreachable, timed out, or returned data it could not read (problem `store-unavailable`)."#, body = Problem, content_type = "application/problem+json", headers(("Cache-Control" = String, description = r#"JSON and problem answers are never cached."#)))
+        )
+    )]
+    fn revoke_grant() {}
 
     #[utoipa::path(
         post,

@@ -167,6 +167,7 @@ impl<'a> Ui<'a> {
             (_, [""]) if get => self.pending().await,
             (_, ["decide"]) if post => self.decide_batch(body).await,
             (_, ["grants"]) if get => self.grants().await,
+            (_, ["grants", id, "revoke"]) if post => self.revoke(id, body).await,
             (_, ["tickets", id]) if get => self.ticket(id).await,
             (_, ["tickets", id, "decide"]) if post => self.decide_one(id, body).await,
             _ => match allowed(path, &segments) {
@@ -496,6 +497,41 @@ impl<'a> Ui<'a> {
         }
     }
 
+    /// Revokes a grant (the same rules as `POST /v1/grants/{id}/revoke`), back to the list.
+    async fn revoke<B>(&self, raw: &str, body: B) -> Response<ProxyBody>
+    where
+        B: Body<Data = Bytes> + Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let (signed, form) = match self.post_as(body).await {
+            Ok(s) => s,
+            Err(resp) => return resp,
+        };
+        let reason = form.one("reason").map(str::to_string);
+        match signed.api.revoke(raw, reason).await {
+            Ok(g) => {
+                self.shared.ui_sessions().set_flash(
+                    &signed.id,
+                    Flash {
+                        ok: true,
+                        lines: vec![format!("Grant {} revoked.", g.id)],
+                    },
+                );
+                authenticated(redirect("/ui/grants", StatusCode::SEE_OTHER))
+            }
+            Err(p) => authenticated(html(
+                p.status,
+                pages::error(
+                    &signed.chrome(None),
+                    p.status.as_u16(),
+                    p.title,
+                    &p.detail,
+                    Some("/ui/grants"),
+                ),
+            )),
+        }
+    }
+
     // === decisions ===
 
     async fn decide_one<B>(&self, raw: &str, body: B) -> Response<ProxyBody>
@@ -687,7 +723,9 @@ fn allowed(path: &str, segments: &[&str]) -> Option<&'static str> {
             Some("GET, HEAD")
         }
         (_, ["signin"]) => Some("GET, HEAD, POST"),
-        (_, ["signout"] | ["decide"] | ["tickets", _, "decide"]) => Some("POST"),
+        (_, ["signout"] | ["decide"] | ["tickets", _, "decide"] | ["grants", _, "revoke"]) => {
+            Some("POST")
+        }
         _ => None,
     }
 }

@@ -355,7 +355,8 @@ pub fn ticket(chrome: &Chrome<'_>, t: &Ticket, now: Timestamp, trail: &Trail<'_>
     )
 }
 
-/// Active grants (read-only until the grants API settles who may revoke them).
+/// Active grants the approver may manage (operators: all; requesters: their own; a route's
+/// approvers: the grants on it), each with a revoke form.
 pub fn grants(chrome: &Chrome<'_>, grants: &[Grant], now: Timestamp) -> Markup {
     page(
         "Grants",
@@ -364,14 +365,14 @@ pub fn grants(chrome: &Chrome<'_>, grants: &[Grant], now: Timestamp) -> Markup {
         html! {
             h1 { "Active grants " span.count { "(" (grants.len()) ")" } }
             p.muted {
-                @if chrome.operator { "Every active grant." } @else { "Your active grants." }
-                " Revoking a grant from this page comes with the grants API."
+                @if chrome.operator { "Every active grant." } @else { "Your grants, and the grants on routes you approve." }
+                " Revoking one stops its next request on every replica; it is held for approval again."
             }
             @if grants.is_empty() {
                 p.empty { "No active grants." }
             } @else {
                 table.tickets {
-                    thead { tr { th { "Grant" } th { "Requester" } th { "Uses" } th { "Time left" } } }
+                    thead { tr { th { "Grant" } th { "Requester" } th { "Uses" } th { "Time left" } th { "Revoke" } } }
                     tbody {
                         @for g in grants {
                             tr {
@@ -387,6 +388,15 @@ pub fn grants(chrome: &Chrome<'_>, grants: &[Grant], now: Timestamp) -> Markup {
                                     (g.uses) @if let Some(m) = g.max_uses { " of " (m) }
                                 }
                                 td data-label="Time left" { (time_left(now, g.expires_at)) }
+                                td data-label="Revoke" {
+                                    @if let Some(csrf) = chrome.csrf {
+                                        form method="post" action={ "/ui/grants/" (g.id.as_str()) "/revoke" } {
+                                            input type="hidden" name="csrf" value=(csrf);
+                                            input type="text" name="reason" maxlength="2000" placeholder="reason" aria-label="Reason";
+                                            button.deny type="submit" { "Revoke" }
+                                        }
+                                    }
+                                }
                             }
                         }
                     }

@@ -913,9 +913,10 @@ async fn the_audit_trail_is_for_operators() {
     assert!(page.body.contains("operator"));
 }
 
-/// Grants are listed read-only: operators see every active grant, others their own.
+/// Grants are listed to whom they concern (operators: all; requesters: their own; a route's
+/// approvers: the grants on it), and revoked from the list through the API's rules.
 #[tokio::test(start_paused = true)]
-async fn grants_are_listed_to_whom_they_concern() {
+async fn grants_are_listed_and_revoked_by_whom_they_concern() {
     let shared = shared();
     let store = shared.engine().store().unwrap();
     let now = shared.engine().now();
@@ -958,6 +959,66 @@ async fn grants_are_listed_to_whom_they_concern() {
         "{}",
         page.body
     );
+    // Alice approves the route: she sees both, and may revoke bob's.
+    let alice = sign_in(&shared, "alice").await;
+    let page = call(&shared, alice.get("/ui/grants"), false).await;
+    assert!(
+        page.body
+            .contains("Active grants <span class=\"count\">(2)"),
+        "{}",
+        page.body
+    );
+    let bobs = GrantId::new(now.as_millis(), 1);
+    let action = format!("/ui/grants/{bobs}/revoke");
+    assert!(
+        page.body.contains(&format!("action=\"{action}\"")),
+        "{}",
+        page.body
+    );
+    // Without the form's token nothing happens.
+    let refused = call(&shared, alice.post(&action, "reason=x"), false).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.body);
+    assert!(store
+        .get_grant(&bobs)
+        .await
+        .unwrap()
+        .unwrap()
+        .revoked_at
+        .is_none());
+    let done = call(
+        &shared,
+        alice.post(&action, &format!("csrf={}&reason=done", alice.csrf)),
+        false,
+    )
+    .await;
+    assert_eq!(done.status, StatusCode::SEE_OTHER, "{}", done.body);
+    assert_eq!(done.header("location"), Some("/ui/grants"));
+    assert!(store
+        .get_grant(&bobs)
+        .await
+        .unwrap()
+        .unwrap()
+        .revoked_at
+        .is_some());
+    // Bob cannot revoke carol's: it is not his, and he approves nothing.
+    let carols = GrantId::new(now.as_millis(), 2);
+    let page = call(
+        &shared,
+        bob.post(
+            &format!("/ui/grants/{carols}/revoke"),
+            &format!("csrf={}", bob.csrf),
+        ),
+        false,
+    )
+    .await;
+    assert_eq!(page.status, StatusCode::NOT_FOUND, "{}", page.body);
+    assert!(store
+        .get_grant(&carols)
+        .await
+        .unwrap()
+        .unwrap()
+        .revoked_at
+        .is_none());
 }
 
 // === session lifetime ===

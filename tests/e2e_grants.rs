@@ -1,0 +1,241 @@
+//! Access grants through the admin API (SPEC 8): `GET /v1/grants` shows each caller the active
+//! grants they may see (operators all, requesters their own, a route's approvers the grants
+//! on it), and `POST /v1/grants/{id}/revoke` ends a grant at once: its next request is held
+//! for approval again, on this replica and on another one sharing the Redis store. Every
+//! revocation is audited with who revoked it and why.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use common::*;
+
+const WAIT: Duration = Duration::from_secs(20);
+const BOB: [(&str, &str); 2] = [("x-user", "bob"), ("x-groups", "dev")];
+
+/// `db-console` (access mode, approvers group:oncall, up to 1 h), `ops-only` (access mode,
+/// approvers group:platform), the rest allowed; requests are held for 1 s, then answered 202.
+fn config(origin: &str, store: &str) -> String {
+    format!(
+        r#"[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+trusted_proxies = ["127.0.0.1/32"]
+
+{store}
+
+[approvals]
+hold_timeout = "1s"
+reconcile_interval = "300ms"
+signing_key = "key.pem"
+
+[[upstreams]]
+name = "origin"
+url = "{origin}"
+
+[[routes]]
+name = "db-console"
+path = "/console/**"
+upstream = "origin"
+action = "approve"
+[routes.approval]
+approvers = ["group:oncall"]
+mode = "access"
+max_duration = "1h"
+
+[[routes]]
+name = "ops-only"
+path = "/ops/**"
+upstream = "origin"
+action = "approve"
+[routes.approval]
+approvers = ["group:platform"]
+mode = "access"
+max_duration = "1h"
+
+[[routes]]
+name = "rest"
+path = "/**"
+upstream = "origin"
+action = "allow"
+
+{}"#,
+        identity_and_admin_toml()
+    )
+}
+
+/// A fresh Ed25519 PKCS#8 PEM, shared by the replicas of a test.
+fn signing_key() -> String {
+    let out = std::process::Command::new("openssl")
+        .args(["genpkey", "-algorithm", "ed25519"])
+        .output()
+        .expect("openssl (scripts/test installs it)");
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn start(origin: &Origin, store: &str, key: &str) -> Gateway {
+    Gateway::builder(&config(&origin.url(), store))
+        .file("key.pem", key)
+        .start()
+}
+
+async fn wait_store_ok(gw: &Gateway) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let r = send("GET", &gw.admin("/readyz"), &[], "").await;
+        if r.status == 200 && r.json()["store"]["status"] == "ok" {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{}", r.text());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Bob asks for `path` on `gw` (held, then answered 202), alice approves: returns the grant
+/// the approval created, as bob's grant listing shows it.
+async fn grant_for_bob(gw: &Gateway, path: &str) -> Value {
+    let r = send("GET", &gw.url(path), &BOB, "").await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    let ticket = r.header("jit-ticket").expect("Jit-Ticket").to_string();
+    assert_eq!(approve(gw, "alice", &ticket, "1h").await.status, 200);
+    let list = grants(gw, "bob", "").await;
+    let gs = list["grants"].as_array().expect("grants").clone();
+    assert_eq!(gs.len(), 1, "{list}");
+    assert_eq!(gs[0]["ticket"], ticket.as_str());
+    gs[0].clone()
+}
+
+async fn grants(gw: &Gateway, user: &str, query: &str) -> Value {
+    let r = admin_call(gw, user, "GET", &format!("/v1/grants{query}"), "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()
+}
+
+async fn revoke(gw: &Gateway, user: &str, id: &str, body: &str) -> Response {
+    admin_call(gw, user, "POST", &format!("/v1/grants/{id}/revoke"), body).await
+}
+
+#[tokio::test]
+async fn each_caller_sees_the_grants_they_may_manage_and_a_revocation_ends_one_at_once() {
+    let origin = Origin::start();
+    let gw = start(&origin, "[store]\nkind = \"memory\"\n", &signing_key());
+    let grant = grant_for_bob(&gw, "/console/tables").await;
+    let id = grant["id"].as_str().unwrap().to_string();
+    assert!(id.starts_with("grt_"), "{grant}");
+    assert_eq!(grant["route"], "db-console");
+    assert_eq!(grant["requester"]["user"], "bob");
+
+    // The grant lets bob through.
+    let r = send("GET", &gw.url("/console/users"), &BOB, "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(origin.count(), 1);
+
+    // Who sees it: the operator, bob, and the route's approvers; not mallory.
+    let count = |v: &Value| v["grants"].as_array().map_or(0, Vec::len);
+    assert_eq!(count(&grants(&gw, "ops", "").await), 1);
+    assert_eq!(count(&grants(&gw, "carol", "").await), 1);
+    assert_eq!(count(&grants(&gw, "mallory", "").await), 0);
+    assert_eq!(
+        count(&grants(&gw, "ops", "?route=db-console&requester=bob").await),
+        1
+    );
+    assert_eq!(count(&grants(&gw, "ops", "?route=ops-only").await), 0);
+    assert_eq!(count(&grants(&gw, "ops", "?requester=carol").await), 0);
+    let r = admin_call(&gw, "ops", "GET", "/v1/grants?state=all", "").await;
+    assert_eq!(r.status, 400, "{}", r.text());
+
+    // Mallory can neither see nor revoke it; malformed ids and bodies are refused.
+    let r = revoke(&gw, "mallory", &id, "{}").await;
+    assert_eq!(r.status, 404, "{}", r.text());
+    assert_eq!(r.json()["type"], "urn:jitgate:problem:unknown-grant");
+    assert_eq!(revoke(&gw, "ops", "grt_nope", "{}").await.status, 404);
+    assert_eq!(revoke(&gw, "ops", &id, r#"{"why":"x"}"#).await.status, 400);
+    assert_eq!(
+        send("GET", &gw.url("/console/more"), &BOB, "").await.status,
+        200,
+        "the grant still works"
+    );
+
+    // Carol, an approver of the route, revokes it.
+    let r = revoke(&gw, "carol", &id, r#"{"reason":"done with the migration"}"#).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.json()["revokedAt"].is_string(), "{}", r.text());
+    // Bob's next request is held for approval again and reaches nothing.
+    let r = send("GET", &gw.url("/console/after"), &BOB, "").await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    assert_eq!(origin.count(), 2);
+    assert_eq!(count(&grants(&gw, "ops", "").await), 0);
+    let again = revoke(&gw, "ops", &id, "{}").await;
+    assert_eq!(again.status, 409, "{}", again.text());
+    assert_eq!(again.json()["type"], "urn:jitgate:problem:grant-not-active");
+
+    // Audited with who and why.
+    let r = admin_call(&gw, "ops", "GET", "/v1/audit?kind=grant.revoked", "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let events = r.json()["events"].as_array().unwrap().clone();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["actor"], "carol");
+    assert_eq!(events[0]["detail"]["grant"], id.as_str());
+    assert_eq!(events[0]["detail"]["reason"], "done with the migration");
+}
+
+#[tokio::test]
+async fn a_requester_may_give_up_their_own_grant_but_not_revoke_on_routes_they_do_not_approve() {
+    let origin = Origin::start();
+    let gw = start(&origin, "[store]\nkind = \"memory\"\n", &signing_key());
+    let grant = grant_for_bob(&gw, "/console/x").await;
+    let id = grant["id"].as_str().unwrap();
+    // Carol approves db-console, not ops-only; an operator's view of an ops-only grant is
+    // not hers.
+    let r = send("GET", &gw.url("/ops/x"), &BOB, "").await;
+    assert_eq!(r.status, 202);
+    let ops_ticket = r.header("jit-ticket").unwrap().to_string();
+    assert_eq!(approve(&gw, "ops", &ops_ticket, "ok").await.status, 200);
+    let all = grants(&gw, "ops", "?route=ops-only").await;
+    let ops_grant = all["grants"][0]["id"].as_str().unwrap().to_string();
+    assert_eq!(revoke(&gw, "carol", &ops_grant, "{}").await.status, 404);
+    // Bob gives up his own.
+    let r = revoke(&gw, "bob", id, "{}").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        send("GET", &gw.url("/console/y"), &BOB, "").await.status,
+        202
+    );
+}
+
+#[tokio::test]
+async fn a_revocation_through_one_replica_stops_use_on_another_at_once() {
+    let redis = RedisServer::start();
+    let origin = Origin::start();
+    let key = signing_key();
+    let store = format!("[store]\nkind = \"redis\"\nurl = \"{}\"\n", redis.url());
+    let a = start(&origin, &store, &key);
+    let b = start(&origin, &store, &key);
+    wait_store_ok(&a).await;
+    wait_store_ok(&b).await;
+    let grant = grant_for_bob(&a, "/console/a").await;
+    let id = grant["id"].as_str().unwrap();
+    // The grant works on the other replica too.
+    let r = send("GET", &b.url("/console/b"), &BOB, "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let before = origin.count();
+
+    let r = revoke(&a, "ops", id, r#"{"reason":"incident over"}"#).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Replica B refuses the very next use: held again, nothing forwarded.
+    let r = send("GET", &b.url("/console/c"), &BOB, "").await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    assert_eq!(origin.count(), before);
+    assert_eq!(
+        grants(&b, "ops", "").await["grants"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+}
