@@ -142,20 +142,55 @@ fn metrics(shared: &Shared) -> Response<ProxyBody> {
     resp
 }
 
-/// What the holder of `credential` (an `Authorization` header) may see of tickets under
-/// `snap`, as the API judges it; `None` when it no longer authenticates.
-pub(crate) fn viewer(
-    snap: &crate::state::Snapshot,
-    credential: &http::HeaderMap,
-) -> Option<impl Fn(&Ticket) -> bool + Send + Sync + 'static> {
+/// What the holder of `credential` (an `Authorization` header) may see of tickets and grants
+/// under `snap`, as the API judges it; `None` when it no longer authenticates.
+pub(crate) fn viewer(snap: &Arc<Snapshot>, credential: &http::HeaderMap) -> Option<Sight> {
     let id = snap.admin_auth.authenticate(credential).ok()?;
-    let operator = snap.admin_auth.is_operator(&id);
-    let caller = approver_of(&id);
-    Some(move |t: &Ticket| {
-        operator
-            || caller.is_listed(&t.approvers)
-            || t.requester.user.as_deref() == Some(caller.user.as_str())
+    Some(Sight {
+        operator: snap.admin_auth.is_operator(&id),
+        caller: approver_of(&id),
+        snap: snap.clone(),
     })
+}
+
+/// What one caller may see, under one table generation (see [`viewer`]).
+pub(crate) struct Sight {
+    snap: Arc<Snapshot>,
+    caller: Approver,
+    operator: bool,
+}
+
+impl Sight {
+    /// Operators, the ticket's approvers and its requester see a ticket.
+    pub(crate) fn ticket(&self, t: &Ticket) -> bool {
+        self.operator
+            || self.caller.is_listed(&t.approvers)
+            || t.requester.user.as_deref() == Some(self.caller.user.as_str())
+    }
+
+    /// See [`manages_grant`].
+    pub(crate) fn grant(&self, g: &Grant) -> bool {
+        manages_grant(&self.snap, &self.caller, self.operator, g)
+    }
+}
+
+/// Whether `caller` may see and revoke grant `g` under `snap`: operators, its requester, and
+/// the approvers of its route in `snap`, as long as that route is still the one the grant was
+/// given on (same definition hash: a route that took the name over grants nothing of the
+/// old one's).
+pub(crate) fn manages_grant(snap: &Snapshot, caller: &Approver, operator: bool, g: &Grant) -> bool {
+    if operator || g.requester.user.as_deref() == Some(caller.user.as_str()) {
+        return true;
+    }
+    snap.table
+        .routes()
+        .iter()
+        .find(|r| r.name == g.route && ticket::hex(&r.definition_hash) == g.route_hash)
+        .and_then(|r| r.approval.as_ref())
+        .is_some_and(|p| {
+            let approvers: Vec<String> = p.approvers.iter().map(ToString::to_string).collect();
+            caller.is_listed(&approvers)
+        })
 }
 
 /// Put on each admin request by the server: marked once the caller is authenticated (a bearer
@@ -491,6 +526,12 @@ async fn read_json(req: Request<Incoming>) -> Result<Value, Problem> {
 
 /// The contract type `v` is (request bodies refuse unknown members).
 fn parse_body<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, Problem> {
+    // serde's derived structs also take a JSON array of the members in order.
+    if !v.is_object() {
+        return Err(Problem::bad_request(
+            "invalid request: the body must be a JSON object",
+        ));
+    }
     serde_json::from_value(v).map_err(|e| Problem::bad_request(format!("invalid request: {e}")))
 }
 
@@ -808,26 +849,10 @@ impl<'a> Api<'a> {
         store.audit(filter).await.map_err(|e| store_problem(&e))
     }
 
-    /// Whether the caller may see and revoke grant `g`: operators, its requester, and the
-    /// approvers of its route in the table in force (who could have granted it).
+    /// Whether the caller may see and revoke grant `g` (see [`manages_grant`]), under the
+    /// table in force.
     pub(crate) fn may_manage_grant(&self, g: &Grant) -> bool {
-        if self.operator || g.requester.user.as_deref() == Some(self.caller.user.as_str()) {
-            return true;
-        }
-        let snap = self.shared.snapshot();
-        let approvers = snap
-            .table
-            .routes()
-            .iter()
-            .find(|r| r.name == g.route)
-            .and_then(|r| r.approval.as_ref())
-            .map(|p| {
-                p.approvers
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-            });
-        approvers.is_some_and(|a| self.caller.is_listed(&a))
+        manages_grant(&self.shared.snapshot(), &self.caller, self.operator, g)
     }
 
     /// The active grants the caller may see (see [`Api::may_manage_grant`]), soonest-ending

@@ -13,10 +13,10 @@ use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
 use tokio::sync::{broadcast, mpsc, watch};
 
-use jitgate_rules::ticket::Ticket;
 use jitgate_store::Store;
 
 use crate::body::ProxyBody;
+use crate::contract::EventData;
 use crate::notify::Told;
 use crate::state::{Shared, Snapshot};
 
@@ -142,13 +142,13 @@ struct Viewer {
     credential: HeaderMap,
     snap: Arc<Snapshot>,
     checked: Instant,
-    sees: Box<dyn Fn(&Ticket) -> bool + Send + Sync>,
+    sees: crate::admin::Sight,
 }
 
 impl Viewer {
     fn new(shared: &Shared, credential: HeaderMap) -> Option<Viewer> {
         let snap = shared.snapshot();
-        let sees = Box::new(crate::admin::viewer(&snap, &credential)?);
+        let sees = crate::admin::viewer(&snap, &credential)?;
         Some(Viewer {
             credential,
             snap,
@@ -165,7 +165,7 @@ impl Viewer {
         }
         match crate::admin::viewer(&snap, &self.credential) {
             Some(sees) => {
-                self.sees = Box::new(sees);
+                self.sees = sees;
                 self.snap = snap;
                 self.checked = Instant::now();
                 true
@@ -174,8 +174,12 @@ impl Viewer {
         }
     }
 
+    /// A grant event by the grant (its route's approvers now), any other by its ticket.
     fn shows(&self, t: &Told) -> bool {
-        t.ticket.as_ref().is_some_and(|t| (self.sees)(t))
+        match &t.body.data {
+            EventData::Grant(g) => self.sees.grant(g),
+            _ => t.ticket.as_ref().is_some_and(|t| self.sees.ticket(t)),
+        }
     }
 }
 

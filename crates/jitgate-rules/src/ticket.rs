@@ -1207,11 +1207,11 @@ pub fn use_grant(g: &Grant, now: Timestamp) -> Result<Grant, TransitionError> {
     Ok(next)
 }
 
-/// Revokes the grant (refused if it already is, so the audit records one revocation).
+/// Revokes an active grant. A grant already revoked, expired or used up is refused (the same
+/// errors a use gets), so the audit records one revocation, of a grant that could still be
+/// used.
 pub fn revoke(g: &Grant, now: Timestamp) -> Result<Grant, TransitionError> {
-    if g.revoked_at.is_some() {
-        return Err(TransitionError::GrantRevoked);
-    }
+    use_grant(g, now)?;
     let mut next = g.clone();
     next.revoked_at = Some(now);
     Ok(next)

@@ -962,15 +962,34 @@ async fn grants_are_used_and_revoked_atomically(p: Pair) {
     }
     assert_eq!(ok, 5);
     assert!(p.a.active_grants(now()).await.unwrap().is_empty());
-    let revoked =
-        p.b.transition_grant(&g.id, &|g| ticket::revoke(g, now()), &grant_used)
-            .await
-            .unwrap();
-    assert!(revoked.revoked_at.is_some());
+    // A used-up grant is not revoked (nothing is left to stop).
     assert_eq!(
         p.a.transition_grant(&g.id, &|g| ticket::revoke(g, now()), &grant_used)
             .await
             .unwrap_err(),
+        StoreError::Transition(TransitionError::GrantExhausted)
+    );
+    // Two replicas revoke another grant at once: one revocation.
+    let open = Grant {
+        id: new_grant_id(at),
+        max_uses: None,
+        ..g.clone()
+    };
+    p.a.create_grant(open.clone()).await.unwrap();
+    let revoke = |store: Arc<dyn Store>, id: jitgate_rules::ticket::GrantId| async move {
+        store
+            .transition_grant(&id, &|g| ticket::revoke(g, now()), &grant_used)
+            .await
+    };
+    let (one, two) = tokio::join!(
+        revoke(p.a.clone(), open.id.clone()),
+        revoke(p.b.clone(), open.id.clone())
+    );
+    let mut outcomes = [one, two];
+    outcomes.sort_by_key(Result::is_err);
+    assert!(outcomes[0].as_ref().unwrap().revoked_at.is_some());
+    assert_eq!(
+        outcomes[1].clone().unwrap_err(),
         StoreError::Transition(TransitionError::GrantRevoked)
     );
     // Five uses and one revocation, each recorded with its change.

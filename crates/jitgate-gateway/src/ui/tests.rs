@@ -920,12 +920,21 @@ async fn grants_are_listed_and_revoked_by_whom_they_concern() {
     let shared = shared();
     let store = shared.engine().store().unwrap();
     let now = shared.engine().now();
+    // Given on the route as it is in force (its approvers manage it).
+    let snap = shared.snapshot();
+    let deploy = snap
+        .table
+        .routes()
+        .iter()
+        .find(|r| r.name == "deploy")
+        .unwrap();
+    let route_hash = jitgate_rules::ticket::hex(&deploy.definition_hash);
     for (n, user) in [(1u128, "bob"), (2, "carol")] {
         store
             .create_grant(Grant {
                 id: GrantId::new(now.as_millis(), n),
                 route: "deploy".into(),
-                route_hash: "00".into(),
+                route_hash: route_hash.clone(),
                 requester: Requester {
                     user: Some(user.into()),
                     groups: vec![],

@@ -737,6 +737,9 @@ fn grants_are_used_until_exhausted_expired_or_revoked() {
     assert_eq!(r.revoked_at, Some(at(5)));
     assert_eq!(use_grant(&r, at(6)), Err(TransitionError::GrantRevoked));
     assert_eq!(revoke(&r, at(6)), Err(TransitionError::GrantRevoked));
+    // Only a grant that could still be used is revoked: not a used-up or an expired one.
+    assert_eq!(revoke(&g2, at(3)), Err(TransitionError::GrantExhausted));
+    assert_eq!(revoke(&g, at(3600)), Err(TransitionError::GrantExpired));
     let mut unlimited = g.clone();
     unlimited.max_uses = None;
     unlimited.uses = 1000;
