@@ -2,7 +2,8 @@
 //! grants they may see (operators all, requesters their own, a route's approvers the grants
 //! on it), and `POST /v1/grants/{id}/revoke` ends a grant at once: its next request is held
 //! for approval again, on this replica and on another one sharing the Redis store. Every
-//! revocation is audited with who revoked it and why.
+//! revocation is audited with who revoked it and why. The requester sees their own grants,
+//! time left and uses at `/.well-known/jitgate/grants` on the data plane.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -238,4 +239,51 @@ async fn a_revocation_through_one_replica_stops_use_on_another_at_once() {
             .len(),
         0
     );
+}
+
+#[tokio::test]
+async fn a_requester_sees_their_own_usable_grants_on_the_data_plane() {
+    let origin = Origin::start();
+    let gw = start(&origin, "[store]\nkind = \"memory\"\n", &signing_key());
+    let view = |user: &'static str| {
+        let url = gw.url("/.well-known/jitgate/grants");
+        async move { send("GET", &url, &[("x-user", user)], "").await }
+    };
+    assert_eq!(view("bob").await.json()["grants"], serde_json::json!([]));
+    let grant = grant_for_bob(&gw, "/console/a").await;
+    let id = grant["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        send("GET", &gw.url("/console/b"), &BOB, "").await.status,
+        200
+    );
+
+    let r = view("bob").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    let mine = r.json()["grants"].as_array().unwrap().clone();
+    assert_eq!(mine.len(), 1, "{mine:?}");
+    assert_eq!(mine[0]["id"], id.as_str());
+    assert_eq!(mine[0]["route"], "db-console");
+    assert_eq!(mine[0]["uses"], 1);
+    let left = mine[0]["secondsLeft"].as_u64().unwrap();
+    assert!(left > 3000 && left <= 3600, "{left}");
+    // Nobody else sees bob's grant; an anonymous client is asked to authenticate.
+    assert_eq!(view("carol").await.json()["grants"], serde_json::json!([]));
+    assert_eq!(
+        send("GET", &gw.url("/.well-known/jitgate/grants"), &[], "")
+            .await
+            .status,
+        401
+    );
+    assert_eq!(
+        send("POST", &gw.url("/.well-known/jitgate/grants"), &BOB, "")
+            .await
+            .status,
+        405
+    );
+    // Revoked: gone from the view.
+    assert_eq!(revoke(&gw, "bob", &id, "{}").await.status, 200);
+    assert_eq!(view("bob").await.json()["grants"], serde_json::json!([]));
+    // The view is the gateway's own: nothing reached the origin for it.
+    assert_eq!(origin.count(), 1);
 }

@@ -1,5 +1,6 @@
 //! The gateway's own data-plane endpoints: the requester's view of a ticket at
-//! `/.well-known/jitgate/tickets/<id>` and the approval-token keys at `/.well-known/jwks.json`.
+//! `/.well-known/jitgate/tickets/<id>`, of their grants at `/.well-known/jitgate/grants`, and
+//! the approval-token keys at `/.well-known/jwks.json`.
 
 use http::{Method, Response, StatusCode};
 use serde_json::{json, Value};
@@ -18,6 +19,8 @@ use crate::problem::{json_response, Fault, Problem};
 pub const WELL_KNOWN: &str = "/.well-known/j";
 /// The approval-token public keys.
 pub const JWKS: &str = "/.well-known/jwks.json";
+/// The requester's active grants.
+pub const GRANTS_VIEW: &str = "/.well-known/jitgate/grants";
 
 /// Serves `GET /.well-known/jitgate/tickets/<id>` and `GET /.well-known/jwks.json`; `None` for
 /// any other path (which is routed like every request).
@@ -39,11 +42,69 @@ pub async fn well_known(x: &Exchange<'_>, c: &Canonical) -> Option<Response<Prox
         }
         return Some(json_response(StatusCode::OK, &x.engine().signer().jwks()));
     }
+    if path == GRANTS_VIEW {
+        if !is_get {
+            return Some(not_allowed());
+        }
+        return Some(grants_view(x, c).await);
+    }
     let raw = path.strip_prefix(TICKET_VIEW)?;
     if !is_get {
         return Some(not_allowed());
     }
     Some(ticket_view(x, c, raw).await)
+}
+
+/// The requester's usable grants (active, on a route still defined as when granted): route,
+/// time left, uses. Only a named requester has grants (access routes require identity); an
+/// anonymous one is asked to authenticate.
+async fn grants_view(x: &Exchange<'_>, c: &Canonical) -> Response<ProxyBody> {
+    let identity = match x.snap.auth.authenticate(c.headers(), c.trusted_peer()) {
+        Ok(id) if !id.is_anonymous() => id,
+        Ok(_) => {
+            let e =
+                GatewayError::Unauthenticated("grants belong to authenticated requesters".into());
+            return x.answer(e, None);
+        }
+        Err(_) => {
+            let e = GatewayError::Unauthenticated("the bearer token is not valid".into());
+            return x.answer(e, None);
+        }
+    };
+    let requester = binding::requester(x, &identity, c);
+    let engine = x.engine();
+    let store_down = || x.answer(GatewayError::StoreUnavailable { ticket: None }, None);
+    let Ok(store) = engine.store() else {
+        return store_down();
+    };
+    let now = engine.now();
+    let Ok(grants) = store.active_grants(now).await else {
+        return store_down();
+    };
+    let mine: Vec<Value> = grants
+        .iter()
+        .filter(|g| g.requester.same_principal(&requester))
+        // A grant whose route changed since has lapsed: it lets nothing through.
+        .filter(|g| {
+            x.snap.table.routes().iter().any(|r| {
+                r.name == g.route && jitgate_rules::ticket::hex(&r.definition_hash) == g.route_hash
+            })
+        })
+        .map(|g| {
+            json!({
+                "id": g.id,
+                "route": g.route,
+                "createdAt": g.created_at,
+                "expiresAt": g.expires_at,
+                "secondsLeft": g.expires_at.as_millis().saturating_sub(now.as_millis()) / 1000,
+                "uses": g.uses,
+                "maxUses": g.max_uses,
+                "usesLeft": g.max_uses.map(|m| m.saturating_sub(g.uses)),
+                "ticket": g.ticket,
+            })
+        })
+        .collect();
+    json_response(StatusCode::OK, &json!({ "grants": mine }))
 }
 
 async fn ticket_view(x: &Exchange<'_>, c: &Canonical, raw: &str) -> Response<ProxyBody> {
