@@ -287,3 +287,56 @@ async fn a_requester_sees_their_own_usable_grants_on_the_data_plane() {
     // The view is the gateway's own: nothing reached the origin for it.
     assert_eq!(origin.count(), 1);
 }
+
+#[tokio::test]
+async fn a_requested_duration_is_granted_exactly_or_refused_with_400() {
+    let origin = Origin::start();
+    let gw = start(&origin, "[store]\nkind = \"memory\"\n", &signing_key());
+    let ask = |duration: &'static str| {
+        let url = gw.url("/console/d");
+        async move {
+            send(
+                "GET",
+                &url,
+                &[BOB[0], BOB[1], ("jit-duration", duration)],
+                "",
+            )
+            .await
+        }
+    };
+    // Longer than max_duration (1h), or not a duration: refused, nothing opened or sent.
+    for bad in ["2h", "soon", "0s", "90"] {
+        let r = ask(bad).await;
+        assert_eq!(r.status, 400, "{bad}: {}", r.text());
+        assert_eq!(
+            r.json()["type"],
+            "urn:jitgate:problem:duration-not-allowed",
+            "{bad}"
+        );
+        assert!(r.header("jit-ticket").is_none());
+    }
+    let pending = admin_call(&gw, "ops", "GET", "/v1/tickets?status=PENDING", "").await;
+    assert_eq!(pending.json()["tickets"], serde_json::json!([]));
+    assert_eq!(origin.count(), 0);
+
+    // 30 minutes: the ticket shows it to the approver, and the grant lasts exactly that.
+    let r = ask("30m").await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    let id = r.header("jit-ticket").unwrap().to_string();
+    let t = admin_call(&gw, "ops", "GET", &format!("/v1/tickets/{id}"), "")
+        .await
+        .json();
+    assert_eq!(t["grantTerms"]["durationMs"], 1_800_000, "{t}");
+    assert_eq!(approve(&gw, "alice", &id, "30 minutes").await.status, 200);
+    let g = &grants(&gw, "bob", "").await["grants"][0];
+    let (from, to) = (
+        g["createdAt"].as_str().unwrap().to_string(),
+        g["expiresAt"].as_str().unwrap().to_string(),
+    );
+    let ms = |s: &str| {
+        jitgate_rules::ticket::Timestamp::parse_rfc3339(s)
+            .unwrap()
+            .as_millis()
+    };
+    assert_eq!(ms(&to) - ms(&from), 1_800_000, "{g}");
+}

@@ -49,6 +49,8 @@ pub enum GatewayError {
     ClientBody(ClientBodyFault),
     /// 403: a protocol upgrade on an approve route (a tunnel cannot be held).
     UpgradeNotHoldable,
+    /// 400: the grant duration asked for (`Jit-Duration`) is not one the route grants.
+    DurationRefused(String),
     /// 429: too many pending tickets.
     TooManyPending {
         /// Which limit, for the client.
@@ -115,7 +117,9 @@ impl GatewayError {
     /// The HTTP status of the problem+json answer.
     pub fn status(&self) -> StatusCode {
         match self {
-            GatewayError::Malformed(_) => StatusCode::BAD_REQUEST,
+            GatewayError::Malformed(_) | GatewayError::DurationRefused(_) => {
+                StatusCode::BAD_REQUEST
+            }
             GatewayError::NoRoute { .. } => StatusCode::NOT_FOUND,
             GatewayError::Denied
             | GatewayError::UpgradeNotHoldable
@@ -159,7 +163,7 @@ impl GatewayError {
 
     fn grpc_status(&self) -> u8 {
         match self {
-            GatewayError::Malformed(_) => grpc::INVALID_ARGUMENT,
+            GatewayError::Malformed(_) | GatewayError::DurationRefused(_) => grpc::INVALID_ARGUMENT,
             GatewayError::NoRoute { .. } | GatewayError::MethodNotAllowed { .. } => {
                 grpc::UNIMPLEMENTED
             }
@@ -204,6 +208,11 @@ impl GatewayError {
                 "malformed-request",
                 "Malformed or ambiguous request",
                 d.clone(),
+            ),
+            GatewayError::DurationRefused(d) => (
+                "duration-not-allowed",
+                "Grant duration not allowed",
+                format!("route {rule}: {d}"),
             ),
             GatewayError::NoRoute { method, path } => (
                 "no-route",

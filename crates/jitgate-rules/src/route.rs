@@ -200,6 +200,48 @@ impl ApprovalPolicy {
             max_uses: self.max_uses,
         })
     }
+
+    /// [`ApprovalPolicy::grant_terms`] for a request that asks for `requested`
+    /// (`Jit-Duration`). The answer is a grant of exactly that duration or a refusal saying
+    /// why, never a silently shortened grant: with `durations` presets it must be one of
+    /// them; it is never above `max_duration` (which access routes must set); zero is
+    /// refused. `action` routes grant nothing, whatever
+    /// is asked.
+    pub fn grant_terms_for(
+        &self,
+        requested: Option<Duration>,
+    ) -> Result<Option<crate::ticket::GrantTerms>, String> {
+        let (Some(requested), ApprovalMode::Access) = (requested, self.mode) else {
+            return Ok(self.grant_terms());
+        };
+        let show = crate::units::format_duration;
+        if requested.is_zero() {
+            return Err("Jit-Duration must be longer than zero".into());
+        }
+        let longest = self
+            .max_duration
+            .or(self.default_duration)
+            .unwrap_or(Duration::from_secs(3600));
+        if requested > longest {
+            return Err(format!(
+                "Jit-Duration {} is longer than this route grants ({} at most)",
+                show(requested),
+                show(longest)
+            ));
+        }
+        if !self.durations.is_empty() && !self.durations.contains(&requested) {
+            let presets: Vec<String> = self.durations.iter().map(|d| show(*d)).collect();
+            return Err(format!(
+                "Jit-Duration {} is not one of this route's durations: {}",
+                show(requested),
+                presets.join(", ")
+            ));
+        }
+        Ok(Some(crate::ticket::GrantTerms {
+            duration_ms: u64::try_from(requested.as_millis()).unwrap_or(u64::MAX),
+            max_uses: self.max_uses,
+        }))
+    }
 }
 
 /// One `[[routes.approval.auto_approve]]` entry: every set condition must hold.

@@ -210,6 +210,18 @@ async fn open(
         .gateway_header("jit-reason")
         .map(|r| ticket::clip(r, MAX_REASON).to_string())
         .filter(|r| !r.is_empty());
+    // `Jit-Duration` (access routes): exactly one of the durations the route grants, or a
+    // refusal that says which ones; never a silently shortened grant.
+    let requested = match held.canonical.gateway_header("jit-duration") {
+        None => None,
+        Some(raw) => Some(
+            jitgate_rules::units::parse_duration(raw)
+                .map_err(|e| GatewayError::DurationRefused(format!("Jit-Duration: {e}")))?,
+        ),
+    };
+    let grant_terms = policy
+        .grant_terms_for(requested)
+        .map_err(GatewayError::DurationRefused)?;
     let draft = TicketDraft {
         route: route.name.clone(),
         route_hash: route.definition_hash,
@@ -223,7 +235,7 @@ async fn open(
         approvers: policy.approvers.iter().map(ToString::to_string).collect(),
         self_approval: policy.self_approval,
         token_uses: policy.token_uses,
-        grant_terms: policy.grant_terms(),
+        grant_terms,
         source: anonymous.then(|| held.canonical.source().to_string()),
     };
     let fresh = Ticket::open(jitgate_store::new_ticket_id(now), draft, now);

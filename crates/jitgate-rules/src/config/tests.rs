@@ -322,6 +322,62 @@ fn access_default_duration_is_the_smallest_preset() {
     );
 }
 
+/// `Jit-Duration`: exactly what was asked, one of the presets, never above the longest grant;
+/// nothing silently shortened.
+#[test]
+fn a_requested_duration_is_granted_exactly_or_refused() {
+    let route = |extra: &str| {
+        let t = parse(&with_route(&format!(
+            "name = \"r\"\nupstream = \"up\"\naction = \"approve\"\n[routes.approval]\napprovers = [\"group:ops\"]\n{extra}"
+        )));
+        t.routes()[0].approval.clone().unwrap()
+    };
+    let min = |m: u64| Duration::from_secs(m * 60);
+    let ms = |m: u64| Some(m * 60_000);
+    let presets = route(
+        "mode = \"access\"\ndurations = [\"4h\", \"30m\"]\nmax_duration = \"4h\"\nmax_uses = 3\n",
+    );
+    let terms = presets.grant_terms_for(Some(min(240))).unwrap().unwrap();
+    assert_eq!(
+        (Some(terms.duration_ms), terms.max_uses),
+        (ms(240), Some(3))
+    );
+    assert_eq!(
+        presets
+            .grant_terms_for(None)
+            .unwrap()
+            .map(|t| t.duration_ms),
+        ms(30)
+    );
+    let e = presets.grant_terms_for(Some(min(60))).unwrap_err();
+    assert_eq!(
+        e,
+        "Jit-Duration 1h is not one of this route's durations: 4h, 30m"
+    );
+    let e = presets.grant_terms_for(Some(min(300))).unwrap_err();
+    assert_eq!(
+        e,
+        "Jit-Duration 5h is longer than this route grants (4h at most)"
+    );
+    assert!(presets.grant_terms_for(Some(Duration::ZERO)).is_err());
+
+    // Without presets: anything up to max_duration (which access routes must set).
+    let capped = route("mode = \"access\"\nmax_duration = \"2h\"\n");
+    assert_eq!(
+        capped
+            .grant_terms_for(Some(min(45)))
+            .unwrap()
+            .map(|t| t.duration_ms),
+        ms(45)
+    );
+    assert!(capped.grant_terms_for(Some(min(120))).is_ok());
+    assert!(capped.grant_terms_for(Some(min(121))).is_err());
+
+    // An action route grants nothing, whatever is asked.
+    let action = route("");
+    assert_eq!(action.grant_terms_for(Some(min(60))), Ok(None));
+}
+
 #[test]
 fn relative_paths_resolve_against_the_config_folder() {
     let src = "[approvals]\nsigning_key = \"k.pem\"\n";
