@@ -215,8 +215,14 @@ impl ApprovalPolicy {
             return Ok(self.grant_terms());
         };
         let show = crate::units::format_duration;
-        if requested.is_zero() {
-            return Err("Jit-Duration must be longer than zero".into());
+        if requested.as_millis() == 0 {
+            return Err("Jit-Duration must be at least 1ms".into());
+        }
+        if requested.subsec_nanos() % 1_000_000 != 0 {
+            return Err(format!(
+                "Jit-Duration {} is not a whole number of milliseconds",
+                show(requested)
+            ));
         }
         let longest = self
             .max_duration

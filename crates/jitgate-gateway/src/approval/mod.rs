@@ -212,7 +212,12 @@ async fn open(
         .filter(|r| !r.is_empty());
     // `Jit-Duration` (access routes): exactly one of the durations the route grants, or a
     // refusal that says which ones; never a silently shortened grant.
-    let requested = match held.canonical.gateway_header("jit-duration") {
+    // On `action` routes the header means nothing and is not read.
+    let asked = held
+        .canonical
+        .gateway_header("jit-duration")
+        .filter(|_| policy.mode == ApprovalMode::Access);
+    let requested = match asked {
         None => None,
         Some(raw) => Some(
             jitgate_rules::units::parse_duration(raw)
@@ -238,6 +243,7 @@ async fn open(
         grant_terms,
         source: anonymous.then(|| held.canonical.source().to_string()),
     };
+    let fresh_terms = grant_terms;
     let fresh = Ticket::open(jitgate_store::new_ticket_id(now), draft, now);
     let on_create = |t: &Ticket| {
         vec![AuditDraft::about(
@@ -278,6 +284,22 @@ async fn open(
         x.engine().metrics().ticket_opened(&route.name);
         tracing::info!(ticket = %t.id, route = %route.name, requester = %t.requester.key(), method = %t.request.method, path = %t.request.path, "held for approval");
     } else {
+        // A request that asked for a duration gets exactly that or nothing: joining a
+        // pending ticket with other terms would silently grant something else.
+        if requested.is_some() && t.grant_terms != fresh_terms {
+            let pending = t.grant_terms.map_or_else(
+                || "none".to_string(),
+                |g| {
+                    jitgate_rules::units::format_duration(std::time::Duration::from_millis(
+                        g.duration_ms,
+                    ))
+                },
+            );
+            return Err(GatewayError::DurationRefused(format!(
+                "an identical request of yours is pending as ticket {} with a grant of {pending}; ask for the same duration, or wait for that ticket",
+                t.id
+            )));
+        }
         tracing::info!(ticket = %t.id, route = %route.name, "identical request joined a pending ticket");
     }
     Ok(t)

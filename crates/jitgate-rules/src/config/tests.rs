@@ -360,6 +360,13 @@ fn a_requested_duration_is_granted_exactly_or_refused() {
         "Jit-Duration 5h is longer than this route grants (4h at most)"
     );
     assert!(presets.grant_terms_for(Some(Duration::ZERO)).is_err());
+    // Nothing under a millisecond, and nothing between milliseconds.
+    assert!(presets
+        .grant_terms_for(Some(Duration::from_nanos(1)))
+        .is_err());
+    assert!(presets
+        .grant_terms_for(Some(min(30) + Duration::from_micros(500)))
+        .is_err());
 
     // Without presets: anything up to max_duration (which access routes must set).
     let capped = route("mode = \"access\"\nmax_duration = \"2h\"\n");
