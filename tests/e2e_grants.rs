@@ -147,7 +147,9 @@ async fn each_caller_sees_the_grants_they_may_manage_and_a_revocation_ends_one_a
     );
     assert_eq!(count(&grants(&gw, "ops", "?route=ops-only").await), 0);
     assert_eq!(count(&grants(&gw, "ops", "?requester=carol").await), 0);
-    let r = admin_call(&gw, "ops", "GET", "/v1/grants?state=all", "").await;
+    let r = admin_call(&gw, "ops", "GET", "/v1/grants?state=gone", "").await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    let r = admin_call(&gw, "ops", "GET", "/v1/grants?colour=red", "").await;
     assert_eq!(r.status, 400, "{}", r.text());
 
     // Mallory can neither see nor revoke it; malformed ids and bodies are refused.
@@ -171,6 +173,15 @@ async fn each_caller_sees_the_grants_they_may_manage_and_a_revocation_ends_one_a
     assert_eq!(r.status, 202, "{}", r.text());
     assert_eq!(origin.count(), 2);
     assert_eq!(count(&grants(&gw, "ops", "").await), 0);
+    // Still listed by state, to whom it concerns.
+    let revoked = grants(&gw, "ops", "?state=revoked").await;
+    assert_eq!(count(&revoked), 1, "{revoked}");
+    assert_eq!(revoked["grants"][0]["id"], id.as_str());
+    assert_eq!(count(&grants(&gw, "carol", "?state=all").await), 1);
+    assert_eq!(count(&grants(&gw, "bob", "?state=revoked").await), 1);
+    assert_eq!(count(&grants(&gw, "mallory", "?state=all").await), 0);
+    assert_eq!(count(&grants(&gw, "ops", "?state=expired").await), 0);
+    assert_eq!(count(&grants(&gw, "ops", "?state=used_up").await), 0);
     let again = revoke(&gw, "ops", &id, "{}").await;
     assert_eq!(again.status, 409, "{}", again.text());
     assert_eq!(again.json()["type"], "urn:jitgate:problem:grant-not-active");

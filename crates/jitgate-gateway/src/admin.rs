@@ -18,8 +18,8 @@ use serde_json::{json, Value};
 
 use jitgate_identity::Identity;
 use jitgate_rules::ticket::{
-    self, Approver, AuditDraft, AuditEvent, AuditKind, Grant, GrantId, Mode, Status, Ticket,
-    TicketId, Timestamp, TransitionError,
+    self, Approver, AuditDraft, AuditEvent, AuditKind, Grant, GrantId, GrantState, Mode, Status,
+    Ticket, TicketId, Timestamp, TransitionError,
 };
 use jitgate_store::{AuditFilter, StoreError};
 
@@ -869,9 +869,11 @@ impl<'a> Api<'a> {
             .collect())
     }
 
-    /// `GET /v1/grants?requester=&route=`.
+    /// `GET /v1/grants?requester=&route=&state=`.
     async fn grants(&self, query: Option<&str>) -> Response<ProxyBody> {
         let (mut requester, mut route) = (None, None);
+        // `None`: every state.
+        let mut state = Some(GrantState::Active);
         let pairs = match query_pairs(query) {
             Ok(p) => p,
             Err(p) => return p.into_response(),
@@ -880,15 +882,29 @@ impl<'a> Api<'a> {
             match k.as_str() {
                 "requester" => requester = Some(v),
                 "route" => route = Some(v),
+                "state" if v == "all" => state = None,
+                "state" => match GrantState::parse(&v) {
+                    Some(s) => state = Some(s),
+                    None => {
+                        return Problem::bad_request(format!(
+                            "state must be one of active, revoked, expired, used_up, all, not `{v}`"
+                        ))
+                        .into_response()
+                    }
+                },
                 other => {
                     return Problem::bad_request(format!(
-                        "unknown query parameter `{other}` (requester, route)"
+                        "unknown query parameter `{other}` (requester, route, state)"
                     ))
                     .into_response()
                 }
             }
         }
-        match self.visible_grants().await {
+        let listed = match state {
+            Some(GrantState::Active) => self.visible_grants().await,
+            other => self.kept_grants(other).await,
+        };
+        match listed {
             Ok(mut grants) => {
                 grants.retain(|g| {
                     requester
@@ -900,6 +916,22 @@ impl<'a> Api<'a> {
             }
             Err(p) => p.into_response(),
         }
+    }
+
+    /// Up to 10,000 kept grants in `state` (`None`: any) the caller may see, latest-ending
+    /// first.
+    async fn kept_grants(&self, state: Option<GrantState>) -> Result<Vec<Grant>, Problem> {
+        let store = self.engine().store().map_err(|e| store_problem(&e))?;
+        let now = self.now();
+        let grants = store
+            .recent_grants(MAX_LIST)
+            .await
+            .map_err(|e| store_problem(&e))?;
+        Ok(grants
+            .into_iter()
+            .filter(|g| state.is_none_or(|s| g.state(now) == s))
+            .filter(|g| self.may_manage_grant(g))
+            .collect())
     }
 
     async fn revoke_one(&self, raw: &str, body: Value) -> Response<ProxyBody> {

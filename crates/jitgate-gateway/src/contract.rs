@@ -45,7 +45,8 @@ pub struct DenyRequest {
 /// `GET /v1/grants`: the active grants the caller may see.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct GrantList {
-    /// Active grants (not revoked, not expired, uses left), soonest-ending first.
+    /// With `state=active` (the default) the active grants, soonest-ending first; with any
+    /// other `state`, up to 10,000 kept grants in it, latest-ending first.
     pub grants: Vec<Grant>,
 }
 

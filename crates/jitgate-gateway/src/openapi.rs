@@ -246,14 +246,15 @@ mod ops {
         path = "/v1/grants",
         operation_id = "listGrants",
         tag = "grants",
-        summary = r#"List visible active grants"#,
-        description = r#"Active grants (not revoked, not expired, uses left), soonest-ending first, that the caller may see: operators see all, a requester their own, and the approvers of a route (in the table in force) the grants on it. Revoked, expired and used-up grants are in the audit trail (`grant.revoked`, `grant.used`). Unknown query parameters are refused with `400`."#,
+        summary = r#"List visible grants"#,
+        description = r#"Grants the caller may see: operators all, a requester their own, and the approvers of a route (in the table in force, while it is the route the grant was given on) the grants on it. By default the active ones (not revoked, not expired, uses left), soonest-ending first; with another `state`, up to 10,000 grants the store still keeps (within `retention`) in that state, latest-ending first. Unknown query parameters are refused with `400`."#,
         params(
             ("requester" = Option<String>, Query, description = r#"Only grants of this user."#),
-            ("route" = Option<String>, Query, description = r#"Only grants on this route."#)
+            ("route" = Option<String>, Query, description = r#"Only grants on this route."#),
+            ("state" = Option<String>, Query, description = r#"`active` (default), `revoked`, `expired`, `used_up` or `all`."#)
         ),
         responses(
-            (status = 200, description = r#"The visible active grants."#, body = GrantList, content_type = "application/json", headers(("Cache-Control" = String, description = r#"JSON and problem answers are never cached."#))),
+            (status = 200, description = r#"The visible grants."#, body = GrantList, content_type = "application/json", headers(("Cache-Control" = String, description = r#"JSON and problem answers are never cached."#))),
             (status = 400, description = r#"Malformed request (problem `malformed-request`): an undecodable or unknown query parameter."#, body = Problem, content_type = "application/problem+json", headers(("Cache-Control" = String, description = r#"JSON and problem answers are never cached."#))),
             (status = 401, description = r#"No `Authorization: Bearer` credential, or one that is neither a known API token nor a valid JWT (problem `unauthenticated`)."#, body = Problem, content_type = "application/problem+json", headers(("Cache-Control" = String, description = r#"JSON and problem answers are never cached."#), ("WWW-Authenticate" = String, description = r#"The bearer challenge."#))),
             (status = 503, description = r#"The approval store is unreachable, timed out, or returned data it could not read (problem `store-unavailable`)."#, body = Problem, content_type = "application/problem+json", headers(("Cache-Control" = String, description = r#"JSON and problem answers are never cached."#)))

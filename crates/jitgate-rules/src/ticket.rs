@@ -1157,9 +1157,60 @@ impl Grant {
             && self.max_uses.is_none_or(|m| self.uses < m)
     }
 
+    /// What the grant is at `now`: revoked first, then expired, then used up, else active.
+    pub fn state(&self, now: Timestamp) -> GrantState {
+        if self.revoked_at.is_some() {
+            GrantState::Revoked
+        } else if now >= self.expires_at {
+            GrantState::Expired
+        } else if self.max_uses.is_some_and(|m| self.uses >= m) {
+            GrantState::UsedUp
+        } else {
+            GrantState::Active
+        }
+    }
+
     /// Whether this grant is for `route` and the requester whose key is `requester`.
     pub fn belongs_to(&self, route: &str, requester: &str) -> bool {
         self.route == route && self.requester.key() == requester
+    }
+}
+
+/// What a grant is at a given time ([`Grant::state`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantState {
+    /// Usable.
+    Active,
+    /// Revoked.
+    Revoked,
+    /// Past its expiry.
+    Expired,
+    /// Every allowed use spent.
+    UsedUp,
+}
+
+impl GrantState {
+    /// Every state.
+    pub const ALL: [GrantState; 4] = [
+        GrantState::Active,
+        GrantState::Revoked,
+        GrantState::Expired,
+        GrantState::UsedUp,
+    ];
+
+    /// The query-string spelling (`?state=`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GrantState::Active => "active",
+            GrantState::Revoked => "revoked",
+            GrantState::Expired => "expired",
+            GrantState::UsedUp => "used_up",
+        }
+    }
+
+    /// Parses [`GrantState::as_str`]'s spelling.
+    pub fn parse(s: &str) -> Option<GrantState> {
+        GrantState::ALL.into_iter().find(|st| st.as_str() == s)
     }
 }
 

@@ -385,6 +385,10 @@ pub trait Store: Send + Sync + 'static {
     /// Grants active at `now` (not revoked, not expired, uses left), soonest-ending first.
     fn active_grants(&self, now: Timestamp) -> StoreFuture<'_, Vec<Grant>>;
 
+    /// Up to `limit` grants still kept (any state: active, revoked, expired, used up),
+    /// latest-ending first.
+    fn recent_grants(&self, limit: usize) -> StoreFuture<'_, Vec<Grant>>;
+
     /// Grants of `requester` on `route` active at `now`, soonest-ending first.
     fn grants_for<'a>(
         &'a self,

@@ -567,6 +567,16 @@ impl Store for MemoryStore {
         })
     }
 
+    fn recent_grants(&self, limit: usize) -> StoreFuture<'_, Vec<Grant>> {
+        Box::pin(async move {
+            let st = self.lock();
+            let mut out: Vec<Grant> = st.grants.values().map(|(g, _)| g.clone()).collect();
+            out.sort_by(|a, b| (b.expires_at, &b.id).cmp(&(a.expires_at, &a.id)));
+            out.truncate(limit);
+            Ok(out)
+        })
+    }
+
     fn grants_for<'a>(
         &'a self,
         route: &'a str,

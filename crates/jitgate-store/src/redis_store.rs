@@ -1453,6 +1453,34 @@ impl Store for RedisStore {
         Box::pin(self.bounded(async move { self.grants_in(GRANTS, at).await }))
     }
 
+    fn recent_grants(&self, limit: usize) -> StoreFuture<'_, Vec<Grant>> {
+        Box::pin(self.bounded(async move {
+            if limit == 0 {
+                return Ok(Vec::new());
+            }
+            // Scored by expiry: the latest-ending first.
+            let ids = self
+                .ids_in(
+                    redis::cmd("ZRANGE")
+                        .arg(GRANTS)
+                        .arg(0)
+                        .arg(limit - 1)
+                        .arg("REV"),
+                )
+                .await?;
+            let mut out = Vec::with_capacity(ids.len());
+            for raw_id in ids {
+                let Ok(id) = GrantId::parse(&raw_id) else {
+                    continue;
+                };
+                if let Some((_, g)) = self.read_grant(&id).await? {
+                    out.push(g);
+                }
+            }
+            Ok(out)
+        }))
+    }
+
     fn grants_for<'a>(
         &'a self,
         route: &'a str,

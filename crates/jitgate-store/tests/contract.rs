@@ -914,6 +914,51 @@ async fn audit_tap_sends_what_landed_in_order(p: Pair) {
     .unwrap();
 }
 
+/// Every kept grant is listed, whatever its state, latest-ending first, up to the limit.
+async fn recent_grants_lists_every_kept_grant(p: Pair) {
+    let at = now();
+    let grant = |n: u64, max_uses: Option<u32>| Grant {
+        id: new_grant_id(at),
+        route: "db-admin".into(),
+        route_hash: "00".into(),
+        requester: Requester {
+            user: Some("bob".into()),
+            groups: vec![],
+            anonymous: None,
+        },
+        created_at: at,
+        expires_at: later(at, 600 * n),
+        max_uses,
+        uses: 0,
+        revoked_at: None,
+        ticket: None,
+    };
+    let (a, b, c) = (grant(1, None), grant(3, Some(1)), grant(2, None));
+    for g in [&a, &b, &c] {
+        p.a.create_grant(g.clone()).await.unwrap();
+    }
+    p.b.transition_grant(&c.id, &|g| ticket::revoke(g, now()), &|_, _| Vec::new())
+        .await
+        .unwrap();
+    p.a.transition_grant(&b.id, &|g| ticket::use_grant(g, now()), &|_, _| Vec::new())
+        .await
+        .unwrap();
+    let all = p.b.recent_grants(10).await.unwrap();
+    let ids: Vec<_> = all.iter().map(|g| g.id.clone()).collect();
+    assert_eq!(ids, [b.id.clone(), c.id.clone(), a.id.clone()]);
+    let states: Vec<_> = all.iter().map(|g| g.state(now())).collect();
+    assert_eq!(
+        states,
+        [
+            ticket::GrantState::UsedUp,
+            ticket::GrantState::Revoked,
+            ticket::GrantState::Active
+        ]
+    );
+    assert_eq!(p.a.recent_grants(2).await.unwrap().len(), 2);
+    assert!(p.a.recent_grants(0).await.unwrap().is_empty());
+}
+
 async fn grants_are_used_and_revoked_atomically(p: Pair) {
     let at = now();
     let g = Grant {
@@ -1684,6 +1729,7 @@ contract!(
         audit_filters_and_pages,
         audit_tap_sends_what_landed_in_order,
         grants_are_used_and_revoked_atomically,
+        recent_grants_lists_every_kept_grant,
         audit_tail_reads_after_a_number,
         audit_appends_wake_tailers_on_every_handle,
         outbox_fans_out_once_and_delivers_once;
