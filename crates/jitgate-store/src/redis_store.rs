@@ -632,6 +632,29 @@ impl RedisStore {
         Ok(out)
     }
 
+    /// Reads the grants with these ids (one MGET per 500), in order, skipping those past
+    /// retention (the pruner unindexes them).
+    async fn grants_by_ids(&self, ids: Vec<String>) -> Result<Vec<Grant>, StoreError> {
+        let ids: Vec<GrantId> = ids
+            .iter()
+            .filter_map(|raw| GrantId::parse(raw).ok())
+            .collect();
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(500) {
+            let keys: Vec<String> = chunk.iter().map(grant_key).collect();
+            let mut c = self.conn.clone();
+            let values: Vec<Option<String>> = redis::cmd("MGET")
+                .arg(&keys)
+                .query_async(&mut c)
+                .await
+                .map_err(unavailable)?;
+            for raw in values.into_iter().flatten() {
+                out.push(decode("grant", &raw)?);
+            }
+        }
+        Ok(out)
+    }
+
     async fn grants_in(&self, index: &str, at: Timestamp) -> Result<Vec<Grant>, StoreError> {
         // Scored by expiry: only those ending after `at` can be active.
         let ids = self
@@ -643,18 +666,9 @@ impl RedisStore {
                     .arg("BYSCORE"),
             )
             .await?;
-        let mut out = Vec::new();
-        for raw_id in ids {
-            let Ok(id) = GrantId::parse(&raw_id) else {
-                continue;
-            };
-            if let Some((_, g)) = self.read_grant(&id).await? {
-                if g.is_active(at) {
-                    out.push(g);
-                }
-            }
-        }
-        Ok(out)
+        let mut grants = self.grants_by_ids(ids).await?;
+        grants.retain(|g| g.is_active(at));
+        Ok(grants)
     }
 }
 
@@ -1468,16 +1482,7 @@ impl Store for RedisStore {
                         .arg("REV"),
                 )
                 .await?;
-            let mut out = Vec::with_capacity(ids.len());
-            for raw_id in ids {
-                let Ok(id) = GrantId::parse(&raw_id) else {
-                    continue;
-                };
-                if let Some((_, g)) = self.read_grant(&id).await? {
-                    out.push(g);
-                }
-            }
-            Ok(out)
+            self.grants_by_ids(ids).await
         }))
     }
 
