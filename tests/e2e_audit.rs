@@ -78,24 +78,6 @@ action = "allow"
     )
 }
 
-/// Waits until the replica reports its store reachable (the Redis store connects in the
-/// background).
-async fn wait_store_ok(gw: &Gateway) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let r = send("GET", &gw.admin("/readyz"), &[], "").await;
-        if r.status == 200 && r.json()["store"]["status"] == "ok" {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "store not reachable: {}",
-            r.text()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 fn redis_store(redis: &RedisServer) -> String {
     format!("[store]\nkind = \"redis\"\nurl = \"{}\"\n", redis.url())
 }

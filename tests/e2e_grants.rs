@@ -9,13 +9,10 @@
 
 mod common;
 
-use std::time::Duration;
-
 use serde_json::Value;
 
 use common::*;
 
-const WAIT: Duration = Duration::from_secs(20);
 const BOB: [(&str, &str); 2] = [("x-user", "bob"), ("x-groups", "dev")];
 
 /// `db-console` (access mode, approvers group:oncall, up to 1 h), `ops-only` (access mode,
@@ -69,32 +66,10 @@ action = "allow"
     )
 }
 
-/// A fresh Ed25519 PKCS#8 PEM, shared by the replicas of a test.
-fn signing_key() -> String {
-    let out = std::process::Command::new("openssl")
-        .args(["genpkey", "-algorithm", "ed25519"])
-        .output()
-        .expect("openssl (scripts/test installs it)");
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap()
-}
-
 fn start(origin: &Origin, store: &str, key: &str) -> Gateway {
     Gateway::builder(&config(&origin.url(), store))
         .file("key.pem", key)
         .start()
-}
-
-async fn wait_store_ok(gw: &Gateway) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let r = send("GET", &gw.admin("/readyz"), &[], "").await;
-        if r.status == 200 && r.json()["store"]["status"] == "ok" {
-            return;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{}", r.text());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Bob asks for `path` on `gw` (held, then answered 202), alice approves: returns the grant
@@ -124,7 +99,7 @@ async fn revoke(gw: &Gateway, user: &str, id: &str, body: &str) -> Response {
 #[tokio::test]
 async fn each_caller_sees_the_grants_they_may_manage_and_a_revocation_ends_one_at_once() {
     let origin = Origin::start();
-    let gw = start(&origin, "[store]\nkind = \"memory\"\n", &signing_key());
+    let gw = start(&origin, "[store]\nkind = \"memory\"\n", &signing_key_pem());
     let grant = grant_for_bob(&gw, "/console/tables").await;
     let id = grant["id"].as_str().unwrap().to_string();
     assert!(id.starts_with("grt_"), "{grant}");
@@ -199,7 +174,7 @@ async fn each_caller_sees_the_grants_they_may_manage_and_a_revocation_ends_one_a
 #[tokio::test]
 async fn a_requester_may_give_up_their_own_grant_but_not_revoke_on_routes_they_do_not_approve() {
     let origin = Origin::start();
-    let gw = start(&origin, "[store]\nkind = \"memory\"\n", &signing_key());
+    let gw = start(&origin, "[store]\nkind = \"memory\"\n", &signing_key_pem());
     let grant = grant_for_bob(&gw, "/console/x").await;
     let id = grant["id"].as_str().unwrap();
     // Carol approves db-console, not ops-only; an operator's view of an ops-only grant is
@@ -224,7 +199,7 @@ async fn a_requester_may_give_up_their_own_grant_but_not_revoke_on_routes_they_d
 async fn a_revocation_through_one_replica_stops_use_on_another_at_once() {
     let redis = RedisServer::start();
     let origin = Origin::start();
-    let key = signing_key();
+    let key = signing_key_pem();
     let store = format!("[store]\nkind = \"redis\"\nurl = \"{}\"\n", redis.url());
     let a = start(&origin, &store, &key);
     let b = start(&origin, &store, &key);
@@ -255,7 +230,7 @@ async fn a_revocation_through_one_replica_stops_use_on_another_at_once() {
 #[tokio::test]
 async fn a_requester_sees_their_own_usable_grants_on_the_data_plane() {
     let origin = Origin::start();
-    let gw = start(&origin, "[store]\nkind = \"memory\"\n", &signing_key());
+    let gw = start(&origin, "[store]\nkind = \"memory\"\n", &signing_key_pem());
     let view = |user: &'static str| {
         let url = gw.url("/.well-known/jitgate/grants");
         async move { send("GET", &url, &[("x-user", user)], "").await }
@@ -302,7 +277,7 @@ async fn a_requester_sees_their_own_usable_grants_on_the_data_plane() {
 #[tokio::test]
 async fn a_requested_duration_is_granted_exactly_or_refused_with_400() {
     let origin = Origin::start();
-    let gw = start(&origin, "[store]\nkind = \"memory\"\n", &signing_key());
+    let gw = start(&origin, "[store]\nkind = \"memory\"\n", &signing_key_pem());
     let ask = |duration: &'static str| {
         let url = gw.url("/console/d");
         async move {

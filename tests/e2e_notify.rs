@@ -16,8 +16,8 @@ use common::notify::{
     unix_now, MEMORY, ROUTE, SLACK_SECRET,
 };
 use common::{
-    admin_call, approve, send, wait_pending, wait_status, Client, Gateway, Hook, HookReceiver,
-    Origin, RedisServer, Response,
+    admin_call, approve, send, wait_pending, wait_status, wait_store_ok, Client, Gateway, Hook,
+    HookReceiver, Origin, RedisServer, Response,
 };
 
 const SOON: Duration = Duration::from_secs(30);
@@ -32,22 +32,6 @@ fn webhook(url: &str) -> String {
     format!(
         "[[notify]]\nname = \"ops-hook\"\nkind = \"webhook\"\nurl = \"{url}/hook\"\nsecret_env = \"HOOK_SECRET\"\ntimeout = \"2s\"\nevents = [\"ticket.opened\", \"ticket.decided\"]\n"
     )
-}
-
-async fn wait_store_ok(gw: &Gateway) {
-    let deadline = tokio::time::Instant::now() + SOON;
-    loop {
-        let r = send("GET", &gw.admin("/readyz"), &[], "").await;
-        if r.status == 200 && r.json()["store"]["status"] == "ok" {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "store not ok: {}",
-            r.text()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// `POST /deploy/<what>` as bob (group dev) on a spawned task.

@@ -9,13 +9,11 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::io::Write as _;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
 
+use common::metrics::{access_line, scrape, scrape_until};
 use common::*;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -74,129 +72,6 @@ events = ["ticket.opened"]
 {}"#,
         identity_and_admin_toml()
     )
-}
-
-/// One sample of a scrape.
-#[derive(Debug, Clone)]
-struct Sample {
-    name: String,
-    labels: BTreeMap<String, String>,
-    value: f64,
-}
-
-/// A scrape, parsed by `tests/metrics/parse.py`.
-struct Scrape {
-    samples: Vec<Sample>,
-    text: String,
-}
-
-impl Scrape {
-    /// The value of `name` with exactly `labels`, if exposed.
-    fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        let want: BTreeMap<String, String> = labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        self.samples
-            .iter()
-            .find(|s| s.name == name && s.labels == want)
-            .map(|s| s.value)
-    }
-
-    /// [`Scrape::get`], 0 when not exposed (a labelled series appears with its first event).
-    fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        self.get(name, labels).unwrap_or(0.0)
-    }
-}
-
-async fn scrape(gw: &Gateway) -> Scrape {
-    let r = send("GET", &gw.admin("/metrics"), &[], "").await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(
-        r.header("content-type"),
-        Some("application/openmetrics-text; version=1.0.0; charset=utf-8")
-    );
-    let text = r.text();
-    let parsed = tokio::task::spawn_blocking({
-        let text = text.clone();
-        move || parse(&text)
-    })
-    .await
-    .unwrap();
-    let samples = parsed["samples"]
-        .as_array()
-        .expect("samples")
-        .iter()
-        .map(|s| Sample {
-            name: s["name"].as_str().unwrap().to_string(),
-            labels: serde_json::from_value(s["labels"].clone()).unwrap(),
-            value: s["value"].as_f64().unwrap(),
-        })
-        .collect::<Vec<_>>();
-    assert!(parsed["classic"].as_u64().unwrap() > 0, "{text}");
-    Scrape { samples, text }
-}
-
-/// Runs the Prometheus parsers over `text` (scripts/test installs `prometheus_client`).
-fn parse(text: &str) -> Value {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/metrics/parse.py");
-    let mut child = Command::new("python3")
-        .arg(script)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3 runs (scripts/test installs it)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "the Prometheus parsers refused /metrics: {}\n{text}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-/// Polls the scrape until `check` holds.
-async fn scrape_until(gw: &Gateway, what: &str, check: impl Fn(&Scrape) -> bool) -> Scrape {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let s = scrape(gw).await;
-        if check(&s) {
-            return s;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what} within {WAIT:?}:\n{}",
-            s.text
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Waits until the gateway's stdout has a line containing every one of `needles`; returns it.
-async fn access_line(gw: &Gateway, needles: &[&str]) -> String {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Some(line) = gw
-            .stdout_text()
-            .lines()
-            .find(|l| needles.iter().all(|n| l.contains(n)))
-        {
-            return line.to_string();
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no access-log line with {needles:?}:\n{}",
-            gw.stdout_text()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 fn start(origin: &Origin, hook: &HookReceiver, access: &str) -> Gateway {

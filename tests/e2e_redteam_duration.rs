@@ -92,19 +92,9 @@ action = "allow"
     )
 }
 
-/// A fresh Ed25519 PKCS#8 PEM.
-fn signing_key() -> String {
-    let out = std::process::Command::new("openssl")
-        .args(["genpkey", "-algorithm", "ed25519"])
-        .output()
-        .expect("openssl (scripts/test installs it)");
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap()
-}
-
 fn start(origin: &Origin) -> Gateway {
     Gateway::builder(&config(&origin.url(), "[store]\nkind = \"memory\"\n"))
-        .file("key.pem", signing_key())
+        .file("key.pem", signing_key_pem())
         .start()
 }
 
@@ -122,7 +112,7 @@ fn start_jwt(origin: &Origin, trusted: bool) -> Gateway {
         );
     }
     Gateway::builder(&cfg)
-        .file("key.pem", signing_key())
+        .file("key.pem", signing_key_pem())
         .env("TEST_JWT_SECRET", JWT_SECRET)
         .start()
 }
@@ -807,7 +797,7 @@ async fn the_view_shows_only_usable_grants_and_fails_closed() {
     let origin = Origin::start();
     let store = format!("[store]\nkind = \"redis\"\nurl = \"{}\"\n", redis.url());
     let gw = Gateway::builder(&config(&origin.url(), &store))
-        .file("key.pem", signing_key())
+        .file("key.pem", signing_key_pem())
         .start();
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {

@@ -159,31 +159,10 @@ url = "{origin}"
 
 const MEMORY: &str = "[store]\nkind = \"memory\"\n";
 
-fn signing_key() -> String {
-    let out = std::process::Command::new("openssl")
-        .args(["genpkey", "-algorithm", "ed25519"])
-        .output()
-        .expect("openssl");
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap()
-}
-
 fn start(origin: &Origin, store: &str, key: &str) -> Gateway {
     Gateway::builder(&config(&origin.url(), store, DB_CONSOLE))
         .file("key.pem", key)
         .start()
-}
-
-async fn wait_store_ok(gw: &Gateway) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let r = send("GET", &gw.admin("/readyz"), &[], "").await;
-        if r.status == 200 && r.json()["store"]["status"] == "ok" {
-            return;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{}", r.text());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 async fn reload(gw: &Gateway, db_console: &str, origin: &Origin) {
@@ -250,7 +229,7 @@ fn shape(r: &Response) -> (u16, Value, Value, Value) {
 #[tokio::test]
 async fn only_operators_the_requester_and_the_routes_approvers_see_or_revoke_a_grant() {
     let origin = Origin::start();
-    let gw = start(&origin, MEMORY, &signing_key());
+    let gw = start(&origin, MEMORY, &signing_key_pem());
     let id = grant_for(&gw, &BOB, "/console/a", "alice").await;
     let ops_grant = grant_for(&gw, &BOB, "/ops/a", "ops").await;
 
@@ -287,7 +266,7 @@ async fn only_operators_the_requester_and_the_routes_approvers_see_or_revoke_a_g
 #[tokio::test]
 async fn anonymous_requesters_cannot_obtain_a_grant() {
     let origin = Origin::start();
-    let gw = start(&origin, MEMORY, &signing_key());
+    let gw = start(&origin, MEMORY, &signing_key_pem());
     let r = send("GET", &gw.url("/console/a"), &[], "").await;
     assert_eq!(r.status, 401, "{}", r.text());
     assert!(r.header("jit-ticket").is_none());
@@ -304,7 +283,7 @@ async fn anonymous_requesters_cannot_obtain_a_grant() {
 #[tokio::test]
 async fn approvers_of_a_new_route_reusing_a_name_do_not_get_the_old_routes_grants() {
     let origin = Origin::start();
-    let gw = start(&origin, MEMORY, &signing_key());
+    let gw = start(&origin, MEMORY, &signing_key_pem());
     let id = grant_for(&gw, &BOB, "/console/a", "alice").await;
     let renamed = DB_CONSOLE.replace("name = \"db-console\"", "name = \"db-console-legacy\"");
     let reused = format!(
@@ -328,7 +307,7 @@ async fn approvers_of_a_new_route_reusing_a_name_do_not_get_the_old_routes_grant
 #[tokio::test]
 async fn an_approver_removed_by_a_reload_can_no_longer_list_or_revoke() {
     let origin = Origin::start();
-    let gw = start(&origin, MEMORY, &signing_key());
+    let gw = start(&origin, MEMORY, &signing_key_pem());
     let id = grant_for(&gw, &BOB, "/console/a", "alice").await;
     assert_eq!(grant_ids(&gw, "carol", "").await, vec![id.clone()]);
     reload(
@@ -354,7 +333,7 @@ async fn an_approver_removed_by_a_reload_can_no_longer_list_or_revoke() {
 async fn a_revoked_grant_does_not_release_its_approved_ticket_on_resume() {
     let redis = RedisServer::start();
     let origin = Origin::start();
-    let key = signing_key();
+    let key = signing_key_pem();
     let store = format!("[store]\nkind = \"redis\"\nurl = \"{}\"\n", redis.url());
     let a = start(&origin, &store, &key);
     let b = start(&origin, &store, &key);
@@ -451,7 +430,7 @@ async fn race(gws: Vec<Arc<Gateway>>, origin: &Origin) {
 async fn uses_racing_a_revocation_on_two_replicas_never_pass_after_it() {
     let redis = RedisServer::start();
     let origin = Origin::start();
-    let key = signing_key();
+    let key = signing_key_pem();
     let store = format!("[store]\nkind = \"redis\"\nurl = \"{}\"\n", redis.url());
     let a = Arc::new(start(&origin, &store, &key));
     let b = Arc::new(start(&origin, &store, &key));
@@ -464,7 +443,7 @@ async fn uses_racing_a_revocation_on_two_replicas_never_pass_after_it() {
 #[tokio::test]
 async fn uses_racing_a_revocation_on_the_memory_store_never_pass_after_it() {
     let origin = Origin::start();
-    let gw = Arc::new(start(&origin, MEMORY, &signing_key()));
+    let gw = Arc::new(start(&origin, MEMORY, &signing_key_pem()));
     race(vec![gw], &origin).await;
 }
 
@@ -476,7 +455,7 @@ async fn uses_racing_a_revocation_on_the_memory_store_never_pass_after_it() {
 #[tokio::test]
 async fn odd_ids_and_bodies_are_refused_and_reasons_are_clipped() {
     let origin = Origin::start();
-    let gw = start(&origin, MEMORY, &signing_key());
+    let gw = start(&origin, MEMORY, &signing_key_pem());
     let id = grant_for(&gw, &BOB, "/console/a", "alice").await;
     let ticket = id.replace("grt_", "jit_");
     let missing = revoke(&gw, "ops", "grt_01JD3ZK8Q6W6M7ZC2Y6F8X4T9B", "{}").await;
@@ -561,7 +540,7 @@ async fn odd_ids_and_bodies_are_refused_and_reasons_are_clipped() {
 #[tokio::test]
 async fn a_revoke_body_that_is_not_an_object_is_400() {
     let origin = Origin::start();
-    let gw = start(&origin, MEMORY, &signing_key());
+    let gw = start(&origin, MEMORY, &signing_key_pem());
     let id = grant_for(&gw, &BOB, "/console/a", "alice").await;
     let r = revoke(&gw, "ops", &id, r#"["as an array"]"#).await;
     assert_eq!(
@@ -581,7 +560,7 @@ async fn a_revoke_body_that_is_not_an_object_is_400() {
 #[tokio::test]
 async fn revoking_a_used_up_grant_is_409_and_not_audited() {
     let origin = Origin::start();
-    let gw = start(&origin, MEMORY, &signing_key());
+    let gw = start(&origin, MEMORY, &signing_key_pem());
     let id = grant_for(&gw, &BOB, "/once/a", "alice").await;
     assert_eq!(send("GET", &gw.url("/once/b"), &BOB, "").await.status, 200);
     // Used up: the next request is held again, and the grant is no longer listed.
@@ -600,7 +579,7 @@ async fn revoking_a_used_up_grant_is_409_and_not_audited() {
 #[tokio::test]
 async fn revoking_an_expired_grant_is_409_and_not_audited() {
     let origin = Origin::start();
-    let gw = start(&origin, MEMORY, &signing_key());
+    let gw = start(&origin, MEMORY, &signing_key_pem());
     let id = grant_for(&gw, &BOB, "/brief/a", "alice").await;
     let deadline = tokio::time::Instant::now() + WAIT;
     while grant_ids(&gw, "ops", "").await.contains(&id) {
@@ -709,7 +688,7 @@ async fn web_revoke(
 #[tokio::test]
 async fn the_web_revoke_form_needs_csrf_and_same_origin_and_follows_the_api_rules() {
     let origin = Origin::start();
-    let gw = start(&origin, MEMORY, &signing_key());
+    let gw = start(&origin, MEMORY, &signing_key_pem());
     let id = grant_for(&gw, &BOB, "/console/a", "alice").await;
     let (carol, carol_csrf, site) = web_session(&gw, "carol").await;
     let (mallory, mallory_csrf, _) = web_session(&gw, "mallory").await;
@@ -802,7 +781,7 @@ async fn the_web_revoke_form_needs_csrf_and_same_origin_and_follows_the_api_rule
 #[tokio::test]
 async fn the_grants_page_escapes_what_requesters_choose() {
     let origin = Origin::start();
-    let gw = start(&origin, MEMORY, &signing_key());
+    let gw = start(&origin, MEMORY, &signing_key_pem());
     let evil = r#"eve"><script>alert(1)</script><form action="/ui/grants/x/revoke">"#;
     let who = [("x-user", evil), ("x-groups", "dev")];
     let id = grant_for(&gw, &who, "/console/a", "alice").await;
@@ -837,7 +816,7 @@ fn grant_events(seen: &str, id: &str) -> Vec<String> {
 #[tokio::test]
 async fn grant_events_reach_only_callers_who_may_see_the_grant() {
     let origin = Origin::start();
-    let gw = start(&origin, MEMORY, &signing_key());
+    let gw = start(&origin, MEMORY, &signing_key_pem());
     let id = grant_for(&gw, &BOB, "/console/a", "alice").await;
     assert_eq!(revoke(&gw, "ops", &id, "{}").await.status, 200);
     let mal = [("x-user", "mallory")];
@@ -882,7 +861,7 @@ async fn open_stream_as(gw: &Gateway, user: &str) -> tokio::net::TcpStream {
 #[tokio::test]
 async fn a_removed_approver_is_not_streamed_grant_events_they_may_no_longer_see() {
     let origin = Origin::start();
-    let gw = start(&origin, MEMORY, &signing_key());
+    let gw = start(&origin, MEMORY, &signing_key_pem());
     let id = grant_for(&gw, &BOB, "/console/a", "alice").await;
     reload(
         &gw,

@@ -21,13 +21,14 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Write as _};
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
 
+use common::metrics::{access_line, access_lines, scrape, scrape_until};
 use common::redteam::{config as base_config, raw_open};
 use common::*;
 
@@ -91,153 +92,6 @@ const BOB: [(&str, &str); 2] = [("x-user", "bob"), ("x-groups", "dev")];
 
 // ---------------------------------------------------------------------------------------
 // Scrapes (parsed by the Prometheus project's own parsers, as in e2e_observe).
-
-#[derive(Debug, Clone)]
-struct Sample {
-    name: String,
-    labels: BTreeMap<String, String>,
-    value: f64,
-}
-
-struct Scrape {
-    samples: Vec<Sample>,
-    text: String,
-}
-
-impl Scrape {
-    fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        let want: BTreeMap<String, String> = labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        self.samples
-            .iter()
-            .find(|s| s.name == name && s.labels == want)
-            .map(|s| s.value)
-    }
-
-    fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        self.get(name, labels).unwrap_or(0.0)
-    }
-
-    /// Sum of `name` over every series whose labels include `labels`.
-    fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        self.samples
-            .iter()
-            .filter(|s| s.name == name)
-            .filter(|s| {
-                labels
-                    .iter()
-                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
-            })
-            .map(|s| s.value)
-            .sum()
-    }
-
-    /// Every (name, labels) series exposed.
-    fn series(&self) -> BTreeSet<String> {
-        self.samples
-            .iter()
-            .map(|s| format!("{}{:?}", s.name, s.labels))
-            .collect()
-    }
-}
-
-async fn scrape(gw: &Gateway) -> Scrape {
-    scrape_url(&gw.admin("/metrics")).await
-}
-
-async fn scrape_url(url: &str) -> Scrape {
-    let r = send("GET", url, &[], "").await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    let text = r.text();
-    let parsed = tokio::task::spawn_blocking({
-        let text = text.clone();
-        move || parse(&text)
-    })
-    .await
-    .unwrap();
-    let samples = parsed["samples"]
-        .as_array()
-        .expect("samples")
-        .iter()
-        .map(|s| Sample {
-            name: s["name"].as_str().unwrap().to_string(),
-            labels: serde_json::from_value(s["labels"].clone()).unwrap(),
-            value: s["value"].as_f64().unwrap(),
-        })
-        .collect::<Vec<_>>();
-    Scrape { samples, text }
-}
-
-fn parse(text: &str) -> Value {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/metrics/parse.py");
-    let mut child = Command::new("python3")
-        .arg(script)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "the Prometheus parsers refused /metrics: {}\n{text}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-async fn scrape_until(gw: &Gateway, what: &str, check: impl Fn(&Scrape) -> bool) -> Scrape {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let s = scrape(gw).await;
-        if check(&s) {
-            return s;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what} within {WAIT:?}:\n{}",
-            s.text
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn access_line(gw: &Gateway, needles: &[&str]) -> String {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Some(line) = gw
-            .stdout_text()
-            .lines()
-            .find(|l| needles.iter().all(|n| l.contains(n)))
-        {
-            return line.to_string();
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no access-log line with {needles:?}:\n{}",
-            gw.stdout_text()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// The access-log lines (everything on stdout but the address announcements).
-fn access_lines(gw: &Gateway) -> Vec<String> {
-    gw.stdout_text()
-        .lines()
-        .filter(|l| !l.starts_with("jitgate: "))
-        .map(str::to_string)
-        .collect()
-}
-
 fn is_hex32(id: &str) -> bool {
     id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())
 }

@@ -16,7 +16,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -88,42 +87,9 @@ action = "allow"
     )
 }
 
-/// A fresh Ed25519 PKCS#8 PEM (what `[approvals] signing_key` expects).
-fn signing_key_pem() -> String {
-    let out = Command::new("openssl")
-        .args(["genpkey", "-algorithm", "ed25519"])
-        .output()
-        .expect("run openssl genpkey");
-    assert!(
-        out.status.success(),
-        "openssl genpkey failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("PEM is ASCII")
-}
-
 /// Starts a replica with `key.pem` written next to its config.
 fn replica(cfg: &str, pem: &str) -> Gateway {
     Gateway::builder(cfg).file("key.pem", pem).start()
-}
-
-/// Waits until the replica reports its store reachable on `/readyz` (the Redis store connects
-/// in the background; approve routes answer 503 until then).
-async fn wait_store_ok(gw: &Gateway) {
-    let deadline = tokio::time::Instant::now() + SOON;
-    loop {
-        let r = send("GET", &gw.admin("/readyz"), &[], "").await;
-        if r.status == 200 && r.json()["store"]["status"] == "ok" {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "store not reachable within {SOON:?}: {}\n{}",
-            r.text(),
-            gw.stderr_text()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// `POST <path>` on the approve route as bob (group dev), optionally resuming a ticket.

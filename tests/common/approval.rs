@@ -179,6 +179,40 @@ pub async fn wait_audit(gw: &Gateway, id: &str, want: &[&str]) -> Vec<String> {
     }
 }
 
+/// Waits (up to 20 s) until the gateway reports its store reachable (the Redis store
+/// connects in the background).
+pub async fn wait_store_ok(gw: &Gateway) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = send("GET", &gw.admin("/readyz"), &[], "").await;
+        if r.status == 200 && r.json()["store"]["status"] == "ok" {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "store not reachable: {}\n{}",
+            r.text(),
+            gw.stderr_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A fresh Ed25519 PKCS#8 PEM (what `[approvals] signing_key` expects), for replicas that
+/// must verify each other's tokens; made with `openssl` (scripts/test installs it).
+pub fn signing_key_pem() -> String {
+    let out = Command::new("openssl")
+        .args(["genpkey", "-algorithm", "ed25519"])
+        .output()
+        .expect("run openssl genpkey");
+    assert!(
+        out.status.success(),
+        "openssl genpkey failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("PEM is ASCII")
+}
+
 /// A throwaway `redis-server` on a free loopback port (never the machine's 6379), killed on
 /// drop. Persistence off: "restart" tests restart the gateway, not Redis.
 pub struct RedisServer {

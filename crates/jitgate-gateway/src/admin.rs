@@ -182,10 +182,7 @@ pub(crate) fn manages_grant(snap: &Snapshot, caller: &Approver, operator: bool, 
     if operator || g.requester.user.as_deref() == Some(caller.user.as_str()) {
         return true;
     }
-    snap.table
-        .routes()
-        .iter()
-        .find(|r| r.name == g.route && ticket::hex(&r.definition_hash) == g.route_hash)
+    snap.route_of_grant(g)
         .and_then(|r| r.approval.as_ref())
         .is_some_and(|p| {
             let approvers: Vec<String> = p.approvers.iter().map(ToString::to_string).collect();

@@ -144,6 +144,19 @@ pub enum Served {
     None,
 }
 
+impl From<Option<jitgate_rules::route::Action>> for Served {
+    /// The action of the route that decided, if any.
+    fn from(action: Option<jitgate_rules::route::Action>) -> Served {
+        use jitgate_rules::route::Action;
+        match action {
+            Some(Action::Allow) => Served::Allow,
+            Some(Action::Deny) => Served::Deny,
+            Some(Action::Approve) => Served::Approve,
+            None => Served::None,
+        }
+    }
+}
+
 impl Served {
     /// The `action` label.
     pub fn as_str(self) -> &'static str {

@@ -99,12 +99,7 @@ impl Account<'_, '_> {
             .route
             .get()
             .and_then(|&i| x.snap.table.routes().get(i));
-        let served = match route.map(|r| r.action) {
-            Some(Action::Allow) => Served::Allow,
-            Some(Action::Deny) => Served::Deny,
-            Some(Action::Approve) => Served::Approve,
-            None => Served::None,
-        };
+        let served = Served::from(route.map(|r| r.action));
         let metrics = x.engine().metrics();
         let meter = route
             .and_then(|r| {

@@ -51,6 +51,18 @@ impl Snapshot {
         self.route_upstreams.get(index).and_then(Option::as_ref)
     }
 
+    /// The route in force that grant `g` was given on: same name and same definition. `None`
+    /// when the route is gone or changed since (the grant has lapsed: it lets nothing
+    /// through, and a route that took the name over has nothing to do with it).
+    pub fn route_of_grant(
+        &self,
+        g: &jitgate_rules::ticket::Grant,
+    ) -> Option<&jitgate_rules::route::Route> {
+        self.table.routes().iter().find(|r| {
+            r.name == g.route && jitgate_rules::ticket::hex(&r.definition_hash) == g.route_hash
+        })
+    }
+
     /// How long a request body on route `index` may stall while the gateway reads it whole:
     /// its upstream's `idle_timeout` (30 s for a route without an upstream).
     pub fn body_idle(&self, index: usize) -> std::time::Duration {

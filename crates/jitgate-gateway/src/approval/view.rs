@@ -85,11 +85,7 @@ async fn grants_view(x: &Exchange<'_>, c: &Canonical) -> Response<ProxyBody> {
         .iter()
         .filter(|g| g.requester.same_principal(&requester))
         // A grant whose route changed since has lapsed: it lets nothing through.
-        .filter(|g| {
-            x.snap.table.routes().iter().any(|r| {
-                r.name == g.route && jitgate_rules::ticket::hex(&r.definition_hash) == g.route_hash
-            })
-        })
+        .filter(|g| x.snap.route_of_grant(g).is_some())
         .map(|g| {
             json!({
                 "id": g.id,
