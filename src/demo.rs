@@ -272,6 +272,7 @@ async fn decide_held(admin: &str, decide: &Decide) -> Result<(), String> {
     let body = if decide.approve {
         serde_json::to_string(&ApproveRequest {
             comment: text.clone(),
+            also: None,
         })
     } else {
         serde_json::to_string(&DenyRequest {
@@ -285,7 +286,14 @@ async fn decide_held(admin: &str, decide: &Decide) -> Result<(), String> {
         decide.token
     );
     let answer = if decide.approve {
-        api.approve(&id, &ApproveRequest { comment: text }).await
+        api.approve(
+            &id,
+            &ApproveRequest {
+                comment: text,
+                also: None,
+            },
+        )
+        .await
     } else {
         api.deny(&id, &DenyRequest { reason: text }).await
     };

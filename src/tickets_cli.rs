@@ -11,7 +11,9 @@ use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Subcommand};
-use jitgate_gateway::contract::{ApproveRequest, DecideItem, DecideRequest, Decision, DenyRequest};
+use jitgate_gateway::contract::{
+    AlsoRequest, ApproveRequest, DecideItem, DecideRequest, Decision, DenyRequest,
+};
 use jitgate_rules::ticket::Vote;
 use jitgate_rules::{Mode, Status, Ticket, TicketId, Timestamp};
 
@@ -71,6 +73,13 @@ enum TicketsCommand {
         /// A comment recorded with the approval.
         #[arg(long, short = 'm')]
         comment: Option<String>,
+        /// Also let the same requester send this many more requests like it (same route and
+        /// method) within `--within` (one ticket only; the route's `max_also_uses` bounds it).
+        #[arg(long, requires = "within", value_name = "N")]
+        also: Option<u32>,
+        /// How long the `--also` uses last after the approval, e.g. `1h`.
+        #[arg(long, requires = "also", value_name = "DURATION")]
+        within: Option<String>,
     },
     /// Deny one or more tickets as the token's user.
     Deny {
@@ -122,8 +131,22 @@ pub fn run(args: TicketsArgs) -> ExitCode {
                 json,
             } => list(&admin, status, limit, json).await,
             TicketsCommand::Show { id, json } => show(&admin, &id, json).await,
-            TicketsCommand::Approve { ids, comment } => decide(&admin, ids, true, comment).await,
-            TicketsCommand::Deny { ids, reason } => decide(&admin, ids, false, reason).await,
+            TicketsCommand::Approve {
+                ids,
+                comment,
+                also,
+                within,
+            } => {
+                let also = also
+                    .zip(within)
+                    .map(|(uses, within)| AlsoRequest { uses, within });
+                if also.is_some() && ids.len() != 1 {
+                    eprintln!("jitgate tickets approve: --also applies to one ticket at a time");
+                    return ExitCode::from(2);
+                }
+                decide(&admin, ids, true, comment, also).await
+            }
+            TicketsCommand::Deny { ids, reason } => decide(&admin, ids, false, reason, None).await,
         }
     })
 }
@@ -360,6 +383,7 @@ async fn decide(
     mut ids: Vec<String>,
     approve: bool,
     text: Option<String>,
+    also: Option<AlsoRequest>,
 ) -> ExitCode {
     // The same id twice would only be refused the second time.
     let mut seen = std::collections::HashSet::new();
@@ -367,7 +391,10 @@ async fn decide(
     let text = text.filter(|t| !t.trim().is_empty());
     let outcomes: Vec<(String, Outcome)> = if let [id] = ids.as_slice() {
         let answer = if approve {
-            let body = ApproveRequest { comment: text };
+            let body = ApproveRequest {
+                comment: text,
+                also,
+            };
             admin.approve(id, &body).await
         } else {
             let body = DenyRequest { reason: text };

@@ -18,16 +18,17 @@ use serde_json::{json, Value};
 
 use jitgate_identity::Identity;
 use jitgate_rules::ticket::{
-    self, Approver, AuditDraft, AuditEvent, AuditKind, Grant, GrantId, GrantState, Mode, Status,
-    Ticket, TicketId, Timestamp, TransitionError,
+    self, AlsoTerms, Approver, AuditDraft, AuditEvent, AuditKind, Grant, GrantId, GrantState, Mode,
+    Status, Ticket, TicketId, Timestamp, TransitionError,
 };
 use jitgate_store::{AuditFilter, StoreError};
 
 use crate::approval::view_paths::JWKS;
 use crate::body::ProxyBody;
 use crate::contract::{
-    ApproveRequest, AuditPage, DecideItem, DecideRequest, DecideResult, Decision, DenyRequest,
-    GrantList, Health, Jwk, Jwks, Ready, ReloadResult, RevokeRequest, StoreHealth, TicketList,
+    AlsoRequest, ApproveRequest, AuditPage, DecideItem, DecideRequest, DecideResult, Decision,
+    DenyRequest, GrantList, Health, Jwk, Jwks, Ready, ReloadResult, RevokeRequest, StoreHealth,
+    TicketList,
 };
 use crate::engine::Engine;
 use crate::problem::{json_body, Fault, Problem};
@@ -532,6 +533,24 @@ fn parse_body<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, Problem> {
     serde_json::from_value(v).map_err(|e| Problem::bad_request(format!("invalid request: {e}")))
 }
 
+/// The `also` of an approval as terms: `within` must be a duration of whole milliseconds
+/// (the route's limits are the transition's to judge).
+fn also_terms(also: Option<AlsoRequest>) -> Result<Option<AlsoTerms>, Problem> {
+    let Some(a) = also else { return Ok(None) };
+    let within = jitgate_rules::units::parse_duration(&a.within)
+        .map_err(|e| Problem::bad_request(format!("`also.within`: {e}")))?;
+    let within_ms = u64::try_from(within.as_millis()).unwrap_or(u64::MAX);
+    if within.subsec_nanos() % 1_000_000 != 0 || within_ms == 0 {
+        return Err(Problem::bad_request(
+            "`also.within` must be a whole number of milliseconds, at least 1ms",
+        ));
+    }
+    Ok(Some(AlsoTerms {
+        uses: a.uses,
+        within_ms,
+    }))
+}
+
 fn clip(text: Option<String>) -> Option<String> {
     text.map(|t| ticket::clip(t.trim(), MAX_TEXT).to_string())
         .filter(|t| !t.is_empty())
@@ -625,7 +644,7 @@ pub(crate) async fn decide_as(
         operator: false,
     };
     api.chat_may_decide(raw, chat).await?;
-    api.decide(raw, approve, text).await
+    api.decide(raw, approve, text, None).await
 }
 
 /// One authenticated caller of the admin plane (the JSON API or the web page): the decision
@@ -994,13 +1013,13 @@ impl<'a> Api<'a> {
     }
 
     async fn decide_one(&self, raw: &str, approve: bool, body: Value) -> Response<ProxyBody> {
-        let text = if approve {
-            parse_body::<ApproveRequest>(body).map(|b| b.comment)
+        let parsed = if approve {
+            parse_body::<ApproveRequest>(body).and_then(|b| Ok((b.comment, also_terms(b.also)?)))
         } else {
-            parse_body::<DenyRequest>(body).map(|b| b.reason)
+            parse_body::<DenyRequest>(body).map(|b| (b.reason, None))
         };
-        match text {
-            Ok(text) => match self.decide(raw, approve, text).await {
+        match parsed {
+            Ok((text, also)) => match self.decide(raw, approve, text, also).await {
                 Ok(t) => json_body(StatusCode::OK, &t),
                 Err(p) => p.into_response(),
             },
@@ -1054,7 +1073,7 @@ impl<'a> Api<'a> {
         }
         let mut outcomes = Vec::with_capacity(ids.len());
         for id in ids {
-            outcomes.push(self.decide(id, approve, text.clone()).await);
+            outcomes.push(self.decide(id, approve, text.clone(), None).await);
         }
         Ok(outcomes)
     }
@@ -1067,6 +1086,7 @@ impl<'a> Api<'a> {
         raw: &str,
         approve: bool,
         text: Option<String>,
+        also: Option<AlsoTerms>,
     ) -> Result<Ticket, Problem> {
         let text = clip(text);
         let id = TicketId::parse(raw).map_err(|_| not_found())?;
@@ -1091,13 +1111,17 @@ impl<'a> Api<'a> {
             } else {
                 (AuditKind::TicketDenied, json!({ "reason": text }))
             };
+            let mut detail = detail;
+            if let (Some(a), Some(d)) = (also, detail.as_object_mut()) {
+                d.insert("also".into(), json!(a));
+            }
             let mut events = vec![AuditDraft::about(kind, t, Some(&who.user), detail, now)];
             if let Some(g) = ticket::grant_of(before, t) {
                 events.push(AuditDraft::about(
                     AuditKind::GrantCreated,
                     t,
                     Some(&who.user),
-                    json!({ "grant": g.id.to_string(), "expiresAt": g.expires_at, "maxUses": g.max_uses }),
+                    json!({ "grant": g.id.to_string(), "expiresAt": g.expires_at, "maxUses": g.max_uses, "method": g.method }),
                     now,
                 ));
             }
@@ -1105,7 +1129,11 @@ impl<'a> Api<'a> {
         };
         let result = if approve {
             store
-                .transition(&id, &|t| ticket::approve(t, who, text.clone(), now), &audit)
+                .transition(
+                    &id,
+                    &|t| ticket::approve_also(t, who, text.clone(), also, now),
+                    &audit,
+                )
                 .await
         } else {
             store

@@ -30,6 +30,23 @@ pub struct ApproveRequest {
     /// blank value is treated as absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub comment: Option<String>,
+    /// "Approve this and the next N like it": also let the same requester send up to `uses`
+    /// more requests with the same method on this route within `within` of the approval (an
+    /// action route whose `max_also_uses` allows that many; with a quorum, every approval must
+    /// ask for it and the smallest terms apply).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub also: Option<AlsoRequest>,
+}
+
+/// The `also` of an [`ApproveRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AlsoRequest {
+    /// How many more requests (1 to the route's `max_also_uses`).
+    pub uses: u32,
+    /// For how long after the approval, as a duration such as `"1h"` or `"15m"` (at most the
+    /// route's `max_also_within`).
+    pub within: String,
 }
 
 /// `POST /v1/tickets/{id}/deny`. An empty body is `{}`.
@@ -327,7 +344,7 @@ pub struct Problem {
 #[serde(untagged)]
 pub enum EventData {
     /// A grant (`grant.created`, `grant.revoked`).
-    Grant(Grant),
+    Grant(Box<Grant>),
     /// A ticket.
     Ticket(Box<Ticket>),
     /// Only the ticket's id.

@@ -548,7 +548,7 @@ impl<'a> Ui<'a> {
             Err(r) => return self.refusal_as(&signed, &r),
         };
         let comment = form.one("comment").map(str::to_string);
-        match signed.api.decide(raw, approve, comment).await {
+        match signed.api.decide(raw, approve, comment, None).await {
             Ok(t) => {
                 let line = outcome_line(&t, approve);
                 self.shared.ui_sessions().set_flash(

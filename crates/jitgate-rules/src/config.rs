@@ -768,6 +768,8 @@ const APPROVAL_KEYS: &[&str] = &[
     "max_duration",
     "max_uses",
     "max_pending_per_requester",
+    "max_also_uses",
+    "max_also_within",
     "break_glass",
     "escalate_after",
     "escalate_to",
@@ -786,6 +788,9 @@ const AUTO_KEYS: &[&str] = &[
     "window",
     "time_zone",
 ];
+
+/// `max_also_within` when a route allowing `also` does not set it.
+const DEFAULT_ALSO_WITHIN: Duration = Duration::from_secs(3600);
 
 fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
@@ -2240,6 +2245,7 @@ impl<'s> Cx<'s> {
         let default_duration = dur(self, "default_duration");
         let max_duration = dur(self, "max_duration");
         let escalate_after = dur(self, "escalate_after");
+        let max_also_within = dur(self, "max_also_within");
         let mut count = |cx: &mut Self, key: &str| -> Option<(u32, Range<usize>)> {
             let n = cx.u32_(t, key, sec, 1);
             if n.is_none() && t.contains_key(key) {
@@ -2250,6 +2256,29 @@ impl<'s> Cx<'s> {
         let token_uses = count(self, "token_uses").map_or(1, |n| n.0);
         let max_uses = count(self, "max_uses");
         let max_pending_per_requester = count(self, "max_pending_per_requester").map(|n| n.0);
+        let max_also_uses = match self.u32_(t, "max_also_uses", sec, 0) {
+            Some((n, _)) => n,
+            None => {
+                ok &= !t.contains_key("max_also_uses");
+                0
+            }
+        };
+        if mode == ApprovalMode::Access {
+            for key in ["max_also_uses", "max_also_within"] {
+                if let Some(v) = t.get(key) {
+                    self.error(v.span(), format!("`{key}` is only for mode = \"action\" (an access approval is a grant already)"));
+                    ok = false;
+                }
+            }
+        } else if max_also_uses == 0 {
+            if let Some((_, sp)) = &max_also_within {
+                self.error(
+                    sp.clone(),
+                    "`max_also_within` needs `max_also_uses` above 0",
+                );
+                ok = false;
+            }
+        }
         let mut durations = Vec::new();
         if let Some((items, _)) = self.str_list(t, "durations", sec) {
             for (s, sp) in items {
@@ -2447,6 +2476,8 @@ impl<'s> Cx<'s> {
             max_duration: max_duration.map(|d| d.0),
             max_uses: max_uses.map(|n| n.0),
             max_pending_per_requester,
+            max_also_uses,
+            max_also_within: max_also_within.map_or(DEFAULT_ALSO_WITHIN, |d| d.0),
             break_glass_groups,
             escalate_after: escalate_after.map(|d| d.0),
             escalate_to,

@@ -160,6 +160,11 @@ pub struct ApprovalPolicy {
     pub max_uses: Option<u32>,
     /// Pending tickets one requester may have on this route.
     pub max_pending_per_requester: Option<u32>,
+    /// `max_also_uses`: how many more requests one approval's `also` may let through
+    /// (`action` mode; 0, the default, allows no `also`).
+    pub max_also_uses: u32,
+    /// `max_also_within`: the longest `also.within` (default 1h).
+    pub max_also_within: Duration,
     /// Groups that may send `Jit-Break-Glass: <reason>`.
     pub break_glass_groups: Vec<String>,
     /// Escalate to `escalate_to` after this long undecided.
@@ -198,6 +203,17 @@ impl ApprovalPolicy {
         Some(crate::ticket::GrantTerms {
             duration_ms: u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
             max_uses: self.max_uses,
+        })
+    }
+
+    /// The most an approval's `also` may grant on this route, recorded on its tickets
+    /// (`None` when the route allows no `also`).
+    pub fn also_limit(&self) -> Option<crate::ticket::AlsoTerms> {
+        (self.mode == ApprovalMode::Action && self.max_also_uses > 0).then(|| {
+            crate::ticket::AlsoTerms {
+                uses: self.max_also_uses,
+                within_ms: u64::try_from(self.max_also_within.as_millis()).unwrap_or(u64::MAX),
+            }
         })
     }
 

@@ -519,6 +519,22 @@ pub struct Vote {
     pub at: Timestamp,
     /// The comment (approval) or reason (denial).
     pub comment: Option<String>,
+    /// An approval that also lets the next requests like this one through ("approve this and
+    /// the next N"): what this approver agreed to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub also: Option<AlsoTerms>,
+}
+
+/// "Approve this and the next N like it": up to `uses` more requests of the same requester,
+/// route and method within `within_ms` of the approval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AlsoTerms {
+    /// How many more requests.
+    pub uses: u32,
+    /// For how long after the approval, in milliseconds.
+    pub within_ms: u64,
 }
 
 /// An approval ticket: one held request (or an access request) awaiting a decision.
@@ -584,6 +600,12 @@ pub struct Ticket {
     /// replica whose write timed out can tell by reading back whether its release landed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub releases: Vec<String>,
+    /// The most an approval may add with `also` (the route's `max_also_uses` and
+    /// `max_also_within`), fixed when the ticket was opened; `None` where the route allows
+    /// no `also`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub also_limit: Option<AlsoTerms>,
 }
 
 /// What approving an `access` ticket grants, recorded from the route when the ticket is
@@ -628,6 +650,8 @@ pub struct TicketDraft {
     pub token_uses: u32,
     /// `access` tickets: what approval grants.
     pub grant_terms: Option<GrantTerms>,
+    /// `action` tickets: the most an approval's `also` may grant (`None`: not allowed).
+    pub also_limit: Option<AlsoTerms>,
 }
 
 impl Ticket {
@@ -662,6 +686,7 @@ impl Ticket {
             redeem_by: None,
             grant_terms: draft.grant_terms,
             releases: Vec::new(),
+            also_limit: draft.also_limit,
         }
     }
 
@@ -973,6 +998,12 @@ pub enum TransitionError {
     /// Using a grant past `maxUses`.
     #[error("the grant has no uses left")]
     GrantExhausted,
+    /// An approval's `also` that the ticket does not allow.
+    #[error("{detail}")]
+    AlsoRefused {
+        /// Why.
+        detail: String,
+    },
 }
 
 impl TransitionError {
@@ -987,6 +1018,7 @@ impl TransitionError {
             | TransitionError::GrantRevoked
             | TransitionError::GrantExpired
             | TransitionError::GrantExhausted => 403,
+            TransitionError::AlsoRefused { .. } => 400,
             TransitionError::NotPending { .. }
             | TransitionError::Expired
             | TransitionError::NotDue
@@ -1025,6 +1057,7 @@ fn vote(approver: &Approver, comment: Option<String>, now: Timestamp) -> Vote {
         groups: approver.groups.clone(),
         at: now,
         comment,
+        also: None,
     }
 }
 
@@ -1035,15 +1068,74 @@ pub fn approve(
     comment: Option<String>,
     now: Timestamp,
 ) -> Result<Ticket, TransitionError> {
+    approve_also(t, approver, comment, None, now)
+}
+
+/// [`approve`], also agreeing to let the next `also.uses` requests like this one through
+/// within `also.within_ms` ([`grant_of`] turns that into a grant once the quorum is reached,
+/// if every approval agreed; the smallest terms apply). Refused unless the ticket is an
+/// `action` ticket of a named requester whose route allows that much (`also_limit`), and
+/// unless every earlier approval of the ticket asked for it too (a quorum agrees on all that
+/// is released, or on nothing beyond this request).
+pub fn approve_also(
+    t: &Ticket,
+    approver: &Approver,
+    comment: Option<String>,
+    also: Option<AlsoTerms>,
+    now: Timestamp,
+) -> Result<Ticket, TransitionError> {
     check_decision(t, approver, now)?;
+    if let Some(also) = also {
+        check_also(t, also)?;
+    }
     let mut next = t.clone();
-    next.approvals.push(vote(approver, comment, now));
+    let mut v = vote(approver, comment, now);
+    v.also = also;
+    next.approvals.push(v);
     if next.approvals.len() as u64 >= u64::from(next.quorum.max(1)) {
         next.status = Status::Approved;
         next.decided_at = Some(now);
         next.redeem_by = Some(Timestamp(now.0.saturating_add(next.token_ttl_ms)));
     }
     Ok(next)
+}
+
+fn check_also(t: &Ticket, also: AlsoTerms) -> Result<(), TransitionError> {
+    let refuse = |detail: String| Err(TransitionError::AlsoRefused { detail });
+    if t.mode != Mode::Action {
+        return refuse(
+            "`also` applies to action tickets; an access ticket's approval is a grant already"
+                .into(),
+        );
+    }
+    if t.requester.user.is_none() {
+        return refuse("`also` needs a named requester; anonymous clients cannot be told apart well enough to trust with more requests".into());
+    }
+    let Some(limit) = t.also_limit else {
+        return refuse(format!(
+            "route {} does not allow `also` (max_also_uses is 0)",
+            t.route
+        ));
+    };
+    if also.uses == 0 || also.uses > limit.uses {
+        return refuse(format!(
+            "`also.uses` must be 1 to {} on route {}",
+            limit.uses, t.route
+        ));
+    }
+    if also.within_ms == 0 || also.within_ms > limit.within_ms {
+        return refuse(format!(
+            "`also.within` must be at most {} on route {}",
+            crate::units::format_duration(std::time::Duration::from_millis(limit.within_ms)),
+            t.route
+        ));
+    }
+    if t.approvals.iter().any(|v| v.also.is_none()) {
+        return refuse(
+            "an earlier approval of this ticket did not agree to `also`; approve without it".into(),
+        );
+    }
+    Ok(())
 }
 
 /// Denies the ticket: one denial ends it. A requester may deny their own ticket only where
@@ -1147,6 +1239,11 @@ pub struct Grant {
     pub revoked_at: Option<Timestamp>,
     /// The ticket whose approval created it.
     pub ticket: Option<TicketId>,
+    /// Grants an `also` approval created on an `action` route: the method (as the ticket
+    /// recorded it) the grant lets through; `None` on access grants, which cover the route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub method: Option<String>,
 }
 
 impl Grant {
@@ -1219,15 +1316,35 @@ impl GrantState {
 /// duration from the decision. Its id is derived from the ticket's, so a grant is created at
 /// most once per ticket whichever replica records the approval. Stores call this inside the
 /// approve transition, so the grant exists as soon as the ticket says `APPROVED`.
+///
+/// An `action` ticket approved with `also` by every approval gets a grant of the smallest
+/// terms agreed, bound to the ticket's method (see [`approve_also`]).
 pub fn grant_of(before: &Ticket, after: &Ticket) -> Option<Grant> {
-    if before.status != Status::Pending
-        || after.status != Status::Approved
-        || after.mode != Mode::Access
-    {
+    if before.status != Status::Pending || after.status != Status::Approved {
         return None;
     }
-    let terms = after.grant_terms?;
     let from = after.decided_at?;
+    if after.mode == Mode::Action {
+        let agreed: Option<Vec<AlsoTerms>> = after.approvals.iter().map(|v| v.also).collect();
+        let agreed = agreed.filter(|a| !a.is_empty())?;
+        let uses = agreed.iter().map(|a| a.uses).min()?;
+        let within = agreed.iter().map(|a| a.within_ms).min()?;
+        after.requester.user.as_ref()?;
+        return Some(Grant {
+            id: GrantId::for_ticket(&after.id),
+            route: after.route.clone(),
+            route_hash: after.route_hash.clone(),
+            requester: after.requester.clone(),
+            created_at: from,
+            expires_at: Timestamp(from.0.saturating_add(within)),
+            max_uses: Some(uses),
+            uses: 0,
+            revoked_at: None,
+            ticket: Some(after.id.clone()),
+            method: Some(after.request.method.clone()),
+        });
+    }
+    let terms = after.grant_terms?;
     Some(Grant {
         id: GrantId::for_ticket(&after.id),
         route: after.route.clone(),
@@ -1239,6 +1356,7 @@ pub fn grant_of(before: &Ticket, after: &Ticket) -> Option<Grant> {
         uses: 0,
         revoked_at: None,
         ticket: Some(after.id.clone()),
+        method: None,
     })
 }
 

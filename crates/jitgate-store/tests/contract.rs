@@ -49,6 +49,7 @@ fn draft(path: &str, user: &str) -> TicketDraft {
         self_approval: false,
         token_uses: 1,
         grant_terms: None,
+        also_limit: None,
     }
 }
 
@@ -932,6 +933,7 @@ async fn recent_grants_lists_every_kept_grant(p: Pair) {
         uses: 0,
         revoked_at: None,
         ticket: None,
+        method: None,
     };
     let (a, b, c) = (grant(1, None), grant(3, Some(1)), grant(2, None));
     for g in [&a, &b, &c] {
@@ -976,6 +978,7 @@ async fn grants_are_used_and_revoked_atomically(p: Pair) {
         uses: 0,
         revoked_at: None,
         ticket: None,
+        method: None,
     };
     p.a.create_grant(g.clone()).await.unwrap();
     assert_eq!(p.b.get_grant(&g.id).await.unwrap(), Some(g.clone()));

@@ -126,8 +126,10 @@ pub async fn serve(
         };
         return resume(x, route, held, id).await;
     }
-    if policy.mode == ApprovalMode::Access {
-        match release::find_grant(x, route, &held).await {
+    // Access routes, and action routes whose approvals may let the next requests like one
+    // through (`also`): a grant of this requester's may release this request.
+    if policy.mode == ApprovalMode::Access || policy.max_also_uses > 0 {
+        match release::find_grant(x, route, &held, &request.method).await {
             Ok(Some(grant)) => return release::on_grant(x, route, held, grant).await,
             Ok(None) => {}
             Err(e) => return x.answer(e, Some(route)),
@@ -241,6 +243,7 @@ async fn open(
         self_approval: policy.self_approval,
         token_uses: policy.token_uses,
         grant_terms,
+        also_limit: policy.also_limit(),
         source: anonymous.then(|| held.canonical.source().to_string()),
     };
     let fresh_terms = grant_terms;

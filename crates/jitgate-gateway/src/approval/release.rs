@@ -7,7 +7,7 @@ use std::sync::Arc;
 use http::{HeaderValue, Response};
 use serde_json::json;
 
-use jitgate_rules::route::{Action, Route};
+use jitgate_rules::route::{Action, ApprovalMode, Route};
 use jitgate_rules::ticket::{self, AuditDraft, AuditKind, Grant, Ticket, TicketId};
 use jitgate_rules::Unresolved;
 use jitgate_store::StoreError;
@@ -208,12 +208,19 @@ pub(super) async fn on_approved_access(
     }
 }
 
-/// `access` routes: one of this requester's active grants on the route as it is now.
+/// One of this requester's active grants on the route as it is now: on `access` routes a
+/// grant of the route, on `action` routes one an `also` approval made for `method` (the
+/// method as the ticket records it, override spellings included).
 pub(super) async fn find_grant(
     x: &Exchange<'_>,
     route: &Route,
     held: &HeldRequest,
+    method: &str,
 ) -> Result<Option<Grant>, GatewayError> {
+    let access = route
+        .approval
+        .as_ref()
+        .is_some_and(|p| p.mode == ApprovalMode::Access);
     let store = x
         .engine()
         .store()
@@ -228,6 +235,11 @@ pub(super) async fn find_grant(
         g.route_hash == route_hash
             && g.requester.same_principal(&held.requester)
             && g.is_active(now)
+            && if access {
+                g.method.is_none()
+            } else {
+                g.method.as_deref() == Some(method)
+            }
     }))
 }
 

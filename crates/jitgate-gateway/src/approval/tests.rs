@@ -67,6 +67,7 @@ async fn open(shared: &Shared, ttl: Duration) -> Ticket {
         self_approval: false,
         token_uses: 1,
         grant_terms: None,
+        also_limit: None,
         source: None,
     };
     let t = Ticket::open(jitgate_store::new_ticket_id(now), draft, now);

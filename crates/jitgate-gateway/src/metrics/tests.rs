@@ -40,6 +40,7 @@ fn pending() -> Ticket {
         self_approval: false,
         token_uses: 1,
         grant_terms: None,
+        also_limit: None,
     };
     Ticket::open(TicketId::new(OPENED.as_millis(), 7), draft, OPENED)
 }

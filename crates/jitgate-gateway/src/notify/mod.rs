@@ -249,7 +249,7 @@ impl Told {
             _ => None,
         };
         let data = match (&grant, &ticket) {
-            (Some(g), _) => EventData::Grant(g.clone()),
+            (Some(g), _) => EventData::Grant(Box::new(g.clone())),
             (None, Some(t)) => EventData::Ticket(Box::new(t.clone())),
             (None, None) => EventData::TicketRef {
                 ticket: e.ticket.clone(),

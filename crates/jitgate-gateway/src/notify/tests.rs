@@ -93,6 +93,7 @@ fn ticket(path: &str, reason: &str) -> Ticket {
         self_approval: false,
         token_uses: 1,
         grant_terms: None,
+        also_limit: None,
     };
     Ticket::open(TicketId::new(at.as_millis(), 7), draft, at)
 }

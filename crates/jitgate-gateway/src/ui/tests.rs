@@ -139,6 +139,7 @@ async fn open(
         self_approval: route == "self-ok",
         token_uses: 1,
         grant_terms: None,
+        also_limit: None,
     };
     let t = Ticket::open(jitgate_store::new_ticket_id(now), draft, now);
     let key = t.id.to_string();
@@ -946,6 +947,7 @@ async fn grants_are_listed_and_revoked_by_whom_they_concern() {
                 uses: 1,
                 revoked_at: None,
                 ticket: None,
+                method: None,
             })
             .await
             .unwrap();

@@ -48,6 +48,10 @@ fn draft(quorum: u32) -> TicketDraft {
         self_approval: false,
         token_uses: 1,
         grant_terms: None,
+        also_limit: Some(AlsoTerms {
+            uses: 3,
+            within_ms: 3_600_000,
+        }),
     }
 }
 
@@ -449,6 +453,66 @@ proptest! {
 // === approve / deny ===
 
 #[test]
+fn also_makes_a_method_bound_grant_only_within_the_route_limit() {
+    let also = |uses, within_ms| Some(AlsoTerms { uses, within_ms });
+    let t = ticket(1);
+    // Beyond the limit, zero, or a window too long: refused, nothing recorded.
+    for (a, why) in [
+        (also(4, 60_000), "uses above the limit"),
+        (also(0, 60_000), "zero uses"),
+        (also(1, 3_600_001), "window above the limit"),
+        (also(1, 0), "empty window"),
+    ] {
+        let e = approve_also(&t, &oncall("alice"), None, a, at(1)).unwrap_err();
+        assert!(matches!(e, TransitionError::AlsoRefused { .. }), "{why}");
+        assert_eq!(e.status(), 400);
+    }
+    let next = approve_also(&t, &oncall("alice"), None, also(2, 60_000), at(1)).unwrap();
+    let g = grant_of(&t, &next).expect("grant");
+    assert_eq!(g.method.as_deref(), Some("POST"));
+    assert_eq!(g.max_uses, Some(2));
+    assert_eq!(g.expires_at, Timestamp(at(1).0 + 60_000));
+    assert_eq!(g.requester, t.requester);
+    assert_eq!(g.id, GrantId::for_ticket(&t.id));
+    // A plain approval grants nothing more.
+    let plain = approve(&t, &oncall("alice"), None, at(1)).unwrap();
+    assert!(grant_of(&t, &plain).is_none());
+
+    // A route that allows no `also`, an anonymous requester, an access ticket: refused.
+    let mut none = t.clone();
+    none.also_limit = None;
+    assert!(approve_also(&none, &oncall("alice"), None, also(1, 1), at(1)).is_err());
+    let mut anon = t.clone();
+    anon.requester = Requester {
+        user: None,
+        groups: vec![],
+        anonymous: Some("abc".into()),
+    };
+    assert!(approve_also(&anon, &oncall("alice"), None, also(1, 1), at(1)).is_err());
+    let mut access = t.clone();
+    access.mode = Mode::Access;
+    assert!(approve_also(&access, &oncall("alice"), None, also(1, 1), at(1)).is_err());
+
+    // Quorum 2: a plain first approval means no `also` afterwards; both agreeing gives the
+    // smaller terms.
+    let t2 = ticket(2);
+    let first = approve(&t2, &oncall("alice"), None, at(1)).unwrap();
+    assert!(approve_also(&first, &oncall("carol"), None, also(1, 1000), at(2)).is_err());
+    let first = approve_also(&t2, &oncall("alice"), None, also(3, 9000), at(1)).unwrap();
+    assert!(grant_of(&t2, &first).is_none(), "quorum not reached");
+    let both = approve_also(&first, &oncall("carol"), None, also(1, 5000), at(2)).unwrap();
+    let g = grant_of(&first, &both).expect("grant");
+    assert_eq!(
+        (g.max_uses, g.expires_at),
+        (Some(1), Timestamp(at(2).0 + 5000))
+    );
+    // The second approver may decline `also`: the request is released, no grant.
+    let plain = approve(&first, &oncall("carol"), None, at(2)).unwrap();
+    assert_eq!(plain.status, Status::Approved);
+    assert!(grant_of(&first, &plain).is_none());
+}
+
+#[test]
 fn quorum_counts_distinct_approvers() {
     let t = ticket(2);
     let t = approve(&t, &oncall("alice"), Some("ok".into()), at(1)).unwrap();
@@ -720,6 +784,7 @@ fn grant() -> Grant {
         uses: 0,
         revoked_at: None,
         ticket: Some(TicketId::new(T0.0, 2)),
+        method: None,
     }
 }
 
