@@ -326,3 +326,149 @@ async fn a_requested_duration_is_granted_exactly_or_refused_with_400() {
     };
     assert_eq!(ms(&to) - ms(&from), 1_800_000, "{g}");
 }
+
+/// `POST /v1/access-requests` as `user`.
+async fn ask_ahead(gw: &Gateway, user: &str, body: &str) -> Response {
+    admin_call(gw, user, "POST", "/v1/access-requests", body).await
+}
+
+/// Access asked for ahead: the ticket is opened without a held request, under the route's
+/// duration rules, and its approval lets exactly its requester through for the duration.
+async fn asked_ahead(store: &str) {
+    let origin = Origin::start();
+    let gw = start(&origin, store, &signing_key_pem());
+    wait_store_ok(&gw).await;
+    let r = ask_ahead(
+        &gw,
+        "bob",
+        r#"{"route":"db-console","duration":"30m","reason":"  migration 7  "}"#,
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let t = r.json();
+    let id = t["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        r.header("location"),
+        Some(format!("/v1/tickets/{id}").as_str())
+    );
+    assert_eq!(t["status"], "PENDING");
+    assert_eq!(t["mode"], "access");
+    assert_eq!(t["requester"]["user"], "bob");
+    assert_eq!(t["reason"], "migration 7");
+    assert_eq!(t["grantTerms"]["durationMs"], 1_800_000);
+    assert_eq!(t["request"]["path"], "");
+
+    // The same again joins it; other terms while it is pending, or terms the route does not
+    // grant, are refused before anything is written.
+    let again = ask_ahead(&gw, "bob", r#"{"route":"db-console","duration":"30m"}"#).await;
+    assert_eq!(again.status, 200, "{}", again.text());
+    assert_eq!(again.json()["id"], id.as_str());
+    for (body, status, slug) in [
+        (
+            r#"{"route":"db-console","duration":"20m"}"#,
+            400,
+            "duration-not-allowed",
+        ),
+        (
+            r#"{"route":"db-console","duration":"2h"}"#,
+            400,
+            "duration-not-allowed",
+        ),
+        (
+            r#"{"route":"db-console","duration":"soon"}"#,
+            400,
+            "duration-not-allowed",
+        ),
+        (r#"{"route":"rest"}"#, 400, "not-an-access-route"),
+        (r#"{"route":"db-consol"}"#, 404, "unknown-route"),
+        (
+            r#"{"route":"db-console","for":"carol"}"#,
+            400,
+            "malformed-request",
+        ),
+        (r#"["db-console"]"#, 400, "malformed-request"),
+    ] {
+        let r = ask_ahead(&gw, "bob", body).await;
+        assert_eq!(r.status, status, "{body}: {}", r.text());
+        assert_eq!(
+            r.json()["type"],
+            format!("urn:jitgate:problem:{slug}").as_str(),
+            "{body}"
+        );
+    }
+    let r = send(
+        "POST",
+        &gw.admin("/v1/access-requests"),
+        &[],
+        "{}".to_string(),
+    )
+    .await;
+    assert_eq!(r.status, 401, "{}", r.text());
+    let pending = admin_call(&gw, "ops", "GET", "/v1/tickets?status=PENDING", "").await;
+    assert_eq!(
+        pending.json()["tickets"].as_array().map(Vec::len),
+        Some(1),
+        "refusals opened nothing: {}",
+        pending.text()
+    );
+
+    // Bob may not approve his own ticket; alice may. The grant lasts 30 minutes.
+    assert_eq!(approve(&gw, "bob", &id, "me").await.status, 403);
+    assert_eq!(approve(&gw, "alice", &id, "ok").await.status, 200);
+    let list = grants(&gw, "bob", "").await;
+    let g = &list["grants"][0];
+    assert_eq!(g["ticket"], id.as_str());
+    let decided = wait_status(&gw, &id, "APPROVED", std::time::Duration::from_secs(5)).await;
+    let from = decided["decidedAt"].as_str().unwrap().to_string();
+    let until = g["expiresAt"].as_str().unwrap().to_string();
+    assert_ne!(from, until);
+    let (from, until) = (rfc3339_ms(&from), rfc3339_ms(&until));
+    assert_eq!(until - from, 1_800_000, "{g}");
+
+    // Bob's requests pass at once; mallory's are held.
+    let r = send("GET", &gw.url("/console/tables"), &BOB, "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = send(
+        "GET",
+        &gw.url("/console/tables"),
+        &[("x-user", "mallory")],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    assert_eq!(origin.count(), 1);
+    let kinds = wait_audit(
+        &gw,
+        &id,
+        &["ticket.created", "ticket.approved", "grant.created"],
+    )
+    .await;
+    assert!(kinds.contains(&"grant.used".to_string()), "{kinds:?}");
+}
+
+/// Milliseconds since the epoch of an RFC 3339 UTC timestamp as the API writes them.
+fn rfc3339_ms(s: &str) -> i64 {
+    let out = std::process::Command::new("date")
+        .args(["-u", "-d", s, "+%s%3N"])
+        .output()
+        .expect("date");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("ms")
+}
+
+#[tokio::test]
+async fn access_asked_ahead_opens_a_ticket_whose_approval_grants_exactly_what_was_asked_memory() {
+    asked_ahead("[store]\nkind = \"memory\"\n").await;
+}
+
+#[tokio::test]
+async fn access_asked_ahead_opens_a_ticket_whose_approval_grants_exactly_what_was_asked_redis() {
+    let redis = RedisServer::start();
+    asked_ahead(&format!(
+        "[store]\nkind = \"redis\"\nurl = \"{}\"\n",
+        redis.url()
+    ))
+    .await;
+}

@@ -17,20 +17,22 @@ use hyper::body::Incoming;
 use serde_json::{json, Value};
 
 use jitgate_identity::Identity;
+use jitgate_rules::route::{Action, ApprovalMode};
 use jitgate_rules::ticket::{
     self, AlsoTerms, Approver, AuditDraft, AuditEvent, AuditKind, Grant, GrantId, GrantState, Mode,
-    Status, Ticket, TicketId, Timestamp, TransitionError,
+    Requester, Status, Ticket, TicketId, Timestamp, TransitionError,
 };
 use jitgate_store::{AuditFilter, StoreError};
 
 use crate::approval::view_paths::JWKS;
 use crate::body::ProxyBody;
 use crate::contract::{
-    AlsoRequest, ApproveRequest, AuditPage, DecideItem, DecideRequest, DecideResult, Decision,
-    DenyRequest, GrantList, Health, Jwk, Jwks, Ready, ReloadResult, RevokeRequest, StoreHealth,
-    TicketList,
+    AccessRequest, AlsoRequest, ApproveRequest, AuditPage, DecideItem, DecideRequest, DecideResult,
+    Decision, DenyRequest, GrantList, Health, Jwk, Jwks, Ready, ReloadResult, RevokeRequest,
+    StoreHealth, TicketList,
 };
 use crate::engine::Engine;
+use crate::error::GatewayError;
 use crate::problem::{json_body, Fault, Problem};
 use crate::state::{Applied, Rejected, Shared, Snapshot, SourceRefused, Trigger};
 use crate::ui;
@@ -58,6 +60,7 @@ pub const ENDPOINTS: &[(&str, &str)] = &[
     ("GET", "/v1/admin/rules/source"),
     ("PUT", "/v1/admin/rules/source"),
     ("POST", "/v1/admin/reload"),
+    ("POST", "/v1/access-requests"),
     ("GET", "/v1/grants"),
     ("POST", "/v1/grants/{id}/revoke"),
     ("GET", "/v1/events"),
@@ -269,6 +272,10 @@ impl Api<'_> {
                     Err(p) => p.into_response(),
                 }
             }
+            (&Method::POST, ["v1", "access-requests"]) => match read_json(req).await {
+                Ok(body) => api.access_request(body).await,
+                Err(p) => p.into_response(),
+            },
             (&Method::GET, ["v1", "grants"]) => api.grants(req.uri().query()).await,
             (&Method::POST, ["v1", "grants", id, "revoke"]) => {
                 let id = id.to_string();
@@ -948,6 +955,94 @@ impl<'a> Api<'a> {
             .filter(|g| state.is_none_or(|s| g.state(now) == s))
             .filter(|g| self.may_manage_grant(g))
             .collect())
+    }
+
+    /// `POST /v1/access-requests`: the caller asks for access to an `access` route ahead of
+    /// time. A ticket like the one a held request opens (caps, coalescing, duration rules,
+    /// `ticket.created`), with an empty request snapshot; its approval creates the grant.
+    /// 201 with the new ticket, or 200 with the caller's pending identical one.
+    async fn access_request(&self, body: Value) -> Response<ProxyBody> {
+        let body: AccessRequest = match parse_body(body) {
+            Ok(b) => b,
+            Err(p) => return p.into_response(),
+        };
+        let snap = self.shared.snapshot();
+        let Some(route) = snap.table.routes().iter().find(|r| r.name == body.route) else {
+            return Problem::new(
+                StatusCode::NOT_FOUND,
+                "unknown-route",
+                "Unknown route",
+                format!("no route {} in the table in force", body.route),
+                Fault::Downstream,
+            )
+            .into_response();
+        };
+        let access = route
+            .approval
+            .as_ref()
+            .is_some_and(|p| p.mode == ApprovalMode::Access);
+        if route.action != Action::Approve || !access || !route.enforce {
+            return Problem::new(
+                StatusCode::BAD_REQUEST,
+                "not-an-access-route",
+                "Not an access route",
+                format!(
+                    "route {} does not grant access (only enforcing approve routes with mode = \"access\" do)",
+                    route.name
+                ),
+                Fault::Downstream,
+            )
+            .into_response();
+        }
+        let requested = match body
+            .duration
+            .as_deref()
+            .map(jitgate_rules::units::parse_duration)
+        {
+            None => None,
+            Some(Ok(d)) => Some(d),
+            Some(Err(e)) => {
+                let e = GatewayError::DurationRefused(format!("duration: {e}"));
+                return e.problem(Some(route)).into_response();
+            }
+        };
+        let ask = crate::approval::Ask {
+            requester: Requester {
+                user: Some(self.caller.user.clone()),
+                groups: self.caller.groups.clone(),
+                anonymous: None,
+            },
+            source: None,
+            reason: body.reason,
+            request: ticket::RequestSnapshot::default(),
+            requested,
+            ahead: true,
+        };
+        let cfg = &snap.table.config().approvals;
+        match crate::approval::open_ticket(self.engine(), cfg, route, ask).await {
+            Ok((t, created)) => {
+                let status = if created {
+                    StatusCode::CREATED
+                } else {
+                    StatusCode::OK
+                };
+                let mut resp = json_body(status, &t);
+                if let Ok(v) = HeaderValue::from_str(&format!("/v1/tickets/{}", t.id)) {
+                    resp.headers_mut().insert(header::LOCATION, v);
+                }
+                resp
+            }
+            Err(e) => {
+                let mut resp = e.problem(Some(route)).into_response();
+                if let GatewayError::TooManyPending { retry_after, .. } = &e {
+                    if let Ok(v) = HeaderValue::from_str(&retry_after.as_secs().max(1).to_string())
+                    {
+                        resp.headers_mut().insert(header::RETRY_AFTER, v);
+                    }
+                }
+                resp
+            }
+        }
     }
 
     async fn revoke_one(&self, raw: &str, body: Value) -> Response<ProxyBody> {

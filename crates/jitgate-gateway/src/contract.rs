@@ -67,6 +67,21 @@ pub struct GrantList {
     pub grants: Vec<Grant>,
 }
 
+/// `POST /v1/access-requests`: ask for access ahead, without a held request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AccessRequest {
+    /// The name of an enforcing `access` route in the table in force.
+    pub route: String,
+    /// The grant's duration, such as `"2h"`: one of the route's `durations` presets (when it
+    /// has any), never above its `max_duration`. Absent: the route's default duration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<String>,
+    /// Why; shown to approvers (trimmed, at most 500 bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
 /// `POST /v1/grants/{id}/revoke`. An empty body is `{}`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -11,8 +11,8 @@ use utoipa::{Modify, OpenApi, ToSchema};
 use jitgate_rules::ticket::{AuditKind, Grant, Status, Ticket, Timestamp};
 
 use crate::contract::{
-    ApproveRequest, AuditPage, DecideRequest, DecideResult, DenyRequest, EventBody, GrantList,
-    Health, Jwks, Problem, Ready, ReloadResult, RevokeRequest, Rules, TicketList,
+    AccessRequest, ApproveRequest, AuditPage, DecideRequest, DecideResult, DenyRequest, EventBody,
+    GrantList, Health, Jwks, Problem, Ready, ReloadResult, RevokeRequest, Rules, TicketList,
 };
 
 /// The document.
@@ -43,7 +43,7 @@ Errors are RFC 9457 problem details (`application/problem+json`) whose `type` is
 `HEAD` is also accepted on `/healthz`, `/readyz`, `/metrics`, `/.well-known/jwks.json` and `/v1/openapi.json`. Any other method on a served path answers `405` problem `method-not-allowed` (after authentication, for the paths that need it); an unknown path answers `404` problem `not-found` to authenticated callers."#,
         license(name = "Apache-2.0", identifier = "Apache-2.0")
     ),
-    paths(ops::health, ops::ready, ops::metrics, ops::jwks, ops::openapi, ops::list_tickets, ops::get_ticket, ops::approve_ticket, ops::deny_ticket, ops::decide_tickets, ops::read_audit, ops::get_rules, ops::get_rules_source, ops::put_rules_source, ops::reload_rules, ops::list_grants, ops::revoke_grant, ops::stream_events, ops::slack_actions),
+    paths(ops::health, ops::ready, ops::metrics, ops::jwks, ops::openapi, ops::list_tickets, ops::get_ticket, ops::approve_ticket, ops::deny_ticket, ops::decide_tickets, ops::read_audit, ops::get_rules, ops::get_rules_source, ops::put_rules_source, ops::reload_rules, ops::create_access_request, ops::list_grants, ops::revoke_grant, ops::stream_events, ops::slack_actions),
     components(schemas(EventBody)),
     tags((name = "health", description = r#"Liveness, readiness, metrics and published keys; no authentication."#), (name = "tickets", description = r#"Approval tickets and decisions."#), (name = "grants", description = r#"Access grants: listing and revocation."#), (name = "audit", description = r#"The hash-chained audit log (operators only)."#), (name = "admin", description = r#"The rule table (operators only)."#), (name = "meta", description = r#"This document."#), (name = "notifications", description = r#"Callbacks from chat tools."#)),
     security(("bearer" = [])),
@@ -240,6 +240,27 @@ mod ops {
         )
     )]
     fn deny_ticket() {}
+
+    #[utoipa::path(
+        post,
+        path = "/v1/access-requests",
+        operation_id = "createAccessRequest",
+        tag = "grants",
+        summary = r#"Ask for access ahead"#,
+        description = r#"Asks for a grant on an `access` route for the caller (as the user the data plane identifies requesters by), without a held request. Opens a ticket like the one a held request opens: the same pending caps (`429` with `Retry-After`), the same duration rules (one of the route's `durations`, never above `max_duration`, else `400` `duration-not-allowed`), an empty `request`, `reason` shown to approvers, and `ticket.created` audited with `askedAhead`. Approving it to quorum creates the grant, which lets the caller's requests on the route through for its duration and uses. While the caller has an identical request pending (same route, same duration) that ticket is answered (`200`) instead of a new one."#,
+        request_body(content = AccessRequest, content_type = "application/json", description = r#"Unknown members are refused (`400`). At most 1 MiB."#),
+        responses(
+            (status = 201, description = r#"The new ticket, `PENDING`; `Location` names it."#, body = Ticket, content_type = "application/json", headers(("Cache-Control" = String, description = r#"JSON and problem answers are never cached."#))),
+            (status = 200, description = r#"The caller's identical pending ticket."#, body = Ticket, content_type = "application/json", headers(("Cache-Control" = String, description = r#"JSON and problem answers are never cached."#))),
+            (status = 400, description = r#"A body that is not JSON or has unknown members (problem `malformed-request`), a route that is not an enforcing access route (`not-an-access-route`), or a duration the route does not grant (`duration-not-allowed`)."#, body = Problem, content_type = "application/problem+json", headers(("Cache-Control" = String, description = r#"JSON and problem answers are never cached."#))),
+            (status = 401, description = r#"No `Authorization: Bearer` credential, or one that is neither a known API token nor a valid JWT (problem `unauthenticated`)."#, body = Problem, content_type = "application/problem+json", headers(("Cache-Control" = String, description = r#"JSON and problem answers are never cached."#), ("WWW-Authenticate" = String, description = r#"The bearer challenge."#))),
+            (status = 404, description = r#"No route with this name in the table in force (problem `unknown-route`)."#, body = Problem, content_type = "application/problem+json", headers(("Cache-Control" = String, description = r#"JSON and problem answers are never cached."#))),
+            (status = 413, description = r#"The request body exceeds 1 MiB (problem `body-too-large`)."#, body = Problem, content_type = "application/problem+json", headers(("Cache-Control" = String, description = r#"JSON and problem answers are never cached."#))),
+            (status = 429, description = r#"Too many pending tickets (problem `too-many-pending`)."#, body = Problem, content_type = "application/problem+json", headers(("Cache-Control" = String, description = r#"JSON and problem answers are never cached."#), ("Retry-After" = String, description = r#"Seconds until a pending ticket expires."#))),
+            (status = 503, description = r#"The approval store is unreachable, timed out, or returned data it could not read (problem `store-unavailable`)."#, body = Problem, content_type = "application/problem+json", headers(("Cache-Control" = String, description = r#"JSON and problem answers are never cached."#)))
+        )
+    )]
+    fn create_access_request() {}
 
     #[utoipa::path(
         get,

@@ -268,6 +268,11 @@ fn generated_openapi_is_3_1_with_unique_operation_ids() {
             "200 400 401 403 404 409 413 503",
         ),
         ("post", "/v1/tickets/decide", "200 400 401 413"),
+        (
+            "post",
+            "/v1/access-requests",
+            "200 201 400 401 404 413 429 503",
+        ),
         ("get", "/v1/audit", "200 400 401 403 503"),
         ("get", "/v1/admin/rules", "200 401 403"),
         ("get", "/v1/admin/rules/source", "200 304 401 403"),

@@ -28,6 +28,7 @@ use jitgate_store::{LimitScope, PendingLimits, StoreError};
 
 use crate::body::{ProxyBody, RequestBody};
 use crate::context::Exchange;
+use crate::engine::Engine;
 use crate::error::GatewayError;
 
 pub use view::{well_known, WELL_KNOWN};
@@ -182,18 +183,74 @@ async fn open(
     held: &HeldRequest,
     request: ticket::RequestSnapshot,
 ) -> Result<Ticket, GatewayError> {
-    let store = x
-        .engine()
+    // `Jit-Duration` (access routes): exactly one of the durations the route grants, or a
+    // refusal that says which ones; never a silently shortened grant.
+    // On `action` routes the header means nothing and is not read.
+    let access = route
+        .approval
+        .as_ref()
+        .is_some_and(|p| p.mode == ApprovalMode::Access);
+    let requested = match held.canonical.gateway_header("jit-duration") {
+        Some(raw) if access => Some(
+            jitgate_rules::units::parse_duration(raw)
+                .map_err(|e| GatewayError::DurationRefused(format!("Jit-Duration: {e}")))?,
+        ),
+        _ => None,
+    };
+    let anonymous = held.requester.user.is_none();
+    let ask = Ask {
+        requester: held.requester.clone(),
+        source: anonymous.then(|| held.canonical.source().to_string()),
+        reason: held
+            .canonical
+            .gateway_header("jit-reason")
+            .map(str::to_string),
+        request,
+        requested,
+        ahead: false,
+    };
+    let cfg = &x.snap.table.config().approvals;
+    let (t, _) = open_ticket(x.engine(), cfg, route, ask).await?;
+    Ok(t)
+}
+
+/// What a ticket is opened for: a held request, or access asked for ahead
+/// (`POST /v1/access-requests`, whose request snapshot is empty).
+pub(crate) struct Ask {
+    /// Who asks.
+    pub requester: Requester,
+    /// Anonymous requesters: the client address (per-source caps count by it).
+    pub source: Option<String>,
+    /// `Jit-Reason`, or the access request's `reason` (clipped here).
+    pub reason: Option<String>,
+    /// What approvers see of the request.
+    pub request: ticket::RequestSnapshot,
+    /// The grant duration asked for (`access` routes).
+    pub requested: Option<std::time::Duration>,
+    /// Asked ahead through the admin plane, without a held request.
+    pub ahead: bool,
+}
+
+/// Opens a ticket for `ask` on `route` (an approve route) or joins the pending one of the same
+/// requester with the same fingerprint, under the pending caps, recording `ticket.created`
+/// with the write. Returns the ticket and whether it was created. A duration that the route
+/// does not grant, or that differs from the pending ticket's, is refused (400).
+pub(crate) async fn open_ticket(
+    engine: &Engine,
+    cfg: &jitgate_rules::config::Approvals,
+    route: &Route,
+    ask: Ask,
+) -> Result<(Ticket, bool), GatewayError> {
+    let store = engine
         .store()
         .map_err(|_| GatewayError::StoreUnavailable { ticket: None })?;
-    let cfg = &x.snap.table.config().approvals;
     let Some(policy) = route.approval.as_ref() else {
         return Err(GatewayError::Internal(
             "approve route without a policy".into(),
         ));
     };
     let ticket_ttl = policy.ticket_ttl.unwrap_or(cfg.ticket_ttl);
-    let anonymous = held.requester.user.is_none();
+    let anonymous = ask.requester.user.is_none();
     // Caps are checked by the store atomically with creation: overall, this requester on
     // this route, and this requester across routes: a named user, or, for anonymous
     // requesters (who can mint identities at will), what one client address has open.
@@ -206,36 +263,23 @@ async fn open(
             cfg.max_pending_per_user
         }),
     };
-    let now = x.engine().now();
-    let reason = held
-        .canonical
-        .gateway_header("jit-reason")
-        .map(|r| ticket::clip(r, MAX_REASON).to_string())
+    let now = engine.now();
+    let reason = ask
+        .reason
+        .as_deref()
+        .map(|r| ticket::clip(r.trim(), MAX_REASON).to_string())
         .filter(|r| !r.is_empty());
-    // `Jit-Duration` (access routes): exactly one of the durations the route grants, or a
-    // refusal that says which ones; never a silently shortened grant.
-    // On `action` routes the header means nothing and is not read.
-    let asked = held
-        .canonical
-        .gateway_header("jit-duration")
-        .filter(|_| policy.mode == ApprovalMode::Access);
-    let requested = match asked {
-        None => None,
-        Some(raw) => Some(
-            jitgate_rules::units::parse_duration(raw)
-                .map_err(|e| GatewayError::DurationRefused(format!("Jit-Duration: {e}")))?,
-        ),
-    };
     let grant_terms = policy
-        .grant_terms_for(requested)
+        .grant_terms_for(ask.requested)
         .map_err(GatewayError::DurationRefused)?;
+    let requester_key = ask.requester.key().into_owned();
     let draft = TicketDraft {
         route: route.name.clone(),
         route_hash: route.definition_hash,
         mode: Mode::from(policy.mode),
-        requester: held.requester.clone(),
+        requester: ask.requester,
         reason,
-        request,
+        request: ask.request,
         ticket_ttl,
         token_ttl: policy.token_ttl.unwrap_or(cfg.token_ttl),
         quorum: policy.quorum,
@@ -244,35 +288,40 @@ async fn open(
         token_uses: policy.token_uses,
         grant_terms,
         also_limit: policy.also_limit(),
-        source: anonymous.then(|| held.canonical.source().to_string()),
+        source: ask.source,
     };
-    let fresh_terms = grant_terms;
     let fresh = Ticket::open(jitgate_store::new_ticket_id(now), draft, now);
+    let fingerprint = fresh.fingerprint.clone();
+    let ahead = ask.ahead;
     let on_create = |t: &Ticket| {
+        let detail = if ahead {
+            json!({ "askedAhead": true, "grantTerms": t.grant_terms })
+        } else {
+            json!({ "method": t.request.method, "host": t.request.host, "path": t.request.path, "target": t.request.target })
+        };
         vec![AuditDraft::about(
             AuditKind::TicketCreated,
             t,
             None,
-            json!({ "method": t.request.method, "host": t.request.host, "path": t.request.path, "target": t.request.target }),
+            detail,
             now,
         )]
     };
     let (t, created) = match store
-        .create_or_join(fresh, &held.fingerprint, &limits, &on_create)
+        .create_or_join(fresh, &fingerprint, &limits, &on_create)
         .await
     {
         Ok(r) => r,
         Err(StoreError::Limit { scope, limit }) => {
             return Err(GatewayError::TooManyPending {
                 detail: format!(
-                    "too many pending tickets ({} limit {limit}) for {} on route {}",
+                    "too many pending tickets ({} limit {limit}) for {requester_key} on route {}",
                     match scope {
                         LimitScope::Source if anonymous => "per-source",
                         LimitScope::Source => "per-user",
                         LimitScope::Requester => "per-requester on this route",
                         LimitScope::Global => "global",
                     },
-                    held.requester.key(),
                     route.name
                 ),
                 retry_after: ticket_ttl,
@@ -284,12 +333,12 @@ async fn open(
         }
     };
     if created {
-        x.engine().metrics().ticket_opened(&route.name);
-        tracing::info!(ticket = %t.id, route = %route.name, requester = %t.requester.key(), method = %t.request.method, path = %t.request.path, "held for approval");
+        engine.metrics().ticket_opened(&route.name);
+        tracing::info!(ticket = %t.id, route = %route.name, requester = %t.requester.key(), method = %t.request.method, path = %t.request.path, ahead, "held for approval");
     } else {
         // A request that asked for a duration gets exactly that or nothing: joining a
         // pending ticket with other terms would silently grant something else.
-        if requested.is_some() && t.grant_terms != fresh_terms {
+        if ask.requested.is_some() && t.grant_terms != grant_terms {
             let pending = t.grant_terms.map_or_else(
                 || "none".to_string(),
                 |g| {
@@ -305,7 +354,7 @@ async fn open(
         }
         tracing::info!(ticket = %t.id, route = %route.name, "identical request joined a pending ticket");
     }
-    Ok(t)
+    Ok((t, created))
 }
 
 /// Answers for a ticket in any state, holding the request while it is pending.
