@@ -206,7 +206,7 @@ impl Metrics {
         let tickets_decided = Family::<DecidedLabels, Counter>::default();
         registry.register(
             "jitgate_tickets_decided",
-            "Tickets that left PENDING through this replica, by route and outcome (approved, denied, expired, cancelled)",
+            "Tickets that left PENDING through this replica, by route and outcome (approved, denied, expired, cancelled, auto_approved)",
             tickets_decided.clone(),
         );
         let decision = decision_buckets();
@@ -353,6 +353,17 @@ impl Metrics {
         let decided = after.decided_at.unwrap_or(now);
         self.decision
             .observe(seconds_between(after.created_at, decided));
+    }
+
+    /// A ticket opened decided by a policy (`auto_approved`); counted as opened and decided.
+    pub fn ticket_by_policy(&self, route: &str, outcome: &'static str) {
+        self.ticket_opened(route);
+        self.tickets_decided
+            .get_or_create(&DecidedLabels {
+                route: route.to_string(),
+                outcome,
+            })
+            .inc();
     }
 
     /// The upstream answered a released request `now`; `decided_at` is the approval.

@@ -780,13 +780,30 @@ const APPROVAL_KEYS: &[&str] = &[
     "chat_approval",
 ];
 const AUTO_KEYS: &[&str] = &[
+    "name",
     "path_prefix",
     "methods",
+    "users",
     "groups",
     "source",
+    "headers",
     "duration_below",
     "window",
     "time_zone",
+    "max_duration",
+    "max_uses",
+];
+/// The keys of an auto-approve policy that are conditions (the rest name it or bound what it
+/// grants).
+const AUTO_CONDITIONS: &[&str] = &[
+    "path_prefix",
+    "methods",
+    "users",
+    "groups",
+    "source",
+    "headers",
+    "duration_below",
+    "window",
 ];
 
 /// `max_also_within` when a route allowing `also` does not set it.
@@ -1963,41 +1980,13 @@ impl<'s> Cx<'s> {
                 }
             },
         };
-        let mut headers: Vec<HeaderRule> = Vec::new();
-        if let Some((ht, _)) = self.table(t, "headers", sec) {
-            for (k, v) in ht.iter() {
-                let key: &str = k.get_ref();
-                let Ok(name) = HeaderName::from_bytes(key.as_bytes()) else {
-                    self.error(k.span(), format!("`{key}` is not a valid header name"));
-                    ok = false;
-                    continue;
-                };
-                let Some(val) = v.get_ref().as_str() else {
-                    self.error(
-                        v.span(),
-                        format!(
-                            "header condition `{key}` must be a string (`\"*\"` means present)"
-                        ),
-                    );
-                    ok = false;
-                    continue;
-                };
-                if val != "*" && HeaderValue::from_str(val).is_err() {
-                    self.error(
-                        v.span(),
-                        format!("header condition `{key}` has a value no header can carry"),
-                    );
-                    ok = false;
-                    continue;
-                }
-                headers.push(HeaderRule {
-                    name,
-                    value: (val != "*").then(|| val.to_string()),
-                });
+        let headers = match self.header_rules(t, sec) {
+            Some(h) => h,
+            None => {
+                ok = false;
+                Vec::new()
             }
-        } else {
-            ok &= !t.contains_key("headers");
-        }
+        };
         let source = self.cidrs(t, "source", sec);
         let flag = |cx: &mut Self, key: &str, default: bool| {
             cx.bool_(t, key, sec).map_or(default, |b| b.0)
@@ -2405,7 +2394,12 @@ impl<'s> Cx<'s> {
         }
         let mut auto_approve = Vec::new();
         for (at, sp) in self.tables(t, "auto_approve", sec) {
-            match self.auto_approve(at, sp) {
+            match self.auto_approve(at, sp.clone(), mode) {
+                Some(a) if auto_approve.iter().any(|b: &AutoApprove| b.name == a.name) => {
+                    let sp = at.get("name").map_or(sp, |v| v.span());
+                    self.error(sp, format!("a second auto_approve policy is named `{}` on this route; names identify what a policy approved", a.name));
+                    ok = false;
+                }
                 Some(a) => auto_approve.push(a),
                 None => ok = false,
             }
@@ -2489,11 +2483,25 @@ impl<'s> Cx<'s> {
         })
     }
 
-    fn auto_approve(&mut self, t: &DeTable<'_>, span: Range<usize>) -> Option<AutoApprove> {
+    fn auto_approve(
+        &mut self,
+        t: &DeTable<'_>,
+        span: Range<usize>,
+        mode: ApprovalMode,
+    ) -> Option<AutoApprove> {
         let sec = "[[routes.approval.auto_approve]]";
         self.check_keys(t, sec, AUTO_KEYS);
         let errors_before = self.error_count();
         let mut a = AutoApprove::default();
+        match self.str_(t, "name", sec) {
+            Some((n, sp)) if n.trim().is_empty() => self.error(sp, "`name` must not be empty"),
+            Some((n, _)) => a.name = n.to_string(),
+            None if !t.contains_key("name") => self.error(
+                span.clone(),
+                "an auto_approve policy needs a `name` (recorded on what it approves)",
+            ),
+            None => {}
+        }
         if let Some((p, sp)) = self.str_(t, "path_prefix", sec) {
             match parse_path_pattern(p) {
                 Ok(pat)
@@ -2519,40 +2527,102 @@ impl<'s> Cx<'s> {
         if t.contains_key("methods") {
             a.methods = self.methods(t, "methods", sec).unwrap_or_default();
         }
+        if let Some((u, _)) = self.str_list(t, "users", sec) {
+            a.users = u.into_iter().map(|(s, _)| s.to_string()).collect();
+        }
         if let Some((g, _)) = self.str_list(t, "groups", sec) {
             a.groups = g.into_iter().map(|(s, _)| s.to_string()).collect();
         }
         a.source = self.cidrs(t, "source", sec);
-        a.duration_below = self.duration(t, "duration_below", sec).map(|d| d.0);
-        if let Some((w, sp)) = self.str_(t, "window", sec) {
-            if let Err(e) = check_window(w) {
-                self.error(sp, e);
-            }
-            a.window = Some(w.to_string());
+        if t.contains_key("headers") {
+            a.headers = self.header_rules(t, sec).unwrap_or_default();
         }
-        if let Some((z, sp)) = self.str_(t, "time_zone", sec) {
-            let valid = !z.is_empty()
-                && z.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'_' | b'-' | b'+'));
-            if !valid {
-                self.error(
-                    sp,
-                    format!(
-                        "`time_zone` `{z}` is not an IANA time zone name such as \"Europe/Paris\""
-                    ),
-                );
-            }
-            if !t.contains_key("window") {
-                if let Some(v) = t.get("time_zone") {
-                    self.warn(v.span(), "`time_zone` is only used with `window`");
+        a.duration_below = self.duration(t, "duration_below", sec).map(|d| d.0);
+        a.max_duration = self.duration(t, "max_duration", sec).map(|d| d.0);
+        a.max_uses = self.u32_(t, "max_uses", sec, 1).map(|n| n.0);
+        if mode == ApprovalMode::Action {
+            for key in ["duration_below", "max_duration", "max_uses"] {
+                if let Some(v) = t.get(key) {
+                    self.error(
+                        v.span(),
+                        format!(
+                            "`{key}` in {sec} is only for mode = \"access\" (it bounds a grant)"
+                        ),
+                    );
                 }
             }
-            a.time_zone = Some(z.to_string());
         }
-        if t.is_empty() {
-            self.error(span, "an auto_approve entry with no condition would approve every request; give at least one condition");
+        if let Some((w, sp)) = self.str_(t, "window", sec) {
+            match crate::policy::Window::parse(w) {
+                Ok(w) => a.window = Some(w),
+                Err(e) => self.error(sp, e),
+            }
+        }
+        if let Some((z, sp)) = self.str_(t, "time_zone", sec) {
+            match crate::policy::Zone::get(z) {
+                Ok(zone) => a.time_zone = Some(zone),
+                Err(e) => self.error(sp.clone(), e),
+            }
+            if !t.contains_key("window") {
+                self.error(
+                    sp,
+                    "`time_zone` is only used with `window`; add a `window` or remove it",
+                );
+            }
+        }
+        for key in ["users", "groups", "source", "methods"] {
+            if let Some(v) = t.get(key) {
+                if v.get_ref().as_array().is_some_and(|a| a.is_empty()) {
+                    self.error(v.span(), format!("`{key}` is empty: the condition could never hold; remove it or list something"));
+                }
+            }
+        }
+        if !AUTO_CONDITIONS.iter().any(|k| t.contains_key(*k)) {
+            self.error(span, "an auto_approve policy with no condition would approve every request; give at least one condition");
         }
         (self.error_count() == errors_before).then_some(a)
+    }
+
+    /// A `headers = { name = "value" | "*" }` table of header conditions; `None` (errors
+    /// reported) when any entry is invalid.
+    fn header_rules(&mut self, t: &DeTable<'_>, sec: &str) -> Option<Vec<HeaderRule>> {
+        let mut ok = true;
+        let mut headers: Vec<HeaderRule> = Vec::new();
+        if let Some((ht, _)) = self.table(t, "headers", sec) {
+            for (k, v) in ht.iter() {
+                let key: &str = k.get_ref();
+                let Ok(name) = HeaderName::from_bytes(key.as_bytes()) else {
+                    self.error(k.span(), format!("`{key}` is not a valid header name"));
+                    ok = false;
+                    continue;
+                };
+                let Some(val) = v.get_ref().as_str() else {
+                    self.error(
+                        v.span(),
+                        format!(
+                            "header condition `{key}` must be a string (`\"*\"` means present)"
+                        ),
+                    );
+                    ok = false;
+                    continue;
+                };
+                if val != "*" && HeaderValue::from_str(val).is_err() {
+                    self.error(
+                        v.span(),
+                        format!("header condition `{key}` has a value no header can carry"),
+                    );
+                    ok = false;
+                    continue;
+                }
+                headers.push(HeaderRule {
+                    name,
+                    value: (val != "*").then(|| val.to_string()),
+                });
+            }
+        } else {
+            ok &= !t.contains_key("headers");
+        }
+        ok.then_some(headers)
     }
 
     fn error_count(&self) -> usize {
@@ -2570,36 +2640,6 @@ fn default_problem_body(status: StatusCode) -> String {
         "{{\"type\":\"about:blank\",\"title\":\"{title}\",\"status\":{},\"detail\":\"{{reason}}\",\"rule\":\"{{rule}}\",\"ticket\":\"{{ticket}}\"}}",
         status.as_u16()
     )
-}
-
-/// `window = "09:00-17:00"` or `"Mon-Fri 09:00-17:00"` (days: Mon..Sun, `-` ranges, `,` lists).
-fn check_window(w: &str) -> Result<(), String> {
-    let bad =
-        || format!("invalid `window` `{w}`; expected \"HH:MM-HH:MM\" or \"Mon-Fri HH:MM-HH:MM\"");
-    let (days, times) = match w.trim().rsplit_once(' ') {
-        Some((d, t)) => (Some(d.trim()), t),
-        None => (None, w.trim()),
-    };
-    const DAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
-    if let Some(days) = days {
-        for part in days.split(',') {
-            for d in part.trim().split('-') {
-                if !DAYS.contains(&d.trim()) {
-                    return Err(bad());
-                }
-            }
-        }
-    }
-    let time = |s: &str| -> Option<u32> {
-        let (h, m) = s.split_once(':')?;
-        let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
-        (h <= 24 && m < 60 && h * 60 + m <= 24 * 60 && s.len() == 5).then_some(h * 60 + m)
-    };
-    let (from, to) = times.split_once('-').ok_or_else(bad)?;
-    match (time(from), time(to)) {
-        (Some(f), Some(t)) if f != t => Ok(()),
-        _ => Err(bad()),
-    }
 }
 
 #[cfg(test)]

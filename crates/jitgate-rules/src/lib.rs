@@ -12,6 +12,7 @@ pub mod form;
 pub mod headers;
 mod json;
 pub mod matcher;
+pub mod policy;
 pub mod request;
 pub mod route;
 pub mod shadow;

@@ -119,7 +119,9 @@ fn header_readings<'h>(
     })
 }
 
-fn header_matches(rule: &HeaderRule, headers: &HeaderMap, all: bool) -> bool {
+/// Whether a header condition holds: present, and with a value, equal to it in any reading
+/// (restricting routes) or in every reading (`all`: allow routes and auto-approval).
+pub(crate) fn header_matches(rule: &HeaderRule, headers: &HeaderMap, all: bool) -> bool {
     if !headers.contains_key(&rule.name) {
         return false;
     }

@@ -266,23 +266,35 @@ impl ApprovalPolicy {
     }
 }
 
-/// One `[[routes.approval.auto_approve]]` entry: every set condition must hold.
+/// One `[[routes.approval.auto_approve]]` entry: a named policy whose every set condition
+/// must hold (see [`crate::policy`]).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct AutoApprove {
+    /// `name`: unique on the route; recorded on the ticket and in the audit.
+    pub name: String,
     /// Canonical path prefix (segment boundary).
     pub path_prefix: Option<String>,
     /// Methods.
     pub methods: Vec<Method>,
+    /// Requester users (any).
+    pub users: Vec<String>,
     /// Requester groups (any).
     pub groups: Vec<String>,
     /// Source CIDRs.
     pub source: Vec<IpNet>,
+    /// Header conditions, all of which must hold for every value sent.
+    pub headers: Vec<HeaderRule>,
     /// Access requests shorter than this.
     pub duration_below: Option<Duration>,
-    /// Time window such as `"09:00-17:00"` with weekdays, in `time_zone`.
-    pub window: Option<String>,
-    /// IANA time zone name of `window` (default UTC).
-    pub time_zone: Option<String>,
+    /// `window = "Mon-Fri 09:00-17:00"`, in `time_zone`.
+    pub window: Option<crate::policy::Window>,
+    /// IANA time zone of `window` (default UTC).
+    pub time_zone: Option<crate::policy::Zone>,
+    /// `access` routes: the longest grant this policy approves (longer ones go to people).
+    pub max_duration: Option<Duration>,
+    /// `access` routes: the most uses a grant it approves allows (the smaller of this and the
+    /// route's `max_uses`).
+    pub max_uses: Option<u32>,
 }
 
 /// `count` requests per `per`.

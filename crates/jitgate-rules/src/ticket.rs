@@ -606,6 +606,10 @@ pub struct Ticket {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     pub also_limit: Option<AlsoTerms>,
+    /// The auto-approve policy that approved the ticket as it was opened, by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub policy: Option<String>,
 }
 
 /// What approving an `access` ticket grants, recorded from the route when the ticket is
@@ -687,6 +691,7 @@ impl Ticket {
             grant_terms: draft.grant_terms,
             releases: Vec::new(),
             also_limit: draft.also_limit,
+            policy: None,
         }
     }
 
@@ -1138,6 +1143,27 @@ fn check_also(t: &Ticket, also: AlsoTerms) -> Result<(), TransitionError> {
     Ok(())
 }
 
+/// A `PENDING` ticket approved as it is opened by the auto-approve policy `policy`:
+/// `APPROVED`, with one approval by `policy:<name>` standing for the whole quorum.
+pub fn auto_approve(t: &Ticket, policy: &str, now: Timestamp) -> Result<Ticket, TransitionError> {
+    if t.status != Status::Pending {
+        return Err(TransitionError::NotPending { status: t.status });
+    }
+    let mut next = t.clone();
+    next.approvals.push(Vote {
+        by: format!("policy:{policy}"),
+        groups: Vec::new(),
+        at: now,
+        comment: None,
+        also: None,
+    });
+    next.policy = Some(policy.to_string());
+    next.status = Status::Approved;
+    next.decided_at = Some(now);
+    next.redeem_by = Some(Timestamp(now.0.saturating_add(next.token_ttl_ms)));
+    Ok(next)
+}
+
 /// Denies the ticket: one denial ends it. A requester may deny their own ticket only where
 /// they could approve it (`self_approval`); withdrawing one's own request is [`cancel`].
 pub fn deny(
@@ -1428,10 +1454,10 @@ pub enum AuditKind {
     #[serde(rename = "grant.expired")]
     GrantExpired,
     /// A request passed by break-glass.
-    #[serde(rename = "break_glass")]
+    #[serde(rename = "break_glass.used")]
     BreakGlass,
     /// A request passed by an auto-approval condition.
-    #[serde(rename = "auto_approved")]
+    #[serde(rename = "ticket.auto_approved")]
     AutoApproved,
     /// A non-enforcing (shadow) route matched: what it would have done.
     #[serde(rename = "shadow.matched")]
@@ -1481,8 +1507,8 @@ impl AuditKind {
             AuditKind::GrantUsed => "grant.used",
             AuditKind::GrantRevoked => "grant.revoked",
             AuditKind::GrantExpired => "grant.expired",
-            AuditKind::BreakGlass => "break_glass",
-            AuditKind::AutoApproved => "auto_approved",
+            AuditKind::BreakGlass => "break_glass.used",
+            AuditKind::AutoApproved => "ticket.auto_approved",
             AuditKind::ShadowMatched => "shadow.matched",
             AuditKind::RulesReloaded => "rules.reloaded",
             AuditKind::RulesRejected => "rules.rejected",

@@ -275,6 +275,17 @@ pub trait Store: Send + Sync + 'static {
         audit: TicketAudit<'a>,
     ) -> StoreFuture<'a, Ticket>;
 
+    /// Stores a ticket that was decided as it was opened (auto-approved, break-glass: never
+    /// `PENDING`, so never coalesced, capped or indexed as pending) with the grant it created,
+    /// if any, and the events of `audit`, atomically: all land or none does. Refused with
+    /// [`StoreError::Conflict`] if a ticket with its id exists.
+    fn record<'a>(
+        &'a self,
+        ticket: Ticket,
+        grant: Option<Grant>,
+        audit: CreateAudit<'a>,
+    ) -> StoreFuture<'a, Ticket>;
+
     /// Every `PENDING` ticket id with its `expiresAt`, soonest-expiring first: what a replica
     /// reconciles its held requests against (a held id missing here was decided) and what the
     /// expiry sweeper reads (entries past their expiry are due). Ids only, so it stays cheap

@@ -280,6 +280,32 @@ impl Store for MemoryStore {
         })
     }
 
+    fn record<'a>(
+        &'a self,
+        ticket: Ticket,
+        grant: Option<Grant>,
+        audit: CreateAudit<'a>,
+    ) -> StoreFuture<'a, Ticket> {
+        Box::pin(async move {
+            if ticket.status == Status::Pending {
+                return Err(StoreError::Corrupt("record() takes decided tickets".into()));
+            }
+            let mut st = self.lock();
+            if st.tickets.contains_key(&ticket.id) {
+                return Err(StoreError::Conflict);
+            }
+            let drafts = audit(&ticket);
+            let keep = self.keep_ticket(&ticket);
+            st.tickets.insert(ticket.id.clone(), (ticket.clone(), keep));
+            if let Some(g) = grant {
+                let keep = self.keep_grant(&g);
+                st.grants.insert(g.id.clone(), (g, keep));
+            }
+            self.record(&mut st, &drafts);
+            Ok(ticket)
+        })
+    }
+
     fn get<'a>(&'a self, id: &'a TicketId) -> StoreFuture<'a, Option<Ticket>> {
         Box::pin(async move { Ok(self.lock().live_ticket(id, now()).cloned()) })
     }

@@ -155,6 +155,7 @@ struct Scripts {
     cas_ticket: Script,
     cas_grant: Script,
     create_grant: Script,
+    record: Script,
     append_audit: Script,
     unindex_gone: Script,
     outbox_cursor: Script,
@@ -280,6 +281,7 @@ impl RedisStore {
                 cas_ticket: Script::new(&format!("{AUDIT_LUA}{CAS_TICKET}")),
                 cas_grant: Script::new(&format!("{AUDIT_LUA}{CAS_GRANT}")),
                 create_grant: Script::new(&format!("{AUDIT_LUA}{CREATE_GRANT}")),
+                record: Script::new(&format!("{AUDIT_LUA}{RECORD_TICKET}")),
                 append_audit: Script::new(&format!("{AUDIT_LUA}{APPEND_AUDIT}")),
                 unindex_gone: Script::new(UNINDEX_GONE),
                 outbox_cursor: Script::new(OUTBOX_CURSOR_LUA),
@@ -452,6 +454,7 @@ impl RedisStore {
         match r {
             Reply::Ok => Ok(true),
             Reply::Gone => Err(StoreError::NotFound),
+            Reply::Exists => Err(StoreError::Conflict),
             Reply::Limit(refused) => Err(refused),
             Reply::Changed => {
                 // Let the winner finish before reading again.
@@ -807,6 +810,25 @@ end
 return {'ok'}
 "#;
 
+/// KEYS: ticket, tickets, grant ("" = none), grants, grants per-requester, audit head,
+/// stream. ARGV: id, json, px, created ms, grant json ("" = none), grant id, grant px,
+/// grant expires ms, audit from 9.
+const RECORD_TICKET: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then return {'exists'} end
+local moved = audit_moved(KEYS[6], 9)
+if moved then return {'head', moved} end
+audit_append(KEYS[6], KEYS[7], 9)
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
+if ARGV[5] ~= '' then
+  redis.call('SET', KEYS[3], ARGV[5], 'PX', ARGV[7])
+  redis.call('ZADD', KEYS[4], ARGV[8], ARGV[6])
+  redis.call('ZADD', KEYS[5], ARGV[8], ARGV[6])
+  extend(KEYS[5], ARGV[7])
+end
+return {'ok'}
+"#;
+
 /// KEYS: grant, grants, per-requester. ARGV: id, json, px, expires ms.
 const CREATE_GRANT: &str = r#"
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
@@ -925,6 +947,8 @@ enum Reply {
     Ok,
     Changed,
     Gone,
+    /// A record with that id exists.
+    Exists,
     HeadMoved(Option<String>),
     Limit(StoreError),
 }
@@ -935,6 +959,7 @@ fn reply(v: Vec<String>) -> Result<Reply, StoreError> {
         Some("ok") => Reply::Ok,
         Some("changed") => Reply::Changed,
         Some("gone") => Reply::Gone,
+        Some("exists") => Reply::Exists,
         Some("head") => Reply::HeadMoved(v.get(1).filter(|h| !h.is_empty()).cloned()),
         Some("limit") => {
             let scope = v
@@ -1049,6 +1074,67 @@ impl Store for RedisStore {
                 {
                     return Ok((ticket, true));
                 }
+            }
+            Err(StoreError::Conflict)
+        }))
+    }
+
+    fn record<'a>(
+        &'a self,
+        ticket: Ticket,
+        grant: Option<Grant>,
+        audit: CreateAudit<'a>,
+    ) -> StoreFuture<'a, Ticket> {
+        Box::pin(self.bounded(async move {
+            if ticket.status == Status::Pending {
+                return Err(StoreError::Corrupt("record() takes decided tickets".into()));
+            }
+            let json = encode(&ticket)?;
+            let drafts = audit(&ticket);
+            let at = now();
+            let ttl = px(ticket_keep_until(&ticket, at, self.opts.retention), at);
+            let grant = match &grant {
+                Some(g) => Some((
+                    g,
+                    encode(g)?,
+                    px(grant_keep_until(g, at, self.opts.retention), at),
+                )),
+                None => None,
+            };
+            let requester = ticket.requester.key();
+            let build = |inv: &mut redis::ScriptInvocation<'_>| {
+                inv.key(ticket_key(&ticket.id)).key(TICKETS);
+                match &grant {
+                    Some((g, _, _)) => inv
+                        .key(grant_key(&g.id))
+                        .key(GRANTS)
+                        .key(per_requester("gr", &g.route, &requester)),
+                    None => inv.key("").key(GRANTS).key(""),
+                };
+                inv.key(AUDIT_HEAD)
+                    .key(AUDIT)
+                    .arg(ticket.id.as_str())
+                    .arg(&json)
+                    .arg(ttl)
+                    .arg(ticket.created_at.as_millis());
+                match &grant {
+                    Some((g, gjson, gttl)) => inv
+                        .arg(gjson)
+                        .arg(g.id.as_str())
+                        .arg(*gttl)
+                        .arg(g.expires_at.as_millis()),
+                    None => inv.arg("").arg("").arg(0).arg(0),
+                };
+            };
+            let mut attempts = Attempts::new();
+            // One round trip: the audit head this replica last wrote stands in for a read
+            // (a head another replica moved since is returned by the script, and re-chained).
+            let script = &self.scripts.record;
+            if self
+                .commit(script, &build, None, &drafts, &mut attempts)
+                .await?
+            {
+                return Ok(ticket);
             }
             Err(StoreError::Conflict)
         }))

@@ -915,6 +915,68 @@ async fn audit_tap_sends_what_landed_in_order(p: Pair) {
     .unwrap();
 }
 
+/// A ticket decided as it was opened (auto-approval) is written with its grant and events in
+/// one operation, never indexed as pending, and never over an existing ticket.
+async fn decided_tickets_are_recorded_whole_or_not_at_all(p: Pair) {
+    let at = now();
+    let mut d = draft("/v1/auto", "bot");
+    d.mode = Mode::Access;
+    d.grant_terms = Some(ticket::GrantTerms {
+        duration_ms: 600_000,
+        max_uses: Some(3),
+    });
+    let opened = Ticket::open(new_ticket_id(at), d, at);
+    let approved = ticket::auto_approve(&opened, "bots", at).unwrap();
+    assert_eq!(approved.policy.as_deref(), Some("bots"));
+    let mut grant = ticket::grant_of(&opened, &approved).expect("grant");
+    grant.uses = 1;
+    let audit = |t: &Ticket| {
+        vec![AuditDraft::about(
+            AuditKind::AutoApproved,
+            t,
+            None,
+            serde_json::json!({ "policy": "bots" }),
+            now(),
+        )]
+    };
+    let (seq, _) = p.a.audit_head().await.unwrap();
+    let stored =
+        p.a.record(approved.clone(), Some(grant.clone()), &audit)
+            .await
+            .unwrap();
+    assert_eq!(stored, approved);
+    assert_eq!(p.b.get(&approved.id).await.unwrap(), Some(approved.clone()));
+    assert_eq!(p.b.get_grant(&grant.id).await.unwrap(), Some(grant.clone()));
+    let gs = p.b.grants_for("prod-deploy", "bot", now()).await.unwrap();
+    assert_eq!(gs, vec![grant.clone()]);
+    assert!(p
+        .b
+        .pending_index()
+        .await
+        .unwrap()
+        .iter()
+        .all(|(id, _)| *id != approved.id));
+    let events = p.b.audit_after(seq, 10).await.unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].kind, AuditKind::AutoApproved);
+    assert_eq!(events[0].ticket.as_ref(), Some(&approved.id));
+    // Not over an existing ticket, and never a pending one.
+    assert!(matches!(
+        p.b.record(approved.clone(), None, &audit).await,
+        Err(StoreError::Conflict)
+    ));
+    assert!(p
+        .b
+        .record(new_ticket("/v1/x", "bob"), None, &audit)
+        .await
+        .is_err());
+    assert_eq!(
+        p.b.audit_after(seq, 10).await.unwrap().len(),
+        1,
+        "refusals record nothing"
+    );
+}
+
 /// Every kept grant is listed, whatever its state, latest-ending first, up to the limit.
 async fn recent_grants_lists_every_kept_grant(p: Pair) {
     let at = now();
@@ -1732,6 +1794,7 @@ contract!(
         audit_filters_and_pages,
         audit_tap_sends_what_landed_in_order,
         grants_are_used_and_revoked_atomically,
+        decided_tickets_are_recorded_whole_or_not_at_all,
         recent_grants_lists_every_kept_grant,
         audit_tail_reads_after_a_number,
         audit_appends_wake_tailers_on_every_handle,

@@ -136,6 +136,10 @@ pub async fn serve(
             Err(e) => return x.answer(e, Some(route)),
         }
     }
+    // After the grants (a grant in hand is used before a policy makes another).
+    if let Some(auto) = auto_policy(x, route, &held) {
+        return release::auto_approved(x, route, held, request, auto).await;
+    }
     match open(x, route, &held, request).await {
         Ok(t) => settle(x, route, t, held).await,
         Err(e) => x.answer(e, Some(route)),
@@ -251,6 +255,12 @@ pub(crate) async fn open_ticket(
     };
     let ticket_ttl = policy.ticket_ttl.unwrap_or(cfg.ticket_ttl);
     let anonymous = ask.requester.user.is_none();
+    let requested = ask.requested;
+    let ahead = ask.ahead;
+    let fresh = new_ticket(engine, cfg, route, ask)?;
+    let grant_terms = fresh.grant_terms;
+    let requester_key = fresh.requester.key().into_owned();
+    let now = fresh.created_at;
     // Caps are checked by the store atomically with creation: overall, this requester on
     // this route, and this requester across routes: a named user, or, for anonymous
     // requesters (who can mint identities at will), what one client address has open.
@@ -263,36 +273,7 @@ pub(crate) async fn open_ticket(
             cfg.max_pending_per_user
         }),
     };
-    let now = engine.now();
-    let reason = ask
-        .reason
-        .as_deref()
-        .map(|r| ticket::clip(r.trim(), MAX_REASON).to_string())
-        .filter(|r| !r.is_empty());
-    let grant_terms = policy
-        .grant_terms_for(ask.requested)
-        .map_err(GatewayError::DurationRefused)?;
-    let requester_key = ask.requester.key().into_owned();
-    let draft = TicketDraft {
-        route: route.name.clone(),
-        route_hash: route.definition_hash,
-        mode: Mode::from(policy.mode),
-        requester: ask.requester,
-        reason,
-        request: ask.request,
-        ticket_ttl,
-        token_ttl: policy.token_ttl.unwrap_or(cfg.token_ttl),
-        quorum: policy.quorum,
-        approvers: policy.approvers.iter().map(ToString::to_string).collect(),
-        self_approval: policy.self_approval,
-        token_uses: policy.token_uses,
-        grant_terms,
-        also_limit: policy.also_limit(),
-        source: ask.source,
-    };
-    let fresh = Ticket::open(jitgate_store::new_ticket_id(now), draft, now);
     let fingerprint = fresh.fingerprint.clone();
-    let ahead = ask.ahead;
     let on_create = |t: &Ticket| {
         let detail = if ahead {
             json!({ "askedAhead": true, "grantTerms": t.grant_terms })
@@ -338,7 +319,7 @@ pub(crate) async fn open_ticket(
     } else {
         // A request that asked for a duration gets exactly that or nothing: joining a
         // pending ticket with other terms would silently grant something else.
-        if ask.requested.is_some() && t.grant_terms != grant_terms {
+        if requested.is_some() && t.grant_terms != grant_terms {
             let pending = t.grant_terms.map_or_else(
                 || "none".to_string(),
                 |g| {
@@ -355,6 +336,86 @@ pub(crate) async fn open_ticket(
         tracing::info!(ticket = %t.id, route = %route.name, "identical request joined a pending ticket");
     }
     Ok((t, created))
+}
+
+/// The `PENDING` ticket `ask` opens on `route` (an approve route) at the engine's clock, not
+/// yet stored. A duration the route does not grant is refused (400).
+pub(crate) fn new_ticket(
+    engine: &Engine,
+    cfg: &jitgate_rules::config::Approvals,
+    route: &Route,
+    ask: Ask,
+) -> Result<Ticket, GatewayError> {
+    let Some(policy) = route.approval.as_ref() else {
+        return Err(GatewayError::Internal(
+            "approve route without a policy".into(),
+        ));
+    };
+    let now = engine.now();
+    let reason = ask
+        .reason
+        .as_deref()
+        .map(|r| ticket::clip(r.trim(), MAX_REASON).to_string())
+        .filter(|r| !r.is_empty());
+    let grant_terms = policy
+        .grant_terms_for(ask.requested)
+        .map_err(GatewayError::DurationRefused)?;
+    let draft = TicketDraft {
+        route: route.name.clone(),
+        route_hash: route.definition_hash,
+        mode: Mode::from(policy.mode),
+        requester: ask.requester,
+        reason,
+        request: ask.request,
+        ticket_ttl: policy.ticket_ttl.unwrap_or(cfg.ticket_ttl),
+        token_ttl: policy.token_ttl.unwrap_or(cfg.token_ttl),
+        quorum: policy.quorum,
+        approvers: policy.approvers.iter().map(ToString::to_string).collect(),
+        self_approval: policy.self_approval,
+        token_uses: policy.token_uses,
+        grant_terms,
+        also_limit: policy.also_limit(),
+        source: ask.source,
+    };
+    Ok(Ticket::open(jitgate_store::new_ticket_id(now), draft, now))
+}
+
+/// The auto-approve policy of `route` that approves `held`, if any: evaluated on the
+/// canonical request's readings, the requester, and (access routes) the grant it would get.
+fn auto_policy<'r>(
+    x: &Exchange<'_>,
+    route: &'r Route,
+    held: &HeldRequest,
+) -> Option<&'r jitgate_rules::route::AutoApprove> {
+    let policy = route.approval.as_ref()?;
+    if policy.auto_approve.is_empty() {
+        return None;
+    }
+    let duration = if policy.mode == ApprovalMode::Access {
+        // A duration the route does not grant is refused when the ticket is opened.
+        let requested = match held.canonical.gateway_header("jit-duration") {
+            Some(raw) => Some(jitgate_rules::units::parse_duration(raw).ok()?),
+            None => None,
+        };
+        let terms = policy.grant_terms_for(requested).ok()??;
+        Some(std::time::Duration::from_millis(terms.duration_ms))
+    } else {
+        None
+    };
+    let now = x.engine().now();
+    held.canonical.with_view(|v| {
+        let input = jitgate_rules::policy::PolicyInput {
+            methods: v.methods,
+            paths: v.paths,
+            user: held.requester.user.as_deref(),
+            groups: &held.requester.groups,
+            source: v.source,
+            headers: v.headers,
+            duration,
+            now,
+        };
+        jitgate_rules::policy::first_match(&policy.auto_approve, &input)
+    })
 }
 
 /// Answers for a ticket in any state, holding the request while it is pending.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use http::{HeaderValue, Response};
 use serde_json::json;
 
-use jitgate_rules::route::{Action, ApprovalMode, Route};
+use jitgate_rules::route::{Action, ApprovalMode, AutoApprove, Route};
 use jitgate_rules::ticket::{self, AuditDraft, AuditKind, Grant, Ticket, TicketId};
 use jitgate_rules::Unresolved;
 use jitgate_store::StoreError;
@@ -291,6 +291,135 @@ pub(super) async fn on_grant(
     tracing::info!(grant = %used.id, route = %route.name, "request passed on an access grant");
     let record = Outcome::new(engine, None, Some(&used));
     send(x, &current, index, held, None, record).await
+}
+
+/// Releases a request an auto-approve policy approved: re-checks the rules in force, writes
+/// the ticket already decided (an action ticket executed by this release, or an access
+/// ticket with its grant, this request its first use) and its events in one store
+/// operation, and forwards like any other approved request (action: with its approval
+/// token). The store being down fails closed.
+pub(super) async fn auto_approved(
+    x: &Exchange<'_>,
+    route: &Route,
+    held: HeldRequest,
+    request: ticket::RequestSnapshot,
+    policy: &AutoApprove,
+) -> Response<ProxyBody> {
+    let (current, index) = match recheck(x, &held, route) {
+        Ok(r) => r,
+        Err(resp) => return *resp,
+    };
+    let engine = x.engine();
+    let Ok(store) = engine.store() else {
+        return x.answer(GatewayError::StoreUnavailable { ticket: None }, Some(route));
+    };
+    let cfg = &x.snap.table.config().approvals;
+    let requested = match held.canonical.gateway_header("jit-duration") {
+        Some(raw)
+            if route
+                .approval
+                .as_ref()
+                .is_some_and(|p| p.mode == ApprovalMode::Access) =>
+        {
+            match jitgate_rules::units::parse_duration(raw) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    let e = GatewayError::DurationRefused(format!("Jit-Duration: {e}"));
+                    return x.answer(e, Some(route));
+                }
+            }
+        }
+        _ => None,
+    };
+    let anonymous = held.requester.user.is_none();
+    let ask = super::Ask {
+        requester: held.requester.clone(),
+        source: anonymous.then(|| held.canonical.source().to_string()),
+        reason: held
+            .canonical
+            .gateway_header("jit-reason")
+            .map(str::to_string),
+        request,
+        requested,
+        ahead: false,
+    };
+    let opened = match super::new_ticket(engine, cfg, route, ask) {
+        Ok(t) => t,
+        Err(e) => return x.answer(e, Some(route)),
+    };
+    let now = opened.created_at;
+    let approved = match ticket::auto_approve(&opened, &policy.name, now) {
+        Ok(t) => t,
+        Err(e) => return x.answer(GatewayError::Internal(e.to_string()), Some(route)),
+    };
+    let release = jitgate_store::new_release_id(now);
+    // Action: this request is the one use. Access: the grant (capped by the policy's
+    // `max_uses`) is created with this request as its first use.
+    let (decided, grant) = match ticket::grant_of(&opened, &approved) {
+        Some(mut g) => {
+            if let Some(cap) = policy.max_uses {
+                g.max_uses = Some(g.max_uses.map_or(cap, |m| m.min(cap)));
+            }
+            g.uses = 1;
+            (approved, Some(g))
+        }
+        None => match ticket::execute(&approved, now, &release, &held.fingerprint) {
+            Ok(t) => (t, None),
+            Err(e) => return x.answer(GatewayError::Internal(e.to_string()), Some(route)),
+        },
+    };
+    let name = policy.name.as_str();
+    let events = |t: &Ticket| {
+        let mut out = vec![AuditDraft::about(
+            AuditKind::AutoApproved,
+            t,
+            None,
+            json!({ "policy": name, "method": t.request.method, "host": t.request.host, "path": t.request.path, "target": t.request.target }),
+            now,
+        )];
+        match &grant {
+            Some(g) => {
+                out.push(AuditDraft::about(
+                    AuditKind::GrantCreated,
+                    t,
+                    None,
+                    json!({ "grant": g.id.to_string(), "expiresAt": g.expires_at, "maxUses": g.max_uses, "policy": name }),
+                    now,
+                ));
+                out.push(AuditDraft::about(
+                    AuditKind::GrantUsed,
+                    t,
+                    None,
+                    json!({ "grant": g.id.to_string(), "uses": g.uses }),
+                    now,
+                ));
+            }
+            None => out.push(AuditDraft::about(
+                AuditKind::TicketExecuted,
+                t,
+                None,
+                json!({ "release": release, "use": t.redeemed }),
+                now,
+            )),
+        }
+        out
+    };
+    let stored = match store.record(decided, grant.clone(), &events).await {
+        Ok(t) => t,
+        Err(e) => return x.answer(store_error(&e, route, None), Some(route)),
+    };
+    x.about(&stored.id);
+    engine
+        .metrics()
+        .ticket_by_policy(&route.name, "auto_approved");
+    tracing::info!(ticket = %stored.id, route = %route.name, policy = %name, "auto-approved request released");
+    let token = grant
+        .is_none()
+        .then(|| engine.approval_token(&stored))
+        .flatten()
+        .and_then(|tok| HeaderValue::from_str(&tok).ok());
+    let record = Outcome::new(engine, Some(&stored), grant.as_ref());
+    send(x, &current, index, held, token, record).await
 }
 
 /// Forwards the held request through the current table's upstream for route `index`.

@@ -219,8 +219,15 @@ fn example_fixture_parses_every_key() {
         Some("/v1/deployments/prod/canary")
     );
     assert_eq!(auto.methods, vec![Method::POST]);
-    assert_eq!(auto.window.as_deref(), Some("Mon-Fri 09:00-17:00"));
-    assert_eq!(auto.time_zone.as_deref(), Some("Europe/Paris"));
+    assert_eq!(auto.name, "canary-bots");
+    assert_eq!(
+        auto.window,
+        Some(crate::policy::Window::parse("Mon-Fri 09:00-17:00").unwrap())
+    );
+    assert_eq!(
+        auto.time_zone.as_ref().map(|z| z.name()),
+        Some("Europe/Paris")
+    );
     let e = r.error.as_ref().unwrap();
     assert_eq!(e.content_type, DEFAULT_ERROR_CONTENT_TYPE);
     let r = &t.routes()[2];
@@ -590,9 +597,16 @@ fn unsafe_approval_policies_are_errors() {
         ("approvers = [\"user:a\"]\nescalate_to = [\"group:sec\"]\n", "11:15: error: `escalate_to` needs `escalate_after`"),
         ("approvers = [\"user:a\"]\nescalate_after = \"1m\"\n", "11:18: error: `escalate_after` needs `escalate_to`"),
         ("approvers = [\"user:a\"]\napprove_above_rate = \"10 per minute\"\n", "11:22: error: invalid rate `10 per minute`; expected e.g. \"10/m\", \"100/h\", \"5/s\""),
-        ("approvers = [\"user:a\"]\n[[routes.approval.auto_approve]]\n", "11:1: error: an auto_approve entry with no condition would approve every request; give at least one condition"),
-        ("approvers = [\"user:a\"]\n[[routes.approval.auto_approve]]\nwindow = \"9-5\"\n", "12:10: error: invalid `window` `9-5`; expected \"HH:MM-HH:MM\" or \"Mon-Fri HH:MM-HH:MM\""),
-        ("approvers = [\"user:a\"]\n[[routes.approval.auto_approve]]\npath_prefix = \"/a/**\"\n", "12:15: error: `path_prefix` `/a/**` must be a plain path without `*`, `**` or `{name}`"),
+        ("approvers = [\"user:a\"]\n[[routes.approval.auto_approve]]\nname = \"x\"\n", "11:1: error: an auto_approve policy with no condition would approve every request; give at least one condition"),
+        ("approvers = [\"user:a\"]\n[[routes.approval.auto_approve]]\nname = \"x\"\nwindow = \"9-5\"\n", "13:10: error: invalid `window` `9-5`; expected \"HH:MM-HH:MM\" or \"Mon-Fri HH:MM-HH:MM\""),
+        ("approvers = [\"user:a\"]\n[[routes.approval.auto_approve]]\nname = \"x\"\npath_prefix = \"/a/**\"\n", "13:15: error: `path_prefix` `/a/**` must be a plain path without `*`, `**` or `{name}`"),
+        ("approvers = [\"user:a\"]\n[[routes.approval.auto_approve]]\nmethods = [\"GET\"]\n", "11:1: error: an auto_approve policy needs a `name` (recorded on what it approves)"),
+        ("approvers = [\"user:a\"]\n[[routes.approval.auto_approve]]\nname = \"x\"\nwindow = \"09:00-17:00\"\ntime_zone = \"Europe/Berlim\"\n", "14:13: error: `time_zone` `Europe/Berlim` is not a time zone of the IANA database (such as \"Europe/Berlin\")"),
+        ("approvers = [\"user:a\"]\n[[routes.approval.auto_approve]]\nname = \"x\"\nmethods = [\"GET\"]\ntime_zone = \"UTC\"\n", "14:13: error: `time_zone` is only used with `window`; add a `window` or remove it"),
+        ("approvers = [\"user:a\"]\n[[routes.approval.auto_approve]]\nname = \"x\"\ngroups = []\n", "13:10: error: `groups` is empty: the condition could never hold; remove it or list something"),
+        ("approvers = [\"user:a\"]\n[[routes.approval.auto_approve]]\nname = \"x\"\nusers = [\"bot\"]\nduration_below = \"1h\"\n", "14:18: error: `duration_below` in [[routes.approval.auto_approve]] is only for mode = \"access\" (it bounds a grant)"),
+        ("approvers = [\"user:a\"]\n[[routes.approval.auto_approve]]\nname = \"x\"\nusers = [\"bot\"]\n[[routes.approval.auto_approve]]\nname = \"x\"\nusers = [\"bat\"]\n", "15:8: error: a second auto_approve policy is named `x` on this route; names identify what a policy approved"),
+        ("approvers = [\"user:a\"]\n[[routes.approval.auto_approve]]\nname = \"x\"\nheaders = { \"x env\" = \"1\" }\n", "13:13: error: `x env` is not a valid header name"),
     ];
     let mut bad = Vec::new();
     for (approval, want) in cases {

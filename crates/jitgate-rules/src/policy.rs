@@ -1,0 +1,285 @@
+//! Auto-approval policies (SPEC 8): `[[routes.approval.auto_approve]]` entries, each a named set
+//! of typed conditions that must all hold for a request to be approved without a person.
+//!
+//! Everything a condition reads comes from the one canonical request, through
+//! [`PolicyInput`]. An auto-approval lets a request through, so every condition is judged
+//! the way an `allow` route is: a method or path with several readings (override spellings,
+//! alternative decodings) passes only when *every* reading passes, and a header condition
+//! only when every value sent passes.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use http::{HeaderMap, Method};
+
+use crate::route::{AutoApprove, HeaderRule};
+use crate::ticket::Timestamp;
+
+/// What a policy sees of a held request.
+#[derive(Debug, Clone, Copy)]
+pub struct PolicyInput<'a> {
+    /// Every method reading (`[0]` on the wire, then override spellings).
+    pub methods: &'a [Method],
+    /// Every path reading (`[0]` the canonical path).
+    pub paths: &'a [&'a str],
+    /// The requester's user (`None`: anonymous).
+    pub user: Option<&'a str>,
+    /// The requester's groups.
+    pub groups: &'a [String],
+    /// The client address (after `trusted_proxies`).
+    pub source: IpAddr,
+    /// The request headers.
+    pub headers: &'a HeaderMap,
+    /// `access` routes: the grant duration the request would get.
+    pub duration: Option<Duration>,
+    /// Now.
+    pub now: Timestamp,
+}
+
+/// Why a policy did not apply: the first condition that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Miss {
+    /// `path_prefix`.
+    Path,
+    /// `methods`.
+    Method,
+    /// `users`.
+    User,
+    /// `groups`.
+    Group,
+    /// `source`.
+    Source,
+    /// `headers`.
+    Header,
+    /// `duration_below`.
+    Duration,
+    /// `max_duration`: the grant asked for is longer than the policy gives.
+    TooLong,
+    /// `window`.
+    Window,
+}
+
+impl fmt::Display for Miss {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Miss::Path => "the path is not under `path_prefix`",
+            Miss::Method => "the method (or one of its override spellings) is not in `methods`",
+            Miss::User => "the requester is not in `users`",
+            Miss::Group => "the requester is in none of `groups`",
+            Miss::Source => "the client address is in none of `source`",
+            Miss::Header => "a `headers` condition does not hold",
+            Miss::Duration => "the grant asked for is not below `duration_below`",
+            Miss::TooLong => "the grant asked for is longer than the policy's `max_duration`",
+            Miss::Window => "now is outside `window`",
+        })
+    }
+}
+
+/// `window = "Mon-Fri 09:00-18:00"`: days of the week and a time of day range, in minutes
+/// since midnight; `from > to` spans midnight (the day named is the day it starts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Window {
+    /// Monday first.
+    pub days: [bool; 7],
+    /// Start, minutes after midnight (inclusive).
+    pub from: u16,
+    /// End, minutes after midnight (exclusive); `1440` is midnight at the end of the day.
+    pub to: u16,
+}
+
+impl Window {
+    /// Parses `"HH:MM-HH:MM"` or `"Mon-Fri HH:MM-HH:MM"` (days `Mon`..`Sun`, `-` ranges
+    /// that may wrap, `,` lists).
+    pub fn parse(w: &str) -> Result<Window, String> {
+        let bad = || {
+            format!("invalid `window` `{w}`; expected \"HH:MM-HH:MM\" or \"Mon-Fri HH:MM-HH:MM\"")
+        };
+        const DAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+        let (days, times) = match w.trim().rsplit_once(' ') {
+            Some((d, t)) => (Some(d.trim()), t),
+            None => (None, w.trim()),
+        };
+        let mut set = [days.is_none(); 7];
+        if let Some(days) = days {
+            for part in days.split(',') {
+                let day = |s: &str| DAYS.iter().position(|d| *d == s.trim()).ok_or_else(bad);
+                match part.split_once('-') {
+                    Some((a, b)) => {
+                        let (a, b) = (day(a)?, day(b)?);
+                        let mut i = a;
+                        loop {
+                            set[i] = true;
+                            if i == b {
+                                break;
+                            }
+                            i = (i + 1) % 7;
+                        }
+                    }
+                    None => set[day(part)?] = true,
+                }
+            }
+        }
+        let time = |s: &str| -> Option<u16> {
+            let (h, m) = s.split_once(':')?;
+            let (h, m): (u16, u16) = (h.parse().ok()?, m.parse().ok()?);
+            (s.len() == 5 && m < 60 && h * 60 + m <= 24 * 60).then_some(h * 60 + m)
+        };
+        let (from, to) = times.split_once('-').ok_or_else(bad)?;
+        match (time(from), time(to)) {
+            (Some(from), Some(to)) if from != to && from < 24 * 60 => Ok(Window {
+                days: set,
+                from,
+                to,
+            }),
+            _ => Err(bad()),
+        }
+    }
+
+    /// Whether `weekday` (Monday = 0) at `minute` after midnight is inside.
+    pub fn contains(&self, weekday: usize, minute: u16) -> bool {
+        let day = |d: usize| self.days[d % 7];
+        if self.from < self.to {
+            day(weekday) && self.from <= minute && minute < self.to
+        } else {
+            // Across midnight: the evening of a listed day, or the morning after one.
+            (day(weekday) && minute >= self.from) || (day(weekday + 6) && minute < self.to)
+        }
+    }
+}
+
+/// An IANA time zone, resolved against the bundled zone database when the table is loaded.
+/// Compared and hashed by name, so a route's definition does not change with the database.
+#[derive(Clone)]
+pub struct Zone {
+    name: String,
+    tz: jiff::tz::TimeZone,
+}
+
+impl Zone {
+    /// The zone called `name` (`"Europe/Berlin"`, `"UTC"`), or why there is none.
+    pub fn get(name: &str) -> Result<Zone, String> {
+        let tz = jiff::tz::TimeZone::get(name).map_err(|_| {
+            format!("`time_zone` `{name}` is not a time zone of the IANA database (such as \"Europe/Berlin\")")
+        })?;
+        Ok(Zone {
+            name: name.to_string(),
+            tz,
+        })
+    }
+
+    /// UTC.
+    pub fn utc() -> Zone {
+        Zone {
+            name: "UTC".into(),
+            tz: jiff::tz::TimeZone::UTC,
+        }
+    }
+
+    /// The name as written.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The weekday (Monday = 0) and minute after midnight of `at` in this zone.
+    pub fn local(&self, at: Timestamp) -> Option<(usize, u16)> {
+        let ms = i64::try_from(at.as_millis()).ok()?;
+        let ts = jiff::Timestamp::from_millisecond(ms).ok()?;
+        let dt = self.tz.to_datetime(ts);
+        let day = usize::try_from(dt.weekday().to_monday_zero_offset()).ok()?;
+        let minute = u16::try_from(i32::from(dt.hour()) * 60 + i32::from(dt.minute())).ok()?;
+        Some((day, minute))
+    }
+}
+
+impl fmt::Debug for Zone {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Zone({:?})", self.name)
+    }
+}
+
+impl PartialEq for Zone {
+    fn eq(&self, other: &Zone) -> bool {
+        self.name == other.name
+    }
+}
+
+impl Eq for Zone {}
+
+impl AutoApprove {
+    /// `Ok` when every condition holds for `input`, else the first that does not.
+    pub fn check(&self, input: &PolicyInput<'_>) -> Result<(), Miss> {
+        if let Some(prefix) = &self.path_prefix {
+            if !input.paths.iter().all(|p| under(p, prefix)) {
+                return Err(Miss::Path);
+            }
+        }
+        if !self.methods.is_empty() && !input.methods.iter().all(|m| self.methods.contains(m)) {
+            return Err(Miss::Method);
+        }
+        if !self.users.is_empty()
+            && !input
+                .user
+                .is_some_and(|u| self.users.iter().any(|x| x == u))
+        {
+            return Err(Miss::User);
+        }
+        if !self.groups.is_empty()
+            && (input.user.is_none() || !input.groups.iter().any(|g| self.groups.contains(g)))
+        {
+            return Err(Miss::Group);
+        }
+        if !self.source.is_empty() && !self.source.iter().any(|n| n.contains(&input.source)) {
+            return Err(Miss::Source);
+        }
+        if !self.headers.iter().all(|h| all_values(h, input.headers)) {
+            return Err(Miss::Header);
+        }
+        if let Some(below) = self.duration_below {
+            if input.duration.is_none_or(|d| d >= below) {
+                return Err(Miss::Duration);
+            }
+        }
+        if let Some(max) = self.max_duration {
+            if input.duration.is_some_and(|d| d > max) {
+                return Err(Miss::TooLong);
+            }
+        }
+        if let Some(w) = &self.window {
+            let zone = self.time_zone.as_ref();
+            let local = match zone {
+                Some(z) => z.local(input.now),
+                None => Zone::utc().local(input.now),
+            };
+            if !local.is_some_and(|(day, minute)| w.contains(day, minute)) {
+                return Err(Miss::Window);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether `path` is `prefix` or below it at a segment boundary.
+fn under(path: &str, prefix: &str) -> bool {
+    prefix == "/"
+        || path
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// A header condition judged permissively: present (and, with a value, every value sent
+/// equal to it, comma-separated list items included).
+fn all_values(rule: &HeaderRule, headers: &HeaderMap) -> bool {
+    crate::matcher::header_matches(rule, headers, true)
+}
+
+/// The first of `policies` whose conditions all hold for `input`.
+pub fn first_match<'p>(
+    policies: &'p [AutoApprove],
+    input: &PolicyInput<'_>,
+) -> Option<&'p AutoApprove> {
+    policies.iter().find(|p| p.check(input).is_ok())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,355 @@
+//! Auto-approval (SPEC 8): `[[routes.approval.auto_approve]]` policies approve a held request
+//! at once when every condition holds (path prefix, methods, users, groups, source, headers,
+//! a time window in an IANA zone, and on access routes the duration), forwarding it with an
+//! approval token and auditing `ticket.auto_approved` with the policy's name. Each condition
+//! is shown to admit and to refuse; windows are built around the current time, never waited
+//! for.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+const BOT: [(&str, &str); 2] = [("x-user", "deploy-bot"), ("x-groups", "bots")];
+
+/// Minutes after midnight now in `zone`, from the system's own zone database (not the
+/// gateway's): the test builds windows around it.
+fn minutes_now_in(zone: &str) -> u32 {
+    let out = Command::new("date")
+        .env("TZ", zone)
+        .arg("+%H %M")
+        .output()
+        .expect("date");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut it = text
+        .split_whitespace()
+        .map(|n| n.parse::<u32>().expect("number"));
+    it.next().unwrap() * 60 + it.next().unwrap()
+}
+
+fn hhmm(minutes: u32) -> String {
+    let m = minutes % (24 * 60);
+    format!("{:02}:{:02}", m / 60, m % 60)
+}
+
+/// A window of every day from `from` to `to` minutes after now in `zone` (may wrap midnight).
+fn window(zone: &str, from: i64, to: i64) -> String {
+    let now = i64::from(minutes_now_in(zone));
+    let at = |d: i64| hhmm(u32::try_from((now + d).rem_euclid(24 * 60)).unwrap());
+    format!("Mon-Sun {}-{}", at(from), at(to))
+}
+
+/// `deploy`: POST/PUT under /deploy, approvers group:oncall, auto-approved by `canary-bots`
+/// (every condition at once, open now in Kolkata), `closed` (the same, but its window opened
+/// an hour ago in Kolkata... and closed), and `named` (one user, one prefix). `console`:
+/// access mode, auto-approved for dev up to 1 h with at most 2 uses.
+fn config(origin: &str, store: &str) -> String {
+    let open = window("Asia/Kolkata", -60, 60);
+    let closed = window("Asia/Kolkata", 60, 120);
+    format!(
+        r#"[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+trusted_proxies = ["127.0.0.1/32"]
+
+{store}
+
+[approvals]
+hold_timeout = "300ms"
+signing_key = "key.pem"
+
+[[upstreams]]
+name = "origin"
+url = "{origin}"
+
+[[routes]]
+name = "deploy"
+methods = ["POST", "PUT"]
+path = "/deploy/**"
+upstream = "origin"
+action = "approve"
+[routes.approval]
+approvers = ["group:oncall"]
+[[routes.approval.auto_approve]]
+name = "canary-bots"
+path_prefix = "/deploy/canary"
+methods = ["POST"]
+groups = ["bots"]
+source = ["127.0.0.0/8", "10.1.0.0/16"]
+headers = {{ "x-env" = "staging" }}
+window = "{open}"
+time_zone = "Asia/Kolkata"
+[[routes.approval.auto_approve]]
+name = "closed"
+path_prefix = "/deploy/night"
+groups = ["bots"]
+window = "{closed}"
+time_zone = "Asia/Kolkata"
+[[routes.approval.auto_approve]]
+name = "named"
+path_prefix = "/deploy/users"
+users = ["carol-bot"]
+
+[[routes]]
+name = "console"
+path = "/console/**"
+upstream = "origin"
+action = "approve"
+[routes.approval]
+approvers = ["group:oncall"]
+mode = "access"
+durations = ["30m", "2h"]
+max_duration = "2h"
+max_uses = 5
+[[routes.approval.auto_approve]]
+name = "short-dev"
+groups = ["dev"]
+duration_below = "1h"
+max_uses = 2
+
+[[routes]]
+name = "rest"
+path = "/**"
+upstream = "origin"
+action = "allow"
+
+{}"#,
+        identity_and_admin_toml()
+    )
+}
+
+fn start(origin: &Origin, store: &str) -> Gateway {
+    Gateway::builder(&config(&origin.url(), store))
+        .file("key.pem", signing_key_pem())
+        .start()
+}
+
+async fn post(gw: &Gateway, path: &str, headers: &[(&str, &str)]) -> Response {
+    send("POST", &gw.url(path), headers, "{}".to_string()).await
+}
+
+/// The canary headers plus `extra`.
+fn canary(extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {
+    let mut h = BOT.to_vec();
+    h.push(("x-env", "staging"));
+    h.extend_from_slice(extra);
+    h
+}
+
+async fn every_condition_admits_and_refuses(store: &str) {
+    let origin = Origin::start();
+    let gw = start(&origin, store);
+    wait_store_ok(&gw).await;
+
+    // All conditions hold: forwarded at once, with an approval token, on an EXECUTED ticket.
+    let r = post(&gw, "/deploy/canary/web", &canary(&[])).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = origin.requests();
+    assert_eq!(seen.len(), 1);
+    let token = seen[0]
+        .header_str("jit-approval")
+        .expect("Jit-Approval upstream");
+    assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
+    let r = admin_call(&gw, "ops", "GET", "/v1/tickets?status=EXECUTED", "").await;
+    let t = r.json()["tickets"][0].clone();
+    assert_eq!(t["policy"], "canary-bots", "{t}");
+    assert_eq!(t["approvals"][0]["by"], "policy:canary-bots");
+    let id = t["id"].as_str().unwrap().to_string();
+    let kinds = wait_audit(
+        &gw,
+        &id,
+        &[
+            "ticket.auto_approved",
+            "ticket.executed",
+            "ticket.forwarded",
+        ],
+    )
+    .await;
+    assert!(!kinds.contains(&"ticket.created".to_string()), "{kinds:?}");
+    let events = admin_call(&gw, "ops", "GET", &format!("/v1/audit?ticket={id}"), "").await;
+    let auto = events.json()["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "ticket.auto_approved")
+        .cloned()
+        .unwrap();
+    assert_eq!(auto["detail"]["policy"], "canary-bots", "{auto}");
+
+    // A source inside the CIDRs (through the trusted proxy) is admitted too.
+    let r = post(
+        &gw,
+        "/deploy/canary/web",
+        &canary(&[("x-forwarded-for", "10.1.2.3")]),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(origin.count(), 2);
+
+    // Each condition failing on its own: held for a person (202).
+    let path_sibling = post(&gw, "/deploy/canaryx/web", &canary(&[])).await;
+    let put = send(
+        "PUT",
+        &gw.url("/deploy/canary/web"),
+        &canary(&[]),
+        "{}".to_string(),
+    )
+    .await;
+    let overridden = post(
+        &gw,
+        "/deploy/canary/web",
+        &canary(&[("x-http-method-override", "PUT")]),
+    )
+    .await;
+    let not_a_bot = post(
+        &gw,
+        "/deploy/canary/web",
+        &[
+            ("x-user", "deploy-bot"),
+            ("x-groups", "dev"),
+            ("x-env", "staging"),
+        ],
+    )
+    .await;
+    let anonymous = post(&gw, "/deploy/canary/web", &[("x-env", "staging")]).await;
+    let far_away = post(
+        &gw,
+        "/deploy/canary/web",
+        &canary(&[("x-forwarded-for", "10.9.9.9")]),
+    )
+    .await;
+    let prod = post(&gw, "/deploy/canary/web", &BOT).await;
+    let two_envs = post(&gw, "/deploy/canary/web", &canary(&[("x-env", "prod")])).await;
+    let dotted = post(&gw, "/deploy/canary/../prod/web", &canary(&[])).await;
+    let night = post(&gw, "/deploy/night/job", &BOT).await;
+    for (what, r) in [
+        ("a sibling of the prefix", &path_sibling),
+        ("a method not listed", &put),
+        ("a method override not listed", &overridden),
+        ("a requester in none of the groups", &not_a_bot),
+        ("an anonymous requester", &anonymous),
+        ("a source outside the CIDRs", &far_away),
+        ("without the header", &prod),
+        ("a second header value", &two_envs),
+        ("a path that leaves the prefix", &dotted),
+        ("outside the window", &night),
+    ] {
+        assert!(
+            r.status == 202 || r.status == 400,
+            "{what}: {} {}",
+            r.status,
+            r.text()
+        );
+    }
+    assert_eq!(origin.count(), 2, "nothing else was forwarded");
+
+    // Users: only the one named.
+    let r = post(&gw, "/deploy/users/x", &[("x-user", "carol-bot")]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = post(&gw, "/deploy/users/x", &[("x-user", "carol-bot2")]).await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    assert_eq!(origin.count(), 3);
+}
+
+#[tokio::test]
+async fn every_auto_approve_condition_admits_and_refuses_memory() {
+    every_condition_admits_and_refuses("[store]\nkind = \"memory\"\n").await;
+}
+
+#[tokio::test]
+async fn every_auto_approve_condition_admits_and_refuses_redis() {
+    let redis = RedisServer::start();
+    every_condition_admits_and_refuses(&format!(
+        "[store]\nkind = \"redis\"\nurl = \"{}\"\n",
+        redis.url()
+    ))
+    .await;
+}
+
+/// On an access route a policy approves short grants only, and caps their uses; the grant
+/// it creates counts the approved request as its first use.
+async fn access_policies_bound_their_grants(store: &str) {
+    let origin = Origin::start();
+    let gw = start(&origin, store);
+    wait_store_ok(&gw).await;
+    let bob = [
+        ("x-user", "bob"),
+        ("x-groups", "dev"),
+        ("jit-duration", "30m"),
+    ];
+    let r = send("GET", &gw.url("/console/a"), &bob, "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let list = admin_call(&gw, "ops", "GET", "/v1/grants?requester=bob", "").await;
+    let g = list.json()["grants"][0].clone();
+    assert_eq!(g["maxUses"], 2, "the policy's cap: {g}");
+    assert_eq!(g["uses"], 1, "{g}");
+    // One more use, then the grant is spent and the next is held.
+    let plain = [("x-user", "bob"), ("x-groups", "dev")];
+    let r = send("GET", &gw.url("/console/b"), &plain, "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Without Jit-Duration the route's default (30m) is below the bound: approved again, a
+    // second grant, used once more.
+    let r = send("GET", &gw.url("/console/c"), &plain, "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = send("GET", &gw.url("/console/c"), &plain, "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(origin.count(), 4);
+    let list = admin_call(&gw, "ops", "GET", "/v1/grants?requester=bob&state=all", "").await;
+    assert_eq!(
+        list.json()["grants"].as_array().map(Vec::len),
+        Some(2),
+        "{}",
+        list.text()
+    );
+    // Two hours is not below `duration_below`: a person decides.
+    let long = [
+        ("x-user", "bob"),
+        ("x-groups", "dev"),
+        ("jit-duration", "2h"),
+    ];
+    let r = send("GET", &gw.url("/console/d"), &long, "").await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    // Not in the group: a person decides.
+    let ops = [
+        ("x-user", "dan"),
+        ("x-groups", "ops"),
+        ("jit-duration", "30m"),
+    ];
+    let r = send("GET", &gw.url("/console/e"), &ops, "").await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    assert_eq!(origin.count(), 4);
+}
+
+#[tokio::test]
+async fn access_policies_approve_short_grants_and_cap_their_uses_memory() {
+    access_policies_bound_their_grants("[store]\nkind = \"memory\"\n").await;
+}
+
+#[tokio::test]
+async fn access_policies_approve_short_grants_and_cap_their_uses_redis() {
+    let redis = RedisServer::start();
+    access_policies_bound_their_grants(&format!(
+        "[store]\nkind = \"redis\"\nurl = \"{}\"\n",
+        redis.url()
+    ))
+    .await;
+}
+
+/// A policy never forwards when the store cannot record what it approved.
+#[tokio::test]
+async fn auto_approval_fails_closed_when_the_store_is_down() {
+    let origin = Origin::start();
+    let mut redis = RedisServer::start();
+    let gw = start(
+        &origin,
+        &format!("[store]\nkind = \"redis\"\nurl = \"{}\"\n", redis.url()),
+    );
+    wait_store_ok(&gw).await;
+    redis.stop();
+    let r = post(&gw, "/deploy/canary/web", &canary(&[])).await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(origin.count(), 0);
+}
