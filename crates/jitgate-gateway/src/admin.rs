@@ -54,6 +54,7 @@ pub const ENDPOINTS: &[(&str, &str)] = &[
     ("GET", "/v1/tickets/{id}"),
     ("POST", "/v1/tickets/{id}/approve"),
     ("POST", "/v1/tickets/{id}/deny"),
+    ("POST", "/v1/tickets/{id}/acknowledge"),
     ("POST", "/v1/tickets/decide"),
     ("GET", "/v1/audit"),
     ("GET", "/v1/admin/rules"),
@@ -276,6 +277,22 @@ impl Api<'_> {
                 Ok(body) => api.access_request(body).await,
                 Err(p) => p.into_response(),
             },
+            (&Method::POST, ["v1", "tickets", id, "acknowledge"]) => {
+                let id = id.to_string();
+                match read_json(req).await {
+                    Ok(body) => match parse_body::<ApproveRequest>(body) {
+                        Ok(b) if b.also.is_some() => {
+                            Problem::bad_request("`also` is for approvals").into_response()
+                        }
+                        Ok(b) => match api.acknowledge(&id, b.comment).await {
+                            Ok(t) => json_body(StatusCode::OK, &t),
+                            Err(p) => p.into_response(),
+                        },
+                        Err(p) => p.into_response(),
+                    },
+                    Err(p) => p.into_response(),
+                }
+            }
             (&Method::GET, ["v1", "grants"]) => api.grants(req.uri().query()).await,
             (&Method::POST, ["v1", "grants", id, "revoke"]) => {
                 let id = id.to_string();
@@ -618,6 +635,8 @@ fn transition_problem(e: &TransitionError) -> Problem {
     let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::CONFLICT);
     let (slug, title) = if status == StatusCode::FORBIDDEN {
         ("not-permitted", "Decision not permitted")
+    } else if status == StatusCode::BAD_REQUEST {
+        ("also-not-allowed", "Approval not possible as asked")
     } else {
         ("conflict", "Ticket not in a decidable state")
     };
@@ -1251,6 +1270,46 @@ impl<'a> Api<'a> {
         if t.status == Status::Approved && t.mode == Mode::Access && t.grant_terms.is_none() {
             tracing::warn!(ticket = %t.id, route = %t.route, "approved access ticket without grant terms; no grant");
         }
+        Ok(t)
+    }
+
+    /// Acknowledges a break-glass ticket in `REVIEW` as the caller (one of its approvers; not
+    /// its requester unless the route allows self-approval): it becomes `EXECUTED`, audited
+    /// as `ticket.acknowledged` with the comment.
+    pub(crate) async fn acknowledge(
+        &self,
+        raw: &str,
+        comment: Option<String>,
+    ) -> Result<Ticket, Problem> {
+        let comment = clip(comment);
+        let id = TicketId::parse(raw).map_err(|_| not_found())?;
+        let engine = self.engine();
+        let store = engine.store().map_err(|e| store_problem(&e))?;
+        match store.get(&id).await {
+            Ok(Some(t)) if self.can_see(&t) => {}
+            Ok(_) => return Err(not_found()),
+            Err(e) => return Err(store_problem(&e)),
+        }
+        let who = &self.caller;
+        let now = engine.now();
+        let audit = |_: &Ticket, t: &Ticket| {
+            vec![AuditDraft::about(
+                AuditKind::TicketAcknowledged,
+                t,
+                Some(&who.user),
+                json!({ "comment": comment, "breakGlass": t.break_glass }),
+                now,
+            )]
+        };
+        let t = store
+            .transition(
+                &id,
+                &|t| ticket::acknowledge(t, who, comment.clone(), now),
+                &audit,
+            )
+            .await
+            .map_err(|e| store_problem(&e))?;
+        tracing::info!(ticket = %t.id, route = %t.route, by = %who.user, "break-glass ticket acknowledged");
         Ok(t)
     }
 

@@ -78,6 +78,9 @@ pub enum GatewayError {
     },
     /// 403: the ticket or token given does not fit this request.
     Mismatch(String),
+    /// 403: `Jit-Break-Glass` without a reason, from someone not in the route's break-glass
+    /// groups, or on a route without break-glass.
+    BreakGlassRefused(String),
     /// 503: the approval store cannot be reached; nothing was forwarded.
     StoreUnavailable {
         /// The ticket, if one is known.
@@ -124,7 +127,8 @@ impl GatewayError {
             GatewayError::Denied
             | GatewayError::UpgradeNotHoldable
             | GatewayError::Refused { .. }
-            | GatewayError::Mismatch(_) => StatusCode::FORBIDDEN,
+            | GatewayError::Mismatch(_)
+            | GatewayError::BreakGlassRefused(_) => StatusCode::FORBIDDEN,
             GatewayError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             GatewayError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::BodyStalled(_)
@@ -170,7 +174,8 @@ impl GatewayError {
             GatewayError::Denied
             | GatewayError::UpgradeNotHoldable
             | GatewayError::Refused { .. }
-            | GatewayError::Mismatch(_) => grpc::PERMISSION_DENIED,
+            | GatewayError::Mismatch(_)
+            | GatewayError::BreakGlassRefused(_) => grpc::PERMISSION_DENIED,
             GatewayError::Unauthenticated(_) => grpc::UNAUTHENTICATED,
             GatewayError::BodyTooLarge { .. } | GatewayError::TooManyPending { .. } => {
                 grpc::RESOURCE_EXHAUSTED
@@ -283,6 +288,11 @@ impl GatewayError {
                 "approval-mismatch",
                 "No valid approval for this request",
                 d.clone(),
+            ),
+            GatewayError::BreakGlassRefused(d) => (
+                "break-glass-refused",
+                "Break-glass refused",
+                format!("route {rule}: {d}; the attempt was recorded"),
             ),
             GatewayError::StoreUnavailable { .. } => (
                 "store-unavailable",

@@ -206,7 +206,7 @@ impl Metrics {
         let tickets_decided = Family::<DecidedLabels, Counter>::default();
         registry.register(
             "jitgate_tickets_decided",
-            "Tickets that left PENDING through this replica, by route and outcome (approved, denied, expired, cancelled, auto_approved)",
+            "Tickets that left PENDING through this replica, by route and outcome (approved, denied, expired, cancelled, auto_approved, break_glass)",
             tickets_decided.clone(),
         );
         let decision = decision_buckets();
@@ -338,7 +338,7 @@ impl Metrics {
     /// left PENDING (a first approval of a quorum of two does not).
     pub fn ticket_transition(&self, after: &Ticket, now: Timestamp) {
         let outcome = match after.status {
-            Status::Pending | Status::Executed => return,
+            Status::Pending | Status::Executed | Status::Review => return,
             Status::Approved => "approved",
             Status::Denied => "denied",
             Status::Expired => "expired",

@@ -43,7 +43,7 @@ Errors are RFC 9457 problem details (`application/problem+json`) whose `type` is
 `HEAD` is also accepted on `/healthz`, `/readyz`, `/metrics`, `/.well-known/jwks.json` and `/v1/openapi.json`. Any other method on a served path answers `405` problem `method-not-allowed` (after authentication, for the paths that need it); an unknown path answers `404` problem `not-found` to authenticated callers."#,
         license(name = "Apache-2.0", identifier = "Apache-2.0")
     ),
-    paths(ops::health, ops::ready, ops::metrics, ops::jwks, ops::openapi, ops::list_tickets, ops::get_ticket, ops::approve_ticket, ops::deny_ticket, ops::decide_tickets, ops::read_audit, ops::get_rules, ops::get_rules_source, ops::put_rules_source, ops::reload_rules, ops::create_access_request, ops::list_grants, ops::revoke_grant, ops::stream_events, ops::slack_actions),
+    paths(ops::health, ops::ready, ops::metrics, ops::jwks, ops::openapi, ops::list_tickets, ops::get_ticket, ops::approve_ticket, ops::deny_ticket, ops::acknowledge_ticket, ops::decide_tickets, ops::read_audit, ops::get_rules, ops::get_rules_source, ops::put_rules_source, ops::reload_rules, ops::create_access_request, ops::list_grants, ops::revoke_grant, ops::stream_events, ops::slack_actions),
     components(schemas(EventBody)),
     tags((name = "health", description = r#"Liveness, readiness, metrics and published keys; no authentication."#), (name = "tickets", description = r#"Approval tickets and decisions."#), (name = "grants", description = r#"Access grants: listing and revocation."#), (name = "audit", description = r#"The hash-chained audit log (operators only)."#), (name = "admin", description = r#"The rule table (operators only)."#), (name = "meta", description = r#"This document."#), (name = "notifications", description = r#"Callbacks from chat tools."#)),
     security(("bearer" = [])),
@@ -261,6 +261,30 @@ mod ops {
         )
     )]
     fn create_access_request() {}
+
+    #[utoipa::path(
+        post,
+        path = "/v1/tickets/{id}/acknowledge",
+        operation_id = "acknowledgeTicket",
+        tag = "tickets",
+        summary = r#"Acknowledge a break-glass ticket"#,
+        description = r#"A request that passed by break-glass (`Jit-Break-Glass: <reason>` from a member of the route's break-glass groups) left a ticket in `REVIEW`, with `breakGlass` the reason. One of its approvers acknowledges it afterwards: it becomes `EXECUTED`, with `acknowledged` the approver's vote; audited as `ticket.acknowledged`. The requester may acknowledge their own only where the route allows self approval."#,
+        params(
+            ("id" = String, Path, description = r#"Ticket id (`jit_` + 26-character ULID). A malformed id, an id that does not exist (or is past retention) and a ticket the caller may not see all answer 404 `unknown-ticket`."#, example = json!("jit_01JDAE7Y8Z3K4M5N6P7Q8R9S0T"))
+        ),
+        request_body(content = ApproveRequest, content_type = "application/json", description = r#"Optional; an empty body is `{}`. `comment` is recorded; `also` is refused (`400`)."#),
+        responses(
+            (status = 200, description = r#"The ticket, `EXECUTED`."#, body = Ticket, content_type = "application/json", headers(("Cache-Control" = String, description = r#"JSON and problem answers are never cached."#))),
+            (status = 400, description = r#"Malformed request (problem `malformed-request`)."#, body = Problem, content_type = "application/problem+json", headers(("Cache-Control" = String, description = r#"JSON and problem answers are never cached."#))),
+            (status = 401, description = r#"No `Authorization: Bearer` credential, or one that is neither a known API token nor a valid JWT (problem `unauthenticated`)."#, body = Problem, content_type = "application/problem+json", headers(("Cache-Control" = String, description = r#"JSON and problem answers are never cached."#), ("WWW-Authenticate" = String, description = r#"The bearer challenge."#))),
+            (status = 403, description = r#"Not one of the ticket's approvers, or its requester on a route without self approval (problem `not-permitted`)."#, body = Problem, content_type = "application/problem+json", headers(("Cache-Control" = String, description = r#"JSON and problem answers are never cached."#))),
+            (status = 404, description = r#"No ticket with this id is visible to the caller (problem `unknown-ticket`)."#, body = Problem, content_type = "application/problem+json", headers(("Cache-Control" = String, description = r#"JSON and problem answers are never cached."#))),
+            (status = 409, description = r#"The ticket is not in `REVIEW` (problem `conflict`, `error` `notInReview`)."#, body = Problem, content_type = "application/problem+json", headers(("Cache-Control" = String, description = r#"JSON and problem answers are never cached."#))),
+            (status = 413, description = r#"The request body exceeds 1 MiB (problem `body-too-large`)."#, body = Problem, content_type = "application/problem+json", headers(("Cache-Control" = String, description = r#"JSON and problem answers are never cached."#))),
+            (status = 503, description = r#"The approval store is unreachable, timed out, or returned data it could not read (problem `store-unavailable`)."#, body = Problem, content_type = "application/problem+json", headers(("Cache-Control" = String, description = r#"JSON and problem answers are never cached."#)))
+        )
+    )]
+    fn acknowledge_ticket() {}
 
     #[utoipa::path(
         get,

@@ -416,6 +416,11 @@ impl Canonical {
             .map(str::trim)
     }
 
+    /// Whether the request carried the gateway header `name` at all (readable or not).
+    pub fn gateway_headers_named(&self, name: &str) -> bool {
+        self.gateway.iter().any(|(n, _)| n.as_str() == name)
+    }
+
     /// `Proxy-Authorization` as sent (never forwarded; a credential for anonymous requesters).
     pub fn proxy_authorization(&self) -> Option<&HeaderValue> {
         self.proxy_authorization.as_ref()

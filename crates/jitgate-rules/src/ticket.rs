@@ -348,17 +348,21 @@ pub enum Status {
     Cancelled,
     /// The approved request was sent upstream (every allowed use redeemed).
     Executed,
+    /// A break-glass request passed without approval and was sent upstream; an approver must
+    /// acknowledge it afterwards (which makes it `EXECUTED`).
+    Review,
 }
 
 impl Status {
     /// Every status, in lifecycle order.
-    pub const ALL: [Status; 6] = [
+    pub const ALL: [Status; 7] = [
         Status::Pending,
         Status::Approved,
         Status::Denied,
         Status::Expired,
         Status::Cancelled,
         Status::Executed,
+        Status::Review,
     ];
 
     /// The JSON / query-string spelling.
@@ -370,6 +374,7 @@ impl Status {
             Status::Expired => "EXPIRED",
             Status::Cancelled => "CANCELLED",
             Status::Executed => "EXECUTED",
+            Status::Review => "REVIEW",
         }
     }
 
@@ -610,6 +615,14 @@ pub struct Ticket {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     pub policy: Option<String>,
+    /// Break-glass tickets: the reason the requester gave in `Jit-Break-Glass`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub break_glass: Option<String>,
+    /// Break-glass tickets: the approver who acknowledged it afterwards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub acknowledged: Option<Vote>,
 }
 
 /// What approving an `access` ticket grants, recorded from the route when the ticket is
@@ -692,6 +705,8 @@ impl Ticket {
             releases: Vec::new(),
             also_limit: draft.also_limit,
             policy: None,
+            break_glass: None,
+            acknowledged: None,
         }
     }
 
@@ -1003,6 +1018,12 @@ pub enum TransitionError {
     /// Using a grant past `maxUses`.
     #[error("the grant has no uses left")]
     GrantExhausted,
+    /// Acknowledging a ticket that is not a break-glass ticket awaiting review.
+    #[error("the ticket is {status}, not REVIEW")]
+    NotInReview {
+        /// The ticket's current status.
+        status: Status,
+    },
     /// An approval's `also` that the ticket does not allow.
     #[error("{detail}")]
     AlsoRefused {
@@ -1029,6 +1050,7 @@ impl TransitionError {
             | TransitionError::NotDue
             | TransitionError::AlreadyVoted
             | TransitionError::NotApproved { .. }
+            | TransitionError::NotInReview { .. }
             | TransitionError::NotAction => 409,
         }
     }
@@ -1161,6 +1183,51 @@ pub fn auto_approve(t: &Ticket, policy: &str, now: Timestamp) -> Result<Ticket, 
     next.status = Status::Approved;
     next.decided_at = Some(now);
     next.redeem_by = Some(Timestamp(now.0.saturating_add(next.token_ttl_ms)));
+    Ok(next)
+}
+
+/// A `PENDING` ticket whose request passes by break-glass as it is opened, released once by
+/// `release`: `REVIEW`, with the requester's `reason`, until an approver acknowledges it.
+pub fn break_glass(
+    t: &Ticket,
+    reason: &str,
+    release: &str,
+    now: Timestamp,
+) -> Result<Ticket, TransitionError> {
+    if t.status != Status::Pending {
+        return Err(TransitionError::NotPending { status: t.status });
+    }
+    let mut next = t.clone();
+    next.status = Status::Review;
+    next.break_glass = Some(reason.to_string());
+    next.decided_at = Some(now);
+    next.executed_at = Some(now);
+    next.redeem_by = Some(Timestamp(now.0.saturating_add(next.token_ttl_ms)));
+    next.redeemed = 1;
+    next.releases.push(release.to_string());
+    Ok(next)
+}
+
+/// An approver acknowledges a break-glass ticket: `REVIEW` -> `EXECUTED`. The route's
+/// approvers only, and not the requester unless the route allows self-approval.
+pub fn acknowledge(
+    t: &Ticket,
+    approver: &Approver,
+    comment: Option<String>,
+    now: Timestamp,
+) -> Result<Ticket, TransitionError> {
+    if t.status != Status::Review {
+        return Err(TransitionError::NotInReview { status: t.status });
+    }
+    if !approver.is_listed(&t.approvers) {
+        return Err(TransitionError::NotAnApprover);
+    }
+    if t.is_self(approver) && !t.self_approval {
+        return Err(TransitionError::SelfApproval);
+    }
+    let mut next = t.clone();
+    next.status = Status::Executed;
+    next.acknowledged = Some(vote(approver, comment, now));
     Ok(next)
 }
 
@@ -1456,6 +1523,18 @@ pub enum AuditKind {
     /// A request passed by break-glass.
     #[serde(rename = "break_glass.used")]
     BreakGlass,
+    /// A break-glass attempt was refused (no reason, not a listed group, not allowed here).
+    #[serde(rename = "break_glass.refused")]
+    BreakGlassRefused,
+    /// An approver acknowledged a break-glass ticket.
+    #[serde(rename = "ticket.acknowledged")]
+    TicketAcknowledged,
+    /// A ticket undecided for `escalate_after` was widened to `escalate_to`.
+    #[serde(rename = "ticket.escalated")]
+    TicketEscalated,
+    /// A ticket is about to expire undecided (`remind_before`).
+    #[serde(rename = "ticket.reminder")]
+    TicketReminder,
     /// A request passed by an auto-approval condition.
     #[serde(rename = "ticket.auto_approved")]
     AutoApproved,
@@ -1472,7 +1551,7 @@ pub enum AuditKind {
 
 impl AuditKind {
     /// Every kind, in declaration order.
-    pub const ALL: [AuditKind; 17] = [
+    pub const ALL: [AuditKind; 21] = [
         AuditKind::TicketCreated,
         AuditKind::TicketNotified,
         AuditKind::TicketApproved,
@@ -1486,6 +1565,10 @@ impl AuditKind {
         AuditKind::GrantRevoked,
         AuditKind::GrantExpired,
         AuditKind::BreakGlass,
+        AuditKind::BreakGlassRefused,
+        AuditKind::TicketAcknowledged,
+        AuditKind::TicketEscalated,
+        AuditKind::TicketReminder,
         AuditKind::AutoApproved,
         AuditKind::ShadowMatched,
         AuditKind::RulesReloaded,
@@ -1508,6 +1591,10 @@ impl AuditKind {
             AuditKind::GrantRevoked => "grant.revoked",
             AuditKind::GrantExpired => "grant.expired",
             AuditKind::BreakGlass => "break_glass.used",
+            AuditKind::BreakGlassRefused => "break_glass.refused",
+            AuditKind::TicketAcknowledged => "ticket.acknowledged",
+            AuditKind::TicketEscalated => "ticket.escalated",
+            AuditKind::TicketReminder => "ticket.reminder",
             AuditKind::AutoApproved => "ticket.auto_approved",
             AuditKind::ShadowMatched => "shadow.matched",
             AuditKind::RulesReloaded => "rules.reloaded",

@@ -270,6 +270,11 @@ fn generated_openapi_is_3_1_with_unique_operation_ids() {
         ("post", "/v1/tickets/decide", "200 400 401 413"),
         (
             "post",
+            "/v1/tickets/{id}/acknowledge",
+            "200 400 401 403 404 409 413 503",
+        ),
+        (
+            "post",
             "/v1/access-requests",
             "200 201 400 401 404 413 429 503",
         ),

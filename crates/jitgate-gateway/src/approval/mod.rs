@@ -114,6 +114,16 @@ pub async fn serve(
         fingerprint,
     };
 
+    // Break-glass comes first: the emergency passes (or is refused) loudly, whatever else the
+    // request carries.
+    if held.canonical.gateway_headers_named("jit-break-glass") {
+        let reason = held
+            .canonical
+            .gateway_header("jit-break-glass")
+            .unwrap_or_default()
+            .to_string();
+        return release::break_glass(x, route, held, request, reason).await;
+    }
     if let Some(token) = held.canonical.gateway_header("jit-approval") {
         let token = token.to_string();
         return release::by_token(x, route, held, &token).await;

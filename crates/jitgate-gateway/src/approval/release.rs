@@ -422,6 +422,115 @@ pub(super) async fn auto_approved(
     send(x, &current, index, held, token, record).await
 }
 
+/// The longest break-glass reason kept.
+const MAX_BREAK_GLASS_REASON: usize = 500;
+
+/// `Jit-Break-Glass: <reason>`: a member of the route's `break_glass` groups passes at once.
+/// The request is re-checked against the rules in force, recorded in one store write as a
+/// ticket in `REVIEW` (released once, by this request) with `break_glass.used` at high
+/// severity, which notifies, and forwarded with its approval token. An approver acknowledges
+/// it afterwards. Without a reason, from anyone else, or on a route without break-glass the
+/// request is refused (403) and the attempt audited (`break_glass.refused`). The store being
+/// down fails closed.
+pub(super) async fn break_glass(
+    x: &Exchange<'_>,
+    route: &Route,
+    held: HeldRequest,
+    request: ticket::RequestSnapshot,
+    reason: String,
+) -> Response<ProxyBody> {
+    let engine = x.engine();
+    let groups = route
+        .approval
+        .as_ref()
+        .map_or(&[][..], |p| p.break_glass_groups.as_slice());
+    let reason = ticket::clip(reason.trim(), MAX_BREAK_GLASS_REASON).to_string();
+    let refusal = if groups.is_empty() {
+        Some(format!("route {} allows no break-glass", route.name))
+    } else if reason.is_empty() {
+        Some("Jit-Break-Glass needs a reason".to_string())
+    } else if held.requester.user.is_none()
+        || !held.requester.groups.iter().any(|g| groups.contains(g))
+    {
+        Some(format!(
+            "{} is not in a break-glass group of route {}",
+            held.requester.key(),
+            route.name
+        ))
+    } else {
+        None
+    };
+    if let Some(why) = refusal {
+        tracing::warn!(route = %route.name, requester = %held.requester.key(), "break-glass refused: {why}");
+        engine.append_detached(AuditDraft {
+            at: engine.now(),
+            kind: AuditKind::BreakGlassRefused,
+            ticket: None,
+            actor: None,
+            requester: Some(held.requester.key().into_owned()),
+            route: Some(route.name.clone()),
+            detail: json!({ "severity": "high", "why": why, "reason": reason, "method": request.method, "host": request.host, "path": request.path, "target": request.target }),
+        });
+        return x.answer(GatewayError::BreakGlassRefused(why), Some(route));
+    }
+    let (current, index) = match recheck(x, &held, route) {
+        Ok(r) => r,
+        Err(resp) => return *resp,
+    };
+    let Ok(store) = engine.store() else {
+        return x.answer(GatewayError::StoreUnavailable { ticket: None }, Some(route));
+    };
+    let cfg = &x.snap.table.config().approvals;
+    let anonymous = held.requester.user.is_none();
+    let ask = super::Ask {
+        requester: held.requester.clone(),
+        source: anonymous.then(|| held.canonical.source().to_string()),
+        reason: Some(
+            held.canonical
+                .gateway_header("jit-reason")
+                .filter(|r| !r.is_empty())
+                .unwrap_or(&reason)
+                .to_string(),
+        ),
+        request,
+        requested: None,
+        ahead: false,
+    };
+    let opened = match super::new_ticket(engine, cfg, route, ask) {
+        Ok(t) => t,
+        Err(e) => return x.answer(e, Some(route)),
+    };
+    let now = opened.created_at;
+    let release = jitgate_store::new_release_id(now);
+    let passed = match ticket::break_glass(&opened, &reason, &release, now) {
+        Ok(t) => t,
+        Err(e) => return x.answer(GatewayError::Internal(e.to_string()), Some(route)),
+    };
+    let events = |t: &Ticket| {
+        vec![AuditDraft::about(
+            AuditKind::BreakGlass,
+            t,
+            t.requester.user.as_deref(),
+            json!({ "severity": "high", "reason": reason, "release": release, "method": t.request.method, "host": t.request.host, "path": t.request.path, "target": t.request.target }),
+            now,
+        )]
+    };
+    let stored = match store.record(passed, None, &events).await {
+        Ok(t) => t,
+        Err(e) => return x.answer(store_error(&e, route, None), Some(route)),
+    };
+    x.about(&stored.id);
+    engine
+        .metrics()
+        .ticket_by_policy(&route.name, "break_glass");
+    tracing::warn!(ticket = %stored.id, route = %route.name, requester = %stored.requester.key(), "break-glass request released; awaiting acknowledgement");
+    let token = engine
+        .approval_token(&stored)
+        .and_then(|tok| HeaderValue::from_str(&tok).ok());
+    let record = Outcome::new(engine, Some(&stored), None);
+    send(x, &current, index, held, token, record).await
+}
+
 /// Forwards the held request through the current table's upstream for route `index`.
 async fn send(
     x: &Exchange<'_>,
