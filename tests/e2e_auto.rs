@@ -353,3 +353,51 @@ async fn auto_approval_fails_closed_when_the_store_is_down() {
     assert_eq!(r.status, 503, "{}", r.text());
     assert_eq!(origin.count(), 0);
 }
+
+/// `approve_above_rate`: within the rate a named requester's requests pass (audited as
+/// `ticket.auto_approved` by `approve_above_rate`); beyond it they are held; each requester
+/// has their own rate; anonymous requesters never pass by rate.
+async fn rate_switches_at_the_configured_rate(store: &str) {
+    let origin = Origin::start();
+    let cfg = config(&origin.url(), store).replace(
+        "[[routes]]\nname = \"rest\"",
+        "[[routes]]\nname = \"reports\"\nmethods = [\"POST\"]\npath = \"/reports/**\"\nupstream = \"origin\"\naction = \"approve\"\n[routes.approval]\napprovers = [\"group:oncall\"]\napprove_above_rate = \"3/h\"\n\n[[routes]]\nname = \"rest\"",
+    );
+    let gw = Gateway::builder(&cfg)
+        .file("key.pem", signing_key_pem())
+        .start();
+    wait_store_ok(&gw).await;
+    let bob = [("x-user", "bob"), ("x-groups", "dev")];
+    for i in 0..3 {
+        let r = post(&gw, &format!("/reports/{i}"), &bob).await;
+        assert_eq!(r.status, 200, "within the rate ({i}): {}", r.text());
+    }
+    let r = post(&gw, "/reports/3", &bob).await;
+    assert_eq!(r.status, 202, "beyond the rate: {}", r.text());
+    let r = post(&gw, "/reports/0", &[("x-user", "dan")]).await;
+    assert_eq!(r.status, 200, "another requester: {}", r.text());
+    let r = post(&gw, "/reports/0", &[]).await;
+    assert_eq!(r.status, 202, "anonymous: {}", r.text());
+    assert_eq!(origin.count(), 4);
+    let r = admin_call(&gw, "ops", "GET", "/v1/audit?kind=ticket.auto_approved", "").await;
+    let events = r.json()["events"].as_array().cloned().unwrap_or_default();
+    assert_eq!(events.len(), 4, "{}", r.text());
+    assert!(events
+        .iter()
+        .all(|e| e["detail"]["policy"] == "approve_above_rate" && e["detail"]["rate"] == "3/1h"));
+}
+
+#[tokio::test]
+async fn rate_based_approval_switches_at_the_configured_rate_memory() {
+    rate_switches_at_the_configured_rate("[store]\nkind = \"memory\"\n").await;
+}
+
+#[tokio::test]
+async fn rate_based_approval_switches_at_the_configured_rate_redis() {
+    let redis = RedisServer::start();
+    rate_switches_at_the_configured_rate(&format!(
+        "[store]\nkind = \"redis\"\nurl = \"{}\"\n",
+        redis.url()
+    ))
+    .await;
+}

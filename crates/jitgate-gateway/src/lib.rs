@@ -21,6 +21,7 @@ pub mod notify;
 pub mod openapi;
 pub mod problem;
 pub mod proxy;
+pub mod rate;
 pub mod rules_file;
 pub mod server;
 pub mod state;

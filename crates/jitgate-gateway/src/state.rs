@@ -43,6 +43,9 @@ pub struct Snapshot {
     pub notify: Arc<crate::notify::Channels>,
     /// Each route's metric series, by route index, resolved on its first request.
     pub route_meters: Vec<std::sync::OnceLock<crate::metrics::RouteMeter>>,
+    /// Each route's `approve_above_rate` limiter, by route index (kept across reloads for a
+    /// route that did not change).
+    pub route_rates: Vec<Option<Arc<crate::rate::RouteRate>>>,
 }
 
 impl Snapshot {
@@ -227,8 +230,20 @@ pub fn build_snapshot(
         .map(|r| r.upstream.as_ref().and_then(|n| upstreams.get(n).cloned()))
         .collect();
     let route_meters = table.routes().iter().map(|_| Default::default()).collect();
+    let route_rates = table
+        .routes()
+        .iter()
+        .map(|r| {
+            let before = previous.and_then(|p| {
+                let i = p.table.routes().iter().position(|o| o.name == r.name)?;
+                p.route_rates.get(i)?.as_ref()
+            });
+            crate::rate::RouteRate::for_route(r, before)
+        })
+        .collect();
     Ok(Snapshot {
         route_meters,
+        route_rates,
         table,
         route_upstreams,
         upstreams,

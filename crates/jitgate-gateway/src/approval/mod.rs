@@ -148,7 +148,27 @@ pub async fn serve(
     }
     // After the grants (a grant in hand is used before a policy makes another).
     if let Some(auto) = auto_policy(x, route, &held) {
-        return release::auto_approved(x, route, held, request, auto).await;
+        let by = release::ByPolicy {
+            name: &auto.name,
+            max_uses: auto.max_uses,
+            rate: None,
+        };
+        return release::auto_approved(x, route, held, request, by).await;
+    }
+    // `approve_above_rate`: a named requester's requests within the rate pass (anonymous
+    // requesters can mint identities, so each would have a rate of its own: never).
+    if let (Some(rate), Some(_)) = (
+        x.snap.route_rates.get(route.index).and_then(Option::as_ref),
+        held.requester.user.as_ref(),
+    ) {
+        if rate.admit(&held.requester.key()) {
+            let by = release::ByPolicy {
+                name: "approve_above_rate",
+                max_uses: None,
+                rate: Some(rate.text()),
+            };
+            return release::auto_approved(x, route, held, request, by).await;
+        }
     }
     match open(x, route, &held, request).await {
         Ok(t) => settle(x, route, t, held).await,

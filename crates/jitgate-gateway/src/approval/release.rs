@@ -7,7 +7,7 @@ use std::sync::Arc;
 use http::{HeaderValue, Response};
 use serde_json::json;
 
-use jitgate_rules::route::{Action, ApprovalMode, AutoApprove, Route};
+use jitgate_rules::route::{Action, ApprovalMode, Route};
 use jitgate_rules::ticket::{self, AuditDraft, AuditKind, Grant, Ticket, TicketId};
 use jitgate_rules::Unresolved;
 use jitgate_store::StoreError;
@@ -293,6 +293,17 @@ pub(super) async fn on_grant(
     send(x, &current, index, held, None, record).await
 }
 
+/// What approved a request without a person: an auto-approve policy, or the route's
+/// `approve_above_rate`.
+pub(super) struct ByPolicy<'a> {
+    /// The policy's name (`approve_above_rate` for the rate).
+    pub name: &'a str,
+    /// Access routes: the most uses of the grant it creates.
+    pub max_uses: Option<u32>,
+    /// The rate, when the rate approved it.
+    pub rate: Option<String>,
+}
+
 /// Releases a request an auto-approve policy approved: re-checks the rules in force, writes
 /// the ticket already decided (an action ticket executed by this release, or an access
 /// ticket with its grant, this request its first use) and its events in one store
@@ -303,7 +314,7 @@ pub(super) async fn auto_approved(
     route: &Route,
     held: HeldRequest,
     request: ticket::RequestSnapshot,
-    policy: &AutoApprove,
+    policy: ByPolicy<'_>,
 ) -> Response<ProxyBody> {
     let (current, index) = match recheck(x, &held, route) {
         Ok(r) => r,
@@ -348,7 +359,7 @@ pub(super) async fn auto_approved(
         Err(e) => return x.answer(e, Some(route)),
     };
     let now = opened.created_at;
-    let approved = match ticket::auto_approve(&opened, &policy.name, now) {
+    let approved = match ticket::auto_approve(&opened, policy.name, now) {
         Ok(t) => t,
         Err(e) => return x.answer(GatewayError::Internal(e.to_string()), Some(route)),
     };
@@ -368,13 +379,18 @@ pub(super) async fn auto_approved(
             Err(e) => return x.answer(GatewayError::Internal(e.to_string()), Some(route)),
         },
     };
-    let name = policy.name.as_str();
+    let name = policy.name;
+    let rate = policy.rate.as_deref();
     let events = |t: &Ticket| {
+        let mut detail = json!({ "policy": name, "method": t.request.method, "host": t.request.host, "path": t.request.path, "target": t.request.target });
+        if let (Some(r), Some(d)) = (rate, detail.as_object_mut()) {
+            d.insert("rate".into(), json!(r));
+        }
         let mut out = vec![AuditDraft::about(
             AuditKind::AutoApproved,
             t,
             None,
-            json!({ "policy": name, "method": t.request.method, "host": t.request.host, "path": t.request.path, "target": t.request.target }),
+            detail,
             now,
         )];
         match &grant {
