@@ -15,9 +15,11 @@ use std::time::Duration;
 
 use jitgate_identity::{ApprovalClaims, ApprovalSigner};
 use jitgate_rules::config;
-use jitgate_rules::ticket::{self, AuditDraft, AuditKind, Ticket, TicketId, Timestamp};
-use jitgate_store::{MemoryStore, RedisOptions, RedisStore, Store, StoreError};
-use serde_json::Value;
+use jitgate_rules::ticket::{
+    self, AuditDraft, AuditKind, Ticket, TicketId, Timestamp, TransitionError,
+};
+use jitgate_store::{MemoryStore, RedisOptions, RedisStore, Store, StoreError, Timer};
+use serde_json::{json, Value};
 use tokio::sync::{broadcast, watch, Notify};
 
 use crate::audit_sink::{AuditFile, AuditSink};
@@ -406,6 +408,50 @@ impl Engine {
         Some(expired)
     }
 
+    /// Applies the escalations and reminders due at `now` (each a transition with its event,
+    /// so of several replicas one records it), then clears their timers: also those the
+    /// transition refused because the ticket was decided, gone, or already done. A timer that
+    /// is not yet due by this replica's clock is left for a later tick.
+    pub async fn run_timers(&self, now: Timestamp) {
+        let Ok(store) = self.store() else { return };
+        let due = match store.due_timers(now, TIMERS_PER_TICK).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::debug!("timers skipped: {e}");
+                return;
+            }
+        };
+        for (id, timer) in due {
+            let (kind, step): (AuditKind, fn(&Ticket, Timestamp) -> _) = match timer {
+                Timer::Escalate => (AuditKind::TicketEscalated, ticket::escalate),
+                Timer::Remind => (AuditKind::TicketReminder, ticket::remind),
+            };
+            let audit = |_: &Ticket, t: &Ticket| {
+                let detail = match timer {
+                    Timer::Escalate => {
+                        json!({ "escalateTo": t.escalate_to, "approvers": t.approvers })
+                    }
+                    Timer::Remind => json!({ "expiresAt": t.expires_at }),
+                };
+                vec![AuditDraft::about(kind, t, None, detail, now)]
+            };
+            match store.transition(&id, &|t| step(t, now), &audit).await {
+                Ok(t) => {
+                    tracing::info!(ticket = %id, route = %t.route, step = kind.as_str(), "ticket {}", if timer == Timer::Escalate { "escalated" } else { "reminder sent" });
+                }
+                Err(StoreError::Transition(TransitionError::NotDue)) => continue,
+                Err(StoreError::Transition(_)) | Err(StoreError::NotFound) => {}
+                Err(e) => {
+                    tracing::debug!(ticket = %id, "timer left for later: {e}");
+                    continue;
+                }
+            }
+            if let Err(e) = store.clear_timer(&id, timer).await {
+                tracing::debug!(ticket = %id, "timer not cleared: {e}");
+            }
+        }
+    }
+
     /// The approval token of an approved (or executed) action ticket.
     pub fn approval_token(&self, t: &Ticket) -> Option<String> {
         let decided = t.decided_at?;
@@ -596,5 +642,9 @@ async fn reconcile(engine: std::sync::Weak<Engine>) {
         for id in due {
             engine.expire(&id, now).await;
         }
+        engine.run_timers(now).await;
     }
 }
+
+/// The most timers one reconciliation tick applies.
+const TIMERS_PER_TICK: usize = 500;

@@ -773,6 +773,7 @@ const APPROVAL_KEYS: &[&str] = &[
     "break_glass",
     "escalate_after",
     "escalate_to",
+    "remind_before",
     "auto_approve",
     "approve_above_rate",
     "volatile_headers",
@@ -2235,6 +2236,7 @@ impl<'s> Cx<'s> {
         let max_duration = dur(self, "max_duration");
         let escalate_after = dur(self, "escalate_after");
         let max_also_within = dur(self, "max_also_within");
+        let remind_before = dur(self, "remind_before");
         let mut count = |cx: &mut Self, key: &str| -> Option<(u32, Range<usize>)> {
             let n = cx.u32_(t, key, sec, 1);
             if n.is_none() && t.contains_key(key) {
@@ -2392,6 +2394,24 @@ impl<'s> Cx<'s> {
                 self.warn(sp.clone(), "`escalate_after` is not shorter than the ticket's `ticket_ttl`; the ticket expires first");
             }
         }
+        if let Some((before, sp)) = &remind_before {
+            let ttl = ticket_ttl
+                .as_ref()
+                .map(|d| d.0)
+                .or(global.map(|g| g.ticket_ttl))
+                .unwrap_or(secs(900));
+            if *before >= ttl {
+                self.error(
+                    sp.clone(),
+                    format!(
+                        "`remind_before` ({}) must be shorter than the ticket's `ticket_ttl` ({}): the reminder would come before the ticket exists",
+                        units::format_duration(*before),
+                        units::format_duration(ttl)
+                    ),
+                );
+                ok = false;
+            }
+        }
         let mut auto_approve = Vec::new();
         for (at, sp) in self.tables(t, "auto_approve", sec) {
             match self.auto_approve(at, sp.clone(), mode) {
@@ -2475,6 +2495,7 @@ impl<'s> Cx<'s> {
             break_glass_groups,
             escalate_after: escalate_after.map(|d| d.0),
             escalate_to,
+            remind_before: remind_before.map(|d| d.0),
             auto_approve,
             approve_above_rate,
             volatile_headers,

@@ -169,8 +169,10 @@ pub struct ApprovalPolicy {
     pub break_glass_groups: Vec<String>,
     /// Escalate to `escalate_to` after this long undecided.
     pub escalate_after: Option<Duration>,
-    /// Who is told on escalation.
+    /// Who joins the approvers on escalation.
     pub escalate_to: Vec<Principal>,
+    /// `remind_before`: approvers are reminded this long before an undecided ticket expires.
+    pub remind_before: Option<Duration>,
     /// Raw `auto_approve` conditions, validated but interpreted by the hold engine.
     pub auto_approve: Vec<AutoApprove>,
     /// `approve_above_rate = "10/m"`: requests within the rate pass.

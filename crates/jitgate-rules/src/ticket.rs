@@ -623,6 +623,25 @@ pub struct Ticket {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     pub acknowledged: Option<Vote>,
+    /// When the ticket, still undecided, is widened to `escalateTo` (`escalate_after`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub escalate_at: Option<Timestamp>,
+    /// Who is added to `approvers` on escalation (`user:NAME` / `group:NAME`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub escalate_to: Vec<String>,
+    /// When it was escalated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub escalated_at: Option<Timestamp>,
+    /// When approvers are reminded that it expires soon (`remind_before`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub remind_at: Option<Timestamp>,
+    /// When they were reminded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub reminded_at: Option<Timestamp>,
 }
 
 /// What approving an `access` ticket grants, recorded from the route when the ticket is
@@ -669,12 +688,25 @@ pub struct TicketDraft {
     pub grant_terms: Option<GrantTerms>,
     /// `action` tickets: the most an approval's `also` may grant (`None`: not allowed).
     pub also_limit: Option<AlsoTerms>,
+    /// `escalate_after` and `escalate_to` (`None`: no escalation).
+    pub escalation: Option<(std::time::Duration, Vec<String>)>,
+    /// `remind_before`.
+    pub remind_before: Option<std::time::Duration>,
 }
 
 impl Ticket {
     /// A new `PENDING` ticket.
     pub fn open(id: TicketId, draft: TicketDraft, now: Timestamp) -> Ticket {
         let route_hash = hex(&draft.route_hash);
+        let expires_at = now.plus(draft.ticket_ttl);
+        let (escalate_at, escalate_to) = match draft.escalation {
+            Some((after, to)) if now.plus(after) < expires_at => (Some(now.plus(after)), to),
+            _ => (None, Vec::new()),
+        };
+        let remind_at = draft
+            .remind_before
+            .map(|b| Timestamp(expires_at.0.saturating_sub(duration_ms(b))))
+            .filter(|at| *at > now);
         let fingerprint = fingerprint(&draft.request, &draft.requester, &route_hash);
         Ticket {
             id,
@@ -688,7 +720,7 @@ impl Ticket {
             request: draft.request,
             fingerprint,
             created_at: now,
-            expires_at: now.plus(draft.ticket_ttl),
+            expires_at,
             decided_at: None,
             executed_at: None,
             approvals: Vec::new(),
@@ -707,6 +739,11 @@ impl Ticket {
             policy: None,
             break_glass: None,
             acknowledged: None,
+            escalate_at,
+            escalate_to,
+            escalated_at: None,
+            remind_at,
+            reminded_at: None,
         }
     }
 
@@ -734,6 +771,10 @@ impl Ticket {
     fn is_self(&self, approver: &Approver) -> bool {
         self.requester.user.as_deref() == Some(approver.user.as_str())
     }
+}
+
+fn duration_ms(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 // === fingerprint ===
@@ -1024,6 +1065,9 @@ pub enum TransitionError {
         /// The ticket's current status.
         status: Status,
     },
+    /// An escalation or reminder that already happened (or that the ticket does not have).
+    #[error("already done")]
+    AlreadyDone,
     /// An approval's `also` that the ticket does not allow.
     #[error("{detail}")]
     AlsoRefused {
@@ -1051,6 +1095,7 @@ impl TransitionError {
             | TransitionError::AlreadyVoted
             | TransitionError::NotApproved { .. }
             | TransitionError::NotInReview { .. }
+            | TransitionError::AlreadyDone
             | TransitionError::NotAction => 409,
         }
     }
@@ -1228,6 +1273,52 @@ pub fn acknowledge(
     let mut next = t.clone();
     next.status = Status::Executed;
     next.acknowledged = Some(vote(approver, comment, now));
+    Ok(next)
+}
+
+/// Escalates a ticket undecided at its `escalateAt`: its `escalateTo` join its approvers
+/// (they may see and decide it from now on). `NotDue` before that instant; `AlreadyDone` once
+/// escalated (or without escalation).
+pub fn escalate(t: &Ticket, now: Timestamp) -> Result<Ticket, TransitionError> {
+    if t.status != Status::Pending {
+        return Err(TransitionError::NotPending { status: t.status });
+    }
+    let Some(at) = t.escalate_at.filter(|_| t.escalated_at.is_none()) else {
+        return Err(TransitionError::AlreadyDone);
+    };
+    if now < at {
+        return Err(TransitionError::NotDue);
+    }
+    if now >= t.expires_at {
+        return Err(TransitionError::Expired);
+    }
+    let mut next = t.clone();
+    for p in &t.escalate_to {
+        if !next.approvers.contains(p) {
+            next.approvers.push(p.clone());
+        }
+    }
+    next.escalated_at = Some(now);
+    Ok(next)
+}
+
+/// Marks the reminder of a ticket undecided at its `remindAt` as sent. `NotDue` before that
+/// instant; `AlreadyDone` once reminded (or without a reminder).
+pub fn remind(t: &Ticket, now: Timestamp) -> Result<Ticket, TransitionError> {
+    if t.status != Status::Pending {
+        return Err(TransitionError::NotPending { status: t.status });
+    }
+    let Some(at) = t.remind_at.filter(|_| t.reminded_at.is_none()) else {
+        return Err(TransitionError::AlreadyDone);
+    };
+    if now < at {
+        return Err(TransitionError::NotDue);
+    }
+    if now >= t.expires_at {
+        return Err(TransitionError::Expired);
+    }
+    let mut next = t.clone();
+    next.reminded_at = Some(now);
     Ok(next)
 }
 

@@ -66,6 +66,40 @@ pub struct PendingLimits {
     pub per_source: Option<u32>,
 }
 
+/// A timed step of a pending ticket ([`Store::due_timers`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Timer {
+    /// `escalateAt`: widen the approvers ([`jitgate_rules::ticket::escalate`]).
+    Escalate,
+    /// `remindAt`: remind the approvers ([`jitgate_rules::ticket::remind`]).
+    Remind,
+}
+
+impl Timer {
+    /// The ticket's instant for this timer, if it has one.
+    pub fn due(self, t: &Ticket) -> Option<Timestamp> {
+        match self {
+            Timer::Escalate => t.escalate_at,
+            Timer::Remind => t.remind_at,
+        }
+    }
+
+    pub(crate) fn tag(self) -> &'static str {
+        match self {
+            Timer::Escalate => "e",
+            Timer::Remind => "r",
+        }
+    }
+
+    pub(crate) fn from_tag(s: &str) -> Option<Timer> {
+        match s {
+            "e" => Some(Timer::Escalate),
+            "r" => Some(Timer::Remind),
+            _ => None,
+        }
+    }
+}
+
 /// Which [`PendingLimits`] cap refused a ticket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum LimitScope {
@@ -285,6 +319,16 @@ pub trait Store: Send + Sync + 'static {
         grant: Option<Grant>,
         audit: CreateAudit<'a>,
     ) -> StoreFuture<'a, Ticket>;
+
+    /// Timed steps of pending tickets (escalation, reminder) due at `now`, soonest first, at
+    /// most `limit`. A pending ticket's timers are set when it is created (from its
+    /// `escalateAt` and `remindAt`) and stay until [`Store::clear_timer`]: the reconciler
+    /// applies the step as a transition (which refuses it once done, or once the ticket is
+    /// decided) and then clears it.
+    fn due_timers(&self, now: Timestamp, limit: usize) -> StoreFuture<'_, Vec<(TicketId, Timer)>>;
+
+    /// Removes one timer (a no-op when it is not set).
+    fn clear_timer<'a>(&'a self, id: &'a TicketId, timer: Timer) -> StoreFuture<'a, ()>;
 
     /// Every `PENDING` ticket id with its `expiresAt`, soonest-expiring first: what a replica
     /// reconciles its held requests against (a held id missing here was decided) and what the

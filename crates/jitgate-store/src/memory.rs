@@ -17,7 +17,7 @@ use crate::{
     chain_all, grant_keep_until, new_claim_token, now, route_requester, ticket_keep_until,
     AuditFilter, AuditPage, AuditTap, Claimed, CreateAudit, Delivery, Effects, GrantAudit,
     GrantTransition, LimitScope, PendingLimits, Store, StoreError, StoreFuture, Tap, TicketAudit,
-    TicketTransition,
+    TicketTransition, Timer,
 };
 
 /// The in-memory [`Store`]. Cloning shares the same data (like a second handle in the same
@@ -48,6 +48,8 @@ struct State {
     /// Pending tickets per quota key ([`Ticket::quota_key`]: a user, or an anonymous address).
     by_source: HashMap<String, HashSet<TicketId>>,
     grants: HashMap<GrantId, (Grant, Timestamp)>,
+    /// Timers of pending tickets, soonest first.
+    timers: std::collections::BTreeSet<(Timestamp, TicketId, Timer)>,
     audit: Vec<AuditEvent>,
     /// Told the newest audit seq on every append.
     audit_seq: Option<watch::Sender<u64>>,
@@ -274,6 +276,11 @@ impl Store for MemoryStore {
             st.tickets.insert(ticket.id.clone(), (ticket.clone(), keep));
             if ticket.status == Status::Pending {
                 st.index_pending(&ticket, coalesce_key);
+                for timer in [Timer::Escalate, Timer::Remind] {
+                    if let Some(at) = timer.due(&ticket) {
+                        st.timers.insert((at, ticket.id.clone(), timer));
+                    }
+                }
             }
             self.record(&mut st, &drafts);
             Ok((ticket, true))
@@ -359,6 +366,27 @@ impl Store for MemoryStore {
                 let _ = self.inner.decisions.send(id.clone());
             }
             Ok(next)
+        })
+    }
+
+    fn due_timers(&self, now: Timestamp, limit: usize) -> StoreFuture<'_, Vec<(TicketId, Timer)>> {
+        Box::pin(async move {
+            let st = self.lock();
+            Ok(st
+                .timers
+                .iter()
+                .take_while(|(at, _, _)| *at <= now)
+                .take(limit)
+                .map(|(_, id, timer)| (id.clone(), *timer))
+                .collect())
+        })
+    }
+
+    fn clear_timer<'a>(&'a self, id: &'a TicketId, timer: Timer) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let mut st = self.lock();
+            st.timers.retain(|(_, i, k)| !(i == id && *k == timer));
+            Ok(())
         })
     }
 

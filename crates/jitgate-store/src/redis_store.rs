@@ -59,7 +59,7 @@ use crate::{
     chain_all, grant_keep_until, new_claim_token, now, route_requester, ticket_keep_until,
     AuditFilter, AuditPage, AuditTap, Claimed, CreateAudit, Delivery, Effects, GrantAudit,
     GrantTransition, LimitScope, PendingLimits, Store, StoreError, StoreFuture, Tap, TicketAudit,
-    TicketTransition, MAX_ATTEMPTS, PRUNE_BATCH,
+    TicketTransition, Timer, MAX_ATTEMPTS, PRUNE_BATCH,
 };
 
 /// The pub/sub channel decisions are published on.
@@ -67,6 +67,8 @@ pub const DECISIONS: &str = "jit:decisions";
 const PENDING: &str = "jit:pending";
 const TICKETS: &str = "jit:tickets";
 const GRANTS: &str = "jit:grants";
+/// Timers of pending tickets (`e:<id>` escalation, `r:<id>` reminder), scored by when due.
+const TIMERS: &str = "jit:timers";
 const AUDIT: &str = "jit:audit";
 const AUDIT_HEAD: &str = "jit:audit:head";
 /// The pub/sub channel every audit append announces its newest seq on.
@@ -753,10 +755,11 @@ end
 // written). Replies: {'ok'}, {'changed'} (the record changed since it was read), {'gone'},
 // {'head', <current head>} (the audit head moved: re-chain and retry), {'limit', scope, n}.
 
-/// KEYS: coalesce, ticket, pending, per-requester, tickets, per-source, audit head, stream.
+/// KEYS: coalesce, ticket, pending, per-requester, tickets, per-source, audit head, stream,
+/// timers.
 /// ARGV: expected coalesce value ("" = absent), id, json, px, expires ms, created ms,
-/// max pending, per-requester cap, per-source cap ("" = none), has source ("1"/"0"), audit
-/// from 11.
+/// max pending, per-requester cap, per-source cap ("" = none), has source ("1"/"0"),
+/// escalate-at ms ("" = none), remind-at ms ("" = none), audit from 13.
 const CREATE_TICKET: &str = r#"
 local cur = redis.call('GET', KEYS[1])
 if (cur or '') ~= ARGV[1] then return {'changed'} end
@@ -766,10 +769,12 @@ end
 if over(KEYS[4], ARGV[8]) then return {'limit', 'requester', ARGV[8]} end
 if ARGV[10] == '1' and over(KEYS[6], ARGV[9]) then return {'limit', 'source', ARGV[9]} end
 if over(KEYS[3], ARGV[7]) then return {'limit', 'global', ARGV[7]} end
-local moved = audit_moved(KEYS[7], 11)
+local moved = audit_moved(KEYS[7], 13)
 if moved then return {'head', moved} end
-audit_append(KEYS[7], KEYS[8], 11)
+audit_append(KEYS[7], KEYS[8], 13)
 redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
+if ARGV[11] ~= '' then redis.call('ZADD', KEYS[9], ARGV[11], 'e:' .. ARGV[2]) end
+if ARGV[12] ~= '' then redis.call('ZADD', KEYS[9], ARGV[12], 'r:' .. ARGV[2]) end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[4])
 redis.call('ZADD', KEYS[3], ARGV[5], ARGV[2])
 redis.call('ZADD', KEYS[4], ARGV[5], ARGV[2])
@@ -1056,6 +1061,7 @@ impl Store for RedisStore {
                         .key(per_source(source))
                         .key(AUDIT_HEAD)
                         .key(AUDIT)
+                        .key(TIMERS)
                         .arg(existing.as_deref().unwrap_or_default())
                         .arg(ticket.id.as_str())
                         .arg(&json)
@@ -1065,7 +1071,9 @@ impl Store for RedisStore {
                         .arg(opt_arg(limits.max_pending))
                         .arg(opt_arg(limits.per_requester))
                         .arg(opt_arg(limits.per_source))
-                        .arg(if source.is_some() { "1" } else { "0" });
+                        .arg(if source.is_some() { "1" } else { "0" })
+                        .arg(opt_arg(ticket.escalate_at.map(Timestamp::as_millis)))
+                        .arg(opt_arg(ticket.remind_at.map(Timestamp::as_millis)));
                 };
                 let script = &self.scripts.create;
                 if self
@@ -1255,6 +1263,54 @@ impl Store for RedisStore {
                 }
             }
             Err(StoreError::Conflict)
+        }))
+    }
+
+    fn due_timers(&self, now: Timestamp, limit: usize) -> StoreFuture<'_, Vec<(TicketId, Timer)>> {
+        Box::pin(self.bounded(async move {
+            let mut c = self.conn.clone();
+            let members: Vec<String> = redis::cmd("ZRANGE")
+                .arg(TIMERS)
+                .arg("-inf")
+                .arg(now.as_millis())
+                .arg("BYSCORE")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(limit)
+                .query_async(&mut c)
+                .await
+                .map_err(unavailable)?;
+            let mut out = Vec::with_capacity(members.len());
+            for m in members {
+                let parsed = m
+                    .split_once(':')
+                    .and_then(|(tag, id)| Some((TicketId::parse(id).ok()?, Timer::from_tag(tag)?)));
+                match parsed {
+                    Some(p) => out.push(p),
+                    None => {
+                        // Not ours to interpret: drop it so it does not block the queue.
+                        let _: Result<i64, _> = redis::cmd("ZREM")
+                            .arg(TIMERS)
+                            .arg(&m)
+                            .query_async(&mut c)
+                            .await;
+                    }
+                }
+            }
+            Ok(out)
+        }))
+    }
+
+    fn clear_timer<'a>(&'a self, id: &'a TicketId, timer: Timer) -> StoreFuture<'a, ()> {
+        Box::pin(self.bounded(async move {
+            let mut c = self.conn.clone();
+            let _: i64 = redis::cmd("ZREM")
+                .arg(TIMERS)
+                .arg(format!("{}:{}", timer.tag(), id.as_str()))
+                .query_async(&mut c)
+                .await
+                .map_err(unavailable)?;
+            Ok(())
         }))
     }
 

@@ -14,7 +14,7 @@ use jitgate_rules::ticket::{
 };
 use jitgate_store::{
     new_grant_id, new_ticket_id, now, AuditFilter, Delivery, LimitScope, MemoryStore,
-    PendingLimits, RedisOptions, RedisStore, Store, StoreError,
+    PendingLimits, RedisOptions, RedisStore, Store, StoreError, Timer,
 };
 
 // === fixtures ===
@@ -50,6 +50,8 @@ fn draft(path: &str, user: &str) -> TicketDraft {
         token_uses: 1,
         grant_terms: None,
         also_limit: None,
+        escalation: None,
+        remind_before: None,
     }
 }
 
@@ -913,6 +915,50 @@ async fn audit_tap_sends_what_landed_in_order(p: Pair) {
     ))
     .await
     .unwrap();
+}
+
+/// A pending ticket's escalation and reminder timers are set with it and listed once due,
+/// soonest first, on every handle, until cleared; decided-at-birth tickets set none.
+async fn timers_come_due_in_order_and_clear(p: Pair) {
+    let at = now();
+    let mut d = draft("/v1/timers", "bob");
+    d.escalation = Some((Duration::from_secs(60), vec!["user:boss".into()]));
+    d.remind_before = Some(Duration::from_secs(870));
+    let t = Ticket::open(new_ticket_id(at), d, at);
+    let (escalate_at, remind_at) = (t.escalate_at.unwrap(), t.remind_at.unwrap());
+    assert!(remind_at < escalate_at);
+    create(&*p.a, t.clone()).await;
+    let mine = |v: Vec<(TicketId, Timer)>| -> Vec<Timer> {
+        v.into_iter()
+            .filter(|(id, _)| *id == t.id)
+            .map(|(_, k)| k)
+            .collect()
+    };
+    assert!(mine(p.b.due_timers(at, 100).await.unwrap()).is_empty());
+    assert_eq!(
+        mine(p.b.due_timers(remind_at, 100).await.unwrap()),
+        vec![Timer::Remind]
+    );
+    assert_eq!(
+        mine(p.b.due_timers(escalate_at, 100).await.unwrap()),
+        vec![Timer::Remind, Timer::Escalate]
+    );
+    p.a.clear_timer(&t.id, Timer::Remind).await.unwrap();
+    p.a.clear_timer(&t.id, Timer::Remind).await.unwrap();
+    assert_eq!(
+        mine(p.b.due_timers(escalate_at, 100).await.unwrap()),
+        vec![Timer::Escalate]
+    );
+    let e =
+        p.b.transition(&t.id, &|t| ticket::escalate(t, escalate_at), &events)
+            .await
+            .unwrap();
+    assert_eq!(
+        e.approvers,
+        vec!["group:oncall".to_string(), "user:boss".to_string()]
+    );
+    p.b.clear_timer(&t.id, Timer::Escalate).await.unwrap();
+    assert!(mine(p.a.due_timers(later(escalate_at, 3600), 100).await.unwrap()).is_empty());
 }
 
 /// A ticket decided as it was opened (auto-approval) is written with its grant and events in
@@ -1795,6 +1841,7 @@ contract!(
         audit_tap_sends_what_landed_in_order,
         grants_are_used_and_revoked_atomically,
         decided_tickets_are_recorded_whole_or_not_at_all,
+        timers_come_due_in_order_and_clear,
         recent_grants_lists_every_kept_grant,
         audit_tail_reads_after_a_number,
         audit_appends_wake_tailers_on_every_handle,

@@ -405,6 +405,13 @@ pub(crate) fn new_ticket(
         token_uses: policy.token_uses,
         grant_terms,
         also_limit: policy.also_limit(),
+        escalation: policy.escalate_after.map(|after| {
+            (
+                after,
+                policy.escalate_to.iter().map(ToString::to_string).collect(),
+            )
+        }),
+        remind_before: policy.remind_before,
         source: ask.source,
     };
     Ok(Ticket::open(jitgate_store::new_ticket_id(now), draft, now))

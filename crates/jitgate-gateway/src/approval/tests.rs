@@ -68,6 +68,8 @@ async fn open(shared: &Shared, ttl: Duration) -> Ticket {
         token_uses: 1,
         grant_terms: None,
         also_limit: None,
+        escalation: None,
+        remind_before: None,
         source: None,
     };
     let t = Ticket::open(jitgate_store::new_ticket_id(now), draft, now);

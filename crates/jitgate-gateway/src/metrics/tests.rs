@@ -41,6 +41,8 @@ fn pending() -> Ticket {
         token_uses: 1,
         grant_terms: None,
         also_limit: None,
+        escalation: None,
+        remind_before: None,
     };
     Ticket::open(TicketId::new(OPENED.as_millis(), 7), draft, OPENED)
 }

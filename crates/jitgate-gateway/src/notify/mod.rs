@@ -202,6 +202,8 @@ pub fn event_type(e: &AuditEvent) -> Option<&'static str> {
         AuditKind::GrantCreated => "grant.created",
         AuditKind::GrantRevoked => "grant.revoked",
         AuditKind::BreakGlass => "break_glass.used",
+        AuditKind::TicketEscalated => "ticket.escalated",
+        AuditKind::TicketReminder => "ticket.reminder",
         _ => return None,
     })
 }

@@ -40,6 +40,9 @@ pub fn message(told: &Told, channels: &Channels, buttons: bool) -> Value {
         "ticket.opened" => format!("Approval needed: {}", t.route),
         "ticket.decided" => format!("Decided: {}", t.route),
         "ticket.expired" => format!("Expired: {}", t.route),
+        "ticket.escalated" => format!("Escalated, approval needed: {}", t.route),
+        "ticket.reminder" => format!("Expires soon, approval needed: {}", t.route),
+        "break_glass.used" => format!("BREAK-GLASS used: {}", t.route),
         other => format!("{other}: {}", t.route),
     };
     let link = channels.ticket_url(&t.id);

@@ -94,6 +94,8 @@ fn ticket(path: &str, reason: &str) -> Ticket {
         token_uses: 1,
         grant_terms: None,
         also_limit: None,
+        escalation: None,
+        remind_before: None,
     };
     Ticket::open(TicketId::new(at.as_millis(), 7), draft, at)
 }

@@ -140,6 +140,8 @@ async fn open(
         token_uses: 1,
         grant_terms: None,
         also_limit: None,
+        escalation: None,
+        remind_before: None,
     };
     let t = Ticket::open(jitgate_store::new_ticket_id(now), draft, now);
     let key = t.id.to_string();

@@ -52,6 +52,8 @@ fn draft(quorum: u32) -> TicketDraft {
             uses: 3,
             within_ms: 3_600_000,
         }),
+        escalation: None,
+        remind_before: None,
     }
 }
 
@@ -510,6 +512,66 @@ fn also_makes_a_method_bound_grant_only_within_the_route_limit() {
     let plain = approve(&first, &oncall("carol"), None, at(2)).unwrap();
     assert_eq!(plain.status, Status::Approved);
     assert!(grant_of(&first, &plain).is_none());
+}
+
+#[test]
+fn escalation_widens_the_approvers_once_when_due_and_reminders_come_once() {
+    let mut d = draft(1);
+    d.escalation = Some((
+        Duration::from_secs(300),
+        vec!["user:mallory".into(), "group:oncall".into()],
+    ));
+    d.remind_before = Some(Duration::from_secs(60));
+    let t = Ticket::open(TicketId::new(T0.0, 7), d, T0);
+    assert_eq!(t.escalate_at, Some(at(300)));
+    assert_eq!(t.remind_at, Some(at(840)));
+    let mallory = Approver {
+        user: "mallory".into(),
+        groups: vec![],
+    };
+    // Before the delay mallory may not decide, and nothing escalates.
+    assert_eq!(
+        approve(&t, &mallory, None, at(299)).unwrap_err(),
+        TransitionError::NotAnApprover
+    );
+    assert_eq!(escalate(&t, at(299)).unwrap_err(), TransitionError::NotDue);
+    let e = escalate(&t, at(300)).unwrap();
+    assert_eq!(e.escalated_at, Some(at(300)));
+    assert_eq!(
+        e.approvers.iter().filter(|a| *a == "group:oncall").count(),
+        1,
+        "no duplicates"
+    );
+    assert!(approve(&e, &mallory, None, at(301)).is_ok());
+    assert_eq!(
+        escalate(&e, at(400)).unwrap_err(),
+        TransitionError::AlreadyDone
+    );
+    // Reminders: once, when due, only while pending and not expired.
+    assert_eq!(remind(&t, at(839)).unwrap_err(), TransitionError::NotDue);
+    let r = remind(&t, at(840)).unwrap();
+    assert_eq!(r.reminded_at, Some(at(840)));
+    assert_eq!(
+        remind(&r, at(841)).unwrap_err(),
+        TransitionError::AlreadyDone
+    );
+    assert_eq!(remind(&t, at(900)).unwrap_err(), TransitionError::Expired);
+    let decided = approve(&t, &oncall("alice"), None, at(10)).unwrap();
+    assert!(matches!(
+        escalate(&decided, at(300)),
+        Err(TransitionError::NotPending { .. })
+    ));
+    // A delay not shorter than the ticket's life means no escalation; nor a reminder before
+    // the ticket exists.
+    let mut late = draft(1);
+    late.escalation = Some((Duration::from_secs(900), vec!["user:x".into()]));
+    late.remind_before = Some(Duration::from_secs(900));
+    let t = Ticket::open(TicketId::new(T0.0, 8), late, T0);
+    assert_eq!((t.escalate_at, t.remind_at), (None, None));
+    assert_eq!(
+        escalate(&t, at(1)).unwrap_err(),
+        TransitionError::AlreadyDone
+    );
 }
 
 #[test]
