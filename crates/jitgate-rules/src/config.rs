@@ -2557,10 +2557,34 @@ impl<'s> Cx<'s> {
         a.source = self.cidrs(t, "source", sec);
         if t.contains_key("headers") {
             a.headers = self.header_rules(t, sec).unwrap_or_default();
+            if let Some(v) = t.get("headers") {
+                if v.get_ref().as_table().is_some_and(|h| h.is_empty()) {
+                    self.error(v.span(), "`headers` is empty: it would hold for every request; remove it or name a header");
+                }
+            }
+            for h in &a.headers {
+                if h.name.as_str().starts_with(crate::headers::GATEWAY_PREFIX) {
+                    if let Some(v) = t.get("headers") {
+                        self.warn(v.span(), format!("`{}` is a gateway header, never seen by conditions: this policy never applies", h.name));
+                    }
+                }
+            }
         }
         a.duration_below = self.duration(t, "duration_below", sec).map(|d| d.0);
         a.max_duration = self.duration(t, "max_duration", sec).map(|d| d.0);
         a.max_uses = self.u32_(t, "max_uses", sec, 1).map(|n| n.0);
+        if mode == ApprovalMode::Access {
+            // An access grant covers the whole route, like one a person gives: a condition on
+            // what one request looks like would be judged on the first request only.
+            for key in ["path_prefix", "methods", "headers"] {
+                if let Some(v) = t.get(key) {
+                    self.error(
+                        v.span(),
+                        format!("`{key}` in {sec} is only for mode = \"action\": an access grant covers the whole route, so it would be judged on the first request only; narrow the route instead"),
+                    );
+                }
+            }
+        }
         if mode == ApprovalMode::Action {
             for key in ["duration_below", "max_duration", "max_uses"] {
                 if let Some(v) = t.get(key) {
@@ -2575,8 +2599,20 @@ impl<'s> Cx<'s> {
         }
         if let Some((w, sp)) = self.str_(t, "window", sec) {
             match crate::policy::Window::parse(w) {
+                Ok(w) if w.days.iter().all(|d| *d) && w.from == 0 && w.to == 24 * 60 => {
+                    self.warn(sp, "`window` covers all of every day: it restricts nothing");
+                    a.window = Some(w);
+                }
                 Ok(w) => a.window = Some(w),
                 Err(e) => self.error(sp, e),
+            }
+        }
+        if a.path_prefix.as_deref() == Some("/") {
+            if let Some(v) = t.get("path_prefix") {
+                self.warn(
+                    v.span(),
+                    "`path_prefix = \"/\"` holds for every path: it restricts nothing",
+                );
             }
         }
         if let Some((z, sp)) = self.str_(t, "time_zone", sec) {

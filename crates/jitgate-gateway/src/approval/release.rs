@@ -360,7 +360,9 @@ pub(super) async fn auto_approved(
     };
     let now = opened.created_at;
     let approved = match ticket::auto_approve(&opened, policy.name, now) {
-        Ok(t) => t,
+        // What a policy approved is this one request: no use is left over for a later
+        // `Jit-Ticket` or token, where the policy would not be judged again.
+        Ok(t) => ticket::Ticket { token_uses: 1, ..t },
         Err(e) => return x.answer(GatewayError::Internal(e.to_string()), Some(route)),
     };
     let release = jitgate_store::new_release_id(now);
@@ -478,7 +480,8 @@ pub(super) async fn break_glass(
     };
     if let Some(why) = refusal {
         tracing::warn!(route = %route.name, requester = %held.requester.key(), "break-glass refused: {why}");
-        engine.append_detached(AuditDraft {
+        // Logged with the event itself if the store cannot take it, and retried.
+        engine.append_reliably(AuditDraft {
             at: engine.now(),
             kind: AuditKind::BreakGlassRefused,
             ticket: None,
@@ -486,7 +489,8 @@ pub(super) async fn break_glass(
             requester: Some(held.requester.key().into_owned()),
             route: Some(route.name.clone()),
             detail: json!({ "severity": "high", "why": why, "reason": reason, "method": request.method, "host": request.host, "path": request.path, "target": request.target }),
-        });
+        })
+        .await;
         return x.answer(GatewayError::BreakGlassRefused(why), Some(route));
     }
     let (current, index) = match recheck(x, &held, route) {

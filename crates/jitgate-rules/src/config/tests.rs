@@ -607,6 +607,8 @@ fn unsafe_approval_policies_are_errors() {
         ("approvers = [\"user:a\"]\n[[routes.approval.auto_approve]]\nname = \"x\"\nusers = [\"bot\"]\nduration_below = \"1h\"\n", "14:18: error: `duration_below` in [[routes.approval.auto_approve]] is only for mode = \"access\" (it bounds a grant)"),
         ("approvers = [\"user:a\"]\n[[routes.approval.auto_approve]]\nname = \"x\"\nusers = [\"bot\"]\n[[routes.approval.auto_approve]]\nname = \"x\"\nusers = [\"bat\"]\n", "15:8: error: a second auto_approve policy is named `x` on this route; names identify what a policy approved"),
         ("approvers = [\"user:a\"]\n[[routes.approval.auto_approve]]\nname = \"x\"\nheaders = { \"x env\" = \"1\" }\n", "13:13: error: `x env` is not a valid header name"),
+        ("approvers = [\"user:a\"]\n[[routes.approval.auto_approve]]\nname = \"x\"\nheaders = {}\n", "13:11: error: `headers` is empty: it would hold for every request; remove it or name a header"),
+        ("approvers = [\"user:a\"]\nmode = \"access\"\nmax_duration = \"1h\"\n[[routes.approval.auto_approve]]\nname = \"x\"\ngroups = [\"dev\"]\nmethods = [\"GET\"]\n", "16:11: error: `methods` in [[routes.approval.auto_approve]] is only for mode = \"action\": an access grant covers the whole route, so it would be judged on the first request only; narrow the route instead"),
     ];
     let mut bad = Vec::new();
     for (approval, want) in cases {
