@@ -91,6 +91,90 @@ fn bench_match(c: &mut Criterion) {
     g.finish();
 }
 
+/// Auto-approval (issue 9): resolving a request against a 10,000-route table whose matching
+/// route has 100 `auto_approve` policies, then evaluating them. Worst case: every policy
+/// checks every condition (path, method, groups, source, header, a window in Europe/Berlin)
+/// and only the last holds; and the case where none does.
+fn bench_policy(c: &mut Criterion) {
+    use jitgate_rules::policy::{first_match, PolicyInput};
+    use jitgate_rules::ticket::Timestamp;
+    let mut src = table_source(10_000);
+    let mut heavy = String::from(
+        "[[routes]]\nname = \"heavy\"\nmethods = [\"POST\"]\npath = \"/v1/heavy/**\"\nupstream = \"api\"\naction = \"approve\"\n[routes.approval]\napprovers = [\"group:ops\"]\n",
+    );
+    for i in 0..100 {
+        let window = if i == 99 {
+            "Mon-Fri 09:00-18:00"
+        } else {
+            "Sat 00:00-01:00"
+        };
+        heavy.push_str(&format!(
+            "[[routes.approval.auto_approve]]\nname = \"p{i}\"\npath_prefix = \"/v1/heavy\"\nmethods = [\"POST\"]\ngroups = [\"dev\", \"team{i}\"]\nsource = [\"10.0.0.0/8\"]\nheaders = {{ \"x-env\" = \"staging\" }}\nwindow = \"{window}\"\ntime_zone = \"Europe/Berlin\"\n"
+        ));
+    }
+    heavy.push('\n');
+    let at = src
+        .find("[[routes]]\nname = \"catch-all\"")
+        .unwrap_or(src.len());
+    src.insert_str(at, &heavy);
+    let t = match RuleTable::parse(&src, Path::new("bench.toml")) {
+        Ok(t) => t,
+        Err(d) => panic!("bench table does not parse: {}", d[0]),
+    };
+    let mut headers = HeaderMap::new();
+    headers.insert("x-env", http::HeaderValue::from_static("staging"));
+    let source: IpAddr = [10, 0, 0, 1].into();
+    let post = [Method::POST];
+    let paths = ["/v1/heavy/deploy/web"];
+    let req = RequestView {
+        methods: &post,
+        host: "api.example.com",
+        paths: &paths,
+        headers: &headers,
+        source,
+    };
+    let groups = vec!["dev".to_string()];
+    // Friday 2026-11-27 10:30 UTC (11:30 in Berlin): only p99's window holds.
+    let friday = Timestamp(1_795_775_400_000);
+    let saturday_noon = Timestamp(friday.0 + 25 * 3_600_000);
+    let mut g = c.benchmark_group("policy");
+    for (name, now) in [
+        ("last-of-100-applies", friday),
+        ("none-of-100-applies", saturday_noon),
+    ] {
+        let route = t.match_request(&req).unwrap_or_else(|| panic!("no route"));
+        let policies = &route
+            .approval
+            .as_ref()
+            .unwrap_or_else(|| panic!("no policy"))
+            .auto_approve;
+        let input = PolicyInput {
+            methods: &post,
+            paths: &paths,
+            user: Some("bob"),
+            groups: &groups,
+            source,
+            headers: &headers,
+            duration: None,
+            risk: None,
+            now,
+        };
+        let expected = (name == "last-of-100-applies").then_some("p99");
+        assert_eq!(
+            first_match(policies, &input).map(|p| p.name.as_str()),
+            expected
+        );
+        g.bench_function(BenchmarkId::new(name, "10000-routes"), |b| {
+            b.iter(|| {
+                let route = t.match_request(black_box(&req))?;
+                let policies = &route.approval.as_ref()?.auto_approve;
+                first_match(policies, black_box(&input)).map(|p| p.name.len())
+            })
+        });
+    }
+    g.finish();
+}
+
 fn bench_parse_and_check(c: &mut Criterion) {
     let mut g = c.benchmark_group("parse+check");
     g.sample_size(10);
@@ -192,6 +276,7 @@ criterion_group!(
     bench_match,
     bench_canon,
     bench_edge,
+    bench_policy,
     bench_parse_and_check
 );
 criterion_main!(benches);

@@ -8,7 +8,11 @@ use http::{HeaderName, HeaderValue, Method};
 
 use jitgate_gateway::state::load_table;
 use jitgate_gateway::Gateway;
-use jitgate_rules::{Canonical, RuleTable, Severity, Unresolved};
+use jitgate_rules::policy::PolicyInput;
+use jitgate_rules::route::{ApprovalMode, ApprovalPolicy};
+use jitgate_rules::{
+    format_duration, parse_duration, Canonical, RuleTable, Severity, Timestamp, Unresolved,
+};
 
 #[derive(Parser)]
 #[command(
@@ -46,6 +50,15 @@ enum Command {
         /// Client address for `source` conditions.
         #[arg(long, default_value = "127.0.0.1")]
         source: std::net::IpAddr,
+        /// The requester's user, for approval policies (anonymous when absent).
+        #[arg(long)]
+        user: Option<String>,
+        /// A group of the requester (repeatable).
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        /// When the request arrives, RFC 3339 (default: now), for policy windows.
+        #[arg(long)]
+        at: Option<String>,
         /// The method, e.g. POST.
         method: String,
         /// The URL (`http://host/path?query`) or an origin-form target (`/path?query`).
@@ -109,9 +122,15 @@ pub fn main() -> ExitCode {
             config,
             headers,
             source,
+            user,
+            groups,
+            at,
             method,
             url,
-        } => explain(&config, &headers, source, &method, &url),
+        } => {
+            let who = Who { user, groups, at };
+            explain(&config, &headers, source, &who, &method, &url)
+        }
         Command::Token {
             config,
             admin,
@@ -316,13 +335,172 @@ fn check(file: &Path) -> ExitCode {
     }
 }
 
+/// What happens to a request on an approve route: break-glass, the auto-approve policies in
+/// order (the first that holds applies; why each other does not), the rate, else who decides.
+fn explain_approval(
+    c: &Canonical,
+    policy: &ApprovalPolicy,
+    risk_model: Option<&jitgate_rules::policy::RiskModel>,
+    who: &Who,
+    at: Timestamp,
+) {
+    let requester = match &who.user {
+        Some(u) if who.groups.is_empty() => u.clone(),
+        Some(u) => format!("{u} (groups {})", who.groups.join(", ")),
+        None => "an anonymous requester".to_string(),
+    };
+    println!("approval, as {requester} at {at}:");
+    if policy.mode == ApprovalMode::Access && who.user.is_none() {
+        println!("   refused 401: access routes need an authenticated requester");
+        return;
+    }
+    if c.gateway_headers_named("jit-break-glass") {
+        let reason = c.gateway_header("jit-break-glass").unwrap_or_default();
+        let member = who.user.is_some()
+            && who
+                .groups
+                .iter()
+                .any(|g| policy.break_glass_groups.contains(g));
+        if policy.break_glass_groups.is_empty() {
+            println!("   break-glass: refused 403, the route allows none");
+        } else if reason.is_empty() {
+            println!("   break-glass: refused 403, no reason given");
+        } else if !member {
+            println!(
+                "   break-glass: refused 403, not in {}",
+                policy.break_glass_groups.join(", ")
+            );
+        } else {
+            println!("   break-glass: PASSES at once, audited break_glass.used, ticket in REVIEW");
+        }
+        return;
+    }
+    let duration = if policy.mode == ApprovalMode::Access {
+        let requested = match c.gateway_header("jit-duration").map(parse_duration) {
+            None => None,
+            Some(Ok(d)) => Some(d),
+            Some(Err(e)) => {
+                println!("   refused 400: Jit-Duration: {e}");
+                return;
+            }
+        };
+        match policy.grant_terms_for(requested) {
+            Ok(terms) => terms.map(|t| std::time::Duration::from_millis(t.duration_ms)),
+            Err(e) => {
+                println!("   refused 400: {e}");
+                return;
+            }
+        }
+    } else {
+        None
+    };
+    // The score as far as explain can tell: a source the requester used before, within the
+    // rate, an empty body.
+    let risk = risk_model.map(|m| {
+        m.score(&jitgate_rules::policy::RiskInput {
+            methods: c.methods(),
+            body_len: 0,
+            new_source: None,
+            over_rate: false,
+            now: at,
+        })
+    });
+    if let Some(r) = &risk {
+        let parts: Vec<String> = r
+            .factors
+            .iter()
+            .map(|f| format!("{} +{} ({})", f.signal, f.points, f.detail))
+            .collect();
+        println!(
+            "   risk score {} (assuming a known source, within the rate, an empty body){}{}",
+            r.score,
+            if parts.is_empty() { "" } else { ": " },
+            parts.join(", ")
+        );
+    }
+    let mut chosen = None;
+    c.with_view(|v| {
+        let input = PolicyInput {
+            methods: v.methods,
+            paths: v.paths,
+            user: who.user.as_deref(),
+            groups: &who.groups,
+            source: v.source,
+            headers: v.headers,
+            duration,
+            risk: risk.as_ref().map(|r| r.score),
+            now: at,
+        };
+        for p in &policy.auto_approve {
+            match p.check(&input) {
+                Ok(()) if chosen.is_none() => {
+                    println!("   auto_approve {}: APPLIES", p.name);
+                    chosen = Some(p.name.clone());
+                }
+                Ok(()) => println!(
+                    "   auto_approve {}: would apply, but {} comes first",
+                    p.name,
+                    chosen.as_deref().unwrap_or("?")
+                ),
+                Err(miss) => println!("   auto_approve {}: no, {miss}", p.name),
+            }
+        }
+    });
+    if chosen.is_some() {
+        println!("   => approved by policy at once (unless the requester holds a usable grant, which is used first)");
+        return;
+    }
+    if let Some(rate) = policy.approve_above_rate {
+        if who.user.is_some() {
+            println!(
+                "   approve_above_rate {}/{}: passes while this requester stays within the rate (per replica), else held",
+                rate.count,
+                format_duration(rate.per)
+            );
+        } else {
+            println!("   approve_above_rate: never for anonymous requesters");
+        }
+    }
+    let approvers: Vec<String> = policy.approvers.iter().map(ToString::to_string).collect();
+    println!(
+        "   => held for approval by {} (quorum {})",
+        approvers.join(", "),
+        policy.quorum
+    );
+    if let Some(after) = policy.escalate_after {
+        let to: Vec<String> = policy.escalate_to.iter().map(ToString::to_string).collect();
+        println!(
+            "      escalates to {} after {}",
+            to.join(", "),
+            format_duration(after)
+        );
+    }
+}
+
+/// Who `jitgate explain` asks as, and when.
+struct Who {
+    user: Option<String>,
+    groups: Vec<String>,
+    at: Option<String>,
+}
+
 fn explain(
     config: &Path,
     raw_headers: &[String],
     source: std::net::IpAddr,
+    who: &Who,
     method: &str,
     url: &str,
 ) -> ExitCode {
+    let at = match who.at.as_deref().map(Timestamp::parse_rfc3339) {
+        None => Timestamp(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        ),
+        Some(Ok(t)) => t,
+        Some(Err(e)) => return fail(&format!("--at: {e}")),
+    };
     let table = match load_table(config) {
         Ok(t) => t,
         Err(errors) => {
@@ -386,6 +564,10 @@ fn explain(
                     shadow.name,
                     shadow.action.as_str()
                 );
+            }
+            if let Some(policy) = &r.approval {
+                let risk = table.config().approvals.risk.as_ref();
+                explain_approval(&c, policy, risk, who, at);
             }
         }
         Err(Unresolved::NoRoute) => return ExitCode::FAILURE,

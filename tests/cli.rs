@@ -599,3 +599,119 @@ fn token_without_identity_jwt_fails() {
     assert_eq!(r.code, Some(1), "{}", r.all());
     assert!(r.stderr.contains("[identity.jwt]"), "{}", r.all());
 }
+
+const POLICY_TABLE: &str = r#"
+[[routes]]
+name = "deploy"
+methods = ["POST"]
+path = "/deploy/**"
+upstream = "origin"
+action = "approve"
+[routes.approval]
+approvers = ["group:oncall"]
+escalate_after = "5m"
+escalate_to = ["group:leads"]
+[[routes.approval.auto_approve]]
+name = "weekday-bots"
+groups = ["bots"]
+window = "Mon-Fri 09:00-17:00"
+time_zone = "Europe/Berlin"
+[[routes.approval.auto_approve]]
+name = "office"
+source = ["10.0.0.0/8"]
+"#;
+
+#[test]
+fn explain_says_which_policy_applies_as_whom_and_when_and_why_the_others_do_not() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write(dir.path(), "proxy.toml", &format!("{HEAD}{POLICY_TABLE}"));
+    let explain = |extra: &[&str]| {
+        let mut args = vec!["explain", "--config", "proxy.toml"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["POST", "http://api.example.com/deploy/web"]);
+        let r = run(dir.path(), &args);
+        assert_eq!(r.code, Some(0), "{}", r.all());
+        r
+    };
+    // Friday 11:00 in Berlin: the bots' policy applies.
+    let r = explain(&[
+        "--user",
+        "bot",
+        "--group",
+        "bots",
+        "--at",
+        "2026-11-27T10:00:00Z",
+    ]);
+    assert!(
+        r.stdout
+            .contains("as bot (groups bots) at 2026-11-27T10:00:00"),
+        "{}",
+        r.all()
+    );
+    assert!(
+        r.stdout.contains("auto_approve weekday-bots: APPLIES"),
+        "{}",
+        r.all()
+    );
+    assert!(r.stdout.contains("=> approved by policy"), "{}", r.all());
+    // Saturday: neither applies, and each says why; a person decides, escalation shown.
+    let r = explain(&[
+        "--user",
+        "bot",
+        "--group",
+        "bots",
+        "--at",
+        "2026-11-28T10:00:00Z",
+    ]);
+    assert!(
+        r.stdout
+            .contains("auto_approve weekday-bots: no, now is outside `window`"),
+        "{}",
+        r.all()
+    );
+    assert!(
+        r.stdout
+            .contains("auto_approve office: no, the client address is in none of `source`"),
+        "{}",
+        r.all()
+    );
+    assert!(
+        r.stdout
+            .contains("=> held for approval by group:oncall (quorum 1)"),
+        "{}",
+        r.all()
+    );
+    assert!(
+        r.stdout.contains("escalates to group:leads after 5m"),
+        "{}",
+        r.all()
+    );
+    // From the office, anyone: the second policy.
+    let r = explain(&["--source", "10.1.2.3", "--at", "2026-11-28T10:00:00Z"]);
+    assert!(
+        r.stdout
+            .contains("auto_approve weekday-bots: no, the requester is in none of `groups`"),
+        "{}",
+        r.all()
+    );
+    assert!(
+        r.stdout.contains("auto_approve office: APPLIES"),
+        "{}",
+        r.all()
+    );
+    // A bad time is one line and a non-zero exit.
+    let r = run(
+        dir.path(),
+        &[
+            "explain",
+            "--config",
+            "proxy.toml",
+            "--at",
+            "friday",
+            "POST",
+            "/deploy/web",
+        ],
+    );
+    assert_eq!(r.code, Some(1), "{}", r.all());
+    assert!(r.stderr.contains("--at"), "{}", r.all());
+}

@@ -401,3 +401,103 @@ async fn rate_based_approval_switches_at_the_configured_rate_redis() {
     ))
     .await;
 }
+
+/// `risk_below`: the risk score (`[approvals.risk]`: a new client address for this requester,
+/// the method) admits calm requests and holds risky ones, and the held ticket shows the score
+/// and each factor.
+async fn risk_admits_calm_requests_and_explains_held_ones(store: &str) {
+    let origin = Origin::start();
+    let cfg = config(&origin.url(), store)
+        .replace(
+            "[approvals]\n",
+            "[approvals.risk]\nnew_source = 40\nmethods = { DELETE = 30 }\n\n[approvals]\n",
+        )
+        .replace(
+            "[[routes]]\nname = \"rest\"",
+            "[[routes]]\nname = \"ops\"\nmethods = [\"POST\", \"DELETE\"]\npath = \"/ops/**\"\nupstream = \"origin\"\naction = \"approve\"\n[routes.approval]\napprovers = [\"group:oncall\"]\n[[routes.approval.auto_approve]]\nname = \"calm\"\ngroups = [\"dev\"]\nrisk_below = 50\n\n[[routes]]\nname = \"rest\"",
+        );
+    let gw = Gateway::builder(&cfg)
+        .file("key.pem", signing_key_pem())
+        .start();
+    wait_store_ok(&gw).await;
+    let from = |ip: &'static str| {
+        [
+            ("x-user", "bob"),
+            ("x-groups", "dev"),
+            ("x-forwarded-for", ip),
+        ]
+    };
+    // First time from 10.1.1.1: 40 (new source) < 50.
+    let r = send(
+        "POST",
+        &gw.url("/ops/a"),
+        &from("10.1.1.1"),
+        "{}".to_string(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // A DELETE from the known address: 30 < 50.
+    let r = send("DELETE", &gw.url("/ops/a"), &from("10.1.1.1"), "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // A DELETE from a new address: 40 + 30 = 70, held; the ticket says why.
+    let r = send("DELETE", &gw.url("/ops/b"), &from("10.2.2.2"), "").await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    let id = r.header("jit-ticket").unwrap().to_string();
+    let t = admin_call(&gw, "ops", "GET", &format!("/v1/tickets/{id}"), "")
+        .await
+        .json();
+    assert_eq!(t["risk"]["score"], 70, "{t}");
+    let factors: Vec<(String, u64, String)> = t["risk"]["factors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["signal"].as_str().unwrap().to_string(),
+                f["points"].as_u64().unwrap(),
+                f["detail"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        factors,
+        vec![
+            ("new_source".to_string(), 40, "10.2.2.2".to_string()),
+            ("method".to_string(), 30, "DELETE".to_string()),
+        ]
+    );
+    // The address is known now: a POST from it scores 0 and passes.
+    let r = send(
+        "POST",
+        &gw.url("/ops/c"),
+        &from("10.2.2.2"),
+        "{}".to_string(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(origin.count(), 3);
+    // The auto-approved tickets carry their score too.
+    let r = admin_call(&gw, "ops", "GET", "/v1/tickets?status=EXECUTED", "").await;
+    let scores: Vec<u64> = r.json()["tickets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["risk"]["score"].as_u64())
+        .collect();
+    assert_eq!(scores.len(), 3, "{}", r.text());
+}
+
+#[tokio::test]
+async fn risk_below_admits_calm_requests_and_the_ticket_explains_the_score_memory() {
+    risk_admits_calm_requests_and_explains_held_ones("[store]\nkind = \"memory\"\n").await;
+}
+
+#[tokio::test]
+async fn risk_below_admits_calm_requests_and_the_ticket_explains_the_score_redis() {
+    let redis = RedisServer::start();
+    risk_admits_calm_requests_and_explains_held_ones(&format!(
+        "[store]\nkind = \"redis\"\nurl = \"{}\"\n",
+        redis.url()
+    ))
+    .await;
+}

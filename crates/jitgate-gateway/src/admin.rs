@@ -1036,6 +1036,7 @@ impl<'a> Api<'a> {
             request: ticket::RequestSnapshot::default(),
             requested,
             ahead: true,
+            risk: None,
         };
         let cfg = &snap.table.config().approvals;
         match crate::approval::open_ticket(self.engine(), cfg, route, ask).await {

@@ -61,6 +61,34 @@ impl RouteRate {
     }
 }
 
+/// `[approvals.risk] rate_above`: one limiter over every route, keyed by route and
+/// requester, per replica; `over` says whether a request is above the rate.
+pub struct RiskRate {
+    limiter: DefaultKeyedRateLimiter<String>,
+}
+
+impl RiskRate {
+    /// The limiter for `rate`.
+    pub fn new(rate: Rate) -> Option<RiskRate> {
+        let count = NonZeroU32::new(rate.count)?;
+        let quota = Quota::with_period(rate.per / rate.count)?.allow_burst(count);
+        Some(RiskRate {
+            limiter: RateLimiter::keyed(quota),
+        })
+    }
+
+    /// Counts one request of `requester` on `route`; true when it is above the rate.
+    pub fn over(&self, route: &str, requester: &str) -> bool {
+        if self.limiter.len() > SHRINK_ABOVE {
+            self.limiter.retain_recent();
+            self.limiter.shrink_to_fit();
+        }
+        self.limiter
+            .check_key(&format!("{route}\0{requester}"))
+            .is_err()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

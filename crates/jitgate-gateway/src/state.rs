@@ -46,6 +46,9 @@ pub struct Snapshot {
     /// Each route's `approve_above_rate` limiter, by route index (kept across reloads for a
     /// route that did not change).
     pub route_rates: Vec<Option<Arc<crate::rate::RouteRate>>>,
+    /// `[approvals.risk] rate_above`, counted per replica (kept across reloads while the rate
+    /// is the same).
+    pub risk_rate: Option<Arc<crate::rate::RiskRate>>,
 }
 
 impl Snapshot {
@@ -241,9 +244,30 @@ pub fn build_snapshot(
             crate::rate::RouteRate::for_route(r, before)
         })
         .collect();
+    let risk_rate = cfg
+        .approvals
+        .risk
+        .as_ref()
+        .and_then(|r| r.rate_above)
+        .and_then(|rate| {
+            let same = previous.filter(|p| {
+                p.table
+                    .config()
+                    .approvals
+                    .risk
+                    .as_ref()
+                    .and_then(|r| r.rate_above)
+                    == Some(rate)
+            });
+            match same.and_then(|p| p.risk_rate.clone()) {
+                Some(kept) => Some(kept),
+                None => crate::rate::RiskRate::new(rate).map(Arc::new),
+            }
+        });
     Ok(Snapshot {
         route_meters,
         route_rates,
+        risk_rate,
         table,
         route_upstreams,
         upstreams,

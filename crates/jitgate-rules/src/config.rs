@@ -152,6 +152,8 @@ pub struct Approvals {
     /// `max_pending_per_user` (default 50): pending tickets one named requester may have
     /// across every route; beyond it 429.
     pub max_pending_per_user: u32,
+    /// `[approvals.risk]`: the risk score's weights.
+    pub risk: Option<crate::policy::RiskModel>,
 }
 
 /// `[identity]`
@@ -712,6 +714,18 @@ const APPROVALS_KEYS: &[&str] = &[
     "max_pending",
     "max_pending_per_source",
     "max_pending_per_user",
+    "risk",
+];
+const RISK_KEYS: &[&str] = &[
+    "business_hours",
+    "time_zone",
+    "off_hours",
+    "new_source",
+    "rate_above",
+    "rate",
+    "methods",
+    "body_above",
+    "large_body",
 ];
 const IDENTITY_KEYS: &[&str] = &["jwt", "headers", "credential_headers"];
 const JWT_KEYS: &[&str] = &[
@@ -793,6 +807,7 @@ const AUTO_KEYS: &[&str] = &[
     "time_zone",
     "max_duration",
     "max_uses",
+    "risk_below",
 ];
 /// The keys of an auto-approve policy that are conditions (the rest name it or bound what it
 /// grants).
@@ -805,6 +820,7 @@ const AUTO_CONDITIONS: &[&str] = &[
     "headers",
     "duration_below",
     "window",
+    "risk_below",
 ];
 
 /// `max_also_within` when a route allowing `also` does not set it.
@@ -1421,7 +1437,13 @@ impl<'s> Cx<'s> {
                 self.warn(span.clone(), "`hold_timeout` in [approvals] is longer than `ticket_ttl`; tickets expire while clients still wait");
             }
         }
+        let risk = match self.table(t, "risk", sec) {
+            Some((rt, span)) => Some(self.risk(rt, span)?),
+            None if t.contains_key("risk") => return None,
+            None => None,
+        };
         Some(Approvals {
+            risk,
             hold_timeout: hold_timeout.map_or(secs(50), |d| d.0),
             ticket_ttl: ticket,
             token_ttl,
@@ -1432,6 +1454,85 @@ impl<'s> Cx<'s> {
             max_pending_per_source,
             max_pending_per_user,
         })
+    }
+
+    /// `[approvals.risk]`: every weight a whole number of points, each signal with what it
+    /// needs (`off_hours` with `business_hours`, `rate` with `rate_above`, `large_body` with
+    /// `body_above`), and at least one weight.
+    fn risk(&mut self, t: &DeTable<'_>, span: Range<usize>) -> Option<crate::policy::RiskModel> {
+        let sec = "[approvals.risk]";
+        self.check_keys(t, sec, RISK_KEYS);
+        let before = self.error_count();
+        let mut m = crate::policy::RiskModel::default();
+        let points = |cx: &mut Self, key: &str| cx.u32_(t, key, sec, 0).map_or(0, |n| n.0);
+        m.off_hours = points(self, "off_hours");
+        m.new_source = points(self, "new_source");
+        m.rate = points(self, "rate");
+        m.large_body = points(self, "large_body");
+        if let Some((w, sp)) = self.str_(t, "business_hours", sec) {
+            match crate::policy::Window::parse(w) {
+                Ok(w) => m.business_hours = Some(w),
+                Err(e) => self.error(sp, e.replace("`window`", "`business_hours`")),
+            }
+        }
+        if let Some((z, sp)) = self.str_(t, "time_zone", sec) {
+            match crate::policy::Zone::get(z) {
+                Ok(zone) => m.time_zone = Some(zone),
+                Err(e) => self.error(sp, e),
+            }
+        }
+        if let Some((r, sp)) = self.str_(t, "rate_above", sec) {
+            match units::parse_rate(r) {
+                Ok(r) => m.rate_above = Some(r),
+                Err(e) => self.error(sp, e),
+            }
+        }
+        if t.contains_key("body_above") {
+            m.body_above = self.str_or_int_size(t, "body_above", sec);
+        }
+        if let Some((mt, _)) = self.table(t, "methods", sec) {
+            for (k, _) in mt.iter() {
+                let name: &str = k.get_ref();
+                let Ok(method) = Method::from_bytes(name.as_bytes()) else {
+                    self.error(k.span(), format!("`{name}` is not an HTTP method"));
+                    continue;
+                };
+                if let Some((n, _)) = self.u32_(mt, name, sec, 0) {
+                    m.methods.push((method, n));
+                }
+            }
+        }
+        let needs = [
+            (
+                "off_hours",
+                m.off_hours,
+                "business_hours",
+                m.business_hours.is_some(),
+            ),
+            ("rate", m.rate, "rate_above", m.rate_above.is_some()),
+            (
+                "large_body",
+                m.large_body,
+                "body_above",
+                m.body_above.is_some(),
+            ),
+        ];
+        for (weight, points, needed, present) in needs {
+            if points > 0 && !present && !t.contains_key(needed) {
+                if let Some(v) = t.get(weight) {
+                    self.error(v.span(), format!("`{weight}` needs `{needed}`"));
+                }
+            }
+        }
+        let any = m.off_hours + m.new_source + m.rate + m.large_body > 0
+            || m.methods.iter().any(|(_, p)| *p > 0);
+        if !any {
+            self.error(
+                span,
+                "[approvals.risk] gives no signal any weight: every score would be 0",
+            );
+        }
+        (self.error_count() == before).then_some(m)
     }
 
     fn str_or_int_size(&mut self, t: &DeTable<'_>, key: &str, sec: &str) -> Option<u64> {
@@ -2414,7 +2515,8 @@ impl<'s> Cx<'s> {
         }
         let mut auto_approve = Vec::new();
         for (at, sp) in self.tables(t, "auto_approve", sec) {
-            match self.auto_approve(at, sp.clone(), mode) {
+            let risk = global.is_some_and(|g| g.risk.is_some());
+            match self.auto_approve(at, sp.clone(), mode, risk) {
                 Some(a) if auto_approve.iter().any(|b: &AutoApprove| b.name == a.name) => {
                     let sp = at.get("name").map_or(sp, |v| v.span());
                     self.error(sp, format!("a second auto_approve policy is named `{}` on this route; names identify what a policy approved", a.name));
@@ -2509,6 +2611,7 @@ impl<'s> Cx<'s> {
         t: &DeTable<'_>,
         span: Range<usize>,
         mode: ApprovalMode,
+        risk: bool,
     ) -> Option<AutoApprove> {
         let sec = "[[routes.approval.auto_approve]]";
         self.check_keys(t, sec, AUTO_KEYS);
@@ -2573,6 +2676,15 @@ impl<'s> Cx<'s> {
         a.duration_below = self.duration(t, "duration_below", sec).map(|d| d.0);
         a.max_duration = self.duration(t, "max_duration", sec).map(|d| d.0);
         a.max_uses = self.u32_(t, "max_uses", sec, 1).map(|n| n.0);
+        if let Some((n, sp)) = self.u32_(t, "risk_below", sec, 1) {
+            if !risk {
+                self.error(
+                    sp,
+                    "`risk_below` needs [approvals.risk] (the weights of the score)",
+                );
+            }
+            a.risk_below = Some(n);
+        }
         if mode == ApprovalMode::Access {
             // An access grant covers the whole route, like one a person gives: a condition on
             // what one request looks like would be judged on the first request only.

@@ -33,6 +33,8 @@ pub struct PolicyInput<'a> {
     pub headers: &'a HeaderMap,
     /// `access` routes: the grant duration the request would get.
     pub duration: Option<Duration>,
+    /// The request's risk score (`None` without `[approvals.risk]`).
+    pub risk: Option<u32>,
     /// Now.
     pub now: Timestamp,
 }
@@ -58,6 +60,8 @@ pub enum Miss {
     TooLong,
     /// `window`.
     Window,
+    /// `risk_below`.
+    Risk,
 }
 
 impl fmt::Display for Miss {
@@ -72,7 +76,111 @@ impl fmt::Display for Miss {
             Miss::Duration => "the grant asked for is not below `duration_below`",
             Miss::TooLong => "the grant asked for is longer than the policy's `max_duration`",
             Miss::Window => "now is outside `window`",
+            Miss::Risk => "the request's risk score is not below `risk_below`",
         })
+    }
+}
+
+/// `[approvals.risk]`: weights for signals the gateway sees, summed into a request's score.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RiskModel {
+    /// `business_hours` (with `time_zone`): outside them `off_hours` points.
+    pub business_hours: Option<Window>,
+    /// The zone of `business_hours` (default UTC).
+    pub time_zone: Option<Zone>,
+    /// `off_hours`.
+    pub off_hours: u32,
+    /// `new_source`: a client address this requester has not used before.
+    pub new_source: u32,
+    /// `rate_above`: above this rate of the requester's requests on the route...
+    pub rate_above: Option<crate::route::Rate>,
+    /// ...`rate` points.
+    pub rate: u32,
+    /// `methods = { DELETE = 30 }`: points per method (the highest of the request's method
+    /// readings counts).
+    pub methods: Vec<(Method, u32)>,
+    /// `body_above`: a body larger than this many bytes...
+    pub body_above: Option<u64>,
+    /// ...`large_body` points.
+    pub large_body: u32,
+}
+
+/// What a risk score is computed from.
+#[derive(Debug, Clone, Copy)]
+pub struct RiskInput<'a> {
+    /// Every method reading.
+    pub methods: &'a [Method],
+    /// The body's size in bytes.
+    pub body_len: u64,
+    /// The client address, when this requester had not used it before.
+    pub new_source: Option<IpAddr>,
+    /// Whether the requester is above `rate_above` on the route.
+    pub over_rate: bool,
+    /// Now.
+    pub now: Timestamp,
+}
+
+impl RiskModel {
+    /// Whether scoring needs to know if the source is new (a store round trip).
+    pub fn wants_source(&self) -> bool {
+        self.new_source > 0
+    }
+
+    /// The score of `input` with each contributing factor.
+    pub fn score(&self, input: &RiskInput<'_>) -> crate::ticket::Risk {
+        use crate::ticket::{Risk, RiskFactor};
+        let mut factors = Vec::new();
+        let mut add = |signal: &str, points: u32, detail: String| {
+            if points > 0 {
+                factors.push(RiskFactor {
+                    signal: signal.to_string(),
+                    points,
+                    detail,
+                });
+            }
+        };
+        if let Some(hours) = &self.business_hours {
+            let zone = self.time_zone.clone().unwrap_or_else(Zone::utc);
+            if let Some((day, minute)) = zone.local(input.now) {
+                if !hours.contains(day, minute) {
+                    const DAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+                    let detail = format!(
+                        "{} {:02}:{:02} {}",
+                        DAYS[day % 7],
+                        minute / 60,
+                        minute % 60,
+                        zone.name()
+                    );
+                    add("off_hours", self.off_hours, detail);
+                }
+            }
+        }
+        if let Some(ip) = input.new_source {
+            add("new_source", self.new_source, ip.to_string());
+        }
+        if input.over_rate {
+            let detail = self.rate_above.map_or_else(String::new, |r| {
+                format!("above {}/{}", r.count, crate::units::format_duration(r.per))
+            });
+            add("rate", self.rate, detail);
+        }
+        let method = input
+            .methods
+            .iter()
+            .filter_map(|m| self.methods.iter().find(|(w, _)| w == m))
+            .max_by_key(|(_, p)| *p);
+        if let Some((m, points)) = method {
+            add("method", *points, m.to_string());
+        }
+        if self.body_above.is_some_and(|above| input.body_len > above) {
+            add(
+                "large_body",
+                self.large_body,
+                format!("{} bytes", input.body_len),
+            );
+        }
+        let score = factors.iter().fold(0u32, |s, f| s.saturating_add(f.points));
+        Risk { score, factors }
     }
 }
 
@@ -243,6 +351,11 @@ impl AutoApprove {
         if let Some(max) = self.max_duration {
             if input.duration.is_some_and(|d| d > max) {
                 return Err(Miss::TooLong);
+            }
+        }
+        if let Some(below) = self.risk_below {
+            if input.risk.is_none_or(|r| r >= below) {
+                return Err(Miss::Risk);
             }
         }
         if let Some(w) = &self.window {

@@ -292,6 +292,8 @@ pub struct AutoApprove {
     pub window: Option<crate::policy::Window>,
     /// IANA time zone of `window` (default UTC).
     pub time_zone: Option<crate::policy::Zone>,
+    /// `risk_below`: the request's risk score (`[approvals.risk]`) is below this.
+    pub risk_below: Option<u32>,
     /// `access` routes: the longest grant this policy approves (longer ones go to people).
     pub max_duration: Option<Duration>,
     /// `access` routes: the most uses a grant it approves allows (the smaller of this and the

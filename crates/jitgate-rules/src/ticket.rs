@@ -642,6 +642,33 @@ pub struct Ticket {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     pub reminded_at: Option<Timestamp>,
+    /// The request's risk score and what made it up (`[approvals.risk]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub risk: Option<Risk>,
+}
+
+/// A request's risk score (`[approvals.risk]`): the sum of the weights of the signals that
+/// were present, each listed so an approver and an auditor can read why.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Risk {
+    /// The sum of the factors' points.
+    pub score: u32,
+    /// Every signal that contributed, in a fixed order.
+    pub factors: Vec<RiskFactor>,
+}
+
+/// One contribution to a [`Risk`] score.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RiskFactor {
+    /// `off_hours`, `new_source`, `rate`, `method` or `large_body`.
+    pub signal: String,
+    /// Its weight.
+    pub points: u32,
+    /// What was seen, e.g. `Sat 02:14 Europe/Berlin` or `203.0.113.9`.
+    pub detail: String,
 }
 
 /// What approving an `access` ticket grants, recorded from the route when the ticket is
@@ -692,6 +719,8 @@ pub struct TicketDraft {
     pub escalation: Option<(std::time::Duration, Vec<String>)>,
     /// `remind_before`.
     pub remind_before: Option<std::time::Duration>,
+    /// The request's risk score, if `[approvals.risk]` is configured.
+    pub risk: Option<Risk>,
 }
 
 impl Ticket {
@@ -744,6 +773,7 @@ impl Ticket {
             escalated_at: None,
             remind_at,
             reminded_at: None,
+            risk: draft.risk,
         }
     }
 

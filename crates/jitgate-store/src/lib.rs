@@ -320,6 +320,10 @@ pub trait Store: Send + Sync + 'static {
         audit: CreateAudit<'a>,
     ) -> StoreFuture<'a, Ticket>;
 
+    /// Remembers that `requester` used client address `source` (for `retention`) and says
+    /// whether it was the first time: the risk score's `new_source` signal.
+    fn first_seen<'a>(&'a self, requester: &'a str, source: &'a str) -> StoreFuture<'a, bool>;
+
     /// Timed steps of pending tickets (escalation, reminder) due at `now`, soonest first, at
     /// most `limit`. A pending ticket's timers are set when it is created (from its
     /// `escalateAt` and `remindAt`) and stay until [`Store::clear_timer`]: the reconciler

@@ -48,6 +48,8 @@ struct State {
     /// Pending tickets per quota key ([`Ticket::quota_key`]: a user, or an anonymous address).
     by_source: HashMap<String, HashSet<TicketId>>,
     grants: HashMap<GrantId, (Grant, Timestamp)>,
+    /// The client addresses each requester was seen from (`first_seen`).
+    sources: HashMap<String, HashSet<String>>,
     /// Timers of pending tickets, soonest first.
     timers: std::collections::BTreeSet<(Timestamp, TicketId, Timer)>,
     audit: Vec<AuditEvent>,
@@ -247,6 +249,9 @@ fn remove_from(index: &mut HashMap<String, HashSet<TicketId>>, key: &str, id: &T
     }
 }
 
+/// The most client addresses remembered per requester in memory.
+const MAX_SOURCES_PER_REQUESTER: usize = 10_000;
+
 // === impl Store for MemoryStore ===
 
 impl Store for MemoryStore {
@@ -366,6 +371,18 @@ impl Store for MemoryStore {
                 let _ = self.inner.decisions.send(id.clone());
             }
             Ok(next)
+        })
+    }
+
+    fn first_seen<'a>(&'a self, requester: &'a str, source: &'a str) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let mut st = self.lock();
+            let seen = st.sources.entry(requester.to_string()).or_default();
+            if seen.len() >= MAX_SOURCES_PER_REQUESTER && !seen.contains(source) {
+                // Bounded: a requester past this many addresses starts over.
+                seen.clear();
+            }
+            Ok(seen.insert(source.to_string()))
         })
     }
 

@@ -1266,6 +1266,25 @@ impl Store for RedisStore {
         }))
     }
 
+    fn first_seen<'a>(&'a self, requester: &'a str, source: &'a str) -> StoreFuture<'a, bool> {
+        Box::pin(self.bounded(async move {
+            let mut c = self.conn.clone();
+            let key = format!("jit:src:{requester}");
+            let ttl = u64::try_from(self.opts.retention.as_millis()).unwrap_or(u64::MAX);
+            let (added, _): (i64, i64) = redis::pipe()
+                .cmd("SADD")
+                .arg(&key)
+                .arg(source)
+                .cmd("PEXPIRE")
+                .arg(&key)
+                .arg(ttl.max(1))
+                .query_async(&mut c)
+                .await
+                .map_err(unavailable)?;
+            Ok(added == 1)
+        }))
+    }
+
     fn due_timers(&self, now: Timestamp, limit: usize) -> StoreFuture<'_, Vec<(TicketId, Timer)>> {
         Box::pin(self.bounded(async move {
             let mut c = self.conn.clone();

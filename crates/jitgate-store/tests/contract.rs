@@ -52,6 +52,7 @@ fn draft(path: &str, user: &str) -> TicketDraft {
         also_limit: None,
         escalation: None,
         remind_before: None,
+        risk: None,
     }
 }
 

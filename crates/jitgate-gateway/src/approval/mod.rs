@@ -146,14 +146,15 @@ pub async fn serve(
             Err(e) => return x.answer(e, Some(route)),
         }
     }
+    let risk = risk_of(x, route, &held).await;
     // After the grants (a grant in hand is used before a policy makes another).
-    if let Some(auto) = auto_policy(x, route, &held) {
+    if let Some(auto) = auto_policy(x, route, &held, risk.as_ref().map(|r| r.score)) {
         let by = release::ByPolicy {
             name: &auto.name,
             max_uses: auto.max_uses,
             rate: None,
         };
-        return release::auto_approved(x, route, held, request, by).await;
+        return release::auto_approved(x, route, held, request, by, risk).await;
     }
     // `approve_above_rate`: a named requester's requests within the rate pass (anonymous
     // requesters can mint identities, so each would have a rate of its own: never).
@@ -167,10 +168,10 @@ pub async fn serve(
                 max_uses: None,
                 rate: Some(rate.text()),
             };
-            return release::auto_approved(x, route, held, request, by).await;
+            return release::auto_approved(x, route, held, request, by, risk).await;
         }
     }
-    match open(x, route, &held, request).await {
+    match open(x, route, &held, request, risk).await {
         Ok(t) => settle(x, route, t, held).await,
         Err(e) => x.answer(e, Some(route)),
     }
@@ -216,6 +217,7 @@ async fn open(
     route: &Route,
     held: &HeldRequest,
     request: ticket::RequestSnapshot,
+    risk: Option<ticket::Risk>,
 ) -> Result<Ticket, GatewayError> {
     // `Jit-Duration` (access routes): exactly one of the durations the route grants, or a
     // refusal that says which ones; never a silently shortened grant.
@@ -242,6 +244,7 @@ async fn open(
         request,
         requested,
         ahead: false,
+        risk,
     };
     let cfg = &x.snap.table.config().approvals;
     let (t, _) = open_ticket(x.engine(), cfg, route, ask).await?;
@@ -263,6 +266,8 @@ pub(crate) struct Ask {
     pub requested: Option<std::time::Duration>,
     /// Asked ahead through the admin plane, without a held request.
     pub ahead: bool,
+    /// The request's risk score (`[approvals.risk]`).
+    pub risk: Option<ticket::Risk>,
 }
 
 /// Opens a ticket for `ask` on `route` (an approve route) or joins the pending one of the same
@@ -412,9 +417,46 @@ pub(crate) fn new_ticket(
             )
         }),
         remind_before: policy.remind_before,
+        risk: ask.risk,
         source: ask.source,
     };
     Ok(Ticket::open(jitgate_store::new_ticket_id(now), draft, now))
+}
+
+/// The risk score of `held` under `[approvals.risk]`, if configured: the signals are the
+/// time, whether this requester used this client address before (remembered in the store;
+/// an unreachable store counts it as new), their request rate on the route (per replica),
+/// the method readings and the body size.
+async fn risk_of(x: &Exchange<'_>, route: &Route, held: &HeldRequest) -> Option<ticket::Risk> {
+    let model = x.snap.table.config().approvals.risk.as_ref()?;
+    let engine = x.engine();
+    let requester = held.requester.key();
+    let source = held.canonical.source();
+    let new_source = if model.wants_source() {
+        let first = match engine.store() {
+            Ok(store) => store
+                .first_seen(&requester, &source.to_string())
+                .await
+                .unwrap_or(true),
+            Err(_) => true,
+        };
+        first.then_some(source)
+    } else {
+        None
+    };
+    let over_rate = x
+        .snap
+        .risk_rate
+        .as_ref()
+        .is_some_and(|r| r.over(&route.name, &requester));
+    let input = jitgate_rules::policy::RiskInput {
+        methods: held.canonical.methods(),
+        body_len: held.body.len() as u64,
+        new_source,
+        over_rate,
+        now: engine.now(),
+    };
+    Some(model.score(&input))
 }
 
 /// The auto-approve policy of `route` that approves `held`, if any: evaluated on the
@@ -423,6 +465,7 @@ fn auto_policy<'r>(
     x: &Exchange<'_>,
     route: &'r Route,
     held: &HeldRequest,
+    risk: Option<u32>,
 ) -> Option<&'r jitgate_rules::route::AutoApprove> {
     let policy = route.approval.as_ref()?;
     if policy.auto_approve.is_empty() {
@@ -449,6 +492,7 @@ fn auto_policy<'r>(
             source: v.source,
             headers: v.headers,
             duration,
+            risk,
             now,
         };
         jitgate_rules::policy::first_match(&policy.auto_approve, &input)

@@ -315,6 +315,7 @@ pub(super) async fn auto_approved(
     held: HeldRequest,
     request: ticket::RequestSnapshot,
     policy: ByPolicy<'_>,
+    risk: Option<ticket::Risk>,
 ) -> Response<ProxyBody> {
     let (current, index) = match recheck(x, &held, route) {
         Ok(r) => r,
@@ -353,6 +354,7 @@ pub(super) async fn auto_approved(
         request,
         requested,
         ahead: false,
+        risk,
     };
     let opened = match super::new_ticket(engine, cfg, route, ask) {
         Ok(t) => t,
@@ -515,6 +517,7 @@ pub(super) async fn break_glass(
         request,
         requested: None,
         ahead: false,
+        risk: None,
     };
     let opened = match super::new_ticket(engine, cfg, route, ask) {
         Ok(t) => t,

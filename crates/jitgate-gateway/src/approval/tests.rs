@@ -70,6 +70,7 @@ async fn open(shared: &Shared, ttl: Duration) -> Ticket {
         also_limit: None,
         escalation: None,
         remind_before: None,
+        risk: None,
         source: None,
     };
     let t = Ticket::open(jitgate_store::new_ticket_id(now), draft, now);

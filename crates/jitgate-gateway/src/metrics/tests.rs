@@ -43,6 +43,7 @@ fn pending() -> Ticket {
         also_limit: None,
         escalation: None,
         remind_before: None,
+        risk: None,
     };
     Ticket::open(TicketId::new(OPENED.as_millis(), 7), draft, OPENED)
 }

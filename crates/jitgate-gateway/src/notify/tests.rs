@@ -96,6 +96,7 @@ fn ticket(path: &str, reason: &str) -> Ticket {
         also_limit: None,
         escalation: None,
         remind_before: None,
+        risk: None,
     };
     Ticket::open(TicketId::new(at.as_millis(), 7), draft, at)
 }

@@ -142,6 +142,7 @@ async fn open(
         also_limit: None,
         escalation: None,
         remind_before: None,
+        risk: None,
     };
     let t = Ticket::open(jitgate_store::new_ticket_id(now), draft, now);
     let key = t.id.to_string();

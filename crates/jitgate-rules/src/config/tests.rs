@@ -608,6 +608,7 @@ fn unsafe_approval_policies_are_errors() {
         ("approvers = [\"user:a\"]\n[[routes.approval.auto_approve]]\nname = \"x\"\nusers = [\"bot\"]\n[[routes.approval.auto_approve]]\nname = \"x\"\nusers = [\"bat\"]\n", "15:8: error: a second auto_approve policy is named `x` on this route; names identify what a policy approved"),
         ("approvers = [\"user:a\"]\n[[routes.approval.auto_approve]]\nname = \"x\"\nheaders = { \"x env\" = \"1\" }\n", "13:13: error: `x env` is not a valid header name"),
         ("approvers = [\"user:a\"]\n[[routes.approval.auto_approve]]\nname = \"x\"\nheaders = {}\n", "13:11: error: `headers` is empty: it would hold for every request; remove it or name a header"),
+        ("approvers = [\"user:a\"]\n[[routes.approval.auto_approve]]\nname = \"x\"\nrisk_below = 50\n", "13:14: error: `risk_below` needs [approvals.risk] (the weights of the score)"),
         ("approvers = [\"user:a\"]\nmode = \"access\"\nmax_duration = \"1h\"\n[[routes.approval.auto_approve]]\nname = \"x\"\ngroups = [\"dev\"]\nmethods = [\"GET\"]\n", "16:11: error: `methods` in [[routes.approval.auto_approve]] is only for mode = \"action\": an access grant covers the whole route, so it would be judged on the first request only; narrow the route instead"),
     ];
     let mut bad = Vec::new();
@@ -980,4 +981,37 @@ fn notify_channels_do_not_change_the_approved_definition() {
         a.config().routes[0].definition_hash,
         c.config().routes[0].definition_hash
     );
+}
+
+#[test]
+fn risk_weights_are_validated_with_positions() {
+    let top = "[approvals.risk]\n";
+    let cases: Vec<(&str, &str)> = vec![
+        ("off_hours = 30\n", "2:13: error: `off_hours` needs `business_hours`"),
+        ("rate = 5\n", "2:8: error: `rate` needs `rate_above`"),
+        ("large_body = 5\n", "2:14: error: `large_body` needs `body_above`"),
+        ("new_source = 0\n", "1:1: error: [approvals.risk] gives no signal any weight: every score would be 0"),
+        ("new_source = 10\ntime_zone = \"Mars/Base\"\n", "3:13: error: `time_zone` `Mars/Base` is not a time zone of the IANA database (such as \"Europe/Berlin\")"),
+        ("new_source = 10\nmethods = { \"BAD METHOD\" = 3 }\n", "3:13: error: `BAD METHOD` is not an HTTP method"),
+        ("new_source = 10\nmethods = { DELETE = -3 }\n", "3:22: error: `DELETE` in [approvals.risk] must be an integer from 0 to 4294967295"),
+    ];
+    let mut bad = Vec::new();
+    for (body, want) in cases {
+        let got: Vec<String> = errors(&format!("{top}{body}"))
+            .into_iter()
+            .filter(|d| d.contains(": error: "))
+            .collect();
+        if got != vec![format!("{FILE}:{want}")] {
+            bad.push(format!("want {want}\n got {got:?}"));
+        }
+    }
+    assert!(bad.is_empty(), "{}", bad.join("\n"));
+    let t = parse("[approvals.risk]\nbusiness_hours = \"Mon-Fri 09:00-18:00\"\ntime_zone = \"Europe/Berlin\"\noff_hours = 30\nnew_source = 40\nrate_above = \"10/m\"\nrate = 20\nmethods = { DELETE = 25 }\nbody_above = \"1MiB\"\nlarge_body = 10\n");
+    let m = t.config().approvals.risk.as_ref().expect("risk");
+    assert_eq!(
+        (m.off_hours, m.new_source, m.rate, m.large_body),
+        (30, 40, 20, 10)
+    );
+    assert_eq!(m.methods, vec![(http::Method::DELETE, 25)]);
+    assert_eq!(m.body_above, Some(1 << 20));
 }

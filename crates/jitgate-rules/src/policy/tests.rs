@@ -20,6 +20,7 @@ fn input<'a>(
         source: "10.1.2.3".parse().unwrap(),
         headers,
         duration: None,
+        risk: None,
         now: FRI_1030_UTC,
     }
 }
@@ -317,4 +318,82 @@ fn the_first_policy_that_holds_applies() {
         Some("a")
     );
     assert!(first_match(&policies[..1], &base).is_none());
+}
+
+#[test]
+fn risk_scores_add_up_and_say_why() {
+    let model = RiskModel {
+        business_hours: Some(Window::parse("Mon-Fri 09:00-18:00").unwrap()),
+        time_zone: Some(Zone::get("Europe/Berlin").unwrap()),
+        off_hours: 30,
+        new_source: 40,
+        rate_above: Some(crate::units::parse_rate("10/m").unwrap()),
+        rate: 20,
+        methods: vec![(Method::DELETE, 25), (Method::POST, 5)],
+        body_above: Some(1024),
+        large_body: 10,
+    };
+    let quiet = RiskInput {
+        methods: &[Method::GET],
+        body_len: 10,
+        new_source: None,
+        over_rate: false,
+        now: FRI_1030_UTC,
+    };
+    let r = model.score(&quiet);
+    assert_eq!((r.score, r.factors.len()), (0, 0));
+    let saturday_night = Timestamp(FRI_1030_UTC.0 + 24 * 3_600_000 + 14 * 3_600_000);
+    let loud = RiskInput {
+        methods: &[Method::POST, Method::DELETE],
+        body_len: 4096,
+        new_source: Some("203.0.113.9".parse().unwrap()),
+        over_rate: true,
+        now: saturday_night,
+    };
+    let r = model.score(&loud);
+    assert_eq!(r.score, 30 + 40 + 20 + 25 + 10);
+    let signals: Vec<(&str, u32, &str)> = r
+        .factors
+        .iter()
+        .map(|f| (f.signal.as_str(), f.points, f.detail.as_str()))
+        .collect();
+    assert_eq!(
+        signals,
+        vec![
+            ("off_hours", 30, "Sun 01:30 Europe/Berlin"),
+            ("new_source", 40, "203.0.113.9"),
+            ("rate", 20, "above 10/1m"),
+            ("method", 25, "DELETE"),
+            ("large_body", 10, "4096 bytes"),
+        ]
+    );
+    // risk_below admits below the bound only, and never without a score.
+    let policy = AutoApprove {
+        name: "calm".into(),
+        risk_below: Some(50),
+        ..AutoApprove::default()
+    };
+    let headers = HeaderMap::new();
+    let groups = vec![];
+    let get = [Method::GET];
+    let p = ["/x"];
+    let base = input(&get, &p, &groups, &headers);
+    assert_eq!(
+        policy.check(&PolicyInput {
+            risk: Some(49),
+            ..base
+        }),
+        Ok(())
+    );
+    assert_eq!(
+        policy.check(&PolicyInput {
+            risk: Some(50),
+            ..base
+        }),
+        Err(Miss::Risk)
+    );
+    assert_eq!(
+        policy.check(&PolicyInput { risk: None, ..base }),
+        Err(Miss::Risk)
+    );
 }

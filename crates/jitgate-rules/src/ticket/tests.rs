@@ -54,6 +54,7 @@ fn draft(quorum: u32) -> TicketDraft {
         }),
         escalation: None,
         remind_before: None,
+        risk: None,
     }
 }
 
