@@ -400,6 +400,7 @@ fn explain_approval(
         m.score(&jitgate_rules::policy::RiskInput {
             methods: c.methods(),
             body_len: 0,
+            body_encoding: None,
             new_source: None,
             over_rate: false,
             now: at,

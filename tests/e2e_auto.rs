@@ -466,16 +466,31 @@ async fn risk_admits_calm_requests_and_explains_held_ones(store: &str) {
             ("method".to_string(), 30, "DELETE".to_string()),
         ]
     );
-    // The address is known now: a POST from it scores 0 and passes.
-    let r = send(
-        "POST",
-        &gw.url("/ops/c"),
-        &from("10.2.2.2"),
-        "{}".to_string(),
-    )
-    .await;
+    // Being held does not make the address known: the same again is held again.
+    let r = send("DELETE", &gw.url("/ops/b"), &from("10.2.2.2"), "").await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    assert_eq!(
+        r.header("jit-ticket"),
+        Some(id.as_str()),
+        "joins the same ticket"
+    );
+    // Approved and released, it is known: a DELETE from it now scores 30 and passes.
+    assert_eq!(approve(&gw, "alice", &id, "ok").await.status, 200);
+    let mut resume = from("10.2.2.2").to_vec();
+    resume.push(("jit-ticket", id.as_str()));
+    let r = send("DELETE", &gw.url("/ops/b"), &resume, "").await;
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(origin.count(), 3);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let r = send("DELETE", &gw.url("/ops/c"), &from("10.2.2.2"), "").await;
+        if r.status == 200 {
+            break;
+        }
+        // Remembering the address is off the request's path: it may land a moment later.
+        assert!(tokio::time::Instant::now() < deadline, "{}", r.text());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(origin.count(), 4);
     // The auto-approved tickets carry their score too.
     let r = admin_call(&gw, "ops", "GET", "/v1/tickets?status=EXECUTED", "").await;
     let scores: Vec<u64> = r.json()["tickets"]
@@ -484,7 +499,7 @@ async fn risk_admits_calm_requests_and_explains_held_ones(store: &str) {
         .iter()
         .filter_map(|t| t["risk"]["score"].as_u64())
         .collect();
-    assert_eq!(scores.len(), 3, "{}", r.text());
+    assert!(scores.len() >= 3, "{}", r.text());
 }
 
 #[tokio::test]

@@ -1497,6 +1497,13 @@ impl<'s> Cx<'s> {
                     self.error(k.span(), format!("`{name}` is not an HTTP method"));
                     continue;
                 };
+                if name.bytes().any(|b| b.is_ascii_lowercase()) {
+                    self.error(
+                        k.span(),
+                        format!("`{name}`: methods are case-sensitive and upper case on the wire; write `{}`", name.to_ascii_uppercase()),
+                    );
+                    continue;
+                }
                 if let Some((n, _)) = self.u32_(mt, name, sec, 0) {
                     m.methods.push((method, n));
                 }
@@ -2515,7 +2522,7 @@ impl<'s> Cx<'s> {
         }
         let mut auto_approve = Vec::new();
         for (at, sp) in self.tables(t, "auto_approve", sec) {
-            let risk = global.is_some_and(|g| g.risk.is_some());
+            let risk = global.and_then(|g| g.risk.as_ref());
             match self.auto_approve(at, sp.clone(), mode, risk) {
                 Some(a) if auto_approve.iter().any(|b: &AutoApprove| b.name == a.name) => {
                     let sp = at.get("name").map_or(sp, |v| v.span());
@@ -2531,6 +2538,11 @@ impl<'s> Cx<'s> {
                 ok &= !t.contains_key("approve_above_rate");
                 None
             }
+            Some((_, sp)) if mode == ApprovalMode::Access => {
+                self.error(sp, "`approve_above_rate` is only for mode = \"action\": on an access route the one request within the rate would open a grant that lets every later one through");
+                ok = false;
+                None
+            }
             Some((r, sp)) => match units::parse_rate(r) {
                 Ok(r) => Some(r),
                 Err(e) => {
@@ -2540,6 +2552,11 @@ impl<'s> Cx<'s> {
                 }
             },
         };
+        if approve_above_rate.is_some() && auto_approve.iter().any(|a| a.risk_below.is_some()) {
+            if let Some(v) = t.get("approve_above_rate") {
+                self.warn(v.span(), "requests within `approve_above_rate` pass whatever their risk score: the `risk_below` of this route's policies does not bound them");
+            }
+        }
         let volatile_headers = self
             .header_names(t, "volatile_headers", sec)
             .unwrap_or_default();
@@ -2611,7 +2628,7 @@ impl<'s> Cx<'s> {
         t: &DeTable<'_>,
         span: Range<usize>,
         mode: ApprovalMode,
-        risk: bool,
+        risk: Option<&crate::policy::RiskModel>,
     ) -> Option<AutoApprove> {
         let sec = "[[routes.approval.auto_approve]]";
         self.check_keys(t, sec, AUTO_KEYS);
@@ -2677,11 +2694,13 @@ impl<'s> Cx<'s> {
         a.max_duration = self.duration(t, "max_duration", sec).map(|d| d.0);
         a.max_uses = self.u32_(t, "max_uses", sec, 1).map(|n| n.0);
         if let Some((n, sp)) = self.u32_(t, "risk_below", sec, 1) {
-            if !risk {
-                self.error(
+            match risk {
+                None => self.error(sp, "`risk_below` needs [approvals.risk] (the weights of the score)"),
+                Some(m) if n > m.max_score() => self.warn(
                     sp,
-                    "`risk_below` needs [approvals.risk] (the weights of the score)",
-                );
+                    format!("`risk_below = {n}` is above the highest score [approvals.risk] can give ({}): it restricts nothing", m.max_score()),
+                ),
+                Some(_) => {}
             }
             a.risk_below = Some(n);
         }

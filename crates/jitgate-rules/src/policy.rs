@@ -110,8 +110,11 @@ pub struct RiskModel {
 pub struct RiskInput<'a> {
     /// Every method reading.
     pub methods: &'a [Method],
-    /// The body's size in bytes.
+    /// The body's size in bytes as received.
     pub body_len: u64,
+    /// The body's `Content-Encoding` other than `identity`, if any: its decoded size is
+    /// unknown, so it counts as large.
+    pub body_encoding: Option<&'a str>,
     /// The client address, when this requester had not used it before.
     pub new_source: Option<IpAddr>,
     /// Whether the requester is above `rate_above` on the route.
@@ -124,6 +127,20 @@ impl RiskModel {
     /// Whether scoring needs to know if the source is new (a store round trip).
     pub fn wants_source(&self) -> bool {
         self.new_source > 0
+    }
+
+    /// The highest score any request can get.
+    pub fn max_score(&self) -> u32 {
+        let method = self.methods.iter().map(|(_, p)| *p).max().unwrap_or(0);
+        [
+            self.off_hours,
+            self.new_source,
+            self.rate,
+            method,
+            self.large_body,
+        ]
+        .iter()
+        .fold(0u32, |s, p| s.saturating_add(*p))
     }
 
     /// The score of `input` with each contributing factor.
@@ -172,12 +189,20 @@ impl RiskModel {
         if let Some((m, points)) = method {
             add("method", *points, m.to_string());
         }
-        if self.body_above.is_some_and(|above| input.body_len > above) {
-            add(
-                "large_body",
-                self.large_body,
-                format!("{} bytes", input.body_len),
-            );
+        if self.body_above.is_some() {
+            if let Some(enc) = input.body_encoding {
+                add(
+                    "large_body",
+                    self.large_body,
+                    format!("{} bytes encoded as {enc}", input.body_len),
+                );
+            } else if self.body_above.is_some_and(|above| input.body_len > above) {
+                add(
+                    "large_body",
+                    self.large_body,
+                    format!("{} bytes", input.body_len),
+                );
+            }
         }
         let score = factors.iter().fold(0u32, |s, f| s.saturating_add(f.points));
         Risk { score, factors }

@@ -320,9 +320,12 @@ pub trait Store: Send + Sync + 'static {
         audit: CreateAudit<'a>,
     ) -> StoreFuture<'a, Ticket>;
 
-    /// Remembers that `requester` used client address `source` (for `retention`) and says
-    /// whether it was the first time: the risk score's `new_source` signal.
-    fn first_seen<'a>(&'a self, requester: &'a str, source: &'a str) -> StoreFuture<'a, bool>;
+    /// Whether a request of `requester` from client address `source` was released before
+    /// (within `retention`): the risk score's `new_source` signal. Reads only.
+    fn source_known<'a>(&'a self, requester: &'a str, source: &'a str) -> StoreFuture<'a, bool>;
+
+    /// Remembers that a request of `requester` from `source` was released (for `retention`).
+    fn remember_source<'a>(&'a self, requester: &'a str, source: &'a str) -> StoreFuture<'a, ()>;
 
     /// Timed steps of pending tickets (escalation, reminder) due at `now`, soonest first, at
     /// most `limit`. A pending ticket's timers are set when it is created (from its

@@ -374,7 +374,17 @@ impl Store for MemoryStore {
         })
     }
 
-    fn first_seen<'a>(&'a self, requester: &'a str, source: &'a str) -> StoreFuture<'a, bool> {
+    fn source_known<'a>(&'a self, requester: &'a str, source: &'a str) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let st = self.lock();
+            Ok(st
+                .sources
+                .get(requester)
+                .is_some_and(|s| s.contains(source)))
+        })
+    }
+
+    fn remember_source<'a>(&'a self, requester: &'a str, source: &'a str) -> StoreFuture<'a, ()> {
         Box::pin(async move {
             let mut st = self.lock();
             let seen = st.sources.entry(requester.to_string()).or_default();
@@ -382,7 +392,8 @@ impl Store for MemoryStore {
                 // Bounded: a requester past this many addresses starts over.
                 seen.clear();
             }
-            Ok(seen.insert(source.to_string()))
+            seen.insert(source.to_string());
+            Ok(())
         })
     }
 

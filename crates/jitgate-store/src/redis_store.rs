@@ -1266,12 +1266,25 @@ impl Store for RedisStore {
         }))
     }
 
-    fn first_seen<'a>(&'a self, requester: &'a str, source: &'a str) -> StoreFuture<'a, bool> {
+    fn source_known<'a>(&'a self, requester: &'a str, source: &'a str) -> StoreFuture<'a, bool> {
+        Box::pin(self.bounded(async move {
+            let mut c = self.conn.clone();
+            let known: i64 = redis::cmd("SISMEMBER")
+                .arg(format!("jit:src:{requester}"))
+                .arg(source)
+                .query_async(&mut c)
+                .await
+                .map_err(unavailable)?;
+            Ok(known == 1)
+        }))
+    }
+
+    fn remember_source<'a>(&'a self, requester: &'a str, source: &'a str) -> StoreFuture<'a, ()> {
         Box::pin(self.bounded(async move {
             let mut c = self.conn.clone();
             let key = format!("jit:src:{requester}");
             let ttl = u64::try_from(self.opts.retention.as_millis()).unwrap_or(u64::MAX);
-            let (added, _): (i64, i64) = redis::pipe()
+            let _: (i64, i64) = redis::pipe()
                 .cmd("SADD")
                 .arg(&key)
                 .arg(source)
@@ -1281,7 +1294,7 @@ impl Store for RedisStore {
                 .query_async(&mut c)
                 .await
                 .map_err(unavailable)?;
-            Ok(added == 1)
+            Ok(())
         }))
     }
 

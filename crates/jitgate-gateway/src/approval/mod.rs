@@ -432,26 +432,41 @@ async fn risk_of(x: &Exchange<'_>, route: &Route, held: &HeldRequest) -> Option<
     let engine = x.engine();
     let requester = held.requester.key();
     let source = held.canonical.source();
+    // Known only once a request from it was released (see `release::send`): a held or
+    // refused request does not make its address known.
     let new_source = if model.wants_source() {
-        let first = match engine.store() {
+        let known = match engine.store() {
             Ok(store) => store
-                .first_seen(&requester, &source.to_string())
+                .source_known(&requester, &source.to_string())
                 .await
-                .unwrap_or(true),
-            Err(_) => true,
+                .unwrap_or(false),
+            Err(_) => false,
         };
-        first.then_some(source)
+        (!known).then_some(source)
     } else {
         None
+    };
+    // Anonymous requesters are counted by address: a new credential is a new requester key.
+    let rate_key = match held.requester.user {
+        Some(_) => requester.into_owned(),
+        None => format!("address:{source}"),
     };
     let over_rate = x
         .snap
         .risk_rate
         .as_ref()
-        .is_some_and(|r| r.over(&route.name, &requester));
+        .is_some_and(|r| r.over(&route.name, &rate_key));
+    let encoding = held
+        .canonical
+        .headers()
+        .get(http::header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|e| !e.eq_ignore_ascii_case("identity"));
     let input = jitgate_rules::policy::RiskInput {
         methods: held.canonical.methods(),
         body_len: held.body.len() as u64,
+        body_encoding: encoding,
         new_source,
         over_rate,
         now: engine.now(),

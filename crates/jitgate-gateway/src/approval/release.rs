@@ -568,6 +568,27 @@ async fn send(
         let e = GatewayError::Internal("released route has no upstream client".into());
         return x.answer(e, route);
     };
+    // The risk score's `new_source`: the address is known from now on, since a request from
+    // it was released (not when one was merely held or refused). Off the request's path.
+    if current
+        .table
+        .config()
+        .approvals
+        .risk
+        .as_ref()
+        .is_some_and(|r| r.wants_source())
+    {
+        if let Ok(store) = x.engine().store() {
+            let store = store.clone();
+            let requester = held.requester.key().into_owned();
+            let source = held.canonical.source().to_string();
+            tokio::spawn(async move {
+                if let Err(e) = store.remember_source(&requester, &source).await {
+                    tracing::debug!("client address not remembered: {e}");
+                }
+            });
+        }
+    }
     let out = Outbound {
         conn: x.conn,
         canonical: held.canonical,

@@ -336,6 +336,7 @@ fn risk_scores_add_up_and_say_why() {
     let quiet = RiskInput {
         methods: &[Method::GET],
         body_len: 10,
+        body_encoding: None,
         new_source: None,
         over_rate: false,
         now: FRI_1030_UTC,
@@ -346,6 +347,7 @@ fn risk_scores_add_up_and_say_why() {
     let loud = RiskInput {
         methods: &[Method::POST, Method::DELETE],
         body_len: 4096,
+        body_encoding: None,
         new_source: Some("203.0.113.9".parse().unwrap()),
         over_rate: true,
         now: saturday_night,
