@@ -339,9 +339,52 @@ impl PartialEq for Zone {
 
 impl Eq for Zone {}
 
+/// What one request's policy evaluation has already worked out, shared across the route's
+/// policies: its local time in each zone they name (a zone conversion is most of what a
+/// window check costs, and policies usually share a zone), and each header condition they
+/// repeat (`x-env = "staging"`: a header lookup costs more than comparing two conditions).
+#[derive(Default)]
+pub struct PolicyMemo<'z> {
+    seen: Vec<(&'z str, Option<(usize, u16)>)>,
+    headers: Vec<(&'z HeaderRule, bool)>,
+}
+
+impl<'z> PolicyMemo<'z> {
+    fn header(&mut self, rule: &'z HeaderRule, headers: &HeaderMap) -> bool {
+        if let Some((_, held)) = self.headers.iter().find(|(r, _)| *r == rule) {
+            return *held;
+        }
+        let held = all_values(rule, headers);
+        self.headers.push((rule, held));
+        held
+    }
+
+    fn get(&mut self, zone: Option<&'z Zone>, now: Timestamp) -> Option<(usize, u16)> {
+        let name = zone.map_or("UTC", Zone::name);
+        if let Some((_, local)) = self.seen.iter().find(|(n, _)| *n == name) {
+            return *local;
+        }
+        let local = match zone {
+            Some(z) => z.local(now),
+            None => Zone::utc().local(now),
+        };
+        self.seen.push((name, local));
+        local
+    }
+}
+
 impl AutoApprove {
     /// `Ok` when every condition holds for `input`, else the first that does not.
     pub fn check(&self, input: &PolicyInput<'_>) -> Result<(), Miss> {
+        self.check_with(input, &mut PolicyMemo::default())
+    }
+
+    /// [`AutoApprove::check`] with the request's local times shared across policies.
+    pub fn check_with<'z>(
+        &'z self,
+        input: &PolicyInput<'_>,
+        times: &mut PolicyMemo<'z>,
+    ) -> Result<(), Miss> {
         if let Some(prefix) = &self.path_prefix {
             if !input.paths.iter().all(|p| under(p, prefix)) {
                 return Err(Miss::Path);
@@ -365,7 +408,7 @@ impl AutoApprove {
         if !self.source.is_empty() && !self.source.iter().any(|n| n.contains(&input.source)) {
             return Err(Miss::Source);
         }
-        if !self.headers.iter().all(|h| all_values(h, input.headers)) {
+        if !self.headers.iter().all(|h| times.header(h, input.headers)) {
             return Err(Miss::Header);
         }
         if let Some(below) = self.duration_below {
@@ -384,11 +427,7 @@ impl AutoApprove {
             }
         }
         if let Some(w) = &self.window {
-            let zone = self.time_zone.as_ref();
-            let local = match zone {
-                Some(z) => z.local(input.now),
-                None => Zone::utc().local(input.now),
-            };
+            let local = times.get(self.time_zone.as_ref(), input.now);
             if !local.is_some_and(|(day, minute)| w.contains(day, minute)) {
                 return Err(Miss::Window);
             }
@@ -416,7 +455,10 @@ pub fn first_match<'p>(
     policies: &'p [AutoApprove],
     input: &PolicyInput<'_>,
 ) -> Option<&'p AutoApprove> {
-    policies.iter().find(|p| p.check(input).is_ok())
+    let mut times = PolicyMemo::default();
+    policies
+        .iter()
+        .find(|p| p.check_with(input, &mut times).is_ok())
 }
 
 #[cfg(test)]
