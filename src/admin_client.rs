@@ -381,6 +381,17 @@ impl AdminApi {
             .await
     }
 
+    /// `POST /v1/tickets/{id}/acknowledge`.
+    pub(crate) async fn acknowledge(
+        &self,
+        id: &str,
+        body: &ApproveRequest,
+    ) -> Result<Ticket, ClientError> {
+        let path = format!("/v1/tickets/{id}/acknowledge");
+        self.typed(Method::POST, &path, Some(&to_json(body)?), "a ticket")
+            .await
+    }
+
     /// `POST /v1/tickets/decide`.
     pub(crate) async fn decide(&self, body: &DecideRequest) -> Result<DecideResult, ClientError> {
         let path = "/v1/tickets/decide";

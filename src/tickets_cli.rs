@@ -90,6 +90,15 @@ enum TicketsCommand {
         #[arg(long, short = 'r')]
         reason: Option<String>,
     },
+    /// Acknowledge a break-glass ticket in REVIEW as the token's user.
+    Acknowledge {
+        /// The ticket id (jit_...).
+        #[arg(value_parser = parse_ticket_id)]
+        id: String,
+        /// A comment recorded with the acknowledgement.
+        #[arg(long, short = 'm')]
+        comment: Option<String>,
+    },
 }
 
 /// A `--status` value: one status, or every status.
@@ -147,6 +156,22 @@ pub fn run(args: TicketsArgs) -> ExitCode {
                 decide(&admin, ids, true, comment, also).await
             }
             TicketsCommand::Deny { ids, reason } => decide(&admin, ids, false, reason, None).await,
+            TicketsCommand::Acknowledge { id, comment } => {
+                let body = ApproveRequest {
+                    comment: comment.filter(|c| !c.trim().is_empty()),
+                    also: None,
+                };
+                match admin.acknowledge(&id, &body).await {
+                    Ok(t) => {
+                        println!("{id}: {}", t.status);
+                        ExitCode::SUCCESS
+                    }
+                    Err(ClientError::Refused(_, reason)) => {
+                        refused(&format!("{id}: refused: {reason}"))
+                    }
+                    Err(e) => e.exit(),
+                }
+            }
         }
     })
 }

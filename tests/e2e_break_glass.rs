@@ -174,10 +174,29 @@ async fn break_glass_passes_loudly(store: &str) {
     assert_eq!(ack("mallory").await.status, 404);
     assert_eq!(ack("bob").await.status, 403);
     assert_eq!(approve(&gw, "alice", &id, "ok").await.status, 409);
-    let r = ack("alice").await;
-    assert_eq!(r.status, 200, "{}", r.text());
+    // Alice acknowledges from the CLI.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_jitgate"))
+        .args([
+            "tickets",
+            "--admin",
+            gw.admin_url(),
+            "--token",
+            &token_of("alice"),
+        ])
+        .args(["acknowledge", &id, "-m", "seen, postmortem 88"])
+        .output()
+        .expect("jitgate tickets acknowledge");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.trim(), format!("{id}: EXECUTED"));
+    let r = admin_call(&gw, "ops", "GET", &format!("/v1/tickets/{id}"), "").await;
     assert_eq!(r.json()["status"], "EXECUTED");
     assert_eq!(r.json()["acknowledged"]["by"], "alice");
+    assert_eq!(r.json()["acknowledged"]["comment"], "seen, postmortem 88");
     assert_eq!(ack("carol").await.status, 409);
     wait_audit(&gw, &id, &["break_glass.used", "ticket.acknowledged"]).await;
 }

@@ -543,14 +543,26 @@ impl<'a> Ui<'a> {
             Ok(s) => s,
             Err(resp) => return resp,
         };
-        let approve = match verdict(&form) {
-            Ok(a) => a,
-            Err(r) => return self.refusal_as(&signed, &r),
-        };
         let comment = form.one("comment").map(str::to_string);
-        match signed.api.decide(raw, approve, comment, None).await {
-            Ok(t) => {
-                let line = outcome_line(&t, approve);
+        let outcome = if form.one("decision") == Some("acknowledge") {
+            signed
+                .api
+                .acknowledge(raw, comment)
+                .await
+                .map(|t| (format!("{}: acknowledged", t.id), t))
+        } else {
+            let approve = match verdict(&form) {
+                Ok(a) => a,
+                Err(r) => return self.refusal_as(&signed, &r),
+            };
+            signed
+                .api
+                .decide(raw, approve, comment, None)
+                .await
+                .map(|t| (outcome_line(&t, approve), t))
+        };
+        match outcome {
+            Ok((line, t)) => {
                 self.shared.ui_sessions().set_flash(
                     &signed.id,
                     Flash {

@@ -298,6 +298,27 @@ pub fn ticket(chrome: &Chrome<'_>, t: &Ticket, now: Timestamp, trail: &Trail<'_>
                 }
                 @if let Some(d) = t.decided_at { dt { "Decided" } dd { (d.to_rfc3339()) } }
                 @if let Some(reason) = &t.deny_reason { dt { "Denial reason" } dd { (reason) } }
+                @if let Some(p) = &t.policy { dt { "Approved by policy" } dd { code { (p) } } }
+                @if let Some(why) = &t.break_glass { dt { "Break-glass" } dd.danger { (why) } }
+                @if let Some(a) = &t.acknowledged {
+                    dt { "Acknowledged" } dd { (a.by) " at " (a.at.to_rfc3339()) @if let Some(c) = &a.comment { ": " (c) } }
+                }
+                @if let Some(at) = t.escalate_at {
+                    dt { "Escalation" } dd {
+                        @if let Some(done) = t.escalated_at { "escalated at " (done.to_rfc3339()) } @else { "at " (at.to_rfc3339()) }
+                        " to " (t.escalate_to.join(", "))
+                    }
+                }
+                @if let Some(r) = &t.risk {
+                    dt { "Risk score" } dd {
+                        strong { (r.score) }
+                        @if !r.factors.is_empty() {
+                            ul.factors {
+                                @for f in &r.factors { li { code { (f.signal) } " +" (f.points) " " span.muted { (f.detail) } } }
+                            }
+                        }
+                    }
+                }
             }
             (votes("Approvals", &t.approvals))
             (votes("Denials", &t.denials))
@@ -330,6 +351,18 @@ pub fn ticket(chrome: &Chrome<'_>, t: &Ticket, now: Timestamp, trail: &Trail<'_>
                     div.buttons {
                         button.primary type="submit" name="decision" value="approve" { "Approve" }
                         button.danger type="submit" name="decision" value="deny" { "Deny" }
+                    }
+                }
+            }
+            @if t.status == Status::Review {
+                h2 { "Review" }
+                form.card.decide method="post" action={ "/ui/tickets/" (t.id.as_str()) "/decide" } {
+                    input type="hidden" name="csrf" value=(csrf);
+                    p { "This request passed by break-glass. Acknowledge it once it has been reviewed." }
+                    label for="comment" { "Comment" }
+                    textarea #comment name="comment" rows="2" maxlength="2000" {}
+                    div.buttons {
+                        button.primary type="submit" name="decision" value="acknowledge" { "Acknowledge" }
                     }
                 }
             }

@@ -1195,3 +1195,86 @@ async fn unknown_pages_and_methods_are_pages() {
     .await;
     assert_eq!(a.status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{}", a.body);
 }
+
+/// A break-glass ticket in REVIEW shows its reason and score, and an approver acknowledges it
+/// from the page (through the API's rules: the requester may not).
+#[tokio::test]
+async fn a_break_glass_ticket_is_acknowledged_from_its_page() {
+    let shared = shared();
+    let engine = shared.engine();
+    let now = engine.now();
+    let draft = TicketDraft {
+        route: "deploy".into(),
+        route_hash: [7; 32],
+        mode: Mode::Action,
+        requester: Requester {
+            user: Some("bob".into()),
+            groups: vec!["dev".into()],
+            anonymous: None,
+        },
+        source: None,
+        reason: None,
+        request: plain_request("/deploy/now"),
+        ticket_ttl: Duration::from_secs(600),
+        token_ttl: Duration::from_secs(300),
+        quorum: 1,
+        approvers: vec!["group:oncall".into()],
+        self_approval: false,
+        token_uses: 1,
+        grant_terms: None,
+        also_limit: None,
+        escalation: None,
+        remind_before: None,
+        risk: Some(jitgate_rules::ticket::Risk {
+            score: 40,
+            factors: vec![jitgate_rules::ticket::RiskFactor {
+                signal: "new_source".into(),
+                points: 40,
+                detail: "203.0.113.9".into(),
+            }],
+        }),
+    };
+    let opened = Ticket::open(jitgate_store::new_ticket_id(now), draft, now);
+    let t = jitgate_rules::ticket::break_glass(&opened, "db on fire", "rel_1", now).unwrap();
+    let store = engine.store().unwrap();
+    store
+        .record(t.clone(), None, &|_| Vec::new())
+        .await
+        .unwrap();
+
+    let bob = sign_in(&shared, "bob").await;
+    let alice = sign_in(&shared, "alice").await;
+    let page = call(&shared, alice.get(&format!("/ui/tickets/{}", t.id)), false).await;
+    for want in [
+        "db on fire",
+        "REVIEW",
+        "new_source",
+        "203.0.113.9",
+        "value=\"acknowledge\"",
+    ] {
+        assert!(page.body.contains(want), "{want}: {}", page.body);
+    }
+    let refused = call(
+        &shared,
+        bob.post(
+            &format!("/ui/tickets/{}/decide", t.id),
+            &decide_form(&bob, "acknowledge", "mine"),
+        ),
+        false,
+    )
+    .await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.body);
+    let ok = call(
+        &shared,
+        alice.post(
+            &format!("/ui/tickets/{}/decide", t.id),
+            &decide_form(&alice, "acknowledge", "postmortem+88"),
+        ),
+        false,
+    )
+    .await;
+    assert_eq!(ok.status, StatusCode::SEE_OTHER, "{}", ok.body);
+    let after = store.get(&t.id).await.unwrap().unwrap();
+    assert_eq!(after.status, Status::Executed);
+    assert_eq!(after.acknowledged.map(|v| v.by), Some("alice".to_string()));
+}
