@@ -18,24 +18,7 @@ const DAVE: [(&str, &str); 2] = [("x-user", "dave"), ("x-groups", "dev")];
 /// `agent-writes`: POST/DELETE under /agent, approvers group:oncall, `also` up to 3 uses
 /// within 1 h. `two-keys`: the same with quorum 2. `plain`: no `also`. The rest allowed.
 fn config(origin: &str, store: &str) -> String {
-    format!(
-        r#"[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-trusted_proxies = ["127.0.0.1/32"]
-
-{store}
-
-[approvals]
-hold_timeout = "500ms"
-reconcile_interval = "300ms"
-signing_key = "key.pem"
-
-[[upstreams]]
-name = "origin"
-url = "{origin}"
-
-[[routes]]
+    let routes = r#"[[routes]]
 name = "agent-writes"
 methods = ["POST", "DELETE"]
 path = "/agent/**"
@@ -66,14 +49,13 @@ action = "approve"
 [routes.approval]
 approvers = ["group:oncall"]
 
-[[routes]]
-name = "rest"
-path = "/**"
-upstream = "origin"
-action = "allow"
-
-{}"#,
-        identity_and_admin_toml()
+"#;
+    policy_config(
+        origin,
+        store,
+        "hold_timeout = \"500ms\"\nreconcile_interval = \"300ms\"\n",
+        routes,
+        "",
     )
 }
 

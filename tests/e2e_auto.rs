@@ -49,23 +49,8 @@ fn window(zone: &str, from: i64, to: i64) -> String {
 fn config(origin: &str, store: &str) -> String {
     let open = window("Asia/Kolkata", -60, 60);
     let closed = window("Asia/Kolkata", 60, 120);
-    format!(
-        r#"[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-trusted_proxies = ["127.0.0.1/32"]
-
-{store}
-
-[approvals]
-hold_timeout = "300ms"
-signing_key = "key.pem"
-
-[[upstreams]]
-name = "origin"
-url = "{origin}"
-
-[[routes]]
+    let routes = format!(
+        r#"[[routes]]
 name = "deploy"
 methods = ["POST", "PUT"]
 path = "/deploy/**"
@@ -110,15 +95,9 @@ groups = ["dev"]
 duration_below = "1h"
 max_uses = 2
 
-[[routes]]
-name = "rest"
-path = "/**"
-upstream = "origin"
-action = "allow"
-
-{}"#,
-        identity_and_admin_toml()
-    )
+"#
+    );
+    policy_config(origin, store, "hold_timeout = \"300ms\"\n", &routes, "")
 }
 
 fn start(origin: &Origin, store: &str) -> Gateway {

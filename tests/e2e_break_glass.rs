@@ -18,23 +18,7 @@ const BOB: [(&str, &str); 2] = [("x-user", "bob"), ("x-groups", "dev")];
 const HOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 fn config(origin: &str, store: &str, hook: &str) -> String {
-    format!(
-        r#"[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-trusted_proxies = ["127.0.0.1/32"]
-
-{store}
-
-[approvals]
-hold_timeout = "300ms"
-signing_key = "key.pem"
-
-[[upstreams]]
-name = "origin"
-url = "{origin}"
-
-[[routes]]
+    let routes = r#"[[routes]]
 name = "prod-db"
 methods = ["POST"]
 path = "/db/**"
@@ -42,7 +26,7 @@ upstream = "origin"
 action = "approve"
 [routes.approval]
 approvers = ["group:oncall"]
-break_glass = {{ groups = ["dev"] }}
+break_glass = { groups = ["dev"] }
 
 [[routes]]
 name = "plain"
@@ -53,13 +37,9 @@ action = "approve"
 [routes.approval]
 approvers = ["group:oncall"]
 
-[[routes]]
-name = "rest"
-path = "/**"
-upstream = "origin"
-action = "allow"
-
-[[notify]]
+"#;
+    let extra = format!(
+        r#"[[notify]]
 name = "ops-hook"
 kind = "webhook"
 url = "{hook}/hook"
@@ -67,9 +47,9 @@ secret_env = "HOOK_SECRET"
 timeout = "2s"
 events = ["break_glass.used"]
 
-{}"#,
-        identity_and_admin_toml()
-    )
+"#
+    );
+    policy_config(origin, store, "hold_timeout = \"300ms\"\n", routes, &extra)
 }
 
 async fn kinds_of(gw: &Gateway, query: &str) -> Vec<Value> {

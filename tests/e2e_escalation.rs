@@ -17,24 +17,7 @@ const BOB: [(&str, &str); 2] = [("x-user", "bob"), ("x-groups", "dev")];
 const HOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 fn config(origin: &str, store: &str, hook: &str) -> String {
-    format!(
-        r#"[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-trusted_proxies = ["127.0.0.1/32"]
-
-{store}
-
-[approvals]
-hold_timeout = "300ms"
-reconcile_interval = "200ms"
-signing_key = "key.pem"
-
-[[upstreams]]
-name = "origin"
-url = "{origin}"
-
-[[routes]]
+    let routes = r#"[[routes]]
 name = "deploy"
 methods = ["POST"]
 path = "/deploy/**"
@@ -47,13 +30,9 @@ escalate_after = "1s"
 escalate_to = ["user:mallory"]
 remind_before = "4s"
 
-[[routes]]
-name = "rest"
-path = "/**"
-upstream = "origin"
-action = "allow"
-
-[[notify]]
+"#;
+    let extra = format!(
+        r#"[[notify]]
 name = "ops-hook"
 kind = "webhook"
 url = "{hook}/hook"
@@ -61,8 +40,14 @@ secret_env = "HOOK_SECRET"
 timeout = "2s"
 events = ["ticket.escalated", "ticket.reminder"]
 
-{}"#,
-        identity_and_admin_toml()
+"#
+    );
+    policy_config(
+        origin,
+        store,
+        "hold_timeout = \"300ms\"\nreconcile_interval = \"200ms\"\n",
+        routes,
+        &extra,
     )
 }
 

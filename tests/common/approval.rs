@@ -56,6 +56,29 @@ pub fn identity_and_admin_toml() -> String {
     )
 }
 
+/// A policy test's gateway config: loopback listeners trusting loopback as a proxy, `store`,
+/// `[approvals]` with `approvals` (its own lines) and `signing_key = "key.pem"`, the one
+/// upstream `origin` at `origin_url`, `routes`, a catch-all `rest` allow route, `extra` (e.g.
+/// `[[notify]]`), and [`identity_and_admin_toml`].
+pub fn policy_config(
+    origin_url: &str,
+    store: &str,
+    approvals: &str,
+    routes: &str,
+    extra: &str,
+) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ntrusted_proxies = [\"127.0.0.1/32\"]\n\n\
+         {store}\n\
+         [approvals]\n{approvals}signing_key = \"key.pem\"\n\n\
+         [[upstreams]]\nname = \"origin\"\nurl = \"{origin_url}\"\n\n\
+         {routes}\n\
+         [[routes]]\nname = \"rest\"\npath = \"/**\"\nupstream = \"origin\"\naction = \"allow\"\n\n\
+         {extra}\n{}",
+        identity_and_admin_toml()
+    )
+}
+
 /// An admin-API call as `user`.
 pub async fn admin_call(
     gw: &Gateway,
