@@ -2552,6 +2552,7 @@ impl<'s> Cx<'s> {
                 }
             },
         };
+        crate::policy::link_shared(&mut auto_approve);
         if approve_above_rate.is_some() && auto_approve.iter().any(|a| a.risk_below.is_some()) {
             if let Some(v) = t.get("approve_above_rate") {
                 self.warn(v.span(), "requests within `approve_above_rate` pass whatever their risk score: the `risk_below` of this route's policies does not bound them");

@@ -345,6 +345,8 @@ impl Eq for Zone {}
 /// repeat (`x-env = "staging"`: a header lookup costs more than comparing two conditions).
 #[derive(Default)]
 pub struct PolicyMemo<'z> {
+    /// The conditions the policy evaluated last passed (see [`AutoApprove::shares`]).
+    passed: u16,
     seen: Vec<(&'z str, Option<(usize, u16)>)>,
     headers: Vec<(&'z HeaderRule, bool)>,
 }
@@ -385,32 +387,62 @@ impl AutoApprove {
         input: &PolicyInput<'_>,
         times: &mut PolicyMemo<'z>,
     ) -> Result<(), Miss> {
+        // Conditions identical to the previous policy's that held for it hold again.
+        let reuse = self.shares & times.passed;
+        let mut passed = 0u16;
+        let result = self.evaluate(input, times, reuse, &mut passed);
+        times.passed = passed;
+        result
+    }
+
+    fn evaluate<'z>(
+        &'z self,
+        input: &PolicyInput<'_>,
+        times: &mut PolicyMemo<'z>,
+        reuse: u16,
+        passed: &mut u16,
+    ) -> Result<(), Miss> {
+        let fresh = |bit: u16| reuse & bit == 0;
         if let Some(prefix) = &self.path_prefix {
-            if !input.paths.iter().all(|p| under(p, prefix)) {
+            if fresh(SHARES_PATH) && !input.paths.iter().all(|p| under(p, prefix)) {
                 return Err(Miss::Path);
             }
         }
-        if !self.methods.is_empty() && !input.methods.iter().all(|m| self.methods.contains(m)) {
+        *passed |= SHARES_PATH;
+        if fresh(SHARES_METHODS)
+            && !self.methods.is_empty()
+            && !input.methods.iter().all(|m| self.methods.contains(m))
+        {
             return Err(Miss::Method);
         }
-        if !self.users.is_empty()
+        *passed |= SHARES_METHODS;
+        if fresh(SHARES_USERS)
+            && !self.users.is_empty()
             && !input
                 .user
                 .is_some_and(|u| self.users.iter().any(|x| x == u))
         {
             return Err(Miss::User);
         }
-        if !self.groups.is_empty()
+        *passed |= SHARES_USERS;
+        if fresh(SHARES_GROUPS)
+            && !self.groups.is_empty()
             && (input.user.is_none() || !input.groups.iter().any(|g| self.groups.contains(g)))
         {
             return Err(Miss::Group);
         }
-        if !self.source.is_empty() && !self.source.iter().any(|n| n.contains(&input.source)) {
+        *passed |= SHARES_GROUPS;
+        if fresh(SHARES_SOURCE)
+            && !self.source.is_empty()
+            && !self.source.iter().any(|n| n.contains(&input.source))
+        {
             return Err(Miss::Source);
         }
-        if !self.headers.iter().all(|h| times.header(h, input.headers)) {
+        *passed |= SHARES_SOURCE;
+        if fresh(SHARES_HEADERS) && !self.headers.iter().all(|h| times.header(h, input.headers)) {
             return Err(Miss::Header);
         }
+        *passed |= SHARES_HEADERS;
         if let Some(below) = self.duration_below {
             if input.duration.is_none_or(|d| d >= below) {
                 return Err(Miss::Duration);
@@ -427,12 +459,63 @@ impl AutoApprove {
             }
         }
         if let Some(w) = &self.window {
-            let local = times.get(self.time_zone.as_ref(), input.now);
-            if !local.is_some_and(|(day, minute)| w.contains(day, minute)) {
-                return Err(Miss::Window);
+            if fresh(SHARES_WINDOW) {
+                let local = times.get(self.time_zone.as_ref(), input.now);
+                if !local.is_some_and(|(day, minute)| w.contains(day, minute)) {
+                    return Err(Miss::Window);
+                }
             }
         }
+        *passed |= SHARES_WINDOW;
         Ok(())
+    }
+}
+
+/// [`AutoApprove::shares`] bits: the condition is the same as the previous policy's.
+pub const SHARES_PATH: u16 = 1;
+/// `methods`.
+pub const SHARES_METHODS: u16 = 1 << 1;
+/// `users`.
+pub const SHARES_USERS: u16 = 1 << 2;
+/// `groups`.
+pub const SHARES_GROUPS: u16 = 1 << 3;
+/// `source`.
+pub const SHARES_SOURCE: u16 = 1 << 4;
+/// `headers`.
+pub const SHARES_HEADERS: u16 = 1 << 5;
+/// `window` and `time_zone`.
+pub const SHARES_WINDOW: u16 = 1 << 6;
+
+/// Sets each policy's [`AutoApprove::shares`]: which of its conditions are the same as the
+/// policy before it, so evaluation does not judge them again for one request (routes often
+/// list policies that differ in one condition).
+pub fn link_shared(policies: &mut [AutoApprove]) {
+    for i in 1..policies.len() {
+        let (before, after) = policies.split_at_mut(i);
+        let (a, b) = (&before[i - 1], &mut after[0]);
+        let mut s = 0;
+        if a.path_prefix == b.path_prefix {
+            s |= SHARES_PATH;
+        }
+        if a.methods == b.methods {
+            s |= SHARES_METHODS;
+        }
+        if a.users == b.users {
+            s |= SHARES_USERS;
+        }
+        if a.groups == b.groups {
+            s |= SHARES_GROUPS;
+        }
+        if a.source == b.source {
+            s |= SHARES_SOURCE;
+        }
+        if a.headers == b.headers {
+            s |= SHARES_HEADERS;
+        }
+        if a.window == b.window && a.time_zone == b.time_zone {
+            s |= SHARES_WINDOW;
+        }
+        b.shares = s;
     }
 }
 

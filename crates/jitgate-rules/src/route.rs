@@ -299,6 +299,9 @@ pub struct AutoApprove {
     /// `access` routes: the most uses a grant it approves allows (the smaller of this and the
     /// route's `max_uses`).
     pub max_uses: Option<u32>,
+    /// Which conditions are the same as the previous policy's on the route (bits
+    /// `crate::policy::SHARES_*`, set at load by [`crate::policy::link_shared`]).
+    pub shares: u16,
 }
 
 /// `count` requests per `per`.

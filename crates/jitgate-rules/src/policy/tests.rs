@@ -399,3 +399,78 @@ fn risk_scores_add_up_and_say_why() {
         Err(Miss::Risk)
     );
 }
+
+#[test]
+fn shared_conditions_give_the_same_answer_as_judging_each_policy_alone() {
+    let staging = HeaderRule {
+        name: http::HeaderName::from_static("x-env"),
+        value: Some("staging".into()),
+    };
+    let base = AutoApprove {
+        name: "a".into(),
+        path_prefix: Some("/v1".into()),
+        methods: vec![Method::POST],
+        groups: vec!["dev".into()],
+        source: vec!["10.0.0.0/8".parse().unwrap()],
+        headers: vec![staging],
+        window: Some(Window::parse("Sat 00:00-01:00").unwrap()),
+        time_zone: Some(Zone::get("Europe/Berlin").unwrap()),
+        ..AutoApprove::default()
+    };
+    let mut policies = vec![
+        base.clone(),
+        AutoApprove {
+            name: "b".into(),
+            groups: vec!["ops".into()],
+            ..base.clone()
+        },
+        AutoApprove {
+            name: "c".into(),
+            path_prefix: Some("/v2".into()),
+            window: None,
+            ..base.clone()
+        },
+        AutoApprove {
+            name: "d".into(),
+            window: Some(Window::parse("Mon-Fri 09:00-18:00").unwrap()),
+            ..base.clone()
+        },
+        AutoApprove {
+            name: "e".into(),
+            headers: vec![],
+            window: None,
+            ..base.clone()
+        },
+    ];
+    link_shared(&mut policies);
+    assert_eq!(policies[0].shares, 0);
+    assert_eq!(policies[1].shares & SHARES_GROUPS, 0);
+    assert_ne!(policies[1].shares & SHARES_PATH, 0);
+    let mut env = HeaderMap::new();
+    env.insert("x-env", http::HeaderValue::from_static("staging"));
+    let empty = HeaderMap::new();
+    let post = [Method::POST];
+    let dev = vec!["dev".to_string()];
+    let ops = vec!["ops".to_string()];
+    for paths in [&["/v1/x"][..], &["/v2/x"][..]] {
+        for groups in [&dev, &ops] {
+            for headers in [&env, &empty] {
+                for now in [FRI_1030_UTC, Timestamp(FRI_1030_UTC.0 + 24 * 3_600_000)] {
+                    let input = PolicyInput {
+                        paths,
+                        groups,
+                        headers,
+                        now,
+                        ..input(&post, paths, groups, headers)
+                    };
+                    let alone = policies
+                        .iter()
+                        .find(|p| p.check(&input).is_ok())
+                        .map(|p| p.name.clone());
+                    let shared = first_match(&policies, &input).map(|p| p.name.clone());
+                    assert_eq!(shared, alone, "{paths:?} {groups:?} {headers:?} {now}");
+                }
+            }
+        }
+    }
+}
