@@ -559,7 +559,7 @@ fn parse_body<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, Problem> {
 
 /// The `also` of an approval as terms: `within` must be a duration of whole milliseconds
 /// (the route's limits are the transition's to judge).
-fn also_terms(also: Option<AlsoRequest>) -> Result<Option<AlsoTerms>, Problem> {
+pub(crate) fn also_terms(also: Option<AlsoRequest>) -> Result<Option<AlsoTerms>, Problem> {
     let Some(a) = also else { return Ok(None) };
     let within = jitgate_rules::units::parse_duration(&a.within)
         .map_err(|e| Problem::bad_request(format!("`also.within`: {e}")))?;

@@ -555,11 +555,39 @@ impl<'a> Ui<'a> {
                 Ok(a) => a,
                 Err(r) => return self.refusal_as(&signed, &r),
             };
-            signed
-                .api
-                .decide(raw, approve, comment, None)
-                .await
-                .map(|t| (outcome_line(&t, approve), t))
+            // "Approve this and the next N": both fields, or neither.
+            let uses = form
+                .one("also_uses")
+                .map(str::trim)
+                .filter(|v| !v.is_empty());
+            let within = form
+                .one("also_within")
+                .map(str::trim)
+                .filter(|v| !v.is_empty());
+            let also = match (approve, uses, within) {
+                (_, None, None) => Ok(None),
+                (true, Some(u), Some(w)) => match u.parse::<u32>() {
+                    Ok(uses) => crate::admin::also_terms(Some(crate::contract::AlsoRequest {
+                        uses,
+                        within: w.to_string(),
+                    })),
+                    Err(_) => Err(Problem::bad_request(
+                        "the number of more requests is not a number",
+                    )),
+                },
+                (true, _, _) => Err(Problem::bad_request(
+                    "give both how many more requests and within how long, or neither",
+                )),
+                (false, _, _) => Ok(None),
+            };
+            match also {
+                Ok(also) => signed
+                    .api
+                    .decide(raw, approve, comment, also)
+                    .await
+                    .map(|t| (outcome_line(&t, approve), t)),
+                Err(p) => Err(p),
+            }
         };
         match outcome {
             Ok((line, t)) => {

@@ -348,6 +348,15 @@ pub fn ticket(chrome: &Chrome<'_>, t: &Ticket, now: Timestamp, trail: &Trail<'_>
                     input type="hidden" name="csrf" value=(csrf);
                     label for="comment" { "Comment (approval) or reason (denial; the requester sees it)" }
                     textarea #comment name="comment" rows="2" maxlength="2000" {}
+                    @if let (Some(limit), Some(_)) = (t.also_limit, &t.requester.user) {
+                        fieldset.also {
+                            legend { "Also approve the next requests like this one (optional)" }
+                            label for="also_uses" { "More requests (up to " (limit.uses) ")" }
+                            input #also_uses type="number" name="also_uses" min="1" max=(limit.uses);
+                            label for="also_within" { "Within (up to " (human(limit.within_ms)) ", e.g. 30m)" }
+                            input #also_within type="text" name="also_within" maxlength="20";
+                        }
+                    }
                     div.buttons {
                         button.primary type="submit" name="decision" value="approve" { "Approve" }
                         button.danger type="submit" name="decision" value="deny" { "Deny" }

@@ -109,18 +109,15 @@ fn shared() -> Arc<Shared> {
     Arc::new(Shared::new(snapshot, engine, path, None))
 }
 
-/// Opens a pending ticket on `route` asked for by `user`.
-async fn open(
-    shared: &Shared,
+/// What a ticket on `route` asked for by `user` is opened from.
+fn draft(
     route: &str,
     user: &str,
     ttl: Duration,
     request: RequestSnapshot,
     reason: Option<&str>,
-) -> Ticket {
-    let engine = shared.engine();
-    let now = engine.now();
-    let draft = TicketDraft {
+) -> TicketDraft {
+    TicketDraft {
         route: route.into(),
         route_hash: [7; 32],
         mode: Mode::Action,
@@ -143,7 +140,13 @@ async fn open(
         escalation: None,
         remind_before: None,
         risk: None,
-    };
+    }
+}
+
+/// Stores `draft` as a pending ticket.
+async fn open_draft(shared: &Shared, draft: TicketDraft) -> Ticket {
+    let engine = shared.engine();
+    let now = engine.now();
     let t = Ticket::open(jitgate_store::new_ticket_id(now), draft, now);
     let key = t.id.to_string();
     let store = engine.store().unwrap();
@@ -154,6 +157,18 @@ async fn open(
         .await
         .unwrap()
         .0
+}
+
+/// Opens a pending ticket on `route` asked for by `user`.
+async fn open(
+    shared: &Shared,
+    route: &str,
+    user: &str,
+    ttl: Duration,
+    request: RequestSnapshot,
+    reason: Option<&str>,
+) -> Ticket {
+    open_draft(shared, draft(route, user, ttl, request, reason)).await
 }
 
 fn plain_request(path: &str) -> RequestSnapshot {
@@ -1203,37 +1218,21 @@ async fn a_break_glass_ticket_is_acknowledged_from_its_page() {
     let shared = shared();
     let engine = shared.engine();
     let now = engine.now();
-    let draft = TicketDraft {
-        route: "deploy".into(),
-        route_hash: [7; 32],
-        mode: Mode::Action,
-        requester: Requester {
-            user: Some("bob".into()),
-            groups: vec!["dev".into()],
-            anonymous: None,
-        },
-        source: None,
-        reason: None,
-        request: plain_request("/deploy/now"),
-        ticket_ttl: Duration::from_secs(600),
-        token_ttl: Duration::from_secs(300),
-        quorum: 1,
-        approvers: vec!["group:oncall".into()],
-        self_approval: false,
-        token_uses: 1,
-        grant_terms: None,
-        also_limit: None,
-        escalation: None,
-        remind_before: None,
-        risk: Some(jitgate_rules::ticket::Risk {
-            score: 40,
-            factors: vec![jitgate_rules::ticket::RiskFactor {
-                signal: "new_source".into(),
-                points: 40,
-                detail: "203.0.113.9".into(),
-            }],
-        }),
-    };
+    let mut draft = draft(
+        "deploy",
+        "bob",
+        Duration::from_secs(600),
+        plain_request("/deploy/now"),
+        None,
+    );
+    draft.risk = Some(jitgate_rules::ticket::Risk {
+        score: 40,
+        factors: vec![jitgate_rules::ticket::RiskFactor {
+            signal: "new_source".into(),
+            points: 40,
+            detail: "203.0.113.9".into(),
+        }],
+    });
     let opened = Ticket::open(jitgate_store::new_ticket_id(now), draft, now);
     let t = jitgate_rules::ticket::break_glass(&opened, "db on fire", "rel_1", now).unwrap();
     let store = engine.store().unwrap();
@@ -1277,4 +1276,71 @@ async fn a_break_glass_ticket_is_acknowledged_from_its_page() {
     let after = store.get(&t.id).await.unwrap().unwrap();
     assert_eq!(after.status, Status::Executed);
     assert_eq!(after.acknowledged.map(|v| v.by), Some("alice".to_string()));
+}
+
+/// The decision form offers "approve this and the next N" where the ticket allows it, and
+/// the page's answer follows the API's rules.
+#[tokio::test]
+async fn the_ticket_page_approves_this_and_the_next_n() {
+    let shared = shared();
+    let mut d = draft(
+        "deploy",
+        "bob",
+        Duration::from_secs(600),
+        plain_request("/deploy/a"),
+        None,
+    );
+    d.also_limit = Some(jitgate_rules::ticket::AlsoTerms {
+        uses: 3,
+        within_ms: 3_600_000,
+    });
+    let t = open_draft(&shared, d).await;
+    let alice = sign_in(&shared, "alice").await;
+    let page = call(&shared, alice.get(&format!("/ui/tickets/{}", t.id)), false).await;
+    assert!(page.body.contains("name=\"also_uses\""), "{}", page.body);
+    let form = |extra: &str| format!("{}&{extra}", decide_form(&alice, "approve", "ok"));
+    for bad in [
+        "also_uses=9&also_within=10m",
+        "also_uses=2",
+        "also_uses=x&also_within=1m",
+    ] {
+        let r = call(
+            &shared,
+            alice.post(&format!("/ui/tickets/{}/decide", t.id), &form(bad)),
+            false,
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}: {}", r.body);
+    }
+    let ok = call(
+        &shared,
+        alice.post(
+            &format!("/ui/tickets/{}/decide", t.id),
+            &form("also_uses=2&also_within=10m"),
+        ),
+        false,
+    )
+    .await;
+    assert_eq!(ok.status, StatusCode::SEE_OTHER, "{}", ok.body);
+    let store = shared.engine().store().unwrap();
+    let after = store.get(&t.id).await.unwrap().unwrap();
+    assert_eq!(after.status, Status::Approved);
+    assert_eq!(after.approvals[0].also.map(|a| a.uses), Some(2));
+    // A ticket that allows no `also` shows no such fields.
+    let plain = open(
+        &shared,
+        "deploy",
+        "bob",
+        Duration::from_secs(600),
+        plain_request("/deploy/b"),
+        None,
+    )
+    .await;
+    let page = call(
+        &shared,
+        alice.get(&format!("/ui/tickets/{}", plain.id)),
+        false,
+    )
+    .await;
+    assert!(!page.body.contains("also_uses"), "{}", page.body);
 }
