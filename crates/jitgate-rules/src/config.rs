@@ -1188,6 +1188,9 @@ impl<'s> Cx<'s> {
             })
             .unwrap_or_default();
         let routes = self.routes(doc, &upstreams, approvals.as_ref());
+        if let Some(id) = &identity {
+            self.check_identifiable(doc, &routes, id);
+        }
         // Shadowing is judged on every route that compiled, even when other parts of the
         // file have errors, so one `check` reports everything there is to fix.
         self.diags.extend(crate::shadow::analyse(&routes));
@@ -1208,6 +1211,38 @@ impl<'s> Cx<'s> {
                 files
             },
         })
+    }
+
+    /// A route that refuses anonymous requesters (`mode = "access"`, `require_identity`) in a
+    /// table with no way to identify one ([identity.jwt] or [identity.headers]) would refuse
+    /// every request: an error at its `[routes.approval]`.
+    fn check_identifiable(&mut self, doc: &DeTable<'_>, routes: &[Route], id: &Identity) {
+        if id.jwt.is_some() || id.headers.is_some() {
+            return;
+        }
+        let Some(tables) = doc.get("routes").and_then(|v| v.get_ref().as_array()) else {
+            return;
+        };
+        for r in routes {
+            let Some(p) = &r.approval else { continue };
+            if !(p.require_identity || p.mode == ApprovalMode::Access) {
+                continue;
+            }
+            let span = tables.iter().find_map(|t| {
+                let t = t.get_ref().as_table()?;
+                (t.get("name")?.get_ref().as_str()? == r.name)
+                    .then(|| t.get("approval").map(|a| a.span()))?
+            });
+            let what = if p.mode == ApprovalMode::Access {
+                "mode = \"access\""
+            } else {
+                "`require_identity`"
+            };
+            self.error(
+                span.unwrap_or(0..0),
+                format!("route {}: {what} needs identified requesters, but neither [identity.jwt] nor [identity.headers] is configured: every request would be refused 401", r.name),
+            );
+        }
     }
 
     fn section<'a, 'i>(

@@ -44,6 +44,37 @@ fn with_route(route: &str) -> String {
     format!("{UP}\n[[routes]]\n{route}")
 }
 
+/// [`with_route`] in a table that identifies requesters (by trusted headers).
+fn with_identity_and_route(route: &str) -> String {
+    format!(
+        "[identity.headers]\nuser = \"X-User\"\n\n{}",
+        with_route(route)
+    )
+}
+
+#[test]
+fn routes_that_need_identified_requesters_need_a_way_to_identify_them() {
+    let access = "name = \"r\"\nupstream = \"up\"\naction = \"approve\"\n[routes.approval]\napprovers = [\"group:ops\"]\nmode = \"access\"\nmax_duration = \"1h\"\n";
+    let got: Vec<String> = errors(&with_route(access))
+        .into_iter()
+        .filter(|d| d.contains(": error: "))
+        .collect();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(got[0].contains("route r: mode = \"access\" needs identified requesters, but neither [identity.jwt] nor [identity.headers] is configured"), "{got:?}");
+    let required = "name = \"r\"\nupstream = \"up\"\naction = \"approve\"\n[routes.approval]\napprovers = [\"group:ops\"]\nrequire_identity = true\n";
+    let got: Vec<String> = errors(&with_route(required))
+        .into_iter()
+        .filter(|d| d.contains(": error: "))
+        .collect();
+    assert!(
+        got.len() == 1 && got[0].contains("`require_identity` needs identified requesters"),
+        "{got:?}"
+    );
+    // With an identity source both are fine.
+    parse(&with_identity_and_route(access));
+    parse(&with_identity_and_route(required));
+}
+
 #[test]
 fn example_fixture_parses_every_key() {
     let src = include_str!("../../tests/data/proxy.example.toml");
@@ -320,7 +351,7 @@ fn approval_defaults_and_error_defaults() {
 
 #[test]
 fn access_default_duration_is_the_smallest_preset() {
-    let t = parse(&with_route(
+    let t = parse(&with_identity_and_route(
         "name = \"r\"\nupstream = \"up\"\naction = \"approve\"\n[routes.approval]\napprovers = [\"group:ops\"]\nmode = \"access\"\ndurations = [\"4h\", \"30m\"]\nmax_duration = \"4h\"\n",
     ));
     assert_eq!(
@@ -334,7 +365,7 @@ fn access_default_duration_is_the_smallest_preset() {
 #[test]
 fn a_requested_duration_is_granted_exactly_or_refused() {
     let route = |extra: &str| {
-        let t = parse(&with_route(&format!(
+        let t = parse(&with_identity_and_route(&format!(
             "name = \"r\"\nupstream = \"up\"\naction = \"approve\"\n[routes.approval]\napprovers = [\"group:ops\"]\n{extra}"
         )));
         t.routes()[0].approval.clone().unwrap()
