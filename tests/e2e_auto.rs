@@ -470,6 +470,21 @@ async fn risk_admits_calm_requests_and_explains_held_ones(store: &str) {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert_eq!(origin.count(), 4);
+    // Anonymous requesters are never remembered: from an address bob made known, an anonymous
+    // request still scores `new_source`.
+    let r = send(
+        "POST",
+        &gw.url("/ops/z"),
+        &[("x-forwarded-for", "10.1.1.1")],
+        "{}".to_string(),
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    let anon = r.header("jit-ticket").unwrap().to_string();
+    let t = admin_call(&gw, "ops", "GET", &format!("/v1/tickets/{anon}"), "")
+        .await
+        .json();
+    assert_eq!(t["risk"]["factors"][0]["signal"], "new_source", "{t}");
     // The auto-approved tickets carry their score too.
     let r = admin_call(&gw, "ops", "GET", "/v1/tickets?status=EXECUTED", "").await;
     let scores: Vec<u64> = r.json()["tickets"]

@@ -434,14 +434,17 @@ async fn risk_of(x: &Exchange<'_>, route: &Route, held: &HeldRequest) -> Option<
     let source = held.canonical.source();
     // Known only once a request from it was released (see `release::send`): a held or
     // refused request does not make its address known.
+    // Anonymous requesters are not remembered (each new credential would be a new set to
+    // keep): their address always counts as new.
     let new_source = if model.wants_source() {
-        let known = match engine.store() {
-            Ok(store) => store
-                .source_known(&requester, &source.to_string())
-                .await
-                .unwrap_or(false),
-            Err(_) => false,
-        };
+        let known = held.requester.user.is_some()
+            && match engine.store() {
+                Ok(store) => store
+                    .source_known(&requester, &source.to_string())
+                    .await
+                    .unwrap_or(false),
+                Err(_) => false,
+            };
         (!known).then_some(source)
     } else {
         None

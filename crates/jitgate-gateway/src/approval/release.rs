@@ -570,13 +570,14 @@ async fn send(
     };
     // The risk score's `new_source`: the address is known from now on, since a request from
     // it was released (not when one was merely held or refused). Off the request's path.
-    if current
-        .table
-        .config()
-        .approvals
-        .risk
-        .as_ref()
-        .is_some_and(|r| r.wants_source())
+    if held.requester.user.is_some()
+        && current
+            .table
+            .config()
+            .approvals
+            .risk
+            .as_ref()
+            .is_some_and(|r| r.wants_source())
     {
         if let Ok(store) = x.engine().store() {
             let store = store.clone();
