@@ -14,35 +14,13 @@ use common::*;
 
 /// A gateway with `risk` as `[approvals.risk]` and `routes` before a catch-all allow route.
 fn gateway(origin: &Origin, store: &str, risk: &str, routes: &str) -> Gateway {
-    let cfg = format!(
-        r#"[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-trusted_proxies = ["127.0.0.1/32"]
-
-{store}
-
-{risk}
-
-[approvals]
-hold_timeout = "300ms"
-signing_key = "key.pem"
-
-[[upstreams]]
-name = "origin"
-url = "{origin}"
-
-{routes}
-
-[[routes]]
-name = "rest"
-path = "/**"
-upstream = "origin"
-action = "allow"
-
-{ident}"#,
-        origin = origin.url(),
-        ident = identity_and_admin_toml()
+    // `[approvals.risk]` may come before `[approvals]`: it rides with the store section.
+    let cfg = policy_config(
+        &origin.url(),
+        &format!("{store}\n{risk}\n"),
+        "hold_timeout = \"300ms\"\n",
+        routes,
+        "",
     );
     Gateway::builder(&cfg)
         .file("key.pem", signing_key_pem())
