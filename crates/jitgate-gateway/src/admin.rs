@@ -868,12 +868,17 @@ impl<'a> Api<'a> {
     /// The ticket `raw` names, if the caller may see it (expired first if it is due); an
     /// invisible ticket is as unknown as a missing one, so ids cannot be probed.
     pub(crate) async fn ticket(&self, raw: &str) -> Result<Ticket, Problem> {
+        let t = self.visible(raw).await?;
+        Ok(self.engine().expire_if_due(&t).await.unwrap_or(t))
+    }
+
+    /// Ticket `raw` as the store has it, if the caller may see it. Invisible tickets are
+    /// unknown (404), like malformed and missing ids, so ids cannot be probed.
+    async fn visible(&self, raw: &str) -> Result<Ticket, Problem> {
         let id = TicketId::parse(raw).map_err(|_| not_found())?;
         let store = self.engine().store().map_err(|e| store_problem(&e))?;
         match store.get(&id).await {
-            Ok(Some(t)) if self.can_see(&t) => {
-                Ok(self.engine().expire_if_due(&t).await.unwrap_or(t))
-            }
+            Ok(Some(t)) if self.can_see(&t) => Ok(t),
             Ok(_) => Err(not_found()),
             Err(e) => Err(store_problem(&e)),
         }
@@ -986,7 +991,7 @@ impl<'a> Api<'a> {
             Err(p) => return p.into_response(),
         };
         let snap = self.shared.snapshot();
-        let Some(route) = snap.table.routes().iter().find(|r| r.name == body.route) else {
+        let Some(route) = snap.table.route(&body.route) else {
             return Problem::new(
                 StatusCode::NOT_FOUND,
                 "unknown-route",
@@ -1204,15 +1209,9 @@ impl<'a> Api<'a> {
         also: Option<AlsoTerms>,
     ) -> Result<Ticket, Problem> {
         let text = clip(text);
-        let id = TicketId::parse(raw).map_err(|_| not_found())?;
+        let id = self.visible(raw).await?.id;
         let engine = self.engine();
         let store = engine.store().map_err(|e| store_problem(&e))?;
-        // Invisible tickets are unknown, so ids cannot be probed.
-        match store.get(&id).await {
-            Ok(Some(t)) if self.can_see(&t) => {}
-            Ok(_) => return Err(not_found()),
-            Err(e) => return Err(store_problem(&e)),
-        }
         let who = &self.caller;
         let now = engine.now();
         // The decision, and the grant an approved access ticket gets (the store writes it
@@ -1283,14 +1282,9 @@ impl<'a> Api<'a> {
         comment: Option<String>,
     ) -> Result<Ticket, Problem> {
         let comment = clip(comment);
-        let id = TicketId::parse(raw).map_err(|_| not_found())?;
+        let id = self.visible(raw).await?.id;
         let engine = self.engine();
         let store = engine.store().map_err(|e| store_problem(&e))?;
-        match store.get(&id).await {
-            Ok(Some(t)) if self.can_see(&t) => {}
-            Ok(_) => return Err(not_found()),
-            Err(e) => return Err(store_problem(&e)),
-        }
         let who = &self.caller;
         let now = engine.now();
         let audit = |_: &Ticket, t: &Ticket| {

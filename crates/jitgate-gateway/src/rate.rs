@@ -13,14 +13,39 @@ use jitgate_rules::route::{Rate, Route};
 /// Past this many requesters a limiter forgets those it no longer needs to remember.
 const SHRINK_ABOVE: usize = 10_000;
 
-/// The limiter of one route: `count` requests per `per`, as a burst of `count` refilled
-/// evenly, per requester.
+/// `count` requests per `per` for each key, as a burst of `count` refilled evenly.
+struct Keyed {
+    limiter: DefaultKeyedRateLimiter<String>,
+}
+
+impl Keyed {
+    fn new(rate: Rate) -> Option<Keyed> {
+        let count = NonZeroU32::new(rate.count)?;
+        let quota = Quota::with_period(rate.per / rate.count)?.allow_burst(count);
+        Some(Keyed {
+            limiter: RateLimiter::keyed(quota),
+        })
+    }
+
+    /// Spends one of `key`'s requests if the rate allows it now.
+    fn admit(&self, key: &str) -> bool {
+        if self.limiter.len() > SHRINK_ABOVE {
+            // Keys whose budget is full again are forgotten, so the map does not grow with
+            // every key ever seen.
+            self.limiter.retain_recent();
+            self.limiter.shrink_to_fit();
+        }
+        self.limiter.check_key(&key.to_string()).is_ok()
+    }
+}
+
+/// The limiter of one route, per requester.
 pub struct RouteRate {
     /// The route's definition, so a reload keeps the counts of an unchanged route.
     definition: [u8; 32],
     /// The rate as written.
     pub rate: Rate,
-    limiter: DefaultKeyedRateLimiter<String>,
+    keyed: Keyed,
 }
 
 impl RouteRate {
@@ -31,24 +56,16 @@ impl RouteRate {
         if let Some(p) = previous.filter(|p| p.definition == route.definition_hash) {
             return Some(p.clone());
         }
-        let count = NonZeroU32::new(rate.count)?;
-        let quota = Quota::with_period(rate.per / rate.count)?.allow_burst(count);
         Some(Arc::new(RouteRate {
             definition: route.definition_hash,
             rate,
-            limiter: RateLimiter::keyed(quota),
+            keyed: Keyed::new(rate)?,
         }))
     }
 
     /// Spends one of `requester`'s requests if the rate allows it now.
     pub fn admit(&self, requester: &str) -> bool {
-        if self.limiter.len() > SHRINK_ABOVE {
-            // Requesters whose budget is full again are forgotten, so the map does not grow
-            // with every requester ever seen.
-            self.limiter.retain_recent();
-            self.limiter.shrink_to_fit();
-        }
-        self.limiter.check_key(&requester.to_string()).is_ok()
+        self.keyed.admit(requester)
     }
 
     /// `"5/m"`-style text of the rate, for the audit.
@@ -64,28 +81,20 @@ impl RouteRate {
 /// `[approvals.risk] rate_above`: one limiter over every route, keyed by route and
 /// requester, per replica; `over` says whether a request is above the rate.
 pub struct RiskRate {
-    limiter: DefaultKeyedRateLimiter<String>,
+    keyed: Keyed,
 }
 
 impl RiskRate {
     /// The limiter for `rate`.
     pub fn new(rate: Rate) -> Option<RiskRate> {
-        let count = NonZeroU32::new(rate.count)?;
-        let quota = Quota::with_period(rate.per / rate.count)?.allow_burst(count);
         Some(RiskRate {
-            limiter: RateLimiter::keyed(quota),
+            keyed: Keyed::new(rate)?,
         })
     }
 
     /// Counts one request of `requester` on `route`; true when it is above the rate.
     pub fn over(&self, route: &str, requester: &str) -> bool {
-        if self.limiter.len() > SHRINK_ABOVE {
-            self.limiter.retain_recent();
-            self.limiter.shrink_to_fit();
-        }
-        self.limiter
-            .check_key(&format!("{route}\0{requester}"))
-            .is_err()
+        !self.keyed.admit(&format!("{route}\0{requester}"))
     }
 }
 

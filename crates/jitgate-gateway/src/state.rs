@@ -237,10 +237,8 @@ pub fn build_snapshot(
         .routes()
         .iter()
         .map(|r| {
-            let before = previous.and_then(|p| {
-                let i = p.table.routes().iter().position(|o| o.name == r.name)?;
-                p.route_rates.get(i)?.as_ref()
-            });
+            let before =
+                previous.and_then(|p| p.route_rates.get(p.table.route(&r.name)?.index)?.as_ref());
             crate::rate::RouteRate::for_route(r, before)
         })
         .collect();

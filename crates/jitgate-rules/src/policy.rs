@@ -157,7 +157,7 @@ impl RiskModel {
             }
         };
         if let Some(hours) = &self.business_hours {
-            let zone = self.time_zone.clone().unwrap_or_else(Zone::utc);
+            let zone = self.time_zone.as_ref().unwrap_or_else(|| Zone::utc());
             if let Some((day, minute)) = zone.local(input.now) {
                 if !hours.contains(day, minute) {
                     const DAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
@@ -301,12 +301,13 @@ impl Zone {
         })
     }
 
-    /// UTC.
-    pub fn utc() -> Zone {
-        Zone {
+    /// UTC, the zone of windows that name none.
+    pub fn utc() -> &'static Zone {
+        static UTC: std::sync::LazyLock<Zone> = std::sync::LazyLock::new(|| Zone {
             name: "UTC".into(),
             tz: jiff::tz::TimeZone::UTC,
-        }
+        });
+        &UTC
     }
 
     /// The name as written.
@@ -366,10 +367,7 @@ impl<'z> PolicyMemo<'z> {
         if let Some((_, local)) = self.seen.iter().find(|(n, _)| *n == name) {
             return *local;
         }
-        let local = match zone {
-            Some(z) => z.local(now),
-            None => Zone::utc().local(now),
-        };
+        let local = zone.unwrap_or_else(|| Zone::utc()).local(now);
         self.seen.push((name, local));
         local
     }

@@ -1306,14 +1306,19 @@ pub fn acknowledge(
     Ok(next)
 }
 
-/// Escalates a ticket undecided at its `escalateAt`: its `escalateTo` join its approvers
-/// (they may see and decide it from now on). `NotDue` before that instant; `AlreadyDone` once
-/// escalated (or without escalation).
-pub fn escalate(t: &Ticket, now: Timestamp) -> Result<Ticket, TransitionError> {
+/// The checks a timed step of a pending ticket shares, in the order their errors are
+/// reported: still pending, the step set (`due`) and not yet `done`, due by `now`, and the
+/// ticket not expired.
+fn check_step(
+    t: &Ticket,
+    due: Option<Timestamp>,
+    done: Option<Timestamp>,
+    now: Timestamp,
+) -> Result<(), TransitionError> {
     if t.status != Status::Pending {
         return Err(TransitionError::NotPending { status: t.status });
     }
-    let Some(at) = t.escalate_at.filter(|_| t.escalated_at.is_none()) else {
+    let Some(at) = due.filter(|_| done.is_none()) else {
         return Err(TransitionError::AlreadyDone);
     };
     if now < at {
@@ -1322,6 +1327,14 @@ pub fn escalate(t: &Ticket, now: Timestamp) -> Result<Ticket, TransitionError> {
     if now >= t.expires_at {
         return Err(TransitionError::Expired);
     }
+    Ok(())
+}
+
+/// Escalates a ticket undecided at its `escalateAt`: its `escalateTo` join its approvers
+/// (they may see and decide it from now on). `NotDue` before that instant; `AlreadyDone` once
+/// escalated (or without escalation).
+pub fn escalate(t: &Ticket, now: Timestamp) -> Result<Ticket, TransitionError> {
+    check_step(t, t.escalate_at, t.escalated_at, now)?;
     let mut next = t.clone();
     for p in &t.escalate_to {
         if !next.approvers.contains(p) {
@@ -1335,18 +1348,7 @@ pub fn escalate(t: &Ticket, now: Timestamp) -> Result<Ticket, TransitionError> {
 /// Marks the reminder of a ticket undecided at its `remindAt` as sent. `NotDue` before that
 /// instant; `AlreadyDone` once reminded (or without a reminder).
 pub fn remind(t: &Ticket, now: Timestamp) -> Result<Ticket, TransitionError> {
-    if t.status != Status::Pending {
-        return Err(TransitionError::NotPending { status: t.status });
-    }
-    let Some(at) = t.remind_at.filter(|_| t.reminded_at.is_none()) else {
-        return Err(TransitionError::AlreadyDone);
-    };
-    if now < at {
-        return Err(TransitionError::NotDue);
-    }
-    if now >= t.expires_at {
-        return Err(TransitionError::Expired);
-    }
+    check_step(t, t.remind_at, t.reminded_at, now)?;
     let mut next = t.clone();
     next.reminded_at = Some(now);
     Ok(next)

@@ -67,6 +67,12 @@ pub const DECISIONS: &str = "jit:decisions";
 const PENDING: &str = "jit:pending";
 const TICKETS: &str = "jit:tickets";
 const GRANTS: &str = "jit:grants";
+/// The client addresses a requester's released requests came from (the risk score's
+/// `new_source`).
+fn sources_key(requester: &str) -> String {
+    format!("jit:src:{requester}")
+}
+
 /// Timers of pending tickets (`e:<id>` escalation, `r:<id>` reminder), scored by when due.
 const TIMERS: &str = "jit:timers";
 const AUDIT: &str = "jit:audit";
@@ -1270,7 +1276,7 @@ impl Store for RedisStore {
         Box::pin(self.bounded(async move {
             let mut c = self.conn.clone();
             let known: i64 = redis::cmd("SISMEMBER")
-                .arg(format!("jit:src:{requester}"))
+                .arg(sources_key(requester))
                 .arg(source)
                 .query_async(&mut c)
                 .await
@@ -1282,7 +1288,7 @@ impl Store for RedisStore {
     fn remember_source<'a>(&'a self, requester: &'a str, source: &'a str) -> StoreFuture<'a, ()> {
         Box::pin(self.bounded(async move {
             let mut c = self.conn.clone();
-            let key = format!("jit:src:{requester}");
+            let key = sources_key(requester);
             let ttl = u64::try_from(self.opts.retention.as_millis()).unwrap_or(u64::MAX);
             let _: (i64, i64) = redis::pipe()
                 .cmd("SADD")

@@ -146,15 +146,24 @@ pub async fn serve(
             Err(e) => return x.answer(e, Some(route)),
         }
     }
+    // `Jit-Duration` (access routes), read once for the policies and the ticket: exactly one
+    // of the durations the route grants, or a refusal; never a silently shortened grant.
+    let requested = match held.requested_duration(route) {
+        Ok(d) => d,
+        Err(e) => return x.answer(e, Some(route)),
+    };
     let risk = risk_of(x, route, &held).await;
     // After the grants (a grant in hand is used before a policy makes another).
-    if let Some(auto) = auto_policy(x, route, &held, risk.as_ref().map(|r| r.score)) {
+    if let Some(auto) = auto_policy(x, route, &held, requested, risk.as_ref().map(|r| r.score)) {
         let by = release::ByPolicy {
             name: &auto.name,
             max_uses: auto.max_uses,
             rate: None,
         };
-        return release::auto_approved(x, route, held, request, by, risk).await;
+        return {
+            let ask = Ask::held(&held, request, requested, risk);
+            release::auto_approved(x, route, held, ask, by).await
+        };
     }
     // `approve_above_rate`: a named requester's requests within the rate pass (anonymous
     // requesters can mint identities, so each would have a rate of its own: never).
@@ -168,10 +177,13 @@ pub async fn serve(
                 max_uses: None,
                 rate: Some(rate.text()),
             };
-            return release::auto_approved(x, route, held, request, by, risk).await;
+            return {
+                let ask = Ask::held(&held, request, requested, risk);
+                release::auto_approved(x, route, held, ask, by).await
+            };
         }
     }
-    match open(x, route, &held, request, risk).await {
+    match open(x, route, Ask::held(&held, request, requested, risk)).await {
         Ok(t) => settle(x, route, t, held).await,
         Err(e) => x.answer(e, Some(route)),
     }
@@ -212,40 +224,7 @@ async fn resume(
 }
 
 /// A new ticket, or the pending one an identical request of the same requester opened.
-async fn open(
-    x: &Exchange<'_>,
-    route: &Route,
-    held: &HeldRequest,
-    request: ticket::RequestSnapshot,
-    risk: Option<ticket::Risk>,
-) -> Result<Ticket, GatewayError> {
-    // `Jit-Duration` (access routes): exactly one of the durations the route grants, or a
-    // refusal that says which ones; never a silently shortened grant.
-    // On `action` routes the header means nothing and is not read.
-    let access = route
-        .approval
-        .as_ref()
-        .is_some_and(|p| p.mode == ApprovalMode::Access);
-    let requested = match held.canonical.gateway_header("jit-duration") {
-        Some(raw) if access => Some(
-            jitgate_rules::units::parse_duration(raw)
-                .map_err(|e| GatewayError::DurationRefused(format!("Jit-Duration: {e}")))?,
-        ),
-        _ => None,
-    };
-    let anonymous = held.requester.user.is_none();
-    let ask = Ask {
-        requester: held.requester.clone(),
-        source: anonymous.then(|| held.canonical.source().to_string()),
-        reason: held
-            .canonical
-            .gateway_header("jit-reason")
-            .map(str::to_string),
-        request,
-        requested,
-        ahead: false,
-        risk,
-    };
+async fn open(x: &Exchange<'_>, route: &Route, ask: Ask) -> Result<Ticket, GatewayError> {
     let cfg = &x.snap.table.config().approvals;
     let (t, _) = open_ticket(x.engine(), cfg, route, ask).await?;
     Ok(t)
@@ -268,6 +247,52 @@ pub(crate) struct Ask {
     pub ahead: bool,
     /// The request's risk score (`[approvals.risk]`).
     pub risk: Option<ticket::Risk>,
+}
+
+impl Ask {
+    /// What a held request asks for: its requester (anonymous ones with their client
+    /// address, which per-source caps count by), `Jit-Reason`, the grant duration read by
+    /// [`HeldRequest::requested_duration`] and its risk score.
+    pub(crate) fn held(
+        held: &HeldRequest,
+        request: ticket::RequestSnapshot,
+        requested: Option<std::time::Duration>,
+        risk: Option<ticket::Risk>,
+    ) -> Ask {
+        let anonymous = held.requester.user.is_none();
+        Ask {
+            requester: held.requester.clone(),
+            source: anonymous.then(|| held.canonical.source().to_string()),
+            reason: held
+                .canonical
+                .gateway_header("jit-reason")
+                .map(str::to_string),
+            request,
+            requested,
+            ahead: false,
+            risk,
+        }
+    }
+}
+
+impl HeldRequest {
+    /// `Jit-Duration` on an access route, parsed (400 `duration-not-allowed` when it is not a
+    /// duration); on `action` routes the header means nothing and is not read.
+    fn requested_duration(
+        &self,
+        route: &Route,
+    ) -> Result<Option<std::time::Duration>, GatewayError> {
+        let access = route
+            .approval
+            .as_ref()
+            .is_some_and(|p| p.mode == ApprovalMode::Access);
+        match self.canonical.gateway_header("jit-duration") {
+            Some(raw) if access => jitgate_rules::units::parse_duration(raw)
+                .map(Some)
+                .map_err(|e| GatewayError::DurationRefused(format!("Jit-Duration: {e}"))),
+            _ => Ok(None),
+        }
+    }
 }
 
 /// Opens a ticket for `ask` on `route` (an approve route) or joins the pending one of the same
@@ -483,6 +508,7 @@ fn auto_policy<'r>(
     x: &Exchange<'_>,
     route: &'r Route,
     held: &HeldRequest,
+    requested: Option<std::time::Duration>,
     risk: Option<u32>,
 ) -> Option<&'r jitgate_rules::route::AutoApprove> {
     let policy = route.approval.as_ref()?;
@@ -491,10 +517,6 @@ fn auto_policy<'r>(
     }
     let duration = if policy.mode == ApprovalMode::Access {
         // A duration the route does not grant is refused when the ticket is opened.
-        let requested = match held.canonical.gateway_header("jit-duration") {
-            Some(raw) => Some(jitgate_rules::units::parse_duration(raw).ok()?),
-            None => None,
-        };
         let terms = policy.grant_terms_for(requested).ok()??;
         Some(std::time::Duration::from_millis(terms.duration_ms))
     } else {

@@ -313,9 +313,8 @@ pub(super) async fn auto_approved(
     x: &Exchange<'_>,
     route: &Route,
     held: HeldRequest,
-    request: ticket::RequestSnapshot,
+    ask: super::Ask,
     policy: ByPolicy<'_>,
-    risk: Option<ticket::Risk>,
 ) -> Response<ProxyBody> {
     let (current, index) = match recheck(x, &held, route) {
         Ok(r) => r,
@@ -326,36 +325,6 @@ pub(super) async fn auto_approved(
         return x.answer(GatewayError::StoreUnavailable { ticket: None }, Some(route));
     };
     let cfg = &x.snap.table.config().approvals;
-    let requested = match held.canonical.gateway_header("jit-duration") {
-        Some(raw)
-            if route
-                .approval
-                .as_ref()
-                .is_some_and(|p| p.mode == ApprovalMode::Access) =>
-        {
-            match jitgate_rules::units::parse_duration(raw) {
-                Ok(d) => Some(d),
-                Err(e) => {
-                    let e = GatewayError::DurationRefused(format!("Jit-Duration: {e}"));
-                    return x.answer(e, Some(route));
-                }
-            }
-        }
-        _ => None,
-    };
-    let anonymous = held.requester.user.is_none();
-    let ask = super::Ask {
-        requester: held.requester.clone(),
-        source: anonymous.then(|| held.canonical.source().to_string()),
-        reason: held
-            .canonical
-            .gateway_header("jit-reason")
-            .map(str::to_string),
-        request,
-        requested,
-        ahead: false,
-        risk,
-    };
     let opened = match super::new_ticket(engine, cfg, route, ask) {
         Ok(t) => t,
         Err(e) => return x.answer(e, Some(route)),
@@ -503,22 +472,11 @@ pub(super) async fn break_glass(
         return x.answer(GatewayError::StoreUnavailable { ticket: None }, Some(route));
     };
     let cfg = &x.snap.table.config().approvals;
-    let anonymous = held.requester.user.is_none();
-    let ask = super::Ask {
-        requester: held.requester.clone(),
-        source: anonymous.then(|| held.canonical.source().to_string()),
-        reason: Some(
-            held.canonical
-                .gateway_header("jit-reason")
-                .filter(|r| !r.is_empty())
-                .unwrap_or(&reason)
-                .to_string(),
-        ),
-        request,
-        requested: None,
-        ahead: false,
-        risk: None,
-    };
+    let mut ask = super::Ask::held(&held, request, None, None);
+    // The ticket's reason is `Jit-Reason` if sent, else the break-glass reason.
+    if ask.reason.as_deref().is_none_or(|r| r.trim().is_empty()) {
+        ask.reason = Some(reason.clone());
+    }
     let opened = match super::new_ticket(engine, cfg, route, ask) {
         Ok(t) => t,
         Err(e) => return x.answer(e, Some(route)),
