@@ -393,7 +393,7 @@ async fn risk_admits_calm_requests_and_explains_held_ones(store: &str) {
         )
         .replace(
             "[[routes]]\nname = \"rest\"",
-            "[[routes]]\nname = \"ops\"\nmethods = [\"POST\", \"DELETE\"]\npath = \"/ops/**\"\nupstream = \"origin\"\naction = \"approve\"\n[routes.approval]\napprovers = [\"group:oncall\"]\n[[routes.approval.auto_approve]]\nname = \"calm\"\ngroups = [\"dev\"]\nrisk_below = 50\n\n[[routes]]\nname = \"rest\"",
+            "[[routes]]\nname = \"ops\"\nmethods = [\"POST\", \"DELETE\"]\npath = \"/ops/**\"\nupstream = \"origin\"\naction = \"approve\"\n[routes.approval]\napprovers = [\"group:oncall\"]\nbreak_glass = { groups = [\"dev\"] }\n[[routes.approval.auto_approve]]\nname = \"calm\"\ngroups = [\"dev\"]\nrisk_below = 50\n\n[[routes]]\nname = \"rest\"",
         );
     let gw = Gateway::builder(&cfg)
         .file("key.pem", signing_key_pem())
@@ -470,6 +470,14 @@ async fn risk_admits_calm_requests_and_explains_held_ones(store: &str) {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert_eq!(origin.count(), 4);
+    // Break-glass releases, but nobody approved it: its address stays new.
+    let mut glass = from("10.3.3.3").to_vec();
+    glass.push(("jit-break-glass", "db down"));
+    let r = send("DELETE", &gw.url("/ops/g"), &glass, "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let r = send("DELETE", &gw.url("/ops/g"), &from("10.3.3.3"), "").await;
+    assert_eq!(r.status, 202, "still a new address: {}", r.text());
     // Anonymous requesters are never remembered: from an address bob made known, an anonymous
     // request still scores `new_source`.
     let r = send(

@@ -1188,8 +1188,8 @@ impl<'s> Cx<'s> {
             })
             .unwrap_or_default();
         let routes = self.routes(doc, &upstreams, approvals.as_ref());
-        if let Some(id) = &identity {
-            self.check_identifiable(doc, &routes, id);
+        if let (Some(id), Some(srv)) = (&identity, &server) {
+            self.check_identifiable(doc, &routes, id, !srv.trusted_proxies.is_empty());
         }
         // Shadowing is judged on every route that compiled, even when other parts of the
         // file have errors, so one `check` reports everything there is to fix.
@@ -1214,10 +1214,18 @@ impl<'s> Cx<'s> {
     }
 
     /// A route that refuses anonymous requesters (`mode = "access"`, `require_identity`) in a
-    /// table with no way to identify one ([identity.jwt] or [identity.headers]) would refuse
-    /// every request: an error at its `[routes.approval]`.
-    fn check_identifiable(&mut self, doc: &DeTable<'_>, routes: &[Route], id: &Identity) {
-        if id.jwt.is_some() || id.headers.is_some() {
+    /// table with no way to identify one ([identity.jwt], or [identity.headers] believed from
+    /// `trusted_proxies`) would refuse every request: an error at its `[routes.approval]`.
+    fn check_identifiable(
+        &mut self,
+        doc: &DeTable<'_>,
+        routes: &[Route],
+        id: &Identity,
+        trusted_proxies: bool,
+    ) {
+        // Identity headers are believed only from `trusted_proxies`: without any, nobody is
+        // identified by them.
+        if id.jwt.is_some() || (id.headers.is_some() && trusted_proxies) {
             return;
         }
         let Some(tables) = doc.get("routes").and_then(|v| v.get_ref().as_array()) else {
@@ -1240,7 +1248,7 @@ impl<'s> Cx<'s> {
             };
             self.error(
                 span.unwrap_or(0..0),
-                format!("route {}: {what} needs identified requesters, but neither [identity.jwt] nor [identity.headers] is configured: every request would be refused 401", r.name),
+                format!("route {}: {what} needs identified requesters, but neither [identity.jwt] nor [identity.headers] with [server] trusted_proxies is configured: every request would be refused 401", r.name),
             );
         }
     }

@@ -175,7 +175,7 @@ pub(super) async fn redeem(
         .and_then(|tok| HeaderValue::from_str(&tok).ok());
     tracing::info!(ticket = %id, route = %route.name, "approved request released");
     let record = Outcome::new(engine, Some(&spent), None);
-    send(x, &current, index, held, token, record).await
+    send(x, &current, index, held, token, record, true).await
 }
 
 /// An approved `access` ticket: its approval created the grant in the same store operation;
@@ -290,7 +290,7 @@ pub(super) async fn on_grant(
     };
     tracing::info!(grant = %used.id, route = %route.name, "request passed on an access grant");
     let record = Outcome::new(engine, None, Some(&used));
-    send(x, &current, index, held, None, record).await
+    send(x, &current, index, held, None, record, true).await
 }
 
 /// What approved a request without a person: an auto-approve policy, or the route's
@@ -408,7 +408,7 @@ pub(super) async fn auto_approved(
         .flatten()
         .and_then(|tok| HeaderValue::from_str(&tok).ok());
     let record = Outcome::new(engine, Some(&stored), grant.as_ref());
-    send(x, &current, index, held, token, record).await
+    send(x, &current, index, held, token, record, true).await
 }
 
 /// The longest break-glass reason kept.
@@ -509,10 +509,11 @@ pub(super) async fn break_glass(
         .approval_token(&stored)
         .and_then(|tok| HeaderValue::from_str(&tok).ok());
     let record = Outcome::new(engine, Some(&stored), None);
-    send(x, &current, index, held, token, record).await
+    send(x, &current, index, held, token, record, false).await
 }
 
-/// Forwards the held request through the current table's upstream for route `index`.
+/// Forwards the held request through the current table's upstream for route `index`;
+/// `remember_source`: the release makes its client address known to the risk score.
 async fn send(
     x: &Exchange<'_>,
     current: &Snapshot,
@@ -520,6 +521,7 @@ async fn send(
     held: HeldRequest,
     approval: Option<HeaderValue>,
     record: Outcome,
+    remember_source: bool,
 ) -> Response<ProxyBody> {
     let route = current.table.routes().get(index);
     let Some(upstream) = current.upstream_of(index) else {
@@ -527,8 +529,10 @@ async fn send(
         return x.answer(e, route);
     };
     // The risk score's `new_source`: the address is known from now on, since a request from
-    // it was released (not when one was merely held or refused). Off the request's path.
-    if held.requester.user.is_some()
+    // it was released (not when one was merely held or refused, nor by break-glass, which
+    // nobody approved). Off the request's path.
+    if remember_source
+        && held.requester.user.is_some()
         && current
             .table
             .config()

@@ -47,7 +47,7 @@ fn with_route(route: &str) -> String {
 /// [`with_route`] in a table that identifies requesters (by trusted headers).
 fn with_identity_and_route(route: &str) -> String {
     format!(
-        "[identity.headers]\nuser = \"X-User\"\n\n{}",
+        "[server]\ntrusted_proxies = [\"127.0.0.1/32\"]\n\n[identity.headers]\nuser = \"X-User\"\n\n{}",
         with_route(route)
     )
 }
@@ -60,7 +60,20 @@ fn routes_that_need_identified_requesters_need_a_way_to_identify_them() {
         .filter(|d| d.contains(": error: "))
         .collect();
     assert_eq!(got.len(), 1, "{got:?}");
-    assert!(got[0].contains("route r: mode = \"access\" needs identified requesters, but neither [identity.jwt] nor [identity.headers] is configured"), "{got:?}");
+    assert!(got[0].contains("route r: mode = \"access\" needs identified requesters, but neither [identity.jwt] nor [identity.headers] with [server] trusted_proxies is configured"), "{got:?}");
+    // Identity headers nobody is trusted to send identify nobody.
+    let untrusted = format!(
+        "[identity.headers]\nuser = \"X-User\"\n\n{}",
+        with_route(access)
+    );
+    let got: Vec<String> = errors(&untrusted)
+        .into_iter()
+        .filter(|d| d.contains(": error: "))
+        .collect();
+    assert!(
+        got.len() == 1 && got[0].contains("needs identified requesters"),
+        "{got:?}"
+    );
     let required = "name = \"r\"\nupstream = \"up\"\naction = \"approve\"\n[routes.approval]\napprovers = [\"group:ops\"]\nrequire_identity = true\n";
     let got: Vec<String> = errors(&with_route(required))
         .into_iter()
