@@ -4,9 +4,10 @@ use std::ops::Range;
 use std::time::Duration;
 
 use http::Uri;
-use toml::de::DeTable;
+use serde::Deserialize;
 
-use super::{is_name, secs, suggest, Cx};
+use super::raw::{span_of, Field, Map, Strings, Table};
+use super::{is_name, secs, suggest, Cx, RawConfig};
 
 /// The events a channel can be told about, as `events = [...]` names them.
 pub const NOTIFY_EVENTS: &[&str] = &[
@@ -20,17 +21,18 @@ pub const NOTIFY_EVENTS: &[&str] = &[
     "grant.revoked",
 ];
 
-const NOTIFY_KEYS: &[&str] = &[
-    "name",
-    "kind",
-    "url",
-    "secret_env",
-    "events",
-    "signing_secret_env",
-    "users",
-    "timeout",
-    "retry_for",
-];
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawNotify {
+    pub(super) name: Option<Field<String>>,
+    kind: Option<Field<String>>,
+    url: Option<Field<String>>,
+    secret_env: Option<Field<String>>,
+    events: Option<Field<Strings>>,
+    signing_secret_env: Option<Field<String>>,
+    users: Option<Field<Map<String>>>,
+    timeout: Option<Field<String>>,
+    retry_for: Option<Field<String>>,
+}
 
 /// What speaks on a channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,10 +97,10 @@ fn env_name(s: &str) -> bool {
 
 impl Cx<'_> {
     /// `[[notify]]`; `None` when a channel has errors.
-    pub(super) fn notify(&mut self, doc: &DeTable<'_>) -> Option<Vec<Notify>> {
+    pub(super) fn notify(&mut self, doc: &Table<RawConfig>) -> Option<Vec<Notify>> {
         let mut out: Vec<Notify> = Vec::new();
         let mut ok = true;
-        for (t, span) in self.tables(doc, "notify", "the top level") {
+        for (t, span) in self.tables(&doc.notify, "notify", "the top level") {
             match self.channel(t, span, &out) {
                 Some(n) => out.push(n),
                 None => ok = false,
@@ -107,13 +109,18 @@ impl Cx<'_> {
         ok.then_some(out)
     }
 
-    fn channel(&mut self, t: &DeTable<'_>, span: Range<usize>, seen: &[Notify]) -> Option<Notify> {
+    fn channel(
+        &mut self,
+        t: &Table<RawNotify>,
+        span: Range<usize>,
+        seen: &[Notify],
+    ) -> Option<Notify> {
         let sec = "[[notify]]";
-        self.check_keys(t, sec, NOTIFY_KEYS);
+        self.keys(t, sec);
         let mut ok = true;
-        let name = match self.str_(t, "name", sec) {
+        let name = match self.string(&t.name, "name", sec) {
             None => {
-                if !t.contains_key("name") {
+                if t.name.is_none() {
                     self.error(span.clone(), "a [[notify]] channel needs `name`");
                 }
                 None
@@ -131,9 +138,9 @@ impl Cx<'_> {
             }
             Some((n, _)) => Some(n.to_string()),
         };
-        let kind = match self.str_(t, "kind", sec) {
+        let kind = match self.string(&t.kind, "kind", sec) {
             None => {
-                if !t.contains_key("kind") {
+                if t.kind.is_none() {
                     self.error(
                         span.clone(),
                         "a [[notify]] channel needs `kind`: webhook, slack or teams",
@@ -156,9 +163,9 @@ impl Cx<'_> {
                 found
             }
         };
-        let url = match self.str_(t, "url", sec) {
+        let url = match self.string(&t.url, "url", sec) {
             None => {
-                if !t.contains_key("url") {
+                if t.url.is_none() {
                     self.error(span.clone(), "a [[notify]] channel needs `url`");
                 }
                 None
@@ -176,28 +183,29 @@ impl Cx<'_> {
                 }
             },
         };
-        let mut env = |cx: &mut Self, key: &str| match cx.str_(t, key, sec) {
+        let mut env =
+            |cx: &mut Self, f: &Option<Field<String>>, key: &str| match cx.string(f, key, sec) {
+                None => {
+                    ok &= f.is_none();
+                    None
+                }
+                Some((v, sp)) if !env_name(v) => {
+                    cx.error(
+                        sp,
+                        format!(
+                            "`{key}` in [[notify]] must be an environment variable name, not `{v}`"
+                        ),
+                    );
+                    ok = false;
+                    None
+                }
+                Some((v, _)) => Some(v.to_string()),
+            };
+        let secret_env = env(self, &t.secret_env, "secret_env");
+        let signing_secret_env = env(self, &t.signing_secret_env, "signing_secret_env");
+        let events = match self.strings(&t.events, "events", sec) {
             None => {
-                ok &= !t.contains_key(key);
-                None
-            }
-            Some((v, sp)) if !env_name(v) => {
-                cx.error(
-                    sp,
-                    format!(
-                        "`{key}` in [[notify]] must be an environment variable name, not `{v}`"
-                    ),
-                );
-                ok = false;
-                None
-            }
-            Some((v, _)) => Some(v.to_string()),
-        };
-        let secret_env = env(self, "secret_env");
-        let signing_secret_env = env(self, "signing_secret_env");
-        let events = match self.str_list(t, "events", sec) {
-            None => {
-                ok &= !t.contains_key("events");
+                ok &= t.events.is_none();
                 NOTIFY_EVENTS.iter().map(|e| (*e).to_string()).collect()
             }
             Some((list, sp)) => {
@@ -223,24 +231,24 @@ impl Cx<'_> {
             }
         };
         let mut users = Vec::new();
-        if let Some((ut, _)) = self.table(t, "users", sec) {
-            for (k, v) in ut.iter() {
-                match v.get_ref().as_str() {
-                    Some(u) if !u.is_empty() && !u.chars().any(char::is_whitespace) => {
+        if let Some((ut, _)) = self.get(&t.users, "users", sec) {
+            for (k, v) in ut {
+                match &v.value {
+                    Ok(u) if !u.is_empty() && !u.chars().any(char::is_whitespace) => {
                         users.push((k.get_ref().to_string(), u.to_string()));
                     }
                     _ => {
-                        self.error(v.span(), format!("`users` maps a Slack user id to a jitgate user name; `{}` needs a non-empty name without spaces", k.get_ref()));
+                        self.error(v.span.clone(), format!("`users` maps a Slack user id to a jitgate user name; `{}` needs a non-empty name without spaces", k.get_ref()));
                         ok = false;
                     }
                 }
             }
         } else {
-            ok &= !t.contains_key("users");
+            ok &= t.users.is_none();
         }
-        let timeout = match self.duration(t, "timeout", sec) {
+        let timeout = match self.duration(&t.timeout, "timeout", sec) {
             None => {
-                ok &= !t.contains_key("timeout");
+                ok &= t.timeout.is_none();
                 secs(10)
             }
             Some((d, sp)) if d > secs(60) => {
@@ -250,9 +258,9 @@ impl Cx<'_> {
             }
             Some((d, _)) => d,
         };
-        let retry_for = match self.duration(t, "retry_for", sec) {
+        let retry_for = match self.duration(&t.retry_for, "retry_for", sec) {
             None => {
-                ok &= !t.contains_key("retry_for");
+                ok &= t.retry_for.is_none();
                 secs(3600)
             }
             Some((d, sp)) if d > secs(7 * 24 * 3600) => {
@@ -265,37 +273,36 @@ impl Cx<'_> {
         // Keys that only one kind reads are refused on the others: accepted, they would do
         // nothing.
         if let Some(kind) = kind {
-            let only = |key: &str, for_kind: NotifyKind| {
-                (kind != for_kind && t.contains_key(key)).then(|| {
-                    let at = t.get(key).map_or(span.clone(), |v| v.span());
-                    (
-                        at,
-                        format!(
-                            "`{key}` is only read for kind = \"{}\", not \"{}\"",
-                            for_kind.as_str(),
-                            kind.as_str()
-                        ),
-                    )
-                })
+            let only = |key: &str, at: Option<Range<usize>>, for_kind: NotifyKind| {
+                let at = at.filter(|_| kind != for_kind)?;
+                Some((
+                    at,
+                    format!(
+                        "`{key}` is only read for kind = \"{}\", not \"{}\"",
+                        for_kind.as_str(),
+                        kind.as_str()
+                    ),
+                ))
             };
-            for (key, for_kind) in [
-                ("secret_env", NotifyKind::Webhook),
-                ("signing_secret_env", NotifyKind::Slack),
-                ("users", NotifyKind::Slack),
+            for (key, at, for_kind) in [
+                ("secret_env", span_of(&t.secret_env), NotifyKind::Webhook),
+                (
+                    "signing_secret_env",
+                    span_of(&t.signing_secret_env),
+                    NotifyKind::Slack,
+                ),
+                ("users", span_of(&t.users), NotifyKind::Slack),
             ] {
-                if let Some((at, msg)) = only(key, for_kind) {
+                if let Some((at, msg)) = only(key, at, for_kind) {
                     self.error(at, msg);
                     ok = false;
                 }
             }
-            if kind == NotifyKind::Webhook && !t.contains_key("secret_env") {
+            if kind == NotifyKind::Webhook && t.secret_env.is_none() {
                 self.error(span.clone(), "a webhook channel needs `secret_env`, the variable holding its Standard Webhooks secret (whsec_...): receivers verify every message by it");
                 ok = false;
             }
-            if kind == NotifyKind::Slack
-                && !users.is_empty()
-                && !t.contains_key("signing_secret_env")
-            {
+            if kind == NotifyKind::Slack && !users.is_empty() && t.signing_secret_env.is_none() {
                 self.warn(span.clone(), "`users` without `signing_secret_env`: messages carry no buttons, so nobody decides from Slack");
             }
         }

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use super::*;
-use crate::route::{Principal, Rate};
+use crate::route::{MethodSet, Principal, Rate};
 use crate::RuleTable;
 
 const FILE: &str = "/etc/jitgate/proxy.toml";
@@ -50,6 +50,36 @@ fn with_identity_and_route(route: &str) -> String {
         "[server]\ntrusted_proxies = [\"127.0.0.1/32\"]\n\n[identity.headers]\nuser = \"X-User\"\n\n{}",
         with_route(route)
     )
+}
+
+#[test]
+fn break_glass_groups_need_requesters_that_carry_groups() {
+    let route = "name = \"r\"\nupstream = \"up\"\naction = \"approve\"\n[routes.approval]\napprovers = [\"group:ops\"]\nbreak_glass = { groups = [\"sre\"] }\n";
+    // Trusted identity headers without a groups header: a user, but never a group.
+    let e = one_error(&with_identity_and_route(route));
+    assert!(
+        e.contains(":17:15: error: route r: `break_glass` groups overlap nobody"),
+        "{e}"
+    );
+    // A groups header nobody is trusted to send.
+    let untrusted = format!(
+        "[identity.headers]\nuser = \"X-User\"\ngroups = \"X-Groups\"\n\n{}",
+        with_route(route)
+    );
+    assert!(one_error(&untrusted).contains("`break_glass` groups overlap nobody"));
+    // No identity at all.
+    assert!(one_error(&with_route(route)).contains("`break_glass` groups overlap nobody"));
+    // Trusted groups header, or a JWT (its groups claim): someone can be in `sre`.
+    let grouped = format!(
+        "[server]\ntrusted_proxies = [\"127.0.0.1/32\"]\n\n[identity.headers]\nuser = \"X-User\"\ngroups = \"X-Groups\"\n\n{}",
+        with_route(route)
+    );
+    parse(&grouped);
+    let jwt = format!(
+        "[identity.jwt]\nhs256_secret_env = \"JWT_SECRET\"\n\n{}",
+        with_route(route)
+    );
+    parse(&jwt);
 }
 
 #[test]
@@ -789,8 +819,9 @@ fn the_table_keeps_the_exact_source_its_version_hashes() {
 
 #[test]
 fn suggestions() {
-    assert_eq!(suggest("lsiten", SERVER_KEYS), Some("listen"));
-    assert_eq!(suggest("qwertyuiop", SERVER_KEYS), None);
+    let known = ["listen", "admin_listen", "watch"];
+    assert_eq!(suggest("lsiten", &known), Some("listen"));
+    assert_eq!(suggest("qwertyuiop", &known), None);
     assert_eq!(edit_distance("kitten", "sitting"), 3);
 }
 
@@ -1058,4 +1089,43 @@ fn risk_weights_are_validated_with_positions() {
     );
     assert_eq!(m.methods, vec![(http::Method::DELETE, 25)]);
     assert_eq!(m.body_above, Some(1 << 20));
+}
+
+/// The serde-derived model keeps going after a value of the wrong type: every problem of a
+/// section is reported in one read, each at its own position, whatever TOML type was found.
+#[test]
+fn wrong_types_are_each_reported_and_the_section_is_still_checked() {
+    let src = "[server]\nwatch = \"yes\"\nlisten = 8080\nshutdown_grace = 1979-05-27T07:32:00Z\nmax_connections = 99999999999999999999\nheader_read_timeout = [\"1s\"]\nlsiten = \"x\"\n";
+    let got: Vec<String> = errors(src)
+        .into_iter()
+        .filter(|e| e.contains(": error: "))
+        .map(|e| e.trim_start_matches(FILE).to_string())
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ":2:9: error: `watch` in [server] must be true or false, not string",
+            ":3:10: error: `listen` in [server] must be a string, not integer",
+            ":4:18: error: `shutdown_grace` in [server] must be a string, not datetime",
+            ":5:19: error: `max_connections` in [server] is out of range",
+            ":6:23: error: `header_read_timeout` in [server] must be a string, not array",
+            ":7:1: error: unknown key `lsiten` in [server]; did you mean `listen`?",
+        ]
+    );
+    // Arrays of tables: each element is checked on its own, nested tables included.
+    let src = with_route("name = \"a\"\naction = \"deny\"\nsource = [\"10.0.0.0/8\", 7]\n[routes.error]\nstatuss = 404\n\n[[routes]]\nname = \"b\"\naction = \"dney\"\nenforce = \"no\"\n");
+    let got: Vec<String> = errors(&src)
+        .into_iter()
+        .filter(|e| e.contains(": error: "))
+        .map(|e| e.trim_start_matches(FILE).to_string())
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ":8:25: error: `source[..]` in [[routes]] must be a string, not integer",
+            ":10:1: error: unknown key `statuss` in [routes.error]; did you mean `status`?",
+            ":14:10: error: `action` must be \"allow\", \"deny\" or \"approve\", not `dney`; did you mean `deny`?",
+            ":15:11: error: `enforce` in [[routes]] must be true or false, not string",
+        ]
+    );
 }
