@@ -64,6 +64,26 @@ pub(crate) struct RawAutoApprove {
     risk_below: Option<Field<i64>>,
 }
 
+impl Cx<'_> {
+    /// Bare user or group names (`users`, `groups`), where `approvers` takes principals: a
+    /// name spelt `group:sre` would name a group nobody is in, so the principal spelling is
+    /// refused with the name it means.
+    fn names(&mut self, f: &Option<Field<Strings>>, key: &str, sec: &str) -> Option<Vec<String>> {
+        let (items, _) = self.strings(f, key, sec)?;
+        let mut out = Vec::new();
+        for (s, sp) in items {
+            match s.split_once(':') {
+                Some((kind @ ("user" | "group"), name)) => self.error(
+                    sp,
+                    format!("`{s}` in `{key}` is a principal, as `approvers` takes them; `{key}` in {sec} takes {kind} names: write `{name}`"),
+                ),
+                _ => out.push(s.to_string()),
+            }
+        }
+        Some(out)
+    }
+}
+
 /// Whether `f` holds an empty array.
 fn is_empty_list(f: &Option<Field<Strings>>) -> bool {
     matches!(f, Some(Field { value: Ok(v), .. }) if v.is_empty())
@@ -104,8 +124,7 @@ impl Cx<'_> {
                     self.error(sp, format!("`quorum` must be at least 1, not {n}: a ticket would pass with no approval"));
                     ok = false;
                     1
-                } else {
-                    let q = u32::try_from(n).unwrap_or(u32::MAX);
+                } else if let Ok(q) = u32::try_from(n) {
                     let users_only = !approvers.is_empty()
                         && approvers.iter().all(|p| matches!(p, Principal::User(_)));
                     if users_only && q as usize > approvers.len() {
@@ -113,6 +132,16 @@ impl Cx<'_> {
                         ok = false;
                     }
                     q
+                } else {
+                    self.error(
+                        sp,
+                        format!(
+                            "`quorum` in {sec} must be an integer from 1 to {}",
+                            u32::MAX
+                        ),
+                    );
+                    ok = false;
+                    1
                 }
             }
         };
@@ -298,10 +327,7 @@ impl Cx<'_> {
                 Vec::new()
             }
             Some((bt, sp)) => {
-                let groups: Vec<String> = self
-                    .strings(&bt.groups, "groups", bsec)
-                    .map(|g| g.0.into_iter().map(|(s, _)| s.to_string()).collect())
-                    .unwrap_or_default();
+                let groups = self.names(&bt.groups, "groups", bsec).unwrap_or_default();
                 if groups.is_empty() || groups.iter().any(|g| g.is_empty()) {
                     self.error(sp, "`break_glass` needs a non-empty `groups` list");
                     ok = false;
@@ -499,12 +525,8 @@ impl Cx<'_> {
         if t.methods.is_some() {
             a.methods = self.methods(&t.methods, "methods", sec).unwrap_or_default();
         }
-        if let Some((u, _)) = self.strings(&t.users, "users", sec) {
-            a.users = u.into_iter().map(|(s, _)| s.to_string()).collect();
-        }
-        if let Some((g, _)) = self.strings(&t.groups, "groups", sec) {
-            a.groups = g.into_iter().map(|(s, _)| s.to_string()).collect();
-        }
+        a.users = self.names(&t.users, "users", sec).unwrap_or_default();
+        a.groups = self.names(&t.groups, "groups", sec).unwrap_or_default();
         a.source = self.cidrs(&t.source, "source", sec);
         if let Some(h) = &t.headers {
             a.headers = self.header_rules(&t.headers, sec).unwrap_or_default();

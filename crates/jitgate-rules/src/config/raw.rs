@@ -51,6 +51,8 @@ pub(crate) fn span_of<T>(f: &Option<Field<T>>) -> Option<Range<usize>> {
 pub(crate) enum Scalar {
     Str(String),
     Int(i64),
+    /// An integer beyond `i64`.
+    BigInt,
     Float,
     Bool(bool),
 }
@@ -59,7 +61,7 @@ impl Scalar {
     fn type_str(&self) -> &'static str {
         match self {
             Scalar::Str(_) => "string",
-            Scalar::Int(_) => "integer",
+            Scalar::Int(_) | Scalar::BigInt => "integer",
             Scalar::Float => "float",
             Scalar::Bool(_) => "boolean",
         }
@@ -123,6 +125,7 @@ impl Leaf for i64 {
     fn scalar(s: Scalar) -> Result<Self, Wrong> {
         match s {
             Scalar::Int(n) => Ok(n),
+            Scalar::BigInt => Err(Wrong::Range),
             other => Err(Wrong::Type(other.type_str())),
         }
     }
@@ -141,6 +144,7 @@ impl Leaf for Size {
         match s {
             Scalar::Str(s) => Ok(Size::Text(s)),
             Scalar::Int(n) => Ok(Size::Bytes(n)),
+            Scalar::BigInt => Err(Wrong::Range),
             other => Err(Wrong::Type(other.type_str())),
         }
     }
@@ -309,8 +313,23 @@ impl<'de, T: Leaf> Deserialize<'de> for Probe<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         Ok(Probe(
             d.deserialize_any(ProbeVisitor(PhantomData))
-                .unwrap_or_else(|e: D::Error| Err(Wrong::Invalid(e.to_string()))),
+                .unwrap_or_else(|e: D::Error| unreadable::<T>(&e.to_string())),
         ))
+    }
+}
+
+/// A value toml could not hand over. toml says why only in words: numbers beyond what
+/// Rust's types hold are still numbers of a type, and a datetime read as a table (its one
+/// key, toml's private marker, has no span) is a datetime.
+fn unreadable<T: Leaf>(message: &str) -> Result<T, Wrong> {
+    if message.contains("integer number overflowed") {
+        T::scalar(Scalar::BigInt)
+    } else if message.contains("floating-point number overflowed") {
+        T::scalar(Scalar::Float)
+    } else if message.contains(TOML_DATETIME) {
+        Err(Wrong::Type("datetime"))
+    } else {
+        Err(Wrong::Invalid(message.trim().to_string()))
     }
 }
 
@@ -332,18 +351,17 @@ impl<'de, T: Leaf> Visitor<'de> for ProbeVisitor<T> {
     }
 
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
-        Ok(match i64::try_from(v) {
-            Ok(n) => T::scalar(Scalar::Int(n)),
-            Err(_) => Err(Wrong::Range),
-        })
+        Ok(T::scalar(
+            i64::try_from(v).map_or(Scalar::BigInt, Scalar::Int),
+        ))
     }
 
     fn visit_i128<E: de::Error>(self, _: i128) -> Result<Self::Value, E> {
-        Ok(Err(Wrong::Range))
+        Ok(T::scalar(Scalar::BigInt))
     }
 
     fn visit_u128<E: de::Error>(self, _: u128) -> Result<Self::Value, E> {
-        Ok(Err(Wrong::Range))
+        Ok(T::scalar(Scalar::BigInt))
     }
 
     fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {

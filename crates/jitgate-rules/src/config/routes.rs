@@ -195,6 +195,18 @@ impl Cx<'_> {
                 Vec::new()
             }
         };
+        if let Some(Field { value: Ok(s), span }) = &t.source {
+            if s.is_empty() {
+                self.error(span.clone(), format!("`source` in {sec} is empty, so nothing would match; leave it out to match any source"));
+                ok = false;
+            }
+        }
+        if let Some(Field { value: Ok(h), span }) = &t.headers {
+            if h.is_empty() {
+                self.error(span.clone(), format!("`headers` in {sec} is empty: it is no condition; remove it or name a header"));
+                ok = false;
+            }
+        }
         let source = self.cidrs(&t.source, "source", sec);
         let flag = |cx: &mut Self, f: &Option<Field<bool>>, key: &str, default: bool| {
             cx.flag(f, key, sec).map_or(default, |b| b.0)
@@ -377,6 +389,14 @@ impl Cx<'_> {
                     ok = false;
                     continue;
                 };
+                if headers.iter().any(|h| h.name == name) {
+                    self.error(
+                        k.span(),
+                        format!("header `{name}` is named twice (header names ignore case): both conditions would have to hold at once; keep one"),
+                    );
+                    ok = false;
+                    continue;
+                }
                 if val != "*" && HeaderValue::from_str(val).is_err() {
                     self.error(
                         v.span.clone(),

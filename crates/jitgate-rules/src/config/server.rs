@@ -72,8 +72,9 @@ impl Cx<'_> {
         let admin_allow_remote = self
             .flag(&t.admin_allow_remote, "admin_allow_remote", sec)
             .is_some_and(|b| b.0);
-        if let (Some((l, _)), Some((a, aspan))) = (&listen, &admin_listen) {
-            let span = aspan.clone().unwrap_or(0..0);
+        if let (Some((l, lspan)), Some((a, aspan))) = (&listen, &admin_listen) {
+            // Where the clash is written: `admin_listen`, else `listen` against the default.
+            let span = aspan.clone().or(lspan.clone()).unwrap_or(0..0);
             if l.port() == a.port()
                 && l.port() != 0
                 && (l.ip() == a.ip() || l.ip().is_unspecified() || a.ip().is_unspecified())

@@ -1129,3 +1129,160 @@ fn wrong_types_are_each_reported_and_the_section_is_still_checked() {
         ]
     );
 }
+
+// === found by the red team against the serde-derived model ===
+
+/// Errors only, without the file name.
+fn error_lines(src: &str) -> Vec<String> {
+    errors(src)
+        .into_iter()
+        .filter(|e| e.contains(": error: "))
+        .map(|e| e.trim_start_matches(FILE).to_string())
+        .collect()
+}
+
+/// Kept from the hand-walked reader: An integer beyond 64 bits given to a key that is not an integer at all was
+/// "must be a string, not integer" (the old reader); the new one says "is out of range", as
+/// if a smaller number would do.
+#[test]
+fn huge_integer_on_a_non_integer_key_is_a_type_error() {
+    assert_eq!(
+        error_lines("[server]\nlisten = 99999999999999999999\nwatch = 99999999999999999999\n"),
+        [
+            ":2:10: error: `listen` in [server] must be a string, not integer",
+            ":3:9: error: `watch` in [server] must be true or false, not integer",
+        ]
+    );
+    let route = "name = \"r\"\naction = \"deny\"\nmethods = [99999999999999999999]\nenforce = -99999999999999999999\n";
+    let got = error_lines(&with_route(route));
+    assert!(
+        got.contains(
+            &":8:12: error: `methods[..]` in [[routes]] must be a string, not integer".to_string()
+        ),
+        "{got:#?}"
+    );
+    assert!(
+        got.contains(
+            &":9:11: error: `enforce` in [[routes]] must be true or false, not integer".to_string()
+        ),
+        "{got:#?}"
+    );
+}
+
+/// Kept from the hand-walked reader: A datetime where a table (or a table of data keys) is expected leaks serde and
+/// toml internals: "`tls` in [server]: invalid type: string "$__toml_private_datetime",
+/// expected a spanned value". The old reader said "must be a table, not datetime".
+#[test]
+fn datetime_where_a_table_is_expected_says_datetime() {
+    assert_eq!(
+        error_lines("[server]\ntls = 1979-05-27T07:32:00Z\n"),
+        [":2:7: error: `tls` in [server] must be a table, not datetime"]
+    );
+    let route = "name = \"r\"\naction = \"deny\"\nheaders = 1979-05-27\nerror = 07:32:00\n";
+    assert_eq!(
+        error_lines(&with_route(route)),
+        [
+            ":8:11: error: `headers` in [[routes]] must be a table, not datetime",
+            ":9:9: error: `error` in [[routes]] must be a table, not datetime",
+        ]
+    );
+    let approve = "name = \"r\"\nupstream = \"up\"\naction = \"approve\"\napproval = 1979-05-27\n";
+    assert_eq!(
+        error_lines(&with_route(approve)),
+        [":9:12: error: `approval` in [[routes]] must be a table, not datetime"]
+    );
+}
+
+/// Kept from the hand-walked reader: A float too large for f64 (`1e400`) given to any key is now reported with
+/// toml's raw message ("floating-point number overflowed", with a trailing newline) instead
+/// of the type error the old reader gave ("must be an integer, not float").
+#[test]
+fn float_overflow_is_a_type_error() {
+    let route = "name = \"r\"\nupstream = \"up\"\naction = \"approve\"\n[routes.approval]\napprovers = [\"group:ops\"]\nquorum = 1e400\nself_approval = -1e400\n";
+    assert_eq!(
+        error_lines(&with_route(route)),
+        [
+            ":11:10: error: `quorum` in [routes.approval] must be an integer, not float",
+            ":12:17: error: `self_approval` in [routes.approval] must be true or false, not float",
+        ]
+    );
+}
+
+/// Refused since the red team: `source = []` on a route is accepted and means "any
+/// source": an allow route meant for an (empty) list of networks is open to everyone.
+/// `methods = []` is refused for the same reason ("nothing would match"), and so is
+/// `source = []` in an auto_approve policy.
+#[test]
+fn empty_route_source_is_refused() {
+    let allow = "name = \"r\"\nupstream = \"up\"\naction = \"allow\"\nsource = []\n";
+    let e = errors(&with_route(allow));
+    assert!(e.iter().any(|e| e.contains("`source`")), "{e:#?}");
+}
+
+/// Refused since the red team: `headers = {}` on a route is accepted as "no header condition"; in an
+/// auto_approve policy the same table is refused ("it would hold for every request").
+#[test]
+fn empty_route_headers_is_refused() {
+    let allow = "name = \"r\"\nupstream = \"up\"\naction = \"allow\"\nheaders = {}\n";
+    let e = errors(&with_route(allow));
+    assert!(e.iter().any(|e| e.contains("`headers`")), "{e:#?}");
+}
+
+/// Refused since the red team: `break_glass` takes bare group
+/// names, `approvers` takes principals; `groups = ["group:sre"]` (the approvers' spelling) is
+/// accepted without a word and names a group called `group:sre`, which nobody is in: every
+/// emergency is refused 403, exactly what `check_identifiable` means to catch.
+#[test]
+fn break_glass_groups_in_principal_syntax_are_reported() {
+    let route = "name = \"r\"\nupstream = \"up\"\naction = \"approve\"\n[routes.approval]\napprovers = [\"group:ops\"]\nbreak_glass = { groups = [\"group:sre\"] }\n";
+    let src = format!(
+        "[identity.jwt]\nhs256_secret_env = \"JWT_SECRET\"\n\n{}",
+        with_route(route)
+    );
+    let diags: Vec<String> = match RuleTable::parse(&src, Path::new(FILE)) {
+        Ok(t) => t.warnings().iter().map(|d| d.to_string()).collect(),
+        Err(d) => d.iter().map(|d| d.to_string()).collect(),
+    };
+    assert!(
+        diags.iter().any(|d| d.contains("group:sre")),
+        "no diagnostic for break_glass group `group:sre`: {diags:#?}"
+    );
+}
+
+/// Refused since the red team: Quoted header names that differ only by case are two TOML keys but one
+/// header: both conditions are kept, so the route needs `x-env` to be `prod` and `dev` at
+/// once (an allow route then never matches; a deny route fires only on a request carrying
+/// both). Repeated names elsewhere (`volatile_headers`, `credential_headers`) are reported.
+#[test]
+fn route_header_named_twice_is_refused() {
+    let deny = "name = \"r\"\naction = \"deny\"\nheaders = { \"X-Env\" = \"prod\", \"x-env\" = \"dev\" }\n";
+    let src = with_route(deny);
+    let diags: Vec<String> = match RuleTable::parse(&src, Path::new(FILE)) {
+        Ok(t) => t.warnings().iter().map(|d| d.to_string()).collect(),
+        Err(d) => d.iter().map(|d| d.to_string()).collect(),
+    };
+    assert!(
+        diags
+            .iter()
+            .any(|d| d.to_ascii_lowercase().contains("x-env")),
+        "header `x-env` named twice without a diagnostic: {diags:#?}"
+    );
+}
+
+/// Refused since the red team: `quorum` beyond u32 is silently clamped to 4294967295
+/// (`u32::try_from(n).unwrap_or(u32::MAX)`): the file says one number, the table holds
+/// another. Every other count is refused above u32::MAX ("must be an integer from 1 to ...").
+#[test]
+fn quorum_beyond_u32_is_refused() {
+    let route = "name = \"r\"\nupstream = \"up\"\naction = \"approve\"\n[routes.approval]\napprovers = [\"group:ops\"]\nquorum = 4294967296\n";
+    let e = one_error(&with_route(route));
+    assert!(e.contains(":11:10: error: `quorum`"), "{e}");
+}
+
+/// Refused since the red team: When `listen` takes the default `admin_listen` port, the error is located at
+/// 1:1 (span 0..0 of the absent `admin_listen`) instead of at `listen`.
+#[test]
+fn listen_clashing_with_default_admin_listen_points_at_listen() {
+    let e = one_error("[server]\nwatch = true\nlisten = \"127.0.0.1:9090\"\n");
+    assert!(e.contains(":3:10: error: `admin_listen`"), "{e}");
+}
