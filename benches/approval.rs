@@ -271,6 +271,11 @@ watch = false
 hold_timeout = "10m"
 ticket_ttl = "30m"
 signing_key = "{key}"
+# Every held request comes from 127.0.0.1 without credentials: lift the per-source and
+# per-user caps (defaults 20 and 50) so HELD requests can be pending at once.
+max_pending = 100000
+max_pending_per_source = 50000
+max_pending_per_user = 50000
 
 [admin]
 api_tokens = [{{ name = "alice-bench", user = "alice", sha256 = "{alice}", groups = ["oncall"] }}]

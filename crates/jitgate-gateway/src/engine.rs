@@ -389,7 +389,7 @@ impl Engine {
 
     /// Expires ticket `id` as of `now`, with its audit event; `None` unless this call expired
     /// it. The store publishes the change, which wakes its holders.
-    async fn expire(&self, id: &TicketId, now: Timestamp) -> Option<Ticket> {
+    pub(crate) async fn expire(&self, id: &TicketId, now: Timestamp) -> Option<Ticket> {
         let store = self.store().ok()?;
         let expired = store
             .transition(id, &|t| ticket::expire(t, now), &|_, t| {

@@ -154,7 +154,12 @@ async fn edge(
 ) -> Response<ProxyBody> {
     let upgrade = parts.extensions.remove::<OnUpgrade>();
     let canonical = match Canonical::build(&mut parts, &x.edge()) {
-        Ok(c) => c,
+        Ok(c) => {
+            // The rest of `parts` (the URI) still points into the connection's read buffer;
+            // a held request must not pin it.
+            drop(parts);
+            c
+        }
         Err(e) => {
             x.identify(headers::request_id(&parts.headers));
             // Neither the query nor `;` parameters: they carry credentials too often.
@@ -256,7 +261,10 @@ async fn serve(
         request_id: x.request_id(),
         metrics: x.engine().metrics(),
     };
-    match forward(upstream, out).await {
+    // Boxed: forwarding is most of this future's size, and hyper keeps a slot of that size
+    // for every connection, held ones and idle keep-alive ones too; one allocation per
+    // forwarded request buys back half of it.
+    match Box::pin(forward(upstream, out)).await {
         Ok(resp) => resp,
         Err(e) => x.answer(e, Some(route)),
     }

@@ -350,17 +350,22 @@ impl Conn {
                 let builders = self.builders.clone();
                 self.run(stream, false, &builders.sniff, deadline).await;
             }
+            // Boxed: the TLS handshake and stream would otherwise size every connection's
+            // task, plain ones too.
             Some(acceptor) => {
-                match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
-                    Ok(Ok(stream)) => {
-                        let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                        let builders = self.builders.clone();
-                        let builder = if h2 { &builders.http2 } else { &builders.http1 };
-                        self.run(stream, true, builder, deadline).await;
+                Box::pin(async move {
+                    match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                            let builders = self.builders.clone();
+                            let builder = if h2 { &builders.http2 } else { &builders.http1 };
+                            self.run(stream, true, builder, deadline).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
-                    Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
-                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                }
+                })
+                .await
             }
         }
     }
@@ -403,7 +408,9 @@ impl Conn {
             async move {
                 let mut resp = match plane {
                     Plane::Data => proxy::handle(shared, conn, req).await,
-                    Plane::Admin => admin::handle(shared, req, conn.tls).await,
+                    // Boxed: the admin plane's future is twice the data plane's, and hyper
+                    // keeps a slot of this future's size for every connection.
+                    Plane::Admin => Box::pin(admin::handle(shared, req, conn.tls)).await,
                 };
                 if let Some(busy) = busy {
                     if resp.extensions().get::<admin::Authenticated>().is_some() {

@@ -441,6 +441,31 @@ impl Canonical {
         self.version
     }
 
+    /// Copies what still points into the connection's read buffer (hyper parses a request
+    /// head without copying: the target and header values share the buffer), so a request
+    /// kept for long, held for approval, lets its connection reuse that buffer for the next
+    /// read instead of allocating another beside it.
+    pub fn detach(&mut self) {
+        fn own(v: &HeaderValue) -> HeaderValue {
+            let mut copy = HeaderValue::from_bytes(v.as_bytes()).unwrap_or_else(|_| v.clone());
+            copy.set_sensitive(v.is_sensitive());
+            copy
+        }
+        self.host = own(&self.host);
+        if let Ok(target) = PathAndQuery::try_from(self.target.as_str()) {
+            self.target = target;
+        }
+        for v in self.headers.values_mut() {
+            *v = own(v);
+        }
+        for (_, v) in &mut self.gateway {
+            *v = own(v);
+        }
+        if let Some(v) = &mut self.proxy_authorization {
+            *v = own(v);
+        }
+    }
+
     /// Whether this is a WebSocket upgrade (the only upgrade passed through).
     pub fn is_upgrade(&self) -> bool {
         self.upgrade

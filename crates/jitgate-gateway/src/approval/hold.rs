@@ -2,58 +2,51 @@
 
 use std::time::Duration;
 
-use jitgate_rules::ticket::{Status, Ticket};
+use jitgate_rules::ticket::{Status, Ticket, TicketId, Timestamp};
 use jitgate_store::StoreError;
 
 use crate::context::Exchange;
 use crate::error::GatewayError;
 
-/// Waits for a decision on `t` until `hold_for` passes; returns the ticket as decided, or
-/// still pending at the deadline. Only the id and expiry are kept while waiting (thousands of
-/// requests may be held at once); the ticket is re-read when woken. A client that goes away
-/// while held (the future is dropped) cancels the ticket once no other request on this replica
-/// waits for it (see [`crate::engine::HoldGuard`]).
+/// Waits for a decision on pending ticket `id` (expiring at `expires_at`) until `hold_for`
+/// passes; returns the ticket as decided, or still pending at the deadline. Only the id and
+/// expiry are kept while waiting (thousands of requests may be held at once, so no ticket is
+/// alive across a wait: it is read again when woken). A client that goes away while held (the
+/// future is dropped) cancels the ticket once no other request on this replica waits for it
+/// (see [`crate::engine::HoldGuard`]).
 pub(super) async fn wait(
     x: &Exchange<'_>,
-    t: Ticket,
+    id: TicketId,
+    mut expires_at: Timestamp,
     hold_for: Duration,
 ) -> Result<Ticket, GatewayError> {
     let engine = x.engine();
     let store = engine
         .store()
         .map_err(|_| GatewayError::StoreUnavailable {
-            ticket: Some(t.id.clone()),
+            ticket: Some(id.clone()),
         })?
         .clone();
     let deadline = tokio::time::Instant::now() + hold_for;
-    let mut guard = engine.hold(&t.id);
+    let mut guard = engine.hold(&id);
     let notify = guard.notify();
     let mut shutdown = engine.shutdown_signal();
-    let (id, mut expires_at) = (t.id.clone(), t.expires_at);
     let unavailable = |e: StoreError, id| {
         tracing::warn!(ticket = %id, "store unavailable while holding: {e}");
         GatewayError::StoreUnavailable { ticket: Some(id) }
     };
-    let mut current = Some(t);
     loop {
         let notified = notify.notified();
         tokio::pin!(notified);
         // Registered before reading, so a decision between the read and the wait wakes us.
         notified.as_mut().enable();
-        if let Some(t) = current.take() {
-            if t.status != Status::Pending {
+        let now = engine.now();
+        if now >= expires_at {
+            if let Some(expired) = engine.expire(&id, now).await {
                 guard.disarm();
-                return Ok(t);
-            }
-            expires_at = t.expires_at;
-            if engine.now() >= expires_at {
-                if let Some(expired) = engine.expire_if_due(&t).await {
-                    guard.disarm();
-                    return Ok(expired);
-                }
+                return Ok(expired);
             }
         }
-        let now = engine.now();
         let until_expiry = Duration::from_millis(expires_at.0.saturating_sub(now.0));
         let wake = deadline.min(tokio::time::Instant::now() + until_expiry);
         let stopping = tokio::select! {
@@ -66,12 +59,13 @@ pub(super) async fn wait(
             return Err(GatewayError::ShuttingDown { ticket: id });
         }
         let read = store.get(&id).await;
-        if tokio::time::Instant::now() >= deadline {
-            guard.disarm();
-        }
+        let past = tokio::time::Instant::now() >= deadline;
         match read {
-            Ok(Some(t)) if tokio::time::Instant::now() >= deadline => return Ok(t),
-            Ok(Some(t)) => current = Some(t),
+            Ok(Some(t)) if past || t.status != Status::Pending => {
+                guard.disarm();
+                return Ok(t);
+            }
+            Ok(Some(t)) => expires_at = t.expires_at,
             Ok(None) => {
                 guard.disarm();
                 return Err(unavailable(StoreError::NotFound, id));

@@ -59,15 +59,38 @@ pub struct HeldRequest {
 pub async fn serve(
     x: &Exchange<'_>,
     route: &Route,
-    mut canonical: Canonical,
+    canonical: Canonical,
     body: RequestBody,
 ) -> Response<ProxyBody> {
+    // Two steps, so a held request keeps only the second's future: the first (reading,
+    // binding, policies, the ticket) is done and dropped before holding begins.
+    match Box::pin(admit(x, route, canonical, body)).await {
+        Ok(holding) => Box::pin(hold_then_finish(x, route, holding)).await,
+        Err(answered) => answered,
+    }
+}
+
+/// A request that waits for its ticket's decision.
+struct Holding {
+    id: TicketId,
+    expires_at: ticket::Timestamp,
+    hold_for: std::time::Duration,
+    held: HeldRequest,
+}
+
+/// Everything before holding: `Ok` to hold, `Err` with the answer when none is needed.
+async fn admit(
+    x: &Exchange<'_>,
+    route: &Route,
+    mut canonical: Canonical,
+    body: RequestBody,
+) -> Result<Holding, Response<ProxyBody>> {
     let Some(policy) = route.approval.as_ref() else {
         let e = GatewayError::Internal("approve route without an approval policy".into());
-        return x.answer(e, Some(route));
+        return Err(x.answer(e, Some(route)));
     };
     if canonical.is_upgrade() {
-        return x.answer(GatewayError::UpgradeNotHoldable, Some(route));
+        return Err(x.answer(GatewayError::UpgradeNotHoldable, Some(route)));
     }
     let identity = match x
         .snap
@@ -78,7 +101,7 @@ pub async fn serve(
         Err(e) => {
             tracing::info!(route = %route.name, "requester authentication failed: {e}");
             let e = GatewayError::Unauthenticated("the bearer token is not valid".into());
-            return x.answer(e, Some(route));
+            return Err(x.answer(e, Some(route)));
         }
     };
     if identity.is_anonymous() && (policy.require_identity || policy.mode == ApprovalMode::Access) {
@@ -86,20 +109,20 @@ pub async fn serve(
             "route {} requires an authenticated requester",
             route.name
         ));
-        return x.answer(e, Some(route));
+        return Err(x.answer(e, Some(route)));
     }
     if let Err(e) = x.engine().store() {
         tracing::warn!(route = %route.name, "approve route refused, store unavailable: {e}");
-        return x.answer(GatewayError::StoreUnavailable { ticket: None }, Some(route));
+        return Err(x.answer(GatewayError::StoreUnavailable { ticket: None }, Some(route)));
     }
     let limit = x.snap.table.config().approvals.max_held_body;
     let idle = x.snap.body_idle(route.index);
     // Read whole, a body's `_method` joins the method readings even where it could not change
     // the route: it is part of what the approver must see (the ticket's method reads
     // `POST+DELETE`).
-    let body = match body.read(&mut canonical, limit, idle).await {
+    let body = match Box::pin(body.read(&mut canonical, limit, idle)).await {
         Ok(b) => b,
-        Err(e) => return x.answer(e, Some(route)),
+        Err(e) => return Err(x.answer(e, Some(route))),
     };
     x.read_as(&canonical);
     let requester = binding::requester(x, &identity, &canonical);
@@ -122,37 +145,37 @@ pub async fn serve(
             .gateway_header("jit-break-glass")
             .unwrap_or_default()
             .to_string();
-        return release::break_glass(x, route, held, request, reason).await;
+        return Err(Box::pin(release::break_glass(x, route, held, request, reason)).await);
     }
     if let Some(token) = held.canonical.gateway_header("jit-approval") {
         let token = token.to_string();
-        return release::by_token(x, route, held, &token).await;
+        return Err(Box::pin(release::by_token(x, route, held, &token)).await);
     }
     if let Some(raw) = held.canonical.gateway_header("jit-ticket") {
         let Ok(id) = TicketId::parse(raw) else {
-            return x.answer(
+            return Err(x.answer(
                 GatewayError::Mismatch("Jit-Ticket is not a ticket id".into()),
                 Some(route),
-            );
+            ));
         };
-        return resume(x, route, held, id).await;
+        return Box::pin(resume(x, route, held, id)).await;
     }
     // Access routes, and action routes whose approvals may let the next requests like one
     // through (`also`): a grant of this requester's may release this request.
     if policy.mode == ApprovalMode::Access || policy.max_also_uses > 0 {
-        match release::find_grant(x, route, &held, &request.method).await {
-            Ok(Some(grant)) => return release::on_grant(x, route, held, grant).await,
+        match Box::pin(release::find_grant(x, route, &held, &request.method)).await {
+            Ok(Some(grant)) => return Err(Box::pin(release::on_grant(x, route, held, grant)).await),
             Ok(None) => {}
-            Err(e) => return x.answer(e, Some(route)),
+            Err(e) => return Err(x.answer(e, Some(route))),
         }
     }
     // `Jit-Duration` (access routes), read once for the policies and the ticket: exactly one
     // of the durations the route grants, or a refusal; never a silently shortened grant.
     let requested = match held.requested_duration(route) {
         Ok(d) => d,
-        Err(e) => return x.answer(e, Some(route)),
+        Err(e) => return Err(x.answer(e, Some(route))),
     };
-    let risk = risk_of(x, route, &held).await;
+    let risk = Box::pin(risk_of(x, route, &held)).await;
     // After the grants (a grant in hand is used before a policy makes another).
     if let Some(auto) = auto_policy(x, route, &held, requested, risk.as_ref().map(|r| r.score)) {
         let by = release::ByPolicy {
@@ -162,7 +185,7 @@ pub async fn serve(
         };
         return {
             let ask = Ask::held(&held, request, requested, risk);
-            release::auto_approved(x, route, held, ask, by).await
+            Err(Box::pin(release::auto_approved(x, route, held, ask, by)).await)
         };
     }
     // `approve_above_rate`: a named requester's requests within the rate pass (anonymous
@@ -179,13 +202,13 @@ pub async fn serve(
             };
             return {
                 let ask = Ask::held(&held, request, requested, risk);
-                release::auto_approved(x, route, held, ask, by).await
+                Err(Box::pin(release::auto_approved(x, route, held, ask, by)).await)
             };
         }
     }
-    match open(x, route, Ask::held(&held, request, requested, risk)).await {
+    match Box::pin(open(x, route, Ask::held(&held, request, requested, risk))).await {
         Ok(t) => settle(x, route, t, held).await,
-        Err(e) => x.answer(e, Some(route)),
+        Err(e) => Err(x.answer(e, Some(route))),
     }
 }
 
@@ -195,30 +218,32 @@ async fn resume(
     route: &Route,
     held: HeldRequest,
     id: TicketId,
-) -> Response<ProxyBody> {
+) -> Result<Holding, Response<ProxyBody>> {
     let Ok(store) = x.engine().store() else {
-        return x.answer(
+        return Err(x.answer(
             GatewayError::StoreUnavailable { ticket: Some(id) },
             Some(route),
-        );
+        ));
     };
     let t = match store.get(&id).await {
         Ok(Some(t)) => t,
-        Ok(None) => return x.answer(GatewayError::Mismatch("unknown ticket".into()), Some(route)),
+        Ok(None) => {
+            return Err(x.answer(GatewayError::Mismatch("unknown ticket".into()), Some(route)))
+        }
         Err(e) => {
             tracing::warn!(ticket = %id, "store unavailable: {e}");
-            return x.answer(
+            return Err(x.answer(
                 GatewayError::StoreUnavailable { ticket: Some(id) },
                 Some(route),
-            );
+            ));
         }
     };
     if t.fingerprint != held.fingerprint || !t.belongs_to(&route.name, &held.requester) {
         tracing::info!(ticket = %id, route = %route.name, "Jit-Ticket for another request or requester");
-        return x.answer(
+        return Err(x.answer(
             GatewayError::Mismatch("the ticket was opened for a different request".into()),
             Some(route),
-        );
+        ));
     }
     settle(x, route, t, held).await
 }
@@ -539,38 +564,69 @@ fn auto_policy<'r>(
     })
 }
 
-/// Answers for a ticket in any state, holding the request while it is pending.
+/// Answers for a ticket that is decided; one that is pending is to be held.
 async fn settle(
     x: &Exchange<'_>,
     route: &Route,
     t: Ticket,
     held: HeldRequest,
-) -> Response<ProxyBody> {
+) -> Result<Holding, Response<ProxyBody>> {
     x.about(&t.id);
-    let t = if t.status == Status::Pending {
-        let cfg = &x.snap.table.config().approvals;
-        let mut hold_for = route
-            .approval
-            .as_ref()
-            .and_then(|p| p.hold_timeout)
-            .unwrap_or(cfg.hold_timeout);
-        // A gRPC client gives up at its deadline (and its going away would cancel the
-        // ticket): answer "pending, here is your ticket" while it still listens.
-        if let Some(deadline) = x
-            .grpc
-            .then(|| crate::grpc::timeout(held.canonical.headers()))
-            .flatten()
-        {
-            let margin = (deadline / 10).max(std::time::Duration::from_millis(100));
-            hold_for = hold_for.min(deadline.saturating_sub(margin));
-        }
-        match hold::wait(x, t, hold_for).await {
-            Ok(t) => t,
-            Err(e) => return x.answer(e, Some(route)),
-        }
-    } else {
-        t
-    };
+    if t.status != Status::Pending {
+        return Err(Box::pin(finish(x, route, t, held)).await);
+    }
+    let cfg = &x.snap.table.config().approvals;
+    let mut hold_for = route
+        .approval
+        .as_ref()
+        .and_then(|p| p.hold_timeout)
+        .unwrap_or(cfg.hold_timeout);
+    // A gRPC client gives up at its deadline (and its going away would cancel the ticket):
+    // answer "pending, here is your ticket" while it still listens.
+    if let Some(deadline) = x
+        .grpc
+        .then(|| crate::grpc::timeout(held.canonical.headers()))
+        .flatten()
+    {
+        let margin = (deadline / 10).max(std::time::Duration::from_millis(100));
+        hold_for = hold_for.min(deadline.saturating_sub(margin));
+    }
+    Ok(Holding {
+        id: t.id,
+        expires_at: t.expires_at,
+        hold_for,
+        held,
+    })
+}
+
+/// Holds the request until its ticket is decided (or the hold times out), then answers.
+async fn hold_then_finish(
+    x: &Exchange<'_>,
+    route: &Route,
+    holding: Holding,
+) -> Response<ProxyBody> {
+    let Holding {
+        id,
+        expires_at,
+        hold_for,
+        mut held,
+    } = holding;
+    // Kept while held: nothing of it may pin the connection's read buffer.
+    held.canonical.detach();
+    held.body = Bytes::copy_from_slice(&held.body);
+    match hold::wait(x, id, expires_at, hold_for).await {
+        Ok(t) => Box::pin(finish(x, route, t, held)).await,
+        Err(e) => x.answer(e, Some(route)),
+    }
+}
+
+/// Releases or answers for a ticket as it stands.
+async fn finish(
+    x: &Exchange<'_>,
+    route: &Route,
+    t: Ticket,
+    held: HeldRequest,
+) -> Response<ProxyBody> {
     match t.status {
         Status::Approved if t.mode == Mode::Access => {
             release::on_approved_access(x, route, held, &t).await
