@@ -575,6 +575,41 @@ pub(crate) fn also_terms(also: Option<AlsoRequest>) -> Result<Option<AlsoTerms>,
     }))
 }
 
+/// The events a decision records with its transition: `ticket.approved` or `ticket.denied`,
+/// and `grant.created` when the approval creates a grant.
+fn decision_events(
+    approve: bool,
+    text: &Option<String>,
+    also: Option<AlsoTerms>,
+    who: &Approver,
+    now: Timestamp,
+    before: &Ticket,
+    t: &Ticket,
+) -> Vec<AuditDraft> {
+    let (kind, mut detail) = if approve {
+        (
+            AuditKind::TicketApproved,
+            json!({ "comment": text, "approvals": t.approvals.len(), "quorum": t.quorum, "quorumReached": t.status == Status::Approved }),
+        )
+    } else {
+        (AuditKind::TicketDenied, json!({ "reason": text }))
+    };
+    if let (Some(a), Some(d)) = (also, detail.as_object_mut()) {
+        d.insert("also".into(), json!(a));
+    }
+    let mut events = vec![AuditDraft::about(kind, t, Some(&who.user), detail, now)];
+    if let Some(g) = ticket::grant_of(before, t) {
+        events.push(AuditDraft::about(
+            AuditKind::GrantCreated,
+            t,
+            Some(&who.user),
+            json!({ "grant": g.id.to_string(), "expiresAt": g.expires_at, "maxUses": g.max_uses, "method": g.method }),
+            now,
+        ));
+    }
+    events
+}
+
 fn clip(text: Option<String>) -> Option<String> {
     text.map(|t| ticket::clip(t.trim(), MAX_TEXT).to_string())
         .filter(|t| !t.is_empty())
@@ -1178,8 +1213,9 @@ impl<'a> Api<'a> {
         json_body(StatusCode::OK, &DecideResult { results })
     }
 
-    /// Decides each of `ids` in turn, as [`Api::decide`] does one; the outcomes are in the
-    /// order of `ids`. Refused whole (400) unless `ids` lists 1 to 10,000 tickets.
+    /// Decides each of `ids` as [`Api::decide`] does one, in as few store round trips as the
+    /// store allows (one read of them all, then batched transitions); the outcomes are in
+    /// the order of `ids`. Refused whole (400) unless `ids` lists 1 to 10,000 tickets.
     pub(crate) async fn decide_many(
         &self,
         ids: &[String],
@@ -1191,9 +1227,61 @@ impl<'a> Api<'a> {
                 "ids must list 1 to {MAX_BATCH} tickets"
             )));
         }
+        let text = clip(text);
+        let engine = self.engine();
+        let store = engine.store().map_err(|e| store_problem(&e))?;
+        let parsed: Vec<Option<TicketId>> =
+            ids.iter().map(|raw| TicketId::parse(raw).ok()).collect();
+        let known: Vec<TicketId> = parsed.iter().flatten().cloned().collect();
+        let tickets = store
+            .get_many(&known)
+            .await
+            .map_err(|e| store_problem(&e))?;
+        // Tickets the caller may not see are unknown to them (404), as one at a time.
+        let visible: Vec<TicketId> = known
+            .iter()
+            .zip(&tickets)
+            .filter(|(_, t)| t.as_ref().is_some_and(|t| self.can_see(t)))
+            .map(|(id, _)| id.clone())
+            .collect();
+        let who = &self.caller;
+        let now = engine.now();
+        let audit = |before: &Ticket, t: &Ticket| {
+            decision_events(approve, &text, None, who, now, before, t)
+        };
+        let results = if approve {
+            store
+                .transition_many(
+                    &visible,
+                    &|t| ticket::approve_also(t, who, text.clone(), None, now),
+                    &audit,
+                )
+                .await
+        } else {
+            store
+                .transition_many(
+                    &visible,
+                    &|t| ticket::deny(t, who, text.clone(), now),
+                    &audit,
+                )
+                .await
+        }
+        .map_err(|e| store_problem(&e))?;
+        let mut results = visible.into_iter().zip(results);
+        let mut pending = results.next();
         let mut outcomes = Vec::with_capacity(ids.len());
-        for id in ids {
-            outcomes.push(self.decide(id, approve, text.clone(), None).await);
+        for id in &parsed {
+            let outcome = match (id, &pending) {
+                (Some(id), Some((v, _))) if v == id => match pending.take() {
+                    Some((id, result)) => {
+                        pending = results.next();
+                        self.decided(result.map_err(|e| (e, id)), approve).await
+                    }
+                    None => Err(not_found()),
+                },
+                _ => Err(not_found()),
+            };
+            outcomes.push(outcome);
         }
         Ok(outcomes)
     }
@@ -1217,29 +1305,7 @@ impl<'a> Api<'a> {
         // The decision, and the grant an approved access ticket gets (the store writes it
         // with the transition), are recorded with the change itself.
         let audit = |before: &Ticket, t: &Ticket| {
-            let (kind, detail) = if approve {
-                (
-                    AuditKind::TicketApproved,
-                    json!({ "comment": text, "approvals": t.approvals.len(), "quorum": t.quorum, "quorumReached": t.status == Status::Approved }),
-                )
-            } else {
-                (AuditKind::TicketDenied, json!({ "reason": text }))
-            };
-            let mut detail = detail;
-            if let (Some(a), Some(d)) = (also, detail.as_object_mut()) {
-                d.insert("also".into(), json!(a));
-            }
-            let mut events = vec![AuditDraft::about(kind, t, Some(&who.user), detail, now)];
-            if let Some(g) = ticket::grant_of(before, t) {
-                events.push(AuditDraft::about(
-                    AuditKind::GrantCreated,
-                    t,
-                    Some(&who.user),
-                    json!({ "grant": g.id.to_string(), "expiresAt": g.expires_at, "maxUses": g.max_uses, "method": g.method }),
-                    now,
-                ));
-            }
-            events
+            decision_events(approve, &text, also, who, now, before, t)
         };
         let result = if approve {
             store
@@ -1254,19 +1320,32 @@ impl<'a> Api<'a> {
                 .transition(&id, &|t| ticket::deny(t, who, text.clone(), now), &audit)
                 .await
         };
+        self.decided(result.map_err(|e| (e, id)), approve).await
+    }
+
+    /// What a decision's store outcome means for the caller: the decided ticket (counted and
+    /// logged), or the problem. An expiry the decision ran into is recorded, then refused
+    /// with 409.
+    async fn decided(
+        &self,
+        result: Result<Ticket, (StoreError, TicketId)>,
+        approve: bool,
+    ) -> Result<Ticket, Problem> {
+        let engine = self.engine();
         let t = match result {
             Ok(t) => t,
-            Err(StoreError::Transition(TransitionError::Expired)) => {
-                // Record the expiry the decision ran into, then refuse with 409.
-                if let Ok(Some(t)) = store.get(&id).await {
-                    engine.expire_if_due(&t).await;
+            Err((StoreError::Transition(TransitionError::Expired), id)) => {
+                if let Ok(store) = engine.store() {
+                    if let Ok(Some(t)) = store.get(&id).await {
+                        engine.expire_if_due(&t).await;
+                    }
                 }
                 return Err(transition_problem(&TransitionError::Expired));
             }
-            Err(e) => return Err(store_problem(&e)),
+            Err((e, _)) => return Err(store_problem(&e)),
         };
-        engine.metrics().ticket_transition(&t, now);
-        tracing::info!(ticket = %t.id, route = %t.route, by = %who.user, status = %t.status, "decision recorded");
+        engine.metrics().ticket_transition(&t, engine.now());
+        tracing::info!(ticket = %t.id, route = %t.route, by = %self.caller.user, status = %t.status, approve, "decision recorded");
         if t.status == Status::Approved && t.mode == Mode::Access && t.grant_terms.is_none() {
             tracing::warn!(ticket = %t.id, route = %t.route, "approved access ticket without grant terms; no grant");
         }

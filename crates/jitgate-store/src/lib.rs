@@ -309,6 +309,38 @@ pub trait Store: Send + Sync + 'static {
         audit: TicketAudit<'a>,
     ) -> StoreFuture<'a, Ticket>;
 
+    /// [`Store::transition`] of each of `ids` with one transition and one audit, in as few
+    /// round trips as the store allows (a batch decision over thousands of tickets). Each
+    /// ticket's change lands atomically with its events, as with `transition`; the outcomes
+    /// are in the order of `ids`. The `Err` of the whole call is reserved for the store
+    /// failing before any outcome is known.
+    fn transition_many<'a>(
+        &'a self,
+        ids: &'a [TicketId],
+        f: TicketTransition<'a>,
+        audit: TicketAudit<'a>,
+    ) -> StoreFuture<'a, Vec<Result<Ticket, StoreError>>> {
+        Box::pin(async move {
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                out.push(self.transition(id, f, audit).await);
+            }
+            Ok(out)
+        })
+    }
+
+    /// The tickets with these ids, in order; `None` for one that does not exist or is past
+    /// retention.
+    fn get_many<'a>(&'a self, ids: &'a [TicketId]) -> StoreFuture<'a, Vec<Option<Ticket>>> {
+        Box::pin(async move {
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                out.push(self.get(id).await?);
+            }
+            Ok(out)
+        })
+    }
+
     /// Stores a ticket that was decided as it was opened (auto-approved, break-glass: never
     /// `PENDING`, so never coalesced, capped or indexed as pending) with the grant it created,
     /// if any, and the events of `audit`, atomically: all land or none does. Refused with

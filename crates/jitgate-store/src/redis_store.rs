@@ -161,6 +161,7 @@ pub struct RedisStore {
 struct Scripts {
     create: Script,
     cas_ticket: Script,
+    cas_tickets: Script,
     cas_grant: Script,
     create_grant: Script,
     record: Script,
@@ -287,6 +288,7 @@ impl RedisStore {
             scripts: Arc::new(Scripts {
                 create: Script::new(&format!("{AUDIT_LUA}{CREATE_TICKET}")),
                 cas_ticket: Script::new(&format!("{AUDIT_LUA}{CAS_TICKET}")),
+                cas_tickets: Script::new(&format!("{AUDIT_LUA}{CAS_TICKETS}")),
                 cas_grant: Script::new(&format!("{AUDIT_LUA}{CAS_GRANT}")),
                 create_grant: Script::new(&format!("{AUDIT_LUA}{CREATE_GRANT}")),
                 record: Script::new(&format!("{AUDIT_LUA}{RECORD_TICKET}")),
@@ -381,6 +383,102 @@ impl RedisStore {
 
     async fn read_grant(&self, id: &GrantId) -> Result<Option<(String, Grant)>, StoreError> {
         self.read_json(&grant_key(id), "grant").await
+    }
+
+    /// [`Store::transition_many`] for up to [`BATCH`] tickets: one read of them all with the
+    /// audit head, then one [`CAS_TICKETS`] script writing every change and all their
+    /// events. Tickets another writer changes meanwhile are read and applied again (all of
+    /// the chunk, in the next round), up to `MAX_ATTEMPTS` rounds.
+    async fn transition_chunk(
+        &self,
+        ids: &[TicketId],
+        f: TicketTransition<'_>,
+        audit: TicketAudit<'_>,
+    ) -> Result<Vec<Result<Ticket, StoreError>>, StoreError> {
+        let mut out: Vec<Option<Result<Ticket, StoreError>>> = ids.iter().map(|_| None).collect();
+        let mut todo: Vec<usize> = (0..ids.len()).collect();
+        let mut rounds = 0;
+        while !todo.is_empty() && rounds < MAX_ATTEMPTS {
+            rounds += 1;
+            let mut read = redis::cmd("MGET");
+            for &i in &todo {
+                read.arg(ticket_key(&ids[i]));
+            }
+            read.arg(AUDIT_HEAD);
+            let mut c = self.conn.clone();
+            let mut values: Vec<Option<String>> =
+                read.query_async(&mut c).await.map_err(unavailable)?;
+            let read_head = values.pop().flatten();
+            let at = now();
+            let mut ops = Vec::with_capacity(todo.len());
+            for (&i, value) in todo.iter().zip(values) {
+                let Some(raw) = value else {
+                    out[i] = Some(Err(StoreError::NotFound));
+                    continue;
+                };
+                let current: Ticket = match decode("ticket", &raw) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        out[i] = Some(Err(e));
+                        continue;
+                    }
+                };
+                match f(&current) {
+                    Ok(next) => {
+                        ops.push(BatchOp::new(i, raw, &current, next, audit, at, &self.opts)?)
+                    }
+                    Err(e) => out[i] = Some(Err(StoreError::Transition(e))),
+                }
+            }
+            if ops.is_empty() {
+                break;
+            }
+            let drafts: Vec<AuditDraft> =
+                ops.iter().flat_map(|o| o.drafts.iter().cloned()).collect();
+            let mut turn = self.audit_head.lock().await;
+            let mut head = later_head(turn.take(), read_head);
+            todo = loop {
+                let mut inv = self.scripts.cas_tickets.prepare_invoke();
+                inv.key(AUDIT_HEAD).key(AUDIT).arg(ops.len());
+                for op in &ops {
+                    op.add(&mut inv);
+                }
+                let (written, events) = audit_args(&mut inv, head.as_deref(), &drafts)?;
+                match self.run(&inv).await? {
+                    Reply::Ok => {
+                        *turn = written;
+                        self.tap.send(&events);
+                        for op in ops {
+                            out[op.at] = Some(Ok(op.next));
+                        }
+                        break Vec::new();
+                    }
+                    Reply::HeadMoved(now_head) => {
+                        head = now_head;
+                        *turn = head.clone();
+                    }
+                    Reply::Changed => {
+                        *turn = head;
+                        break ops.iter().map(|o| o.at).collect();
+                    }
+                    other => {
+                        *turn = head;
+                        return Err(StoreError::Corrupt(format!(
+                            "unexpected batch reply {}",
+                            match other {
+                                Reply::Gone => "gone",
+                                Reply::Exists => "exists",
+                                _ => "limit",
+                            }
+                        )));
+                    }
+                }
+            };
+        }
+        Ok(out
+            .into_iter()
+            .map(|r| r.unwrap_or(Err(StoreError::Conflict)))
+            .collect())
     }
 
     /// `key` and the audit head, in one round trip.
@@ -821,6 +919,41 @@ end
 return {'ok'}
 "#;
 
+/// [`CAS_TICKET`] over `n` tickets at once, all or nothing: KEYS: audit head, stream, then
+/// CAS_TICKET's first eight keys for each ticket. ARGV: n, then CAS_TICKET's first eleven
+/// arguments for each ticket, then the events of all of them (audit from 2 + 11n).
+/// `{'changed'}` when any ticket changed since it was read (nothing written).
+const CAS_TICKETS: &str = r#"
+local n = tonumber(ARGV[1])
+local a = 2 + 11 * n
+for i = 0, n - 1 do
+  local cur = redis.call('GET', KEYS[3 + 8 * i])
+  if cur ~= ARGV[2 + 11 * i] then return {'changed'} end
+end
+local moved = audit_moved(KEYS[1], a)
+if moved then return {'head', moved} end
+audit_append(KEYS[1], KEYS[2], a)
+for i = 0, n - 1 do
+  local k = 2 + 8 * i
+  local v = 1 + 11 * i
+  redis.call('SET', KEYS[k + 1], ARGV[v + 2], 'PX', ARGV[v + 3])
+  if ARGV[v + 8] ~= '' and redis.call('EXISTS', KEYS[k + 6]) == 0 then
+    redis.call('SET', KEYS[k + 6], ARGV[v + 8], 'PX', ARGV[v + 10])
+    redis.call('ZADD', KEYS[k + 7], ARGV[v + 11], ARGV[v + 9])
+    redis.call('ZADD', KEYS[k + 8], ARGV[v + 11], ARGV[v + 9])
+    extend(KEYS[k + 8], ARGV[v + 10])
+  end
+  if ARGV[v + 5] == '1' then
+    redis.call('ZREM', KEYS[k + 2], ARGV[v + 4])
+    redis.call('ZREM', KEYS[k + 3], ARGV[v + 4])
+    if ARGV[v + 7] == '1' then redis.call('ZREM', KEYS[k + 5], ARGV[v + 4]) end
+    if redis.call('GET', KEYS[k + 4]) == ARGV[v + 4] then redis.call('DEL', KEYS[k + 4]) end
+    redis.call('PUBLISH', ARGV[v + 6], ARGV[v + 4])
+  end
+end
+return {'ok'}
+"#;
+
 /// KEYS: ticket, tickets, grant ("" = none), grants, grants per-requester, audit head,
 /// stream. ARGV: id, json, px, created ms, grant json ("" = none), grant id, grant px,
 /// grant expires ms, audit from 9.
@@ -954,6 +1087,102 @@ return 1
 "#;
 
 /// What a script answered.
+/// Tickets per [`CAS_TICKETS`] script: large enough that a batch decision over 10,000
+/// tickets is a few dozen round trips, small enough that one script stays well under a
+/// millisecond of Redis's time.
+const BATCH: usize = 250;
+
+/// One ticket's part of a [`CAS_TICKETS`] batch: its keys, the record it was read as, and
+/// what replaces it (with any grant the change creates).
+struct BatchOp {
+    /// Index in the chunk.
+    at: usize,
+    keys: [String; 8],
+    raw: String,
+    json: String,
+    ttl: u64,
+    id: String,
+    left_pending: bool,
+    quota: bool,
+    /// Grant JSON, id, px and expiry ms.
+    grant: Option<(String, String, u64, u64)>,
+    drafts: Vec<AuditDraft>,
+    next: Ticket,
+}
+
+impl BatchOp {
+    fn new(
+        at: usize,
+        raw: String,
+        current: &Ticket,
+        next: Ticket,
+        audit: TicketAudit<'_>,
+        now_: Timestamp,
+        opts: &RedisOptions,
+    ) -> Result<BatchOp, StoreError> {
+        let drafts = audit(current, &next);
+        let effects = Effects::of(current, &next);
+        let json = encode(&next)?;
+        let ttl = px(ticket_keep_until(&next, now_, opts.retention), now_);
+        let requester = current.requester.key();
+        let quota = current.quota_key();
+        let grant = match &effects.grant {
+            Some(g) => Some((
+                encode(g)?,
+                g.id.as_str().to_string(),
+                px(grant_keep_until(g, now_, opts.retention), now_),
+                g.expires_at.as_millis(),
+            )),
+            None => None,
+        };
+        let keys = [
+            ticket_key(&current.id),
+            PENDING.to_string(),
+            per_requester("pr", &current.route, &requester),
+            coalesce_key(&current.fingerprint),
+            per_source(quota.as_deref()),
+            effects
+                .grant
+                .as_ref()
+                .map(|g| grant_key(&g.id))
+                .unwrap_or_default(),
+            GRANTS.to_string(),
+            per_requester("gr", &current.route, &requester),
+        ];
+        Ok(BatchOp {
+            at,
+            keys,
+            raw,
+            json,
+            ttl,
+            id: current.id.as_str().to_string(),
+            left_pending: effects.left_pending,
+            quota: quota.is_some(),
+            grant,
+            drafts,
+            next,
+        })
+    }
+
+    /// Its eight keys and eleven arguments, in [`CAS_TICKET`]'s order.
+    fn add(&self, inv: &mut redis::ScriptInvocation<'_>) {
+        for k in &self.keys {
+            inv.key(k);
+        }
+        inv.arg(&self.raw)
+            .arg(&self.json)
+            .arg(self.ttl)
+            .arg(&self.id)
+            .arg(if self.left_pending { "1" } else { "0" })
+            .arg(DECISIONS)
+            .arg(if self.quota { "1" } else { "0" });
+        match &self.grant {
+            Some((json, id, ttl, expires)) => inv.arg(json).arg(id).arg(*ttl).arg(*expires),
+            None => inv.arg("").arg("").arg(0).arg(0),
+        };
+    }
+}
+
 enum Reply {
     Ok,
     Changed,
@@ -1269,6 +1498,67 @@ impl Store for RedisStore {
                 }
             }
             Err(StoreError::Conflict)
+        }))
+    }
+
+    fn transition_many<'a>(
+        &'a self,
+        ids: &'a [TicketId],
+        f: TicketTransition<'a>,
+        audit: TicketAudit<'a>,
+    ) -> StoreFuture<'a, Vec<Result<Ticket, StoreError>>> {
+        Box::pin(async move {
+            // A ticket named twice is changed twice, in turn, as two calls would: the second
+            // sees the first's result (one script must not apply two changes read from the
+            // same record).
+            let mut seen = std::collections::HashSet::new();
+            let (once, again): (Vec<usize>, Vec<usize>) =
+                (0..ids.len()).partition(|&i| seen.insert(&ids[i]));
+            let firsts: Vec<TicketId> = once.iter().map(|&i| ids[i].clone()).collect();
+            let mut out: Vec<Option<Result<Ticket, StoreError>>> =
+                ids.iter().map(|_| None).collect();
+            let mut slots = once.iter();
+            for chunk in firsts.chunks(BATCH) {
+                let done = match self.bounded(self.transition_chunk(chunk, f, audit)).await {
+                    Ok(done) => done,
+                    // Some of the chunk may have landed before the answer was lost; the caller
+                    // sees the store as unavailable for each, as for a single transition.
+                    Err(e) => chunk.iter().map(|_| Err(e.clone())).collect(),
+                };
+                // `done` first: zip stops at its end without taking another slot.
+                for (r, slot) in done.into_iter().zip(slots.by_ref()) {
+                    out[*slot] = Some(r);
+                }
+            }
+            for i in again {
+                out[i] = Some(self.transition(&ids[i], f, audit).await);
+            }
+            Ok(out
+                .into_iter()
+                .map(|r| r.unwrap_or(Err(StoreError::Conflict)))
+                .collect())
+        })
+    }
+
+    fn get_many<'a>(&'a self, ids: &'a [TicketId]) -> StoreFuture<'a, Vec<Option<Ticket>>> {
+        Box::pin(self.bounded(async move {
+            let mut out = Vec::with_capacity(ids.len());
+            for chunk in ids.chunks(500) {
+                let keys: Vec<String> = chunk.iter().map(ticket_key).collect();
+                let mut c = self.conn.clone();
+                let values: Vec<Option<String>> = redis::cmd("MGET")
+                    .arg(&keys)
+                    .query_async(&mut c)
+                    .await
+                    .map_err(unavailable)?;
+                for v in values {
+                    out.push(match v {
+                        Some(raw) => Some(decode("ticket", &raw)?),
+                        None => None,
+                    });
+                }
+            }
+            Ok(out)
         }))
     }
 

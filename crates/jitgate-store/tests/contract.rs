@@ -497,6 +497,119 @@ async fn execute_and_its_event_happen_exactly_once(p: Pair) {
     whole_chain_verifies(&*p.a).await;
 }
 
+/// `transition_many` over more tickets than one Redis script takes: every ticket changed
+/// once, with its events, outcomes in the order asked; an unknown id is `NotFound`, a
+/// repeated one is applied again in turn (so refused as already decided), an access approval
+/// creates its one grant, and the chain holds.
+async fn batch_transitions_apply_each_once_in_order(p: Pair) {
+    let mut ids = Vec::new();
+    for i in 0..600 {
+        ids.push(
+            create(&*p.a, new_ticket(&format!("/v1/batch/{i}"), "bob"))
+                .await
+                .id,
+        );
+    }
+    let access = create(&*p.a, access_ticket("/v1/batch/access", "carol")).await;
+    ids.push(access.id.clone());
+    let unknown = ticket::TicketId::parse("jit_01M8FWTY7Z5P31QV0Y5AXNJY6J").unwrap();
+    ids.push(unknown);
+    ids.push(ids[3].clone());
+    let who = oncall("alice");
+    let out =
+        p.b.transition_many(&ids, &|t| ticket::approve(t, &who, None, now()), &events)
+            .await
+            .unwrap();
+    assert_eq!(out.len(), ids.len());
+    for (i, (id, r)) in ids.iter().zip(&out).enumerate().take(601) {
+        let t = r.as_ref().unwrap_or_else(|e| panic!("ticket {i}: {e:?}"));
+        assert_eq!(&t.id, id);
+        assert_eq!(t.status, Status::Approved);
+        assert_eq!(p.a.get(id).await.unwrap().unwrap(), *t);
+    }
+    assert!(
+        matches!(out[601], Err(StoreError::NotFound)),
+        "{:?}",
+        out[601]
+    );
+    assert!(
+        matches!(
+            out[602],
+            Err(StoreError::Transition(TransitionError::NotPending { .. }))
+        ),
+        "{:?}",
+        out[602]
+    );
+    assert!(p.a.pending_index().await.unwrap().is_empty());
+    for id in &ids[..601] {
+        let ev = events_of(&*p.a, id).await;
+        assert_eq!(count(&ev, &[AuditKind::TicketApproved]), 1, "{ev:?}");
+    }
+    let ev = events_of(&*p.a, &access.id).await;
+    assert_eq!(count(&ev, &[AuditKind::GrantCreated]), 1, "{ev:?}");
+    assert_eq!(p.a.recent_grants(10).await.unwrap().len(), 1);
+    // 601 created, 601 approved, one grant.
+    assert_eq!(whole_chain_verifies(&*p.a).await, 601 * 2 + 1);
+}
+
+/// A batch approval on one handle racing single denials of the same tickets on the other:
+/// every ticket ends with exactly one decision and one event for it, whichever won.
+async fn batch_transitions_race_single_decisions_with_one_outcome_each(p: Pair) {
+    let mut ids = Vec::new();
+    for i in 0..300 {
+        ids.push(
+            create(&*p.a, new_ticket(&format!("/v1/race-batch/{i}"), "bob"))
+                .await
+                .id,
+        );
+    }
+    let deny = {
+        let store = p.b.clone();
+        let ids = ids.clone();
+        tokio::spawn(async move {
+            let who = oncall("dave");
+            let mut denied = 0;
+            for id in ids.iter().rev() {
+                match store
+                    .transition(id, &|t| ticket::deny(t, &who, None, now()), &events)
+                    .await
+                {
+                    Ok(_) => denied += 1,
+                    Err(StoreError::Transition(TransitionError::NotPending { .. })) => {}
+                    Err(e) => panic!("unexpected {e:?}"),
+                }
+            }
+            denied
+        })
+    };
+    let who = oncall("alice");
+    let out =
+        p.a.transition_many(&ids, &|t| ticket::approve(t, &who, None, now()), &events)
+            .await
+            .unwrap();
+    let denied = deny.await.unwrap();
+    let mut approved = 0;
+    for r in &out {
+        match r {
+            Ok(t) => {
+                assert_eq!(t.status, Status::Approved);
+                approved += 1;
+            }
+            Err(StoreError::Transition(TransitionError::NotPending { .. })) => {}
+            Err(e) => panic!("unexpected {e:?}"),
+        }
+    }
+    assert_eq!(approved + denied, ids.len());
+    for id in &ids {
+        let t = p.a.get(id).await.unwrap().unwrap();
+        let ev = events_of(&*p.a, id).await;
+        let decided = count(&ev, &[AuditKind::TicketApproved, AuditKind::TicketDenied]);
+        assert_eq!(decided, 1, "{ev:?}");
+        assert_ne!(t.status, Status::Pending);
+    }
+    whole_chain_verifies(&*p.a).await;
+}
+
 async fn decisions_are_published(p: Pair) {
     let mut rx = p.b.subscribe();
     let t = create(&*p.a, new_ticket("/v1/pub", "bob")).await;
@@ -1846,7 +1959,9 @@ contract!(
         recent_grants_lists_every_kept_grant,
         audit_tail_reads_after_a_number,
         audit_appends_wake_tailers_on_every_handle,
-        outbox_fans_out_once_and_delivers_once;
+        outbox_fans_out_once_and_delivers_once,
+        batch_transitions_apply_each_once_in_order,
+        batch_transitions_race_single_decisions_with_one_outcome_each;
     super::ONE_SECOND =>
         finished_records_leave_within_retention;
 );
