@@ -4,12 +4,14 @@
 //! A held request waits on a per-ticket [`Notify`]. One dispatcher task turns the store's
 //! decision notifications (Redis pub/sub on every replica) into wake-ups, so a batch decision
 //! over thousands of tickets wakes each holder once instead of every holder per decision. A
-//! reconciler reads the store's pending index every `reconcile_interval`: a held ticket that
-//! is no longer pending was decided (its notification may have been lost while the pub/sub
-//! connection was down), and pending tickets past their expiry are expired. So a lost message
-//! delays a release by at most one interval, and never loses it.
+//! reconciler asks the store every `reconcile_interval` which of the tickets this replica holds
+//! are still pending (one that is not was decided: its notification may have been lost while
+//! the pub/sub connection was down) and which pending tickets are past their expiry (they are
+//! expired), so its cost grows with what this replica holds and what is due, not with every
+//! pending ticket. A lost message delays a release by at most one interval, and never loses
+//! it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -616,35 +618,37 @@ async fn reconcile(engine: std::sync::Weak<Engine>) {
                 Err(e) => tracing::debug!("prune skipped: {e}"),
             }
         }
-        let index = match store.pending_index().await {
-            Ok(i) => i,
-            Err(e) => {
-                tracing::debug!("reconciliation skipped: {e}");
-                continue;
+        // What this replica holds and what is due: the tick's cost grows with those, not
+        // with every pending ticket of every replica.
+        let held: Vec<TicketId> = engine.lock_held().keys().cloned().collect();
+        if !held.is_empty() {
+            match store.still_pending(&held).await {
+                Ok(pending) => {
+                    for (id, _) in held.iter().zip(pending).filter(|(_, p)| !p) {
+                        engine.wake(id);
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!("reconciliation skipped: {e}");
+                    continue;
+                }
             }
-        };
-        let now = engine.now();
-        let pending: HashSet<&TicketId> = index.iter().map(|(id, _)| id).collect();
-        let decided: Vec<TicketId> = engine
-            .lock_held()
-            .keys()
-            .filter(|id| !pending.contains(id))
-            .cloned()
-            .collect();
-        for id in &decided {
-            engine.wake(id);
         }
-        let due: Vec<TicketId> = index
-            .iter()
-            .take_while(|(_, exp)| *exp <= now)
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in due {
-            engine.expire(&id, now).await;
+        let now = engine.now();
+        match store.due_pending(now, EXPIRIES_PER_TICK).await {
+            Ok(due) => {
+                for id in due {
+                    engine.expire(&id, now).await;
+                }
+            }
+            Err(e) => tracing::debug!("expiry sweep skipped: {e}"),
         }
         engine.run_timers(now).await;
     }
 }
+
+/// The most overdue tickets one reconciliation tick expires (the rest wait a tick).
+const EXPIRIES_PER_TICK: usize = 500;
 
 /// The most timers one reconciliation tick applies.
 const TIMERS_PER_TICK: usize = 500;

@@ -375,6 +375,15 @@ pub trait Store: Send + Sync + 'static {
     /// with many thousands of tickets pending.
     fn pending_index(&self) -> StoreFuture<'_, Vec<(TicketId, Timestamp)>>;
 
+    /// For each of `ids`, whether it is still in the pending index: what a replica checks the
+    /// requests it holds against (one that is not was decided), at a cost that grows with
+    /// what it holds, not with every pending ticket.
+    fn still_pending<'a>(&'a self, ids: &'a [TicketId]) -> StoreFuture<'a, Vec<bool>>;
+
+    /// Up to `limit` pending tickets whose `expiresAt` is not after `now`, soonest first: what
+    /// the expiry sweeper expires, at a cost that grows with what is due.
+    fn due_pending(&self, now: Timestamp, limit: usize) -> StoreFuture<'_, Vec<TicketId>>;
+
     /// Ids of tickets that left `PENDING`, on any replica. Lossy (a lagging or reconnecting
     /// subscriber may miss some): holders also poll.
     fn subscribe(&self) -> broadcast::Receiver<TicketId>;

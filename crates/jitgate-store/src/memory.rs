@@ -431,6 +431,31 @@ impl Store for MemoryStore {
         })
     }
 
+    fn still_pending<'a>(&'a self, ids: &'a [TicketId]) -> StoreFuture<'a, Vec<bool>> {
+        Box::pin(async move {
+            let st = self.lock();
+            Ok(ids.iter().map(|id| st.pending.contains_key(id)).collect())
+        })
+    }
+
+    fn due_pending(&self, now: Timestamp, limit: usize) -> StoreFuture<'_, Vec<TicketId>> {
+        Box::pin(async move {
+            let st = self.lock();
+            let mut due: Vec<(Timestamp, &TicketId)> = st
+                .pending
+                .iter()
+                .filter(|(_, exp)| **exp <= now)
+                .map(|(id, exp)| (*exp, id))
+                .collect();
+            due.sort();
+            Ok(due
+                .into_iter()
+                .take(limit)
+                .map(|(_, id)| id.clone())
+                .collect())
+        })
+    }
+
     fn subscribe(&self) -> broadcast::Receiver<TicketId> {
         self.inner.decisions.subscribe()
     }

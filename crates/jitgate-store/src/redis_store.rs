@@ -1664,6 +1664,47 @@ impl Store for RedisStore {
         }))
     }
 
+    fn still_pending<'a>(&'a self, ids: &'a [TicketId]) -> StoreFuture<'a, Vec<bool>> {
+        Box::pin(self.bounded(async move {
+            let mut out = Vec::with_capacity(ids.len());
+            // ZSCORE per id, pipelined: one round trip per 1,000 (ZMSCORE needs Redis 6.2).
+            for chunk in ids.chunks(1000) {
+                let mut pipe = redis::pipe();
+                for id in chunk {
+                    pipe.cmd("ZSCORE").arg(PENDING).arg(id.as_str());
+                }
+                let mut c = self.conn.clone();
+                let scores: Vec<Option<f64>> =
+                    pipe.query_async(&mut c).await.map_err(unavailable)?;
+                out.extend(scores.into_iter().map(|s| s.is_some()));
+            }
+            Ok(out)
+        }))
+    }
+
+    fn due_pending(&self, now: Timestamp, limit: usize) -> StoreFuture<'_, Vec<TicketId>> {
+        Box::pin(self.bounded(async move {
+            if limit == 0 {
+                return Ok(Vec::new());
+            }
+            let mut c = self.conn.clone();
+            let raw: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+                .arg(PENDING)
+                .arg("-inf")
+                .arg(now.as_millis())
+                .arg("LIMIT")
+                .arg(0)
+                .arg(limit)
+                .query_async(&mut c)
+                .await
+                .map_err(unavailable)?;
+            Ok(raw
+                .iter()
+                .filter_map(|id| TicketId::parse(id).ok())
+                .collect())
+        }))
+    }
+
     fn subscribe(&self) -> broadcast::Receiver<TicketId> {
         self.decisions.subscribe()
     }

@@ -610,6 +610,45 @@ async fn batch_transitions_race_single_decisions_with_one_outcome_each(p: Pair) 
     whole_chain_verifies(&*p.a).await;
 }
 
+/// `still_pending` answers for exactly the ids asked (decided and unknown ones are not
+/// pending); `due_pending` lists only pending tickets at or past their expiry, soonest first,
+/// at most `limit`.
+async fn reconciling_reads_only_what_is_held_and_what_is_due(p: Pair) {
+    let a = create(&*p.a, new_ticket("/v1/due/a", "bob")).await;
+    let b = create(&*p.a, new_ticket("/v1/due/b", "bob")).await;
+    let c = create(&*p.a, new_ticket("/v1/due/c", "bob")).await;
+    p.a.transition(&c.id, &|t| ticket::cancel(t, now()), &events)
+        .await
+        .unwrap();
+    let unknown = ticket::TicketId::parse("jit_01M8FWTY7Z5P31QV0Y5AXNJY6J").unwrap();
+    let asked = [a.id.clone(), c.id.clone(), unknown, b.id.clone()];
+    assert_eq!(
+        p.b.still_pending(&asked).await.unwrap(),
+        vec![true, false, false, true]
+    );
+    assert!(p.b.still_pending(&[]).await.unwrap().is_empty());
+    // Nothing is due before the first expiry; at the last one both are, soonest first.
+    let first = a.expires_at.min(b.expires_at);
+    let before_first = Timestamp::from_millis(first.as_millis() - 1);
+    assert!(p.b.due_pending(before_first, 10).await.unwrap().is_empty());
+    let last = a.expires_at.max(b.expires_at);
+    let due = p.b.due_pending(last, 10).await.unwrap();
+    let mut expected = [(a.expires_at, a.id.clone()), (b.expires_at, b.id.clone())];
+    expected.sort();
+    assert_eq!(
+        due,
+        expected
+            .iter()
+            .map(|(_, id)| id.clone())
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        p.b.due_pending(last, 1).await.unwrap(),
+        vec![expected[0].1.clone()]
+    );
+    assert!(p.b.due_pending(last, 0).await.unwrap().is_empty());
+}
+
 async fn decisions_are_published(p: Pair) {
     let mut rx = p.b.subscribe();
     let t = create(&*p.a, new_ticket("/v1/pub", "bob")).await;
@@ -1961,7 +2000,8 @@ contract!(
         audit_appends_wake_tailers_on_every_handle,
         outbox_fans_out_once_and_delivers_once,
         batch_transitions_apply_each_once_in_order,
-        batch_transitions_race_single_decisions_with_one_outcome_each;
+        batch_transitions_race_single_decisions_with_one_outcome_each,
+        reconciling_reads_only_what_is_held_and_what_is_due;
     super::ONE_SECOND =>
         finished_records_leave_within_retention;
 );
