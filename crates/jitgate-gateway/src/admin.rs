@@ -7,6 +7,7 @@
 //! [`Api`] is the one place the decision rules are applied to a caller: the JSON API and the
 //! web page both go through it.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -1237,23 +1238,30 @@ impl<'a> Api<'a> {
             .get_many(&known)
             .await
             .map_err(|e| store_problem(&e))?;
-        // Tickets the caller may not see are unknown to them (404), as one at a time.
-        let visible: Vec<TicketId> = known
-            .iter()
-            .zip(&tickets)
-            .filter(|(_, t)| t.as_ref().is_some_and(|t| self.can_see(t)))
-            .map(|(id, _)| id.clone())
-            .collect();
+        // Tickets the caller may not see are unknown to them (404), as one at a time; one that
+        // cannot be read is that ticket's problem alone.
+        let mut unreadable: HashMap<TicketId, Problem> = HashMap::new();
+        let mut visible: Vec<TicketId> = Vec::new();
+        for (id, t) in known.iter().zip(tickets) {
+            match t {
+                Ok(Some(t)) if self.can_see(&t) => visible.push(id.clone()),
+                Ok(_) => {}
+                Err(e) => {
+                    unreadable.insert(id.clone(), store_problem(&e));
+                }
+            }
+        }
         let who = &self.caller;
-        let now = engine.now();
+        // Each ticket is judged, and its events dated, when it is decided: a batch over
+        // thousands takes seconds, and a ticket may expire meanwhile.
         let audit = |before: &Ticket, t: &Ticket| {
-            decision_events(approve, &text, None, who, now, before, t)
+            decision_events(approve, &text, None, who, engine.now(), before, t)
         };
         let results = if approve {
             store
                 .transition_many(
                     &visible,
-                    &|t| ticket::approve_also(t, who, text.clone(), None, now),
+                    &|t| ticket::approve_also(t, who, text.clone(), None, engine.now()),
                     &audit,
                 )
                 .await
@@ -1261,7 +1269,7 @@ impl<'a> Api<'a> {
             store
                 .transition_many(
                     &visible,
-                    &|t| ticket::deny(t, who, text.clone(), now),
+                    &|t| ticket::deny(t, who, text.clone(), engine.now()),
                     &audit,
                 )
                 .await
@@ -1277,6 +1285,10 @@ impl<'a> Api<'a> {
                         pending = results.next();
                         self.decided(result.map_err(|e| (e, id)), approve).await
                     }
+                    None => Err(not_found()),
+                },
+                (Some(id), _) => match unreadable.get(id) {
+                    Some(p) => Err(p.clone()),
                     None => Err(not_found()),
                 },
                 _ => Err(not_found()),

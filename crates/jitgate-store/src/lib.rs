@@ -329,13 +329,20 @@ pub trait Store: Send + Sync + 'static {
         })
     }
 
-    /// The tickets with these ids, in order; `None` for one that does not exist or is past
-    /// retention.
-    fn get_many<'a>(&'a self, ids: &'a [TicketId]) -> StoreFuture<'a, Vec<Option<Ticket>>> {
+    /// The tickets with these ids, in order; `Ok(None)` for one that does not exist or is
+    /// past retention, `Err` for one that cannot be read (the whole call fails only when the
+    /// store does).
+    fn get_many<'a>(
+        &'a self,
+        ids: &'a [TicketId],
+    ) -> StoreFuture<'a, Vec<Result<Option<Ticket>, StoreError>>> {
         Box::pin(async move {
             let mut out = Vec::with_capacity(ids.len());
             for id in ids {
-                out.push(self.get(id).await?);
+                out.push(match self.get(id).await {
+                    Err(StoreError::Unavailable(e)) => return Err(StoreError::Unavailable(e)),
+                    r => r,
+                });
             }
             Ok(out)
         })

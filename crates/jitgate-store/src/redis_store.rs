@@ -387,16 +387,19 @@ impl RedisStore {
 
     /// [`Store::transition_many`] for up to [`BATCH`] tickets: one read of them all with the
     /// audit head, then one [`CAS_TICKETS`] script writing every change and all their
-    /// events. Tickets another writer changes meanwhile are read and applied again (all of
-    /// the chunk, in the next round), up to `MAX_ATTEMPTS` rounds.
+    /// events. A ticket another writer changed meanwhile is left to a transition of its own
+    /// (`None`), and the rest of the chunk is read and applied again, so one busy ticket never
+    /// holds back the others.
     async fn transition_chunk(
         &self,
         ids: &[TicketId],
         f: TicketTransition<'_>,
         audit: TicketAudit<'_>,
-    ) -> Result<Vec<Result<Ticket, StoreError>>, StoreError> {
+    ) -> Result<Vec<Option<Result<Ticket, StoreError>>>, StoreError> {
         let mut out: Vec<Option<Result<Ticket, StoreError>>> = ids.iter().map(|_| None).collect();
         let mut todo: Vec<usize> = (0..ids.len()).collect();
+        // Tickets left to a transition of their own (`None` in the result).
+        let mut alone: Vec<usize> = Vec::new();
         let mut rounds = 0;
         while !todo.is_empty() && rounds < MAX_ATTEMPTS {
             rounds += 1;
@@ -437,6 +440,7 @@ impl RedisStore {
                 ops.iter().flat_map(|o| o.drafts.iter().cloned()).collect();
             let mut turn = self.audit_head.lock().await;
             let mut head = later_head(turn.take(), read_head);
+            let mut moved = 0;
             todo = loop {
                 let mut inv = self.scripts.cas_tickets.prepare_invoke();
                 inv.key(AUDIT_HEAD).key(AUDIT).arg(ops.len());
@@ -444,7 +448,23 @@ impl RedisStore {
                     op.add(&mut inv);
                 }
                 let (written, events) = audit_args(&mut inv, head.as_deref(), &drafts)?;
-                match self.run(&inv).await? {
+                let mut c = self.conn.clone();
+                let v: Vec<String> = inv.invoke_async(&mut c).await.map_err(unavailable)?;
+                if v.first().map(String::as_str) == Some("changed") {
+                    *turn = head;
+                    let changed: Vec<usize> = v[1..]
+                        .iter()
+                        .filter_map(|i| i.parse::<usize>().ok())
+                        .filter_map(|i| ops.get(i).map(|o| o.at))
+                        .collect();
+                    alone.extend(&changed);
+                    break ops
+                        .iter()
+                        .map(|o| o.at)
+                        .filter(|at| !changed.contains(at))
+                        .collect();
+                }
+                match reply(v)? {
                     Reply::Ok => {
                         *turn = written;
                         self.tap.send(&events);
@@ -456,10 +476,14 @@ impl RedisStore {
                     Reply::HeadMoved(now_head) => {
                         head = now_head;
                         *turn = head.clone();
-                    }
-                    Reply::Changed => {
-                        *turn = head;
-                        break ops.iter().map(|o| o.at).collect();
+                        // Another replica keeps appending: a big script loses every race
+                        // for the head to its small ones, so the chunk goes one ticket at
+                        // a time, on equal terms.
+                        moved += 1;
+                        if moved >= HEAD_RACES {
+                            alone.extend(ops.iter().map(|o| o.at));
+                            break Vec::new();
+                        }
                     }
                     other => {
                         *turn = head;
@@ -468,6 +492,7 @@ impl RedisStore {
                             match other {
                                 Reply::Gone => "gone",
                                 Reply::Exists => "exists",
+                                Reply::Changed => "changed",
                                 _ => "limit",
                             }
                         )));
@@ -475,10 +500,9 @@ impl RedisStore {
                 }
             };
         }
-        Ok(out
-            .into_iter()
-            .map(|r| r.unwrap_or(Err(StoreError::Conflict)))
-            .collect())
+        // Whatever is left after `MAX_ATTEMPTS` rounds (and the changed ones) goes alone.
+        debug_assert!(alone.iter().all(|&i| out[i].is_none()));
+        Ok(out)
     }
 
     /// `key` and the audit head, in one round trip.
@@ -922,14 +946,16 @@ return {'ok'}
 /// [`CAS_TICKET`] over `n` tickets at once, all or nothing: KEYS: audit head, stream, then
 /// CAS_TICKET's first eight keys for each ticket. ARGV: n, then CAS_TICKET's first eleven
 /// arguments for each ticket, then the events of all of them (audit from 2 + 11n).
-/// `{'changed'}` when any ticket changed since it was read (nothing written).
+/// `{'changed', i...}` (0-based) when tickets changed since they were read (nothing written).
 const CAS_TICKETS: &str = r#"
 local n = tonumber(ARGV[1])
 local a = 2 + 11 * n
+local changed = {'changed'}
 for i = 0, n - 1 do
   local cur = redis.call('GET', KEYS[3 + 8 * i])
-  if cur ~= ARGV[2 + 11 * i] then return {'changed'} end
+  if cur ~= ARGV[2 + 11 * i] then changed[#changed + 1] = tostring(i) end
 end
+if #changed > 1 then return changed end
 local moved = audit_moved(KEYS[1], a)
 if moved then return {'head', moved} end
 audit_append(KEYS[1], KEYS[2], a)
@@ -1091,6 +1117,10 @@ return 1
 /// tickets is a few dozen round trips, small enough that one script stays well under a
 /// millisecond of Redis's time.
 const BATCH: usize = 250;
+
+/// How many times another replica's appends may move the audit head under one
+/// [`CAS_TICKETS`] chunk before its tickets are decided one at a time instead.
+const HEAD_RACES: usize = 3;
 
 /// One ticket's part of a [`CAS_TICKETS`] batch: its keys, the record it was read as, and
 /// what replaces it (with any grant the change creates).
@@ -1518,19 +1548,24 @@ impl Store for RedisStore {
             let mut out: Vec<Option<Result<Ticket, StoreError>>> =
                 ids.iter().map(|_| None).collect();
             let mut slots = once.iter();
+            let mut alone = Vec::new();
             for chunk in firsts.chunks(BATCH) {
                 let done = match self.bounded(self.transition_chunk(chunk, f, audit)).await {
                     Ok(done) => done,
                     // Some of the chunk may have landed before the answer was lost; the caller
                     // sees the store as unavailable for each, as for a single transition.
-                    Err(e) => chunk.iter().map(|_| Err(e.clone())).collect(),
+                    Err(e) => chunk.iter().map(|_| Some(Err(e.clone()))).collect(),
                 };
                 // `done` first: zip stops at its end without taking another slot.
                 for (r, slot) in done.into_iter().zip(slots.by_ref()) {
-                    out[*slot] = Some(r);
+                    match r {
+                        Some(r) => out[*slot] = Some(r),
+                        None => alone.push(*slot),
+                    }
                 }
             }
-            for i in again {
+            // Tickets that kept changing under the batch, then repeated ids: one at a time.
+            for i in alone.into_iter().chain(again) {
                 out[i] = Some(self.transition(&ids[i], f, audit).await);
             }
             Ok(out
@@ -1540,7 +1575,10 @@ impl Store for RedisStore {
         })
     }
 
-    fn get_many<'a>(&'a self, ids: &'a [TicketId]) -> StoreFuture<'a, Vec<Option<Ticket>>> {
+    fn get_many<'a>(
+        &'a self,
+        ids: &'a [TicketId],
+    ) -> StoreFuture<'a, Vec<Result<Option<Ticket>, StoreError>>> {
         Box::pin(self.bounded(async move {
             let mut out = Vec::with_capacity(ids.len());
             for chunk in ids.chunks(500) {
@@ -1551,12 +1589,11 @@ impl Store for RedisStore {
                     .query_async(&mut c)
                     .await
                     .map_err(unavailable)?;
-                for v in values {
-                    out.push(match v {
-                        Some(raw) => Some(decode("ticket", &raw)?),
-                        None => None,
-                    });
-                }
+                // A record that cannot be read is that ticket's error, not the whole call's.
+                out.extend(values.into_iter().map(|v| match v {
+                    Some(raw) => decode("ticket", &raw).map(Some),
+                    None => Ok(None),
+                }));
             }
             Ok(out)
         }))

@@ -649,6 +649,79 @@ async fn reconciling_reads_only_what_is_held_and_what_is_due(p: Pair) {
     assert!(p.b.due_pending(last, 0).await.unwrap().is_empty());
 }
 
+/// Red team: one ticket of a batch chunk that other approvers keep voting on (a large quorum)
+/// must not starve the rest of the chunk. One at a time, every other ticket would be decided
+/// at once (nothing else touches it); the batch retries the whole chunk of 250 whenever any
+/// one of them changed, so it never lands: every ticket of the chunk is refused (observed:
+/// `Unavailable("redis did not answer in time")` after `op_timeout`, i.e. a 503 that blames
+/// the store; `Conflict` after `MAX_ATTEMPTS` rounds when rounds are quicker).
+async fn batch_transitions_are_not_starved_by_one_busy_ticket(p: Pair) {
+    let mut ids = Vec::new();
+    let hot = {
+        let at = now();
+        let mut d = draft("/v1/hot", "bob");
+        d.quorum = 1_000_000;
+        create(&*p.a, Ticket::open(new_ticket_id(at), d, at)).await
+    };
+    ids.push(hot.id.clone());
+    for i in 0..199 {
+        ids.push(
+            create(&*p.a, new_ticket(&format!("/v1/starve/{i}"), "bob"))
+                .await
+                .id,
+        );
+    }
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let votes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut hammers = Vec::new();
+    for h in 0..3 {
+        let store = p.b.clone();
+        let id = hot.id.clone();
+        let stop = stop.clone();
+        let votes = votes.clone();
+        hammers.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                let who = oncall(&format!("voter-{h}-{n}"));
+                if store
+                    .transition(&id, &|t| ticket::approve(t, &who, None, now()), &events)
+                    .await
+                    .is_ok()
+                {
+                    votes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    // Let the voters get going.
+    while votes.load(std::sync::atomic::Ordering::Relaxed) < 10 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let who = oncall("alice");
+    let out =
+        p.a.transition_many(&ids, &|t| ticket::approve(t, &who, None, now()), &events)
+            .await
+            .unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for h in hammers {
+        h.await.unwrap();
+    }
+    let starved: Vec<String> = ids[1..]
+        .iter()
+        .zip(&out[1..])
+        .filter(|(_, r)| !matches!(r, Ok(t) if t.status == Status::Approved))
+        .map(|(id, r)| format!("{id}: {r:?}"))
+        .take(3)
+        .collect();
+    assert!(
+        starved.is_empty(),
+        "tickets nobody else touched were refused because another ticket of their chunk \
+         kept changing: {starved:?}"
+    );
+    whole_chain_verifies(&*p.a).await;
+}
+
 async fn decisions_are_published(p: Pair) {
     let mut rx = p.b.subscribe();
     let t = create(&*p.a, new_ticket("/v1/pub", "bob")).await;
@@ -2001,7 +2074,8 @@ contract!(
         outbox_fans_out_once_and_delivers_once,
         batch_transitions_apply_each_once_in_order,
         batch_transitions_race_single_decisions_with_one_outcome_each,
-        reconciling_reads_only_what_is_held_and_what_is_due;
+        reconciling_reads_only_what_is_held_and_what_is_due,
+        batch_transitions_are_not_starved_by_one_busy_ticket;
     super::ONE_SECOND =>
         finished_records_leave_within_retention;
 );
