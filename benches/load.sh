@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Load benchmark for jitgate, run by hand (not in CI).
 #
-# Measures the same tiny origin three ways, on this machine, in the same run:
+# Measures the same tiny origin four ways, on this machine, in the same run:
 #   origin   wrk -> bench_origin                      (the ceiling)
 #   jitgate  wrk -> jitgate -> bench_origin           (allow route after ~50 others)
+#   hyper    wrk -> bare_proxy -> bench_origin        (a bare hyper proxy: the floor hyper sets)
 #   nginx    wrk -> nginx (keepalive pool) -> bench_origin
 # Targets are interleaved over several rounds (origin, jitgate, nginx, origin, ...) so drift on
 # the machine hits all of them alike, and the report gives medians and ratios, never pass/fail.
@@ -99,9 +100,10 @@ have curl || install_pkg curl
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
 echo "load.sh: building (release)" >&2
-(cd "$ROOT" && cargo build --release --quiet --bin jitgate --example bench_origin)
+(cd "$ROOT" && cargo build --release --quiet --bin jitgate --example bench_origin --example bare_proxy)
 JITGATE_BIN=${JITGATE_BIN:-$TARGET_DIR/release/jitgate}
 ORIGIN_BIN=$TARGET_DIR/release/examples/bench_origin
+BARE_BIN=$TARGET_DIR/release/examples/bare_proxy
 
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
@@ -298,6 +300,19 @@ if [[ -n ${BASELINE_BIN:-} ]]; then
     start_gateway baseline "$BASELINE_BIN" "$WORK/baseline.toml"
 fi
 
+# --- bare hyper proxy ------------------------------------------------------------------------
+
+"$BARE_BIN" 127.0.0.1:0 "$ORIGIN_URL" >"$WORK/hyper.out" 2>"$WORK/hyper.err" &
+PIDS+=($!)
+if line=$(wait_for_line "$WORK/hyper.out" '^bare_proxy: listening on ' $! 20) &&
+    wait_http_200 "${line#bare_proxy: listening on }$BENCH_PATH" 10; then
+    TARGETS+=(hyper)
+    URL[hyper]=${line#bare_proxy: listening on }$BENCH_PATH
+    PROCS[hyper]=$!
+else
+    echo "load.sh: SKIP hyper: bare_proxy did not answer: $(tail -5 "$WORK/hyper.err")" >&2
+fi
+
 # --- nginx -----------------------------------------------------------------------------------
 
 NGINX_PORT=$(free_port) || die "no free port for nginx"
@@ -407,7 +422,7 @@ minus() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%+.3f", a - b }'; }
 echo
 echo "jitgate load benchmark: $(nproc) CPUs, wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s, median of $ROUNDS round(s), GET $BENCH_PATH, access log $ACCESS_LOG"
 printf '%-8s %14s %12s %14s %12s %8s\n' target "req/s" "p99 ms" "added p99 ms" "cpu us/req" errors
-for t in origin jitgate baseline nginx; do
+for t in origin jitgate baseline hyper nginx; do
     [[ $t == baseline && -z ${BASELINE_BIN:-} ]] && continue
     if [[ -n ${RPS[$t]:-} ]]; then
         added=$([[ $t == origin ]] && echo "-" || minus "${P99[$t]}" "${P99[origin]}")
@@ -428,6 +443,11 @@ if [[ -n ${RPS[jitgate]:-} ]]; then
 fi
 if [[ -n ${RPS[nginx]:-} ]]; then
     echo "nginx   added p99: $(minus "${P99[nginx]}" "${P99[origin]}") ms"
+fi
+if [[ -n ${RPS[hyper]:-} ]]; then
+    echo "hyper   added p99: $(minus "${P99[hyper]}" "${P99[origin]}") ms"
+    [[ -n ${RPS[nginx]:-} ]] && echo "hyper/nginx    rps: $(ratio "${RPS[hyper]}" "${RPS[nginx]}")   cpu per request: $(ratio "${CPU[hyper]}" "${CPU[nginx]}")"
+    [[ -n ${RPS[jitgate]:-} ]] && echo "jitgate/hyper  rps: $(ratio "${RPS[jitgate]}" "${RPS[hyper]}")   cpu per request: $(ratio "${CPU[jitgate]}" "${CPU[hyper]}")"
 fi
 if [[ -n ${RPS[baseline]:-} && -n ${RPS[jitgate]:-} ]]; then
     echo "jitgate/baseline rps: $(ratio "${RPS[jitgate]}" "${RPS[baseline]}")"
