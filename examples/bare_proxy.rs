@@ -7,8 +7,11 @@
 //! per-request path costs.
 //!
 //! ```text
-//! cargo run --release --example bare_proxy -- 127.0.0.1:0 http://127.0.0.1:8080 [--threads N]
+//! cargo run --release --example bare_proxy -- 127.0.0.1:0 http://127.0.0.1:8080 [--threads N] [--multi]
 //! ```
+//!
+//! `--multi` runs one multi-thread runtime (N workers, one listener, one pool) instead, to
+//! measure what thread-per-core buys over tokio's work-stealing scheduler.
 //!
 //! Prints `bare_proxy: listening on http://ADDR` on stdout once bound.
 
@@ -54,9 +57,12 @@ fn main() -> ExitCode {
     ) else {
         return usage();
     };
-    let threads = match args.get(2..).unwrap_or_default() {
+    let mut rest: Vec<&str> = args.iter().skip(2).map(String::as_str).collect();
+    let multi = rest.contains(&"--multi");
+    rest.retain(|a| *a != "--multi");
+    let threads = match rest.as_slice() {
         [] => std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
-        [flag, n] if flag == "--threads" => match n.parse::<usize>() {
+        ["--threads", n] => match n.parse::<usize>() {
             Ok(n) if n > 0 => n,
             _ => return usage(),
         },
@@ -81,6 +87,23 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if multi {
+        println!("bare_proxy: listening on http://{bound}");
+        let _ = std::io::stdout().flush();
+        let rt = match tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                eprintln!("bare_proxy: runtime: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        rt.block_on(accept_loop(first, scheme, authority, false));
+        return ExitCode::SUCCESS;
+    }
     let mut listeners = vec![first];
     for _ in 1..threads {
         match listener(bound) {
@@ -119,50 +142,59 @@ fn serve(l: std::net::TcpListener, scheme: Scheme, authority: Authority) {
         }
     };
     let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, async move {
-        let Ok(l) = tokio::net::TcpListener::from_std(l) else {
-            return;
+    local.block_on(&rt, accept_loop(l, scheme, authority, true));
+}
+
+/// Accepts and proxies on `l`; each connection runs as a local task (`local`: on this
+/// thread's current-thread runtime) or a spawned one (the multi-thread runtime).
+async fn accept_loop(l: std::net::TcpListener, scheme: Scheme, authority: Authority, local: bool) {
+    let Ok(l) = tokio::net::TcpListener::from_std(l) else {
+        return;
+    };
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    let client: Client<HttpConnector, Incoming> = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(256)
+        .build(connector);
+    loop {
+        let Ok((stream, peer)) = l.accept().await else {
+            continue;
         };
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        let client: Client<HttpConnector, Incoming> = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(256)
-            .build(connector);
-        loop {
-            let Ok((stream, peer)) = l.accept().await else {
-                continue;
-            };
-            let _ = stream.set_nodelay(true);
-            let (client, scheme, authority) = (client.clone(), scheme.clone(), authority.clone());
-            tokio::task::spawn_local(async move {
-                let service = service_fn(move |mut req: Request<Incoming>| {
-                    let client = client.clone();
-                    let mut parts = req.uri().clone().into_parts();
-                    parts.scheme = Some(scheme.clone());
-                    parts.authority = Some(authority.clone());
-                    if let Ok(uri) = Uri::from_parts(parts) {
-                        *req.uri_mut() = uri;
-                    }
-                    if let Ok(v) = HeaderValue::from_str(&peer.ip().to_string()) {
-                        req.headers_mut().append("x-forwarded-for", v);
-                    }
-                    async move {
-                        Ok::<_, Infallible>(match client.request(req).await {
-                            Ok(resp) => resp.map(http_body_util::Either::Left),
-                            Err(_) => {
-                                let mut r = Response::new(http_body_util::Either::Right(
-                                    http_body_util::Empty::new(),
-                                ));
-                                *r.status_mut() = http::StatusCode::BAD_GATEWAY;
-                                r
-                            }
-                        })
-                    }
-                });
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+        let _ = stream.set_nodelay(true);
+        let (client, scheme, authority) = (client.clone(), scheme.clone(), authority.clone());
+        let conn = async move {
+            let service = service_fn(move |mut req: Request<Incoming>| {
+                let client = client.clone();
+                let mut parts = req.uri().clone().into_parts();
+                parts.scheme = Some(scheme.clone());
+                parts.authority = Some(authority.clone());
+                if let Ok(uri) = Uri::from_parts(parts) {
+                    *req.uri_mut() = uri;
+                }
+                if let Ok(v) = HeaderValue::from_str(&peer.ip().to_string()) {
+                    req.headers_mut().append("x-forwarded-for", v);
+                }
+                async move {
+                    Ok::<_, Infallible>(match client.request(req).await {
+                        Ok(resp) => resp.map(http_body_util::Either::Left),
+                        Err(_) => {
+                            let mut r = Response::new(http_body_util::Either::Right(
+                                http_body_util::Empty::new(),
+                            ));
+                            *r.status_mut() = http::StatusCode::BAD_GATEWAY;
+                            r
+                        }
+                    })
+                }
             });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        };
+        if local {
+            tokio::task::spawn_local(conn);
+        } else {
+            tokio::spawn(conn);
         }
-    });
+    }
 }
