@@ -505,6 +505,30 @@ impl RedisStore {
         Ok(out)
     }
 
+    /// Up to `limit` members of sorted set `index` scored at or before `now`, lowest first.
+    async fn due_members(
+        &self,
+        index: &str,
+        now: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut c = self.conn.clone();
+        redis::cmd("ZRANGE")
+            .arg(index)
+            .arg("-inf")
+            .arg(now.as_millis())
+            .arg("BYSCORE")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit)
+            .query_async(&mut c)
+            .await
+            .map_err(unavailable)
+    }
+
     /// `key` and the audit head, in one round trip.
     async fn read_with_head(
         &self,
@@ -1633,18 +1657,8 @@ impl Store for RedisStore {
 
     fn due_timers(&self, now: Timestamp, limit: usize) -> StoreFuture<'_, Vec<(TicketId, Timer)>> {
         Box::pin(self.bounded(async move {
+            let members = self.due_members(TIMERS, now, limit).await?;
             let mut c = self.conn.clone();
-            let members: Vec<String> = redis::cmd("ZRANGE")
-                .arg(TIMERS)
-                .arg("-inf")
-                .arg(now.as_millis())
-                .arg("BYSCORE")
-                .arg("LIMIT")
-                .arg(0)
-                .arg(limit)
-                .query_async(&mut c)
-                .await
-                .map_err(unavailable)?;
             let mut out = Vec::with_capacity(members.len());
             for m in members {
                 let parsed = m
@@ -1721,20 +1735,7 @@ impl Store for RedisStore {
 
     fn due_pending(&self, now: Timestamp, limit: usize) -> StoreFuture<'_, Vec<TicketId>> {
         Box::pin(self.bounded(async move {
-            if limit == 0 {
-                return Ok(Vec::new());
-            }
-            let mut c = self.conn.clone();
-            let raw: Vec<String> = redis::cmd("ZRANGEBYSCORE")
-                .arg(PENDING)
-                .arg("-inf")
-                .arg(now.as_millis())
-                .arg("LIMIT")
-                .arg(0)
-                .arg(limit)
-                .query_async(&mut c)
-                .await
-                .map_err(unavailable)?;
+            let raw = self.due_members(PENDING, now, limit).await?;
             Ok(raw
                 .iter()
                 .filter_map(|id| TicketId::parse(id).ok())
