@@ -8,17 +8,21 @@
 # with h2load's --h1.
 #
 # Environment: REQUESTS [200000] per run, CLIENTS [64], STREAMS [10] per connection,
-# ROUNDS [3], KEEP=1 keeps the work dir.
+# ROUNDS [3], TLS=1 for h2 over TLS (ALPN, a self-signed P-256 certificate made with openssl,
+# the same for both proxies) instead of h2c, KEEP=1 keeps the work dir.
 set -euo pipefail
 
 REQUESTS=${REQUESTS:-200000}
 CLIENTS=${CLIENTS:-64}
 STREAMS=${STREAMS:-10}
 ROUNDS=${ROUNDS:-3}
+TLS=${TLS:-0}
 die() { echo "h2.sh: $*" >&2; exit 1; }
 [[ $REQUESTS =~ ^[0-9]+$ && $CLIENTS =~ ^[0-9]+$ && $STREAMS =~ ^[0-9]+$ && $ROUNDS =~ ^[0-9]+$ ]] ||
     die "REQUESTS, CLIENTS, STREAMS and ROUNDS must be whole numbers"
 command -v h2load >/dev/null || die "h2load is missing (apt-get install nghttp2-client)"
+[[ $TLS == 0 || $TLS == 1 ]] || die "TLS must be 0 or 1"
+[[ $TLS == 0 ]] || command -v openssl >/dev/null || die "openssl is missing"
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 [[ -x $NGINX ]] || die "nginx is missing (apt-get install nginx)"
 
@@ -48,11 +52,20 @@ wait_line() { # FILE REGEX -> the line
 PIDS+=($!)
 ORIGIN=$(wait_line "$WORK/origin.out" '^bench_origin: listening on ' | sed 's/.*on //') || die "origin did not start"
 
+SCHEME=http
+TLS_TOML=""
+if [[ $TLS == 1 ]]; then
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=localhost \
+        -keyout "$WORK/key.pem" -out "$WORK/cert.pem" >/dev/null 2>&1 || die "openssl could not make a certificate"
+    SCHEME=https
+    TLS_TOML="tls = { cert = \"$WORK/cert.pem\", key = \"$WORK/key.pem\" }"
+fi
 cat >"$WORK/proxy.toml" <<TOML
 [server]
 listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:0"
 watch = false
+$TLS_TOML
 
 [log]
 access = "off"
@@ -79,8 +92,13 @@ JITGATE=$(wait_line "$WORK/jitgate.out" '^jitgate: data plane on ' | sed 's/.*on
 
 PORT=$((30000 + RANDOM % 30000))
 mkdir -p "$WORK/nginx"
+if [[ $TLS == 1 ]]; then
+    LISTEN="listen 127.0.0.1:$PORT ssl http2; ssl_certificate $WORK/cert.pem; ssl_certificate_key $WORK/key.pem;"
+else
+    LISTEN="listen 127.0.0.1:$PORT http2;"
+fi
 sed -e "s|@PREFIX@|$WORK/nginx|g" -e "s|@PORT@|$PORT|g" -e "s|@ORIGIN@|${ORIGIN#http://}|g" \
-    -e "s|@ACCESS_LOG@|off|g" -e "s|listen 127.0.0.1:$PORT;|listen 127.0.0.1:$PORT http2;|" \
+    -e "s|@ACCESS_LOG@|off|g" -e "s|listen 127.0.0.1:$PORT;|$LISTEN|" \
     "$ROOT/benches/nginx.conf.tmpl" >"$WORK/nginx/nginx.conf"
 "$NGINX" -p "$WORK/nginx" -e "$WORK/nginx/error.log" -c "$WORK/nginx/nginx.conf" -g 'daemon off;' &
 PIDS+=($!)
@@ -97,7 +115,7 @@ HZ=$(getconf CLK_TCK)
 declare -A URL PROCS FLAGS
 URL[origin]=$ORIGIN/bench/items/42; PROCS[origin]=""; FLAGS[origin]=--h1
 URL[jitgate]=$JITGATE/bench/items/42; PROCS[jitgate]=$JITGATE_PID; FLAGS[jitgate]=""
-URL[nginx]=http://127.0.0.1:$PORT/bench/items/42; PROCS[nginx]=$NGINX_PROCS; FLAGS[nginx]=""
+URL[nginx]=$SCHEME://127.0.0.1:$PORT/bench/items/42; PROCS[nginx]=$NGINX_PROCS; FLAGS[nginx]=""
 TARGETS=(origin jitgate nginx)
 
 for r in $(seq 1 "$ROUNDS"); do
@@ -117,10 +135,10 @@ for r in $(seq 1 "$ROUNDS"); do
 done
 median() { sort -g | awk '{ a[NR] = $1 } END { if (NR % 2) print a[(NR + 1) / 2]; else printf "%.2f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 echo
-echo "h2c benchmark: h2load -n $REQUESTS -c $CLIENTS -m $STREAMS, median of $ROUNDS round(s) (origin: HTTP/1.1)"
+echo "$([[ $TLS == 1 ]] && echo "h2 over TLS" || echo h2c) benchmark: h2load -n $REQUESTS -c $CLIENTS -m $STREAMS, median of $ROUNDS round(s) (origin: HTTP/1.1 cleartext)"
 for t in "${TARGETS[@]}"; do
     printf '%-8s %12s req/s %10s us/req cpu\n' "$t" "$(median <"$WORK/rps-$t")" "$([[ $t == origin ]] && echo - || median <"$WORK/cpu-$t")"
 done
 j=$(median <"$WORK/rps-jitgate"); n=$(median <"$WORK/rps-nginx")
 jc=$(median <"$WORK/cpu-jitgate"); nc=$(median <"$WORK/cpu-nginx")
-awk -v j="$j" -v n="$n" -v jc="$jc" -v nc="$nc" 'BEGIN { printf "jitgate/nginx h2c rps: %.3f   cpu per request: %.3f\n", j / n, jc / nc }'
+awk -v j="$j" -v n="$n" -v jc="$jc" -v nc="$nc" 'BEGIN { printf "jitgate/nginx rps: %.3f   cpu per request: %.3f\n", j / n, jc / nc }'
