@@ -600,22 +600,28 @@ async fn settle(
 }
 
 /// Holds the request until its ticket is decided (or the hold times out), then answers.
+/// While waiting, this future is the `Holding` and the wait: nothing is kept twice.
 async fn hold_then_finish(
     x: &Exchange<'_>,
     route: &Route,
-    holding: Holding,
+    mut holding: Holding,
 ) -> Response<ProxyBody> {
-    let Holding {
-        id,
-        expires_at,
-        hold_for,
-        mut held,
-    } = holding;
     // Kept while held: nothing of it may pin the connection's read buffer.
-    held.canonical.detach();
-    held.body = Bytes::copy_from_slice(&held.body);
-    match hold::wait(x, id, expires_at, hold_for).await {
-        Ok(t) => Box::pin(finish(x, route, t, held)).await,
+    holding.held.canonical.detach();
+    holding.held.body = Bytes::copy_from_slice(&holding.held.body);
+    let waited = hold::wait(x, holding.id.clone(), holding.expires_at, holding.hold_for).await;
+    Box::pin(conclude(x, route, waited, holding.held)).await
+}
+
+/// The answer once a hold ended: released, refused, or the hold's own error.
+async fn conclude(
+    x: &Exchange<'_>,
+    route: &Route,
+    waited: Result<Ticket, GatewayError>,
+    held: HeldRequest,
+) -> Response<ProxyBody> {
+    match waited {
+        Ok(t) => finish(x, route, t, held).await,
         Err(e) => x.answer(e, Some(route)),
     }
 }
