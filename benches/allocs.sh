@@ -14,6 +14,8 @@ for tool in heaptrack heaptrack_print wrk curl python3; do
     command -v "$tool" >/dev/null || die "$tool is missing (apt-get install heaptrack wrk curl python3)"
 done
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=benches/lib.sh
+. "$ROOT/benches/lib.sh"
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/jitgate-allocs.XXXXXX")
 PIDS=()
@@ -24,40 +26,10 @@ cleanup() {
 trap cleanup EXIT
 (cd "$ROOT" && cargo build --release --quiet --bin jitgate --example bench_origin)
 
-wait_line() {
-    for _ in $(seq 1 300); do
-        grep -m1 -E "$2" "$1" 2>/dev/null && return 0
-        sleep 0.1
-    done
-    return 1
-}
 "$TARGET_DIR/release/examples/bench_origin" 127.0.0.1:0 --workers 1 >"$WORK/origin.out" 2>&1 &
 PIDS+=($!)
 ORIGIN=$(wait_line "$WORK/origin.out" '^bench_origin: listening on ' | sed 's/.*on //') || die "origin did not start"
-cat >"$WORK/proxy.toml" <<TOML
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-watch = false
-
-[log]
-access = "off"
-
-[[upstreams]]
-name = "bench"
-url = "$ORIGIN"
-
-[[routes]]
-name = "deny-internal"
-path = "/internal/**"
-action = "deny"
-
-[[routes]]
-name = "everything-else"
-path = "/**"
-upstream = "bench"
-action = "allow"
-TOML
+two_route_table "$ORIGIN" >"$WORK/proxy.toml"
 RUST_LOG=warn heaptrack -o "$WORK/ht" "$TARGET_DIR/release/jitgate" serve --config "$WORK/proxy.toml" \
     >"$WORK/jitgate.out" 2>&1 &
 PIDS+=($!)

@@ -27,6 +27,8 @@ NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 [[ -x $NGINX ]] || die "nginx is missing (apt-get install nginx)"
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=benches/lib.sh
+. "$ROOT/benches/lib.sh"
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/jitgate-h2.XXXXXX")
 PIDS=()
@@ -40,13 +42,6 @@ trap cleanup EXIT
 (cd "$ROOT" && cargo build --release --quiet --bin jitgate --example bench_origin)
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-wait_line() { # FILE REGEX -> the line
-    for _ in $(seq 1 200); do
-        grep -m1 -E "$2" "$1" 2>/dev/null && return 0
-        sleep 0.1
-    done
-    return 1
-}
 
 "$TARGET_DIR/release/examples/bench_origin" 127.0.0.1:0 >"$WORK/origin.out" 2>&1 &
 PIDS+=($!)
@@ -60,37 +55,13 @@ if [[ $TLS == 1 ]]; then
     SCHEME=https
     TLS_TOML="tls = { cert = \"$WORK/cert.pem\", key = \"$WORK/key.pem\" }"
 fi
-cat >"$WORK/proxy.toml" <<TOML
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-watch = false
-$TLS_TOML
-
-[log]
-access = "off"
-
-[[upstreams]]
-name = "bench"
-url = "$ORIGIN"
-
-[[routes]]
-name = "deny-internal"
-path = "/internal/**"
-action = "deny"
-
-[[routes]]
-name = "everything-else"
-path = "/**"
-upstream = "bench"
-action = "allow"
-TOML
+two_route_table "$ORIGIN" "$TLS_TOML" >"$WORK/proxy.toml"
 "$TARGET_DIR/release/jitgate" serve --config "$WORK/proxy.toml" >"$WORK/jitgate.out" 2>"$WORK/jitgate.err" &
 PIDS+=($!)
 JITGATE_PID=$!
 JITGATE=$(wait_line "$WORK/jitgate.out" '^jitgate: data plane on ' | sed 's/.*on //') || die "jitgate did not start"
 
-PORT=$((30000 + RANDOM % 30000))
+PORT=$(free_port) || die "no free port for nginx"
 mkdir -p "$WORK/nginx"
 if [[ $TLS == 1 ]]; then
     LISTEN="listen 127.0.0.1:$PORT ssl http2; ssl_certificate $WORK/cert.pem; ssl_certificate_key $WORK/key.pem;"
