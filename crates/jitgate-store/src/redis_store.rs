@@ -160,7 +160,6 @@ pub struct RedisStore {
 
 struct Scripts {
     create: Script,
-    cas_ticket: Script,
     cas_tickets: Script,
     cas_grant: Script,
     create_grant: Script,
@@ -287,7 +286,6 @@ impl RedisStore {
             listener,
             scripts: Arc::new(Scripts {
                 create: Script::new(&format!("{AUDIT_LUA}{CREATE_TICKET}")),
-                cas_ticket: Script::new(&format!("{AUDIT_LUA}{CAS_TICKET}")),
                 cas_tickets: Script::new(&format!("{AUDIT_LUA}{CAS_TICKETS}")),
                 cas_grant: Script::new(&format!("{AUDIT_LUA}{CAS_GRANT}")),
                 create_grant: Script::new(&format!("{AUDIT_LUA}{CREATE_GRANT}")),
@@ -427,9 +425,9 @@ impl RedisStore {
                     }
                 };
                 match f(&current) {
-                    Ok(next) => {
-                        ops.push(BatchOp::new(i, raw, &current, next, audit, at, &self.opts)?)
-                    }
+                    Ok(next) => ops.push(TicketWrite::new(
+                        i, raw, &current, next, audit, at, &self.opts,
+                    )?),
                     Err(e) => out[i] = Some(Err(StoreError::Transition(e))),
                 }
             }
@@ -527,6 +525,21 @@ impl RedisStore {
             .query_async(&mut c)
             .await
             .map_err(unavailable)
+    }
+
+    /// The values of `keys`, in order (`None` where a key is absent): one MGET per 500.
+    async fn mget(&self, keys: &[String]) -> Result<Vec<Option<String>>, StoreError> {
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(500) {
+            let mut c = self.conn.clone();
+            let values: Vec<Option<String>> = redis::cmd("MGET")
+                .arg(chunk)
+                .query_async(&mut c)
+                .await
+                .map_err(unavailable)?;
+            out.extend(values);
+        }
+        Ok(out)
     }
 
     /// `key` and the audit head, in one round trip.
@@ -763,26 +776,18 @@ impl RedisStore {
             .iter()
             .filter_map(|raw| TicketId::parse(raw).ok())
             .collect();
-        for chunk in ids.chunks(500) {
-            let keys: Vec<String> = chunk.iter().map(ticket_key).collect();
-            let mut c = self.conn.clone();
-            let values: Vec<Option<String>> = redis::cmd("MGET")
-                .arg(&keys)
-                .query_async(&mut c)
-                .await
-                .map_err(unavailable)?;
-            for (id, value) in chunk.iter().zip(values) {
-                match value {
-                    Some(raw) => out.push(decode("ticket", &raw)?),
-                    None => {
-                        let mut c = self.conn.clone();
-                        let _: i64 = redis::cmd("ZREM")
-                            .arg(index)
-                            .arg(id.as_str())
-                            .query_async(&mut c)
-                            .await
-                            .map_err(unavailable)?;
-                    }
+        let keys: Vec<String> = ids.iter().map(ticket_key).collect();
+        for (id, value) in ids.iter().zip(self.mget(&keys).await?) {
+            match value {
+                Some(raw) => out.push(decode("ticket", &raw)?),
+                None => {
+                    let mut c = self.conn.clone();
+                    let _: i64 = redis::cmd("ZREM")
+                        .arg(index)
+                        .arg(id.as_str())
+                        .query_async(&mut c)
+                        .await
+                        .map_err(unavailable)?;
                 }
             }
         }
@@ -796,20 +801,13 @@ impl RedisStore {
             .iter()
             .filter_map(|raw| GrantId::parse(raw).ok())
             .collect();
-        let mut out = Vec::with_capacity(ids.len());
-        for chunk in ids.chunks(500) {
-            let keys: Vec<String> = chunk.iter().map(grant_key).collect();
-            let mut c = self.conn.clone();
-            let values: Vec<Option<String>> = redis::cmd("MGET")
-                .arg(&keys)
-                .query_async(&mut c)
-                .await
-                .map_err(unavailable)?;
-            for raw in values.into_iter().flatten() {
-                out.push(decode("grant", &raw)?);
-            }
-        }
-        Ok(out)
+        let keys: Vec<String> = ids.iter().map(grant_key).collect();
+        self.mget(&keys)
+            .await?
+            .into_iter()
+            .flatten()
+            .map(|raw| decode("grant", &raw))
+            .collect()
     }
 
     async fn grants_in(&self, index: &str, at: Timestamp) -> Result<Vec<Grant>, StoreError> {
@@ -939,37 +937,12 @@ redis.call('ZADD', KEYS[5], ARGV[6], ARGV[2])
 return {'ok'}
 "#;
 
-/// KEYS: ticket, pending, per-requester, coalesce, per-source, grant, grants,
-/// grants per-requester, audit head, stream.
-/// ARGV: expected json, new json, px, id, left pending ("1"/"0"), channel, has source
-/// ("1"/"0"), grant json ("" = none), grant id, grant px, grant expires ms, audit from 12.
-const CAS_TICKET: &str = r#"
-local cur = redis.call('GET', KEYS[1])
-if not cur then return {'gone'} end
-if cur ~= ARGV[1] then return {'changed'} end
-local moved = audit_moved(KEYS[9], 12)
-if moved then return {'head', moved} end
-audit_append(KEYS[9], KEYS[10], 12)
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-if ARGV[8] ~= '' and redis.call('EXISTS', KEYS[6]) == 0 then
-  redis.call('SET', KEYS[6], ARGV[8], 'PX', ARGV[10])
-  redis.call('ZADD', KEYS[7], ARGV[11], ARGV[9])
-  redis.call('ZADD', KEYS[8], ARGV[11], ARGV[9])
-  extend(KEYS[8], ARGV[10])
-end
-if ARGV[5] == '1' then
-  redis.call('ZREM', KEYS[2], ARGV[4])
-  redis.call('ZREM', KEYS[3], ARGV[4])
-  if ARGV[7] == '1' then redis.call('ZREM', KEYS[5], ARGV[4]) end
-  if redis.call('GET', KEYS[4]) == ARGV[4] then redis.call('DEL', KEYS[4]) end
-  redis.call('PUBLISH', ARGV[6], ARGV[4])
-end
-return {'ok'}
-"#;
-
-/// [`CAS_TICKET`] over `n` tickets at once, all or nothing: KEYS: audit head, stream, then
-/// CAS_TICKET's first eight keys for each ticket. ARGV: n, then CAS_TICKET's first eleven
-/// arguments for each ticket, then the events of all of them (audit from 2 + 11n).
+/// Compare-and-set of `n` tickets (a single transition is `n` = 1), all or nothing, with
+/// the events of all of them. KEYS: audit head, stream, then for each ticket: ticket,
+/// pending, per-requester pending, coalesce, per-source pending, grant ("" = none), grants,
+/// grants per-requester. ARGV: n, then for each ticket: expected json, new json, px, id,
+/// leaves pending ("1"/"0"), decisions channel, has source ("1"/"0"), grant json ("" =
+/// none), grant id, grant px, grant expires ms; then the audit from 2 + 11n.
 /// `{'changed', i...}` (0-based) when tickets changed since they were read (nothing written).
 const CAS_TICKETS: &str = r#"
 local n = tonumber(ARGV[1])
@@ -1146,9 +1119,9 @@ const BATCH: usize = 250;
 /// [`CAS_TICKETS`] chunk before its tickets are decided one at a time instead.
 const HEAD_RACES: usize = 3;
 
-/// One ticket's part of a [`CAS_TICKETS`] batch: its keys, the record it was read as, and
-/// what replaces it (with any grant the change creates).
-struct BatchOp {
+/// One ticket's change as [`CAS_TICKETS`] writes it: its keys, the record it was read as,
+/// what replaces it (with any grant the change creates) and the events recorded with it.
+struct TicketWrite {
     /// Index in the chunk.
     at: usize,
     keys: [String; 8],
@@ -1164,7 +1137,7 @@ struct BatchOp {
     next: Ticket,
 }
 
-impl BatchOp {
+impl TicketWrite {
     fn new(
         at: usize,
         raw: String,
@@ -1173,7 +1146,7 @@ impl BatchOp {
         audit: TicketAudit<'_>,
         now_: Timestamp,
         opts: &RedisOptions,
-    ) -> Result<BatchOp, StoreError> {
+    ) -> Result<TicketWrite, StoreError> {
         let drafts = audit(current, &next);
         let effects = Effects::of(current, &next);
         let json = encode(&next)?;
@@ -1203,7 +1176,7 @@ impl BatchOp {
             GRANTS.to_string(),
             per_requester("gr", &current.route, &requester),
         ];
-        Ok(BatchOp {
+        Ok(TicketWrite {
             at,
             keys,
             raw,
@@ -1218,7 +1191,7 @@ impl BatchOp {
         })
     }
 
-    /// Its eight keys and eleven arguments, in [`CAS_TICKET`]'s order.
+    /// Its eight keys and eleven arguments, in [`CAS_TICKETS`]' order.
     fn add(&self, inv: &mut redis::ScriptInvocation<'_>) {
         for k in &self.keys {
             inv.key(k);
@@ -1501,54 +1474,18 @@ impl Store for RedisStore {
                 let raw = raw.ok_or(StoreError::NotFound)?;
                 let current: Ticket = decode("ticket", &raw)?;
                 let next = f(&current)?;
-                let drafts = audit(&current, &next);
-                let effects = Effects::of(&current, &next);
-                let json = encode(&next)?;
-                let at = now();
-                let ttl = px(ticket_keep_until(&next, at, self.opts.retention), at);
-                let requester = current.requester.key();
-                let quota = current.quota_key();
-                let grant = match &effects.grant {
-                    Some(g) => Some((
-                        encode(g)?,
-                        px(grant_keep_until(g, at, self.opts.retention), at),
-                    )),
-                    None => None,
-                };
-                let gid = effects.grant.as_ref().map(|g| g.id.clone());
+                let write = TicketWrite::new(0, raw, &current, next, audit, now(), &self.opts)?;
+                // CAS_TICKETS over this one ticket.
                 let build = |inv: &mut redis::ScriptInvocation<'_>| {
-                    inv.key(&key)
-                        .key(PENDING)
-                        .key(per_requester("pr", &current.route, &requester))
-                        .key(coalesce_key(&current.fingerprint))
-                        .key(per_source(quota.as_deref()))
-                        .key(gid.as_ref().map(grant_key).unwrap_or_default())
-                        .key(GRANTS)
-                        .key(per_requester("gr", &current.route, &requester))
-                        .key(AUDIT_HEAD)
-                        .key(AUDIT)
-                        .arg(&raw)
-                        .arg(&json)
-                        .arg(ttl)
-                        .arg(id.as_str())
-                        .arg(if effects.left_pending { "1" } else { "0" })
-                        .arg(DECISIONS)
-                        .arg(if quota.is_some() { "1" } else { "0" });
-                    match (&effects.grant, &grant) {
-                        (Some(g), Some((gjson, gttl))) => inv
-                            .arg(gjson)
-                            .arg(g.id.as_str())
-                            .arg(*gttl)
-                            .arg(g.expires_at.as_millis()),
-                        _ => inv.arg("").arg("").arg(0).arg(0),
-                    };
+                    inv.key(AUDIT_HEAD).key(AUDIT).arg(1);
+                    write.add(inv);
                 };
-                let script = &self.scripts.cas_ticket;
+                let script = &self.scripts.cas_tickets;
                 if self
-                    .commit(script, &build, head, &drafts, &mut attempts)
+                    .commit(script, &build, head, &write.drafts, &mut attempts)
                     .await?
                 {
-                    return Ok(next);
+                    return Ok(write.next);
                 }
             }
             Err(StoreError::Conflict)
@@ -1604,22 +1541,17 @@ impl Store for RedisStore {
         ids: &'a [TicketId],
     ) -> StoreFuture<'a, Vec<Result<Option<Ticket>, StoreError>>> {
         Box::pin(self.bounded(async move {
-            let mut out = Vec::with_capacity(ids.len());
-            for chunk in ids.chunks(500) {
-                let keys: Vec<String> = chunk.iter().map(ticket_key).collect();
-                let mut c = self.conn.clone();
-                let values: Vec<Option<String>> = redis::cmd("MGET")
-                    .arg(&keys)
-                    .query_async(&mut c)
-                    .await
-                    .map_err(unavailable)?;
-                // A record that cannot be read is that ticket's error, not the whole call's.
-                out.extend(values.into_iter().map(|v| match v {
+            let keys: Vec<String> = ids.iter().map(ticket_key).collect();
+            // A record that cannot be read is that ticket's error, not the whole call's.
+            Ok(self
+                .mget(&keys)
+                .await?
+                .into_iter()
+                .map(|v| match v {
                     Some(raw) => decode("ticket", &raw).map(Some),
                     None => Ok(None),
-                }));
-            }
-            Ok(out)
+                })
+                .collect())
         }))
     }
 
