@@ -1275,23 +1275,16 @@ impl<'a> Api<'a> {
                 .await
         }
         .map_err(|e| store_problem(&e))?;
-        let mut results = visible.into_iter().zip(results);
-        let mut pending = results.next();
+        // `visible` keeps the order of `ids`: each result is the next one's, if its id is next.
+        let mut results = visible.into_iter().zip(results).peekable();
         let mut outcomes = Vec::with_capacity(ids.len());
         for id in &parsed {
-            let outcome = match (id, &pending) {
-                (Some(id), Some((v, _))) if v == id => match pending.take() {
-                    Some((id, result)) => {
-                        pending = results.next();
-                        self.decided(result.map_err(|e| (e, id)), approve).await
-                    }
-                    None => Err(not_found()),
+            let outcome = match id {
+                Some(id) => match results.next_if(|(v, _)| v == id) {
+                    Some((id, result)) => self.decided(result.map_err(|e| (e, id)), approve).await,
+                    None => Err(unreadable.get(id).cloned().unwrap_or_else(not_found)),
                 },
-                (Some(id), _) => match unreadable.get(id) {
-                    Some(p) => Err(p.clone()),
-                    None => Err(not_found()),
-                },
-                _ => Err(not_found()),
+                None => Err(not_found()),
             };
             outcomes.push(outcome);
         }
