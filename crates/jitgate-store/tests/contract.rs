@@ -2314,3 +2314,210 @@ async fn redis_outbox_claim_survives_an_undecodable_delivery() {
         "the deliveries claimed with an undecodable one were never handed out"
     );
 }
+
+// === red team 3: single transitions through CAS_TICKETS (n = 1) ===
+
+/// The keys matching `pattern` (KEYS over the harness's raw socket).
+fn keys_like(server: &RedisServer, pattern: &str) -> Vec<String> {
+    let r = server.command(&format!("KEYS {pattern}"));
+    r.split("\r\n")
+        .filter(|l| !l.is_empty() && !l.starts_with('*') && !l.starts_with('$'))
+        .map(str::to_string)
+        .collect()
+}
+
+/// SET `key` `value` as a RESP array (the value is JSON: no inline command).
+fn raw_set(server: &RedisServer, key: &str, value: &str) {
+    let cmd = format!(
+        "*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n${}\r\n{value}",
+        key.len(),
+        value.len()
+    );
+    let r = server.command(&cmd);
+    assert!(r.starts_with("+OK"), "SET: {r:?}");
+}
+
+/// A single approval (now CAS_TICKETS with n = 1) leaves every index as CAS_TICKET did:
+/// out of the pending set, the per-requester and per-source sets, its coalescing key gone,
+/// the grant stored with its two indexes, the decision published, one event each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_single_transition_writes_every_index() {
+    let server = RedisServer::start();
+    let a = server.store().await;
+    let mut d = draft("/console/rt3", "bob");
+    d.route = "db-console".into();
+    d.mode = Mode::Access;
+    d.source = Some("198.51.100.9".into());
+    d.grant_terms = Some(GrantTerms {
+        duration_ms: 3_600_000,
+        max_uses: Some(5),
+    });
+    let at = now();
+    let t = create(&a, Ticket::open(new_ticket_id(at), d, at)).await;
+    let id = t.id.as_str().to_string();
+    let pr = keys_like(&server, "jit:pr:*");
+    let ps = keys_like(&server, "jit:ps:*");
+    let co = keys_like(&server, "jit:coalesce:*");
+    assert_eq!(
+        (pr.len(), ps.len(), co.len()),
+        (1, 1, 1),
+        "{pr:?} {ps:?} {co:?}"
+    );
+    assert!(server.indexed("jit:pending", &id));
+    assert!(server.indexed(&pr[0], &id));
+    assert!(server.indexed(&ps[0], &id));
+
+    let mut sub = a.subscribe();
+    while server.numsub() < 1 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let approved = a
+        .transition(
+            &t.id,
+            &|t| ticket::approve(t, &oncall("alice"), None, now()),
+            &events,
+        )
+        .await
+        .unwrap();
+    assert_eq!(approved.status, Status::Approved);
+    assert!(!server.indexed("jit:pending", &id), "left the pending set");
+    assert!(!server.indexed(&pr[0], &id), "left the per-requester set");
+    assert!(!server.indexed(&ps[0], &id), "left the per-source set");
+    assert!(
+        keys_like(&server, "jit:coalesce:*").is_empty(),
+        "coalescing key gone"
+    );
+    let gid = GrantId::for_ticket(&t.id);
+    let g = a.get_grant(&gid).await.unwrap().expect("grant stored");
+    assert_eq!(Some(g.clone()), ticket::grant_of(&t, &approved));
+    assert!(server.indexed("jit:grants", gid.as_str()));
+    let gr = keys_like(&server, "jit:gr:*");
+    assert_eq!(gr.len(), 1, "{gr:?}");
+    assert!(server.indexed(&gr[0], gid.as_str()));
+    let ttl = server.command(&format!("PTTL jit:{{{}}}:g", gid.as_str()));
+    assert!(!ttl.starts_with(":-"), "grant has a TTL: {ttl:?}");
+    let published = tokio::time::timeout(Duration::from_secs(2), sub.recv()).await;
+    assert!(
+        matches!(published, Ok(Ok(ref p)) if *p == t.id),
+        "published: {:?}",
+        published.is_ok()
+    );
+    let ev = events_of(&a, &t.id).await;
+    assert_eq!(count(&ev, &[AuditKind::TicketApproved]), 1);
+    assert_eq!(count(&ev, &[AuditKind::GrantCreated]), 1);
+    whole_chain_verifies(&a).await;
+}
+
+/// A record deleted between the read and the script answers 'changed' (no more 'gone'): the
+/// re-read finds nothing, the caller sees NotFound, nothing is written or recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_ticket_deleted_under_a_transition_is_not_found() {
+    let server = RedisServer::start();
+    let a = server.store().await;
+    let t = create(&a, new_ticket("/v1/rt3-gone", "bob")).await;
+    let key = format!("jit:{{{}}}:t", t.id.as_str());
+    let calls = std::sync::atomic::AtomicUsize::new(0);
+    let r = a
+        .transition(
+            &t.id,
+            &|cur| {
+                if calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                    let r = server.command(&format!("DEL {key}"));
+                    assert!(r.starts_with(":1"), "DEL: {r:?}");
+                }
+                ticket::approve(cur, &oncall("alice"), None, now())
+            },
+            &events,
+        )
+        .await;
+    assert!(matches!(r, Err(StoreError::NotFound)), "{r:?}");
+    assert_eq!(
+        a.get(&t.id).await.unwrap(),
+        None,
+        "the script did not resurrect it"
+    );
+    let ev = events_of(&a, &t.id).await;
+    assert_eq!(count(&ev, &[AuditKind::TicketApproved]), 0, "{ev:?}");
+    whole_chain_verifies(&a).await;
+}
+
+/// A record another writer changed between the read and the script answers 'changed': the
+/// transition is judged again on what is there now, and one decision only is recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_ticket_changed_under_a_transition_is_judged_again() {
+    let server = RedisServer::start();
+    let a = server.store().await;
+    let t = create(&a, new_ticket("/v1/rt3-changed", "bob")).await;
+    let key = format!("jit:{{{}}}:t", t.id.as_str());
+    let denied = ticket::deny(&t, &oncall("carol"), Some("no".into()), now()).unwrap();
+    let denied_json = serde_json::to_string(&denied).unwrap();
+    let calls = std::sync::atomic::AtomicUsize::new(0);
+    let r = a
+        .transition(
+            &t.id,
+            &|cur| {
+                if calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                    raw_set(&server, &key, &denied_json);
+                }
+                ticket::approve(cur, &oncall("alice"), None, now())
+            },
+            &events,
+        )
+        .await;
+    assert!(
+        matches!(
+            r,
+            Err(StoreError::Transition(TransitionError::NotPending { .. }))
+        ),
+        "{r:?}"
+    );
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert_eq!(a.get(&t.id).await.unwrap(), Some(denied));
+    let ev = events_of(&a, &t.id).await;
+    assert_eq!(count(&ev, &[AuditKind::TicketApproved]), 0, "{ev:?}");
+    whole_chain_verifies(&a).await;
+}
+
+/// One-use execution across two handles, many rounds: exactly one executes, one event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_execute_once_across_handles() {
+    let p = redis(DAYS).await;
+    for round in 0..40 {
+        let t = create(&*p.a, new_ticket(&format!("/v1/rt3-exec/{round}"), "bob")).await;
+        p.a.transition(
+            &t.id,
+            &|t| ticket::approve(t, &oncall("alice"), None, now()),
+            &events,
+        )
+        .await
+        .unwrap();
+        let mut tasks = Vec::new();
+        for s in [p.a.clone(), p.b.clone(), p.a.clone(), p.b.clone()] {
+            let id = t.id.clone();
+            tasks.push(tokio::spawn(async move {
+                s.transition(
+                    &id,
+                    &|t| ticket::execute(t, now(), "r", &t.fingerprint),
+                    &events,
+                )
+                .await
+            }));
+        }
+        let mut ok = 0;
+        for task in tasks {
+            match task.await.unwrap() {
+                Ok(_) => ok += 1,
+                Err(StoreError::Transition(_)) => {}
+                Err(e) => panic!("round {round}: {e:?}"),
+            }
+        }
+        assert_eq!(ok, 1, "round {round}");
+        let ev = events_of(&*p.b, &t.id).await;
+        assert_eq!(
+            count(&ev, &[AuditKind::TicketExecuted]),
+            1,
+            "round {round}: {ev:?}"
+        );
+    }
+    whole_chain_verifies(&*p.a).await;
+}
