@@ -24,6 +24,11 @@ use crate::proxy::{self, ConnInfo};
 use crate::state::{build_snapshot, load_table, Shared, Trigger};
 use crate::tls::{self, load_certified_key, CertSlot};
 
+mod workers;
+
+use workers::Workers;
+pub(crate) use workers::{count as data_loops, slot as data_loop_slot};
+
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -149,36 +154,44 @@ impl Gateway {
             _watcher,
         } = self;
         let server = shared.snapshot().table.config().server.clone();
-        let graceful = GracefulShutdown::new();
         let builders = Arc::new(Builders::new(server.header_read_timeout));
-
-        let data_budget = budget::data_plane_budget(server.max_connections);
-
-        // One accept loop per plane, each with its own budget: however many clients the data
-        // plane has, the admin plane can still accept (approvers, health checks).
         let plane = |plane, tls| Listener {
             plane,
             tls,
-            shared: &shared,
-            builders: &builders,
-            graceful: &graceful,
+            shared: shared.clone(),
+            builders: builders.clone(),
+            graceful: GracefulShutdown::new(),
             header_read_timeout: server.header_read_timeout,
         };
+        // The data plane runs on its own event loops, one per core; the admin plane and the
+        // gateway's background work stay on this runtime. Each plane has its own budget:
+        // however many clients the data plane has, the admin plane can still accept
+        // (approvers, health checks).
+        let data_budget = permits(budget::data_plane_budget(server.max_connections));
+        let mut workers = Workers::start(
+            data.into_std()?,
+            &|| plane(Plane::Data, tls.clone()),
+            &data_budget,
+        )?;
+        let admin_plane = plane(Plane::Admin, None);
         tokio::select! {
             () = shutdown => {}
-            () = plane(Plane::Data, tls).accept_loop(&data, data_budget) => {}
-            () = plane(Plane::Admin, None).accept_loop(&admin, budget::ADMIN_CONNECTIONS) => {}
+            () = admin_plane.accept_loop(&admin, permits(budget::ADMIN_CONNECTIONS)) => {}
+            () = workers.ended() => tracing::error!("a data-plane event loop ended; shutting down"),
         }
         // Close the listeners before saying so: "shutting down" means no new connection
         // can be accepted any more.
-        drop(data);
         drop(admin);
+        workers.stop_accepting().await;
         tracing::info!("shutting down: no new connections; draining in-flight requests");
         let _ = stop_tx.send(true);
         // Held requests answer 503 with their ticket at once, so clients can resume elsewhere.
         shared.engine().begin_shutdown();
+        let drained = async {
+            tokio::join!(admin_plane.graceful.shutdown(), workers.drained());
+        };
         tokio::select! {
-            () = graceful.shutdown() => tracing::info!("all connections closed"),
+            () = drained => tracing::info!("all connections closed"),
             () = tokio::time::sleep(server.shutdown_grace) => {
                 tracing::warn!("shutdown grace of {:?} elapsed; closing remaining connections", server.shutdown_grace);
             }
@@ -195,6 +208,7 @@ impl Gateway {
         {
             tracing::warn!("the access log could not be written out: stdout does not take it");
         }
+        workers.exit().await;
         Ok(())
     }
 }
@@ -255,13 +269,19 @@ impl Builders {
 }
 
 /// One plane's listener and what its connections share.
-struct Listener<'a> {
+struct Listener {
     plane: Plane,
     tls: Option<TlsAcceptor>,
-    shared: &'a Arc<Shared>,
-    builders: &'a Arc<Builders>,
-    graceful: &'a GracefulShutdown,
+    shared: Arc<Shared>,
+    builders: Arc<Builders>,
+    /// Signals this listener's connections to finish at shutdown.
+    graceful: GracefulShutdown,
     header_read_timeout: Duration,
+}
+
+/// A connection budget shared by the accept loops of one plane.
+fn permits(budget: usize) -> Arc<Semaphore> {
+    Arc::new(Semaphore::new(budget.min(Semaphore::MAX_PERMITS)))
 }
 
 /// The first pause after an accept error such as EMFILE; doubled while errors continue.
@@ -269,11 +289,11 @@ const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
 /// The longest pause between accept attempts while they keep failing.
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
-impl Listener<'_> {
-    /// Accepts for ever, at most `budget` connections at a time: at the budget it stops
-    /// accepting, and new connections wait in the listen backlog until one closes.
-    async fn accept_loop(self, listener: &TcpListener, budget: usize) {
-        let permits = Arc::new(Semaphore::new(budget.min(Semaphore::MAX_PERMITS)));
+impl Listener {
+    /// Accepts for ever, at most as many connections at a time as `permits` allows: at the
+    /// budget it stops accepting, and new connections wait in the listen backlog until one
+    /// closes.
+    async fn accept_loop(&self, listener: &TcpListener, permits: Arc<Semaphore>) {
         let mut backoff = Duration::ZERO;
         loop {
             let Ok(permit) = permits.clone().acquire_owned().await else {

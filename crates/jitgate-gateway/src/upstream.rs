@@ -106,13 +106,19 @@ impl UpstreamClient {
 /// mutex-guarded stack (most recently used first). No per-request task, channel hop or
 /// background "on idle" future: the connection comes back when the relayed response body
 /// ends.
+///
+/// Each data-plane event loop has a stack of its own (`pool_max_idle` is split between
+/// them): a connection's task runs on the loop that opened it, and only that loop's
+/// requests use it, so an exchange never wakes another thread.
 pub struct H1Pool {
     host: String,
     port: u16,
     connect_timeout: Duration,
     idle_timeout: Duration,
+    /// Per stack.
     max_idle: usize,
-    idle: Mutex<Vec<IdleConn>>,
+    /// Stack 0 serves threads that are not data-plane event loops.
+    idle: Box<[Mutex<Vec<IdleConn>>]>,
     reaper: AtomicBool,
 }
 
@@ -145,15 +151,22 @@ impl H1Pool {
             .strip_prefix('[')
             .and_then(|h| h.strip_suffix(']'))
             .unwrap_or(host);
+        let loops = crate::server::data_loops();
         Some(H1Pool {
             host: host.to_owned(),
             port: def.url.port_u16().unwrap_or(80),
             connect_timeout: def.connect_timeout,
             idle_timeout: def.pool_idle_timeout,
-            max_idle: def.pool_max_idle,
-            idle: Mutex::new(Vec::new()),
+            max_idle: def.pool_max_idle.div_ceil(loops),
+            idle: (0..=loops).map(|_| Mutex::new(Vec::new())).collect(),
             reaper: AtomicBool::new(false),
         })
+    }
+
+    /// The calling thread's idle stack.
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<IdleConn>> {
+        let slot = crate::server::data_loop_slot() % self.idle.len();
+        self.idle[slot].lock().unwrap_or_else(|p| p.into_inner())
     }
 
     async fn send(
@@ -193,7 +206,7 @@ impl H1Pool {
         let now = Instant::now();
         let mut dead = Vec::new();
         let found = {
-            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            let mut idle = self.idle();
             let mut found = None;
             let mut i = idle.len();
             while i > 0 {
@@ -217,7 +230,7 @@ impl H1Pool {
             return;
         }
         let rejected = {
-            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            let mut idle = self.idle();
             if idle.len() < self.max_idle {
                 idle.push(IdleConn {
                     tx,
@@ -247,15 +260,17 @@ impl H1Pool {
                 tokio::time::sleep(every).await;
                 let Some(pool) = pool.upgrade() else { return };
                 let now = Instant::now();
-                let dead: Vec<IdleConn> = {
-                    let mut idle = pool.idle.lock().unwrap_or_else(|p| p.into_inner());
-                    let (keep, dead) = std::mem::take(&mut *idle).into_iter().partition(|c| {
-                        !c.tx.is_closed() && now.duration_since(c.since) <= pool.idle_timeout
-                    });
-                    *idle = keep;
-                    dead
-                };
-                drop(dead);
+                for stack in &pool.idle {
+                    let dead: Vec<IdleConn> = {
+                        let mut idle = stack.lock().unwrap_or_else(|p| p.into_inner());
+                        let (keep, dead) = std::mem::take(&mut *idle).into_iter().partition(|c| {
+                            !c.tx.is_closed() && now.duration_since(c.since) <= pool.idle_timeout
+                        });
+                        *idle = keep;
+                        dead
+                    };
+                    drop(dead);
+                }
             }
         });
     }
