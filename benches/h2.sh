@@ -9,7 +9,9 @@
 #
 # Environment: REQUESTS [200000] per run, CLIENTS [64], STREAMS [10] per connection,
 # ROUNDS [3], TLS=1 for h2 over TLS (ALPN, a self-signed P-256 certificate made with openssl,
-# the same for both proxies) instead of h2c, KEEP=1 keeps the work dir.
+# the same for both proxies) instead of h2c, H1=1 for HTTP/1.1 instead of HTTP/2 (h2load --h1,
+# one request at a time per connection; with TLS=1: HTTP/1.1 over TLS, ALPN http/1.1),
+# KEEP=1 keeps the work dir.
 set -euo pipefail
 
 REQUESTS=${REQUESTS:-200000}
@@ -17,11 +19,18 @@ CLIENTS=${CLIENTS:-64}
 STREAMS=${STREAMS:-10}
 ROUNDS=${ROUNDS:-3}
 TLS=${TLS:-0}
+H1=${H1:-0}
 die() { echo "h2.sh: $*" >&2; exit 1; }
 [[ $REQUESTS =~ ^[0-9]+$ && $CLIENTS =~ ^[0-9]+$ && $STREAMS =~ ^[0-9]+$ && $ROUNDS =~ ^[0-9]+$ ]] ||
     die "REQUESTS, CLIENTS, STREAMS and ROUNDS must be whole numbers"
 command -v h2load >/dev/null || die "h2load is missing (apt-get install nghttp2-client)"
 [[ $TLS == 0 || $TLS == 1 ]] || die "TLS must be 0 or 1"
+[[ $H1 == 0 || $H1 == 1 ]] || die "H1 must be 0 or 1"
+PROTO_FLAG=""
+if [[ $H1 == 1 ]]; then
+    PROTO_FLAG=--h1
+    STREAMS=1
+fi
 [[ $TLS == 0 ]] || command -v openssl >/dev/null || die "openssl is missing"
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 [[ -x $NGINX ]] || die "nginx is missing (apt-get install nginx)"
@@ -85,8 +94,8 @@ ticks() {
 HZ=$(getconf CLK_TCK)
 declare -A URL PROCS FLAGS
 URL[origin]=$ORIGIN/bench/items/42; PROCS[origin]=""; FLAGS[origin]=--h1
-URL[jitgate]=$JITGATE/bench/items/42; PROCS[jitgate]=$JITGATE_PID; FLAGS[jitgate]=""
-URL[nginx]=$SCHEME://127.0.0.1:$PORT/bench/items/42; PROCS[nginx]=$NGINX_PROCS; FLAGS[nginx]=""
+URL[jitgate]=$JITGATE/bench/items/42; PROCS[jitgate]=$JITGATE_PID; FLAGS[jitgate]=$PROTO_FLAG
+URL[nginx]=$SCHEME://127.0.0.1:$PORT/bench/items/42; PROCS[nginx]=$NGINX_PROCS; FLAGS[nginx]=$PROTO_FLAG
 TARGETS=(origin jitgate nginx)
 
 for r in $(seq 1 "$ROUNDS"); do
@@ -106,7 +115,7 @@ for r in $(seq 1 "$ROUNDS"); do
 done
 median() { sort -g | awk '{ a[NR] = $1 } END { if (NR % 2) print a[(NR + 1) / 2]; else printf "%.2f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 echo
-echo "$([[ $TLS == 1 ]] && echo "h2 over TLS" || echo h2c) benchmark: h2load -n $REQUESTS -c $CLIENTS -m $STREAMS, median of $ROUNDS round(s) (origin: HTTP/1.1 cleartext)"
+echo "$([[ $H1 == 1 ]] && echo "HTTP/1.1" || echo h2)$([[ $TLS == 1 ]] && echo " over TLS" || echo " cleartext") benchmark: h2load -n $REQUESTS -c $CLIENTS -m $STREAMS, median of $ROUNDS round(s) (origin: HTTP/1.1 cleartext)"
 for t in "${TARGETS[@]}"; do
     printf '%-8s %12s req/s %10s us/req cpu\n' "$t" "$(median <"$WORK/rps-$t")" "$([[ $t == origin ]] && echo - || median <"$WORK/cpu-$t")"
 done
