@@ -11,7 +11,8 @@
 # ROUNDS [3], TLS=1 for h2 over TLS (ALPN, a self-signed P-256 certificate made with openssl,
 # the same for both proxies) instead of h2c, H1=1 for HTTP/1.1 instead of HTTP/2 (h2load --h1,
 # one request at a time per connection; with TLS=1: HTTP/1.1 over TLS, ALPN http/1.1),
-# KEEP=1 keeps the work dir.
+# JITGATE_BIN runs another gateway binary (say, a build of an earlier commit) instead of the
+# freshly built one, KEEP=1 keeps the work dir.
 set -euo pipefail
 
 REQUESTS=${REQUESTS:-200000}
@@ -65,7 +66,7 @@ if [[ $TLS == 1 ]]; then
     TLS_TOML="tls = { cert = \"$WORK/cert.pem\", key = \"$WORK/key.pem\" }"
 fi
 two_route_table "$ORIGIN" "$TLS_TOML" >"$WORK/proxy.toml"
-"$TARGET_DIR/release/jitgate" serve --config "$WORK/proxy.toml" >"$WORK/jitgate.out" 2>"$WORK/jitgate.err" &
+"${JITGATE_BIN:-$TARGET_DIR/release/jitgate}" serve --config "$WORK/proxy.toml" >"$WORK/jitgate.out" 2>"$WORK/jitgate.err" &
 PIDS+=($!)
 JITGATE_PID=$!
 JITGATE=$(wait_line "$WORK/jitgate.out" '^jitgate: data plane on ' | sed 's/.*on //') || die "jitgate did not start"
