@@ -243,6 +243,16 @@ pub struct RedisServer {
     /// The port it listens on.
     pub port: u16,
     dir: tempfile::TempDir,
+    /// Started with [`RedisServer::start_tls`]: its server arguments.
+    tls: Option<RedisTls>,
+}
+
+/// A TLS-only redis-server's files (in its folder) and whether it asks for client certificates.
+struct RedisTls {
+    /// `--tls-*` arguments of the server.
+    server_args: Vec<String>,
+    /// `--tls ...` arguments of redis-cli (it presents a client certificate).
+    cli_args: Vec<String>,
 }
 
 impl RedisServer {
@@ -258,14 +268,71 @@ impl RedisServer {
             child: None,
             port,
             dir,
+            tls: None,
+        };
+        server.spawn();
+        server
+    }
+
+    /// Starts one that speaks only TLS, with a server certificate for 127.0.0.1 issued by
+    /// `pki`; with `require_client_cert`, clients must present a certificate `pki` issued.
+    pub fn start_tls(pki: &super::tls::TestPki, require_client_cert: bool) -> RedisServer {
+        let port = {
+            let l = TcpListener::bind("127.0.0.1:0").expect("free port");
+            l.local_addr().expect("addr").port()
+        };
+        assert_ne!(port, 6379);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, pki.ca_pem()).expect("write ca");
+        let (cert, key) = pki
+            .issue_server(&["127.0.0.1"])
+            .write_to(dir.path(), "server");
+        let (cli_cert, cli_key) = pki.issue_client("redis-cli").write_to(dir.path(), "cli");
+        let s = |p: &std::path::Path| p.display().to_string();
+        let server_args = vec![
+            "--tls-port".into(),
+            port.to_string(),
+            "--port".into(),
+            "0".into(),
+            "--tls-cert-file".into(),
+            s(&cert),
+            "--tls-key-file".into(),
+            s(&key),
+            "--tls-ca-cert-file".into(),
+            s(&ca),
+            "--tls-auth-clients".into(),
+            (if require_client_cert { "yes" } else { "no" }).into(),
+        ];
+        let cli_args = vec![
+            "--tls".into(),
+            "--cacert".into(),
+            s(&ca),
+            "--cert".into(),
+            s(&cli_cert),
+            "--key".into(),
+            s(&cli_key),
+        ];
+        let mut server = RedisServer {
+            child: None,
+            port,
+            dir,
+            tls: Some(RedisTls {
+                server_args,
+                cli_args,
+            }),
         };
         server.spawn();
         server
     }
 
     fn spawn(&mut self) {
-        let child = Command::new(redis_server())
-            .args(["--port", &self.port.to_string()])
+        let mut command = Command::new(redis_server());
+        match &self.tls {
+            None => command.args(["--port", &self.port.to_string()]),
+            Some(tls) => command.args(&tls.server_args),
+        };
+        let child = command
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(self.dir.path())
@@ -284,15 +351,27 @@ impl RedisServer {
         }
     }
 
-    /// `redis://127.0.0.1:<port>/0`
+    /// `redis://127.0.0.1:<port>/0`, or `rediss://` when it speaks TLS.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Its folder (the TLS files of [`RedisServer::start_tls`] are there).
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
     }
 
     /// Runs `redis-cli` against it and returns stdout.
     pub fn cli(&self, args: &[&str]) -> String {
+        let tls: &[String] = self.tls.as_ref().map_or(&[], |t| &t.cli_args);
         Command::new("redis-cli")
             .args(["-p", &self.port.to_string()])
+            .args(tls)
             .args(args)
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())

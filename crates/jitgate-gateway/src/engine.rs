@@ -20,7 +20,7 @@ use jitgate_rules::config;
 use jitgate_rules::ticket::{
     self, AuditDraft, AuditKind, Ticket, TicketId, Timestamp, TransitionError,
 };
-use jitgate_store::{MemoryStore, RedisOptions, RedisStore, Store, StoreError, Timer};
+use jitgate_store::{MemoryStore, RedisOptions, RedisStore, Store, StoreError, StoreTls, Timer};
 use serde_json::{json, Value};
 use tokio::sync::{broadcast, watch, Notify};
 
@@ -167,9 +167,17 @@ impl Engine {
             config::Store::Memory { retention } => {
                 engine.install(Arc::new(MemoryStore::new(*retention)));
             }
-            config::Store::Redis { url, retention } => {
+            config::Store::Redis {
+                url,
+                retention,
+                ca_file,
+                client_tls,
+            } => {
                 let mut opts = RedisOptions::new(url.clone());
                 opts.retention = *retention;
+                opts.tls = store_tls(ca_file.as_deref(), client_tls.as_ref())?;
+                // A certificate that does not parse stops the start, as a bad URL does.
+                RedisStore::client(&opts).map_err(|e| EngineError(format!("[store]: {e}")))?;
                 tokio::spawn(connect(engine.clone(), opts));
             }
         }
@@ -551,6 +559,28 @@ impl Drop for HoldGuard {
 }
 
 /// Connects to Redis, retrying with backoff until it answers.
+/// The `[store]` TLS files, read at start: one that cannot be read stops the start rather
+/// than leaving approve routes answering 503 while the store is retried for ever.
+fn store_tls(
+    ca_file: Option<&std::path::Path>,
+    client: Option<&config::TlsFiles>,
+) -> Result<Option<StoreTls>, EngineError> {
+    if ca_file.is_none() && client.is_none() {
+        return Ok(None);
+    }
+    let read = |key: &str, path: &std::path::Path| {
+        std::fs::read(path)
+            .map_err(|e| EngineError(format!("[store] {key} {}: {e}", path.display())))
+    };
+    Ok(Some(StoreTls {
+        ca: ca_file.map(|p| read("ca_file", p)).transpose()?,
+        client: match client {
+            Some(f) => Some((read("tls.cert", &f.cert)?, read("tls.key", &f.key)?)),
+            None => None,
+        },
+    }))
+}
+
 async fn connect(engine: Arc<Engine>, opts: RedisOptions) {
     let mut backoff = Duration::from_millis(200);
     let mut stop = engine.shutdown_signal();

@@ -132,6 +132,11 @@ pub enum Store {
         url: String,
         /// `retention` (default 24h): how long finished tickets are kept.
         retention: Duration,
+        /// `ca_file`: the PEM roots a `rediss://` server certificate must chain to, instead
+        /// of the system roots.
+        ca_file: Option<PathBuf>,
+        /// `tls = { cert, key }`: a client certificate for mutual TLS.
+        client_tls: Option<TlsFiles>,
     },
 }
 

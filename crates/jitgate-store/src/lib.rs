@@ -29,7 +29,7 @@ pub mod memory;
 pub mod redis_store;
 
 pub use memory::MemoryStore;
-pub use redis_store::{RedisOptions, RedisStore};
+pub use redis_store::{RedisOptions, RedisStore, StoreTls};
 
 /// What every [`Store`] method returns: a boxed, `Send` future, so the trait is object-safe.
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;

@@ -116,8 +116,11 @@ fn per_source(source: Option<&str>) -> String {
 /// How to reach Redis and how long to wait for it.
 #[derive(Debug, Clone)]
 pub struct RedisOptions {
-    /// `redis://[user:pass@]host:port/db` or `rediss://...` (TLS, system roots).
+    /// `redis://[user:pass@]host:port/db` or `rediss://...` (TLS, system roots unless `tls`
+    /// gives a CA).
     pub url: String,
+    /// For `rediss://`: the roots to trust instead of the system's, and a client certificate.
+    pub tls: Option<StoreTls>,
     /// Limit for establishing a connection.
     pub connect_timeout: Duration,
     /// Limit for every store operation, retries included; past it, `Unavailable`.
@@ -126,11 +129,31 @@ pub struct RedisOptions {
     pub retention: Duration,
 }
 
+/// PEM material for a `rediss://` connection.
+#[derive(Clone, Default)]
+pub struct StoreTls {
+    /// PEM certificates the server's chain must end at (instead of the system roots).
+    pub ca: Option<Vec<u8>>,
+    /// PEM certificate chain and private key presented to the server (mutual TLS).
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for StoreTls {
+    /// Never prints the key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreTls")
+            .field("ca", &self.ca.is_some())
+            .field("client_certificate", &self.client.is_some())
+            .finish()
+    }
+}
+
 impl RedisOptions {
     /// Defaults: 2 s to connect, 3 s per operation, 7 days of retention.
     pub fn new(url: impl Into<String>) -> Self {
         RedisOptions {
             url: url.into(),
+            tls: None,
             connect_timeout: Duration::from_secs(2),
             op_timeout: Duration::from_secs(3),
             retention: Duration::from_secs(7 * 24 * 3600),
@@ -256,8 +279,7 @@ fn px(until: Timestamp, now: Timestamp) -> u64 {
 impl RedisStore {
     /// Connects (within `connect_timeout`) and starts the decision listener.
     pub async fn connect(opts: RedisOptions) -> Result<Self, StoreError> {
-        let client = Client::open(opts.url.as_str())
-            .map_err(|e| StoreError::Unavailable(format!("bad redis url: {e}")))?;
+        let client = Self::client(&opts)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(opts.connect_timeout))
             .set_response_timeout(Some(opts.op_timeout))
@@ -302,6 +324,29 @@ impl RedisStore {
             tap: Tap::default(),
             errors: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// The client `opts` describe, without connecting: a bad URL or certificate is an error.
+    pub fn client(opts: &RedisOptions) -> Result<Client, StoreError> {
+        let bad =
+            |e: RedisError| StoreError::Unavailable(format!("bad redis url or TLS files: {e}"));
+        match &opts.tls {
+            None => Client::open(opts.url.as_str()).map_err(bad),
+            Some(tls) => Client::build_with_tls(
+                opts.url.as_str(),
+                redis::TlsCertificates {
+                    client_tls: tls
+                        .client
+                        .as_ref()
+                        .map(|(cert, key)| redis::ClientTlsConfig {
+                            client_cert: cert.clone(),
+                            client_key: key.clone(),
+                        }),
+                    root_cert: tls.ca.clone(),
+                },
+            )
+            .map_err(bad),
+        }
     }
 
     /// Up to `count` audit events from seq `from` on: `(seq, event JSON)`.

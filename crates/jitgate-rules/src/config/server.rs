@@ -35,6 +35,8 @@ pub(crate) struct RawStore {
     kind: Option<Field<String>>,
     url: Option<Field<String>>,
     retention: Option<Field<String>>,
+    ca_file: Option<Field<String>>,
+    tls: Option<Field<Table<RawTls>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -87,22 +89,11 @@ impl Cx<'_> {
                 ok = false;
             }
         }
-        let tls = match self.table(&t.tls, "tls", sec, "[server.tls]") {
-            None => None,
-            Some((tt, span)) => {
-                let cert = self.path_value(&tt.cert, "cert", "[server.tls]");
-                let key = self.path_value(&tt.key, "key", "[server.tls]");
-                if tt.cert.is_none() || tt.key.is_none() {
-                    self.error(span, "`tls` in [server] needs both `cert` and `key`");
-                    ok = false;
-                }
-                match (cert, key) {
-                    (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
-                    _ => {
-                        ok = false;
-                        None
-                    }
-                }
+        let tls = match self.tls_files(&t.tls, sec) {
+            Ok(tls) => tls,
+            Err(()) => {
+                ok = false;
+                None
             }
         };
         let trusted_proxies = self.cidrs(&t.trusted_proxies, "trusted_proxies", sec);
@@ -130,15 +121,52 @@ impl Cx<'_> {
         })
     }
 
+    /// A `tls = { cert, key }` table of `parent`: `Err` when it is given but unusable.
+    fn tls_files(
+        &mut self,
+        f: &Option<Field<Table<RawTls>>>,
+        parent: &str,
+    ) -> Result<Option<TlsFiles>, ()> {
+        let section = format!("{}.tls]", parent.trim_end_matches(']'));
+        let Some((tt, span)) = self.table(f, "tls", parent, &section) else {
+            return if f.is_some() { Err(()) } else { Ok(None) };
+        };
+        let cert = self.path_value(&tt.cert, "cert", &section);
+        let key = self.path_value(&tt.key, "key", &section);
+        if tt.cert.is_none() || tt.key.is_none() {
+            self.error(
+                span,
+                format!("`tls` in {parent} needs both `cert` and `key`"),
+            );
+        }
+        match (cert, key) {
+            (Some(cert), Some(key)) => Ok(Some(TlsFiles { cert, key })),
+            _ => Err(()),
+        }
+    }
+
     pub(super) fn store(&mut self, t: &Table<RawStore>) -> Option<Store> {
         let sec = "[store]";
         let kind = self.string(&t.kind, "kind", sec);
         let url = self.string(&t.url, "url", sec);
         let retention = self.duration(&t.retention, "retention", sec);
+        let ca_file = self.path_value(&t.ca_file, "ca_file", sec);
+        let client_tls = self.tls_files(&t.tls, sec);
         match kind.as_ref().map(|k| k.0) {
             None | Some("memory") => {
                 if let Some((_, span)) = url {
                     self.warn(span, "`url` in [store] is ignored with kind = \"memory\"");
+                }
+                for (key, f) in [
+                    ("ca_file", t.ca_file.as_ref().map(|f| f.span.clone())),
+                    ("tls", t.tls.as_ref().map(|f| f.span.clone())),
+                ] {
+                    if let Some(span) = f {
+                        self.warn(
+                            span,
+                            format!("`{key}` in [store] is ignored with kind = \"memory\""),
+                        );
+                    }
                 }
                 Some(Store::Memory {
                     retention: retention.map_or(secs(86_400), |d| d.0),
@@ -165,9 +193,36 @@ impl Cx<'_> {
                     self.error(span, format!("`url` in [store] must be a redis:// or rediss:// URL (or +sentinel / +cluster), not `{u}`"));
                     return None;
                 }
+                if u.contains('#') {
+                    // The client reads `#insecure` as "do not verify the server certificate".
+                    self.error(span, "`url` in [store] must not have a #fragment (`#insecure` would turn off certificate checks); give the CA with `ca_file`");
+                    return None;
+                }
+                if u.starts_with("redis+cluster://") || u.starts_with("rediss+cluster://") {
+                    self.error(span, "Redis Cluster (`redis+cluster://`) is not supported by this build yet; use a standalone primary (`redis://`) or Sentinel");
+                    return None;
+                }
+                let tls = u.starts_with("rediss");
+                for (key, f) in [
+                    ("ca_file", t.ca_file.as_ref().map(|f| f.span.clone())),
+                    ("tls", t.tls.as_ref().map(|f| f.span.clone())),
+                ] {
+                    if let (Some(span), false) = (f, tls) {
+                        self.error(span, format!("`{key}` in [store] needs a TLS url (rediss://, rediss+sentinel://); `{u}` is plain text"));
+                        return None;
+                    }
+                }
+                let Ok(client_tls) = client_tls else {
+                    return None;
+                };
+                if t.ca_file.is_some() && ca_file.is_none() {
+                    return None;
+                }
                 Some(Store::Redis {
                     url: u.to_string(),
                     retention: retention.map_or(secs(86_400), |d| d.0),
+                    ca_file,
+                    client_tls,
                 })
             }
             Some(other) => {

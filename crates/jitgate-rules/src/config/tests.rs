@@ -141,7 +141,9 @@ fn example_fixture_parses_every_key() {
         c.store,
         Store::Redis {
             url: "redis://127.0.0.1:6379/0".into(),
-            retention: Duration::from_secs(48 * 3600)
+            retention: Duration::from_secs(48 * 3600),
+            ca_file: None,
+            client_tls: None,
         }
     );
     assert_eq!(c.approvals.max_held_body, 1 << 20);
@@ -586,6 +588,12 @@ fn validation_errors_point_at_the_value() {
         ("[server]\nshutdown_grace = \"30\"\n".into(), "2:18: error: `shutdown_grace` in [server]: duration `30` needs a unit, e.g. \"30s\""),
         ("[store]\nkind = \"redis\"\n".into(), "2:8: error: [store] kind = \"redis\" needs `url` (redis:// or rediss://)"),
         ("[store]\nkind = \"redis\"\nurl = \"http://x\"\n".into(), "3:7: error: `url` in [store] must be a redis:// or rediss:// URL (or +sentinel / +cluster), not `http://x`"),
+        ("[store]\nkind = \"redis\"\nurl = \"redis://r:6379\"\nca_file = \"ca.pem\"\n".into(), "4:11: error: `ca_file` in [store] needs a TLS url (rediss://, rediss+sentinel://); `redis://r:6379` is plain text"),
+        ("[store]\nkind = \"redis\"\nurl = \"redis://r:6379\"\ntls = { cert = \"c.pem\", key = \"c.key\" }\n".into(), "4:7: error: `tls` in [store] needs a TLS url (rediss://, rediss+sentinel://); `redis://r:6379` is plain text"),
+        ("[store]\nkind = \"redis\"\nurl = \"rediss://r:6379\"\ntls = { cert = \"c.pem\" }\n".into(), "4:7: error: `tls` in [store] needs both `cert` and `key`"),
+        ("[store]\nkind = \"redis\"\nurl = \"rediss://r:6379/#insecure\"\n".into(), "3:7: error: `url` in [store] must not have a #fragment (`#insecure` would turn off certificate checks); give the CA with `ca_file`"),
+        ("[store]\nkind = \"redis\"\nurl = \"redis+cluster://a:7000,b:7000\"\n".into(), "3:7: error: Redis Cluster (`redis+cluster://`) is not supported by this build yet; use a standalone primary (`redis://`) or Sentinel"),
+        ("[store]\nkind = \"redis\"\nurl = \"rediss://r:6379\"\ntls = { cert = \"c.pem\", key = \"c.key\", ca = \"x\" }\n".into(), "4:40: error: unknown key `ca` in [store.tls]"),
         ("[approvals]\nmax_held_body = \"1mb\"\n".into(), "2:17: error: `max_held_body` in [approvals]: unknown size unit `mb` in `1mb`; use B, KiB, MiB, GiB, TiB, kB, MB, GB or TB"),
         ("[approvals]\nticket_ttl = \"soon\"\n".into(), "2:14: error: `ticket_ttl` in [approvals]: invalid duration `soon`: expected number at 0"),
         ("[identity.jwt]\nissuer = \"x\"\n".into(), "1:1: error: [identity.jwt] needs a key: `hs256_secret_env`, `public_keys` or `jwks_file`"),
