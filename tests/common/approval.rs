@@ -245,6 +245,8 @@ pub struct RedisServer {
     dir: tempfile::TempDir,
     /// Started with [`RedisServer::start_tls`]: its server arguments.
     tls: Option<RedisTls>,
+    /// More server arguments ([`RedisServer::start_with`]).
+    extra: Vec<String>,
 }
 
 /// A TLS-only redis-server's files (in its folder) and whether it asks for client certificates.
@@ -258,6 +260,11 @@ struct RedisTls {
 impl RedisServer {
     /// Starts one and waits until it answers PING.
     pub fn start() -> RedisServer {
+        Self::start_with(&[])
+    }
+
+    /// [`RedisServer::start`] with more `redis-server` arguments (`--replicaof`, say).
+    pub fn start_with(args: &[&str]) -> RedisServer {
         let port = {
             let l = TcpListener::bind("127.0.0.1:0").expect("free port");
             l.local_addr().expect("addr").port()
@@ -269,6 +276,7 @@ impl RedisServer {
             port,
             dir,
             tls: None,
+            extra: args.iter().map(|a| a.to_string()).collect(),
         };
         server.spawn();
         server
@@ -321,6 +329,7 @@ impl RedisServer {
                 server_args,
                 cli_args,
             }),
+            extra: Vec::new(),
         };
         server.spawn();
         server
@@ -334,6 +343,7 @@ impl RedisServer {
         };
         let child = command
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(&self.extra)
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())

@@ -16,6 +16,7 @@ pub mod origin;
 pub mod raw_origin;
 pub mod redteam;
 pub mod relay;
+pub mod sentinel;
 pub mod tls;
 pub mod ws;
 
@@ -29,5 +30,6 @@ pub use hooks::{Hook, HookReceiver};
 pub use origin::{sha256_hex, Origin, Recorded};
 pub use raw_origin::{RawOrigin, RawRecorded};
 pub use relay::Relay;
+pub use sentinel::SentinelSet;
 pub use tls::{IssuedCert, TestPki};
 pub use ws::WsClient;

@@ -172,12 +172,18 @@ impl Engine {
                 retention,
                 ca_file,
                 client_tls,
+                sentinel_username,
+                sentinel_password,
+                replica_acks,
             } => {
                 let mut opts = RedisOptions::new(url.clone());
                 opts.retention = *retention;
+                opts.sentinel_username.clone_from(sentinel_username);
+                opts.sentinel_password.clone_from(sentinel_password);
+                opts.replica_acks = *replica_acks;
                 opts.tls = store_tls(ca_file.as_deref(), client_tls.as_ref())?;
                 // A certificate that does not parse stops the start, as a bad URL does.
-                RedisStore::client(&opts).map_err(|e| EngineError(format!("[store]: {e}")))?;
+                RedisStore::check(&opts).map_err(|e| EngineError(format!("[store]: {e}")))?;
                 tokio::spawn(connect(engine.clone(), opts));
             }
         }

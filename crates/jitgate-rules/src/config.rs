@@ -17,9 +17,11 @@ mod identity;
 mod notify;
 mod raw;
 mod routes;
+mod sentinel;
 mod server;
 mod upstreams;
 pub use notify::{Notify, NotifyKind, NOTIFY_EVENTS};
+pub use sentinel::{SentinelUrl, SENTINEL_PORT};
 
 /// A parsed and validated `proxy.toml`.
 #[derive(Debug, Clone)]
@@ -137,6 +139,14 @@ pub enum Store {
         ca_file: Option<PathBuf>,
         /// `tls = { cert, key }`: a client certificate for mutual TLS.
         client_tls: Option<TlsFiles>,
+        /// `sentinel_username` (with a `redis+sentinel://` URL): the sentinels' ACL user.
+        sentinel_username: Option<String>,
+        /// `sentinel_password` (with a `redis+sentinel://` URL): the sentinels' password; the
+        /// URL's user info is for the data nodes.
+        sentinel_password: Option<String>,
+        /// `replica_acks`: replicas that must have each write before it counts (default 1
+        /// with `redis+sentinel://`, else 0).
+        replica_acks: Option<u32>,
     },
 }
 

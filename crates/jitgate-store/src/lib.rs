@@ -529,6 +529,14 @@ pub trait Store: Send + Sync + 'static {
     fn errors(&self) -> u64 {
         0
     }
+
+    /// Resolves once every write this handle made so far will survive a failover of the
+    /// backend (Redis: as many replicas as `replica_acks` have it); `Unavailable` when that
+    /// cannot be confirmed. A write read back after its answer was lost counts only then: it
+    /// may sit on a primary that was just replaced, to vanish when that node resynchronises.
+    fn durable(&self) -> StoreFuture<'_, ()> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// The most entries one [`Store::prune`] call examines.

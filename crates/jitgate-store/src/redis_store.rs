@@ -47,6 +47,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use jitgate_rules::config::SentinelUrl;
 use jitgate_rules::ticket::{
     AuditDraft, AuditEvent, Grant, GrantId, Status, Ticket, TicketId, Timestamp, GENESIS,
 };
@@ -121,6 +122,14 @@ pub struct RedisOptions {
     pub url: String,
     /// For `rediss://`: the roots to trust instead of the system's, and a client certificate.
     pub tls: Option<StoreTls>,
+    /// With `redis+sentinel://`: the sentinels' own user and password (the URL's are the
+    /// data nodes').
+    pub sentinel_username: Option<String>,
+    /// As `sentinel_username`.
+    pub sentinel_password: Option<String>,
+    /// How many replicas must have each write (`WAIT`, up to `op_timeout`) before it counts;
+    /// fewer, and the operation fails as `Unavailable`. `None`: 1 behind Sentinel, else 0.
+    pub replica_acks: Option<u32>,
     /// Limit for establishing a connection.
     pub connect_timeout: Duration,
     /// Limit for every store operation, retries included; past it, `Unavailable`.
@@ -154,6 +163,9 @@ impl RedisOptions {
         RedisOptions {
             url: url.into(),
             tls: None,
+            sentinel_username: None,
+            sentinel_password: None,
+            replica_acks: None,
             connect_timeout: Duration::from_secs(2),
             op_timeout: Duration::from_secs(3),
             retention: Duration::from_secs(7 * 24 * 3600),
@@ -163,11 +175,14 @@ impl RedisOptions {
 
 /// The Redis [`Store`].
 pub struct RedisStore {
-    conn: ConnectionManager,
+    /// To the primary; replaced when the sentinels name another one.
+    conn: Arc<std::sync::RwLock<ConnectionManager>>,
     opts: RedisOptions,
     decisions: broadcast::Sender<TicketId>,
     audit_seq: watch::Sender<u64>,
     listener: JoinHandle<()>,
+    /// With Sentinel: follows the primary through failovers.
+    follower: Option<JoinHandle<()>>,
     scripts: Arc<Scripts>,
     prune: Mutex<PruneCursor>,
     /// This replica's turn at the audit head, and the head as this replica last wrote or saw
@@ -255,6 +270,9 @@ impl Record {
 impl Drop for RedisStore {
     fn drop(&mut self) {
         self.listener.abort();
+        if let Some(f) = &self.follower {
+            f.abort();
+        }
     }
 }
 
@@ -279,33 +297,41 @@ fn px(until: Timestamp, now: Timestamp) -> u64 {
 impl RedisStore {
     /// Connects (within `connect_timeout`) and starts the decision listener.
     pub async fn connect(opts: RedisOptions) -> Result<Self, StoreError> {
-        let client = Self::client(&opts)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(opts.connect_timeout))
-            .set_response_timeout(Some(opts.op_timeout))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = tokio::time::timeout(
-            opts.connect_timeout + opts.op_timeout,
-            ConnectionManager::new_with_config(client.clone(), config),
-        )
+        let target = Target::new(&opts)?;
+        let (client, conn) = tokio::time::timeout(opts.connect_timeout + opts.op_timeout, async {
+            let client = target.primary().await?;
+            let conn = manager(client.clone(), &opts).await?;
+            Ok::<_, RedisError>((client, conn))
+        })
         .await
         .map_err(|_| StoreError::Unavailable("timed out connecting to redis".into()))?
         .map_err(unavailable)?;
+        let conn = Arc::new(std::sync::RwLock::new(conn));
+        let (primary, primary_rx) = watch::channel(client);
         let (decisions, _) = broadcast::channel(1024);
         let (audit_seq, _) = watch::channel(0);
         let listener = tokio::spawn(listen(
-            client,
+            primary_rx,
             decisions.clone(),
             audit_seq.clone(),
             opts.connect_timeout,
         ));
+        let follower = match target {
+            Target::Direct(_) => None,
+            Target::Sentinel(_) => Some(tokio::spawn(follow(
+                target,
+                primary,
+                conn.clone(),
+                opts.clone(),
+            ))),
+        };
         Ok(RedisStore {
             conn,
             opts,
             decisions,
             audit_seq,
             listener,
+            follower,
             scripts: Arc::new(Scripts {
                 create: Script::new(&format!("{AUDIT_LUA}{CREATE_TICKET}")),
                 cas_tickets: Script::new(&format!("{AUDIT_LUA}{CAS_TICKETS}")),
@@ -326,32 +352,52 @@ impl RedisStore {
         })
     }
 
-    /// The client `opts` describe, without connecting: a bad URL or certificate is an error.
-    pub fn client(opts: &RedisOptions) -> Result<Client, StoreError> {
-        let bad =
-            |e: RedisError| StoreError::Unavailable(format!("bad redis url or TLS files: {e}"));
-        match &opts.tls {
-            None => Client::open(opts.url.as_str()).map_err(bad),
-            Some(tls) => Client::build_with_tls(
-                opts.url.as_str(),
-                redis::TlsCertificates {
-                    client_tls: tls
-                        .client
-                        .as_ref()
-                        .map(|(cert, key)| redis::ClientTlsConfig {
-                            client_cert: cert.clone(),
-                            client_key: key.clone(),
-                        }),
-                    root_cert: tls.ca.clone(),
-                },
-            )
-            .map_err(bad),
+    /// Whether `opts` describe a store one can try to reach (a good URL, certificates that
+    /// parse), without connecting.
+    pub fn check(opts: &RedisOptions) -> Result<(), StoreError> {
+        Target::new(opts).map(drop)
+    }
+
+    /// Waits until [`RedisOptions::replica_acks`] replicas have every write sent on `c` so
+    /// far. A write only the primary has can vanish in a failover (the demoted primary is
+    /// resynchronised from the promoted replica); with Sentinel, a write that reached a
+    /// primary the sentinels had just replaced is never acknowledged, so it fails here
+    /// instead of being answered as done and then lost.
+    async fn acked(&self, c: &mut ConnectionManager) -> Result<(), StoreError> {
+        let want = self
+            .opts
+            .replica_acks
+            .unwrap_or_else(|| u32::from(SentinelUrl::parse(&self.opts.url).is_some()));
+        if want == 0 {
+            return Ok(());
         }
+        // Half the operation's time, so a missing replica is reported as such rather than as
+        // the whole operation timing out.
+        let timeout = u64::try_from((self.opts.op_timeout / 2).as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let got: u32 = redis::cmd("WAIT")
+            .arg(want)
+            .arg(timeout)
+            .query_async(c)
+            .await
+            .map_err(unavailable)?;
+        if got < want {
+            return Err(StoreError::Unavailable(format!(
+                "the write reached {got} of the {want} replica(s) it needs"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The connection to the primary.
+    fn conn(&self) -> ConnectionManager {
+        self.conn.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Up to `count` audit events from seq `from` on: `(seq, event JSON)`.
     async fn audit_range(&self, from: u64, count: usize) -> Result<Vec<(u64, String)>, StoreError> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn();
         let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
             .arg(AUDIT)
             .arg(format!("{from}-0"))
@@ -397,7 +443,7 @@ impl RedisStore {
     }
 
     async fn get_string(&self, key: &str) -> Result<Option<String>, StoreError> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn();
         redis::cmd("GET")
             .arg(key)
             .query_async(&mut c)
@@ -451,7 +497,7 @@ impl RedisStore {
                 read.arg(ticket_key(&ids[i]));
             }
             read.arg(AUDIT_HEAD);
-            let mut c = self.conn.clone();
+            let mut c = self.conn();
             let mut values: Vec<Option<String>> =
                 read.query_async(&mut c).await.map_err(unavailable)?;
             let read_head = values.pop().flatten();
@@ -491,8 +537,9 @@ impl RedisStore {
                     op.add(&mut inv);
                 }
                 let (written, events) = audit_args(&mut inv, head.as_deref(), &drafts)?;
-                let mut c = self.conn.clone();
+                let mut c = self.conn();
                 let v: Vec<String> = inv.invoke_async(&mut c).await.map_err(unavailable)?;
+                self.acked(&mut c).await?;
                 if v.first().map(String::as_str) == Some("changed") {
                     *turn = head;
                     let changed: Vec<usize> = v[1..]
@@ -558,7 +605,7 @@ impl RedisStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let mut c = self.conn.clone();
+        let mut c = self.conn();
         redis::cmd("ZRANGE")
             .arg(index)
             .arg("-inf")
@@ -576,7 +623,7 @@ impl RedisStore {
     async fn mget(&self, keys: &[String]) -> Result<Vec<Option<String>>, StoreError> {
         let mut out = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(500) {
-            let mut c = self.conn.clone();
+            let mut c = self.conn();
             let values: Vec<Option<String>> = redis::cmd("MGET")
                 .arg(chunk)
                 .query_async(&mut c)
@@ -592,7 +639,7 @@ impl RedisStore {
         &self,
         key: &str,
     ) -> Result<(Option<String>, Option<String>), StoreError> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn();
         let mut both: Vec<Option<String>> = redis::cmd("MGET")
             .arg(key)
             .arg(AUDIT_HEAD)
@@ -605,8 +652,9 @@ impl RedisStore {
     }
 
     async fn run(&self, inv: &redis::ScriptInvocation<'_>) -> Result<Reply, StoreError> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn();
         let v: Vec<String> = inv.invoke_async(&mut c).await.map_err(unavailable)?;
+        self.acked(&mut c).await?;
         reply(v)
     }
 
@@ -701,7 +749,7 @@ impl RedisStore {
                 None => garbage.push(m),
             }
         }
-        let mut c = self.conn.clone();
+        let mut c = self.conn();
         let n: usize = inv.invoke_async(&mut c).await.map_err(unavailable)?;
         let mut removed = n;
         if !garbage.is_empty() {
@@ -760,7 +808,7 @@ impl RedisStore {
         let mut removed = 0;
         let mut cursor = self.cursor(|c| c.scan);
         while *budget > 0 {
-            let mut c = self.conn.clone();
+            let mut c = self.conn();
             let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
                 .arg(cursor)
                 .arg("MATCH")
@@ -805,7 +853,7 @@ impl RedisStore {
     }
 
     async fn ids_in(&self, cmd: &mut redis::Cmd) -> Result<Vec<String>, StoreError> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn();
         cmd.query_async(&mut c).await.map_err(unavailable)
     }
 
@@ -826,7 +874,7 @@ impl RedisStore {
             match value {
                 Some(raw) => out.push(decode("ticket", &raw)?),
                 None => {
-                    let mut c = self.conn.clone();
+                    let mut c = self.conn();
                     let _: i64 = redis::cmd("ZREM")
                         .arg(index)
                         .arg(id.as_str())
@@ -872,16 +920,18 @@ impl RedisStore {
     }
 }
 
-/// Receives decisions on a dedicated pub/sub connection and fans them out; reconnects with
-/// backoff (up to 5 s) whenever the connection fails or is killed.
+/// Receives decisions on a dedicated pub/sub connection to the primary and fans them out;
+/// reconnects with backoff (up to 5 s) whenever the connection fails or is killed, and
+/// subscribes again on the new primary when the sentinels name one.
 async fn listen(
-    client: Client,
+    mut primary: watch::Receiver<Client>,
     tx: broadcast::Sender<TicketId>,
     audit_seq: watch::Sender<u64>,
     connect_timeout: Duration,
 ) {
     let mut backoff = Duration::from_millis(50);
     loop {
+        let client = primary.borrow_and_update().clone();
         let attempt = async {
             let mut ps = client.get_async_pubsub().await?;
             ps.subscribe(&[DECISIONS, AUDIT_NEW]).await?;
@@ -892,7 +942,21 @@ async fn listen(
                 backoff = Duration::from_millis(50);
                 tracing::debug!("subscribed to {DECISIONS}");
                 let mut messages = ps.on_message();
-                while let Some(msg) = messages.next().await {
+                let moved = loop {
+                    let msg = tokio::select! {
+                        msg = messages.next() => msg,
+                        moved = primary.changed() => {
+                            if moved.is_err() {
+                                return;
+                            }
+                            tracing::info!("redis primary moved; subscribing there");
+                            break true;
+                        }
+                    };
+                    let Some(msg) = msg else {
+                        tracing::warn!("redis pub/sub connection lost; reconnecting");
+                        break false;
+                    };
                     let Ok(payload) = msg.get_payload::<String>() else {
                         continue;
                     };
@@ -907,14 +971,157 @@ async fn listen(
                     } else if let Ok(id) = TicketId::parse(&payload) {
                         let _ = tx.send(id);
                     }
+                };
+                if moved {
+                    continue;
                 }
-                tracing::warn!("redis pub/sub connection lost; reconnecting");
             }
             Ok(Err(e)) => tracing::warn!(error = %e, "redis pub/sub connect failed"),
             Err(_) => tracing::warn!("redis pub/sub connect timed out"),
         }
-        tokio::time::sleep(backoff).await;
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            moved = primary.changed() => if moved.is_err() { return },
+        }
         backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// How often the sentinels are asked which node is the primary.
+const SENTINEL_POLL: Duration = Duration::from_millis(250);
+
+/// Where the primary is: one address, or whatever the sentinels say.
+enum Target {
+    Direct(Client),
+    Sentinel(tokio::sync::Mutex<redis::sentinel::SentinelClient>),
+}
+
+impl Target {
+    fn new(opts: &RedisOptions) -> Result<Target, StoreError> {
+        let bad =
+            |e: RedisError| StoreError::Unavailable(format!("bad redis url or TLS files: {e}"));
+        let certs = opts.tls.as_ref().map(|tls| redis::TlsCertificates {
+            client_tls: tls
+                .client
+                .as_ref()
+                .map(|(cert, key)| redis::ClientTlsConfig {
+                    client_cert: cert.clone(),
+                    client_key: key.clone(),
+                }),
+            root_cert: tls.ca.clone(),
+        });
+        let Some(sentinel) = SentinelUrl::parse(&opts.url) else {
+            return match certs {
+                None => Client::open(opts.url.as_str()),
+                Some(certs) => Client::build_with_tls(opts.url.as_str(), certs),
+            }
+            .map(Target::Direct)
+            .map_err(bad);
+        };
+        let u = sentinel.map_err(|why| StoreError::Unavailable(format!("bad redis url: {why}")))?;
+        use redis::sentinel::{SentinelClientBuilder, SentinelServerType};
+        use redis::{ConnectionAddr, TlsMode};
+        let addrs = u.sentinels.iter().map(|(host, port)| {
+            if u.tls {
+                ConnectionAddr::TcpTls {
+                    host: host.clone(),
+                    port: *port,
+                    insecure: false,
+                    tls_params: None,
+                }
+            } else {
+                ConnectionAddr::Tcp(host.clone(), *port)
+            }
+        });
+        let mut b = SentinelClientBuilder::new(addrs, &u.master, SentinelServerType::Master)
+            .map_err(bad)?
+            .set_client_to_redis_db(u.db);
+        if let Some(user) = &u.username {
+            b = b.set_client_to_redis_username(user);
+        }
+        if let Some(pass) = &u.password {
+            b = b.set_client_to_redis_password(pass);
+        }
+        if let Some(user) = &opts.sentinel_username {
+            b = b.set_client_to_sentinel_username(user);
+        }
+        if let Some(pass) = &opts.sentinel_password {
+            b = b.set_client_to_sentinel_password(pass);
+        }
+        if u.tls {
+            b = b
+                .set_client_to_redis_tls_mode(TlsMode::Secure)
+                .set_client_to_sentinel_tls_mode(TlsMode::Secure);
+            if let Some(certs) = certs {
+                b = b
+                    .set_client_to_redis_certificates(certs.clone())
+                    .set_client_to_sentinel_certificates(certs);
+            }
+        }
+        Ok(Target::Sentinel(tokio::sync::Mutex::new(
+            b.build().map_err(bad)?,
+        )))
+    }
+
+    /// A client for the primary: the sentinels are asked, and the node they name is checked
+    /// to be a primary (`ROLE`).
+    async fn primary(&self) -> Result<Client, RedisError> {
+        match self {
+            Target::Direct(client) => Ok(client.clone()),
+            Target::Sentinel(s) => s.lock().await.async_get_client().await,
+        }
+    }
+}
+
+/// A connection manager for `client` with the store's timeouts.
+async fn manager(client: Client, opts: &RedisOptions) -> Result<ConnectionManager, RedisError> {
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(opts.connect_timeout))
+        .set_response_timeout(Some(opts.op_timeout))
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_millis(500));
+    ConnectionManager::new_with_config(client, config).await
+}
+
+/// Follows the primary the sentinels name: when it moves (a failover), commands and the
+/// pub/sub listener go to the new one. Until then, commands sent to a demoted primary fail
+/// (`READONLY`) or time out, and approve routes answer 503: nothing is written to a replica.
+async fn follow(
+    target: Target,
+    primary: watch::Sender<Client>,
+    conn: Arc<std::sync::RwLock<ConnectionManager>>,
+    opts: RedisOptions,
+) {
+    loop {
+        tokio::time::sleep(SENTINEL_POLL).await;
+        let found = match tokio::time::timeout(opts.op_timeout, target.primary()).await {
+            Ok(Ok(client)) => client,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "the sentinels name no reachable primary");
+                continue;
+            }
+            Err(_) => {
+                tracing::warn!("the sentinels did not answer in time");
+                continue;
+            }
+        };
+        let addr = found.get_connection_info().addr().to_string();
+        if primary.borrow().get_connection_info().addr().to_string() == addr {
+            continue;
+        }
+        match tokio::time::timeout(opts.connect_timeout, manager(found.clone(), &opts)).await {
+            Ok(Ok(manager)) => {
+                *conn.write().unwrap_or_else(|p| p.into_inner()) = manager;
+                primary.send_replace(found);
+                tracing::warn!(primary = %addr, "the redis primary moved (failover); following it");
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(primary = %addr, error = %e, "cannot reach the new redis primary")
+            }
+            Err(_) => {
+                tracing::warn!(primary = %addr, "timed out connecting to the new redis primary")
+            }
+        }
     }
 }
 
@@ -1602,7 +1809,7 @@ impl Store for RedisStore {
 
     fn source_known<'a>(&'a self, requester: &'a str, source: &'a str) -> StoreFuture<'a, bool> {
         Box::pin(self.bounded(async move {
-            let mut c = self.conn.clone();
+            let mut c = self.conn();
             let known: i64 = redis::cmd("SISMEMBER")
                 .arg(sources_key(requester))
                 .arg(source)
@@ -1615,7 +1822,7 @@ impl Store for RedisStore {
 
     fn remember_source<'a>(&'a self, requester: &'a str, source: &'a str) -> StoreFuture<'a, ()> {
         Box::pin(self.bounded(async move {
-            let mut c = self.conn.clone();
+            let mut c = self.conn();
             let key = sources_key(requester);
             let ttl = u64::try_from(self.opts.retention.as_millis()).unwrap_or(u64::MAX);
             let _: (i64, i64) = redis::pipe()
@@ -1635,7 +1842,7 @@ impl Store for RedisStore {
     fn due_timers(&self, now: Timestamp, limit: usize) -> StoreFuture<'_, Vec<(TicketId, Timer)>> {
         Box::pin(self.bounded(async move {
             let members = self.due_members(TIMERS, now, limit).await?;
-            let mut c = self.conn.clone();
+            let mut c = self.conn();
             let mut out = Vec::with_capacity(members.len());
             for m in members {
                 let parsed = m
@@ -1659,7 +1866,7 @@ impl Store for RedisStore {
 
     fn clear_timer<'a>(&'a self, id: &'a TicketId, timer: Timer) -> StoreFuture<'a, ()> {
         Box::pin(self.bounded(async move {
-            let mut c = self.conn.clone();
+            let mut c = self.conn();
             let _: i64 = redis::cmd("ZREM")
                 .arg(TIMERS)
                 .arg(format!("{}:{}", timer.tag(), id.as_str()))
@@ -1672,7 +1879,7 @@ impl Store for RedisStore {
 
     fn pending_index(&self) -> StoreFuture<'_, Vec<(TicketId, Timestamp)>> {
         Box::pin(self.bounded(async move {
-            let mut c = self.conn.clone();
+            let mut c = self.conn();
             let raw: Vec<(String, f64)> = redis::cmd("ZRANGE")
                 .arg(PENDING)
                 .arg(0)
@@ -1701,7 +1908,7 @@ impl Store for RedisStore {
                 for id in chunk {
                     pipe.cmd("ZSCORE").arg(PENDING).arg(id.as_str());
                 }
-                let mut c = self.conn.clone();
+                let mut c = self.conn();
                 let scores: Vec<Option<f64>> =
                     pipe.query_async(&mut c).await.map_err(unavailable)?;
                 out.extend(scores.into_iter().map(|s| s.is_some()));
@@ -1796,7 +2003,7 @@ impl Store for RedisStore {
 
     fn audit_after(&self, after: u64, limit: usize) -> StoreFuture<'_, Vec<AuditEvent>> {
         Box::pin(self.bounded(async move {
-            let mut c = self.conn.clone();
+            let mut c = self.conn();
             // Stream ids are `<seq>-0`: exclusive of `after`.
             let page: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
                 .arg(AUDIT)
@@ -1828,7 +2035,7 @@ impl Store for RedisStore {
 
     fn outbox_cursor(&self) -> StoreFuture<'_, u64> {
         Box::pin(self.bounded(async move {
-            let mut c = self.conn.clone();
+            let mut c = self.conn();
             let mut inv = self.scripts.outbox_cursor.prepare_invoke();
             inv.key(OUTBOX_CURSOR).key(AUDIT_HEAD);
             let v: String = inv.invoke_async(&mut c).await.map_err(unavailable)?;
@@ -1845,7 +2052,7 @@ impl Store for RedisStore {
         due: Timestamp,
     ) -> StoreFuture<'a, bool> {
         Box::pin(self.bounded(async move {
-            let mut c = self.conn.clone();
+            let mut c = self.conn();
             let mut inv = self.scripts.outbox_enqueue.prepare_invoke();
             inv.key(OUTBOX_CURSOR)
                 .key(AUDIT_HEAD)
@@ -1862,13 +2069,14 @@ impl Store for RedisStore {
                     .arg(encode(d)?);
             }
             let written: i64 = inv.invoke_async(&mut c).await.map_err(unavailable)?;
+            self.acked(&mut c).await?;
             Ok(written == 1)
         }))
     }
 
     fn outbox_channels(&self) -> StoreFuture<'_, Vec<String>> {
         Box::pin(self.bounded(async move {
-            let mut c = self.conn.clone();
+            let mut c = self.conn();
             redis::cmd("SMEMBERS")
                 .arg(OUTBOX_CHANNELS)
                 .query_async(&mut c)
@@ -1885,7 +2093,7 @@ impl Store for RedisStore {
         limit: usize,
     ) -> StoreFuture<'a, Vec<Claimed>> {
         Box::pin(self.bounded(async move {
-            let mut c = self.conn.clone();
+            let mut c = self.conn();
             let token = new_claim_token();
             let due_key = outbox_due(channel);
             let mut inv = self.scripts.outbox_claim.prepare_invoke();
@@ -1942,7 +2150,7 @@ impl Store for RedisStore {
         retry_at: Option<Timestamp>,
     ) -> StoreFuture<'a, bool> {
         Box::pin(self.bounded(async move {
-            let mut c = self.conn.clone();
+            let mut c = self.conn();
             let mut inv = self.scripts.outbox_settle.prepare_invoke();
             inv.key(outbox_due(&claimed.delivery.channel))
                 .key(OUTBOX_DATA)
@@ -1954,6 +2162,7 @@ impl Store for RedisStore {
                 .arg(opt_arg(retry_at.map(Timestamp::as_millis)))
                 .arg(&claimed.delivery.channel);
             let settled: i64 = inv.invoke_async(&mut c).await.map_err(unavailable)?;
+            self.acked(&mut c).await?;
             Ok(settled == 1)
         }))
     }
@@ -2092,13 +2301,20 @@ impl Store for RedisStore {
         }))
     }
 
+    fn durable(&self) -> StoreFuture<'_, ()> {
+        Box::pin(self.bounded(async move {
+            let mut c = self.conn();
+            self.acked(&mut c).await
+        }))
+    }
+
     fn errors(&self) -> u64 {
         self.errors.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn ping(&self) -> StoreFuture<'_, ()> {
         Box::pin(self.bounded(async move {
-            let mut c = self.conn.clone();
+            let mut c = self.conn();
             let pong: String = redis::cmd("PING")
                 .query_async(&mut c)
                 .await

@@ -609,9 +609,62 @@ async fn hold_then_finish(
     // Kept while held: nothing of it may pin the connection's read buffer.
     holding.held.canonical.detach();
     holding.held.body = Bytes::copy_from_slice(&holding.held.body);
-    let waited = hold::wait(x, holding.id.clone(), holding.expires_at, holding.hold_for).await;
-    Box::pin(conclude(x, route, waited, holding.held)).await
+    let Holding {
+        id,
+        expires_at,
+        hold_for,
+        mut held,
+    } = holding;
+    let deadline = tokio::time::Instant::now() + hold_for;
+    // Releases this request tried whose write the store could not confirm (a failover, say):
+    // each may yet turn out to have landed, or to have vanished with a replaced primary.
+    let mut unconfirmed: Vec<String> = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let waited = hold::wait(x, id.clone(), expires_at, left).await;
+        let retry = match waited {
+            // A use this request made earlier landed: it is ours, once it will last.
+            Ok(t) if t.releases.iter().any(|r| unconfirmed.contains(r)) => {
+                match x.engine().store().map(|s| s.durable()) {
+                    Ok(durable) => match durable.await {
+                        Ok(()) => {
+                            tracing::warn!(ticket = %id, "release confirmed after the store recovered");
+                            let spent = t;
+                            return Box::pin(release::forward_spent(x, route, held, &spent, None))
+                                .await;
+                        }
+                        Err(e) => store_error(&e, route, Some(&id)),
+                    },
+                    Err(e) => store_error(&e, route, Some(&id)),
+                }
+            }
+            Ok(t) if t.status == Status::Approved && t.mode != Mode::Access => {
+                let redeemed =
+                    Box::pin(release::redeem_held(x, route, held, t.id, &mut unconfirmed)).await;
+                match redeemed {
+                    Ok(resp) => return resp,
+                    Err(u) => {
+                        held = u.held;
+                        u.error
+                    }
+                }
+            }
+            waited => return Box::pin(conclude(x, route, waited, held)).await,
+        };
+        // The store could not confirm the release: nothing was forwarded. Hold on and look
+        // again (a failover ends; a decision the old primary took and lost is taken again),
+        // while the hold lasts.
+        if tokio::time::Instant::now() + RELEASE_RETRY >= deadline {
+            return x.answer(retry, Some(route));
+        }
+        tracing::warn!(ticket = %id, "the store could not confirm the release; holding on");
+        tokio::time::sleep(RELEASE_RETRY).await;
+    }
 }
+
+/// How long a held request waits before looking again at a ticket whose release the store
+/// could not confirm.
+const RELEASE_RETRY: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// The answer once a hold ended: released, refused, or the hold's own error.
 async fn conclude(

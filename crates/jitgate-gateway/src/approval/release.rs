@@ -101,17 +101,38 @@ pub(super) async fn redeem(
     held: HeldRequest,
     id: TicketId,
 ) -> Response<ProxyBody> {
+    match redeem_held(x, route, held, id, &mut Vec::new()).await {
+        Ok(resp) => resp,
+        Err(u) => x.answer(u.error, Some(route)),
+    }
+}
+
+/// A use the store could not confirm, so nothing was forwarded: the request, to release
+/// later or answer with `error`.
+pub(super) struct Unredeemed {
+    pub held: HeldRequest,
+    pub error: GatewayError,
+}
+
+/// [`redeem`], but a use the store cannot confirm gives the request back (`Err`) instead of
+/// answering 503, with the release id of a write that may yet land added to `unconfirmed`
+/// (see [`forward_spent`]).
+pub(super) async fn redeem_held(
+    x: &Exchange<'_>,
+    route: &Route,
+    held: HeldRequest,
+    id: TicketId,
+    unconfirmed: &mut Vec<String>,
+) -> Result<Response<ProxyBody>, Unredeemed> {
     x.about(&id);
-    let (current, index) = match recheck(x, &held, route) {
+    let checked = match recheck(x, &held, route) {
         Ok(r) => r,
-        Err(resp) => return *resp,
+        Err(resp) => return Ok(*resp),
     };
     let engine = x.engine();
     let Ok(store) = engine.store() else {
-        return x.answer(
-            GatewayError::StoreUnavailable { ticket: Some(id) },
-            Some(route),
-        );
+        let error = GatewayError::StoreUnavailable { ticket: Some(id) };
+        return Err(Unredeemed { held, error });
     };
     let now = engine.now();
     let release = jitgate_store::new_release_id(now);
@@ -138,7 +159,7 @@ pub(super) async fn redeem(
         Err(StoreError::Transition(ticket::TransitionError::OtherRequest)) => {
             tracing::warn!(ticket = %id, "a release for another request was refused");
             let e = GatewayError::Mismatch("the ticket was opened for a different request".into());
-            return x.answer(e, Some(route));
+            return Ok(x.answer(e, Some(route)));
         }
         Err(StoreError::Transition(e)) => {
             let detail = match e {
@@ -153,28 +174,53 @@ pub(super) async fn redeem(
                 title: "No valid approval for this request",
                 reason: detail,
             };
-            return x.answer(e, Some(route));
+            return Ok(x.answer(e, Some(route)));
         }
         Err(StoreError::Unavailable(why)) => {
-            // The write may have landed and only its answer been lost: read it back.
-            match store.get(&id).await {
+            // The write may have landed and only its answer been lost: read it back. It
+            // counts only if it will survive a failover (a write a replaced primary took
+            // would be undone when that node resynchronises, and the use with it).
+            let read = match store.get(&id).await {
+                Ok(t) => store.durable().await.map(|()| t),
+                Err(e) => Err(e),
+            };
+            match read {
                 Ok(Some(t)) if t.releases.contains(&release) => {
                     tracing::warn!(ticket = %id, "release settled by reading back after: {why}");
                     t
                 }
                 _ => {
+                    unconfirmed.push(release);
                     let e = StoreError::Unavailable(why);
-                    return x.answer(store_error(&e, route, Some(&id)), Some(route));
+                    let error = store_error(&e, route, Some(&id));
+                    return Err(Unredeemed { held, error });
                 }
             }
         }
-        Err(e) => return x.answer(store_error(&e, route, Some(&id)), Some(route)),
+        Err(e) => return Ok(x.answer(store_error(&e, route, Some(&id)), Some(route))),
     };
+    Ok(forward_spent(x, route, held, &spent, Some(checked)).await)
+}
+
+/// Forwards the request whose use `spent` records (a use this request made) with the
+/// approval token, after re-checking the rules in force unless `checked` already did.
+pub(super) async fn forward_spent(
+    x: &Exchange<'_>,
+    route: &Route,
+    held: HeldRequest,
+    spent: &Ticket,
+    checked: Option<(Arc<Snapshot>, usize)>,
+) -> Response<ProxyBody> {
+    let (current, index) = match checked.map_or_else(|| recheck(x, &held, route), Ok) {
+        Ok(r) => r,
+        Err(resp) => return *resp,
+    };
+    let engine = x.engine();
     let token = engine
-        .approval_token(&spent)
+        .approval_token(spent)
         .and_then(|tok| HeaderValue::from_str(&tok).ok());
-    tracing::info!(ticket = %id, route = %route.name, "approved request released");
-    let record = Outcome::new(engine, Some(&spent), None);
+    tracing::info!(ticket = %spent.id, route = %route.name, "approved request released");
+    let record = Outcome::new(engine, Some(spent), None);
     send(x, &current, index, held, token, record, true).await
 }
 

@@ -37,6 +37,9 @@ pub(crate) struct RawStore {
     retention: Option<Field<String>>,
     ca_file: Option<Field<String>>,
     tls: Option<Field<Table<RawTls>>>,
+    sentinel_username: Option<Field<String>>,
+    sentinel_password: Option<Field<String>>,
+    replica_acks: Option<Field<i64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -152,6 +155,9 @@ impl Cx<'_> {
         let retention = self.duration(&t.retention, "retention", sec);
         let ca_file = self.path_value(&t.ca_file, "ca_file", sec);
         let client_tls = self.tls_files(&t.tls, sec);
+        let sentinel_username = self.string(&t.sentinel_username, "sentinel_username", sec);
+        let sentinel_password = self.string(&t.sentinel_password, "sentinel_password", sec);
+        let replica_acks = self.u32_(&t.replica_acks, "replica_acks", sec, 0);
         match kind.as_ref().map(|k| k.0) {
             None | Some("memory") => {
                 if let Some((_, span)) = url {
@@ -202,6 +208,26 @@ impl Cx<'_> {
                     self.error(span, "Redis Cluster (`redis+cluster://`) is not supported by this build yet; use a standalone primary (`redis://`) or Sentinel");
                     return None;
                 }
+                let sentinel = match super::SentinelUrl::parse(u) {
+                    None => false,
+                    Some(Ok(_)) => true,
+                    Some(Err(why)) => {
+                        self.error(span, format!("`url` in [store]: {why}"));
+                        return None;
+                    }
+                };
+                for (key, f) in [
+                    ("sentinel_username", &sentinel_username),
+                    ("sentinel_password", &sentinel_password),
+                ] {
+                    if let (Some((_, span)), false) = (f, sentinel) {
+                        self.error(
+                            span.clone(),
+                            format!("`{key}` in [store] needs a redis+sentinel:// url"),
+                        );
+                        return None;
+                    }
+                }
                 let tls = u.starts_with("rediss");
                 for (key, f) in [
                     ("ca_file", t.ca_file.as_ref().map(|f| f.span.clone())),
@@ -223,6 +249,9 @@ impl Cx<'_> {
                     retention: retention.map_or(secs(86_400), |d| d.0),
                     ca_file,
                     client_tls,
+                    sentinel_username: sentinel_username.map(|s| s.0.to_string()),
+                    sentinel_password: sentinel_password.map(|s| s.0.to_string()),
+                    replica_acks: replica_acks.map(|n| n.0),
                 })
             }
             Some(other) => {

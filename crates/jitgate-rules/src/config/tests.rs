@@ -144,6 +144,9 @@ fn example_fixture_parses_every_key() {
             retention: Duration::from_secs(48 * 3600),
             ca_file: None,
             client_tls: None,
+            sentinel_username: None,
+            sentinel_password: None,
+            replica_acks: None,
         }
     );
     assert_eq!(c.approvals.max_held_body, 1 << 20);
@@ -592,6 +595,8 @@ fn validation_errors_point_at_the_value() {
         ("[store]\nkind = \"redis\"\nurl = \"redis://r:6379\"\ntls = { cert = \"c.pem\", key = \"c.key\" }\n".into(), "4:7: error: `tls` in [store] needs a TLS url (rediss://, rediss+sentinel://); `redis://r:6379` is plain text"),
         ("[store]\nkind = \"redis\"\nurl = \"rediss://r:6379\"\ntls = { cert = \"c.pem\" }\n".into(), "4:7: error: `tls` in [store] needs both `cert` and `key`"),
         ("[store]\nkind = \"redis\"\nurl = \"rediss://r:6379/#insecure\"\n".into(), "3:7: error: `url` in [store] must not have a #fragment (`#insecure` would turn off certificate checks); give the CA with `ca_file`"),
+        ("[store]\nkind = \"redis\"\nurl = \"redis+sentinel://s1:26379\"\n".into(), "3:7: error: `url` in [store]: a sentinel URL needs the primary's name after the hosts: redis+sentinel://host:port/MASTER_NAME"),
+        ("[store]\nkind = \"redis\"\nurl = \"redis://r:6379\"\nsentinel_password = \"x\"\n".into(), "4:21: error: `sentinel_password` in [store] needs a redis+sentinel:// url"),
         ("[store]\nkind = \"redis\"\nurl = \"redis+cluster://a:7000,b:7000\"\n".into(), "3:7: error: Redis Cluster (`redis+cluster://`) is not supported by this build yet; use a standalone primary (`redis://`) or Sentinel"),
         ("[store]\nkind = \"redis\"\nurl = \"rediss://r:6379\"\ntls = { cert = \"c.pem\", key = \"c.key\", ca = \"x\" }\n".into(), "4:40: error: unknown key `ca` in [store.tls]"),
         ("[approvals]\nmax_held_body = \"1mb\"\n".into(), "2:17: error: `max_held_body` in [approvals]: unknown size unit `mb` in `1mb`; use B, KiB, MiB, GiB, TiB, kB, MB, GB or TB"),
