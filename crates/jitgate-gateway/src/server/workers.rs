@@ -193,8 +193,12 @@ impl Loop {
             Err(e) => tracing::error!("a data-plane event loop cannot listen: {e}"),
         }
         report.stopped();
-        plane.graceful.shutdown().await;
-        report.drained();
+        // Told to exit before draining (shutdown_grace elapsed, or `Workers` dropped): what
+        // is still open is dropped with the runtime.
+        tokio::select! {
+            () = plane.graceful.shutdown() => report.drained(),
+            _ = phase.wait_for(|p| *p == Phase::Exit) => return,
+        }
         let _ = phase.wait_for(|p| *p == Phase::Exit).await;
     }
 }
