@@ -26,8 +26,7 @@ use tokio::net::TcpStream;
 
 use common::metrics::scrape_until;
 use common::redteam::{
-    closed_by, config, pending_id, problem, raw_open, spawn_send, wait_held, ALLOW_REST, BOB,
-    WAIT,
+    closed_by, config, pending_id, problem, raw_open, spawn_send, wait_held, ALLOW_REST, BOB, WAIT,
 };
 use common::*;
 
@@ -97,7 +96,9 @@ async fn wait_held_requests(gw: &Gateway, n: f64) {
 }
 
 /// One HTTP/1.1 connection of its own to `addr`, driven in the background.
-async fn connection(addr: std::net::SocketAddr) -> (SendRequest<Full<Bytes>>, tokio::task::JoinHandle<()>) {
+async fn connection(
+    addr: std::net::SocketAddr,
+) -> (SendRequest<Full<Bytes>>, tokio::task::JoinHandle<()>) {
     let stream = TcpStream::connect(addr).await.expect("connect");
     let (tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -132,7 +133,8 @@ async fn get_on(tx: &mut SendRequest<Full<Bytes>>, path: &str) -> Result<(u16, B
 /// connection that is still busy when the grace runs out is closed and the process exits.
 /// Here the busy connection is a client that asked for a large response and never reads it.
 ///
-/// FAILS on 4e085ca: each event loop waits for its connections to drain with no way out
+/// FAILS on main (719079a), passes on 4e085ca^ and with the fix in `server/workers.rs`
+/// (1d32642): each event loop waits for its connections to drain with no way out
 /// (`Loop::run` awaits `graceful.shutdown()` before it ever looks for `Phase::Exit`);
 /// `Workers::exit` gives up joining after 2 s but leaves its `spawn_blocking` join running,
 /// and dropping the main runtime at the end of `serve` waits for that join for ever.
@@ -177,7 +179,7 @@ async fn sigterm_exits_after_shutdown_grace_when_a_client_never_reads_its_respon
 /// The same with a response the client does read but the upstream keeps streaming (a long
 /// poll, server-sent events): it may not hold the process past `shutdown_grace` either.
 ///
-/// FAILS on 4e085ca (same cause as above).
+/// FAILS on main (719079a), passes on 4e085ca^ and with 1d32642 (same cause as above).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_exits_after_shutdown_grace_while_an_upstream_keeps_streaming() {
     let origin = Origin::start();
@@ -243,7 +245,11 @@ async fn sigterm_answers_held_requests_on_every_loop_503_with_their_own_ticket()
         };
         held.push((
             format!("/deploy/w{i}"),
-            deploy_over(client, gw.url(&format!("/deploy/w{i}")), format!("{{\"n\":{i}}}")),
+            deploy_over(
+                client,
+                gw.url(&format!("/deploy/w{i}")),
+                format!("{{\"n\":{i}}}"),
+            ),
         ));
     }
     wait_held(&gw, 8).await;
@@ -382,9 +388,17 @@ async fn coalesced_holders_on_several_loops_cancel_only_when_the_last_goes() {
     }
     wait_held_requests(&gw, 1.0).await;
     let r = approve(&gw, "alice", &id, "one left").await;
-    assert_eq!(r.status, 200, "the ticket must still be pending: {}", r.text());
+    assert_eq!(
+        r.status,
+        200,
+        "the ticket must still be pending: {}",
+        r.text()
+    );
     let last = holders.next().unwrap();
-    let released = tokio::time::timeout(WAIT, last).await.expect("released").unwrap();
+    let released = tokio::time::timeout(WAIT, last)
+        .await
+        .expect("released")
+        .unwrap();
     assert_eq!(released.status, 200, "{}", released.text());
     origin.wait_for(1, WAIT).await;
     origin
@@ -430,7 +444,11 @@ async fn approvals_release_each_held_request_once_with_its_own_response() {
             } else {
                 Client::http1()
             };
-            deploy_over(client, gw.url(&format!("/deploy/r{i}")), format!("{{\"r\":{i}}}"))
+            deploy_over(
+                client,
+                gw.url(&format!("/deploy/r{i}")),
+                format!("{{\"r\":{i}}}"),
+            )
         })
         .collect();
     wait_held_requests(&gw, N as f64).await;
@@ -466,7 +484,10 @@ async fn approvals_release_each_held_request_once_with_its_own_response() {
         assert_eq!(r.status, 200, "{}", r.text());
     }
     for (i, h) in held.into_iter().enumerate() {
-        let r = tokio::time::timeout(WAIT, h).await.expect("released").unwrap();
+        let r = tokio::time::timeout(WAIT, h)
+            .await
+            .expect("released")
+            .unwrap();
         assert_eq!(r.status, 200, "r{i}: {}", r.text());
         assert_eq!(
             r.json()["pathAndQuery"],
@@ -484,7 +505,10 @@ async fn approvals_release_each_held_request_once_with_its_own_response() {
         *seen.entry(r.path().to_string()).or_default() += 1;
     }
     assert_eq!(seen.len(), N, "{seen:?}");
-    assert!(seen.values().all(|n| *n == 1), "forwarded more than once: {seen:?}");
+    assert!(
+        seen.values().all(|n| *n == 1),
+        "forwarded more than once: {seen:?}"
+    );
     for id in &ids {
         wait_status(&gw, id, "EXECUTED", WAIT).await;
     }
@@ -515,7 +539,9 @@ async fn pool_keeps_clients_apart(pool_max_idle: usize) {
                 match (t + i) % 6 {
                     0 => {
                         let path = format!("/who/{t}/{i}");
-                        let r = client.try_send("GET", &format!("{base}{path}"), &[], "").await;
+                        let r = client
+                            .try_send("GET", &format!("{base}{path}"), &[], "")
+                            .await;
                         match r {
                             Ok(r) if r.status == 200 && r.json()["pathAndQuery"] == path => {}
                             other => wrong.push(format!("GET {path}: {other:?}")),
@@ -542,7 +568,8 @@ async fn pool_keeps_clients_apart(pool_max_idle: usize) {
                         )
                         .await;
                         let mut buf = [0u8; 4096];
-                        let _ = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await;
+                        let _ =
+                            tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await;
                         drop(s);
                     }
                     3 => {
@@ -562,16 +589,22 @@ async fn pool_keeps_clients_apart(pool_max_idle: usize) {
                         drop(ws);
                     }
                     _ => {
-                        let r = client.try_send("GET", &format!("{base}/status/500"), &[], "").await;
+                        let r = client
+                            .try_send("GET", &format!("{base}/status/500"), &[], "")
+                            .await;
                         if !matches!(&r, Ok(r) if r.status == 500) {
                             wrong.push(format!("/status/500 {t}/{i}: {r:?}"));
                         }
-                        let r = client.try_send("HEAD", &format!("{base}/large/1000"), &[], "").await;
+                        let r = client
+                            .try_send("HEAD", &format!("{base}/large/1000"), &[], "")
+                            .await;
                         if !matches!(&r, Ok(r) if r.status == 200 && r.body.is_empty()) {
                             wrong.push(format!("HEAD {t}/{i}: {r:?}"));
                         }
                         let path = format!("/after-head/{t}/{i}");
-                        let r = client.try_send("GET", &format!("{base}{path}"), &[], "").await;
+                        let r = client
+                            .try_send("GET", &format!("{base}{path}"), &[], "")
+                            .await;
                         match r {
                             Ok(r) if r.status == 200 && r.json()["pathAndQuery"] == path => {}
                             other => wrong.push(format!("GET {path}: {other:?}")),
@@ -586,7 +619,12 @@ async fn pool_keeps_clients_apart(pool_max_idle: usize) {
     for t in tasks {
         wrong.extend(t.await.unwrap());
     }
-    assert!(wrong.is_empty(), "{} wrong answers:\n{}", wrong.len(), wrong.join("\n"));
+    assert!(
+        wrong.is_empty(),
+        "{} wrong answers:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
     // Every ordinary request reached the origin once, as itself.
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
     for r in origin.requests() {
@@ -680,8 +718,11 @@ async fn slowloris_connections_stall_no_loop_and_are_closed_at_header_read_timeo
             let mut still = Vec::new();
             for mut s in open {
                 if s.write_all(b"X-Slow: 1\r\n").await.is_ok()
-                    && !closed_by(&mut s, tokio::time::Instant::now() + Duration::from_millis(5))
-                        .await
+                    && !closed_by(
+                        &mut s,
+                        tokio::time::Instant::now() + Duration::from_millis(5),
+                    )
+                    .await
                 {
                     still.push(s);
                 } else {
@@ -701,7 +742,10 @@ async fn slowloris_connections_stall_no_loop_and_are_closed_at_header_read_timeo
         assert_eq!(r.status, 200, "{}", r.text());
     }
     let (closed, open) = trickle.await.unwrap();
-    assert_eq!(open, 0, "{open} trickling connections still open after {WAIT:?}");
+    assert_eq!(
+        open, 0,
+        "{open} trickling connections still open after {WAIT:?}"
+    );
     assert_eq!(closed, 16);
     assert!(origin.requests().iter().all(|r| r.path() != "/slow"));
 }
@@ -717,7 +761,10 @@ async fn a_reload_reaches_keep_alive_connections_on_every_loop() {
     let mut conns = Vec::new();
     for i in 0..8 {
         let (mut tx, task) = connection(addr).await;
-        assert_eq!(get_on(&mut tx, &format!("/before/{i}")).await.unwrap().0, 200);
+        assert_eq!(
+            get_on(&mut tx, &format!("/before/{i}")).await.unwrap().0,
+            200
+        );
         conns.push((tx, task));
     }
     assert_eq!(old.count(), 8);
@@ -729,8 +776,20 @@ async fn a_reload_reaches_keep_alive_connections_on_every_loop() {
         let (status, _) = get_on(tx, &format!("/after/{i}")).await.unwrap();
         assert_eq!(status, 200);
     }
-    assert_eq!(new.count(), 8, "{:?}", new.requests().iter().map(|r| r.path().to_string()).collect::<Vec<_>>());
-    assert_eq!(old.count(), 8, "a request after the reload reached the old upstream");
+    assert_eq!(
+        new.count(),
+        8,
+        "{:?}",
+        new.requests()
+            .iter()
+            .map(|r| r.path().to_string())
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        old.count(),
+        8,
+        "a request after the reload reached the old upstream"
+    );
 }
 
 // === the loops' life in-process ===
@@ -754,8 +813,8 @@ fn data_loop_threads() -> usize {
 /// future raced and lost): the data listener closes and the event loops end, whatever their
 /// connections are doing. Here one client never reads a large response.
 ///
-/// FAILS on 4e085ca: `Workers::drop` sends `Phase::Exit`, but a loop only looks for it once
-/// its connections drained, so the loop threads (and the connection) live on.
+/// FAILS on main (719079a), passes with 1d32642: `Workers::drop` sends `Phase::Exit`, but a
+/// loop only looks for it once its connections drained, so the loop threads (and the connection) live on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn dropping_the_run_future_ends_the_event_loops() {
     let origin = Origin::start();
@@ -799,4 +858,165 @@ async fn dropping_the_run_future_ends_the_event_loops() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     drop(stuck);
+}
+
+// === more holds across loops ===
+
+/// SPEC 11.2: four coalesced holders of one action ticket, all still waiting (h1 and h2c,
+/// spread over the loops), are woken by one approval: the upstream receives the request once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn coalesced_holders_alive_at_approval_reach_the_upstream_once() {
+    let origin = Origin::start();
+    let gw = Gateway::start(&config(&origin.url(), "", &sections(""), "", ROUTES));
+    let body = r#"{"image":"web:8"}"#;
+    let holders: Vec<_> = (0..4)
+        .map(|i| {
+            let client = if i % 2 == 0 {
+                Client::http1()
+            } else {
+                Client::h2c()
+            };
+            deploy_over(client, gw.url("/deploy/once"), body.to_string())
+        })
+        .collect();
+    wait_held_requests(&gw, 4.0).await;
+    let id = pending_id(&gw, "prod-deploy").await;
+    let r = approve(&gw, "alice", &id, "go").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let mut answers = Vec::new();
+    for h in holders {
+        let r = tokio::time::timeout(WAIT, h)
+            .await
+            .expect("answered")
+            .unwrap();
+        answers.push((
+            r.status.as_u16(),
+            r.header("jit-ticket").map(str::to_string),
+        ));
+    }
+    origin.wait_for(1, WAIT).await;
+    origin
+        .assert_no_new_requests(Duration::from_millis(500))
+        .await;
+    assert_eq!(origin.count(), 1, "answers {answers:?}");
+    assert_eq!(
+        answers.iter().filter(|(s, _)| *s == 200).count(),
+        1,
+        "exactly one holder is released: {answers:?}"
+    );
+    wait_status(&gw, &id, "EXECUTED", WAIT).await;
+}
+
+/// SPEC 11.6 over TLS: held requests on TLS connections (ALPN h2 and http/1.1, spread over
+/// the loops) answer 503 with their ticket at SIGTERM, and the process exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tls_held_requests_on_every_loop_answer_503_at_sigterm() {
+    let pki = TestPki::new();
+    let cert = pki.issue_server(&["localhost", "127.0.0.1"]);
+    let origin = Origin::start();
+    let cfg = config(
+        &origin.url(),
+        "tls = { cert = \"gw.pem\", key = \"gw.key\" }",
+        &sections(""),
+        "",
+        ROUTES,
+    );
+    let mut gw = Gateway::builder(&cfg)
+        .file("gw.pem", cert.cert_pem)
+        .file("gw.key", cert.key_pem)
+        .start();
+    assert!(gw.data_url().starts_with("https://"));
+    let ca = pki.ca_pem();
+    let held: Vec<_> = (0..6)
+        .map(|i| {
+            let client = if i % 2 == 0 {
+                Client::https(&ca)
+            } else {
+                Client::https_http1(&ca)
+            };
+            deploy_over(
+                client,
+                gw.url(&format!("/deploy/t{i}")),
+                format!("{{\"t\":{i}}}"),
+            )
+        })
+        .collect();
+    wait_held_requests(&gw, 6.0).await;
+    for i in 0..4 {
+        let r = Client::https(&ca)
+            .with_timeout(WAIT)
+            .send("GET", &gw.url(&format!("/allowed/{i}")), &[], "")
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    gw.signal(Sig::Term);
+    let mut tickets = BTreeSet::new();
+    for (i, h) in held.into_iter().enumerate() {
+        let r = tokio::time::timeout(WAIT, h)
+            .await
+            .expect("answered")
+            .unwrap();
+        let p = problem(&r, 503, &format!("t{i}"));
+        let id = r.header("jit-ticket").expect("Jit-Ticket").to_string();
+        assert_eq!(p["ticket"], id.as_str());
+        assert!(tickets.insert(id));
+    }
+    let status = gw.wait_exit(Duration::from_secs(20)).expect("did not exit");
+    assert!(status.success(), "{status:?}\n{}", gw.stderr_text());
+    assert_eq!(
+        origin.count(),
+        4,
+        "only the allowed requests reached the origin"
+    );
+}
+
+/// SPEC 6 over h2: two requests held on one h2c connection (two streams of one loop); the
+/// client resets one stream: its ticket is cancelled, the other stream stays held and is
+/// released by its approval, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reset_h2_stream_cancels_its_ticket_and_spares_its_neighbour() {
+    let origin = Origin::start();
+    let gw = Gateway::start(&config(&origin.url(), "", &sections(""), "", ROUTES));
+    let client = std::sync::Arc::new(Client::h2c().with_timeout(Duration::from_secs(60)));
+    let spawn = |path: &str| {
+        let (client, url) = (client.clone(), gw.url(path));
+        tokio::spawn(async move {
+            client
+                .send("POST", &url, &[BOB[0], BOB[1]], "{\"h2\":1}".to_string())
+                .await
+        })
+    };
+    let kept = spawn("/deploy/kept");
+    let reset = spawn("/deploy/reset");
+    wait_held_requests(&gw, 2.0).await;
+    let tickets = admin_call(&gw, "ops", "GET", "/v1/tickets?status=PENDING", "").await;
+    let id_of = |path: &str| {
+        tickets.json()["tickets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["request"]["path"] == path)
+            .unwrap_or_else(|| panic!("no ticket for {path}: {}", tickets.text()))["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (kept_id, reset_id) = (id_of("/deploy/kept"), id_of("/deploy/reset"));
+    reset.abort();
+    let _ = reset.await;
+    wait_status(&gw, &reset_id, "CANCELLED", WAIT).await;
+    wait_held_requests(&gw, 1.0).await;
+    let r = approve(&gw, "alice", &kept_id, "go").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let released = tokio::time::timeout(WAIT, kept)
+        .await
+        .expect("released")
+        .unwrap();
+    assert_eq!(released.status, 200, "{}", released.text());
+    assert_eq!(released.json()["pathAndQuery"], "/deploy/kept");
+    origin.wait_for(1, WAIT).await;
+    origin
+        .assert_no_new_requests(Duration::from_millis(300))
+        .await;
+    assert_eq!(origin.count(), 1);
 }
