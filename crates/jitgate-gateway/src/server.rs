@@ -174,11 +174,16 @@ impl Gateway {
             &data_budget,
         )?;
         let admin_plane = plane(Plane::Admin, None);
-        tokio::select! {
-            () = shutdown => {}
-            () = admin_plane.accept_loop(&admin, permits(budget::ADMIN_CONNECTIONS)) => {}
-            () = workers.ended() => tracing::error!("a data-plane event loop ended; shutting down"),
-        }
+        // A data-plane loop that ends on its own (it could not listen, or panicked) takes the
+        // gateway down with a failure, for the supervisor to restart it whole.
+        let failed = tokio::select! {
+            () = shutdown => false,
+            () = admin_plane.accept_loop(&admin, permits(budget::ADMIN_CONNECTIONS)) => false,
+            () = workers.ended() => {
+                tracing::error!("a data-plane event loop ended; shutting down");
+                true
+            }
+        };
         // Close the listeners before saying so: "shutting down" means no new connection
         // can be accepted any more.
         drop(admin);
@@ -209,6 +214,9 @@ impl Gateway {
             tracing::warn!("the access log could not be written out: stdout does not take it");
         }
         workers.exit().await;
+        if failed {
+            return Err(std::io::Error::other("a data-plane event loop ended"));
+        }
         Ok(())
     }
 }

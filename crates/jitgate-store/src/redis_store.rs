@@ -945,10 +945,7 @@ async fn listen(
                 let moved = loop {
                     let msg = tokio::select! {
                         msg = messages.next() => msg,
-                        moved = primary.changed() => {
-                            if moved.is_err() {
-                                return;
-                            }
+                        () = moved(&mut primary) => {
                             tracing::info!("redis primary moved; subscribing there");
                             break true;
                         }
@@ -981,9 +978,16 @@ async fn listen(
         }
         tokio::select! {
             () = tokio::time::sleep(backoff) => {}
-            moved = primary.changed() => if moved.is_err() { return },
+            () = moved(&mut primary) => {}
         }
         backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Resolves when the primary moves; never without a follower (a standalone primary).
+async fn moved(primary: &mut watch::Receiver<Client>) {
+    if primary.changed().await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 

@@ -47,6 +47,8 @@ enum Phase {
 enum Event {
     Stopped,
     Drained,
+    /// Its thread is about to end (its runtime is gone).
+    Ended,
 }
 
 /// The running event loops.
@@ -55,6 +57,9 @@ pub(super) struct Workers {
     events: mpsc::UnboundedReceiver<Event>,
     stopped: usize,
     drained: usize,
+    ended: usize,
+    /// Never joined: [`Workers::exit`] waits for [`Event::Ended`] with a bound instead, so a
+    /// loop that cannot end cannot keep the process from exiting.
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -73,6 +78,7 @@ impl Workers {
             events,
             stopped: 0,
             drained: 0,
+            ended: 0,
             threads: Vec::new(),
         };
         let n = count();
@@ -103,9 +109,11 @@ impl Workers {
                 phase: workers.phase.subscribe(),
                 report,
             };
+            let ended = EndGuard(tx.clone());
             let thread = std::thread::Builder::new()
                 .name(format!("jitgate-data-{i}"))
                 .spawn(move || {
+                    let _ended = ended;
                     SLOT.with(|s| s.set(i + 1));
                     runtime.block_on(run.run(own));
                     runtime.shutdown_timeout(EXIT_TIMEOUT);
@@ -119,6 +127,7 @@ impl Workers {
         match self.events.recv().await {
             Some(Event::Stopped) => self.stopped += 1,
             Some(Event::Drained) => self.drained += 1,
+            Some(Event::Ended) => self.ended += 1,
             None => return false,
         }
         true
@@ -141,21 +150,24 @@ impl Workers {
         while self.drained < self.threads.len() && self.next().await {}
     }
 
-    /// Ends the loops, dropping any connection still open, and waits for their threads.
+    /// Ends the loops, dropping any connection still open, and waits (a bounded time) for
+    /// their threads to end.
     pub(super) async fn exit(mut self) {
         self.phase.send_replace(Phase::Exit);
-        let threads = std::mem::take(&mut self.threads);
-        let joined = tokio::task::spawn_blocking(move || {
-            for t in threads {
-                let _ = t.join();
-            }
-        });
-        if tokio::time::timeout(EXIT_TIMEOUT * 2, joined)
-            .await
-            .is_err()
-        {
+        let n = self.threads.len();
+        let ended = async { while self.ended < n && self.next().await {} };
+        if tokio::time::timeout(EXIT_TIMEOUT * 2, ended).await.is_err() {
             tracing::warn!("a data-plane event loop did not end in time");
         }
+    }
+}
+
+/// Sends [`Event::Ended`] when its thread ends, panicking or not.
+struct EndGuard(mpsc::UnboundedSender<Event>);
+
+impl Drop for EndGuard {
+    fn drop(&mut self) {
+        let _ = self.0.send(Event::Ended);
     }
 }
 
