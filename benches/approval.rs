@@ -56,16 +56,28 @@ fn main() {
         assert!(ok.success(), "openssl genpkey");
 
         if rounds > 0 {
-            let redis = Redis::start();
-            let a = Gw::start(dir.path(), "a", &config(origin, &redis.url(), &key));
-            let b = Gw::start(dir.path(), "b", &config(origin, &redis.url(), &key));
+            let topology = std::env::var("TOPOLOGY").unwrap_or_else(|_| "standalone".into());
+            // Kept alive for the whole part: dropping them kills the processes.
+            let (url, _redis, _sentinels) = match topology.as_str() {
+                "sentinel" => {
+                    let (url, nodes, sentinels) = sentinel_set(dir.path());
+                    (url, nodes, sentinels)
+                }
+                _ => {
+                    let redis = Redis::start(&[]);
+                    (redis.url(), vec![redis], Vec::new())
+                }
+            };
+            println!("store topology: {topology} ({url})");
+            let a = Gw::start(dir.path(), "a", &config(origin, &url, &key));
+            let b = Gw::start(dir.path(), "b", &config(origin, &url, &key));
             decision_to_release(&a, &b, rounds).await;
         }
         for store in stores.split(',').filter(|s| !s.is_empty()) {
             if held == 0 {
                 break;
             }
-            let redis = (store == "redis").then(Redis::start);
+            let redis = (store == "redis").then(|| Redis::start(&[]));
             let url = redis.as_ref().map(Redis::url).unwrap_or_default();
             let gw = Gw::start(dir.path(), store, &config(origin, &url, &key));
             many_held(&gw, held, store).await;
@@ -483,14 +495,81 @@ struct Redis {
     port: u16,
 }
 
+/// A primary with two replicas and three sentinels on loopback (`TOPOLOGY=sentinel`): the
+/// store URL, the data nodes and the sentinels (killed on drop).
+fn sentinel_set(dir: &Path) -> (String, Vec<Redis>, Vec<Redis>) {
+    let primary = Redis::start(&[]);
+    let replicaof = format!("127.0.0.1 {}", primary.port);
+    let nodes = vec![
+        primary,
+        Redis::start(&["--replicaof", &replicaof]),
+        Redis::start(&["--replicaof", &replicaof]),
+    ];
+    let mut sentinels = Vec::new();
+    for i in 0..3 {
+        let conf = dir.join(format!("sentinel-{i}.conf"));
+        std::fs::write(
+            &conf,
+            format!(
+                "sentinel monitor bench 127.0.0.1 {} 2\nsentinel down-after-milliseconds bench 1000\n",
+                nodes[0].port
+            ),
+        )
+        .unwrap();
+        sentinels.push(Redis::start(&[conf.to_str().unwrap(), "--sentinel"]));
+    }
+    // Until every sentinel knows both replicas.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for s in &sentinels {
+        loop {
+            let out = Command::new("redis-cli")
+                .args(["-p", &s.port.to_string(), "SENTINEL", "REPLICAS", "bench"])
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            if nodes[1..]
+                .iter()
+                .all(|n| text.contains(&n.port.to_string()))
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the sentinels never saw the replicas"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    // Until both replicas finished their first sync (WAIT counts only synced replicas).
+    loop {
+        let out = Command::new("redis-cli")
+            .args(["-p", &nodes[0].port.to_string(), "WAIT", "2", "1000"])
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&out.stdout).trim() == "2" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the replicas never synced");
+    }
+    let hosts: Vec<String> = sentinels
+        .iter()
+        .map(|s| format!("127.0.0.1:{}", s.port))
+        .collect();
+    let url = format!("redis+sentinel://{}/bench", hosts.join(","));
+    (url, nodes, sentinels)
+}
+
 impl Redis {
-    fn start() -> Redis {
+    /// A `redis-server` on a free port, with `extra` arguments (a sentinel's config file
+    /// first, say).
+    fn start(extra: &[&str]) -> Redis {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
         let child = Command::new("redis-server")
+            .args(extra.iter().take_while(|a| !a.starts_with("--")))
             .args([
                 "--port",
                 &port.to_string(),
@@ -501,6 +580,7 @@ impl Redis {
                 "--appendonly",
                 "no",
             ])
+            .args(extra.iter().skip_while(|a| !a.starts_with("--")))
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
