@@ -18,55 +18,20 @@ const SOON: Duration = Duration::from_secs(10);
 /// A gateway on `redis` with `store_extra` under `[store]`: an approve route on
 /// `POST /deploy/**` decided by `group:oncall`, and an allow catch-all.
 fn config(redis: &RedisServer, origin: &Origin, store_extra: &str) -> String {
-    format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-trusted_proxies = ["127.0.0.1/32"]
-
-[store]
-kind = "redis"
-url = "{redis}"
-{store_extra}
-
-[approvals]
-hold_timeout = "30s"
-reconcile_interval = "300ms"
-
-[[upstreams]]
-name = "origin"
-url = "{origin}"
-
-[[routes]]
-name = "{ROUTE}"
-methods = ["POST"]
-path = "/deploy/**"
-upstream = "origin"
-action = "approve"
-[routes.approval]
-approvers = ["group:oncall"]
-quorum = 1
-
-[[routes]]
-name = "everything-else"
-path = "/**"
-upstream = "origin"
-action = "allow"
-
-{identity}"#,
-        redis = redis.url(),
-        origin = origin.url(),
-        identity = identity_and_admin_toml(),
+    approve_route_config(
+        &format!("kind = \"redis\"\nurl = \"{}\"\n{store_extra}", redis.url()),
+        "hold_timeout = \"30s\"\nreconcile_interval = \"300ms\"",
+        &origin.url(),
     )
 }
 
-async fn deploy(gw: &Gateway) -> Response {
+/// `POST /deploy/web` on the approve route as bob (group dev) to the data plane at `data_url`.
+async fn deploy(data_url: String) -> Response {
     Client::http1()
         .with_timeout(Duration::from_secs(60))
         .send(
             "POST",
-            &gw.url("/deploy/web"),
+            &format!("{data_url}/deploy/web"),
             &[
                 ("x-user", "bob"),
                 ("x-groups", "dev"),
@@ -80,24 +45,7 @@ async fn deploy(gw: &Gateway) -> Response {
 /// Holds a request on `gw`, approves it, and checks it reached the origin once and that the
 /// ticket is in `redis`.
 async fn approved_through_the_store(gw: &Gateway, redis: &RedisServer, origin: &Origin) {
-    let held = {
-        let gw_url = gw.data_url().to_string();
-        tokio::spawn(async move {
-            Client::http1()
-                .with_timeout(Duration::from_secs(60))
-                .send(
-                    "POST",
-                    &format!("{gw_url}/deploy/web"),
-                    &[
-                        ("x-user", "bob"),
-                        ("x-groups", "dev"),
-                        ("content-type", "application/json"),
-                    ],
-                    r#"{"image":"web:1.4.2"}"#.to_string(),
-                )
-                .await
-        })
-    };
+    let held = tokio::spawn(deploy(gw.data_url().to_string()));
     let ticket = wait_pending(gw, ROUTE, SOON).await;
     let id = ticket["id"].as_str().expect("ticket id").to_string();
     assert_eq!(origin.count(), 0, "forwarded before approval");
@@ -130,7 +78,7 @@ async fn store_refused(gw: &Gateway, origin: &Origin) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let r = deploy(gw).await;
+    let r = deploy(gw.data_url().to_string()).await;
     assert_eq!(r.status, 503, "{}", r.text());
     assert_eq!(origin.count(), 0, "an approve-route request was forwarded");
     let r = send("GET", &gw.url("/healthcheck"), &[], "").await;

@@ -412,3 +412,46 @@ impl Drop for RedisServer {
 fn redis_server() -> PathBuf {
     std::env::var_os("REDIS_SERVER").map_or_else(|| PathBuf::from("redis-server"), PathBuf::from)
 }
+
+/// A gateway on loopback with `store` as its `[store]` lines and `approvals` as its
+/// `[approvals]` lines: an approve route `prod-deploy` on `POST /deploy/**` decided by
+/// `group:oncall` (quorum 1), an allow catch-all, both to `origin_url`, and the identity and
+/// admin sections of [`identity_and_admin_toml`].
+pub fn approve_route_config(store: &str, approvals: &str, origin_url: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+trusted_proxies = ["127.0.0.1/32"]
+
+[store]
+{store}
+
+[approvals]
+{approvals}
+
+[[upstreams]]
+name = "origin"
+url = "{origin_url}"
+
+[[routes]]
+name = "prod-deploy"
+methods = ["POST"]
+path = "/deploy/**"
+upstream = "origin"
+action = "approve"
+[routes.approval]
+approvers = ["group:oncall"]
+quorum = 1
+
+[[routes]]
+name = "everything-else"
+path = "/**"
+upstream = "origin"
+action = "allow"
+
+{identity}"#,
+        identity = identity_and_admin_toml(),
+    )
+}

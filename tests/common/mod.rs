@@ -21,8 +21,9 @@ pub mod tls;
 pub mod ws;
 
 pub use approval::{
-    admin_call, approve, audit_kinds, bearer_of, deny, identity_and_admin_toml, policy_config,
-    signing_key_pem, token_of, wait_audit, wait_pending, wait_status, wait_store_ok, RedisServer,
+    admin_call, approve, approve_route_config, audit_kinds, bearer_of, deny,
+    identity_and_admin_toml, policy_config, signing_key_pem, token_of, wait_audit, wait_pending,
+    wait_status, wait_store_ok, RedisServer,
 };
 pub use client::{body, body_with_trailers, raw_request, send, Client, RawResponse, Response};
 pub use gateway::{Gateway, GatewayBuilder, Sig};
