@@ -1299,3 +1299,75 @@ fn listen_clashing_with_default_admin_listen_points_at_listen() {
     let e = one_error("[server]\nwatch = true\nlisten = \"127.0.0.1:9090\"\n");
     assert!(e.contains(":3:10: error: `admin_listen`"), "{e}");
 }
+
+/// Red team (store over TLS / Sentinel): a `[store] url` error must not repeat the URL's
+/// password. These messages go to `jitgate check` output, to the log, to `lastReloadError`,
+/// and into the hash-chained `rules.rejected` audit event, which is never trimmed and cannot
+/// be edited without breaking the chain.
+#[test]
+fn store_url_errors_do_not_echo_the_password() {
+    for src in [
+        "[store]\nkind = \"redis\"\nurl = \"http://:hunter2@r:6379\"\n",
+        "[store]\nkind = \"redis\"\nurl = \"redis://app:hunter2@r:6379/0\"\nca_file = \"ca.pem\"\n",
+        "[store]\nkind = \"redis\"\nurl = \"redis+sentinel://app:hunter2@s1:26379/m\"\ntls = { cert = \"c.pem\", key = \"c.key\" }\n",
+        "[store]\nkind = \"redis\"\nurl = \"redis+sentinel://app:hunter2@s1:26379\"\n",
+        "[store]\nkind = \"redis\"\nurl = \"rediss://:hunter2@r:6379/#insecure\"\n",
+    ] {
+        let e = one_error(src);
+        assert!(!e.contains("hunter2"), "the password is in the error: {e}");
+    }
+}
+
+/// Red team: `replica_acks`, `sentinel_username` and `sentinel_password` mean nothing with
+/// the memory store. `ca_file` and `tls` are warned about there ("ignored with kind =
+/// \"memory\""), and `sentinel_*` are refused with a non-sentinel URL; these three pass
+/// silently, so an operator who forgot `kind = "redis"` is not told that the durability
+/// (`replica_acks`) they configured does not apply.
+#[test]
+fn redis_only_store_keys_are_flagged_with_the_memory_store() {
+    for key in [
+        "replica_acks = 2",
+        "sentinel_password = \"x\"",
+        "sentinel_username = \"x\"",
+    ] {
+        let t = parse(&format!("[store]\n{key}\n"));
+        let w: Vec<String> = t.warnings().iter().map(|d| d.to_string()).collect();
+        let name = key.split(' ').next().unwrap();
+        assert!(
+            w.iter().any(|d| d.contains(name)),
+            "`{key}` with the memory store passes without a word: {w:?}"
+        );
+    }
+}
+
+/// Red team: Sentinel URLs the parser reads as documented (withstood): user info with `@` and
+/// `:` in the password (percent-encoded or not), IPv6 hosts, the default port; and refusals.
+#[test]
+fn sentinel_urls_read_as_documented() {
+    let u = SentinelUrl::parse("redis+sentinel://app:p@ss:w@rd@[::1],s2:1/my%20master/2")
+        .unwrap()
+        .unwrap();
+    assert_eq!(u.username.as_deref(), Some("app"));
+    assert_eq!(u.password.as_deref(), Some("p@ss:w@rd"));
+    assert_eq!(
+        u.sentinels,
+        [("::1".to_string(), 26379), ("s2".to_string(), 1)]
+    );
+    assert_eq!((u.master.as_str(), u.db), ("my master", 2));
+    for bad in [
+        "redis+sentinel:///m",
+        "redis+sentinel://u:p@/m",
+        "redis+sentinel://s1//0",
+        "redis+sentinel://s1:65536/m",
+        "redis+sentinel://[::1]x/m",
+        "redis+sentinel://s1/m#insecure",
+    ] {
+        assert!(
+            matches!(SentinelUrl::parse(bad), Some(Err(_))),
+            "accepted {bad}"
+        );
+    }
+    // Through check: a fragment anywhere is refused before the sentinel parser.
+    let e = one_error("[store]\nkind = \"redis\"\nurl = \"rediss+sentinel://s1#insecure:1/m\"\n");
+    assert!(e.contains("#fragment"), "{e}");
+}
