@@ -578,8 +578,17 @@ fn store_tls(
         std::fs::read(path)
             .map_err(|e| EngineError(format!("[store] {key} {}: {e}", path.display())))
     };
+    let ca = ca_file.map(|p| read("ca_file", p)).transpose()?;
+    // No certificate at all would be no root at all: every server refused, for ever.
+    if let (Some(pem), Some(p)) = (&ca, ca_file) {
+        use rustls::pki_types::{pem::PemObject, CertificateDer};
+        if CertificateDer::pem_slice_iter(pem).next().is_none() {
+            let e = format!("[store] ca_file {}: no PEM certificate in it", p.display());
+            return Err(EngineError(e));
+        }
+    }
     Ok(Some(StoreTls {
-        ca: ca_file.map(|p| read("ca_file", p)).transpose()?,
+        ca,
         client: match client {
             Some(f) => Some((read("tls.cert", &f.cert)?, read("tls.key", &f.key)?)),
             None => None,

@@ -166,6 +166,18 @@ impl Cx<'_> {
                 for (key, f) in [
                     ("ca_file", t.ca_file.as_ref().map(|f| f.span.clone())),
                     ("tls", t.tls.as_ref().map(|f| f.span.clone())),
+                    (
+                        "sentinel_username",
+                        t.sentinel_username.as_ref().map(|f| f.span.clone()),
+                    ),
+                    (
+                        "sentinel_password",
+                        t.sentinel_password.as_ref().map(|f| f.span.clone()),
+                    ),
+                    (
+                        "replica_acks",
+                        t.replica_acks.as_ref().map(|f| f.span.clone()),
+                    ),
                 ] {
                     if let Some(span) = f {
                         self.warn(
@@ -196,7 +208,7 @@ impl Cx<'_> {
                     "rediss+cluster://",
                 ];
                 if !SCHEMES.iter().any(|s| u.starts_with(s)) || SCHEMES.contains(&u) {
-                    self.error(span, format!("`url` in [store] must be a redis:// or rediss:// URL (or +sentinel / +cluster), not `{u}`"));
+                    self.error(span, format!("`url` in [store] must be a redis:// or rediss:// URL (or +sentinel / +cluster), not `{}`", without_password(u)));
                     return None;
                 }
                 if u.contains('#') {
@@ -234,7 +246,7 @@ impl Cx<'_> {
                     ("tls", t.tls.as_ref().map(|f| f.span.clone())),
                 ] {
                     if let (Some(span), false) = (f, tls) {
-                        self.error(span, format!("`{key}` in [store] needs a TLS url (rediss://, rediss+sentinel://); `{u}` is plain text"));
+                        self.error(span, format!("`{key}` in [store] needs a TLS url (rediss://, rediss+sentinel://); `{}` is plain text", without_password(u)));
                         return None;
                     }
                 }
@@ -290,5 +302,15 @@ impl Cx<'_> {
             }
         };
         Some(Log { access })
+    }
+}
+
+/// `url` for an error message (logs, audit): without its user info, which may hold a password.
+fn without_password(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+    match authority.rsplit_once('@') {
+        Some((_, hosts)) => format!("{scheme}://…@{hosts}{}", &rest[authority.len()..]),
+        None => url.to_string(),
     }
 }
