@@ -305,6 +305,9 @@ fn check(file: &Path) -> ExitCode {
     };
     match RuleTable::parse(&src, file) {
         Ok(table) => {
+            if let Err(why) = jitgate_gateway::engine::check_store_url(table.config()) {
+                return fail(&format!("{}: error: [store] url: {why}", file.display()));
+            }
             for w in table.warnings() {
                 println!("{w}");
             }

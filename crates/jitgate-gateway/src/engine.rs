@@ -564,7 +564,24 @@ impl Drop for HoldGuard {
     }
 }
 
-/// Connects to Redis, retrying with backoff until it answers.
+/// Whether the store client accepts `[store]`'s URL and options (without reading the TLS
+/// files, which are read at start); the reason, never the URL (it may hold a password).
+pub fn check_store_url(cfg: &config::Config) -> Result<(), String> {
+    let config::Store::Redis {
+        url,
+        sentinel_username,
+        sentinel_password,
+        ..
+    } = &cfg.store
+    else {
+        return Ok(());
+    };
+    let mut opts = RedisOptions::new(url.clone());
+    opts.sentinel_username.clone_from(sentinel_username);
+    opts.sentinel_password.clone_from(sentinel_password);
+    RedisStore::check(&opts).map_err(|e| e.to_string())
+}
+
 /// The `[store]` TLS files, read at start: one that cannot be read stops the start rather
 /// than leaving approve routes answering 503 while the store is retried for ever.
 fn store_tls(
@@ -596,6 +613,7 @@ fn store_tls(
     }))
 }
 
+/// Connects to Redis, retrying with backoff until it answers.
 async fn connect(engine: Arc<Engine>, opts: RedisOptions) {
     let mut backoff = Duration::from_millis(200);
     let mut stop = engine.shutdown_signal();

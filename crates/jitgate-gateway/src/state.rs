@@ -190,7 +190,13 @@ pub fn load_table(path: &Path) -> Result<RuleTable, Vec<String>> {
 pub fn parse_table(bytes: Vec<u8>, path: &Path) -> Result<RuleTable, Vec<String>> {
     let src = String::from_utf8(bytes)
         .map_err(|e| vec![format!("{}: error: not UTF-8: {e}", path.display())])?;
-    RuleTable::parse(&src, path).map_err(|diags| render(&diags))
+    let table = RuleTable::parse(&src, path).map_err(|diags| render(&diags))?;
+    // What the store client itself refuses (a port out of range, a database that is not a
+    // number, an unknown option) is refused here too, so `check` and a reload never accept
+    // a file the next start would refuse.
+    crate::engine::check_store_url(table.config())
+        .map_err(|why| vec![format!("{}: error: [store] url: {why}", path.display())])?;
+    Ok(table)
 }
 
 fn render(diags: &[Diagnostic]) -> Vec<String> {

@@ -183,6 +183,9 @@ pub struct RedisStore {
     listener: JoinHandle<()>,
     /// With Sentinel: follows the primary through failovers.
     follower: Option<JoinHandle<()>>,
+    /// With Sentinel: how many replicas the sentinels could promote now (kept by the
+    /// follower); the default number of replicas a write must reach.
+    promotable: Arc<std::sync::atomic::AtomicU32>,
     scripts: Arc<Scripts>,
     prune: Mutex<PruneCursor>,
     /// This replica's turn at the audit head, and the head as this replica last wrote or saw
@@ -316,12 +319,17 @@ impl RedisStore {
             audit_seq.clone(),
             opts.connect_timeout,
         ));
+        // What the sentinels say at connect time; the follower keeps it current.
+        let promotable = Arc::new(std::sync::atomic::AtomicU32::new(
+            target.promotable().await.unwrap_or(0),
+        ));
         let follower = match target {
             Target::Direct(_) => None,
-            Target::Sentinel(_) => Some(tokio::spawn(follow(
+            Target::Sentinel { .. } => Some(tokio::spawn(follow(
                 target,
                 primary,
                 conn.clone(),
+                promotable.clone(),
                 opts.clone(),
             ))),
         };
@@ -332,6 +340,7 @@ impl RedisStore {
             audit_seq,
             listener,
             follower,
+            promotable,
             scripts: Arc::new(Scripts {
                 create: Script::new(&format!("{AUDIT_LUA}{CREATE_TICKET}")),
                 cas_tickets: Script::new(&format!("{AUDIT_LUA}{CAS_TICKETS}")),
@@ -364,10 +373,13 @@ impl RedisStore {
     /// primary the sentinels had just replaced is never acknowledged, so it fails here
     /// instead of being answered as done and then lost.
     async fn acked(&self, c: &mut ConnectionManager) -> Result<(), StoreError> {
-        let want = self
-            .opts
-            .replica_acks
-            .unwrap_or_else(|| u32::from(SentinelUrl::parse(&self.opts.url).is_some()));
+        let want = self.opts.replica_acks.unwrap_or_else(|| {
+            if self.follower.is_some() {
+                self.promotable.load(std::sync::atomic::Ordering::Relaxed)
+            } else {
+                0
+            }
+        });
         if want == 0 {
             return Ok(());
         }
@@ -997,7 +1009,12 @@ const SENTINEL_POLL: Duration = Duration::from_millis(250);
 /// Where the primary is: one address, or whatever the sentinels say.
 enum Target {
     Direct(Client),
-    Sentinel(tokio::sync::Mutex<redis::sentinel::SentinelClient>),
+    /// One client per sentinel, each asking its own sentinel first (the client asks only the
+    /// first that answers): a stale or lying sentinel cannot hide the primary the others name.
+    Sentinel {
+        clients: Vec<tokio::sync::Mutex<redis::sentinel::SentinelClient>>,
+        master: String,
+    },
 }
 
 impl Target {
@@ -1025,7 +1042,7 @@ impl Target {
         let u = sentinel.map_err(|why| StoreError::Unavailable(format!("bad redis url: {why}")))?;
         use redis::sentinel::{SentinelClientBuilder, SentinelServerType};
         use redis::{ConnectionAddr, TlsMode};
-        let addrs = u.sentinels.iter().map(|(host, port)| {
+        let addr = |(host, port): &(String, u16)| {
             if u.tls {
                 ConnectionAddr::TcpTls {
                     host: host.clone(),
@@ -1036,35 +1053,46 @@ impl Target {
             } else {
                 ConnectionAddr::Tcp(host.clone(), *port)
             }
-        });
-        let mut b = SentinelClientBuilder::new(addrs, &u.master, SentinelServerType::Master)
+        };
+        let mut clients = Vec::with_capacity(u.sentinels.len());
+        for first in 0..u.sentinels.len() {
+            let mut order = u.sentinels.clone();
+            order.rotate_left(first);
+            let mut b = SentinelClientBuilder::new(
+                order.iter().map(addr),
+                &u.master,
+                SentinelServerType::Master,
+            )
             .map_err(bad)?
             .set_client_to_redis_db(u.db);
-        if let Some(user) = &u.username {
-            b = b.set_client_to_redis_username(user);
-        }
-        if let Some(pass) = &u.password {
-            b = b.set_client_to_redis_password(pass);
-        }
-        if let Some(user) = &opts.sentinel_username {
-            b = b.set_client_to_sentinel_username(user);
-        }
-        if let Some(pass) = &opts.sentinel_password {
-            b = b.set_client_to_sentinel_password(pass);
-        }
-        if u.tls {
-            b = b
-                .set_client_to_redis_tls_mode(TlsMode::Secure)
-                .set_client_to_sentinel_tls_mode(TlsMode::Secure);
-            if let Some(certs) = certs {
-                b = b
-                    .set_client_to_redis_certificates(certs.clone())
-                    .set_client_to_sentinel_certificates(certs);
+            if let Some(user) = &u.username {
+                b = b.set_client_to_redis_username(user);
             }
+            if let Some(pass) = &u.password {
+                b = b.set_client_to_redis_password(pass);
+            }
+            if let Some(user) = &opts.sentinel_username {
+                b = b.set_client_to_sentinel_username(user);
+            }
+            if let Some(pass) = &opts.sentinel_password {
+                b = b.set_client_to_sentinel_password(pass);
+            }
+            if u.tls {
+                b = b
+                    .set_client_to_redis_tls_mode(TlsMode::Secure)
+                    .set_client_to_sentinel_tls_mode(TlsMode::Secure);
+                if let Some(certs) = &certs {
+                    b = b
+                        .set_client_to_redis_certificates(certs.clone())
+                        .set_client_to_sentinel_certificates(certs.clone());
+                }
+            }
+            clients.push(tokio::sync::Mutex::new(b.build().map_err(bad)?));
         }
-        Ok(Target::Sentinel(tokio::sync::Mutex::new(
-            b.build().map_err(bad)?,
-        )))
+        Ok(Target::Sentinel {
+            clients,
+            master: u.master,
+        })
     }
 
     /// A client for the primary: the sentinels are asked, and the node they name is checked
@@ -1072,8 +1100,58 @@ impl Target {
     async fn primary(&self) -> Result<Client, RedisError> {
         match self {
             Target::Direct(client) => Ok(client.clone()),
-            Target::Sentinel(s) => s.lock().await.async_get_client().await,
+            Target::Sentinel { clients, .. } => {
+                let mut last = None;
+                for c in clients {
+                    match c.lock().await.async_get_client().await {
+                        Ok(client) => return Ok(client),
+                        Err(e) => last = Some(e),
+                    }
+                }
+                Err(last.unwrap_or_else(|| {
+                    RedisError::from((redis::ErrorKind::InvalidClientConfig, "no sentinel"))
+                }))
+            }
         }
+    }
+
+    /// How many replicas the sentinels could promote now: those they list for the primary
+    /// and do not flag as down or disconnected (the most any sentinel answering reports).
+    async fn promotable(&self) -> Option<u32> {
+        let Target::Sentinel { clients, master } = self else {
+            return None;
+        };
+        let mut best: Option<u32> = None;
+        for c in clients {
+            let Ok(sentinel) = c.lock().await.async_get_sentinel_client().await else {
+                continue;
+            };
+            let Ok(mut conn) = sentinel.get_multiplexed_async_connection().await else {
+                continue;
+            };
+            let listed: Result<Vec<Vec<String>>, _> = redis::cmd("SENTINEL")
+                .arg("REPLICAS")
+                .arg(master)
+                .query_async(&mut conn)
+                .await;
+            let Ok(listed) = listed else { continue };
+            let healthy = listed
+                .iter()
+                .filter(|fields| {
+                    let flags = fields
+                        .chunks(2)
+                        .find(|kv| kv[0] == "flags")
+                        .and_then(|kv| kv.get(1))
+                        .map_or("", String::as_str);
+                    !flags
+                        .split(',')
+                        .any(|f| matches!(f, "s_down" | "o_down" | "disconnected"))
+                })
+                .count();
+            let healthy = u32::try_from(healthy).unwrap_or(u32::MAX);
+            best = Some(best.map_or(healthy, |b| b.max(healthy)));
+        }
+        best
     }
 }
 
@@ -1094,10 +1172,14 @@ async fn follow(
     target: Target,
     primary: watch::Sender<Client>,
     conn: Arc<std::sync::RwLock<ConnectionManager>>,
+    promotable: Arc<std::sync::atomic::AtomicU32>,
     opts: RedisOptions,
 ) {
     loop {
         tokio::time::sleep(SENTINEL_POLL).await;
+        if let Ok(Some(n)) = tokio::time::timeout(opts.op_timeout, target.promotable()).await {
+            promotable.store(n, std::sync::atomic::Ordering::Relaxed);
+        }
         let found = match tokio::time::timeout(opts.op_timeout, target.primary()).await {
             Ok(Ok(client)) => client,
             Ok(Err(e)) => {

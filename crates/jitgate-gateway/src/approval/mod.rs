@@ -649,6 +649,9 @@ async fn hold_then_finish(
                     }
                 }
             }
+            // While a release of ours is unsettled, a store that cannot be read is waited out
+            // too: the release may yet turn out to have landed.
+            Err(e @ GatewayError::StoreUnavailable { .. }) if !unconfirmed.is_empty() => e,
             waited => return Box::pin(conclude(x, route, waited, held)).await,
         };
         // The store could not confirm the release: nothing was forwarded. Hold on and look
