@@ -442,7 +442,10 @@ impl Gw {
     fn start(dir: &Path, name: &str, config: &str) -> Gw {
         let path = dir.join(format!("{name}.toml"));
         std::fs::write(&path, config).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_jitgate"))
+        // JITGATE_BIN: another build (an earlier commit's, say) for before/after figures.
+        let bin =
+            std::env::var_os("JITGATE_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_jitgate").into());
+        let mut child = Command::new(bin)
             .args(["serve", "--config"])
             .arg(&path)
             .env("RUST_LOG", "warn")

@@ -14,6 +14,7 @@
 #   ROUNDS [300]             rounds of part 1 (0 skips it and its redis-server)
 #   HELD [10000]             held requests of part 2 (0 skips it)
 #   STORES [memory,redis]    stores part 2 runs with, comma-separated
+#   JITGATE_BIN              gateway binary to run instead of the freshly built one
 #   TOPOLOGY [standalone]    part 1's Redis: standalone, or sentinel (a primary, two replicas
 #                            and three sentinels; every write then waits for a replica)
 # Needs on PATH: openssl (signing key), redis-server (part 1, and part 2 with redis).

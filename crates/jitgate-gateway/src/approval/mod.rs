@@ -625,22 +625,27 @@ async fn hold_then_finish(
         let retry = match waited {
             // A use this request made earlier landed: it is ours, once it will last.
             Ok(t) if t.releases.iter().any(|r| unconfirmed.contains(r)) => {
-                match x.engine().store().map(|s| s.durable()) {
-                    Ok(durable) => match durable.await {
-                        Ok(()) => {
-                            tracing::warn!(ticket = %id, "release confirmed after the store recovered");
-                            let spent = t;
-                            return Box::pin(release::forward_spent(x, route, held, &spent, None))
-                                .await;
-                        }
-                        Err(e) => store_error(&e, route, Some(&id)),
-                    },
-                    Err(e) => store_error(&e, route, Some(&id)),
+                // Boxed, with the ticket: nothing of this rare path sizes the hold.
+                match Box::pin(forward_if_durable(x, route, held, t)).await {
+                    Ok(resp) => return resp,
+                    Err(u) => {
+                        held = u.held;
+                        u.error
+                    }
                 }
             }
             Ok(t) if t.status == Status::Approved && t.mode != Mode::Access => {
-                let redeemed =
-                    Box::pin(release::redeem_held(x, route, held, t.id, &mut unconfirmed)).await;
+                let ticket = t.id.clone();
+                // Only the id is kept across the release.
+                drop(t);
+                let redeemed = Box::pin(release::redeem_held(
+                    x,
+                    route,
+                    held,
+                    ticket,
+                    &mut unconfirmed,
+                ))
+                .await;
                 match redeemed {
                     Ok(resp) => return resp,
                     Err(u) => {
@@ -662,6 +667,30 @@ async fn hold_then_finish(
         }
         tracing::warn!(ticket = %id, "the store could not confirm the release; holding on");
         tokio::time::sleep(RELEASE_RETRY).await;
+    }
+}
+
+/// Forwards `held` on its own earlier use recorded in `spent`, once the store confirms that
+/// use will last; gives the request back when it cannot.
+async fn forward_if_durable(
+    x: &Exchange<'_>,
+    route: &Route,
+    held: HeldRequest,
+    spent: Ticket,
+) -> Result<Response<ProxyBody>, release::Unredeemed> {
+    let durable = match x.engine().store() {
+        Ok(store) => store.durable().await,
+        Err(e) => Err(e),
+    };
+    match durable {
+        Ok(()) => {
+            tracing::warn!(ticket = %spent.id, "release confirmed after the store recovered");
+            Ok(release::forward_spent(x, route, held, &spent, None).await)
+        }
+        Err(e) => Err(release::Unredeemed {
+            held,
+            error: store_error(&e, route, Some(&spent.id)),
+        }),
     }
 }
 
