@@ -648,6 +648,14 @@ async fn hold_then_finish(
                 .await;
                 match redeemed {
                     Ok(resp) => return resp,
+                    // Pending again: hold on for the decision (answered 202 at the end), after
+                    // a pause, so a store still answering from both sides of a failover is
+                    // not asked in a tight loop.
+                    Err(u) if u.pending => {
+                        held = u.held;
+                        tokio::time::sleep(RELEASE_RETRY).await;
+                        continue;
+                    }
                     Err(u) => {
                         held = u.held;
                         u.error
@@ -690,6 +698,7 @@ async fn forward_if_durable(
         Err(e) => Err(release::Unredeemed {
             held,
             error: store_error(&e, route, Some(&spent.id)),
+            pending: false,
         }),
     }
 }

@@ -112,6 +112,9 @@ pub(super) async fn redeem(
 pub(super) struct Unredeemed {
     pub held: HeldRequest,
     pub error: GatewayError,
+    /// The ticket is pending again: its approval was lost with a replaced primary (the
+    /// request may wait for the decision to be taken again).
+    pub pending: bool,
 }
 
 /// [`redeem`], but a use the store cannot confirm gives the request back (`Err`) instead of
@@ -132,7 +135,11 @@ pub(super) async fn redeem_held(
     let engine = x.engine();
     let Ok(store) = engine.store() else {
         let error = GatewayError::StoreUnavailable { ticket: Some(id) };
-        return Err(Unredeemed { held, error });
+        return Err(Unredeemed {
+            held,
+            error,
+            pending: false,
+        });
     };
     let now = engine.now();
     let release = jitgate_store::new_release_id(now);
@@ -162,6 +169,15 @@ pub(super) async fn redeem_held(
             return Ok(x.answer(e, Some(route)));
         }
         Err(StoreError::Transition(e)) => {
+            let pending = matches!(
+                e,
+                ticket::TransitionError::NotApproved {
+                    status: ticket::Status::Pending
+                }
+            );
+            if pending {
+                tracing::warn!(ticket = %id, "the approval was lost (a store failover); the ticket is pending again");
+            }
             let detail = match e {
                 ticket::TransitionError::NotApproved {
                     status: ticket::Status::Executed,
@@ -174,6 +190,13 @@ pub(super) async fn redeem_held(
                 title: "No valid approval for this request",
                 reason: detail,
             };
+            if pending {
+                return Err(Unredeemed {
+                    held,
+                    error: e,
+                    pending: true,
+                });
+            }
             return Ok(x.answer(e, Some(route)));
         }
         Err(StoreError::Unavailable(why)) => {
@@ -193,7 +216,11 @@ pub(super) async fn redeem_held(
                     unconfirmed.push(release);
                     let e = StoreError::Unavailable(why);
                     let error = store_error(&e, route, Some(&id));
-                    return Err(Unredeemed { held, error });
+                    return Err(Unredeemed {
+                        held,
+                        error,
+                        pending: false,
+                    });
                 }
             }
         }
