@@ -22,46 +22,12 @@ const ROUTE: &str = "prod-deploy";
 const SOON: Duration = Duration::from_secs(20);
 
 fn config(store_url: &str, origin: &Origin, hold: &str, store_extra: &str) -> String {
-    format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-trusted_proxies = ["127.0.0.1/32"]
-
-[store]
-kind = "redis"
-url = "{store_url}"
-{store_extra}
-
-[approvals]
-hold_timeout = "{hold}"
-reconcile_interval = "300ms"
-signing_key = "key.pem"
-
-[[upstreams]]
-name = "origin"
-url = "{origin}"
-
-[[routes]]
-name = "{ROUTE}"
-methods = ["POST"]
-path = "/deploy/**"
-upstream = "origin"
-action = "approve"
-[routes.approval]
-approvers = ["group:oncall"]
-quorum = 1
-
-[[routes]]
-name = "everything-else"
-path = "/**"
-upstream = "origin"
-action = "allow"
-
-{identity}"#,
-        origin = origin.url(),
-        identity = identity_and_admin_toml(),
+    approve_route_config(
+        &format!("kind = \"redis\"\nurl = \"{store_url}\"\n{store_extra}"),
+        &format!(
+            "hold_timeout = \"{hold}\"\nreconcile_interval = \"300ms\"\nsigning_key = \"key.pem\""
+        ),
+        &origin.url(),
     )
 }
 
