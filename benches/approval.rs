@@ -496,6 +496,8 @@ impl Drop for Gw {
 struct Redis {
     child: Child,
     port: u16,
+    /// Its working folder (replication writes RDB files there).
+    _dir: tempfile::TempDir,
 }
 
 /// A primary with two replicas and three sentinels on loopback (`TOPOLOGY=sentinel`): the
@@ -571,6 +573,7 @@ impl Redis {
             .local_addr()
             .unwrap()
             .port();
+        let dir = tempfile::tempdir().unwrap();
         let child = Command::new("redis-server")
             .args(extra.iter().take_while(|a| !a.starts_with("--")))
             .args([
@@ -584,6 +587,8 @@ impl Redis {
                 "no",
             ])
             .args(extra.iter().skip_while(|a| !a.starts_with("--")))
+            .arg("--dir")
+            .arg(dir.path())
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
@@ -592,7 +597,11 @@ impl Redis {
             assert!(Instant::now() < deadline, "redis-server did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Redis { child, port }
+        Redis {
+            child,
+            port,
+            _dir: dir,
+        }
     }
 
     fn url(&self) -> String {

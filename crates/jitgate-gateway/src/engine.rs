@@ -168,23 +168,16 @@ impl Engine {
                 engine.install(Arc::new(MemoryStore::new(*retention)));
             }
             config::Store::Redis {
-                url,
-                retention,
                 ca_file,
                 client_tls,
-                sentinel_username,
-                sentinel_password,
-                replica_acks,
+                ..
             } => {
-                let mut opts = RedisOptions::new(url.clone());
-                opts.retention = *retention;
-                opts.sentinel_username.clone_from(sentinel_username);
-                opts.sentinel_password.clone_from(sentinel_password);
-                opts.replica_acks = *replica_acks;
-                opts.tls = store_tls(ca_file.as_deref(), client_tls.as_ref())?;
-                // A certificate that does not parse stops the start, as a bad URL does.
-                RedisStore::check(&opts).map_err(|e| EngineError(format!("[store]: {e}")))?;
-                tokio::spawn(connect(engine.clone(), opts));
+                if let Some(mut opts) = redis_options(&cfg.store) {
+                    opts.tls = store_tls(ca_file.as_deref(), client_tls.as_ref())?;
+                    // A certificate that does not parse stops the start, as a bad URL does.
+                    RedisStore::check(&opts).map_err(|e| EngineError(format!("[store]: {e}")))?;
+                    tokio::spawn(connect(engine.clone(), opts));
+                }
             }
         }
         Ok(engine)
@@ -567,19 +560,32 @@ impl Drop for HoldGuard {
 /// Whether the store client accepts `[store]`'s URL and options (without reading the TLS
 /// files, which are read at start); the reason, never the URL (it may hold a password).
 pub fn check_store_url(cfg: &config::Config) -> Result<(), String> {
+    match redis_options(&cfg.store) {
+        Some(opts) => RedisStore::check(&opts).map_err(|e| e.to_string()),
+        None => Ok(()),
+    }
+}
+
+/// What `[store]` says of reaching Redis, but its TLS files (read at start); `None` for the
+/// memory store.
+fn redis_options(store: &config::Store) -> Option<RedisOptions> {
     let config::Store::Redis {
         url,
+        retention,
         sentinel_username,
         sentinel_password,
+        replica_acks,
         ..
-    } = &cfg.store
+    } = store
     else {
-        return Ok(());
+        return None;
     };
     let mut opts = RedisOptions::new(url.clone());
+    opts.retention = *retention;
     opts.sentinel_username.clone_from(sentinel_username);
     opts.sentinel_password.clone_from(sentinel_password);
-    RedisStore::check(&opts).map_err(|e| e.to_string())
+    opts.replica_acks = *replica_acks;
+    Some(opts)
 }
 
 /// The `[store]` TLS files, read at start: one that cannot be read stops the start rather

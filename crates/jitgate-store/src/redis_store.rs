@@ -127,8 +127,9 @@ pub struct RedisOptions {
     pub sentinel_username: Option<String>,
     /// As `sentinel_username`.
     pub sentinel_password: Option<String>,
-    /// How many replicas must have each write (`WAIT`, up to `op_timeout`) before it counts;
-    /// fewer, and the operation fails as `Unavailable`. `None`: 1 behind Sentinel, else 0.
+    /// How many replicas must have each write (`WAIT`, up to half of `op_timeout`) before it
+    /// counts; fewer, and the operation fails as `Unavailable`. `None`: behind Sentinel, every
+    /// replica an answering sentinel sees up (1 while none has said), else 0.
     pub replica_acks: Option<u32>,
     /// Limit for establishing a connection.
     pub connect_timeout: Duration,
@@ -320,9 +321,17 @@ impl RedisStore {
             opts.connect_timeout,
         ));
         // What the sentinels say at connect time; the follower keeps it current.
-        let promotable = Arc::new(std::sync::atomic::AtomicU32::new(
-            target.promotable().await.unwrap_or(0),
-        ));
+        let promotable = tokio::time::timeout(opts.op_timeout, target.promotable())
+            .await
+            .ok()
+            .flatten();
+        // Unknown (no sentinel would say: an ACL without `sentinel|replicas`, say): one.
+        if promotable.is_none() && matches!(target, Target::Sentinel { .. }) {
+            tracing::warn!(
+                "no sentinel listed the replicas; every write waits for one replica until one does"
+            );
+        }
+        let promotable = Arc::new(std::sync::atomic::AtomicU32::new(promotable.unwrap_or(1)));
         let follower = match target {
             Target::Direct(_) => None,
             Target::Sentinel { .. } => Some(tokio::spawn(follow(
@@ -1003,6 +1012,9 @@ async fn moved(primary: &mut watch::Receiver<Client>) {
     }
 }
 
+/// The longest one sentinel is waited for when asked about the replicas.
+const SENTINEL_ASK_TIMEOUT: Duration = Duration::from_millis(500);
+
 /// How often the sentinels are asked which node is the primary.
 const SENTINEL_POLL: Duration = Duration::from_millis(250);
 
@@ -1012,7 +1024,7 @@ enum Target {
     /// One client per sentinel, each asking its own sentinel first (the client asks only the
     /// first that answers): a stale or lying sentinel cannot hide the primary the others name.
     Sentinel {
-        clients: Vec<tokio::sync::Mutex<redis::sentinel::SentinelClient>>,
+        clients: Vec<SentinelNode>,
         master: String,
     },
 }
@@ -1087,7 +1099,10 @@ impl Target {
                         .set_client_to_sentinel_certificates(certs.clone());
                 }
             }
-            clients.push(tokio::sync::Mutex::new(b.build().map_err(bad)?));
+            clients.push(SentinelNode {
+                client: tokio::sync::Mutex::new(b.build().map_err(bad)?),
+                asked: tokio::sync::Mutex::new(None),
+            });
         }
         Ok(Target::Sentinel {
             clients,
@@ -1103,7 +1118,7 @@ impl Target {
             Target::Sentinel { clients, .. } => {
                 let mut last = None;
                 for c in clients {
-                    match c.lock().await.async_get_client().await {
+                    match c.client.lock().await.async_get_client().await {
                         Ok(client) => return Ok(client),
                         Err(e) => last = Some(e),
                     }
@@ -1121,38 +1136,64 @@ impl Target {
         let Target::Sentinel { clients, master } = self else {
             return None;
         };
-        let mut best: Option<u32> = None;
+        // The replicas any answering sentinel sees up: sentinels judge `s_down` each on its
+        // own, and the one leading a failover may promote a replica the others see down.
+        let mut up: Option<std::collections::HashSet<String>> = None;
         for c in clients {
-            let Ok(sentinel) = c.lock().await.async_get_sentinel_client().await else {
-                continue;
-            };
-            let Ok(mut conn) = sentinel.get_multiplexed_async_connection().await else {
-                continue;
-            };
+            // The connection is kept between polls and opened again only after a failure.
+            let mut asked = c.asked.lock().await;
+            if asked.is_none() {
+                let Ok(sentinel) = c.client.lock().await.async_get_sentinel_client().await else {
+                    continue;
+                };
+                // Bounded, so a sentinel that stops answering cannot wedge the kept connection.
+                let config = redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(SENTINEL_ASK_TIMEOUT))
+                    .set_response_timeout(Some(SENTINEL_ASK_TIMEOUT));
+                let connecting = sentinel.get_multiplexed_async_connection_with_config(&config);
+                let Ok(conn) = connecting.await else {
+                    continue;
+                };
+                *asked = Some(conn);
+            }
+            let Some(conn) = asked.as_mut() else { continue };
             let listed: Result<Vec<Vec<String>>, _> = redis::cmd("SENTINEL")
                 .arg("REPLICAS")
                 .arg(master)
-                .query_async(&mut conn)
+                .query_async(conn)
                 .await;
-            let Ok(listed) = listed else { continue };
-            let healthy = listed
-                .iter()
-                .filter(|fields| {
-                    let flags = fields
-                        .chunks(2)
-                        .find(|kv| kv[0] == "flags")
-                        .and_then(|kv| kv.get(1))
-                        .map_or("", String::as_str);
-                    !flags
-                        .split(',')
-                        .any(|f| matches!(f, "s_down" | "o_down" | "disconnected"))
-                })
-                .count();
-            let healthy = u32::try_from(healthy).unwrap_or(u32::MAX);
-            best = Some(best.map_or(healthy, |b| b.max(healthy)));
+            let Ok(listed) = listed else {
+                *asked = None;
+                continue;
+            };
+            let field = |fields: &[String], name: &str| {
+                fields
+                    .chunks(2)
+                    .find(|kv| kv[0] == name)
+                    .and_then(|kv| kv.get(1))
+                    .cloned()
+                    .unwrap_or_default()
+            };
+            let seen = up.get_or_insert_with(Default::default);
+            for fields in &listed {
+                let flags = field(fields, "flags");
+                let down = flags
+                    .split(',')
+                    .any(|f| matches!(f, "s_down" | "o_down" | "disconnected"));
+                if !down {
+                    seen.insert(format!("{}:{}", field(fields, "ip"), field(fields, "port")));
+                }
+            }
         }
-        best
+        up.map(|up| u32::try_from(up.len()).unwrap_or(u32::MAX))
     }
+}
+
+/// One sentinel's view: a client asking it first, and the connection `SENTINEL REPLICAS` is
+/// asked on.
+struct SentinelNode {
+    client: tokio::sync::Mutex<redis::sentinel::SentinelClient>,
+    asked: tokio::sync::Mutex<Option<redis::aio::MultiplexedConnection>>,
 }
 
 /// A connection manager for `client` with the store's timeouts.

@@ -648,13 +648,14 @@ async fn hold_then_finish(
                 .await;
                 match redeemed {
                     Ok(resp) => return resp,
-                    // Pending again: hold on for the decision (answered 202 at the end), after
-                    // a pause, so a store still answering from both sides of a failover is
-                    // not asked in a tight loop.
+                    // Pending again (its approval lost in a failover): hold on for the
+                    // decision, answered 202 with the ticket if the hold ends first.
                     Err(u) if u.pending => {
                         held = u.held;
-                        tokio::time::sleep(RELEASE_RETRY).await;
-                        continue;
+                        GatewayError::Pending {
+                            ticket: id.clone(),
+                            expires_at,
+                        }
                     }
                     Err(u) => {
                         held = u.held;
@@ -695,11 +696,10 @@ async fn forward_if_durable(
             tracing::warn!(ticket = %spent.id, "release confirmed after the store recovered");
             Ok(release::forward_spent(x, route, held, &spent, None).await)
         }
-        Err(e) => Err(release::Unredeemed {
+        Err(e) => Err(release::Unredeemed::store_down(
             held,
-            error: store_error(&e, route, Some(&spent.id)),
-            pending: false,
-        }),
+            store_error(&e, route, Some(&spent.id)),
+        )),
     }
 }
 

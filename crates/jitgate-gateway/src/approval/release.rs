@@ -117,6 +117,17 @@ pub(super) struct Unredeemed {
     pub pending: bool,
 }
 
+impl Unredeemed {
+    /// The store could not confirm the use: `error` if the request is answered now.
+    pub fn store_down(held: HeldRequest, error: GatewayError) -> Unredeemed {
+        Unredeemed {
+            held,
+            error,
+            pending: false,
+        }
+    }
+}
+
 /// [`redeem`], but a use the store cannot confirm gives the request back (`Err`) instead of
 /// answering 503, with the release id of a write that may yet land added to `unconfirmed`
 /// (see [`forward_spent`]).
@@ -135,11 +146,7 @@ pub(super) async fn redeem_held(
     let engine = x.engine();
     let Ok(store) = engine.store() else {
         let error = GatewayError::StoreUnavailable { ticket: Some(id) };
-        return Err(Unredeemed {
-            held,
-            error,
-            pending: false,
-        });
+        return Err(Unredeemed::store_down(held, error));
     };
     let now = engine.now();
     let release = jitgate_store::new_release_id(now);
@@ -216,11 +223,7 @@ pub(super) async fn redeem_held(
                     unconfirmed.push(release);
                     let e = StoreError::Unavailable(why);
                     let error = store_error(&e, route, Some(&id));
-                    return Err(Unredeemed {
-                        held,
-                        error,
-                        pending: false,
-                    });
+                    return Err(Unredeemed::store_down(held, error));
                 }
             }
         }
