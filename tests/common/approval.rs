@@ -1,6 +1,7 @@
 //! Helpers for approval tests: admin credentials, requester identity, a real `redis-server`
 //! on a free loopback port, and admin-API shortcuts.
 
+use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -8,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::client::{send, Response};
+use super::client::{send, Client, Response};
 use super::gateway::Gateway;
 use super::origin::sha256_hex;
 
@@ -454,4 +455,92 @@ action = "allow"
 {identity}"#,
         identity = identity_and_admin_toml(),
     )
+}
+
+/// Holds `POST /deploy/<name>` on `gw` in the background, as bob (`prod-deploy` of
+/// [`approve_route_config`]).
+pub fn hold_deploy(gw: &Gateway, name: &str) -> tokio::task::JoinHandle<Response> {
+    let url = gw.url(&format!("/deploy/{name}"));
+    tokio::spawn(async move {
+        Client::http1()
+            .with_timeout(Duration::from_secs(90))
+            .send(
+                "POST",
+                &url,
+                &[
+                    ("host", "api.example.com"),
+                    ("x-user", "bob"),
+                    ("x-groups", "dev"),
+                    ("content-type", "application/json"),
+                ],
+                "{}".to_string(),
+            )
+            .await
+    })
+}
+
+/// Waits until `n` tickets of route `prod-deploy` ([`approve_route_config`]) are pending on
+/// `gw`; their ids by request path.
+pub async fn pending_deploys(gw: &Gateway, n: usize) -> BTreeMap<String, String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = admin_call(gw, "ops", "GET", "/v1/tickets?status=PENDING", "").await;
+        if r.status == 200 {
+            let found: BTreeMap<String, String> = r.json()["tickets"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|t| t["route"] == "prod-deploy")
+                .map(|t| {
+                    (
+                        t["request"]["path"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_string(),
+                        t["id"].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect();
+            if found.len() == n {
+                return found;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{n} pending tickets not seen: {}",
+            r.text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Approves `id` through `gw` as alice, asking again while the store is failing over or
+/// moving (502-504); an answer that the ticket is already approved (an earlier attempt
+/// landed but its answer was lost) counts as done.
+pub async fn approve_retrying(gw: &Gateway, id: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(45);
+    loop {
+        let r = approve(gw, "alice", id, "while the store moves").await;
+        match r.status.as_u16() {
+            200 => return,
+            409 => {
+                let t = admin_call(gw, "ops", "GET", &format!("/v1/tickets/{id}"), "").await;
+                let status = t.json()["status"].as_str().unwrap_or_default().to_string();
+                assert!(
+                    status == "APPROVED" || status == "EXECUTED",
+                    "approve {id}: 409 {} while the ticket is {status}",
+                    r.text()
+                );
+                return;
+            }
+            502..=504 => {}
+            s => panic!("approve {id}: {s} {}", r.text()),
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "approve {id} never went through: {}",
+            r.text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

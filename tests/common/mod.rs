@@ -8,6 +8,7 @@
 
 pub mod approval;
 pub mod client;
+pub mod cluster;
 pub mod gateway;
 pub mod hooks;
 pub mod metrics;
@@ -21,11 +22,12 @@ pub mod tls;
 pub mod ws;
 
 pub use approval::{
-    admin_call, approve, approve_route_config, audit_kinds, bearer_of, deny,
-    identity_and_admin_toml, policy_config, signing_key_pem, token_of, wait_audit, wait_pending,
-    wait_status, wait_store_ok, RedisServer,
+    admin_call, approve, approve_retrying, approve_route_config, audit_kinds, bearer_of, deny,
+    hold_deploy, identity_and_admin_toml, pending_deploys, policy_config, signing_key_pem,
+    token_of, wait_audit, wait_pending, wait_status, wait_store_ok, RedisServer,
 };
 pub use client::{body, body_with_trailers, raw_request, send, Client, RawResponse, Response};
+pub use cluster::RedisCluster;
 pub use gateway::{Gateway, GatewayBuilder, Sig};
 pub use hooks::{Hook, HookReceiver};
 pub use origin::{sha256_hex, Origin, Recorded};

@@ -21,7 +21,7 @@ mod sentinel;
 mod server;
 mod upstreams;
 pub use notify::{Notify, NotifyKind, NOTIFY_EVENTS};
-pub use sentinel::{SentinelUrl, SENTINEL_PORT};
+pub use sentinel::{ClusterUrl, SentinelUrl, SENTINEL_PORT};
 
 /// A parsed and validated `proxy.toml`.
 #[derive(Debug, Clone)]

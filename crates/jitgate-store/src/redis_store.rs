@@ -40,19 +40,23 @@
 //! and by [`Store::prune`], which removes entries whose record is gone, a bounded batch at a
 //! time.
 //!
-//! The scripts touch index keys in other slots, so Redis Cluster is not supported yet
-//! (standalone, or a primary behind Sentinel, is).
+//! On Redis Cluster (`redis+cluster://`) every key above starts with the hash tag `{jit}`
+//! (see [`Keys`]): a script writes a record, its indexes and the audit chain atomically, and
+//! Cluster runs a script only over keys of one slot. So the store lives in one slot, on one
+//! primary at a time; the cluster moves it (resharding, failover) and the client follows
+//! MOVED/ASK/TRYAGAIN. Cluster gives the store failover and shares the nodes with other
+//! data, not write throughput beyond one primary.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use jitgate_rules::config::SentinelUrl;
+use jitgate_rules::config::{ClusterUrl, SentinelUrl};
 use jitgate_rules::ticket::{
     AuditDraft, AuditEvent, Grant, GrantId, Status, Ticket, TicketId, Timestamp, GENESIS,
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, RedisError, Script};
+use redis::{Client, RedisError, RedisResult, Script};
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
@@ -112,6 +116,96 @@ fn per_requester(kind: &str, route: &str, requester: &str) -> String {
 /// `None`: a key no script writes (tickets without a source are not indexed by address).
 fn per_source(source: Option<&str>) -> String {
     format!("jit:ps:{}", source.unwrap_or_default())
+}
+
+/// The hash tag every key carries on Redis Cluster (see [`Keys`]).
+const CLUSTER_TAG: &str = "{jit}";
+
+/// The slot of [`CLUSTER_TAG`]: CRC16 (XMODEM) of the tag's inside, modulo 16384.
+fn cluster_slot() -> u16 {
+    let inside = CLUSTER_TAG.trim_start_matches('{').trim_end_matches('}');
+    crc16::State::<crc16::XMODEM>::calculate(inside.as_bytes()) % 16384
+}
+
+/// The store's key names. Standalone and behind Sentinel they are the names above. On Redis
+/// Cluster every name starts with the hash tag [`CLUSTER_TAG`], so that every key is in one
+/// slot: each script writes a record, its indexes and the audit chain atomically, and a
+/// script may only touch keys of one slot. The slot moves between primaries like any other
+/// (resharding, failover); the client follows it.
+#[derive(Clone, Copy)]
+struct Keys {
+    tag: &'static str,
+}
+
+impl Keys {
+    fn of(self, name: &str) -> String {
+        format!("{}{name}", self.tag)
+    }
+    fn pending(self) -> String {
+        self.of(PENDING)
+    }
+    fn tickets(self) -> String {
+        self.of(TICKETS)
+    }
+    fn grants(self) -> String {
+        self.of(GRANTS)
+    }
+    fn timers(self) -> String {
+        self.of(TIMERS)
+    }
+    fn audit(self) -> String {
+        self.of(AUDIT)
+    }
+    fn audit_head(self) -> String {
+        self.of(AUDIT_HEAD)
+    }
+    fn outbox_cursor(self) -> String {
+        self.of(OUTBOX_CURSOR)
+    }
+    fn outbox_channels(self) -> String {
+        self.of(OUTBOX_CHANNELS)
+    }
+    fn outbox_data(self) -> String {
+        self.of(OUTBOX_DATA)
+    }
+    fn outbox_tries(self) -> String {
+        self.of(OUTBOX_TRIES)
+    }
+    fn outbox_claims(self) -> String {
+        self.of(OUTBOX_CLAIMS)
+    }
+    fn outbox_due(self, channel: &str) -> String {
+        self.of(&outbox_due(channel))
+    }
+    fn per_key_sets(self) -> String {
+        self.of(PER_KEY_SETS)
+    }
+    fn ticket(self, id: &TicketId) -> String {
+        self.of(&ticket_key(id))
+    }
+    fn grant(self, id: &GrantId) -> String {
+        self.of(&grant_key(id))
+    }
+    fn coalesce(self, k: &str) -> String {
+        self.of(&coalesce_key(k))
+    }
+    fn per_requester(self, kind: &str, route: &str, requester: &str) -> String {
+        self.of(&per_requester(kind, route, requester))
+    }
+    fn per_source(self, source: Option<&str>) -> String {
+        self.of(&per_source(source))
+    }
+    fn sources(self, requester: &str) -> String {
+        self.of(&sources_key(requester))
+    }
+    /// A key no script writes, in the slot of the others (a script's unused key slot).
+    fn unused(self) -> String {
+        self.of("")
+    }
+    /// `key` without the tag.
+    fn untagged(self, key: &str) -> &str {
+        key.strip_prefix(self.tag).unwrap_or(key)
+    }
 }
 
 /// How to reach Redis and how long to wait for it.
@@ -174,18 +268,78 @@ impl RedisOptions {
     }
 }
 
+/// A connection to the primary (standalone, Sentinel) or to the cluster.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    /// Routes each command by its keys' slot and follows MOVED/ASK redirections.
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+impl Conn {
+    /// Runs `cmd`, which names no key, where the store's keys are: on the cluster, the
+    /// primary of [`CLUSTER_TAG`]'s slot (`SCAN`, `WAIT`, `PING`, `ROLE` are about that node,
+    /// not a random one); elsewhere, on the primary.
+    async fn at_keys<T: redis::FromRedisValue>(&mut self, cmd: redis::Cmd) -> RedisResult<T> {
+        match self {
+            Conn::Single(c) => cmd.query_async(c).await,
+            Conn::Cluster(c) => {
+                use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+                let route = Route::new(cluster_slot(), SlotAddr::Master);
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
+                let v = c.route_command(cmd, routing).await?;
+                Ok(redis::from_redis_value(v)?)
+            }
+        }
+    }
+}
+
 /// The Redis [`Store`].
 pub struct RedisStore {
-    /// To the primary; replaced when the sentinels name another one.
-    conn: Arc<std::sync::RwLock<ConnectionManager>>,
+    /// To the primary (replaced when the sentinels name another one), or to the cluster.
+    conn: Arc<std::sync::RwLock<Conn>>,
+    keys: Keys,
     opts: RedisOptions,
     decisions: broadcast::Sender<TicketId>,
     audit_seq: watch::Sender<u64>,
     listener: JoinHandle<()>,
-    /// With Sentinel: follows the primary through failovers.
+    /// With Sentinel: follows the primary through failovers. With Cluster: counts the
+    /// replicas of the store's slot.
     follower: Option<JoinHandle<()>>,
-    /// With Sentinel: how many replicas the sentinels could promote now (kept by the
-    /// follower); the default number of replicas a write must reach.
+    /// With Sentinel: how many replicas the sentinels could promote now; with Cluster: how
+    /// many replicas the primary of the store's slot has connected (kept by the follower).
+    /// The default number of replicas a write must reach.
     promotable: Arc<std::sync::atomic::AtomicU32>,
     scripts: Arc<Scripts>,
     prune: Mutex<PruneCursor>,
@@ -263,10 +417,10 @@ enum Record {
 
 impl Record {
     /// The record key of an index member; `None` for a member that is not an id.
-    fn key(self, member: &str) -> Option<String> {
+    fn key(self, keys: Keys, member: &str) -> Option<String> {
         match self {
-            Record::Ticket => TicketId::parse(member).ok().map(|id| ticket_key(&id)),
-            Record::Grant => GrantId::parse(member).ok().map(|id| grant_key(&id)),
+            Record::Ticket => TicketId::parse(member).ok().map(|id| keys.ticket(&id)),
+            Record::Grant => GrantId::parse(member).ok().map(|id| keys.grant(&id)),
         }
     }
 }
@@ -303,9 +457,16 @@ impl RedisStore {
     pub async fn connect(opts: RedisOptions) -> Result<Self, StoreError> {
         let target = Target::new(&opts)?;
         let (client, conn) = tokio::time::timeout(opts.connect_timeout + opts.op_timeout, async {
+            if let Target::Cluster { client, seeds } = &target {
+                let config = redis::cluster::ClusterConfig::new()
+                    .set_connection_timeout(opts.connect_timeout)
+                    .set_response_timeout(opts.op_timeout);
+                let conn = client.get_async_connection_with_config(config).await?;
+                return Ok::<_, RedisError>((seeds[0].clone(), Conn::Cluster(conn)));
+            }
             let client = target.primary().await?;
             let conn = manager(client.clone(), &opts).await?;
-            Ok::<_, RedisError>((client, conn))
+            Ok((client, Conn::Single(conn)))
         })
         .await
         .map_err(|_| StoreError::Unavailable("timed out connecting to redis".into()))?
@@ -314,17 +475,40 @@ impl RedisStore {
         let (primary, primary_rx) = watch::channel(client);
         let (decisions, _) = broadcast::channel(1024);
         let (audit_seq, _) = watch::channel(0);
+        // Cluster: every node hears every PUBLISH, so the listener may use any; it moves to
+        // the next seed node whenever one fails.
+        let seeds = match &target {
+            Target::Cluster { seeds, .. } => seeds.clone(),
+            _ => Vec::new(),
+        };
         let listener = tokio::spawn(listen(
             primary_rx,
+            seeds,
             decisions.clone(),
             audit_seq.clone(),
             opts.connect_timeout,
         ));
+        let keys = Keys {
+            tag: if matches!(target, Target::Cluster { .. }) {
+                CLUSTER_TAG
+            } else {
+                ""
+            },
+        };
         // What the sentinels say at connect time; the follower keeps it current.
-        let promotable = tokio::time::timeout(opts.op_timeout, target.promotable())
-            .await
-            .ok()
-            .flatten();
+        let promotable = match &target {
+            Target::Cluster { .. } => {
+                let mut c = conn.read().unwrap_or_else(|p| p.into_inner()).clone();
+                tokio::time::timeout(opts.op_timeout, slot_replicas(&mut c))
+                    .await
+                    .ok()
+                    .flatten()
+            }
+            _ => tokio::time::timeout(opts.op_timeout, target.promotable())
+                .await
+                .ok()
+                .flatten(),
+        };
         // Unknown (no sentinel would say: an ACL without `sentinel|replicas`, say): one.
         if promotable.is_none() && matches!(target, Target::Sentinel { .. }) {
             tracing::warn!(
@@ -334,6 +518,11 @@ impl RedisStore {
         let promotable = Arc::new(std::sync::atomic::AtomicU32::new(promotable.unwrap_or(1)));
         let follower = match target {
             Target::Direct(_) => None,
+            Target::Cluster { .. } => Some(tokio::spawn(count_slot_replicas(
+                conn.clone(),
+                promotable.clone(),
+                opts.op_timeout,
+            ))),
             Target::Sentinel { .. } => Some(tokio::spawn(follow(
                 target,
                 primary,
@@ -344,6 +533,7 @@ impl RedisStore {
         };
         Ok(RedisStore {
             conn,
+            keys,
             opts,
             decisions,
             audit_seq,
@@ -381,7 +571,7 @@ impl RedisStore {
     /// resynchronised from the promoted replica); with Sentinel, a write that reached a
     /// primary the sentinels had just replaced is never acknowledged, so it fails here
     /// instead of being answered as done and then lost.
-    async fn acked(&self, c: &mut ConnectionManager) -> Result<(), StoreError> {
+    async fn acked(&self, c: &mut Conn) -> Result<(), StoreError> {
         let want = self.opts.replica_acks.unwrap_or_else(|| {
             if self.follower.is_some() {
                 self.promotable.load(std::sync::atomic::Ordering::Relaxed)
@@ -397,12 +587,9 @@ impl RedisStore {
         let timeout = u64::try_from((self.opts.op_timeout / 2).as_millis())
             .unwrap_or(u64::MAX)
             .max(1);
-        let got: u32 = redis::cmd("WAIT")
-            .arg(want)
-            .arg(timeout)
-            .query_async(c)
-            .await
-            .map_err(unavailable)?;
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(want).arg(timeout);
+        let got: u32 = c.at_keys(wait).await.map_err(unavailable)?;
         if got < want {
             return Err(StoreError::Unavailable(format!(
                 "the write reached {got} of the {want} replica(s) it needs"
@@ -411,8 +598,8 @@ impl RedisStore {
         Ok(())
     }
 
-    /// The connection to the primary.
-    fn conn(&self) -> ConnectionManager {
+    /// The connection to the primary, or to the cluster.
+    fn conn(&self) -> Conn {
         self.conn.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
@@ -420,7 +607,7 @@ impl RedisStore {
     async fn audit_range(&self, from: u64, count: usize) -> Result<Vec<(u64, String)>, StoreError> {
         let mut c = self.conn();
         let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
-            .arg(AUDIT)
+            .arg(self.keys.audit())
             .arg(format!("{from}-0"))
             .arg("+")
             .arg("COUNT")
@@ -488,11 +675,11 @@ impl RedisStore {
     }
 
     async fn read_ticket(&self, id: &TicketId) -> Result<Option<(String, Ticket)>, StoreError> {
-        self.read_json(&ticket_key(id), "ticket").await
+        self.read_json(&self.keys.ticket(id), "ticket").await
     }
 
     async fn read_grant(&self, id: &GrantId) -> Result<Option<(String, Grant)>, StoreError> {
-        self.read_json(&grant_key(id), "grant").await
+        self.read_json(&self.keys.grant(id), "grant").await
     }
 
     /// [`Store::transition_many`] for up to [`BATCH`] tickets: one read of them all with the
@@ -515,9 +702,9 @@ impl RedisStore {
             rounds += 1;
             let mut read = redis::cmd("MGET");
             for &i in &todo {
-                read.arg(ticket_key(&ids[i]));
+                read.arg(self.keys.ticket(&ids[i]));
             }
-            read.arg(AUDIT_HEAD);
+            read.arg(self.keys.audit_head());
             let mut c = self.conn();
             let mut values: Vec<Option<String>> =
                 read.query_async(&mut c).await.map_err(unavailable)?;
@@ -537,9 +724,9 @@ impl RedisStore {
                     }
                 };
                 match f(&current) {
-                    Ok(next) => ops.push(TicketWrite::new(
-                        i, raw, &current, next, audit, at, &self.opts,
-                    )?),
+                    Ok(next) => {
+                        ops.push(TicketWrite::new(i, raw, &current, next, audit, at, self)?)
+                    }
                     Err(e) => out[i] = Some(Err(StoreError::Transition(e))),
                 }
             }
@@ -553,7 +740,9 @@ impl RedisStore {
             let mut moved = 0;
             todo = loop {
                 let mut inv = self.scripts.cas_tickets.prepare_invoke();
-                inv.key(AUDIT_HEAD).key(AUDIT).arg(ops.len());
+                inv.key(self.keys.audit_head())
+                    .key(self.keys.audit())
+                    .arg(ops.len());
                 for op in &ops {
                     op.add(&mut inv);
                 }
@@ -663,7 +852,7 @@ impl RedisStore {
         let mut c = self.conn();
         let mut both: Vec<Option<String>> = redis::cmd("MGET")
             .arg(key)
-            .arg(AUDIT_HEAD)
+            .arg(self.keys.audit_head())
             .query_async(&mut c)
             .await
             .map_err(unavailable)?;
@@ -763,7 +952,7 @@ impl RedisStore {
         inv.key(index);
         let mut garbage = Vec::new();
         for m in members {
-            match record.key(m) {
+            match record.key(self.keys, m) {
                 Some(key) => {
                     inv.key(key).arg(m);
                 }
@@ -830,22 +1019,20 @@ impl RedisStore {
         let mut cursor = self.cursor(|c| c.scan);
         while *budget > 0 {
             let mut c = self.conn();
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
+            let mut scan = redis::cmd("SCAN");
+            scan.arg(cursor)
                 .arg("MATCH")
-                .arg(PER_KEY_SETS)
+                .arg(self.keys.per_key_sets())
                 .arg("COUNT")
-                .arg(100)
-                .query_async(&mut c)
-                .await
-                .map_err(unavailable)?;
+                .arg(100);
+            let (next, keys): (u64, Vec<String>) = c.at_keys(scan).await.map_err(unavailable)?;
             // A SCAN step is work too, even when it finds nothing.
             *budget = budget.saturating_sub(keys.len() + 1);
             for key in keys {
                 if *budget == 0 {
                     break;
                 }
-                let record = if key.starts_with("jit:gr:") {
+                let record = if self.keys.untagged(&key).starts_with("jit:gr:") {
                     Record::Grant
                 } else {
                     Record::Ticket
@@ -890,7 +1077,7 @@ impl RedisStore {
             .iter()
             .filter_map(|raw| TicketId::parse(raw).ok())
             .collect();
-        let keys: Vec<String> = ids.iter().map(ticket_key).collect();
+        let keys: Vec<String> = ids.iter().map(|id| self.keys.ticket(id)).collect();
         for (id, value) in ids.iter().zip(self.mget(&keys).await?) {
             match value {
                 Some(raw) => out.push(decode("ticket", &raw)?),
@@ -915,7 +1102,7 @@ impl RedisStore {
             .iter()
             .filter_map(|raw| GrantId::parse(raw).ok())
             .collect();
-        let keys: Vec<String> = ids.iter().map(grant_key).collect();
+        let keys: Vec<String> = ids.iter().map(|id| self.keys.grant(id)).collect();
         self.mget(&keys)
             .await?
             .into_iter()
@@ -943,16 +1130,23 @@ impl RedisStore {
 
 /// Receives decisions on a dedicated pub/sub connection to the primary and fans them out;
 /// reconnects with backoff (up to 5 s) whenever the connection fails or is killed, and
-/// subscribes again on the new primary when the sentinels name one.
+/// subscribes again on the new primary when the sentinels name one. With `seeds` (a
+/// cluster's nodes, any of which hears every PUBLISH), each reconnection tries the next one.
 async fn listen(
     mut primary: watch::Receiver<Client>,
+    seeds: Vec<Client>,
     tx: broadcast::Sender<TicketId>,
     audit_seq: watch::Sender<u64>,
     connect_timeout: Duration,
 ) {
     let mut backoff = Duration::from_millis(50);
+    let mut turn = 0usize;
     loop {
-        let client = primary.borrow_and_update().clone();
+        let client = match seeds.get(turn % seeds.len().max(1)) {
+            Some(seed) => seed.clone(),
+            None => primary.borrow_and_update().clone(),
+        };
+        turn = turn.wrapping_add(1);
         let attempt = async {
             let mut ps = client.get_async_pubsub().await?;
             ps.subscribe(&[DECISIONS, AUDIT_NEW]).await?;
@@ -1027,6 +1221,11 @@ enum Target {
         clients: Vec<SentinelNode>,
         master: String,
     },
+    /// A Redis Cluster, and a client per seed node for the decision listener.
+    Cluster {
+        client: redis::cluster::ClusterClient,
+        seeds: Vec<Client>,
+    },
 }
 
 impl Target {
@@ -1043,13 +1242,28 @@ impl Target {
                 }),
             root_cert: tls.ca.clone(),
         });
-        let Some(sentinel) = SentinelUrl::parse(&opts.url) else {
-            return match certs {
-                None => Client::open(opts.url.as_str()),
-                Some(certs) => Client::build_with_tls(opts.url.as_str(), certs),
+        let open = |url: &str| match &certs {
+            None => Client::open(url),
+            Some(certs) => Client::build_with_tls(url, certs.clone()),
+        };
+        if let Some(cluster) = ClusterUrl::parse(&opts.url) {
+            let u =
+                cluster.map_err(|why| StoreError::Unavailable(format!("bad redis url: {why}")))?;
+            let urls = u.node_urls();
+            let mut b = redis::cluster::ClusterClientBuilder::new(urls.iter().map(String::as_str))
+                .connection_timeout(opts.connect_timeout)
+                .response_timeout(opts.op_timeout);
+            if let Some(certs) = &certs {
+                b = b.certs(certs.clone());
             }
-            .map(Target::Direct)
-            .map_err(bad);
+            let seeds = urls.iter().map(|url| open(url)).collect::<Result<_, _>>();
+            return Ok(Target::Cluster {
+                client: b.build().map_err(bad)?,
+                seeds: seeds.map_err(bad)?,
+            });
+        }
+        let Some(sentinel) = SentinelUrl::parse(&opts.url) else {
+            return open(&opts.url).map(Target::Direct).map_err(bad);
         };
         let u = sentinel.map_err(|why| StoreError::Unavailable(format!("bad redis url: {why}")))?;
         use redis::sentinel::{SentinelClientBuilder, SentinelServerType};
@@ -1115,6 +1329,10 @@ impl Target {
     async fn primary(&self) -> Result<Client, RedisError> {
         match self {
             Target::Direct(client) => Ok(client.clone()),
+            Target::Cluster { .. } => Err(RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "a cluster has no single primary",
+            ))),
             Target::Sentinel { clients, .. } => {
                 let mut last = None;
                 for c in clients {
@@ -1196,6 +1414,36 @@ struct SentinelNode {
     asked: tokio::sync::Mutex<Option<redis::aio::MultiplexedConnection>>,
 }
 
+/// How many replicas the primary of the store's slot has connected (`ROLE`); `None` when it
+/// does not answer.
+async fn slot_replicas(c: &mut Conn) -> Option<u32> {
+    let role: redis::Value = c.at_keys(redis::cmd("ROLE")).await.ok()?;
+    let redis::Value::Array(parts) = role else {
+        return None;
+    };
+    match parts.get(2) {
+        Some(redis::Value::Array(replicas)) => u32::try_from(replicas.len()).ok(),
+        _ => None,
+    }
+}
+
+/// Keeps `promotable` at the number of replicas the primary of the store's slot has: those
+/// a cluster failover could promote, so every write waits for them (see
+/// [`RedisStore::acked`]). Asked every [`SENTINEL_POLL`].
+async fn count_slot_replicas(
+    conn: Arc<std::sync::RwLock<Conn>>,
+    promotable: Arc<std::sync::atomic::AtomicU32>,
+    op_timeout: Duration,
+) {
+    loop {
+        tokio::time::sleep(SENTINEL_POLL).await;
+        let mut c = conn.read().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Ok(Some(n)) = tokio::time::timeout(op_timeout, slot_replicas(&mut c)).await {
+            promotable.store(n, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
 /// A connection manager for `client` with the store's timeouts.
 async fn manager(client: Client, opts: &RedisOptions) -> Result<ConnectionManager, RedisError> {
     let config = ConnectionManagerConfig::new()
@@ -1212,7 +1460,7 @@ async fn manager(client: Client, opts: &RedisOptions) -> Result<ConnectionManage
 async fn follow(
     target: Target,
     primary: watch::Sender<Client>,
-    conn: Arc<std::sync::RwLock<ConnectionManager>>,
+    conn: Arc<std::sync::RwLock<Conn>>,
     promotable: Arc<std::sync::atomic::AtomicU32>,
     opts: RedisOptions,
 ) {
@@ -1238,7 +1486,7 @@ async fn follow(
         }
         match tokio::time::timeout(opts.connect_timeout, manager(found.clone(), &opts)).await {
             Ok(Ok(manager)) => {
-                *conn.write().unwrap_or_else(|p| p.into_inner()) = manager;
+                *conn.write().unwrap_or_else(|p| p.into_inner()) = Conn::Single(manager);
                 primary.send_replace(found);
                 tracing::warn!(primary = %addr, "the redis primary moved (failover); following it");
             }
@@ -1524,8 +1772,9 @@ impl TicketWrite {
         next: Ticket,
         audit: TicketAudit<'_>,
         now_: Timestamp,
-        opts: &RedisOptions,
+        store: &RedisStore,
     ) -> Result<TicketWrite, StoreError> {
+        let (opts, keys) = (&store.opts, store.keys);
         let drafts = audit(current, &next);
         let effects = Effects::of(current, &next);
         let json = encode(&next)?;
@@ -1542,18 +1791,17 @@ impl TicketWrite {
             None => None,
         };
         let keys = [
-            ticket_key(&current.id),
-            PENDING.to_string(),
-            per_requester("pr", &current.route, &requester),
-            coalesce_key(&current.fingerprint),
-            per_source(quota.as_deref()),
+            keys.ticket(&current.id),
+            keys.pending(),
+            keys.per_requester("pr", &current.route, &requester),
+            keys.coalesce(&current.fingerprint),
+            keys.per_source(quota.as_deref()),
             effects
                 .grant
                 .as_ref()
-                .map(|g| grant_key(&g.id))
-                .unwrap_or_default(),
-            GRANTS.to_string(),
-            per_requester("gr", &current.route, &requester),
+                .map_or_else(|| keys.unused(), |g| keys.grant(&g.id)),
+            keys.grants(),
+            keys.per_requester("gr", &current.route, &requester),
         ];
         Ok(TicketWrite {
             at,
@@ -1671,7 +1919,7 @@ impl Store for RedisStore {
         on_create: CreateAudit<'a>,
     ) -> StoreFuture<'a, (Ticket, bool)> {
         Box::pin(self.bounded(async move {
-            let ckey = coalesce_key(coalesce);
+            let ckey = self.keys.coalesce(coalesce);
             let json = encode(&ticket)?;
             let quota = ticket.quota_key();
             let source = quota.as_deref();
@@ -1691,18 +1939,18 @@ impl Store for RedisStore {
                 let ttl = px(ticket_keep_until(&ticket, at, self.opts.retention), at);
                 let build = |inv: &mut redis::ScriptInvocation<'_>| {
                     inv.key(&ckey)
-                        .key(ticket_key(&ticket.id))
-                        .key(PENDING)
-                        .key(per_requester(
+                        .key(self.keys.ticket(&ticket.id))
+                        .key(self.keys.pending())
+                        .key(self.keys.per_requester(
                             "pr",
                             &ticket.route,
                             ticket.requester.key().as_ref(),
                         ))
-                        .key(TICKETS)
-                        .key(per_source(source))
-                        .key(AUDIT_HEAD)
-                        .key(AUDIT)
-                        .key(TIMERS)
+                        .key(self.keys.tickets())
+                        .key(self.keys.per_source(source))
+                        .key(self.keys.audit_head())
+                        .key(self.keys.audit())
+                        .key(self.keys.timers())
                         .arg(existing.as_deref().unwrap_or_default())
                         .arg(ticket.id.as_str())
                         .arg(&json)
@@ -1752,16 +2000,20 @@ impl Store for RedisStore {
             };
             let requester = ticket.requester.key();
             let build = |inv: &mut redis::ScriptInvocation<'_>| {
-                inv.key(ticket_key(&ticket.id)).key(TICKETS);
+                inv.key(self.keys.ticket(&ticket.id))
+                    .key(self.keys.tickets());
                 match &grant {
                     Some((g, _, _)) => inv
-                        .key(grant_key(&g.id))
-                        .key(GRANTS)
-                        .key(per_requester("gr", &g.route, &requester)),
-                    None => inv.key("").key(GRANTS).key(""),
+                        .key(self.keys.grant(&g.id))
+                        .key(self.keys.grants())
+                        .key(self.keys.per_requester("gr", &g.route, &requester)),
+                    None => inv
+                        .key(self.keys.unused())
+                        .key(self.keys.grants())
+                        .key(self.keys.unused()),
                 };
-                inv.key(AUDIT_HEAD)
-                    .key(AUDIT)
+                inv.key(self.keys.audit_head())
+                    .key(self.keys.audit())
                     .arg(ticket.id.as_str())
                     .arg(&json)
                     .arg(ttl)
@@ -1800,9 +2052,14 @@ impl Store for RedisStore {
             }
             if status == Some(Status::Pending) {
                 let ids = self
-                    .ids_in(redis::cmd("ZRANGE").arg(PENDING).arg(0).arg(limit - 1))
+                    .ids_in(
+                        redis::cmd("ZRANGE")
+                            .arg(self.keys.pending())
+                            .arg(0)
+                            .arg(limit - 1),
+                    )
                     .await?;
-                let mut out = self.tickets_by_ids(ids, PENDING).await?;
+                let mut out = self.tickets_by_ids(ids, &self.keys.pending()).await?;
                 out.retain(|t| t.status == Status::Pending);
                 return Ok(out);
             }
@@ -1814,14 +2071,14 @@ impl Store for RedisStore {
                 let ids = self
                     .ids_in(
                         redis::cmd("ZRANGE")
-                            .arg(TICKETS)
+                            .arg(self.keys.tickets())
                             .arg(start)
                             .arg(start + page - 1)
                             .arg("REV"),
                     )
                     .await?;
                 let n = ids.len();
-                let found = self.tickets_by_ids(ids, TICKETS).await?;
+                let found = self.tickets_by_ids(ids, &self.keys.tickets()).await?;
                 // Ids past retention were removed from the index, shifting later ranks down.
                 start += found.len();
                 for t in found {
@@ -1846,17 +2103,19 @@ impl Store for RedisStore {
         audit: TicketAudit<'a>,
     ) -> StoreFuture<'a, Ticket> {
         Box::pin(self.bounded(async move {
-            let key = ticket_key(id);
+            let key = self.keys.ticket(id);
             let mut attempts = Attempts::new();
             while attempts.left() {
                 let (raw, head) = self.read_with_head(&key).await?;
                 let raw = raw.ok_or(StoreError::NotFound)?;
                 let current: Ticket = decode("ticket", &raw)?;
                 let next = f(&current)?;
-                let write = TicketWrite::new(0, raw, &current, next, audit, now(), &self.opts)?;
+                let write = TicketWrite::new(0, raw, &current, next, audit, now(), self)?;
                 // CAS_TICKETS over this one ticket.
                 let build = |inv: &mut redis::ScriptInvocation<'_>| {
-                    inv.key(AUDIT_HEAD).key(AUDIT).arg(1);
+                    inv.key(self.keys.audit_head())
+                        .key(self.keys.audit())
+                        .arg(1);
                     write.add(inv);
                 };
                 let script = &self.scripts.cas_tickets;
@@ -1920,7 +2179,7 @@ impl Store for RedisStore {
         ids: &'a [TicketId],
     ) -> StoreFuture<'a, Vec<Result<Option<Ticket>, StoreError>>> {
         Box::pin(self.bounded(async move {
-            let keys: Vec<String> = ids.iter().map(ticket_key).collect();
+            let keys: Vec<String> = ids.iter().map(|id| self.keys.ticket(id)).collect();
             // A record that cannot be read is that ticket's error, not the whole call's.
             Ok(self
                 .mget(&keys)
@@ -1938,7 +2197,7 @@ impl Store for RedisStore {
         Box::pin(self.bounded(async move {
             let mut c = self.conn();
             let known: i64 = redis::cmd("SISMEMBER")
-                .arg(sources_key(requester))
+                .arg(self.keys.sources(requester))
                 .arg(source)
                 .query_async(&mut c)
                 .await
@@ -1950,7 +2209,7 @@ impl Store for RedisStore {
     fn remember_source<'a>(&'a self, requester: &'a str, source: &'a str) -> StoreFuture<'a, ()> {
         Box::pin(self.bounded(async move {
             let mut c = self.conn();
-            let key = sources_key(requester);
+            let key = self.keys.sources(requester);
             let ttl = u64::try_from(self.opts.retention.as_millis()).unwrap_or(u64::MAX);
             let _: (i64, i64) = redis::pipe()
                 .cmd("SADD")
@@ -1968,7 +2227,7 @@ impl Store for RedisStore {
 
     fn due_timers(&self, now: Timestamp, limit: usize) -> StoreFuture<'_, Vec<(TicketId, Timer)>> {
         Box::pin(self.bounded(async move {
-            let members = self.due_members(TIMERS, now, limit).await?;
+            let members = self.due_members(&self.keys.timers(), now, limit).await?;
             let mut c = self.conn();
             let mut out = Vec::with_capacity(members.len());
             for m in members {
@@ -1980,7 +2239,7 @@ impl Store for RedisStore {
                     None => {
                         // Not ours to interpret: drop it so it does not block the queue.
                         let _: Result<i64, _> = redis::cmd("ZREM")
-                            .arg(TIMERS)
+                            .arg(self.keys.timers())
                             .arg(&m)
                             .query_async(&mut c)
                             .await;
@@ -1995,7 +2254,7 @@ impl Store for RedisStore {
         Box::pin(self.bounded(async move {
             let mut c = self.conn();
             let _: i64 = redis::cmd("ZREM")
-                .arg(TIMERS)
+                .arg(self.keys.timers())
                 .arg(format!("{}:{}", timer.tag(), id.as_str()))
                 .query_async(&mut c)
                 .await
@@ -2008,7 +2267,7 @@ impl Store for RedisStore {
         Box::pin(self.bounded(async move {
             let mut c = self.conn();
             let raw: Vec<(String, f64)> = redis::cmd("ZRANGE")
-                .arg(PENDING)
+                .arg(self.keys.pending())
                 .arg(0)
                 .arg(-1)
                 .arg("WITHSCORES")
@@ -2033,7 +2292,7 @@ impl Store for RedisStore {
             for chunk in ids.chunks(1000) {
                 let mut pipe = redis::pipe();
                 for id in chunk {
-                    pipe.cmd("ZSCORE").arg(PENDING).arg(id.as_str());
+                    pipe.cmd("ZSCORE").arg(self.keys.pending()).arg(id.as_str());
                 }
                 let mut c = self.conn();
                 let scores: Vec<Option<f64>> =
@@ -2046,7 +2305,7 @@ impl Store for RedisStore {
 
     fn due_pending(&self, now: Timestamp, limit: usize) -> StoreFuture<'_, Vec<TicketId>> {
         Box::pin(self.bounded(async move {
-            let raw = self.due_members(PENDING, now, limit).await?;
+            let raw = self.due_members(&self.keys.pending(), now, limit).await?;
             Ok(raw
                 .iter()
                 .filter_map(|id| TicketId::parse(id).ok())
@@ -2063,12 +2322,12 @@ impl Store for RedisStore {
             let mut turn = self.audit_head.lock().await;
             let mut head = match turn.take() {
                 Some(h) => Some(h),
-                None => self.get_string(AUDIT_HEAD).await?,
+                None => self.get_string(&self.keys.audit_head()).await?,
             };
             // As in `commit`: retried until it lands or `op_timeout` passes.
             loop {
                 let mut inv = self.scripts.append_audit.prepare_invoke();
-                inv.key(AUDIT_HEAD).key(AUDIT);
+                inv.key(self.keys.audit_head()).key(self.keys.audit());
                 let (written, events) =
                     audit_args(&mut inv, head.as_deref(), std::slice::from_ref(&draft))?;
                 match self.run(&inv).await? {
@@ -2133,7 +2392,7 @@ impl Store for RedisStore {
             let mut c = self.conn();
             // Stream ids are `<seq>-0`: exclusive of `after`.
             let page: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
-                .arg(AUDIT)
+                .arg(self.keys.audit())
                 .arg(format!("({after}-0"))
                 .arg("+")
                 .arg("COUNT")
@@ -2150,7 +2409,7 @@ impl Store for RedisStore {
 
     fn audit_head(&self) -> StoreFuture<'_, (u64, String)> {
         Box::pin(self.bounded(async move {
-            let head = self.get_string(AUDIT_HEAD).await?;
+            let head = self.get_string(&self.keys.audit_head()).await?;
             let (seq, hash) = parse_head(head.as_deref())?;
             Ok((seq, hash.to_string()))
         }))
@@ -2164,7 +2423,8 @@ impl Store for RedisStore {
         Box::pin(self.bounded(async move {
             let mut c = self.conn();
             let mut inv = self.scripts.outbox_cursor.prepare_invoke();
-            inv.key(OUTBOX_CURSOR).key(AUDIT_HEAD);
+            inv.key(self.keys.outbox_cursor())
+                .key(self.keys.audit_head());
             let v: String = inv.invoke_async(&mut c).await.map_err(unavailable)?;
             v.parse()
                 .map_err(|_| StoreError::Corrupt(format!("outbox cursor `{v}` is not a number")))
@@ -2181,16 +2441,16 @@ impl Store for RedisStore {
         Box::pin(self.bounded(async move {
             let mut c = self.conn();
             let mut inv = self.scripts.outbox_enqueue.prepare_invoke();
-            inv.key(OUTBOX_CURSOR)
-                .key(AUDIT_HEAD)
-                .key(OUTBOX_CHANNELS)
-                .key(OUTBOX_DATA)
-                .key(OUTBOX_TRIES)
+            inv.key(self.keys.outbox_cursor())
+                .key(self.keys.audit_head())
+                .key(self.keys.outbox_channels())
+                .key(self.keys.outbox_data())
+                .key(self.keys.outbox_tries())
                 .arg(from)
                 .arg(to)
                 .arg(due.as_millis());
             for d in deliveries {
-                inv.key(outbox_due(&d.channel))
+                inv.key(self.keys.outbox_due(&d.channel))
                     .arg(&d.id)
                     .arg(&d.channel)
                     .arg(encode(d)?);
@@ -2205,7 +2465,7 @@ impl Store for RedisStore {
         Box::pin(self.bounded(async move {
             let mut c = self.conn();
             redis::cmd("SMEMBERS")
-                .arg(OUTBOX_CHANNELS)
+                .arg(self.keys.outbox_channels())
                 .query_async(&mut c)
                 .await
                 .map_err(unavailable)
@@ -2222,12 +2482,12 @@ impl Store for RedisStore {
         Box::pin(self.bounded(async move {
             let mut c = self.conn();
             let token = new_claim_token();
-            let due_key = outbox_due(channel);
+            let due_key = self.keys.outbox_due(channel);
             let mut inv = self.scripts.outbox_claim.prepare_invoke();
             inv.key(&due_key)
-                .key(OUTBOX_DATA)
-                .key(OUTBOX_TRIES)
-                .key(OUTBOX_CLAIMS)
+                .key(self.keys.outbox_data())
+                .key(self.keys.outbox_tries())
+                .key(self.keys.outbox_claims())
                 .arg(now.as_millis())
                 .arg(now.plus(lease).as_millis())
                 .arg(limit.max(1))
@@ -2255,10 +2515,10 @@ impl Store for RedisStore {
                         tracing::error!(delivery = %id, error = %e, "undecodable notification dropped from the outbox");
                         let mut drop = self.scripts.outbox_settle.prepare_invoke();
                         drop.key(&due_key)
-                            .key(OUTBOX_DATA)
-                            .key(OUTBOX_TRIES)
-                            .key(OUTBOX_CLAIMS)
-                            .key(OUTBOX_CHANNELS)
+                            .key(self.keys.outbox_data())
+                            .key(self.keys.outbox_tries())
+                            .key(self.keys.outbox_claims())
+                            .key(self.keys.outbox_channels())
                             .arg(id)
                             .arg(&token)
                             .arg("")
@@ -2279,11 +2539,11 @@ impl Store for RedisStore {
         Box::pin(self.bounded(async move {
             let mut c = self.conn();
             let mut inv = self.scripts.outbox_settle.prepare_invoke();
-            inv.key(outbox_due(&claimed.delivery.channel))
-                .key(OUTBOX_DATA)
-                .key(OUTBOX_TRIES)
-                .key(OUTBOX_CLAIMS)
-                .key(OUTBOX_CHANNELS)
+            inv.key(self.keys.outbox_due(&claimed.delivery.channel))
+                .key(self.keys.outbox_data())
+                .key(self.keys.outbox_tries())
+                .key(self.keys.outbox_claims())
+                .key(self.keys.outbox_channels())
                 .arg(&claimed.delivery.id)
                 .arg(&claimed.token)
                 .arg(opt_arg(retry_at.map(Timestamp::as_millis)))
@@ -2303,13 +2563,12 @@ impl Store for RedisStore {
             let at = now();
             let ttl = px(grant_keep_until(&grant, at, self.opts.retention), at);
             let mut inv = self.scripts.create_grant.prepare_invoke();
-            inv.key(grant_key(&grant.id))
-                .key(GRANTS)
-                .key(per_requester(
-                    "gr",
-                    &grant.route,
-                    grant.requester.key().as_ref(),
-                ))
+            inv.key(self.keys.grant(&grant.id))
+                .key(self.keys.grants())
+                .key(
+                    self.keys
+                        .per_requester("gr", &grant.route, grant.requester.key().as_ref()),
+                )
                 .arg(grant.id.as_str())
                 .arg(encode(&grant)?)
                 .arg(ttl)
@@ -2326,7 +2585,7 @@ impl Store for RedisStore {
     }
 
     fn active_grants(&self, at: Timestamp) -> StoreFuture<'_, Vec<Grant>> {
-        Box::pin(self.bounded(async move { self.grants_in(GRANTS, at).await }))
+        Box::pin(self.bounded(async move { self.grants_in(&self.keys.grants(), at).await }))
     }
 
     fn recent_grants(&self, limit: usize) -> StoreFuture<'_, Vec<Grant>> {
@@ -2338,7 +2597,7 @@ impl Store for RedisStore {
             let ids = self
                 .ids_in(
                     redis::cmd("ZRANGE")
-                        .arg(GRANTS)
+                        .arg(self.keys.grants())
                         .arg(0)
                         .arg(limit - 1)
                         .arg("REV"),
@@ -2356,7 +2615,7 @@ impl Store for RedisStore {
     ) -> StoreFuture<'a, Vec<Grant>> {
         Box::pin(self.bounded(async move {
             let mut gs = self
-                .grants_in(&per_requester("gr", route, requester), at)
+                .grants_in(&self.keys.per_requester("gr", route, requester), at)
                 .await?;
             gs.retain(|g| g.belongs_to(route, requester));
             Ok(gs)
@@ -2370,7 +2629,7 @@ impl Store for RedisStore {
         audit: GrantAudit<'a>,
     ) -> StoreFuture<'a, Grant> {
         Box::pin(self.bounded(async move {
-            let key = grant_key(id);
+            let key = self.keys.grant(id);
             let mut attempts = Attempts::new();
             while attempts.left() {
                 let (raw, head) = self.read_with_head(&key).await?;
@@ -2383,8 +2642,8 @@ impl Store for RedisStore {
                 let ttl = px(grant_keep_until(&next, at, self.opts.retention), at);
                 let build = |inv: &mut redis::ScriptInvocation<'_>| {
                     inv.key(&key)
-                        .key(AUDIT_HEAD)
-                        .key(AUDIT)
+                        .key(self.keys.audit_head())
+                        .key(self.keys.audit())
                         .arg(&raw)
                         .arg(&json)
                         .arg(ttl);
@@ -2410,17 +2669,17 @@ impl Store for RedisStore {
             // expiry + retention, or evicted), tickets created more than `retention` ago
             // (none is kept for less), and any grant (revoked or used up ones end early).
             let ranges = [
-                (PENDING, Some(at.as_millis()), Record::Ticket),
+                (self.keys.pending(), Some(at.as_millis()), Record::Ticket),
                 (
-                    TICKETS,
+                    self.keys.tickets(),
                     Some(at.as_millis().saturating_sub(retention)),
                     Record::Ticket,
                 ),
-                (GRANTS, None, Record::Grant),
+                (self.keys.grants(), None, Record::Grant),
             ];
             for (slot, (index, max, record)) in ranges.into_iter().enumerate() {
                 removed += self
-                    .prune_range(index, max, record, slot, &mut budget)
+                    .prune_range(&index, max, record, slot, &mut budget)
                     .await?;
             }
             removed += self.prune_sets(&mut budget).await?;
@@ -2442,10 +2701,7 @@ impl Store for RedisStore {
     fn ping(&self) -> StoreFuture<'_, ()> {
         Box::pin(self.bounded(async move {
             let mut c = self.conn();
-            let pong: String = redis::cmd("PING")
-                .query_async(&mut c)
-                .await
-                .map_err(unavailable)?;
+            let pong: String = c.at_keys(redis::cmd("PING")).await.map_err(unavailable)?;
             if pong == "PONG" {
                 Ok(())
             } else {

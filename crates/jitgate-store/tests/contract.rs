@@ -1,6 +1,11 @@
-//! The store contract, run against the memory store and against a real `redis-server` on a
-//! free loopback port (never the machine's own 6379).
+//! The store contract, run against the memory store, against a real `redis-server` on a
+//! free loopback port (never the machine's own 6379), and against a real three-primary Redis
+//! Cluster on loopback.
 #![allow(clippy::unwrap_used)]
+
+#[path = "../../../tests/common/cluster.rs"]
+#[allow(dead_code)]
+mod cluster;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -197,7 +202,45 @@ async fn whole_chain_verifies(s: &dyn Store) -> usize {
 struct Pair {
     a: Arc<dyn Store>,
     b: Arc<dyn Store>,
-    _server: Option<RedisServer>,
+    _server: Option<Server>,
+}
+
+/// The Redis behind a [`Pair`]: one server, or a cluster (whose keys carry the `{jit}` tag).
+enum Server {
+    Single(RedisServer),
+    Cluster(cluster::RedisCluster),
+}
+
+impl Server {
+    /// Whether `member` is in the sorted set `key` (named as on a standalone server).
+    fn indexed(&self, key: &str, member: &str) -> bool {
+        match self {
+            Server::Single(s) => s.indexed(key, member),
+            Server::Cluster(c) => {
+                let r = c.cli(&["ZSCORE", &format!("{{jit}}{key}"), member]);
+                !r.trim().is_empty()
+            }
+        }
+    }
+
+    /// Subscribers to the decisions channel (on a cluster, over every node).
+    fn numsub(&self) -> u64 {
+        match self {
+            Server::Single(s) => s.numsub(),
+            Server::Cluster(c) => c
+                .nodes
+                .iter()
+                .map(|n| {
+                    let r =
+                        cluster::cluster_cli(n.port, false, &["PUBSUB", "NUMSUB", "jit:decisions"]);
+                    r.lines()
+                        .nth(1)
+                        .and_then(|n| n.trim().parse::<u64>().ok())
+                        .unwrap_or(0)
+                })
+                .sum(),
+        }
+    }
 }
 
 /// How long finished records are kept in most cases: longer than any test.
@@ -221,7 +264,25 @@ async fn redis(retention: Duration) -> Pair {
     Pair {
         a: Arc::new(a),
         b: Arc::new(b),
-        _server: Some(server),
+        _server: Some(Server::Single(server)),
+    }
+}
+
+/// Two handles on a three-primary Redis Cluster.
+async fn cluster(retention: Duration) -> Pair {
+    let c = cluster::RedisCluster::start(3, 0);
+    let connect = || async {
+        let mut o = RedisOptions::new(c.url());
+        o.op_timeout = Duration::from_secs(2);
+        o.retention = retention;
+        RedisStore::connect(o).await.unwrap()
+    };
+    let a = connect().await;
+    let b = connect().await;
+    Pair {
+        a: Arc::new(a),
+        b: Arc::new(b),
+        _server: Some(Server::Cluster(c)),
     }
 }
 
@@ -2041,6 +2102,14 @@ macro_rules! contract {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn $case() {
                     super::$case(super::redis($retention).await).await;
+                }
+            )+)+
+        }
+        mod redis_cluster {
+            $($(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    super::$case(super::cluster($retention).await).await;
                 }
             )+)+
         }

@@ -1,4 +1,5 @@
-//! `redis+sentinel://` store URLs: read once here, by `check` and by the store alike.
+//! `redis+sentinel://` and `redis+cluster://` store URLs: read once here, by `check` and by
+//! the store alike.
 
 use percent_encoding::percent_decode_str;
 
@@ -41,31 +42,10 @@ impl SentinelUrl {
         let (authority, path) = rest.split_once('/').ok_or(
             "a sentinel URL needs the primary's name after the hosts: redis+sentinel://host:port/MASTER_NAME",
         )?;
-        let (userinfo, hosts) = match authority.rsplit_once('@') {
-            Some((u, h)) => (Some(u), h),
-            None => (None, authority),
-        };
-        let (username, password) = match userinfo {
-            None => (None, None),
-            Some(u) => {
-                let (user, pass) = match u.split_once(':') {
-                    Some((user, pass)) => (user, Some(pass)),
-                    None => (u, None),
-                };
-                let decode = |s: &str| {
-                    percent_decode_str(s)
-                        .decode_utf8()
-                        .map(|c| c.into_owned())
-                        .map_err(|_| "the user info is not UTF-8 once percent-decoded".to_string())
-                };
-                let user = (!user.is_empty()).then(|| decode(user)).transpose()?;
-                let pass = pass.map(decode).transpose()?;
-                (user, pass)
-            }
-        };
+        let (username, password, hosts) = user_info(authority)?;
         let mut sentinels = Vec::new();
         for h in hosts.split(',') {
-            sentinels.push(host_port(h)?);
+            sentinels.push(host_port(h, "sentinel", SENTINEL_PORT)?);
         }
         let mut segments = path.split('/');
         let master = segments.next().unwrap_or_default();
@@ -104,9 +84,113 @@ impl SentinelUrl {
     }
 }
 
-/// `host`, `host:port`, `[v6]` or `[v6]:port`.
-fn host_port(h: &str) -> Result<(String, u16), String> {
-    let bad = || format!("`{h}` is not a sentinel address (host:port)");
+/// The percent-decoded user and password of `authority` (`[user[:pass]@]hosts`), and the hosts.
+type UserInfo<'a> = (Option<String>, Option<String>, &'a str);
+fn user_info(authority: &str) -> Result<UserInfo<'_>, String> {
+    let (userinfo, hosts) = match authority.rsplit_once('@') {
+        Some((u, h)) => (Some(u), h),
+        None => (None, authority),
+    };
+    let Some(u) = userinfo else {
+        return Ok((None, None, hosts));
+    };
+    let (user, pass) = match u.split_once(':') {
+        Some((user, pass)) => (user, Some(pass)),
+        None => (u, None),
+    };
+    let decode = |s: &str| {
+        percent_decode_str(s)
+            .decode_utf8()
+            .map(|c| c.into_owned())
+            .map_err(|_| "the user info is not UTF-8 once percent-decoded".to_string())
+    };
+    let user = (!user.is_empty()).then(|| decode(user)).transpose()?;
+    let pass = pass.map(decode).transpose()?;
+    Ok((user, pass, hosts))
+}
+
+/// `redis+cluster://[user:pass@]host:port[,host:port...]`, or `rediss+cluster://` for TLS:
+/// seed nodes of a Redis Cluster (the client learns the rest from them). Cluster has one
+/// database, so there is no `/DB`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterUrl {
+    /// `rediss+cluster://`.
+    pub tls: bool,
+    /// The seed nodes, in the order given (port 6379 when none is given).
+    pub nodes: Vec<(String, u16)>,
+    /// Credentials for every node (percent-decoded), from the URL's user info.
+    pub username: Option<String>,
+    /// As `username`.
+    pub password: Option<String>,
+}
+
+impl ClusterUrl {
+    /// Reads `url`; `None` when it is not a cluster URL at all, `Some(Err(why))` when it is
+    /// one but malformed.
+    pub fn parse(url: &str) -> Option<Result<ClusterUrl, String>> {
+        let (tls, rest) = if let Some(r) = url.strip_prefix("redis+cluster://") {
+            (false, r)
+        } else if let Some(r) = url.strip_prefix("rediss+cluster://") {
+            (true, r)
+        } else {
+            return None;
+        };
+        Some(Self::parse_rest(tls, rest))
+    }
+
+    fn parse_rest(tls: bool, rest: &str) -> Result<ClusterUrl, String> {
+        let (authority, path) = match rest.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (rest, None),
+        };
+        if path.is_some_and(|p| !p.is_empty()) || authority.contains(['?', '#']) {
+            return Err(
+                "a cluster URL is only seed nodes (Redis Cluster has one database): redis+cluster://host:port,host:port"
+                    .into(),
+            );
+        }
+        let (username, password, hosts) = user_info(authority)?;
+        let mut nodes = Vec::new();
+        for h in hosts.split(',') {
+            nodes.push(host_port(h, "cluster node", 6379)?);
+        }
+        Ok(ClusterUrl {
+            tls,
+            nodes,
+            username,
+            password,
+        })
+    }
+
+    /// One `redis://` (or `rediss://`) URL per seed node, with the credentials.
+    pub fn node_urls(&self) -> Vec<String> {
+        let enc = |s: &str| {
+            percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+        };
+        let auth = match (&self.username, &self.password) {
+            (None, None) => String::new(),
+            (u, None) => format!("{}@", enc(u.as_deref().unwrap_or_default())),
+            (u, Some(p)) => format!("{}:{}@", enc(u.as_deref().unwrap_or_default()), enc(p)),
+        };
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        self.nodes
+            .iter()
+            .map(|(host, port)| {
+                let host = if host.contains(':') {
+                    format!("[{host}]")
+                } else {
+                    host.clone()
+                };
+                format!("{scheme}://{auth}{host}:{port}")
+            })
+            .collect()
+    }
+}
+
+/// `host`, `host:port`, `[v6]` or `[v6]:port` of a `what` (`sentinel`, `cluster node`), with
+/// `default` when no port is given.
+fn host_port(h: &str, what: &str, default: u16) -> Result<(String, u16), String> {
+    let bad = || format!("`{h}` is not a {what} address (host:port)");
     let (host, port) = if let Some(v6) = h.strip_prefix('[') {
         let (host, after) = v6.split_once(']').ok_or_else(bad)?;
         match after {
@@ -123,7 +207,7 @@ fn host_port(h: &str) -> Result<(String, u16), String> {
         return Err(bad());
     }
     let port = match port {
-        None => SENTINEL_PORT,
+        None => default,
         Some(p) => p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(bad)?,
     };
     Ok((host.to_string(), port))
@@ -180,6 +264,56 @@ mod tests {
             assert!(
                 matches!(SentinelUrl::parse(bad), Some(Err(_))),
                 "accepted {bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn reads_cluster_seed_nodes_and_credentials() {
+        let u = ClusterUrl::parse("rediss+cluster://app:p%40ss@n1:7000,n2,[::1]:7002")
+            .expect("a cluster url")
+            .expect("valid");
+        assert!(u.tls);
+        assert_eq!(
+            u.nodes,
+            [
+                ("n1".to_string(), 7000),
+                ("n2".to_string(), 6379),
+                ("::1".to_string(), 7002)
+            ]
+        );
+        assert_eq!(u.username.as_deref(), Some("app"));
+        assert_eq!(u.password.as_deref(), Some("p@ss"));
+        assert_eq!(
+            u.node_urls(),
+            [
+                "rediss://app:p%40ss@n1:7000",
+                "rediss://app:p%40ss@n2:6379",
+                "rediss://app:p%40ss@[::1]:7002"
+            ]
+        );
+        let plain = ClusterUrl::parse("redis+cluster://n1:7000/")
+            .expect("cluster")
+            .expect("valid");
+        assert!(!plain.tls);
+        assert_eq!(plain.node_urls(), ["redis://n1:7000"]);
+        assert!(ClusterUrl::parse("redis://n1:7000").is_none());
+    }
+
+    #[test]
+    fn refuses_cluster_urls_it_cannot_read() {
+        for bad in [
+            "redis+cluster://n1:7000/0",
+            "redis+cluster://n1:7000/?x=1",
+            "redis+cluster://n1:7000?x=1",
+            "redis+cluster://",
+            "redis+cluster://n1:0",
+            "redis+cluster://n1:7000,,n2",
+            "redis+cluster://n1:seven",
+        ] {
+            assert!(
+                matches!(ClusterUrl::parse(bad), Some(Err(_))),
+                "{bad} should be refused"
             );
         }
     }

@@ -216,8 +216,8 @@ impl Cx<'_> {
                     self.error(span, "`url` in [store] must not have a #fragment (`#insecure` would turn off certificate checks); give the CA with `ca_file`");
                     return None;
                 }
-                if u.starts_with("redis+cluster://") || u.starts_with("rediss+cluster://") {
-                    self.error(span, "Redis Cluster (`redis+cluster://`) is not supported by this build yet; use a standalone primary (`redis://`) or Sentinel");
+                if let Some(Err(why)) = super::ClusterUrl::parse(u) {
+                    self.error(span, format!("`url` in [store]: {why}"));
                     return None;
                 }
                 let sentinel = match super::SentinelUrl::parse(u) {
@@ -246,7 +246,7 @@ impl Cx<'_> {
                     ("tls", t.tls.as_ref().map(|f| f.span.clone())),
                 ] {
                     if let (Some(span), false) = (f, tls) {
-                        self.error(span, format!("`{key}` in [store] needs a TLS url (rediss://, rediss+sentinel://); `{}` is plain text", without_password(u)));
+                        self.error(span, format!("`{key}` in [store] needs a TLS url (rediss://, rediss+sentinel://, rediss+cluster://); `{}` is plain text", without_password(u)));
                         return None;
                     }
                 }

@@ -1,0 +1,355 @@
+//! A Redis Cluster on loopback: primaries (and replicas) started with `redis-server
+//! --cluster-enabled yes` on free ports and joined by `redis-cli --cluster create`, killed on
+//! drop. Self-contained (std only), so the store's contract tests use it too.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// One cluster node.
+pub struct ClusterNode {
+    child: Option<Child>,
+    /// Its client port (the cluster bus is this + 10000).
+    pub port: u16,
+}
+
+/// The nodes of one cluster and their working folder.
+pub struct RedisCluster {
+    /// Primaries first, as `redis-cli --cluster create` was given them.
+    pub nodes: Vec<ClusterNode>,
+    dir: PathBuf,
+}
+
+/// A free loopback port whose cluster bus port (+10000) is free too; never 6379.
+fn free_cluster_port() -> u16 {
+    for _ in 0..200 {
+        let Ok(l) = TcpListener::bind("127.0.0.1:0") else {
+            continue;
+        };
+        let Ok(addr) = l.local_addr() else { continue };
+        let port = addr.port();
+        if port == 6379 || port > 55_535 {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port pair for a cluster node");
+}
+
+/// `redis-cli -p <port> <args>`: its standard output (with `-c`, following redirections).
+pub fn cluster_cli(port: u16, follow: bool, args: &[&str]) -> String {
+    let mut cmd = Command::new("redis-cli");
+    cmd.args(["-p", &port.to_string()]);
+    if follow {
+        cmd.arg("-c");
+    }
+    cmd.args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+impl RedisCluster {
+    /// Starts `primaries` primaries with `replicas` replicas each, creates the cluster and
+    /// waits until every node reports `cluster_state:ok` and agrees on the slots.
+    pub fn start(primaries: usize, replicas: usize) -> RedisCluster {
+        let dir = std::env::temp_dir().join(format!(
+            "jitgate-cluster-{}-{}",
+            std::process::id(),
+            free_cluster_port()
+        ));
+        std::fs::create_dir_all(&dir).expect("cluster dir");
+        let mut nodes = Vec::new();
+        for i in 0..primaries * (1 + replicas) {
+            let port = free_cluster_port();
+            let node_dir = dir.join(format!("n{i}"));
+            std::fs::create_dir_all(&node_dir).expect("node dir");
+            let child = Command::new(
+                std::env::var_os("REDIS_SERVER").unwrap_or_else(|| "redis-server".into()),
+            )
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+            ])
+            .args(["--cluster-node-timeout", "2000"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&node_dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (scripts/test installs it)");
+            nodes.push(ClusterNode {
+                child: Some(child),
+                port,
+            });
+        }
+        let cluster = RedisCluster { nodes, dir };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for n in &cluster.nodes {
+            while !cluster_cli(n.port, false, &["PING"]).contains("PONG") {
+                assert!(Instant::now() < deadline, "node {} never answered", n.port);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let addrs: Vec<String> = cluster
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
+            .output()
+            .expect("redis-cli is installed (scripts/test installs it)");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        cluster.wait_ok();
+        cluster
+    }
+
+    /// Waits until every live node says `cluster_state:ok` and all slots are assigned.
+    pub fn wait_ok(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for n in self.nodes.iter().filter(|n| n.child.is_some()) {
+            loop {
+                let info = cluster_cli(n.port, false, &["CLUSTER", "INFO"]);
+                if info.contains("cluster_state:ok") && info.contains("cluster_slots_ok:16384") {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "node {} never saw the cluster ok:\n{info}",
+                    n.port
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    /// `redis+cluster://127.0.0.1:<p1>,...` with every node as a seed.
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        format!("redis+cluster://{}", hosts.join(","))
+    }
+
+    /// A live node's port.
+    fn any(&self) -> u16 {
+        self.nodes
+            .iter()
+            .find(|n| n.child.is_some())
+            .map(|n| n.port)
+            .expect("a live node")
+    }
+
+    /// `redis-cli -c` against a live node: follows redirections to the key's owner.
+    pub fn cli(&self, args: &[&str]) -> String {
+        cluster_cli(self.any(), true, args)
+    }
+
+    /// The slot of `key`.
+    pub fn slot_of(&self, key: &str) -> u16 {
+        cluster_cli(self.any(), false, &["CLUSTER", "KEYSLOT", key])
+            .trim()
+            .parse()
+            .expect("CLUSTER KEYSLOT")
+    }
+
+    /// The node id of the node on `port`.
+    pub fn id_of(&self, port: u16) -> String {
+        cluster_cli(port, false, &["CLUSTER", "MYID"])
+            .trim()
+            .to_string()
+    }
+
+    /// The port of the primary that serves `slot`, as a live node sees it.
+    pub fn owner_of(&self, slot: u16) -> u16 {
+        let nodes = cluster_cli(self.any(), false, &["CLUSTER", "NODES"]);
+        for line in nodes.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 9 || !f[2].contains("master") {
+                continue;
+            }
+            let serves = f[8..].iter().any(|r| {
+                if r.starts_with('[') {
+                    return false;
+                }
+                match r.split_once('-') {
+                    Some((a, b)) => {
+                        a.parse::<u16>().is_ok_and(|a| a <= slot)
+                            && b.parse::<u16>().is_ok_and(|b| slot <= b)
+                    }
+                    None => r.parse::<u16>() == Ok(slot),
+                }
+            });
+            if serves {
+                let port = f[1]
+                    .split('@')
+                    .next()
+                    .and_then(|a| a.rsplit(':').next())
+                    .and_then(|p| p.parse().ok());
+                if let Some(port) = port {
+                    return port;
+                }
+            }
+        }
+        panic!("no primary serves slot {slot}:\n{nodes}");
+    }
+
+    /// The ports of the primaries.
+    pub fn primaries(&self) -> Vec<u16> {
+        let nodes = cluster_cli(self.any(), false, &["CLUSTER", "NODES"]);
+        nodes
+            .lines()
+            .filter(|l| {
+                l.split_whitespace()
+                    .nth(2)
+                    .is_some_and(|f| f.contains("master"))
+            })
+            .filter_map(|l| {
+                l.split_whitespace()
+                    .nth(1)?
+                    .split('@')
+                    .next()?
+                    .rsplit(':')
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .collect()
+    }
+
+    /// Starts moving `slot` from its owner to the primary on `to`: marks it importing and
+    /// migrating (the live-resharding protocol `redis-cli --cluster reshard` follows).
+    pub fn begin_migration(&self, slot: u16, to: u16) -> Migration {
+        let from = self.owner_of(slot);
+        assert_ne!(from, to, "slot {slot} is already on {to}");
+        let (from_id, to_id) = (self.id_of(from), self.id_of(to));
+        let s = slot.to_string();
+        let ok = |r: String, what: &str| assert!(r.contains("OK"), "{what}: {r}");
+        ok(
+            cluster_cli(
+                to,
+                false,
+                &["CLUSTER", "SETSLOT", &s, "IMPORTING", &from_id],
+            ),
+            "importing",
+        );
+        ok(
+            cluster_cli(
+                from,
+                false,
+                &["CLUSTER", "SETSLOT", &s, "MIGRATING", &to_id],
+            ),
+            "migrating",
+        );
+        Migration {
+            slot,
+            from,
+            to,
+            to_id,
+        }
+    }
+
+    /// Moves up to `n` keys of the migration's slot (`MIGRATE`); how many were left before.
+    pub fn migrate_keys(&self, m: &Migration, n: usize) -> usize {
+        let keys = cluster_cli(
+            m.from,
+            false,
+            &[
+                "CLUSTER",
+                "GETKEYSINSLOT",
+                &m.slot.to_string(),
+                &n.to_string(),
+            ],
+        );
+        let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
+        if keys.is_empty() {
+            return 0;
+        }
+        let mut args = vec![
+            "MIGRATE".to_string(),
+            "127.0.0.1".into(),
+            m.to.to_string(),
+            String::new(),
+            "0".into(),
+            "5000".into(),
+            "KEYS".into(),
+        ];
+        args.extend(keys.iter().map(|k| k.to_string()));
+        let mut cmd = Command::new("redis-cli");
+        cmd.args(["-p", &m.from.to_string()]).args(&args);
+        let out = cmd.output().expect("redis-cli");
+        let out = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.contains("OK") || out.contains("NOKEY"),
+            "MIGRATE failed: {out}"
+        );
+        keys.len()
+    }
+
+    /// Moves the rest of the slot's keys and assigns it to its new owner on every primary.
+    pub fn finish_migration(&self, m: &Migration) {
+        while self.migrate_keys(m, 100) > 0 {}
+        let s = m.slot.to_string();
+        for port in [m.to, m.from] {
+            let r = cluster_cli(port, false, &["CLUSTER", "SETSLOT", &s, "NODE", &m.to_id]);
+            assert!(r.contains("OK"), "setslot node on {port}: {r}");
+        }
+        for port in self.primaries() {
+            if port != m.to && port != m.from {
+                cluster_cli(port, false, &["CLUSTER", "SETSLOT", &s, "NODE", &m.to_id]);
+            }
+        }
+        self.wait_ok();
+    }
+
+    /// Kills the node on `port` (SIGKILL).
+    pub fn kill(&mut self, port: u16) {
+        if let Some(n) = self.nodes.iter_mut().find(|n| n.port == port) {
+            if let Some(mut c) = n.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+/// A slot being moved between two primaries ([`RedisCluster::begin_migration`]).
+pub struct Migration {
+    /// The slot.
+    pub slot: u16,
+    /// The port of the primary it leaves.
+    pub from: u16,
+    /// The port of the primary it goes to.
+    pub to: u16,
+    to_id: String,
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            if let Some(mut c) = n.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
