@@ -106,6 +106,7 @@ async fn held_on_one_replica_approved_through_the_other_released_once_on_a_clust
     // Every key is in the store's one slot, on the primary that serves it (and its replica
     // has them too): nothing was written elsewhere.
     let slot = cluster.slot_of("{jit}");
+    assert_eq!(slot, 4875, "the slot the README names");
     let owner = cluster.owner_of(slot);
     let in_slot: u64 = cluster_cli(
         owner,
@@ -186,4 +187,45 @@ async fn held_requests_are_released_once_while_the_stores_slot_moves_to_another_
         .unwrap();
     assert_eq!(left, 0, "keys left behind on {from}");
     audit_verifies(&b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_primary_of_the_stores_slot_is_replaced_and_held_requests_are_released_once() {
+    let mut cluster = RedisCluster::start(3, 1);
+    let origin = Origin::start();
+    let (a, b) = two_gateways(&cluster, &origin).await;
+
+    let names = ["before", "after"];
+    let held: Vec<_> = names.iter().map(|n| (*n, hold_deploy(&a, n))).collect();
+    let ids = pending_deploys(&b, names.len()).await;
+    // Approved before the primary dies: the write waited for the slot's replica, so the
+    // replica promoted in its place has it.
+    approve_retrying(&b, &ids["/deploy/before"]).await;
+
+    let slot = cluster.slot_of("{jit}");
+    let old = cluster.owner_of(slot);
+    cluster.kill(old);
+    // The cluster sees it fail (node timeout 2 s) and promotes its replica.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let now_owner = std::panic::catch_unwind(|| cluster.owner_of(slot)).ok();
+        if now_owner.is_some_and(|p| p != old) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no replica took slot {slot}:\n{}",
+            cluster.cli(&["CLUSTER", "NODES"])
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    approve_retrying(&b, &ids["/deploy/after"]).await;
+
+    released(&a, held).await;
+    origin_saw_once(&origin, &names).await;
+    for id in ids.values() {
+        wait_status(&a, id, "EXECUTED", SOON).await;
+        wait_status(&b, id, "EXECUTED", SOON).await;
+    }
+    audit_verifies(&a).await;
 }

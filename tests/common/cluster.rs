@@ -78,9 +78,12 @@ impl RedisCluster {
                 "nodes.conf",
             ])
             .args(["--cluster-node-timeout", "2000"])
+            .args(["--repl-diskless-sync-delay", "0"])
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(&node_dir)
+            .arg("--logfile")
+            .arg(node_dir.join("redis.log"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -120,13 +123,19 @@ impl RedisCluster {
         cluster
     }
 
-    /// Waits until every live node says `cluster_state:ok` and all slots are assigned.
+    /// Waits until every live node says `cluster_state:ok`, all slots are assigned, and every
+    /// live replica has its primary's data (`master_link_status:up`).
     pub fn wait_ok(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         for n in self.nodes.iter().filter(|n| n.child.is_some()) {
             loop {
                 let info = cluster_cli(n.port, false, &["CLUSTER", "INFO"]);
-                if info.contains("cluster_state:ok") && info.contains("cluster_slots_ok:16384") {
+                let repl = cluster_cli(n.port, false, &["INFO", "replication"]);
+                let synced = repl.contains("role:master") || repl.contains("master_link_status:up");
+                if info.contains("cluster_state:ok")
+                    && info.contains("cluster_slots_ok:16384")
+                    && synced
+                {
                     break;
                 }
                 assert!(
@@ -350,6 +359,8 @@ impl Drop for RedisCluster {
                 let _ = c.wait();
             }
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if std::env::var_os("JITGATE_KEEP_CLUSTER").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
