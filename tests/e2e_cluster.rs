@@ -14,7 +14,6 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::cluster::cluster_cli;
 use common::*;
 
 const SOON: Duration = Duration::from_secs(15);
@@ -108,17 +107,19 @@ async fn held_on_one_replica_approved_through_the_other_released_once_on_a_clust
     let slot = cluster.slot_of("{jit}");
     assert_eq!(slot, 4875, "the slot the README names");
     let owner = cluster.owner_of(slot);
-    let in_slot: u64 = cluster_cli(
-        owner,
-        false,
-        &["CLUSTER", "COUNTKEYSINSLOT", &slot.to_string()],
-    )
-    .trim()
-    .parse()
-    .unwrap();
+    let in_slot: u64 = cluster
+        .node_cli(
+            owner,
+            false,
+            &["CLUSTER", "COUNTKEYSINSLOT", &slot.to_string()],
+        )
+        .trim()
+        .parse()
+        .unwrap();
     assert!(in_slot > 0, "no key in the store's slot {slot}");
     for port in cluster.primaries() {
-        let keys: u64 = cluster_cli(port, false, &["DBSIZE"])
+        let keys: u64 = cluster
+            .node_cli(port, false, &["DBSIZE"])
             .trim()
             .parse()
             .unwrap();
@@ -181,7 +182,8 @@ async fn held_requests_are_released_once_while_the_stores_slot_moves_to_another_
         wait_status(&b, id, "EXECUTED", SOON).await;
     }
     // The old primary kept nothing; the chain moved whole.
-    let left: u64 = cluster_cli(from, false, &["DBSIZE"])
+    let left: u64 = cluster
+        .node_cli(from, false, &["DBSIZE"])
         .trim()
         .parse()
         .unwrap();

@@ -148,3 +148,104 @@ async fn a_store_certificate_from_another_ca_is_refused() {
     let gw2 = Gateway::start(&config(&redis, &origin2, ""));
     store_refused(&gw2, &origin2).await;
 }
+
+/// `rediss+cluster://`: a three-primary cluster that speaks only TLS (clients, the cluster bus
+/// and replication) and wants a client certificate. The gateway with `ca_file` and its
+/// certificate holds, approves and releases through it; without the certificate the nodes
+/// turn it away and approve routes fail closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_cluster_admits_only_a_client_certificate() {
+    let pki = TestPki::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, pki.ca_pem()).expect("write ca");
+    let (cert, key) = pki
+        .issue_server(&["127.0.0.1"])
+        .write_to(dir.path(), "node");
+    let (cli_cert, cli_key) = pki.issue_client("redis-cli").write_to(dir.path(), "cli");
+    // What a node presents when it connects to another (the bus, replication): a client
+    // certificate, since every node wants one.
+    let (peer_cert, peer_key) = pki.issue_client("node").write_to(dir.path(), "peer");
+    let s = |p: &std::path::Path| p.display().to_string();
+    let server_args: Vec<String> = [
+        "--tls-client-cert-file",
+        &s(&peer_cert),
+        "--tls-client-key-file",
+        &s(&peer_key),
+        "--tls-cluster",
+        "yes",
+        "--tls-replication",
+        "yes",
+        "--tls-auth-clients",
+        "yes",
+        "--tls-cert-file",
+        &s(&cert),
+        "--tls-key-file",
+        &s(&key),
+        "--tls-ca-cert-file",
+        &s(&ca),
+    ]
+    .map(String::from)
+    .to_vec();
+    let cli_args: Vec<String> = [
+        "--tls",
+        "--cacert",
+        &s(&ca),
+        "--cert",
+        &s(&cli_cert),
+        "--key",
+        &s(&cli_key),
+    ]
+    .map(String::from)
+    .to_vec();
+    let cluster = RedisCluster::start_with(3, 0, &server_args, &cli_args);
+    assert!(cluster.url().starts_with("rediss+cluster://"));
+
+    let origin = Origin::start();
+    let client = pki.issue_client("jitgate");
+    let cfg = |origin: &Origin, extra: &str| {
+        approve_route_config(
+            &format!(
+                "kind = \"redis\"\nurl = \"{}\"\nca_file = \"redis-ca.pem\"\n{extra}",
+                cluster.url()
+            ),
+            "hold_timeout = \"30s\"\nreconcile_interval = \"300ms\"",
+            &origin.url(),
+        )
+    };
+    let gw = Gateway::builder(&cfg(
+        &origin,
+        r#"tls = { cert = "client.pem", key = "client.key" }"#,
+    ))
+    .file("redis-ca.pem", pki.ca_pem())
+    .file("client.pem", client.cert_pem.clone())
+    .file("client.key", client.key_pem.clone())
+    .start();
+    wait_store_ok(&gw).await;
+    let held = tokio::spawn(deploy(gw.data_url().to_string()));
+    let ticket = wait_pending(&gw, ROUTE, SOON).await;
+    let id = ticket["id"].as_str().expect("ticket id").to_string();
+    assert_eq!(origin.count(), 0, "forwarded before approval");
+    assert_eq!(
+        cluster
+            .cli(&["EXISTS", &format!("{{jit}}jit:{{{id}}}:t")])
+            .trim(),
+        "1",
+        "the ticket is not in the TLS cluster"
+    );
+    let r = approve(&gw, "alice", &id, "ok").await;
+    assert_eq!(r.status, 200, "approve: {}", r.text());
+    let resp = tokio::time::timeout(SOON, held)
+        .await
+        .expect("released in time")
+        .expect("task");
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(origin.wait_for(1, SOON).await.len(), 1);
+
+    // Without its certificate the same gateway never reaches the cluster.
+    let other_origin = Origin::start();
+    let anonymous = Gateway::builder(&cfg(&other_origin, ""))
+        .file("redis-ca.pem", pki.ca_pem())
+        .start();
+    store_refused(&anonymous, &other_origin).await;
+}

@@ -19,6 +19,9 @@ pub struct RedisCluster {
     /// Primaries first, as `redis-cli --cluster create` was given them.
     pub nodes: Vec<ClusterNode>,
     dir: PathBuf,
+    /// What `redis-cli` needs to reach the nodes (`--tls --cacert ...` on a TLS cluster).
+    cli_args: Vec<String>,
+    tls: bool,
 }
 
 /// A free loopback port whose cluster bus port (+10000) is free too; never 6379.
@@ -39,10 +42,11 @@ fn free_cluster_port() -> u16 {
     panic!("no free port pair for a cluster node");
 }
 
-/// `redis-cli -p <port> <args>`: its standard output (with `-c`, following redirections).
-pub fn cluster_cli(port: u16, follow: bool, args: &[&str]) -> String {
+/// `redis-cli -p <port> <extra> <args>`: its standard output (with `-c`, following
+/// redirections).
+fn run_cli(port: u16, follow: bool, extra: &[String], args: &[&str]) -> String {
     let mut cmd = Command::new("redis-cli");
-    cmd.args(["-p", &port.to_string()]);
+    cmd.args(["-p", &port.to_string()]).args(extra);
     if follow {
         cmd.arg("-c");
     }
@@ -56,6 +60,19 @@ impl RedisCluster {
     /// Starts `primaries` primaries with `replicas` replicas each, creates the cluster and
     /// waits until every node reports `cluster_state:ok` and agrees on the slots.
     pub fn start(primaries: usize, replicas: usize) -> RedisCluster {
+        Self::start_with(primaries, replicas, &[], &[])
+    }
+
+    /// [`RedisCluster::start`] with `server_args` for every node and `cli_args` for every
+    /// `redis-cli` (TLS: the node's `--tls-port` is added, and `--port 0`, by this harness
+    /// when `server_args` has `--tls-cert-file`).
+    pub fn start_with(
+        primaries: usize,
+        replicas: usize,
+        server_args: &[String],
+        cli_args: &[String],
+    ) -> RedisCluster {
+        let tls = server_args.iter().any(|a| a == "--tls-cert-file");
         let dir = std::env::temp_dir().join(format!(
             "jitgate-cluster-{}-{}",
             std::process::id(),
@@ -70,7 +87,11 @@ impl RedisCluster {
             let child = Command::new(
                 std::env::var_os("REDIS_SERVER").unwrap_or_else(|| "redis-server".into()),
             )
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .arg(if tls { "--tls-port" } else { "--port" })
+            .arg(port.to_string())
+            .args(if tls { &["--port", "0"][..] } else { &[][..] })
+            .args(["--bind", "127.0.0.1"])
+            .args(server_args)
             .args([
                 "--cluster-enabled",
                 "yes",
@@ -93,10 +114,15 @@ impl RedisCluster {
                 port,
             });
         }
-        let cluster = RedisCluster { nodes, dir };
+        let cluster = RedisCluster {
+            nodes,
+            dir,
+            cli_args: cli_args.to_vec(),
+            tls,
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         for n in &cluster.nodes {
-            while !cluster_cli(n.port, false, &["PING"]).contains("PONG") {
+            while !cluster.node_cli(n.port, false, &["PING"]).contains("PONG") {
                 assert!(Instant::now() < deadline, "node {} never answered", n.port);
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -106,16 +132,32 @@ impl RedisCluster {
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port))
             .collect();
-        let out = Command::new("redis-cli")
+        // `--cluster create` waits for ever for nodes that cannot meet: bounded here.
+        let mut create = Command::new("redis-cli")
+            .args(&cluster.cli_args)
             .arg("--cluster")
             .arg("create")
             .args(&addrs)
             .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
-            .output()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
             .expect("redis-cli is installed (scripts/test installs it)");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = create.try_wait().expect("wait for redis-cli") {
+                break Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = create.kill();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let out = create.wait_with_output().expect("redis-cli output");
         assert!(
-            out.status.success(),
-            "redis-cli --cluster create failed: {}{}",
+            status.is_some_and(|s| s.success()),
+            "redis-cli --cluster create failed or hung: {}{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
@@ -129,8 +171,8 @@ impl RedisCluster {
         let deadline = Instant::now() + Duration::from_secs(30);
         for n in self.nodes.iter().filter(|n| n.child.is_some()) {
             loop {
-                let info = cluster_cli(n.port, false, &["CLUSTER", "INFO"]);
-                let repl = cluster_cli(n.port, false, &["INFO", "replication"]);
+                let info = self.node_cli(n.port, false, &["CLUSTER", "INFO"]);
+                let repl = self.node_cli(n.port, false, &["INFO", "replication"]);
                 let synced = repl.contains("role:master") || repl.contains("master_link_status:up");
                 if info.contains("cluster_state:ok")
                     && info.contains("cluster_slots_ok:16384")
@@ -148,14 +190,21 @@ impl RedisCluster {
         }
     }
 
-    /// `redis+cluster://127.0.0.1:<p1>,...` with every node as a seed.
+    /// `redis-cli -p <port> <args>` with the cluster's client arguments (with `follow`, `-c`).
+    pub fn node_cli(&self, port: u16, follow: bool, args: &[&str]) -> String {
+        run_cli(port, follow, &self.cli_args, args)
+    }
+
+    /// `redis+cluster://127.0.0.1:<p1>,...` (`rediss+cluster://` with TLS) with every node as
+    /// a seed.
     pub fn url(&self) -> String {
         let hosts: Vec<String> = self
             .nodes
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port))
             .collect();
-        format!("redis+cluster://{}", hosts.join(","))
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!("{scheme}+cluster://{}", hosts.join(","))
     }
 
     /// A live node's port.
@@ -169,12 +218,12 @@ impl RedisCluster {
 
     /// `redis-cli -c` against a live node: follows redirections to the key's owner.
     pub fn cli(&self, args: &[&str]) -> String {
-        cluster_cli(self.any(), true, args)
+        self.node_cli(self.any(), true, args)
     }
 
     /// The slot of `key`.
     pub fn slot_of(&self, key: &str) -> u16 {
-        cluster_cli(self.any(), false, &["CLUSTER", "KEYSLOT", key])
+        self.node_cli(self.any(), false, &["CLUSTER", "KEYSLOT", key])
             .trim()
             .parse()
             .expect("CLUSTER KEYSLOT")
@@ -182,14 +231,14 @@ impl RedisCluster {
 
     /// The node id of the node on `port`.
     pub fn id_of(&self, port: u16) -> String {
-        cluster_cli(port, false, &["CLUSTER", "MYID"])
+        self.node_cli(port, false, &["CLUSTER", "MYID"])
             .trim()
             .to_string()
     }
 
     /// The port of the primary that serves `slot`, as a live node sees it.
     pub fn owner_of(&self, slot: u16) -> u16 {
-        let nodes = cluster_cli(self.any(), false, &["CLUSTER", "NODES"]);
+        let nodes = self.node_cli(self.any(), false, &["CLUSTER", "NODES"]);
         for line in nodes.lines() {
             let f: Vec<&str> = line.split_whitespace().collect();
             if f.len() < 9 || !f[2].contains("master") {
@@ -223,7 +272,7 @@ impl RedisCluster {
 
     /// The ports of the primaries.
     pub fn primaries(&self) -> Vec<u16> {
-        let nodes = cluster_cli(self.any(), false, &["CLUSTER", "NODES"]);
+        let nodes = self.node_cli(self.any(), false, &["CLUSTER", "NODES"]);
         nodes
             .lines()
             .filter(|l| {
@@ -253,7 +302,7 @@ impl RedisCluster {
         let s = slot.to_string();
         let ok = |r: String, what: &str| assert!(r.contains("OK"), "{what}: {r}");
         ok(
-            cluster_cli(
+            self.node_cli(
                 to,
                 false,
                 &["CLUSTER", "SETSLOT", &s, "IMPORTING", &from_id],
@@ -261,7 +310,7 @@ impl RedisCluster {
             "importing",
         );
         ok(
-            cluster_cli(
+            self.node_cli(
                 from,
                 false,
                 &["CLUSTER", "SETSLOT", &s, "MIGRATING", &to_id],
@@ -278,7 +327,7 @@ impl RedisCluster {
 
     /// Moves up to `n` keys of the migration's slot (`MIGRATE`); how many were left before.
     pub fn migrate_keys(&self, m: &Migration, n: usize) -> usize {
-        let keys = cluster_cli(
+        let keys = self.node_cli(
             m.from,
             false,
             &[
@@ -303,7 +352,9 @@ impl RedisCluster {
         ];
         args.extend(keys.iter().map(|k| k.to_string()));
         let mut cmd = Command::new("redis-cli");
-        cmd.args(["-p", &m.from.to_string()]).args(&args);
+        cmd.args(["-p", &m.from.to_string()])
+            .args(&self.cli_args)
+            .args(&args);
         let out = cmd.output().expect("redis-cli");
         let out = String::from_utf8_lossy(&out.stdout);
         assert!(
@@ -318,12 +369,12 @@ impl RedisCluster {
         while self.migrate_keys(m, 100) > 0 {}
         let s = m.slot.to_string();
         for port in [m.to, m.from] {
-            let r = cluster_cli(port, false, &["CLUSTER", "SETSLOT", &s, "NODE", &m.to_id]);
+            let r = self.node_cli(port, false, &["CLUSTER", "SETSLOT", &s, "NODE", &m.to_id]);
             assert!(r.contains("OK"), "setslot node on {port}: {r}");
         }
         for port in self.primaries() {
             if port != m.to && port != m.from {
-                cluster_cli(port, false, &["CLUSTER", "SETSLOT", &s, "NODE", &m.to_id]);
+                self.node_cli(port, false, &["CLUSTER", "SETSLOT", &s, "NODE", &m.to_id]);
             }
         }
         self.wait_ok();

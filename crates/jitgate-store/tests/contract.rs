@@ -231,8 +231,7 @@ impl Server {
                 .nodes
                 .iter()
                 .map(|n| {
-                    let r =
-                        cluster::cluster_cli(n.port, false, &["PUBSUB", "NUMSUB", "jit:decisions"]);
+                    let r = c.node_cli(n.port, false, &["PUBSUB", "NUMSUB", "jit:decisions"]);
                     r.lines()
                         .nth(1)
                         .and_then(|n| n.trim().parse::<u64>().ok())
