@@ -551,3 +551,135 @@ async fn a_release_whose_store_answer_is_lost_is_settled_by_reading_back() {
     );
     wait_status(&gw, &id, "EXECUTED", SOON).await;
 }
+
+/// Waits until ticket `id` lists `n` holders on `gw`; its JSON.
+async fn wait_holders(gw: &Gateway, id: &str, n: usize) -> Value {
+    let deadline = tokio::time::Instant::now() + SOON;
+    loop {
+        let t = admin_call(gw, "ops", "GET", &format!("/v1/tickets/{id}"), "").await;
+        let holders = t.json()["holders"].as_array().map_or(0, Vec::len);
+        if holders == n {
+            return t.json();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "ticket {id} never had {n} holders: {}",
+            t.text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// SPEC 6 across replicas: identical requests of one requester held on two replicas share one
+/// ticket; the client on A going away does not withdraw it while B still holds its request,
+/// and the approval releases B's request once (A's, gone, is never sent).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_gone_from_one_replica_leaves_the_ticket_to_the_other() {
+    let redis = RedisServer::start();
+    let origin = Origin::start();
+    let (a, b) = two_replicas(&redis, &origin, "30s", "").await;
+
+    let on_a = deploy_in_background(&a, "/deploy/shared", "{}");
+    let ticket = wait_pending(&a, ROUTE, SOON).await;
+    let id = id_of(&ticket);
+    let on_b = deploy_in_background(&b, "/deploy/shared", "{}");
+    let t = wait_holders(&a, &id, 2).await;
+    assert_eq!(t["status"], "PENDING");
+    let r = admin_call(&b, "ops", "GET", "/v1/tickets?status=PENDING", "").await;
+    assert_eq!(
+        r.json()["tickets"].as_array().map_or(0, Vec::len),
+        1,
+        "coalesced across replicas: {}",
+        r.text()
+    );
+
+    // A's client goes away: A leaves the holders; the ticket stays pending for B's.
+    on_a.abort();
+    let _ = on_a.await;
+    let t = wait_holders(&b, &id, 1).await;
+    assert_eq!(t["status"], "PENDING", "withdrawn while B still holds: {t}");
+    assert!(!on_b.is_finished(), "B's request was answered");
+
+    let r = approve(&b, "alice", &id, "ship it").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let resp = answer_within(on_b, SOON).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let reqs = origin.wait_for(1, SOON).await;
+    origin
+        .assert_no_new_requests(Duration::from_millis(500))
+        .await;
+    assert_eq!(reqs.len(), 1, "{reqs:#?}");
+    wait_status(&a, &id, "EXECUTED", SOON).await;
+    assert_eq!(
+        audit_kinds(&a, &id).await,
+        [
+            "ticket.created",
+            "ticket.approved",
+            "ticket.executed",
+            "ticket.forwarded"
+        ],
+        "no cancellation recorded"
+    );
+}
+
+/// ... and when the last holder anywhere goes, the ticket is cancelled, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_last_client_gone_on_any_replica_cancels_the_ticket() {
+    let redis = RedisServer::start();
+    let origin = Origin::start();
+    let (a, b) = two_replicas(&redis, &origin, "30s", "").await;
+
+    let on_a = deploy_in_background(&a, "/deploy/both-gone", "{}");
+    let id = id_of(&wait_pending(&a, ROUTE, SOON).await);
+    let on_b = deploy_in_background(&b, "/deploy/both-gone", "{}");
+    wait_holders(&a, &id, 2).await;
+
+    on_b.abort();
+    let _ = on_b.await;
+    wait_holders(&a, &id, 1).await;
+    on_a.abort();
+    let _ = on_a.await;
+    let t = wait_status(&b, &id, "CANCELLED", SOON).await;
+    assert!(t["decidedAt"].is_string());
+    assert_eq!(
+        audit_kinds(&b, &id).await,
+        ["ticket.created", "ticket.cancelled"]
+    );
+    let r = approve(&b, "alice", &id, "too late").await;
+    assert_eq!(r.status, 409, "{}", r.text());
+    origin
+        .assert_no_new_requests(Duration::from_millis(300))
+        .await;
+    assert_eq!(origin.count(), 0);
+}
+
+/// A request answered 202 at its hold's end leaves the holders without cancelling: the
+/// other replica's client going away afterwards, as the last holder, cancels it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hold_that_times_out_leaves_without_cancelling() {
+    let redis = RedisServer::start();
+    let origin = Origin::start();
+    let pem = signing_key_pem();
+    let cfg = |hold: &str| {
+        config(&Knobs {
+            redis_url: &redis.url(),
+            origin_url: &origin.url(),
+            hold_timeout: hold,
+            approval_extra: "",
+        })
+    };
+    let a = replica(&cfg("1s"), &pem);
+    let b = replica(&cfg("30s"), &pem);
+    wait_store_ok(&a).await;
+    wait_store_ok(&b).await;
+
+    let on_b = deploy_in_background(&b, "/deploy/short", "{}");
+    let id = id_of(&wait_pending(&b, ROUTE, SOON).await);
+    let r = deploy(a.data_url(), "/deploy/short", "{}", None).await;
+    assert_eq!(r.status, 202, "A's hold ends pending: {}", r.text());
+    let t = wait_holders(&b, &id, 1).await;
+    assert_eq!(t["status"], "PENDING");
+    on_b.abort();
+    let _ = on_b.await;
+    wait_status(&a, &id, "CANCELLED", SOON).await;
+}

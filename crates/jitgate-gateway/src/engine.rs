@@ -76,6 +76,8 @@ pub struct Engine {
     detached: watch::Sender<usize>,
     /// What `GET /metrics` exposes.
     metrics: Metrics,
+    /// This run's id among the replicas ([`Ticket::holders`]).
+    replica: String,
 }
 
 /// Counts a detached task until dropped.
@@ -162,6 +164,7 @@ impl Engine {
             audit_file: Mutex::new(audit_file),
             detached,
             metrics: Metrics::new(),
+            replica: jitgate_store::new_replica_id(),
         });
         match &cfg.store {
             config::Store::Memory { retention } => {
@@ -242,24 +245,53 @@ impl Engine {
         self.held.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Registers a request held on `id`. Dropping the guard while still armed (the client went
-    /// away) cancels the ticket once no other request on this replica waits for it.
+    /// This run's id among the replicas: what [`Ticket::holders`] lists while it holds a
+    /// request on a ticket.
+    pub fn replica(&self) -> &str {
+        &self.replica
+    }
+
+    /// Registers a request held on `id` (see [`HoldGuard`]). [`HoldGuard::first`] says
+    /// whether no other request on this replica waits for it.
     pub fn hold(self: &Arc<Self>, id: &TicketId) -> HoldGuard {
-        let notify = {
+        let (notify, first) = {
             let mut held = self.lock_held();
             let entry = held.entry(id.clone()).or_insert_with(|| Held {
                 notify: Arc::new(Notify::new()),
                 waiters: 0,
             });
             entry.waiters += 1;
-            entry.notify.clone()
+            (entry.notify.clone(), entry.waiters == 1)
         };
         HoldGuard {
             engine: self.clone(),
             id: id.clone(),
             notify,
             armed: true,
+            pending: false,
+            first,
             _counted: self.metrics.held(),
+        }
+    }
+
+    /// Lists this replica among the holders of pending ticket `id` ([`ticket::join_hold`]);
+    /// `false` when that could not be written (the store is down; the ticket is no longer
+    /// pending). Until it is listed, another replica whose last client of the ticket goes
+    /// away may cancel it: never forwarded, the request is answered with the cancellation.
+    pub async fn join_hold(&self, id: &TicketId) -> bool {
+        let Ok(store) = self.store() else {
+            return false;
+        };
+        let me = self.replica.as_str();
+        match store
+            .transition(id, &|t| ticket::join_hold(t, me), &|_, _| Vec::new())
+            .await
+        {
+            Ok(_) | Err(StoreError::Transition(TransitionError::AlreadyDone)) => true,
+            Err(e) => {
+                tracing::debug!(ticket = %id, "not listed as a holder: {e}");
+                false
+            }
         }
     }
 
@@ -486,12 +518,20 @@ impl Engine {
     }
 }
 
-/// A request held on a ticket. See [`Engine::hold`].
+/// A request held on a ticket ([`Engine::hold`]). When the last one on this replica ends,
+/// the replica leaves the ticket's [`Ticket::holders`] ([`ticket::leave_hold`]): dropped while
+/// still armed (the client went away), that cancels the ticket when no replica holds a
+/// request on it any more; after [`HoldGuard::answered_pending`] (the client was answered
+/// while the ticket is still pending), it only leaves. After [`HoldGuard::disarm`] (the
+/// ticket was decided) nothing is written.
 pub struct HoldGuard {
     engine: Arc<Engine>,
     id: TicketId,
     notify: Arc<Notify>,
     armed: bool,
+    /// Answered while the ticket may still be pending: leave the holders on drop.
+    pending: bool,
+    first: bool,
     _counted: HeldGauge,
 }
 
@@ -501,9 +541,23 @@ impl HoldGuard {
         self.notify.clone()
     }
 
-    /// The hold ended with an answer to the client: do not cancel on drop.
+    /// Whether this was the only request on this replica holding the ticket when it began.
+    pub fn first(&self) -> bool {
+        self.first
+    }
+
+    /// The hold ended with an answer to the client on a decided ticket: write nothing on drop.
     pub fn disarm(&mut self) {
         self.armed = false;
+        self.pending = false;
+    }
+
+    /// The hold ended with an answer to the client while the ticket may still be pending (a
+    /// 202 at the hold's end, a 503 at shutdown or with the store down): leave its holders on
+    /// drop, without cancelling it.
+    pub fn answered_pending(&mut self) {
+        self.armed = false;
+        self.pending = true;
     }
 }
 
@@ -523,10 +577,12 @@ impl Drop for HoldGuard {
                 None => false,
             }
         };
-        if !(self.armed && last) {
+        let gone = self.armed;
+        if !last || !(gone || self.pending) {
             return;
         }
-        // The client went away while its request was held: withdraw the ticket.
+        // This replica's last request on the ticket ended: leave its holders, and withdraw
+        // the ticket if the client went away and no replica holds a request on it any more.
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
             return;
         };
@@ -537,7 +593,11 @@ impl Drop for HoldGuard {
             let _running = running;
             let Ok(store) = engine.store() else { return };
             let now = engine.now();
+            let me = engine.replica.as_str();
             let audit = |_: &Ticket, t: &Ticket| {
+                if t.status != ticket::Status::Cancelled {
+                    return Vec::new();
+                }
                 vec![AuditDraft::about(
                     AuditKind::TicketCancelled,
                     t,
@@ -546,12 +606,17 @@ impl Drop for HoldGuard {
                     now,
                 )]
             };
-            match store.transition(&id, &|t| ticket::cancel(t, now), &audit).await {
-                Ok(t) => {
+            let leave = |t: &Ticket| ticket::leave_hold(t, me, gone, now);
+            match store.transition(&id, &leave, &audit).await {
+                Ok(t) if t.status == ticket::Status::Cancelled => {
                     engine.metrics.ticket_transition(&t, now);
                     tracing::info!(ticket = %id, route = %t.route, "client went away; ticket cancelled");
                 }
-                Err(e) => tracing::debug!(ticket = %id, "not cancelled: {e}"),
+                Ok(_) if gone => {
+                    tracing::info!(ticket = %id, "client went away; another replica still holds the ticket");
+                }
+                Ok(_) | Err(StoreError::Transition(TransitionError::AlreadyDone)) => {}
+                Err(e) => tracing::debug!(ticket = %id, "holders not updated: {e}"),
             }
         });
     }

@@ -646,6 +646,13 @@ pub struct Ticket {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     pub risk: Option<Risk>,
+    /// While `PENDING`: the gateway replicas (by their run's id) holding a request on it. A
+    /// replica joins with its first held request ([`join_hold`]) and leaves with its last
+    /// ([`leave_hold`]); the ticket is cancelled when a client goes away and no replica holds
+    /// a request on it any more, so a client gone from one replica does not withdraw a
+    /// ticket that an identical request waits on at another.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub holders: Vec<String>,
 }
 
 /// A request's risk score (`[approvals.risk]`): the sum of the weights of the signals that
@@ -774,6 +781,7 @@ impl Ticket {
             remind_at,
             reminded_at: None,
             risk: draft.risk,
+            holders: Vec::new(),
         }
     }
 
@@ -1393,6 +1401,46 @@ pub fn cancel(t: &Ticket, now: Timestamp) -> Result<Ticket, TransitionError> {
     let mut next = t.clone();
     next.status = Status::Cancelled;
     next.decided_at = Some(now);
+    Ok(next)
+}
+
+/// Replica `replica` holds a request on pending ticket `t` ([`Ticket::holders`]).
+/// [`TransitionError::AlreadyDone`] when it is listed already (nothing to write).
+pub fn join_hold(t: &Ticket, replica: &str) -> Result<Ticket, TransitionError> {
+    if t.status != Status::Pending {
+        return Err(TransitionError::NotPending { status: t.status });
+    }
+    if t.holders.iter().any(|h| h == replica) {
+        return Err(TransitionError::AlreadyDone);
+    }
+    let mut next = t.clone();
+    next.holders.push(replica.to_string());
+    Ok(next)
+}
+
+/// Replica `replica` holds no request on pending ticket `t` any more. With `gone` (its last
+/// client went away without an answer) and no other replica holding one, the ticket is
+/// cancelled as [`cancel`] would. [`TransitionError::AlreadyDone`] when there is nothing to
+/// write (not listed, and either not `gone` or others still hold).
+pub fn leave_hold(
+    t: &Ticket,
+    replica: &str,
+    gone: bool,
+    now: Timestamp,
+) -> Result<Ticket, TransitionError> {
+    if t.status != Status::Pending {
+        return Err(TransitionError::NotPending { status: t.status });
+    }
+    let mut next = t.clone();
+    next.holders.retain(|h| h != replica);
+    if gone && next.holders.is_empty() {
+        next.status = Status::Cancelled;
+        next.decided_at = Some(now);
+        return Ok(next);
+    }
+    if next.holders.len() == t.holders.len() {
+        return Err(TransitionError::AlreadyDone);
+    }
     Ok(next)
 }
 

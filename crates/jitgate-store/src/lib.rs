@@ -605,6 +605,12 @@ pub(crate) fn new_claim_token() -> String {
     format!("{:032x}", random80())
 }
 
+/// A fresh id for one run of a gateway replica (`gw_` + 80 random bits in hex): what
+/// [`jitgate_rules::ticket::Ticket::holders`] lists.
+pub fn new_replica_id() -> String {
+    format!("gw_{:020x}", random80())
+}
+
 /// A fresh ticket id at `at`.
 pub fn new_ticket_id(at: Timestamp) -> TicketId {
     TicketId::new(at.as_millis(), random80())

@@ -6,19 +6,21 @@ use jitgate_rules::ticket::{Status, Ticket, TicketId, Timestamp};
 use jitgate_store::StoreError;
 
 use crate::context::Exchange;
+use crate::engine::HoldGuard;
 use crate::error::GatewayError;
 
 /// Waits for a decision on pending ticket `id` (expiring at `expires_at`) until `hold_for`
 /// passes; returns the ticket as decided, or still pending at the deadline. Only the id and
 /// expiry are kept while waiting (thousands of requests may be held at once, so no ticket is
-/// alive across a wait: it is read again when woken). A client that goes away while held (the
-/// future is dropped) cancels the ticket once no other request on this replica waits for it
-/// (see [`crate::engine::HoldGuard`]).
+/// alive across a wait: it is read again when woken). `guard` is the caller's hold on the
+/// ticket: its wake-up is what a decision signals, and it decides what a client going away
+/// means (see [`crate::engine::HoldGuard`]).
 pub(super) async fn wait(
     x: &Exchange<'_>,
     id: TicketId,
     mut expires_at: Timestamp,
     hold_for: Duration,
+    guard: &HoldGuard,
 ) -> Result<Ticket, GatewayError> {
     let engine = x.engine();
     let store = engine
@@ -28,7 +30,6 @@ pub(super) async fn wait(
         })?
         .clone();
     let deadline = tokio::time::Instant::now() + hold_for;
-    let mut guard = engine.hold(&id);
     let notify = guard.notify();
     let mut shutdown = engine.shutdown_signal();
     let unavailable = |e: StoreError, id| {
@@ -43,7 +44,6 @@ pub(super) async fn wait(
         let now = engine.now();
         if now >= expires_at {
             if let Some(expired) = engine.expire(&id, now).await {
-                guard.disarm();
                 return Ok(expired);
             }
         }
@@ -55,23 +55,19 @@ pub(super) async fn wait(
             _ = shutdown.wait_for(|s| *s) => true,
         };
         if stopping {
-            guard.disarm();
             return Err(GatewayError::ShuttingDown { ticket: id });
         }
         let read = store.get(&id).await;
         let past = tokio::time::Instant::now() >= deadline;
         match read {
             Ok(Some(t)) if past || t.status != Status::Pending => {
-                guard.disarm();
                 return Ok(t);
             }
             Ok(Some(t)) => expires_at = t.expires_at,
             Ok(None) => {
-                guard.disarm();
                 return Err(unavailable(StoreError::NotFound, id));
             }
             Err(e) => {
-                guard.disarm();
                 return Err(unavailable(e, id));
             }
         }

@@ -76,6 +76,8 @@ struct Holding {
     expires_at: ticket::Timestamp,
     hold_for: std::time::Duration,
     held: HeldRequest,
+    /// The ticket lists this replica among its holders already (it opened it).
+    listed: bool,
 }
 
 /// Everything before holding: `Ok` to hold, `Err` with the answer when none is needed.
@@ -342,7 +344,11 @@ pub(crate) async fn open_ticket(
     let anonymous = ask.requester.user.is_none();
     let requested = ask.requested;
     let ahead = ask.ahead;
-    let fresh = new_ticket(engine, cfg, route, ask)?;
+    let mut fresh = new_ticket(engine, cfg, route, ask)?;
+    // A held request's replica holds it from the start (asked ahead, no one does).
+    if !ahead {
+        fresh.holders.push(engine.replica().to_string());
+    }
     let grant_terms = fresh.grant_terms;
     let requester_key = fresh.requester.key().into_owned();
     let now = fresh.created_at;
@@ -591,11 +597,13 @@ async fn settle(
         let margin = (deadline / 10).max(std::time::Duration::from_millis(100));
         hold_for = hold_for.min(deadline.saturating_sub(margin));
     }
+    let listed = t.holders.iter().any(|h| h == x.engine().replica());
     Ok(Holding {
         id: t.id,
         expires_at: t.expires_at,
         hold_for,
         held,
+        listed,
     })
 }
 
@@ -614,20 +622,30 @@ async fn hold_then_finish(
         expires_at,
         hold_for,
         mut held,
+        listed,
     } = holding;
     let deadline = tokio::time::Instant::now() + hold_for;
+    // Held from here until answered, through releases and their retries: a client that goes
+    // away at any point leaves the ticket's holders (and cancels it if it was the last).
+    let mut guard = x.engine().hold(&id);
+    if guard.first() && !listed {
+        x.engine().join_hold(&id).await;
+    }
     // Releases this request tried whose write the store could not confirm (a failover, say):
     // each may yet turn out to have landed, or to have vanished with a replaced primary.
     let mut unconfirmed: Vec<String> = Vec::new();
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let waited = hold::wait(x, id.clone(), expires_at, left).await;
+        let waited = hold::wait(x, id.clone(), expires_at, left, &guard).await;
         let retry = match waited {
             // A use this request made earlier landed: it is ours, once it will last.
             Ok(t) if t.releases.iter().any(|r| unconfirmed.contains(r)) => {
                 // Boxed, with the ticket: nothing of this rare path sizes the hold.
                 match Box::pin(forward_if_durable(x, route, held, t)).await {
-                    Ok(resp) => return resp,
+                    Ok(resp) => {
+                        guard.disarm();
+                        return resp;
+                    }
                     Err(u) => {
                         held = u.held;
                         u.error
@@ -647,7 +665,10 @@ async fn hold_then_finish(
                 ))
                 .await;
                 match redeemed {
-                    Ok(resp) => return resp,
+                    Ok(resp) => {
+                        guard.disarm();
+                        return resp;
+                    }
                     // Pending again (its approval lost in a failover): hold on for the
                     // decision, answered 202 with the ticket if the hold ends first.
                     Err(u) if u.pending => {
@@ -666,12 +687,19 @@ async fn hold_then_finish(
             // While a release of ours is unsettled, a store that cannot be read is waited out
             // too: the release may yet turn out to have landed.
             Err(e @ GatewayError::StoreUnavailable { .. }) if !unconfirmed.is_empty() => e,
-            waited => return Box::pin(conclude(x, route, waited, held)).await,
+            waited => {
+                match &waited {
+                    Ok(t) if t.status != Status::Pending => guard.disarm(),
+                    _ => guard.answered_pending(),
+                }
+                return Box::pin(conclude(x, route, waited, held)).await;
+            }
         };
         // The store could not confirm the release: nothing was forwarded. Hold on and look
         // again (a failover ends; a decision the old primary took and lost is taken again),
         // while the hold lasts.
         if tokio::time::Instant::now() + RELEASE_RETRY >= deadline {
+            guard.answered_pending();
             return x.answer(retry, Some(route));
         }
         tracing::warn!(ticket = %id, "the store could not confirm the release; holding on");

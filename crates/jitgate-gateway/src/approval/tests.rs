@@ -104,7 +104,9 @@ async fn still_pending_at_hold_timeout() {
     let x = exchange(&shared, &conn);
     let t = open(&shared, Duration::from_secs(900)).await;
     let started = tokio::time::Instant::now();
-    let held = hold::wait(&x, t.id, t.expires_at, Duration::from_secs(50))
+    let mut guard = shared.engine().hold(&t.id);
+    guard.disarm();
+    let held = hold::wait(&x, t.id, t.expires_at, Duration::from_secs(50), &guard)
         .await
         .unwrap();
     assert_eq!(held.status, Status::Pending);
@@ -123,7 +125,9 @@ async fn a_ticket_that_expires_while_held_ends_the_hold() {
     let conn = conn();
     let x = exchange(&shared, &conn);
     let t = open(&shared, Duration::from_secs(10)).await;
-    let held = hold::wait(&x, t.id, t.expires_at, Duration::from_secs(50))
+    let mut guard = shared.engine().hold(&t.id);
+    guard.disarm();
+    let held = hold::wait(&x, t.id, t.expires_at, Duration::from_secs(50), &guard)
         .await
         .unwrap();
     assert_eq!(held.status, Status::Expired);
@@ -153,7 +157,9 @@ async fn a_decision_releases_the_hold() {
             .unwrap();
     });
     let started = tokio::time::Instant::now();
-    let held = hold::wait(&x, t.id, t.expires_at, Duration::from_secs(50))
+    let mut guard = shared.engine().hold(&t.id);
+    guard.disarm();
+    let held = hold::wait(&x, t.id, t.expires_at, Duration::from_secs(50), &guard)
         .await
         .unwrap();
     assert_eq!(held.status, Status::Approved);
@@ -172,7 +178,9 @@ async fn shutdown_answers_held_requests_with_their_ticket() {
         tokio::time::sleep(Duration::from_secs(1)).await;
         engine.begin_shutdown();
     });
-    match hold::wait(&x, t.id, t.expires_at, Duration::from_secs(50)).await {
+    let mut guard = shared.engine().hold(&t.id);
+    guard.disarm();
+    match hold::wait(&x, t.id, t.expires_at, Duration::from_secs(50), &guard).await {
         Err(GatewayError::ShuttingDown { ticket }) => assert_eq!(ticket, id),
         other => panic!("expected ShuttingDown, got {other:?}"),
     }
@@ -188,7 +196,9 @@ async fn a_client_that_goes_away_cancels_its_ticket() {
         tokio::spawn(async move {
             let conn = conn();
             let x = exchange(&shared, &conn);
-            let _ = hold::wait(&x, t.id, t.expires_at, Duration::from_secs(50)).await;
+            // Armed: the client going away (this task aborted) drops it.
+            let guard = shared.engine().hold(&t.id);
+            let _ = hold::wait(&x, t.id, t.expires_at, Duration::from_secs(50), &guard).await;
         })
     };
     tokio::time::sleep(Duration::from_secs(1)).await;

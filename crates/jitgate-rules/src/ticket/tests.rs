@@ -714,6 +714,52 @@ fn expire_only_when_due_and_pending() {
     );
 }
 
+/// SPEC 6 across replicas: a ticket is cancelled when a client goes away and no replica
+/// holds a request on it any more; never while another replica still does.
+#[test]
+fn holders_join_and_leave_and_the_last_gone_cancels() {
+    let t = ticket(1);
+    let a = join_hold(&t, "replica-a").unwrap();
+    assert_eq!(
+        join_hold(&a, "replica-a"),
+        Err(TransitionError::AlreadyDone)
+    );
+    let ab = join_hold(&a, "replica-b").unwrap();
+    assert_eq!(ab.holders, ["replica-a", "replica-b"]);
+    // A's client goes away: B still holds, so the ticket stays pending.
+    let b = leave_hold(&ab, "replica-a", true, at(1)).unwrap();
+    assert_eq!(b.status, Status::Pending);
+    assert_eq!(b.holders, ["replica-b"]);
+    // A again (not listed), answered: nothing to write.
+    assert_eq!(
+        leave_hold(&b, "replica-a", false, at(1)),
+        Err(TransitionError::AlreadyDone)
+    );
+    // B's request was answered (202 at its hold timeout): B leaves, nothing is cancelled.
+    let none = leave_hold(&b, "replica-b", false, at(2)).unwrap();
+    assert_eq!(none.status, Status::Pending);
+    assert!(none.holders.is_empty());
+    // B's client goes away as the last holder: cancelled.
+    let c = leave_hold(&b, "replica-b", true, at(3)).unwrap();
+    assert_eq!(c.status, Status::Cancelled);
+    assert_eq!(c.decided_at, Some(at(3)));
+    // A ticket no one listed (opened before holders were kept): the one gone cancels it.
+    assert_eq!(
+        leave_hold(&t, "replica-a", true, at(4)).unwrap().status,
+        Status::Cancelled
+    );
+    // Only while pending.
+    let decided = cancel(&t, at(5)).unwrap();
+    assert!(matches!(
+        join_hold(&decided, "replica-a"),
+        Err(TransitionError::NotPending { .. })
+    ));
+    assert!(matches!(
+        leave_hold(&decided, "replica-a", true, at(6)),
+        Err(TransitionError::NotPending { .. })
+    ));
+}
+
 #[test]
 fn cancel_only_while_pending() {
     let t = ticket(1);
