@@ -162,7 +162,47 @@ impl RedisCluster {
             String::from_utf8_lossy(&out.stderr)
         );
         cluster.wait_ok();
+        cluster.wait_replicas(primaries * replicas);
         cluster
+    }
+
+    /// Waits until `n` replicas are attached (listed as `slave` by every live node's view
+    /// through one node) and each has its primary's data.
+    fn wait_replicas(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let nodes = self.node_cli(self.any(), false, &["CLUSTER", "NODES"]);
+            let replicas: Vec<u16> = nodes
+                .lines()
+                .filter(|l| {
+                    l.split_whitespace()
+                        .nth(2)
+                        .is_some_and(|f| f.contains("slave"))
+                })
+                .filter_map(|l| {
+                    l.split_whitespace()
+                        .nth(1)?
+                        .split('@')
+                        .next()?
+                        .rsplit(':')
+                        .next()?
+                        .parse()
+                        .ok()
+                })
+                .collect();
+            let synced = replicas.iter().all(|p| {
+                self.node_cli(*p, false, &["INFO", "replication"])
+                    .contains("master_link_status:up")
+            });
+            if replicas.len() >= n && synced {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{n} replicas never attached:\n{nodes}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Waits until every live node says `cluster_state:ok`, all slots are assigned, and every

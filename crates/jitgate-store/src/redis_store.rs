@@ -309,7 +309,7 @@ impl redis::aio::ConnectionLike for Conn {
 
 impl Conn {
     /// Runs `cmd`, which names no key, where the store's keys are: on the cluster, the
-    /// primary of [`CLUSTER_TAG`]'s slot (`SCAN`, `WAIT`, `PING`, `ROLE` are about that node,
+    /// primary of [`CLUSTER_TAG`]'s slot (`SCAN`, `WAIT`, `PING`, `CLUSTER MYID` are about that node,
     /// not a random one); elsewhere, on the primary.
     async fn at_keys<T: redis::FromRedisValue>(&mut self, cmd: redis::Cmd) -> RedisResult<T> {
         match self {
@@ -1153,16 +1153,28 @@ async fn listen(
             Ok::<_, RedisError>(ps)
         };
         match tokio::time::timeout(connect_timeout, attempt).await {
-            Ok(Ok(mut ps)) => {
+            Ok(Ok(ps)) => {
                 backoff = Duration::from_millis(50);
                 tracing::debug!("subscribed to {DECISIONS}");
-                let mut messages = ps.on_message();
+                let (mut sink, mut messages) = ps.split();
+                // A node that hangs (stopped, partitioned) closes nothing: a PING unanswered
+                // within `connect_timeout` counts as a lost connection.
+                let mut alive = tokio::time::interval(LISTENER_PING);
+                alive.tick().await;
                 let moved = loop {
                     let msg = tokio::select! {
                         msg = messages.next() => msg,
                         () = moved(&mut primary) => {
                             tracing::info!("redis primary moved; subscribing there");
                             break true;
+                        }
+                        _ = alive.tick() => {
+                            let ping = tokio::time::timeout(connect_timeout, sink.ping::<redis::Value>());
+                            if matches!(ping.await, Ok(Ok(_))) {
+                                continue;
+                            }
+                            tracing::warn!("redis pub/sub connection stopped answering; reconnecting");
+                            break false;
                         }
                     };
                     let Some(msg) = msg else {
@@ -1198,6 +1210,9 @@ async fn listen(
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }
+
+/// How often the decision listener checks that its connection still answers.
+const LISTENER_PING: Duration = Duration::from_secs(2);
 
 /// Resolves when the primary moves; never without a follower (a standalone primary).
 async fn moved(primary: &mut watch::Receiver<Client>) {
@@ -1414,22 +1429,32 @@ struct SentinelNode {
     asked: tokio::sync::Mutex<Option<redis::aio::MultiplexedConnection>>,
 }
 
-/// How many replicas the primary of the store's slot has connected (`ROLE`); `None` when it
-/// does not answer.
+/// How many replicas of the store's slot a cluster failover could promote: every replica the
+/// cluster lists for the slot's primary (`CLUSTER REPLICAS`, the cluster's own view) but those
+/// it flags `fail` or `noaddr`. A replica whose link is down or that is resynchronising still
+/// counts (it is a failover candidate for `cluster-node-timeout` × the validity factor), so
+/// writes wait for it and fail while it lags, rather than being confirmed and then undone by
+/// its promotion. `None` when the primary does not answer.
 async fn slot_replicas(c: &mut Conn) -> Option<u32> {
-    let role: redis::Value = c.at_keys(redis::cmd("ROLE")).await.ok()?;
-    let redis::Value::Array(parts) = role else {
-        return None;
-    };
-    match parts.get(2) {
-        Some(redis::Value::Array(replicas)) => u32::try_from(replicas.len()).ok(),
-        _ => None,
-    }
+    let mut myid = redis::cmd("CLUSTER");
+    myid.arg("MYID");
+    let id: String = c.at_keys(myid).await.ok()?;
+    let mut replicas = redis::cmd("CLUSTER");
+    replicas.arg("REPLICAS").arg(id);
+    let lines: Vec<String> = c.at_keys(replicas).await.ok()?;
+    let candidates = lines
+        .iter()
+        .filter(|line| {
+            let flags = line.split_whitespace().nth(2).unwrap_or_default();
+            !flags.split(',').any(|f| f == "fail" || f == "noaddr")
+        })
+        .count();
+    u32::try_from(candidates).ok()
 }
 
-/// Keeps `promotable` at the number of replicas the primary of the store's slot has: those
-/// a cluster failover could promote, so every write waits for them (see
-/// [`RedisStore::acked`]). Asked every [`SENTINEL_POLL`].
+/// Keeps `promotable` at the number of replicas of the store's slot a failover could
+/// promote, so every write waits for them (see [`RedisStore::acked`]). Asked every
+/// [`SENTINEL_POLL`].
 async fn count_slot_replicas(
     conn: Arc<std::sync::RwLock<Conn>>,
     promotable: Arc<std::sync::atomic::AtomicU32>,
