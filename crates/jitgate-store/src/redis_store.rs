@@ -347,9 +347,13 @@ pub struct RedisStore {
     /// it. Writes that record events take turns, so at most one per replica races for the
     /// head: conflicts are bounded by the number of replicas instead of growing with every
     /// concurrent writer (where, retrying optimistically, each round lets one through).
-    audit_head: tokio::sync::Mutex<Option<String>>,
+    audit_head: Arc<tokio::sync::Mutex<Option<String>>>,
+    /// Ticket changes with events waiting for this replica's turn at the audit head: whoever
+    /// takes the turn commits those queued (up to [`BATCH`]) in one script (group commit), so
+    /// thousands of concurrent releases cost tens of round trips, not thousands.
+    queue: Arc<std::sync::Mutex<Vec<Queued>>>,
     /// Sent to while this replica's turn at the audit head is held, so in chain order.
-    tap: Tap,
+    tap: Arc<Tap>,
     /// Operations that failed with [`StoreError::Unavailable`] (see [`Store::errors`]).
     errors: std::sync::atomic::AtomicU64,
 }
@@ -554,8 +558,9 @@ impl RedisStore {
                 outbox_settle: Script::new(OUTBOX_SETTLE_LUA),
             }),
             prune: Mutex::new(PruneCursor::default()),
-            audit_head: tokio::sync::Mutex::new(None),
-            tap: Tap::default(),
+            audit_head: Arc::new(tokio::sync::Mutex::new(None)),
+            queue: Arc::default(),
+            tap: Arc::default(),
             errors: std::sync::atomic::AtomicU64::new(0),
         })
     }
@@ -572,19 +577,82 @@ impl RedisStore {
     /// primary the sentinels had just replaced is never acknowledged, so it fails here
     /// instead of being answered as done and then lost.
     async fn acked(&self, c: &mut Conn) -> Result<(), StoreError> {
-        let want = self.opts.replica_acks.unwrap_or_else(|| {
+        Self::wait_acks(c, self.acks_wanted(), self.opts.op_timeout).await
+    }
+
+    /// How many replicas each write must reach now (see [`RedisOptions::replica_acks`]).
+    fn acks_wanted(&self) -> u32 {
+        self.opts.replica_acks.unwrap_or_else(|| {
             if self.follower.is_some() {
                 self.promotable.load(std::sync::atomic::Ordering::Relaxed)
             } else {
                 0
             }
+        })
+    }
+
+    /// Queues `write` (read with audit head `read_head`) for the next group commit and waits
+    /// for its outcome: `Some(ticket)` written, `None` changed since it was read.
+    async fn commit_queued(
+        &self,
+        write: TicketWrite,
+        read_head: Option<String>,
+    ) -> Result<Option<Ticket>, StoreError> {
+        let (done, outcome) = tokio::sync::oneshot::channel();
+        lock(&self.queue).push(Queued {
+            write,
+            read_head,
+            done,
         });
+        // Every queued change's owner takes the turn once after queueing, and each turn
+        // commits at least one queued change: none is left behind.
+        let turn = self.audit_head.clone().lock_owned().await;
+        let batch = {
+            let mut queue = lock(&self.queue);
+            let mut seen = std::collections::HashSet::new();
+            let mut batch = Vec::new();
+            let mut i = 0;
+            // One change per ticket per script (both would be checked against the same
+            // record); a second one waits for the next turn.
+            while i < queue.len() && batch.len() < BATCH {
+                if seen.insert(queue[i].write.id.clone()) {
+                    batch.push(queue.remove(i));
+                } else {
+                    i += 1;
+                }
+            }
+            batch
+        };
+        if !batch.is_empty() {
+            // A task of its own: the owners of the batch's other changes wait for it, so it
+            // must not end with this caller's future.
+            let group = Group {
+                conn: self.conn.clone(),
+                scripts: self.scripts.clone(),
+                keys: self.keys,
+                tap: self.tap.clone(),
+                acks: self.acks_wanted(),
+                op_timeout: self.opts.op_timeout,
+            };
+            tokio::spawn(group.commit(turn, batch));
+        }
+        match outcome.await {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::Unavailable(
+                "the group commit carrying this change ended without an answer".into(),
+            )),
+        }
+    }
+
+    /// Waits until `want` replicas have every write sent on `c` so far (see
+    /// [`RedisStore::acked`]).
+    async fn wait_acks(c: &mut Conn, want: u32, op_timeout: Duration) -> Result<(), StoreError> {
         if want == 0 {
             return Ok(());
         }
         // Half the operation's time, so a missing replica is reported as such rather than as
         // the whole operation timing out.
-        let timeout = u64::try_from((self.opts.op_timeout / 2).as_millis())
+        let timeout = u64::try_from((op_timeout / 2).as_millis())
             .unwrap_or(u64::MAX)
             .max(1);
         let mut wait = redis::cmd("WAIT");
@@ -1771,6 +1839,121 @@ const BATCH: usize = 250;
 /// [`CAS_TICKETS`] chunk before its tickets are decided one at a time instead.
 const HEAD_RACES: usize = 3;
 
+/// A ticket change waiting for a group commit ([`RedisStore::commit_queued`]).
+struct Queued {
+    write: TicketWrite,
+    /// The audit head read with the record.
+    read_head: Option<String>,
+    /// `Some(ticket)` written; `None` changed since it was read.
+    done: tokio::sync::oneshot::Sender<Result<Option<Ticket>, StoreError>>,
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// What a group commit needs of the store, owned, so that it runs in a task of its own.
+struct Group {
+    conn: Arc<std::sync::RwLock<Conn>>,
+    scripts: Arc<Scripts>,
+    keys: Keys,
+    tap: Arc<Tap>,
+    acks: u32,
+    op_timeout: Duration,
+}
+
+/// What one group commit script did.
+enum Attempt {
+    /// Everything landed: the new head and the events.
+    Written(Option<String>, Vec<AuditEvent>),
+    /// Nothing landed: these (indexes into the batch) changed since they were read.
+    Changed(std::collections::HashSet<usize>),
+    /// Nothing landed: another replica moved the audit head to this.
+    Moved(Option<String>),
+}
+
+impl Group {
+    /// Commits `batch` holding `turn`: one [`CAS_TICKETS`] script for all of them with all
+    /// their events. A change whose record changed since it was read is answered `None` (its
+    /// owner reads again) and the rest go again; a moved head re-chains them. Bounded by
+    /// `op_timeout`; every change gets an answer.
+    async fn commit(
+        self,
+        mut turn: tokio::sync::OwnedMutexGuard<Option<String>>,
+        mut batch: Vec<Queued>,
+    ) {
+        let read = batch
+            .iter()
+            .filter_map(|q| q.read_head.clone())
+            .fold(None, |latest, h| later_head(latest, Some(h)));
+        let mut head = later_head(turn.take(), read);
+        let deadline = tokio::time::Instant::now() + self.op_timeout;
+        let failed = loop {
+            if batch.is_empty() {
+                *turn = head;
+                return;
+            }
+            let attempt = self.attempt(&batch, head.as_deref());
+            match tokio::time::timeout_at(deadline, attempt).await {
+                Err(_) => break StoreError::Unavailable("redis did not answer in time".into()),
+                Ok(Err(e)) => break e,
+                Ok(Ok(Attempt::Written(written, events))) => {
+                    *turn = written;
+                    self.tap.send(&events);
+                    for q in batch {
+                        let _ = q.done.send(Ok(Some(q.write.next)));
+                    }
+                    return;
+                }
+                Ok(Ok(Attempt::Changed(changed))) => {
+                    let mut kept = Vec::with_capacity(batch.len());
+                    for (i, q) in batch.into_iter().enumerate() {
+                        if changed.contains(&i) {
+                            let _ = q.done.send(Ok(None));
+                        } else {
+                            kept.push(q);
+                        }
+                    }
+                    batch = kept;
+                }
+                Ok(Ok(Attempt::Moved(now_head))) => head = now_head,
+            }
+        };
+        // The head is unknown now (the script may have landed): the next turn reads it.
+        for q in batch {
+            let _ = q.done.send(Err(failed.clone()));
+        }
+    }
+
+    async fn attempt(&self, batch: &[Queued], head: Option<&str>) -> Result<Attempt, StoreError> {
+        let drafts: Vec<AuditDraft> = batch
+            .iter()
+            .flat_map(|q| q.write.drafts.iter().cloned())
+            .collect();
+        let mut inv = self.scripts.cas_tickets.prepare_invoke();
+        inv.key(self.keys.audit_head())
+            .key(self.keys.audit())
+            .arg(batch.len());
+        for q in batch {
+            q.write.add(&mut inv);
+        }
+        let (written, events) = audit_args(&mut inv, head, &drafts)?;
+        let mut c = self.conn.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let v: Vec<String> = inv.invoke_async(&mut c).await.map_err(unavailable)?;
+        RedisStore::wait_acks(&mut c, self.acks, self.op_timeout).await?;
+        if v.first().map(String::as_str) == Some("changed") {
+            return Ok(Attempt::Changed(
+                v[1..].iter().filter_map(|i| i.parse().ok()).collect(),
+            ));
+        }
+        match reply(v)? {
+            Reply::Ok => Ok(Attempt::Written(written, events)),
+            Reply::HeadMoved(now_head) => Ok(Attempt::Moved(now_head)),
+            _ => Err(StoreError::Corrupt("unexpected group commit reply".into())),
+        }
+    }
+}
+
 /// One ticket's change as [`CAS_TICKETS`] writes it: its keys, the record it was read as,
 /// what replaces it (with any grant the change creates) and the events recorded with it.
 struct TicketWrite {
@@ -2136,7 +2319,19 @@ impl Store for RedisStore {
                 let current: Ticket = decode("ticket", &raw)?;
                 let next = f(&current)?;
                 let write = TicketWrite::new(0, raw, &current, next, audit, now(), self)?;
-                // CAS_TICKETS over this one ticket.
+                if !write.drafts.is_empty() {
+                    // With events: committed with whatever else waits for the audit head.
+                    attempts.count += 1;
+                    match self.commit_queued(write, head).await? {
+                        Some(next) => return Ok(next),
+                        None => {
+                            // Let the winner finish before reading again.
+                            tokio::task::yield_now().await;
+                            continue;
+                        }
+                    }
+                }
+                // Nothing to record: CAS_TICKETS over this one ticket, without the turn.
                 let build = |inv: &mut redis::ScriptInvocation<'_>| {
                     inv.key(self.keys.audit_head())
                         .key(self.keys.audit())

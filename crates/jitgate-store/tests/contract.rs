@@ -1650,6 +1650,57 @@ async fn a_burst_of_writes_with_events_all_lands(p: Pair) {
     assert_eq!(whole_chain_verifies(&*p.b).await, 3 * n);
 }
 
+/// Changes with events are committed together (a group commit on Redis): a caller that goes
+/// away mid-way (its future dropped, as when a client hangs up) strands none of the others,
+/// and what it changed either landed whole with its events or not at all.
+async fn dropped_transitions_strand_no_other(p: Pair) {
+    let n = 300;
+    let (created, refused) = race_creates(&p, NO_LIMITS, n, |i| {
+        ticket_from(&format!("/v1/dropped/{i}"), &format!("d{i}"), "192.0.2.10")
+    })
+    .await;
+    assert!(refused.is_empty(), "{refused:?}");
+    let mut kept = Vec::new();
+    let mut dropped = Vec::new();
+    for (i, t) in created.iter().enumerate() {
+        let store = if i % 2 == 0 { p.a.clone() } else { p.b.clone() };
+        let id = t.id.clone();
+        let task = tokio::spawn(async move {
+            let f = |t: &Ticket| ticket::approve(t, &oncall("alice"), None, now());
+            store.transition(&id, &f, &events).await
+        });
+        if i % 3 == 0 {
+            dropped.push((t.id.clone(), task));
+        } else {
+            kept.push(task);
+        }
+    }
+    // A third go away, spread over the time the commits take.
+    for (_, task) in &dropped {
+        tokio::time::sleep(Duration::from_micros(200)).await;
+        task.abort();
+    }
+    for task in kept {
+        let t = tokio::time::timeout(Duration::from_secs(20), task)
+            .await
+            .expect("no change is stranded")
+            .unwrap()
+            .unwrap();
+        assert_eq!(t.status, Status::Approved);
+    }
+    let mut approved = n - dropped.len();
+    for (id, task) in dropped {
+        let _ = task.await;
+        match p.a.get(&id).await.unwrap().unwrap().status {
+            Status::Approved => approved += 1,
+            Status::Pending => {}
+            other => panic!("{id} is {other}"),
+        }
+    }
+    // One creation event per ticket, one approval event per approval that landed.
+    assert_eq!(whole_chain_verifies(&*p.b).await, n + approved);
+}
+
 /// Creates `n` distinct tickets at once from both handles under `limits`.
 async fn race_creates(
     p: &Pair,
@@ -2126,6 +2177,7 @@ contract!(
         execute_and_its_event_happen_exactly_once,
         access_approval_creates_exactly_one_grant,
         a_burst_of_writes_with_events_all_lands,
+        dropped_transitions_strand_no_other,
         global_pending_cap_is_atomic,
         per_source_cap_is_atomic,
         per_requester_cap_is_atomic,
