@@ -599,43 +599,47 @@ impl RedisStore {
         read_head: Option<String>,
     ) -> Result<Option<Ticket>, StoreError> {
         let (done, outcome) = tokio::sync::oneshot::channel();
-        lock(&self.queue).push(Queued {
-            write,
-            read_head,
-            done,
-        });
-        // Every queued change's owner takes the turn once after queueing, and each turn
-        // commits at least one queued change: none is left behind.
-        let turn = self.audit_head.clone().lock_owned().await;
-        let batch = {
-            let mut queue = lock(&self.queue);
-            let mut seen = std::collections::HashSet::new();
-            let mut batch = Vec::new();
-            let mut i = 0;
-            // One change per ticket per script (both would be checked against the same
-            // record); a second one waits for the next turn.
-            while i < queue.len() && batch.len() < BATCH {
-                if seen.insert(queue[i].write.id.clone()) {
-                    batch.push(queue.remove(i));
-                } else {
-                    i += 1;
-                }
-            }
-            batch
+        let queue = self.queue.clone();
+        let audit_head = self.audit_head.clone();
+        let group = Group {
+            conn: self.conn.clone(),
+            scripts: self.scripts.clone(),
+            keys: self.keys,
+            tap: self.tap.clone(),
+            acks: self.acks_wanted(),
+            op_timeout: self.opts.op_timeout,
         };
-        if !batch.is_empty() {
-            // A task of its own: the owners of the batch's other changes wait for it, so it
-            // must not end with this caller's future.
-            let group = Group {
-                conn: self.conn.clone(),
-                scripts: self.scripts.clone(),
-                keys: self.keys,
-                tap: self.tap.clone(),
-                acks: self.acks_wanted(),
-                op_timeout: self.opts.op_timeout,
+        // A task of its own from the queueing on: every queued change is followed by one
+        // turn at the audit head, which commits at least one queued change, so none is left
+        // behind; and a caller that goes away (its future dropped) neither leaves its change
+        // queued without a turn nor ends a commit that others' changes ride on.
+        tokio::spawn(async move {
+            lock(&queue).push(Queued {
+                write,
+                read_head,
+                done,
+            });
+            let turn = audit_head.lock_owned().await;
+            let batch = {
+                let mut queue = lock(&queue);
+                let mut seen = std::collections::HashSet::new();
+                let mut batch = Vec::new();
+                let mut i = 0;
+                // One change per ticket per script (both would be checked against the same
+                // record); a second one waits for the next turn.
+                while i < queue.len() && batch.len() < BATCH {
+                    if seen.insert(queue[i].write.id.clone()) {
+                        batch.push(queue.remove(i));
+                    } else {
+                        i += 1;
+                    }
+                }
+                batch
             };
-            tokio::spawn(group.commit(turn, batch));
-        }
+            if !batch.is_empty() {
+                group.commit(turn, batch).await;
+            }
+        });
         match outcome.await {
             Ok(r) => r,
             Err(_) => Err(StoreError::Unavailable(

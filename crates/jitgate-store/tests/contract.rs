@@ -2641,3 +2641,93 @@ async fn redis_execute_once_across_handles() {
     }
     whole_chain_verifies(&*p.a).await;
 }
+
+// === red team: group commit (tests/e2e_redteam_hold.rs has the gateway side) ===
+
+/// Red team, group commit (fixed): a caller that went away while its change waited for the
+/// turn at the audit head left the change queued with no turn to come. Nothing committed it
+/// until some later caller took the turn, which then committed the stale change first: an
+/// approval its approver abandoned landed over a deny read and sent later, and the deny's
+/// own change was left queued without a turn (503 after `op_timeout`). Now queueing and the
+/// turn run in a task of their own: the abandoned change is committed in its turn (as any
+/// write already sent when its caller hangs up), and the later deny is answered: denied if
+/// the approval had not landed, refused as no longer pending if it had. Never a stranded
+/// change, never an answer that disagrees with the ticket.
+///
+/// Deterministic here: writes are paused (`CLIENT PAUSE WRITE`, reads go on) so the first
+/// change's commit holds the turn while the abandoned one is computed and queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_an_abandoned_change_never_lands_over_a_later_decision() {
+    let server = RedisServer::start();
+    let store = Arc::new(server.store().await);
+    let approve = |t: &Ticket| ticket::approve(t, &oncall("alice"), None, now());
+    // Warm the scripts up (a paused EVALSHA must not turn into NOSCRIPT + SCRIPT LOAD).
+    let warm = create(&*store, new_ticket("/v1/group/warm", "bob")).await;
+    store.transition(&warm.id, &approve, &events).await.unwrap();
+    let u = create(&*store, new_ticket("/v1/group/u", "bob")).await;
+    let d = create(&*store, new_ticket("/v1/group/d", "bob")).await;
+
+    assert!(
+        server.command("CLIENT PAUSE 1200 WRITE").starts_with("+OK"),
+        "CLIENT PAUSE"
+    );
+    // The approval of `d` is read at once but computed slowly, so that it is queued while
+    // the approval of `u` (read just after) holds the turn, paused in Redis.
+    let abandoned = {
+        let store = store.clone();
+        let id = d.id.clone();
+        tokio::spawn(async move {
+            let slow = |t: &Ticket| {
+                std::thread::sleep(Duration::from_millis(300));
+                ticket::approve(t, &oncall("alice"), None, now())
+            };
+            store.transition(&id, &slow, &events).await
+        })
+    };
+    let first = {
+        let store = store.clone();
+        let id = u.id.clone();
+        tokio::spawn(async move {
+            let slowish = |t: &Ticket| {
+                std::thread::sleep(Duration::from_millis(50));
+                ticket::approve(t, &oncall("alice"), None, now())
+            };
+            store.transition(&id, &slowish, &events).await
+        })
+    };
+    // The approver of `d` gives up (its request is cancelled) before any answer.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    abandoned.abort();
+    assert!(
+        abandoned.await.unwrap_err().is_cancelled(),
+        "answered early"
+    );
+    let t = tokio::time::timeout(Duration::from_secs(10), first)
+        .await
+        .expect("the first change answers")
+        .unwrap()
+        .unwrap();
+    assert_eq!(t.status, Status::Approved);
+
+    // Later, the ticket is denied.
+    let deny = |t: &Ticket| ticket::deny(t, &oncall("carol"), Some("no".into()), now());
+    let denied = tokio::time::timeout(
+        Duration::from_secs(20),
+        store.transition(&d.id, &deny, &events),
+    )
+    .await
+    .expect("the deny answers");
+    let status = store.get(&d.id).await.unwrap().unwrap().status;
+    let consistent = match &denied {
+        Ok(t) => t.status == Status::Denied && status == Status::Denied,
+        Err(StoreError::Transition(TransitionError::NotPending {
+            status: Status::Approved,
+        })) => status == Status::Approved,
+        Err(_) => false,
+    };
+    assert!(
+        consistent,
+        "a deny after the approval was abandoned: answered {denied:?}, ticket {status}"
+    );
+    whole_chain_verifies(&*store).await;
+}

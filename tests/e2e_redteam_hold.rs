@@ -1,0 +1,570 @@
+//! Red team on replica-wide holders (d9c7684: `Ticket::holders`, `join_hold`, `leave_hold`,
+//! `HoldGuard` spanning the whole hold) and on the Redis group commit (05b2470:
+//! `RedisStore::commit_queued`, `Group::commit`). The store-level half of the group-commit
+//! attack (a change abandoned before its turn) is in crates/jitgate-store/tests/contract.rs
+//! (`redis_an_abandoned_change_never_lands_over_a_later_decision`).
+//!
+//! Every test runs the real `jitgate` binary (two replicas where it matters) against its own
+//! `redis-server` and a recording origin. Approve-route requests carry an explicit `Host` so
+//! that a request resumed on another replica has the same fingerprint.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use common::*;
+
+const HOST: &str = "api.example.com";
+const ROUTE: &str = "prod-deploy";
+const SOON: Duration = Duration::from_secs(10);
+
+/// One replica's config: `prod-deploy` (`POST /deploy/**`, group oncall, `route_extra` under
+/// `[routes.approval]`), an allow catch-all, a shared signing key.
+fn config(redis: &str, origin: &str, hold: &str, route_extra: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+trusted_proxies = ["127.0.0.1/32"]
+
+[store]
+kind = "redis"
+url = "{redis}"
+
+[approvals]
+hold_timeout = "{hold}"
+reconcile_interval = "300ms"
+signing_key = "key.pem"
+
+[[upstreams]]
+name = "origin"
+url = "{origin}"
+
+[[routes]]
+name = "{ROUTE}"
+methods = ["POST"]
+path = "/deploy/**"
+upstream = "origin"
+action = "approve"
+[routes.approval]
+approvers = ["group:oncall"]
+quorum = 1
+{route_extra}
+
+[[routes]]
+name = "everything-else"
+path = "/**"
+upstream = "origin"
+action = "allow"
+
+{identity}"#,
+        identity = identity_and_admin_toml(),
+    )
+}
+
+async fn replicas(
+    redis: &RedisServer,
+    origin: &Origin,
+    holds: &[&str],
+    route_extra: &str,
+) -> Vec<Gateway> {
+    let pem = signing_key_pem();
+    let mut out = Vec::new();
+    for hold in holds {
+        let cfg = config(&redis.url(), &origin.url(), hold, route_extra);
+        out.push(Gateway::builder(&cfg).file("key.pem", pem.clone()).start());
+    }
+    for gw in &out {
+        wait_store_ok(gw).await;
+    }
+    out
+}
+
+/// Who sends a request: a named user (trusted headers), or an anonymous client with an API key.
+#[derive(Clone, Copy)]
+enum Who {
+    User(&'static str),
+    Anonymous(&'static str),
+}
+
+/// `POST <path>` on `gw` as `who`, optionally resuming `ticket`.
+async fn deploy(gw_url: &str, path: &str, who: Who, ticket: Option<&str>) -> Response {
+    let url = format!("{gw_url}{path}");
+    let mut headers: Vec<(&str, &str)> = vec![("host", HOST), ("content-type", "application/json")];
+    match who {
+        Who::User(u) => {
+            headers.push(("x-user", u));
+            headers.push(("x-groups", "dev"));
+        }
+        Who::Anonymous(key) => headers.push(("x-api-key", key)),
+    }
+    if let Some(id) = ticket {
+        headers.push(("jit-ticket", id));
+    }
+    Client::http1()
+        .with_timeout(Duration::from_secs(60))
+        .send("POST", &url, &headers, "{}".to_string())
+        .await
+}
+
+fn spawn_deploy(
+    gw: &Gateway,
+    path: &str,
+    who: Who,
+    ticket: Option<&str>,
+) -> tokio::task::JoinHandle<Response> {
+    let (url, path, ticket) = (
+        gw.data_url().to_string(),
+        path.to_string(),
+        ticket.map(str::to_string),
+    );
+    tokio::spawn(async move { deploy(&url, &path, who, ticket.as_deref()).await })
+}
+
+async fn ticket(gw: &Gateway, id: &str) -> Value {
+    let r = admin_call(gw, "ops", "GET", &format!("/v1/tickets/{id}"), "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()
+}
+
+fn holders(t: &Value) -> Vec<String> {
+    t["holders"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|h| h.as_str().map(str::to_string))
+        .collect()
+}
+
+/// Waits until ticket `id` lists `n` holders.
+async fn wait_holders(gw: &Gateway, id: &str, n: usize) -> Value {
+    let deadline = tokio::time::Instant::now() + SOON;
+    loop {
+        let t = ticket(gw, id).await;
+        if holders(&t).len() == n {
+            return t;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "ticket {id} never had {n} holders: {t}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Pending tickets on `prod-deploy`: id -> (path, requester JSON).
+async fn pending(gw: &Gateway) -> BTreeMap<String, Value> {
+    let r = admin_call(gw, "ops", "GET", "/v1/tickets?status=PENDING", "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["tickets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|t| t["route"] == ROUTE)
+        .map(|t| (t["id"].as_str().unwrap().to_string(), t.clone()))
+        .collect()
+}
+
+async fn wait_pending_n(gw: &Gateway, n: usize) -> BTreeMap<String, Value> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let p = pending(gw).await;
+        if p.len() == n {
+            return p;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{n} pending tickets never seen: {} ({:?})",
+            p.len(),
+            p.keys()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn problem_type(r: &Response) -> String {
+    r.json()["type"].as_str().unwrap_or_default().to_string()
+}
+
+async fn answered(h: tokio::task::JoinHandle<Response>) -> Response {
+    tokio::time::timeout(Duration::from_secs(30), h)
+        .await
+        .expect("the held request answers")
+        .expect("request task")
+}
+
+async fn abort(h: tokio::task::JoinHandle<Response>) {
+    h.abort();
+    let _ = h.await;
+}
+
+// === holders ===
+
+/// Red team, holders (Low, open; a known limit in the README): a replica that dies while
+/// holding (SIGKILL, OOM kill, node loss: no `HoldGuard` drop runs) stays listed in
+/// `holders`, and a restarted replica draws a new id, so the last live client going away
+/// only leaves and the ticket is not cancelled. What must hold meanwhile: nothing is
+/// forwarded, and the ticket ends at `ticket_ttl` (EXPIRED) like any undecided one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn holders_a_replica_killed_while_holding_leaves_the_ticket_to_expire_unforwarded() {
+    let redis = RedisServer::start();
+    let origin = Origin::start();
+    let mut gws = replicas(&redis, &origin, &["30s", "30s"], "ticket_ttl = \"5s\"").await;
+    let b = gws.pop().unwrap();
+    let a = gws.pop().unwrap();
+
+    let on_a = spawn_deploy(&a, "/deploy/crash", Who::User("bob"), None);
+    let id = wait_pending_n(&a, 1).await.into_keys().next().unwrap();
+    let on_b = spawn_deploy(&b, "/deploy/crash", Who::User("bob"), None);
+    wait_holders(&b, &id, 2).await;
+
+    // A dies without running any drop; its client sees the connection close.
+    a.signal(Sig::Kill);
+    // (the client task panics on the cut connection)
+    let _ = tokio::time::timeout(SOON, on_a).await;
+    // B's client goes away: B leaves; A's entry stays.
+    abort(on_b).await;
+    let t = wait_holders(&b, &id, 1).await;
+    assert_eq!(t["status"], "PENDING", "{t}");
+    // The ticket ends at its ttl, never forwarded.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let t = loop {
+        let t = ticket(&b, &id).await;
+        if t["status"] != "PENDING" || tokio::time::Instant::now() >= deadline {
+            break t;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(t["status"], "EXPIRED", "{t}");
+    origin
+        .assert_no_new_requests(Duration::from_millis(300))
+        .await;
+    assert_eq!(origin.count(), 0);
+}
+
+/// Another requester (named, or anonymous with other credentials) can neither join, resume,
+/// keep alive nor cancel bob's ticket: identical requests open tickets of their own, a
+/// `Jit-Ticket` of bob's is refused before any hold (no holder written), and their clients
+/// going away touch only their own tickets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn holders_another_requester_can_neither_join_nor_cancel_nor_keep_alive() {
+    let redis = RedisServer::start();
+    let origin = Origin::start();
+    let mut gws = replicas(&redis, &origin, &["30s", "30s"], "").await;
+    let b = gws.pop().unwrap();
+    let a = gws.pop().unwrap();
+
+    let bob = spawn_deploy(&a, "/deploy/iso", Who::User("bob"), None);
+    let bob_id = wait_pending_n(&a, 1).await.into_keys().next().unwrap();
+    let before = holders(&ticket(&a, &bob_id).await);
+    assert_eq!(before.len(), 1);
+
+    // Identical requests of others: tickets of their own.
+    let mallory = spawn_deploy(&b, "/deploy/iso", Who::User("mallory"), None);
+    let anon = spawn_deploy(&b, "/deploy/iso", Who::Anonymous("key-X"), None);
+    let all = wait_pending_n(&a, 3).await;
+    // Bob's ticket, resumed by each of them on either replica: refused at once.
+    for gw in [&a, &b] {
+        for who in [
+            Who::User("mallory"),
+            Who::Anonymous("key-X"),
+            Who::Anonymous("key-Y"),
+        ] {
+            let r = deploy(gw.data_url(), "/deploy/iso", who, Some(&bob_id)).await;
+            assert_eq!(r.status, 403, "{}", r.text());
+            assert!(problem_type(&r).ends_with("mismatch"), "{}", r.text());
+        }
+    }
+    let t = ticket(&a, &bob_id).await;
+    assert_eq!(holders(&t), before, "another requester is listed: {t}");
+    // Their clients go away: their own tickets are cancelled, bob's is untouched.
+    abort(mallory).await;
+    abort(anon).await;
+    for (id, _) in all.iter().filter(|(id, _)| **id != bob_id) {
+        wait_status(&a, id, "CANCELLED", SOON).await;
+    }
+    let t = ticket(&b, &bob_id).await;
+    assert_eq!(t["status"], "PENDING", "{t}");
+    assert_eq!(holders(&t), before);
+    // And bob's going away cancels his, whatever the others did.
+    abort(bob).await;
+    wait_status(&b, &bob_id, "CANCELLED", SOON).await;
+    assert_eq!(origin.count(), 0);
+}
+
+/// A cancelled ticket is never joined or revived: resuming it is refused without writing a
+/// holder, an identical request opens a new ticket, and approving the old one is 409.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn holders_a_cancelled_ticket_is_never_joined_or_revived() {
+    let redis = RedisServer::start();
+    let origin = Origin::start();
+    let mut gws = replicas(&redis, &origin, &["30s", "30s"], "").await;
+    let b = gws.pop().unwrap();
+    let a = gws.pop().unwrap();
+
+    let on_a = spawn_deploy(&a, "/deploy/gone", Who::User("bob"), None);
+    let id = wait_pending_n(&a, 1).await.into_keys().next().unwrap();
+    abort(on_a).await;
+    wait_status(&b, &id, "CANCELLED", SOON).await;
+
+    let r = deploy(b.data_url(), "/deploy/gone", Who::User("bob"), Some(&id)).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    let t = ticket(&b, &id).await;
+    assert_eq!(t["status"], "CANCELLED");
+    assert!(holders(&t).is_empty(), "{t}");
+
+    let again = spawn_deploy(&b, "/deploy/gone", Who::User("bob"), None);
+    let fresh = wait_pending_n(&b, 1).await.into_keys().next().unwrap();
+    assert_ne!(fresh, id, "joined a cancelled ticket");
+    let r = approve(&a, "alice", &id, "late").await;
+    assert_eq!(r.status, 409, "{}", r.text());
+    let r = approve(&a, "alice", &fresh, "ok").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(answered(again).await.status, 200);
+    origin.wait_for(1, SOON).await;
+    origin
+        .assert_no_new_requests(Duration::from_millis(500))
+        .await;
+    assert_eq!(origin.count(), 1);
+}
+
+/// SIGTERM answers the held request 503 with its ticket and leaves the holders without
+/// cancelling; the client resumes on the other replica, which joins; one approval releases
+/// it once, and the ticket cannot be spent again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn holders_a_hold_ended_by_shutdown_resumes_elsewhere_and_releases_once() {
+    let redis = RedisServer::start();
+    let origin = Origin::start();
+    let mut gws = replicas(&redis, &origin, &["30s", "30s"], "").await;
+    let b = gws.pop().unwrap();
+    let mut a = gws.pop().unwrap();
+
+    let on_a = spawn_deploy(&a, "/deploy/term", Who::User("bob"), None);
+    let id = wait_pending_n(&a, 1).await.into_keys().next().unwrap();
+    a.signal(Sig::Term);
+    let r = answered(on_a).await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.header("jit-ticket"), Some(id.as_str()));
+    a.wait_exit(SOON);
+    let t = wait_holders(&b, &id, 0).await;
+    assert_eq!(t["status"], "PENDING", "shutdown cancelled the ticket: {t}");
+
+    let resumed = spawn_deploy(&b, "/deploy/term", Who::User("bob"), Some(&id));
+    wait_holders(&b, &id, 1).await;
+    let r = approve(&b, "alice", &id, "ok").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(answered(resumed).await.status, 200);
+    let r = deploy(b.data_url(), "/deploy/term", Who::User("bob"), Some(&id)).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    origin.wait_for(1, SOON).await;
+    origin
+        .assert_no_new_requests(Duration::from_millis(500))
+        .await;
+    assert_eq!(origin.count(), 1);
+    wait_status(&b, &id, "EXECUTED", SOON).await;
+}
+
+// === group commit ===
+
+/// `token_uses = 2`, five identical requests of bob's coalesced on one ticket across two
+/// replicas (three on A, two on B): the approval releases exactly two of them, whatever the
+/// group commits batch together; the others are refused (used), none twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn group_commit_token_uses_with_coalesced_holders_release_exactly_that_many() {
+    let redis = RedisServer::start();
+    let origin = Origin::start();
+    let mut gws = replicas(&redis, &origin, &["30s", "30s"], "token_uses = 2").await;
+    let b = gws.pop().unwrap();
+    let a = gws.pop().unwrap();
+
+    let mut held = vec![spawn_deploy(&a, "/deploy/two", Who::User("bob"), None)];
+    let id = wait_pending_n(&a, 1).await.into_keys().next().unwrap();
+    held.push(spawn_deploy(&a, "/deploy/two", Who::User("bob"), None));
+    held.push(spawn_deploy(&a, "/deploy/two", Who::User("bob"), None));
+    held.push(spawn_deploy(&b, "/deploy/two", Who::User("bob"), None));
+    held.push(spawn_deploy(&b, "/deploy/two", Who::User("bob"), None));
+    wait_holders(&a, &id, 2).await;
+    assert_eq!(pending(&a).await.len(), 1, "not coalesced");
+    // Give every request time to be held on the ticket.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let r = approve(&b, "alice", &id, "two").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let mut ok = 0;
+    for h in held {
+        let r = answered(h).await;
+        match r.status.as_u16() {
+            200 => ok += 1,
+            403 => assert!(problem_type(&r).ends_with("approval-used"), "{}", r.text()),
+            s => panic!("unexpected {s}: {}", r.text()),
+        }
+    }
+    origin
+        .assert_no_new_requests(Duration::from_millis(500))
+        .await;
+    assert_eq!((ok, origin.count()), (2, 2));
+    let t = wait_status(&a, &id, "EXECUTED", SOON).await;
+    assert_eq!(t["releases"].as_array().map_or(0, Vec::len), 2, "{t}");
+}
+
+/// A batch decision on A races single approvals and denials of the same tickets on B while
+/// their requests are held on both replicas (some coalesced across them): every ticket has
+/// one outcome, every approved request reaches the origin exactly once, no denied one ever,
+/// and the store's audit chain verifies (`jitgate audit verify --admin`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn group_commit_batch_decision_racing_single_decisions_on_two_replicas() {
+    const N: usize = 24;
+    let redis = RedisServer::start();
+    let origin = Origin::start();
+    let mut gws = replicas(&redis, &origin, &["40s", "40s"], "").await;
+    let b = gws.pop().unwrap();
+    let a = gws.pop().unwrap();
+
+    let mut held = Vec::new();
+    for i in 0..N {
+        let home = if i % 2 == 0 { &a } else { &b };
+        held.push((
+            i,
+            spawn_deploy(home, &format!("/deploy/g{i}"), Who::User("bob"), None),
+        ));
+    }
+    let tickets = wait_pending_n(&a, N).await;
+    // A third coalesced on the other replica too.
+    for i in (0..N).filter(|i| i % 3 == 0) {
+        let other = if i % 2 == 0 { &b } else { &a };
+        held.push((
+            i,
+            spawn_deploy(other, &format!("/deploy/g{i}"), Who::User("bob"), None),
+        ));
+    }
+    let by_path: BTreeMap<String, String> = tickets
+        .iter()
+        .map(|(id, t)| {
+            (
+                t["request"]["path"].as_str().unwrap().to_string(),
+                id.clone(),
+            )
+        })
+        .collect();
+    for i in (0..N).filter(|i| i % 3 == 0) {
+        wait_holders(&a, &by_path[&format!("/deploy/g{i}")], 2).await;
+    }
+    assert_eq!(pending(&a).await.len(), N, "not coalesced");
+
+    let ids: Vec<String> = by_path.values().cloned().collect();
+    let batch = {
+        let (url, ids) = (a.admin("/v1/tickets/decide"), ids.clone());
+        tokio::spawn(async move {
+            let body = serde_json::json!({ "ids": ids, "decision": "approve" }).to_string();
+            send(
+                "POST",
+                &url,
+                &[
+                    ("authorization", bearer_of("alice").as_str()),
+                    ("content-type", "application/json"),
+                ],
+                body,
+            )
+            .await
+        })
+    };
+    // Singles on B, at the same time: every fourth ticket denied by carol, the rest approved.
+    let mut singles = Vec::new();
+    for (k, id) in ids.iter().enumerate() {
+        let url = b.admin(&format!("/v1/tickets/{id}"));
+        let (verb, body) = if k % 4 == 0 {
+            ("deny", serde_json::json!({ "reason": "no" }))
+        } else {
+            ("approve", serde_json::json!({ "comment": "yes" }))
+        };
+        singles.push(tokio::spawn(async move {
+            send(
+                "POST",
+                &format!("{url}/{verb}"),
+                &[
+                    ("authorization", bearer_of("carol").as_str()),
+                    ("content-type", "application/json"),
+                ],
+                body.to_string(),
+            )
+            .await
+        }));
+    }
+    let r = tokio::time::timeout(Duration::from_secs(30), batch)
+        .await
+        .expect("batch answers")
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    for s in singles {
+        let r = tokio::time::timeout(Duration::from_secs(30), s)
+            .await
+            .expect("single answers")
+            .unwrap();
+        assert!(
+            matches!(r.status.as_u16(), 200 | 409),
+            "{}: {}",
+            r.status,
+            r.text()
+        );
+    }
+    let mut released: BTreeMap<String, usize> = BTreeMap::new();
+    for (i, h) in held {
+        let r = answered(h).await;
+        let path = format!("/deploy/g{i}");
+        match r.status.as_u16() {
+            200 => *released.entry(path).or_default() += 1,
+            403 => {}
+            s => panic!("{path}: unexpected {s}: {}", r.text()),
+        }
+    }
+    origin
+        .assert_no_new_requests(Duration::from_millis(800))
+        .await;
+    let mut forwarded: BTreeMap<String, usize> = BTreeMap::new();
+    for q in origin.requests() {
+        *forwarded.entry(q.path().to_string()).or_default() += 1;
+    }
+    assert_eq!(forwarded, released, "origin vs answers");
+    for (path, id) in &by_path {
+        let t = ticket(&a, id).await;
+        let status = t["status"].as_str().unwrap().to_string();
+        let n = forwarded.get(path).copied().unwrap_or(0);
+        match status.as_str() {
+            "EXECUTED" => assert_eq!(n, 1, "{path}: {t}"),
+            "DENIED" => assert_eq!(n, 0, "{path}: {t}"),
+            other => panic!("{path} ended {other}: {t}"),
+        }
+        let kinds = audit_kinds(&a, id).await;
+        let decisions = kinds
+            .iter()
+            .filter(|k| *k == "ticket.approved" || *k == "ticket.denied")
+            .count();
+        assert_eq!(decisions, 1, "{path}: two outcomes recorded: {kinds:?}");
+    }
+    let token = token_of("ops");
+    let out = tokio::task::spawn_blocking({
+        let admin = a.admin_url().to_string();
+        move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_jitgate"))
+                .args(["audit", "verify", "--admin", &admin, "--token", &token])
+                .env_remove("JITGATE_ADMIN_URL")
+                .env_remove("JITGATE_ADMIN_TOKEN")
+                .output()
+                .expect("run jitgate")
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "audit verify: {} {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
