@@ -13,6 +13,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+/// The tests' Redis Cluster harness (std only): `TOPOLOGY=cluster`.
+#[path = "../tests/common/cluster.rs"]
+#[allow(dead_code)]
+mod cluster;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -58,7 +63,16 @@ fn main() {
         if rounds > 0 {
             let topology = std::env::var("TOPOLOGY").unwrap_or_else(|_| "standalone".into());
             // Kept alive for the whole part: dropping them kills the processes.
+            let mut _cluster = None;
             let (url, _redis, _sentinels) = match topology.as_str() {
+                "cluster" => {
+                    // Three primaries with a replica each: every write waits for the
+                    // store's slot's replica.
+                    let c = cluster::RedisCluster::start(3, 1);
+                    let url = c.url();
+                    _cluster = Some(c);
+                    (url, Vec::new(), Vec::new())
+                }
                 "sentinel" => {
                     let (url, nodes, sentinels) = sentinel_set(dir.path());
                     (url, nodes, sentinels)

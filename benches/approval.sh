@@ -15,8 +15,9 @@
 #   HELD [10000]             held requests of part 2 (0 skips it)
 #   STORES [memory,redis]    stores part 2 runs with, comma-separated
 #   JITGATE_BIN              gateway binary to run instead of the freshly built one
-#   TOPOLOGY [standalone]    part 1's Redis: standalone, or sentinel (a primary, two replicas
-#                            and three sentinels; every write then waits for a replica)
+#   TOPOLOGY [standalone]    part 1's Redis: standalone, sentinel (a primary, two replicas
+#                            and three sentinels; every write then waits for a replica), or
+#                            cluster (three primaries with a replica each, on loopback)
 # Needs on PATH: openssl (signing key), redis-server (part 1, and part 2 with redis).
 # Needs `ulimit -n` >= 2*HELD+100 (the bench's client sockets plus the gateway's).
 set -euo pipefail
@@ -31,7 +32,7 @@ is_uint "$ROUNDS" || die "ROUNDS must be a whole number"
 is_uint "$HELD" || die "HELD must be a whole number"
 [[ $STORES =~ ^(memory|redis)(,(memory|redis))*$ ]] || die "STORES must list memory and/or redis, comma-separated"
 TOPOLOGY=${TOPOLOGY:-standalone}
-[[ $TOPOLOGY =~ ^(standalone|sentinel)$ ]] || die "TOPOLOGY must be standalone or sentinel"
+[[ $TOPOLOGY =~ ^(standalone|sentinel|cluster)$ ]] || die "TOPOLOGY must be standalone, sentinel or cluster"
 export TOPOLOGY
 
 command -v openssl >/dev/null 2>&1 || die "openssl is not on PATH (it makes the Ed25519 signing key)"
