@@ -207,7 +207,7 @@ async fn a_killed_primary_of_the_stores_slot_is_replaced_and_held_requests_are_r
     let slot = cluster.slot_of("{jit}");
     let old = cluster.owner_of(slot);
     cluster.kill(old);
-    // The cluster sees it fail (node timeout 2 s) and promotes its replica.
+    // The cluster sees it fail (node timeout 5 s) and promotes its replica.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let now_owner = std::panic::catch_unwind(|| cluster.owner_of(slot)).ok();

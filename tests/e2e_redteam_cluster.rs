@@ -232,7 +232,7 @@ fn record_on(port: u16, id: &str) -> String {
 /// *connected* (`ROLE`, polled every 250 ms). A replica whose replication link is down is
 /// not counted, yet Cluster still promotes it when the primary dies (it is a failover
 /// candidate for `cluster-node-timeout * cluster-replica-validity-factor +
-/// repl-ping-replica-period`, 30 s here, 3 min with defaults). Here the replica's link is cut
+/// repl-ping-replica-period`, about a minute here, 3 min with defaults). Here the replica's link is cut
 /// (it can no longer authenticate to its primary: `masterauth` set wrong, link reset), so the
 /// gateway's writes stop waiting for anything: the release (spent use) lands on the primary
 /// only and is forwarded; the primary dies, the replica that never had the release is

@@ -98,7 +98,9 @@ impl RedisCluster {
                 "--cluster-config-file",
                 "nodes.conf",
             ])
-            .args(["--cluster-node-timeout", "2000"])
+            // Long enough that a loaded test machine (a whole suite on two cores) does not fail
+            // over a primary that is only slow to answer the cluster bus.
+            .args(["--cluster-node-timeout", "5000"])
             .args(["--repl-diskless-sync-delay", "0"])
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
