@@ -591,34 +591,108 @@ impl Drop for HoldGuard {
         let running = Detached::new(&engine.detached);
         handle.spawn(async move {
             let _running = running;
-            let Ok(store) = engine.store() else { return };
-            let now = engine.now();
-            let me = engine.replica.as_str();
-            let audit = |_: &Ticket, t: &Ticket| {
-                if t.status != ticket::Status::Cancelled {
-                    return Vec::new();
-                }
-                vec![AuditDraft::about(
-                    AuditKind::TicketCancelled,
-                    t,
-                    None,
-                    serde_json::json!({ "why": "client disconnected" }),
-                    now,
-                )]
-            };
-            let leave = |t: &Ticket| ticket::leave_hold(t, me, gone, now);
-            match store.transition(&id, &leave, &audit).await {
-                Ok(t) if t.status == ticket::Status::Cancelled => {
-                    engine.metrics.ticket_transition(&t, now);
+            engine.leave_ticket(&id, gone).await;
+        });
+    }
+}
+
+impl Engine {
+    /// How long a replica's lease lasts ([`Store::renew_replica`], renewed every
+    /// reconciliation tick): five ticks, at least 5 s.
+    fn lease(&self) -> Duration {
+        (self.reconcile_interval * 5).max(Duration::from_secs(5))
+    }
+
+    /// This replica leaves the holders of pending ticket `id`, and so do those whose lease
+    /// ran out (replicas that died holding: [`ticket::leave_hold`]). With `gone` (its last
+    /// client went away) the ticket is cancelled once no live replica holds a request on it;
+    /// while others still do, it looks once more after their lease could have run out, so a
+    /// replica that died holding does not keep the ticket alive until its expiry.
+    async fn leave_ticket(self: &Arc<Self>, id: &TicketId, gone: bool) {
+        let now = self.now();
+        let Some(t) = self.leave_once(id, gone, now).await else {
+            return;
+        };
+        if !(gone && t.status == ticket::Status::Pending && !t.holders.is_empty()) {
+            return;
+        }
+        tracing::info!(ticket = %id, "client went away; another replica still holds the ticket");
+        let engine = self.clone();
+        let id = id.clone();
+        let running = Detached::new(&self.detached);
+        let wait = self.lease() + self.reconcile_interval;
+        tokio::spawn(async move {
+            let _running = running;
+            let mut shutdown = engine.shutdown_signal();
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+            // Unless a request of this replica holds it again meanwhile.
+            if engine.lock_held().contains_key(&id) {
+                return;
+            }
+            engine.leave_once(&id, true, engine.now()).await;
+        });
+    }
+
+    /// One [`ticket::leave_hold`] of ticket `id` as of `now`: the ticket as written, `None`
+    /// when nothing was (not pending, nothing to change, the store failing).
+    async fn leave_once(&self, id: &TicketId, gone: bool, now: Timestamp) -> Option<Ticket> {
+        let store = self.store().ok()?;
+        let me = self.replica.as_str();
+        let expired = self.expired_holders(store, id).await;
+        let audit = |_: &Ticket, t: &Ticket| {
+            if t.status != ticket::Status::Cancelled {
+                return Vec::new();
+            }
+            vec![AuditDraft::about(
+                AuditKind::TicketCancelled,
+                t,
+                None,
+                serde_json::json!({ "why": "client disconnected" }),
+                now,
+            )]
+        };
+        let leave = |t: &Ticket| ticket::leave_hold(t, me, &expired, gone, now);
+        match store.transition(id, &leave, &audit).await {
+            Ok(t) => {
+                if t.status == ticket::Status::Cancelled {
+                    self.metrics.ticket_transition(&t, now);
                     tracing::info!(ticket = %id, route = %t.route, "client went away; ticket cancelled");
                 }
-                Ok(_) if gone => {
-                    tracing::info!(ticket = %id, "client went away; another replica still holds the ticket");
-                }
-                Ok(_) | Err(StoreError::Transition(TransitionError::AlreadyDone)) => {}
-                Err(e) => tracing::debug!(ticket = %id, "holders not updated: {e}"),
+                Some(t)
             }
-        });
+            Err(StoreError::Transition(TransitionError::AlreadyDone)) => None,
+            Err(e) => {
+                tracing::debug!(ticket = %id, "holders not updated: {e}");
+                None
+            }
+        }
+    }
+
+    /// The holders of ticket `id`, other than this replica, whose lease ran out.
+    async fn expired_holders(&self, store: &Arc<dyn Store>, id: &TicketId) -> Vec<String> {
+        let Ok(Some(t)) = store.get(id).await else {
+            return Vec::new();
+        };
+        let others: Vec<String> = t
+            .holders
+            .into_iter()
+            .filter(|h| *h != self.replica)
+            .collect();
+        if others.is_empty() {
+            return others;
+        }
+        match store.replicas_alive(&others).await {
+            Ok(alive) => others
+                .into_iter()
+                .zip(alive)
+                .filter(|(_, alive)| !alive)
+                .map(|(h, _)| h)
+                .collect(),
+            Err(_) => Vec::new(),
+        }
     }
 }
 
@@ -744,6 +818,11 @@ async fn reconcile(engine: std::sync::Weak<Engine>) {
             return;
         };
         let Ok(store) = engine.store() else { continue };
+        // This replica's lease: while it renews it, the tickets it holds are not taken for
+        // abandoned by the others.
+        if let Err(e) = store.renew_replica(&engine.replica, engine.lease()).await {
+            tracing::debug!("replica lease not renewed: {e}");
+        }
         if tokio::time::Instant::now() >= next_prune {
             next_prune = tokio::time::Instant::now() + PRUNE_INTERVAL;
             match store.prune(engine.now()).await {

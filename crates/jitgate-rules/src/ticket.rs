@@ -1418,13 +1418,15 @@ pub fn join_hold(t: &Ticket, replica: &str) -> Result<Ticket, TransitionError> {
     Ok(next)
 }
 
-/// Replica `replica` holds no request on pending ticket `t` any more. With `gone` (its last
-/// client went away without an answer) and no other replica holding one, the ticket is
-/// cancelled as [`cancel`] would. [`TransitionError::AlreadyDone`] when there is nothing to
-/// write (not listed, and either not `gone` or others still hold).
+/// Replica `replica` holds no request on pending ticket `t` any more, nor do the replicas in
+/// `expired` (their lease ran out: they died holding). With `gone` (its last client went
+/// away without an answer) and no other replica holding one, the ticket is cancelled as
+/// [`cancel`] would. [`TransitionError::AlreadyDone`] when there is nothing to write (none of
+/// them listed, and either not `gone` or others still hold).
 pub fn leave_hold(
     t: &Ticket,
     replica: &str,
+    expired: &[String],
     gone: bool,
     now: Timestamp,
 ) -> Result<Ticket, TransitionError> {
@@ -1432,7 +1434,8 @@ pub fn leave_hold(
         return Err(TransitionError::NotPending { status: t.status });
     }
     let mut next = t.clone();
-    next.holders.retain(|h| h != replica);
+    next.holders
+        .retain(|h| h != replica && !expired.iter().any(|e| e == h));
     if gone && next.holders.is_empty() {
         next.status = Status::Cancelled;
         next.decided_at = Some(now);

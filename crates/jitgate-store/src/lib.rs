@@ -387,6 +387,14 @@ pub trait Store: Send + Sync + 'static {
     /// what it holds, not with every pending ticket.
     fn still_pending<'a>(&'a self, ids: &'a [TicketId]) -> StoreFuture<'a, Vec<bool>>;
 
+    /// Marks gateway replica `replica` (its run's id) alive for `lease`; every reconciliation
+    /// tick renews it. A replica that died stops renewing, and [`Store::replicas_alive`] then
+    /// says so: what tells the holders of a ticket that are gone from those still holding.
+    fn renew_replica<'a>(&'a self, replica: &'a str, lease: Duration) -> StoreFuture<'a, ()>;
+
+    /// For each of `replicas`, whether its lease ([`Store::renew_replica`]) is current.
+    fn replicas_alive<'a>(&'a self, replicas: &'a [String]) -> StoreFuture<'a, Vec<bool>>;
+
     /// Up to `limit` pending tickets whose `expiresAt` is not after `now`, soonest first: what
     /// the expiry sweeper expires, at a cost that grows with what is due.
     fn due_pending(&self, now: Timestamp, limit: usize) -> StoreFuture<'_, Vec<TicketId>>;

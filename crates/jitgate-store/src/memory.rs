@@ -57,6 +57,8 @@ struct State {
     audit_seq: Option<watch::Sender<u64>>,
     outbox: Outbox,
     last_purge: Timestamp,
+    /// Gateway replicas' leases ([`Store::renew_replica`]): until when each is alive.
+    leases: HashMap<String, Timestamp>,
 }
 
 /// The notification outbox: the fan-out cursor and the queued deliveries.
@@ -435,6 +437,28 @@ impl Store for MemoryStore {
         Box::pin(async move {
             let st = self.lock();
             Ok(ids.iter().map(|id| st.pending.contains_key(id)).collect())
+        })
+    }
+
+    fn renew_replica<'a>(&'a self, replica: &'a str, lease: Duration) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let mut st = self.lock();
+            let at = now();
+            // Expired leases go as they are renewed: the map stays as small as the replicas.
+            st.leases.retain(|_, until| *until > at);
+            st.leases.insert(replica.to_string(), at.plus(lease));
+            Ok(())
+        })
+    }
+
+    fn replicas_alive<'a>(&'a self, replicas: &'a [String]) -> StoreFuture<'a, Vec<bool>> {
+        Box::pin(async move {
+            let st = self.lock();
+            let at = now();
+            Ok(replicas
+                .iter()
+                .map(|r| st.leases.get(r).is_some_and(|until| *until > at))
+                .collect())
         })
     }
 

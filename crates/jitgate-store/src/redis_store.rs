@@ -198,6 +198,10 @@ impl Keys {
     fn sources(self, requester: &str) -> String {
         self.of(&sources_key(requester))
     }
+    /// A gateway replica's lease ([`Store::renew_replica`]).
+    fn replica(self, id: &str) -> String {
+        self.of(&format!("jit:replica:{id}"))
+    }
     /// A key no script writes, in the slot of the others (a script's unused key slot).
     fn unused(self) -> String {
         self.of("")
@@ -2524,6 +2528,36 @@ impl Store for RedisStore {
                 out.extend(scores.into_iter().map(|s| s.is_some()));
             }
             Ok(out)
+        }))
+    }
+
+    fn renew_replica<'a>(&'a self, replica: &'a str, lease: Duration) -> StoreFuture<'a, ()> {
+        Box::pin(self.bounded(async move {
+            let mut c = self.conn();
+            let px = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX).max(1);
+            redis::cmd("SET")
+                .arg(self.keys.replica(replica))
+                .arg(1)
+                .arg("PX")
+                .arg(px)
+                .query_async::<()>(&mut c)
+                .await
+                .map_err(unavailable)
+        }))
+    }
+
+    fn replicas_alive<'a>(&'a self, replicas: &'a [String]) -> StoreFuture<'a, Vec<bool>> {
+        Box::pin(self.bounded(async move {
+            if replicas.is_empty() {
+                return Ok(Vec::new());
+            }
+            let keys: Vec<String> = replicas.iter().map(|r| self.keys.replica(r)).collect();
+            Ok(self
+                .mget(&keys)
+                .await?
+                .iter()
+                .map(Option::is_some)
+                .collect())
         }))
     }
 

@@ -1701,6 +1701,26 @@ async fn dropped_transitions_strand_no_other(p: Pair) {
     assert_eq!(whole_chain_verifies(&*p.b).await, n + approved);
 }
 
+/// Replica leases: alive while renewed, on every handle; gone once the lease runs out.
+async fn replica_leases_run_out_unless_renewed(p: Pair) {
+    let ids = ["gw_a".to_string(), "gw_b".to_string()];
+    assert_eq!(p.a.replicas_alive(&ids).await.unwrap(), [false, false]);
+    p.a.renew_replica("gw_a", Duration::from_millis(800))
+        .await
+        .unwrap();
+    p.b.renew_replica("gw_b", Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(p.b.replicas_alive(&ids).await.unwrap(), [true, true]);
+    assert!(p.a.replicas_alive(&[]).await.unwrap().is_empty());
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(p.b.replicas_alive(&ids).await.unwrap(), [false, true]);
+    p.a.renew_replica("gw_a", Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(p.a.replicas_alive(&ids).await.unwrap(), [true, true]);
+}
+
 /// Creates `n` distinct tickets at once from both handles under `limits`.
 async fn race_creates(
     p: &Pair,
@@ -2178,6 +2198,7 @@ contract!(
         access_approval_creates_exactly_one_grant,
         a_burst_of_writes_with_events_all_lands,
         dropped_transitions_strand_no_other,
+        replica_leases_run_out_unless_renewed,
         global_pending_cap_is_atomic,
         per_source_cap_is_atomic,
         per_requester_cap_is_atomic,

@@ -727,27 +727,37 @@ fn holders_join_and_leave_and_the_last_gone_cancels() {
     let ab = join_hold(&a, "replica-b").unwrap();
     assert_eq!(ab.holders, ["replica-a", "replica-b"]);
     // A's client goes away: B still holds, so the ticket stays pending.
-    let b = leave_hold(&ab, "replica-a", true, at(1)).unwrap();
+    let b = leave_hold(&ab, "replica-a", &[], true, at(1)).unwrap();
     assert_eq!(b.status, Status::Pending);
     assert_eq!(b.holders, ["replica-b"]);
     // A again (not listed), answered: nothing to write.
     assert_eq!(
-        leave_hold(&b, "replica-a", false, at(1)),
+        leave_hold(&b, "replica-a", &[], false, at(1)),
         Err(TransitionError::AlreadyDone)
     );
     // B's request was answered (202 at its hold timeout): B leaves, nothing is cancelled.
-    let none = leave_hold(&b, "replica-b", false, at(2)).unwrap();
+    let none = leave_hold(&b, "replica-b", &[], false, at(2)).unwrap();
     assert_eq!(none.status, Status::Pending);
     assert!(none.holders.is_empty());
     // B's client goes away as the last holder: cancelled.
-    let c = leave_hold(&b, "replica-b", true, at(3)).unwrap();
+    let c = leave_hold(&b, "replica-b", &[], true, at(3)).unwrap();
     assert_eq!(c.status, Status::Cancelled);
     assert_eq!(c.decided_at, Some(at(3)));
     // A ticket no one listed (opened before holders were kept): the one gone cancels it.
     assert_eq!(
-        leave_hold(&t, "replica-a", true, at(4)).unwrap().status,
+        leave_hold(&t, "replica-a", &[], true, at(4))
+            .unwrap()
+            .status,
         Status::Cancelled
     );
+    // A replica that died holding (its lease ran out) does not keep the ticket alive: the
+    // last live one gone cancels it.
+    let dead = vec!["replica-a".to_string()];
+    let c = leave_hold(&ab, "replica-b", &dead, true, at(4)).unwrap();
+    assert_eq!(c.status, Status::Cancelled);
+    // ... nor is it listed once anyone leaves, even without cancelling.
+    let left = leave_hold(&ab, "replica-c", &dead, false, at(4)).unwrap();
+    assert_eq!(left.holders, ["replica-b"]);
     // Only while pending.
     let decided = cancel(&t, at(5)).unwrap();
     assert!(matches!(
@@ -755,7 +765,7 @@ fn holders_join_and_leave_and_the_last_gone_cancels() {
         Err(TransitionError::NotPending { .. })
     ));
     assert!(matches!(
-        leave_hold(&decided, "replica-a", true, at(6)),
+        leave_hold(&decided, "replica-a", &[], true, at(6)),
         Err(TransitionError::NotPending { .. })
     ));
 }
