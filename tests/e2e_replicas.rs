@@ -683,3 +683,52 @@ async fn a_hold_that_times_out_leaves_without_cancelling() {
     let _ = on_b.await;
     wait_status(&a, &id, "CANCELLED", SOON).await;
 }
+
+/// A client gone on B while A's request is still held schedules B's look at the holders'
+/// leases; A's request then ends with 202 (its client told to resume). That look must not
+/// cancel the ticket: no lease ran out, and A's client was answered, not gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_second_look_after_a_client_gone_cancels_nothing_when_no_holder_died() {
+    let redis = RedisServer::start();
+    let origin = Origin::start();
+    let pem = signing_key_pem();
+    let cfg = |hold: &str| {
+        config(&Knobs {
+            redis_url: &redis.url(),
+            origin_url: &origin.url(),
+            hold_timeout: hold,
+            approval_extra: "",
+        })
+    };
+    let a = replica(&cfg("2s"), &pem);
+    let b = replica(&cfg("30s"), &pem);
+    wait_store_ok(&a).await;
+    wait_store_ok(&b).await;
+
+    let on_b = deploy_in_background(&b, "/deploy/look", "{}");
+    let id = id_of(&wait_pending(&b, ROUTE, SOON).await);
+    let on_a = deploy_in_background(&a, "/deploy/look", "{}");
+    wait_holders(&b, &id, 2).await;
+    // B's client goes: A still holds, so B only leaves (and will look again later).
+    on_b.abort();
+    let _ = on_b.await;
+    wait_holders(&b, &id, 1).await;
+    // A's request ends pending (202): A leaves without cancelling.
+    let r = answer_within(on_a, SOON).await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    // B's second look (5 s lease + a tick after its client went) finds no lease run out.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let t = admin_call(&b, "ops", "GET", &format!("/v1/tickets/{id}"), "").await;
+    assert_eq!(t.json()["status"], "PENDING", "{}", t.text());
+    // A's client resumes and is released once approved.
+    let resumed = {
+        let url = a.data_url().to_string();
+        let id = id.clone();
+        tokio::spawn(async move { deploy(&url, "/deploy/look", "{}", Some(&id)).await })
+    };
+    wait_holders(&b, &id, 1).await;
+    let r = approve(&b, "alice", &id, "ok").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(answer_within(resumed, SOON).await.status, 200);
+    assert_eq!(origin.wait_for(1, SOON).await.len(), 1);
+}

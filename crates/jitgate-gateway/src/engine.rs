@@ -195,6 +195,7 @@ impl Engine {
         self.metrics.count_store_errors_of(store.clone());
         if self.store.set(store).is_ok() {
             tokio::spawn(dispatch(Arc::downgrade(self), rx));
+            tokio::spawn(renew_lease(Arc::downgrade(self)));
             tokio::spawn(reconcile(Arc::downgrade(self)));
         }
     }
@@ -610,7 +611,7 @@ impl Engine {
     /// replica that died holding does not keep the ticket alive until its expiry.
     async fn leave_ticket(self: &Arc<Self>, id: &TicketId, gone: bool) {
         let now = self.now();
-        let Some(t) = self.leave_once(id, gone, now).await else {
+        let Some(t) = self.leave_once(id, true, gone, now).await else {
             return;
         };
         if !(gone && t.status == ticket::Status::Pending && !t.holders.is_empty()) {
@@ -628,20 +629,29 @@ impl Engine {
                 () = tokio::time::sleep(wait) => {}
                 _ = shutdown.wait_for(|s| *s) => return,
             }
-            // Unless a request of this replica holds it again meanwhile.
-            if engine.lock_held().contains_key(&id) {
-                return;
-            }
-            engine.leave_once(&id, true, engine.now()).await;
+            // Only the holders whose lease ran out are dropped (this replica left already, and
+            // may hold the ticket again meanwhile); nothing is done when none did.
+            engine.leave_once(&id, false, true, engine.now()).await;
         });
     }
 
-    /// One [`ticket::leave_hold`] of ticket `id` as of `now`: the ticket as written, `None`
-    /// when nothing was (not pending, nothing to change, the store failing).
-    async fn leave_once(&self, id: &TicketId, gone: bool, now: Timestamp) -> Option<Ticket> {
+    /// One [`ticket::leave_hold`] of ticket `id` as of `now`, by this replica (`me`) or only
+    /// of the holders whose lease ran out: the ticket as written, `None` when nothing was
+    /// (not pending, nothing to change, the store failing). A replica that left while a new
+    /// request of its own began holding the ticket joins again.
+    async fn leave_once(
+        self: &Arc<Self>,
+        id: &TicketId,
+        me: bool,
+        gone: bool,
+        now: Timestamp,
+    ) -> Option<Ticket> {
         let store = self.store().ok()?;
-        let me = self.replica.as_str();
         let expired = self.expired_holders(store, id).await;
+        if !me && expired.is_empty() {
+            return None;
+        }
+        let me_id = if me { self.replica.as_str() } else { "" };
         let audit = |_: &Ticket, t: &Ticket| {
             if t.status != ticket::Status::Cancelled {
                 return Vec::new();
@@ -654,12 +664,15 @@ impl Engine {
                 now,
             )]
         };
-        let leave = |t: &Ticket| ticket::leave_hold(t, me, &expired, gone, now);
+        let leave = |t: &Ticket| ticket::leave_hold(t, me_id, &expired, gone, now);
         match store.transition(id, &leave, &audit).await {
             Ok(t) => {
                 if t.status == ticket::Status::Cancelled {
                     self.metrics.ticket_transition(&t, now);
                     tracing::info!(ticket = %id, route = %t.route, "client went away; ticket cancelled");
+                } else if self.lock_held().contains_key(id) {
+                    // A request of ours began holding it while the leave was under way.
+                    self.join_hold(id).await;
                 }
                 Some(t)
             }
@@ -802,6 +815,31 @@ async fn dispatch(engine: std::sync::Weak<Engine>, mut rx: broadcast::Receiver<T
 /// (each call does a bounded amount of work).
 const PRUNE_INTERVAL: Duration = Duration::from_secs(30);
 
+/// Every `reconcile_interval`, on a timer of its own (a reconciliation tick busy with a
+/// backlog must not let it run out): renews this replica's lease, so that the tickets it
+/// holds are not taken for abandoned by the others ([`Engine::leave_ticket`]).
+async fn renew_lease(engine: std::sync::Weak<Engine>) {
+    let Some(interval) = engine.upgrade().map(|e| e.reconcile_interval) else {
+        return;
+    };
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(engine) = engine.upgrade() else {
+            return;
+        };
+        let Ok(store) = engine.store() else { continue };
+        let renewing = store.renew_replica(&engine.replica, engine.lease());
+        if let Err(e) = tokio::time::timeout(interval.max(Duration::from_secs(1)), renewing)
+            .await
+            .unwrap_or_else(|_| Err(StoreError::Unavailable("timed out".into())))
+        {
+            tracing::debug!("replica lease not renewed: {e}");
+        }
+    }
+}
+
 /// Every `reconcile_interval`: wake holders whose ticket left the pending index (a decision
 /// whose notification was lost) and expire overdue tickets; every [`PRUNE_INTERVAL`], prune
 /// the store.
@@ -818,11 +856,6 @@ async fn reconcile(engine: std::sync::Weak<Engine>) {
             return;
         };
         let Ok(store) = engine.store() else { continue };
-        // This replica's lease: while it renews it, the tickets it holds are not taken for
-        // abandoned by the others.
-        if let Err(e) = store.renew_replica(&engine.replica, engine.lease()).await {
-            tracing::debug!("replica lease not renewed: {e}");
-        }
         if tokio::time::Instant::now() >= next_prune {
             next_prune = tokio::time::Instant::now() + PRUNE_INTERVAL;
             match store.prune(engine.now()).await {
