@@ -779,6 +779,11 @@ async fn connect(engine: Arc<Engine>, opts: RedisOptions) {
         match RedisStore::connect(opts.clone()).await {
             Ok(store) => {
                 tracing::info!("connected to the redis store");
+                // The lease first: no request is held before the others can see this
+                // replica alive (the renewal timer keeps it from here on).
+                if let Err(e) = store.renew_replica(&engine.replica, engine.lease()).await {
+                    tracing::debug!("replica lease not renewed: {e}");
+                }
                 engine.install(Arc::new(store));
                 return;
             }

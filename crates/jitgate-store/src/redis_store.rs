@@ -2543,6 +2543,8 @@ impl Store for RedisStore {
                 .query_async::<()>(&mut c)
                 .await
                 .map_err(unavailable)
+            // Not acknowledged by replicas (WAIT holds up the shared connection while one
+            // lags, and this runs every tick): a failover may lose a lease until the next.
         }))
     }
 
