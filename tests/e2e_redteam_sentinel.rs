@@ -33,6 +33,11 @@ fn config(store_url: &str, origin: &Origin, hold: &str, store_extra: &str) -> St
 
 /// `POST /deploy/<name>` as bob, with `extra` headers (`Jit-Ticket`, say).
 async fn deploy(gw: &Gateway, name: &str, extra: &[(&str, &str)]) -> Response {
+    post_deploy(gw.url(&format!("/deploy/{name}")), extra).await
+}
+
+/// `POST <url>` as bob with the deploy body, with `extra` headers.
+async fn post_deploy(url: String, extra: &[(&str, &str)]) -> Response {
     let mut headers = vec![
         ("host", "api.example.com"),
         ("x-user", "bob"),
@@ -44,7 +49,7 @@ async fn deploy(gw: &Gateway, name: &str, extra: &[(&str, &str)]) -> Response {
         .with_timeout(Duration::from_secs(90))
         .send(
             "POST",
-            &gw.url(&format!("/deploy/{name}")),
+            &url,
             &headers,
             r#"{"image":"web:1.4.2"}"#.to_string(),
         )
@@ -586,23 +591,7 @@ fn primary_and_replica() -> (RedisServer, RedisServer) {
 
 /// Holds `POST /deploy/<name>` in the background.
 fn hold(gw: &Gateway, name: &'static str) -> tokio::task::JoinHandle<Response> {
-    let url = gw.url(&format!("/deploy/{name}"));
-    tokio::spawn(async move {
-        Client::http1()
-            .with_timeout(Duration::from_secs(90))
-            .send(
-                "POST",
-                &url,
-                &[
-                    ("host", "api.example.com"),
-                    ("x-user", "bob"),
-                    ("x-groups", "dev"),
-                    ("content-type", "application/json"),
-                ],
-                r#"{"image":"web:1.4.2"}"#.to_string(),
-            )
-            .await
-    })
+    tokio::spawn(post_deploy(gw.url(&format!("/deploy/{name}")), &[]))
 }
 
 /// README `replica_acks`: "a held request whose release could not be confirmed is not

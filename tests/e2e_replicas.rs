@@ -180,15 +180,27 @@ async fn two_replicas(
     hold_timeout: &str,
     approval_extra: &str,
 ) -> (Gateway, Gateway) {
+    two_replicas_holding(redis, origin, [hold_timeout, hold_timeout], approval_extra).await
+}
+
+/// Two replicas on one Redis, A holding for `holds[0]` and B for `holds[1]`.
+async fn two_replicas_holding(
+    redis: &RedisServer,
+    origin: &Origin,
+    holds: [&str; 2],
+    approval_extra: &str,
+) -> (Gateway, Gateway) {
     let pem = signing_key_pem();
-    let cfg = config(&Knobs {
-        redis_url: &redis.url(),
-        origin_url: &origin.url(),
-        hold_timeout,
-        approval_extra,
-    });
-    let a = replica(&cfg, &pem);
-    let b = replica(&cfg, &pem);
+    let cfg = |hold_timeout: &str| {
+        config(&Knobs {
+            redis_url: &redis.url(),
+            origin_url: &origin.url(),
+            hold_timeout,
+            approval_extra,
+        })
+    };
+    let a = replica(&cfg(holds[0]), &pem);
+    let b = replica(&cfg(holds[1]), &pem);
     wait_store_ok(&a).await;
     wait_store_ok(&b).await;
     (a, b)
@@ -659,19 +671,7 @@ async fn the_last_client_gone_on_any_replica_cancels_the_ticket() {
 async fn a_hold_that_times_out_leaves_without_cancelling() {
     let redis = RedisServer::start();
     let origin = Origin::start();
-    let pem = signing_key_pem();
-    let cfg = |hold: &str| {
-        config(&Knobs {
-            redis_url: &redis.url(),
-            origin_url: &origin.url(),
-            hold_timeout: hold,
-            approval_extra: "",
-        })
-    };
-    let a = replica(&cfg("1s"), &pem);
-    let b = replica(&cfg("30s"), &pem);
-    wait_store_ok(&a).await;
-    wait_store_ok(&b).await;
+    let (a, b) = two_replicas_holding(&redis, &origin, ["1s", "30s"], "").await;
 
     let on_b = deploy_in_background(&b, "/deploy/short", "{}");
     let id = id_of(&wait_pending(&b, ROUTE, SOON).await);
@@ -691,19 +691,7 @@ async fn a_hold_that_times_out_leaves_without_cancelling() {
 async fn a_second_look_after_a_client_gone_cancels_nothing_when_no_holder_died() {
     let redis = RedisServer::start();
     let origin = Origin::start();
-    let pem = signing_key_pem();
-    let cfg = |hold: &str| {
-        config(&Knobs {
-            redis_url: &redis.url(),
-            origin_url: &origin.url(),
-            hold_timeout: hold,
-            approval_extra: "",
-        })
-    };
-    let a = replica(&cfg("2s"), &pem);
-    let b = replica(&cfg("30s"), &pem);
-    wait_store_ok(&a).await;
-    wait_store_ok(&b).await;
+    let (a, b) = two_replicas_holding(&redis, &origin, ["2s", "30s"], "").await;
 
     let on_b = deploy_in_background(&b, "/deploy/look", "{}");
     let id = id_of(&wait_pending(&b, ROUTE, SOON).await);

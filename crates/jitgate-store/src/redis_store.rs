@@ -506,7 +506,7 @@ impl RedisStore {
         // What the sentinels say at connect time; the follower keeps it current.
         let promotable = match &target {
             Target::Cluster { .. } => {
-                let mut c = conn.read().unwrap_or_else(|p| p.into_inner()).clone();
+                let mut c = current(&conn);
                 tokio::time::timeout(opts.op_timeout, slot_replicas(&mut c))
                     .await
                     .ok()
@@ -605,14 +605,7 @@ impl RedisStore {
         let (done, outcome) = tokio::sync::oneshot::channel();
         let queue = self.queue.clone();
         let audit_head = self.audit_head.clone();
-        let group = Group {
-            conn: self.conn.clone(),
-            scripts: self.scripts.clone(),
-            keys: self.keys,
-            tap: self.tap.clone(),
-            acks: self.acks_wanted(),
-            op_timeout: self.opts.op_timeout,
-        };
+        let group = self.group();
         // A task of its own from the queueing on: every queued change is followed by one
         // turn at the audit head, which commits at least one queued change, so none is left
         // behind; and a caller that goes away (its future dropped) neither leaves its change
@@ -652,6 +645,18 @@ impl RedisStore {
         }
     }
 
+    /// What a [`CAS_TICKETS`] script over several tickets needs, owned.
+    fn group(&self) -> Group {
+        Group {
+            conn: self.conn.clone(),
+            scripts: self.scripts.clone(),
+            keys: self.keys,
+            tap: self.tap.clone(),
+            acks: self.acks_wanted(),
+            op_timeout: self.opts.op_timeout,
+        }
+    }
+
     /// Waits until `want` replicas have every write sent on `c` so far (see
     /// [`RedisStore::acked`]).
     async fn wait_acks(c: &mut Conn, want: u32, op_timeout: Duration) -> Result<(), StoreError> {
@@ -676,7 +681,7 @@ impl RedisStore {
 
     /// The connection to the primary, or to the cluster.
     fn conn(&self) -> Conn {
-        self.conn.read().unwrap_or_else(|p| p.into_inner()).clone()
+        current(&self.conn)
     }
 
     /// Up to `count` audit events from seq `from` on: `(seq, event JSON)`.
@@ -809,39 +814,30 @@ impl RedisStore {
             if ops.is_empty() {
                 break;
             }
-            let drafts: Vec<AuditDraft> =
-                ops.iter().flat_map(|o| o.drafts.iter().cloned()).collect();
+            let group = self.group();
             let mut turn = self.audit_head.lock().await;
             let mut head = later_head(turn.take(), read_head);
             let mut moved = 0;
             todo = loop {
-                let mut inv = self.scripts.cas_tickets.prepare_invoke();
-                inv.key(self.keys.audit_head())
-                    .key(self.keys.audit())
-                    .arg(ops.len());
-                for op in &ops {
-                    op.add(&mut inv);
-                }
-                let (written, events) = audit_args(&mut inv, head.as_deref(), &drafts)?;
-                let mut c = self.conn();
-                let v: Vec<String> = inv.invoke_async(&mut c).await.map_err(unavailable)?;
-                self.acked(&mut c).await?;
-                if v.first().map(String::as_str) == Some("changed") {
-                    *turn = head;
-                    let changed: Vec<usize> = v[1..]
-                        .iter()
-                        .filter_map(|i| i.parse::<usize>().ok())
-                        .filter_map(|i| ops.get(i).map(|o| o.at))
-                        .collect();
-                    alone.extend(&changed);
-                    break ops
-                        .iter()
-                        .map(|o| o.at)
-                        .filter(|at| !changed.contains(at))
-                        .collect();
-                }
-                match reply(v)? {
-                    Reply::Ok => {
+                let attempt = {
+                    let writes: Vec<&TicketWrite> = ops.iter().collect();
+                    group.attempt(&writes, head.as_deref()).await?
+                };
+                match attempt {
+                    Attempt::Changed(changed) => {
+                        *turn = head;
+                        let changed: Vec<usize> = changed
+                            .iter()
+                            .filter_map(|&i| ops.get(i).map(|o| o.at))
+                            .collect();
+                        alone.extend(&changed);
+                        break ops
+                            .iter()
+                            .map(|o| o.at)
+                            .filter(|at| !changed.contains(at))
+                            .collect();
+                    }
+                    Attempt::Written(written, events) => {
                         *turn = written;
                         self.tap.send(&events);
                         for op in ops {
@@ -849,7 +845,7 @@ impl RedisStore {
                         }
                         break Vec::new();
                     }
-                    Reply::HeadMoved(now_head) => {
+                    Attempt::Moved(now_head) => {
                         head = now_head;
                         *turn = head.clone();
                         // Another replica keeps appending: a big script loses every race
@@ -860,18 +856,6 @@ impl RedisStore {
                             alone.extend(ops.iter().map(|o| o.at));
                             break Vec::new();
                         }
-                    }
-                    other => {
-                        *turn = head;
-                        return Err(StoreError::Corrupt(format!(
-                            "unexpected batch reply {}",
-                            match other {
-                                Reply::Gone => "gone",
-                                Reply::Exists => "exists",
-                                Reply::Changed => "changed",
-                                _ => "limit",
-                            }
-                        )));
                     }
                 }
             };
@@ -1129,11 +1113,7 @@ impl RedisStore {
     }
 
     fn cursor<T>(&self, f: impl FnOnce(&mut PruneCursor) -> T) -> T {
-        let mut c = self
-            .prune
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        f(&mut c)
+        f(&mut lock(&self.prune))
     }
 
     async fn ids_in(&self, cmd: &mut redis::Cmd) -> Result<Vec<String>, StoreError> {
@@ -1538,7 +1518,7 @@ async fn count_slot_replicas(
 ) {
     loop {
         tokio::time::sleep(SENTINEL_POLL).await;
-        let mut c = conn.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut c = current(&conn);
         if let Ok(Some(n)) = tokio::time::timeout(op_timeout, slot_replicas(&mut c)).await {
             promotable.store(n, std::sync::atomic::Ordering::Relaxed);
         }
@@ -1860,6 +1840,13 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// The connection `conn` holds now (the follower replaces it when the primary moves).
+fn current(conn: &std::sync::RwLock<Conn>) -> Conn {
+    conn.read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
+}
+
 /// What a group commit needs of the store, owned, so that it runs in a task of its own.
 struct Group {
     conn: Arc<std::sync::RwLock<Conn>>,
@@ -1901,8 +1888,11 @@ impl Group {
                 *turn = head;
                 return;
             }
-            let attempt = self.attempt(&batch, head.as_deref());
-            match tokio::time::timeout_at(deadline, attempt).await {
+            let attempt = {
+                let writes: Vec<&TicketWrite> = batch.iter().map(|q| &q.write).collect();
+                tokio::time::timeout_at(deadline, self.attempt(&writes, head.as_deref())).await
+            };
+            match attempt {
                 Err(_) => break StoreError::Unavailable("redis did not answer in time".into()),
                 Ok(Err(e)) => break e,
                 Ok(Ok(Attempt::Written(written, events))) => {
@@ -1933,20 +1923,26 @@ impl Group {
         }
     }
 
-    async fn attempt(&self, batch: &[Queued], head: Option<&str>) -> Result<Attempt, StoreError> {
-        let drafts: Vec<AuditDraft> = batch
+    /// One [`CAS_TICKETS`] script over `writes` with all their events, chained after `head`
+    /// (the group commit's, and a batch decision's chunks).
+    async fn attempt(
+        &self,
+        writes: &[&TicketWrite],
+        head: Option<&str>,
+    ) -> Result<Attempt, StoreError> {
+        let drafts: Vec<AuditDraft> = writes
             .iter()
-            .flat_map(|q| q.write.drafts.iter().cloned())
+            .flat_map(|w| w.drafts.iter().cloned())
             .collect();
         let mut inv = self.scripts.cas_tickets.prepare_invoke();
         inv.key(self.keys.audit_head())
             .key(self.keys.audit())
-            .arg(batch.len());
-        for q in batch {
-            q.write.add(&mut inv);
+            .arg(writes.len());
+        for w in writes {
+            w.add(&mut inv);
         }
         let (written, events) = audit_args(&mut inv, head, &drafts)?;
-        let mut c = self.conn.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut c = current(&self.conn);
         let v: Vec<String> = inv.invoke_async(&mut c).await.map_err(unavailable)?;
         RedisStore::wait_acks(&mut c, self.acks, self.op_timeout).await?;
         if v.first().map(String::as_str) == Some("changed") {

@@ -28,13 +28,7 @@ impl SentinelUrl {
     /// Reads `url`; `None` when it is not a sentinel URL at all, `Some(Err(why))` when it is
     /// one but malformed.
     pub fn parse(url: &str) -> Option<Result<SentinelUrl, String>> {
-        let (tls, rest) = if let Some(r) = url.strip_prefix("redis+sentinel://") {
-            (false, r)
-        } else if let Some(r) = url.strip_prefix("rediss+sentinel://") {
-            (true, r)
-        } else {
-            return None;
-        };
+        let (tls, rest) = scheme(url, "sentinel")?;
         Some(Self::parse_rest(tls, rest))
     }
 
@@ -84,6 +78,16 @@ impl SentinelUrl {
     }
 }
 
+/// After `redis+<kind>://` (`false`) or `rediss+<kind>://` (TLS, `true`): whether TLS and
+/// the rest; `None` for another scheme.
+fn scheme<'a>(url: &'a str, kind: &str) -> Option<(bool, &'a str)> {
+    let (tls, rest) = match url.strip_prefix("rediss+") {
+        Some(rest) => (true, rest),
+        None => (false, url.strip_prefix("redis+")?),
+    };
+    Some((tls, rest.strip_prefix(kind)?.strip_prefix("://")?))
+}
+
 /// The percent-decoded user and password of `authority` (`[user[:pass]@]hosts`), and the hosts.
 type UserInfo<'a> = (Option<String>, Option<String>, &'a str);
 fn user_info(authority: &str) -> Result<UserInfo<'_>, String> {
@@ -128,13 +132,7 @@ impl ClusterUrl {
     /// Reads `url`; `None` when it is not a cluster URL at all, `Some(Err(why))` when it is
     /// one but malformed.
     pub fn parse(url: &str) -> Option<Result<ClusterUrl, String>> {
-        let (tls, rest) = if let Some(r) = url.strip_prefix("redis+cluster://") {
-            (false, r)
-        } else if let Some(r) = url.strip_prefix("rediss+cluster://") {
-            (true, r)
-        } else {
-            return None;
-        };
+        let (tls, rest) = scheme(url, "cluster")?;
         Some(Self::parse_rest(tls, rest))
     }
 
