@@ -571,3 +571,154 @@ async fn group_commit_batch_decision_racing_single_decisions_on_two_replicas() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+// === final red team on the leases (three Low findings, fixed) ===
+
+/// Waits until ticket `id` is no longer PENDING (or `within` passes); its JSON.
+async fn wait_decided(gw: &Gateway, id: &str, within: Duration) -> Value {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let t = ticket(gw, id).await;
+        if t["status"] != "PENDING" || tokio::time::Instant::now() >= deadline {
+            return t;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Final red team (Low, fixed): a replica whose `join_hold` failed (the store did not
+/// answer the write in time) went on holding without being listed, so the listed replica's
+/// client going away cancelled the ticket under it. Now a request that cannot be listed is
+/// answered 503 with its ticket (to resume), and its join, should it land late, is undone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn final_a_request_that_cannot_be_listed_is_answered_rather_than_held_unlisted() {
+    let redis = RedisServer::start();
+    let origin = Origin::start();
+    let mut gws = replicas(&redis, &origin, &["30s", "30s"], "").await;
+    let b = gws.pop().unwrap();
+    let a = gws.pop().unwrap();
+
+    let on_a = spawn_deploy(&a, "/deploy/unlisted", Who::User("bob"), None);
+    let id = wait_pending_n(&a, 1).await.into_keys().next().unwrap();
+    wait_holders(&a, &id, 1).await;
+    // Writes stall past the store's 3 s operation timeout; reads go on. B resumes the ticket
+    // (a read), and its join (a write) times out.
+    let paused = redis.cli(&["CLIENT", "PAUSE", "4500", "WRITE"]);
+    assert_eq!(paused.trim(), "OK", "{paused}");
+    let paused_at = tokio::time::Instant::now();
+    let on_b = spawn_deploy(&b, "/deploy/unlisted", Who::User("bob"), Some(&id));
+    tokio::time::sleep_until(paused_at + Duration::from_millis(5500)).await;
+    // The join landed late, and was undone: A alone holds.
+    let t = wait_holders(&a, &id, 1).await;
+    assert_eq!(t["status"], "PENDING", "{t}");
+    // A's client goes: it was the last holder.
+    abort(on_a).await;
+    let rb = answered(on_b).await;
+    assert_eq!(
+        rb.status,
+        503,
+        "B held unlisted, and was answered when A's client went: {}",
+        rb.text()
+    );
+    assert!(
+        problem_type(&rb).ends_with("store-unavailable"),
+        "{}",
+        rb.text()
+    );
+    assert_eq!(rb.header("jit-ticket"), Some(id.as_str()));
+    let t = wait_decided(&a, &id, SOON).await;
+    assert_eq!(t["status"], "CANCELLED", "{t}");
+    origin
+        .assert_no_new_requests(Duration::from_millis(300))
+        .await;
+    assert_eq!(origin.count(), 0);
+}
+
+/// Final red team (Low, fixed): the client on A goes while B still holds, so A looks again
+/// once B's lease could have run out; B was alive then, and dies later. A looked once only,
+/// so the ticket stayed PENDING (approvable) with every client gone until `ticket_ttl`. Now
+/// A keeps looking once per lease while the ticket is pending with a client gone as its last
+/// word.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn final_a_holder_dying_after_the_second_look_still_lets_the_ticket_be_cancelled() {
+    let redis = RedisServer::start();
+    let origin = Origin::start();
+    let mut gws = replicas(&redis, &origin, &["60s", "60s"], "").await;
+    let b = gws.pop().unwrap();
+    let a = gws.pop().unwrap();
+
+    let on_b = spawn_deploy(&b, "/deploy/late-death", Who::User("bob"), None);
+    let id = wait_pending_n(&b, 1).await.into_keys().next().unwrap();
+    let on_a = spawn_deploy(&a, "/deploy/late-death", Who::User("bob"), None);
+    wait_holders(&a, &id, 2).await;
+    abort(on_a).await;
+    let t = wait_holders(&a, &id, 1).await;
+    assert_eq!(t["gone"], true, "{t}");
+    // Past A's first look (5 s lease + a 300 ms tick), B dies holding.
+    tokio::time::sleep(Duration::from_millis(6500)).await;
+    assert_eq!(ticket(&a, &id).await["status"], "PENDING");
+    b.signal(Sig::Kill);
+    let _ = tokio::time::timeout(SOON, on_b).await;
+    let t = wait_decided(&a, &id, Duration::from_secs(30)).await;
+    assert_eq!(
+        t["status"], "CANCELLED",
+        "every client went away, yet the ticket stays pending: {t}"
+    );
+    origin
+        .assert_no_new_requests(Duration::from_millis(300))
+        .await;
+    assert_eq!(origin.count(), 0);
+}
+
+/// Final red team (Low, fixed): A's client goes while B and C hold; B's request is then
+/// answered 202 (its client may resume); C dies. A's second look found C's lease run out and
+/// cancelled the ticket, though B's client was told to come back for it. Now only a client
+/// gone as the last word (`gone` on the ticket, cleared by a leave after an answer) lets a
+/// look cancel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn final_a_second_look_never_cancels_what_a_later_answer_left_pending() {
+    let redis = RedisServer::start();
+    let origin = Origin::start();
+    let mut gws = replicas(&redis, &origin, &["30s", "2s", "30s"], "").await;
+    let c = gws.pop().unwrap();
+    let b = gws.pop().unwrap();
+    let a = gws.pop().unwrap();
+
+    let on_c = spawn_deploy(&c, "/deploy/answered", Who::User("bob"), None);
+    let id = wait_pending_n(&c, 1).await.into_keys().next().unwrap();
+    let on_a = spawn_deploy(&a, "/deploy/answered", Who::User("bob"), None);
+    wait_holders(&c, &id, 2).await;
+    let b_started = tokio::time::Instant::now();
+    let on_b = spawn_deploy(&b, "/deploy/answered", Who::User("bob"), None);
+    wait_holders(&c, &id, 3).await;
+    // A's client goes just before B's 2 s hold ends; C dies as soon as B is answered, so
+    // C's lease runs out before A's look.
+    tokio::time::sleep_until(b_started + Duration::from_millis(1850)).await;
+    abort(on_a).await;
+    let rb = answered(on_b).await;
+    assert_eq!(rb.status, 202, "{}", rb.text());
+    c.signal(Sig::Kill);
+    let _ = tokio::time::timeout(SOON, on_c).await;
+    // A's look (and any after it) comes and goes.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let t = ticket(&a, &id).await;
+    assert_eq!(
+        t["status"], "PENDING",
+        "cancelled though B's client was told to resume: {t}"
+    );
+    // B's client comes back for it and is released once.
+    let r = approve(&a, "alice", &id, "ok").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let resumed = deploy(
+        b.data_url(),
+        "/deploy/answered",
+        Who::User("bob"),
+        Some(&id),
+    )
+    .await;
+    assert_eq!(resumed.status, 200, "{}", resumed.text());
+    assert_eq!(origin.wait_for(1, SOON).await.len(), 1);
+    origin
+        .assert_no_new_requests(Duration::from_millis(300))
+        .await;
+}

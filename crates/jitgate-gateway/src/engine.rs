@@ -106,6 +106,9 @@ pub const AUDIT_RETRY_FOR: Duration = Duration::from_secs(15 * 60);
 struct Held {
     notify: Arc<Notify>,
     waiters: usize,
+    /// This replica is known to be listed in the ticket's [`Ticket::holders`] (it opened the
+    /// ticket, or joined it since these requests began holding it).
+    listed: bool,
 }
 
 /// The engine could not be built (a bad signing key).
@@ -252,17 +255,18 @@ impl Engine {
         &self.replica
     }
 
-    /// Registers a request held on `id` (see [`HoldGuard`]). [`HoldGuard::first`] says
-    /// whether no other request on this replica waits for it.
+    /// Registers a request held on `id` (see [`HoldGuard`]); [`Engine::list_holder`] then
+    /// makes sure the ticket lists this replica among its holders.
     pub fn hold(self: &Arc<Self>, id: &TicketId) -> HoldGuard {
-        let (notify, first) = {
+        let notify = {
             let mut held = self.lock_held();
             let entry = held.entry(id.clone()).or_insert_with(|| Held {
                 notify: Arc::new(Notify::new()),
                 waiters: 0,
+                listed: false,
             });
             entry.waiters += 1;
-            (entry.notify.clone(), entry.waiters == 1)
+            entry.notify.clone()
         };
         HoldGuard {
             engine: self.clone(),
@@ -270,16 +274,39 @@ impl Engine {
             notify,
             armed: true,
             pending: false,
-            first,
             _counted: self.metrics.held(),
         }
     }
 
+    /// Makes sure pending ticket `id`, on which a request of this replica now holds, lists
+    /// this replica among its holders: at once when the request `opened` it (listed at
+    /// creation) or another request here joined it already, else by [`Engine::join_hold`].
+    /// `false` when that could not be written: the request must not hold unlisted (the last
+    /// client of the ticket going away on another replica would cancel it under this one),
+    /// so it is answered 503 with its ticket instead.
+    pub async fn list_holder(&self, id: &TicketId, opened: bool) -> bool {
+        if opened || self.lock_held().get(id).is_some_and(|h| h.listed) {
+            self.set_listed(id, true);
+            return true;
+        }
+        let listed = self.join_hold(id).await;
+        self.set_listed(id, listed);
+        listed
+    }
+
+    /// Records whether this replica is listed in the holders of ticket `id`, if a request
+    /// here still holds it.
+    fn set_listed(&self, id: &TicketId, listed: bool) {
+        if let Some(h) = self.lock_held().get_mut(id) {
+            h.listed = listed;
+        }
+    }
+
     /// Lists this replica among the holders of pending ticket `id` ([`ticket::join_hold`]);
-    /// `false` when that could not be written (the store is down; the ticket is no longer
-    /// pending). Until it is listed, another replica whose last client of the ticket goes
-    /// away may cancel it: never forwarded, the request is answered with the cancellation.
-    pub async fn join_hold(&self, id: &TicketId) -> bool {
+    /// `true` too when it is listed already or the ticket is no longer pending (there is
+    /// nothing to hold: the waiting request reads the decision), `false` when the store
+    /// could not write it.
+    async fn join_hold(&self, id: &TicketId) -> bool {
         let Ok(store) = self.store() else {
             return false;
         };
@@ -288,11 +315,30 @@ impl Engine {
             .transition(id, &|t| ticket::join_hold(t, me), &|_, _| Vec::new())
             .await
         {
-            Ok(_) | Err(StoreError::Transition(TransitionError::AlreadyDone)) => true,
+            Ok(_)
+            | Err(StoreError::Transition(
+                TransitionError::AlreadyDone | TransitionError::NotPending { .. },
+            )) => true,
             Err(e) => {
                 tracing::debug!(ticket = %id, "not listed as a holder: {e}");
                 false
             }
+        }
+    }
+
+    /// Joins again the tickets held here whose listing could not be written (a join that
+    /// failed after a leave of this replica landed under a request that began holding).
+    async fn relist_held(&self) {
+        let unlisted: Vec<TicketId> = self
+            .lock_held()
+            .iter()
+            .filter(|(_, h)| !h.listed)
+            .map(|(id, _)| id.clone())
+            .take(TIMERS_PER_TICK)
+            .collect();
+        for id in unlisted {
+            let listed = self.join_hold(&id).await;
+            self.set_listed(&id, listed);
         }
     }
 
@@ -532,7 +578,6 @@ pub struct HoldGuard {
     armed: bool,
     /// Answered while the ticket may still be pending: leave the holders on drop.
     pending: bool,
-    first: bool,
     _counted: HeldGauge,
 }
 
@@ -540,11 +585,6 @@ impl HoldGuard {
     /// The wake-up for this ticket.
     pub fn notify(&self) -> Arc<Notify> {
         self.notify.clone()
-    }
-
-    /// Whether this was the only request on this replica holding the ticket when it began.
-    pub fn first(&self) -> bool {
-        self.first
     }
 
     /// The hold ended with an answer to the client on a decided ticket: write nothing on drop.
@@ -607,11 +647,12 @@ impl Engine {
     /// This replica leaves the holders of pending ticket `id`, and so do those whose lease
     /// ran out (replicas that died holding: [`ticket::leave_hold`]). With `gone` (its last
     /// client went away) the ticket is cancelled once no live replica holds a request on it;
-    /// while others still do, it looks once more after their lease could have run out, so a
-    /// replica that died holding does not keep the ticket alive until its expiry.
+    /// while others still do, this replica looks again once per lease for as long as the
+    /// ticket stays pending with a client gone as its last word ([`Ticket::gone`]), so a
+    /// replica that dies holding, now or later, does not keep the ticket alive until its
+    /// expiry.
     async fn leave_ticket(self: &Arc<Self>, id: &TicketId, gone: bool) {
-        let now = self.now();
-        let Some(t) = self.leave_once(id, true, gone, now).await else {
+        let Some(t) = self.leave_once(id, gone).await else {
             return;
         };
         if !(gone && t.status == ticket::Status::Pending && !t.holders.is_empty()) {
@@ -625,33 +666,80 @@ impl Engine {
         tokio::spawn(async move {
             let _running = running;
             let mut shutdown = engine.shutdown_signal();
-            tokio::select! {
-                () = tokio::time::sleep(wait) => {}
-                _ = shutdown.wait_for(|s| *s) => return,
+            let mut expires_at = t.expires_at;
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    _ = shutdown.wait_for(|s| *s) => return,
+                }
+                // Past its expiry the reconciler expires it.
+                if engine.now() >= expires_at {
+                    return;
+                }
+                match engine.look_again(&id).await {
+                    Some(t)
+                        if t.status == ticket::Status::Pending
+                            && t.gone
+                            && !t.holders.is_empty() =>
+                    {
+                        expires_at = t.expires_at;
+                    }
+                    _ => return,
+                }
             }
-            // Only the holders whose lease ran out are dropped (this replica left already, and
-            // may hold the ticket again meanwhile); nothing is done when none did.
-            engine.leave_once(&id, false, true, engine.now()).await;
         });
     }
 
-    /// One [`ticket::leave_hold`] of ticket `id` as of `now`, by this replica (`me`) or only
-    /// of the holders whose lease ran out: the ticket as written, `None` when nothing was
-    /// (not pending, nothing to change, the store failing). A replica that left while a new
-    /// request of its own began holding the ticket joins again.
-    async fn leave_once(
-        self: &Arc<Self>,
-        id: &TicketId,
-        me: bool,
-        gone: bool,
-        now: Timestamp,
-    ) -> Option<Ticket> {
+    /// One [`ticket::leave_hold`] of ticket `id` by this replica: the ticket as written,
+    /// `None` when nothing was (not pending, nothing to change, the store failing). A
+    /// request of this replica that began holding the ticket meanwhile keeps it listed: the
+    /// leave is not made, or, when it landed first, the replica joins again.
+    async fn leave_once(self: &Arc<Self>, id: &TicketId, gone: bool) -> Option<Ticket> {
         let store = self.store().ok()?;
         let expired = self.expired_holders(store, id).await;
-        if !me && expired.is_empty() {
-            return None;
+        let now = self.now();
+        let me = self.replica.as_str();
+        let leave = |t: &Ticket| {
+            if self.lock_held().contains_key(id) {
+                return Err(TransitionError::AlreadyDone);
+            }
+            ticket::leave_hold(t, me, &expired, gone, now)
+        };
+        let t = self.write_holders(store, id, &leave, now).await?;
+        if t.status == ticket::Status::Pending && self.lock_held().contains_key(id) {
+            // A request of ours began holding it while the leave was landing.
+            let listed = self.join_hold(id).await;
+            self.set_listed(id, listed);
         }
-        let me_id = if me { self.replica.as_str() } else { "" };
+        Some(t)
+    }
+
+    /// A look at pending ticket `id` after a client of it went away here while other
+    /// replicas held it: the holders whose lease ran out are dropped, which cancels it when
+    /// none is left and the last to leave was a client gone ([`ticket::drop_expired_holders`]).
+    /// The ticket as it now is; `None` when it cannot be read.
+    async fn look_again(self: &Arc<Self>, id: &TicketId) -> Option<Ticket> {
+        let store = self.store().ok()?;
+        let expired = self.expired_holders(store, id).await;
+        if !expired.is_empty() {
+            let now = self.now();
+            let drop = |t: &Ticket| ticket::drop_expired_holders(t, &expired, now);
+            if let Some(t) = self.write_holders(store, id, &drop, now).await {
+                return Some(t);
+            }
+        }
+        store.get(id).await.ok().flatten()
+    }
+
+    /// Writes a change of ticket `id`'s holders, with `ticket.cancelled` when it cancels the
+    /// ticket: the ticket as written, `None` when nothing was.
+    async fn write_holders(
+        &self,
+        store: &Arc<dyn Store>,
+        id: &TicketId,
+        change: jitgate_store::TicketTransition<'_>,
+        now: Timestamp,
+    ) -> Option<Ticket> {
         let audit = |_: &Ticket, t: &Ticket| {
             if t.status != ticket::Status::Cancelled {
                 return Vec::new();
@@ -664,15 +752,11 @@ impl Engine {
                 now,
             )]
         };
-        let leave = |t: &Ticket| ticket::leave_hold(t, me_id, &expired, gone, now);
-        match store.transition(id, &leave, &audit).await {
+        match store.transition(id, change, &audit).await {
             Ok(t) => {
                 if t.status == ticket::Status::Cancelled {
                     self.metrics.ticket_transition(&t, now);
                     tracing::info!(ticket = %id, route = %t.route, "client went away; ticket cancelled");
-                } else if self.lock_held().contains_key(id) {
-                    // A request of ours began holding it while the leave was under way.
-                    self.join_hold(id).await;
                 }
                 Some(t)
             }
@@ -895,6 +979,7 @@ async fn reconcile(engine: std::sync::Weak<Engine>) {
             Err(e) => tracing::debug!("expiry sweep skipped: {e}"),
         }
         engine.run_timers(now).await;
+        engine.relist_held().await;
     }
 }
 

@@ -653,6 +653,12 @@ pub struct Ticket {
     /// ticket that an identical request waits on at another.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub holders: Vec<String>,
+    /// While `PENDING`: the last holder to leave did so because its client went away (not
+    /// because it was answered, 202 or 503, and may come back with `Jit-Ticket`). Only then
+    /// does finding that the remaining holders died ([`drop_expired_holders`]) cancel the
+    /// ticket.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub gone: bool,
 }
 
 /// A request's risk score (`[approvals.risk]`): the sum of the weights of the signals that
@@ -782,6 +788,7 @@ impl Ticket {
             reminded_at: None,
             risk: draft.risk,
             holders: Vec::new(),
+            gone: false,
         }
     }
 
@@ -1421,8 +1428,9 @@ pub fn join_hold(t: &Ticket, replica: &str) -> Result<Ticket, TransitionError> {
 /// Replica `replica` holds no request on pending ticket `t` any more, nor do the replicas in
 /// `expired` (their lease ran out: they died holding). With `gone` (its last client went
 /// away without an answer) and no other replica holding one, the ticket is cancelled as
-/// [`cancel`] would. [`TransitionError::AlreadyDone`] when there is nothing to write (none of
-/// them listed, and either not `gone` or others still hold).
+/// [`cancel`] would; with others still holding, [`Ticket::gone`] records that this client went
+/// away, and a leave after an answer (`gone` false: the client may come back) clears it.
+/// [`TransitionError::AlreadyDone`] when there is nothing to write.
 pub fn leave_hold(
     t: &Ticket,
     replica: &str,
@@ -1439,10 +1447,38 @@ pub fn leave_hold(
     if gone && next.holders.is_empty() {
         next.status = Status::Cancelled;
         next.decided_at = Some(now);
+        next.gone = false;
         return Ok(next);
     }
+    next.gone = gone;
+    if next.holders.len() == t.holders.len() && next.gone == t.gone {
+        return Err(TransitionError::AlreadyDone);
+    }
+    Ok(next)
+}
+
+/// The holders in `expired` (their lease ran out: they died holding) are dropped from pending
+/// ticket `t`; when none is left and the last to leave did so because its client went away
+/// ([`Ticket::gone`]), the ticket is cancelled as [`cancel`] would. A ticket whose last
+/// leaver was answered (its client may come back) stays pending.
+/// [`TransitionError::AlreadyDone`] when none of them is listed.
+pub fn drop_expired_holders(
+    t: &Ticket,
+    expired: &[String],
+    now: Timestamp,
+) -> Result<Ticket, TransitionError> {
+    if t.status != Status::Pending {
+        return Err(TransitionError::NotPending { status: t.status });
+    }
+    let mut next = t.clone();
+    next.holders.retain(|h| !expired.iter().any(|e| e == h));
     if next.holders.len() == t.holders.len() {
         return Err(TransitionError::AlreadyDone);
+    }
+    if next.holders.is_empty() && t.gone {
+        next.status = Status::Cancelled;
+        next.decided_at = Some(now);
+        next.gone = false;
     }
     Ok(next)
 }

@@ -76,8 +76,8 @@ struct Holding {
     expires_at: ticket::Timestamp,
     hold_for: std::time::Duration,
     held: HeldRequest,
-    /// The ticket lists this replica among its holders already (it opened it).
-    listed: bool,
+    /// This request opened the ticket (which lists this replica among its holders).
+    opened: bool,
 }
 
 /// Everything before holding: `Ok` to hold, `Err` with the answer when none is needed.
@@ -209,7 +209,7 @@ async fn admit(
         }
     }
     match Box::pin(open(x, route, Ask::held(&held, request, requested, risk))).await {
-        Ok(t) => settle(x, route, t, held).await,
+        Ok((t, opened)) => settle(x, route, t, opened, held).await,
         Err(e) => Err(x.answer(e, Some(route))),
     }
 }
@@ -247,14 +247,14 @@ async fn resume(
             Some(route),
         ));
     }
-    settle(x, route, t, held).await
+    settle(x, route, t, false, held).await
 }
 
-/// A new ticket, or the pending one an identical request of the same requester opened.
-async fn open(x: &Exchange<'_>, route: &Route, ask: Ask) -> Result<Ticket, GatewayError> {
+/// A new ticket, or the pending one an identical request of the same requester opened; and
+/// whether it was opened here.
+async fn open(x: &Exchange<'_>, route: &Route, ask: Ask) -> Result<(Ticket, bool), GatewayError> {
     let cfg = &x.snap.table.config().approvals;
-    let (t, _) = open_ticket(x.engine(), cfg, route, ask).await?;
-    Ok(t)
+    open_ticket(x.engine(), cfg, route, ask).await
 }
 
 /// What a ticket is opened for: a held request, or access asked for ahead
@@ -570,11 +570,13 @@ fn auto_policy<'r>(
     })
 }
 
-/// Answers for a ticket that is decided; one that is pending is to be held.
+/// Answers for a ticket that is decided; one that is pending (`opened` by this request, or
+/// joined) is to be held.
 async fn settle(
     x: &Exchange<'_>,
     route: &Route,
     t: Ticket,
+    opened: bool,
     held: HeldRequest,
 ) -> Result<Holding, Response<ProxyBody>> {
     x.about(&t.id);
@@ -597,13 +599,12 @@ async fn settle(
         let margin = (deadline / 10).max(std::time::Duration::from_millis(100));
         hold_for = hold_for.min(deadline.saturating_sub(margin));
     }
-    let listed = t.holders.iter().any(|h| h == x.engine().replica());
     Ok(Holding {
         id: t.id,
         expires_at: t.expires_at,
         hold_for,
         held,
-        listed,
+        opened,
     })
 }
 
@@ -622,14 +623,20 @@ async fn hold_then_finish(
         expires_at,
         hold_for,
         mut held,
-        listed,
+        opened,
     } = holding;
     let deadline = tokio::time::Instant::now() + hold_for;
     // Held from here until answered, through releases and their retries: a client that goes
     // away at any point leaves the ticket's holders (and cancels it if it was the last).
     let mut guard = x.engine().hold(&id);
-    if guard.first() && !listed {
-        x.engine().join_hold(&id).await;
+    if !x.engine().list_holder(&id, opened).await {
+        // Held unlisted, it could be cancelled under it by another replica's client going
+        // away: answered 503 with its ticket instead, to resume when the store answers.
+        guard.answered_pending();
+        let e = GatewayError::StoreUnavailable {
+            ticket: Some(id.clone()),
+        };
+        return Box::pin(conclude(x, route, Err(e), held)).await;
     }
     // Releases this request tried whose write the store could not confirm (a failover, say):
     // each may yet turn out to have landed, or to have vanished with a replaced primary.

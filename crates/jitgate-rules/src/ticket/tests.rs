@@ -730,9 +730,18 @@ fn holders_join_and_leave_and_the_last_gone_cancels() {
     let b = leave_hold(&ab, "replica-a", &[], true, at(1)).unwrap();
     assert_eq!(b.status, Status::Pending);
     assert_eq!(b.holders, ["replica-b"]);
-    // A again (not listed), answered: nothing to write.
+    assert!(b.gone, "the client gone is recorded while B holds");
+    // Gone again, not listed: nothing to write.
     assert_eq!(
-        leave_hold(&b, "replica-a", &[], false, at(1)),
+        leave_hold(&b, "replica-a", &[], true, at(1)),
+        Err(TransitionError::AlreadyDone)
+    );
+    // A's client was answered meanwhile (it may come back): that clears the record.
+    let answered = leave_hold(&b, "replica-a", &[], false, at(1)).unwrap();
+    assert!(!answered.gone);
+    assert_eq!(answered.holders, ["replica-b"]);
+    assert_eq!(
+        leave_hold(&answered, "replica-a", &[], false, at(1)),
         Err(TransitionError::AlreadyDone)
     );
     // B's request was answered (202 at its hold timeout): B leaves, nothing is cancelled.
@@ -761,6 +770,10 @@ fn holders_join_and_leave_and_the_last_gone_cancels() {
     // Only while pending.
     let decided = cancel(&t, at(5)).unwrap();
     assert!(matches!(
+        drop_expired_holders(&decided, &dead, at(6)),
+        Err(TransitionError::NotPending { .. })
+    ));
+    assert!(matches!(
         join_hold(&decided, "replica-a"),
         Err(TransitionError::NotPending { .. })
     ));
@@ -768,6 +781,41 @@ fn holders_join_and_leave_and_the_last_gone_cancels() {
         leave_hold(&decided, "replica-a", &[], true, at(6)),
         Err(TransitionError::NotPending { .. })
     ));
+}
+
+/// A replica looking again at the holders after its client went away: the holders whose
+/// lease ran out are dropped, and the ticket is cancelled only when none is left and the
+/// last to leave was a client gone, not one answered (which may come back with
+/// `Jit-Ticket`).
+#[test]
+fn dropping_dead_holders_cancels_only_what_a_gone_client_left() {
+    let t = ticket(1);
+    let abc = ["replica-a", "replica-b", "replica-c"]
+        .iter()
+        .fold(t, |t, r| join_hold(&t, r).unwrap());
+    let dead_c = vec!["replica-c".to_string()];
+    // None of them listed: nothing to write.
+    assert_eq!(
+        drop_expired_holders(&abc, &["replica-x".to_string()], at(1)),
+        Err(TransitionError::AlreadyDone)
+    );
+    // A's client goes, then C dies: B still holds, so only C is dropped.
+    let bc = leave_hold(&abc, "replica-a", &[], true, at(1)).unwrap();
+    let b = drop_expired_holders(&bc, &dead_c, at(2)).unwrap();
+    assert_eq!(
+        (b.status, b.holders.as_slice()),
+        (Status::Pending, &["replica-b".to_string()][..])
+    );
+    // B's client is answered 202 (it may resume), then C dies: pending, no holder.
+    let c = leave_hold(&bc, "replica-b", &[], false, at(2)).unwrap();
+    let none = drop_expired_holders(&c, &dead_c, at(3)).unwrap();
+    assert_eq!(none.status, Status::Pending);
+    assert!(none.holders.is_empty());
+    // B's client went away instead, then C dies: every client is gone, so it is cancelled.
+    let c = leave_hold(&bc, "replica-b", &[], true, at(2)).unwrap();
+    let gone = drop_expired_holders(&c, &dead_c, at(3)).unwrap();
+    assert_eq!(gone.status, Status::Cancelled);
+    assert_eq!(gone.decided_at, Some(at(3)));
 }
 
 #[test]
