@@ -368,7 +368,6 @@ struct Scripts {
     cas_grant: Script,
     create_grant: Script,
     record: Script,
-    append_audit: Script,
     unindex_gone: Script,
     outbox_cursor: Script,
     outbox_enqueue: Script,
@@ -554,7 +553,6 @@ impl RedisStore {
                 cas_grant: Script::new(&format!("{AUDIT_LUA}{CAS_GRANT}")),
                 create_grant: Script::new(&format!("{AUDIT_LUA}{CREATE_GRANT}")),
                 record: Script::new(&format!("{AUDIT_LUA}{RECORD_TICKET}")),
-                append_audit: Script::new(&format!("{AUDIT_LUA}{APPEND_AUDIT}")),
                 unindex_gone: Script::new(UNINDEX_GONE),
                 outbox_cursor: Script::new(OUTBOX_CURSOR_LUA),
                 outbox_enqueue: Script::new(OUTBOX_ENQUEUE_LUA),
@@ -603,19 +601,40 @@ impl RedisStore {
         read_head: Option<String>,
     ) -> Result<Option<Ticket>, StoreError> {
         let (done, outcome) = tokio::sync::oneshot::channel();
+        self.enqueue(Queued::Write {
+            write: Box::new(write),
+            read_head,
+            done,
+        });
+        outcome.await.unwrap_or_else(|_| Err(Self::no_answer()))
+    }
+
+    /// Queues an audit event with no record change for the next group commit and waits for
+    /// it to be appended: thousands of releases each recording `ticket.forwarded` take a few
+    /// turns at the audit head, not one each.
+    async fn append_queued(&self, draft: AuditDraft) -> Result<AuditEvent, StoreError> {
+        let (done, outcome) = tokio::sync::oneshot::channel();
+        self.enqueue(Queued::Append { draft, done });
+        outcome.await.unwrap_or_else(|_| Err(Self::no_answer()))
+    }
+
+    fn no_answer() -> StoreError {
+        StoreError::Unavailable(
+            "the group commit carrying this change ended without an answer".into(),
+        )
+    }
+
+    /// Queues `change` and takes a turn at the audit head for it, in a task of its own from
+    /// the queueing on: every queued change is followed by one turn, which commits at least
+    /// one queued change, so none is left behind; and a caller that goes away (its future
+    /// dropped) neither leaves its change queued without a turn nor ends a commit that
+    /// others' changes ride on.
+    fn enqueue(&self, change: Queued) {
         let queue = self.queue.clone();
         let audit_head = self.audit_head.clone();
         let group = self.group();
-        // A task of its own from the queueing on: every queued change is followed by one
-        // turn at the audit head, which commits at least one queued change, so none is left
-        // behind; and a caller that goes away (its future dropped) neither leaves its change
-        // queued without a turn nor ends a commit that others' changes ride on.
         tokio::spawn(async move {
-            lock(&queue).push(Queued {
-                write,
-                read_head,
-                done,
-            });
+            lock(&queue).push(change);
             let turn = audit_head.lock_owned().await;
             let batch = {
                 let mut queue = lock(&queue);
@@ -625,7 +644,11 @@ impl RedisStore {
                 // One change per ticket per script (both would be checked against the same
                 // record); a second one waits for the next turn.
                 while i < queue.len() && batch.len() < BATCH {
-                    if seen.insert(queue[i].write.id.clone()) {
+                    let first = match &queue[i] {
+                        Queued::Write { write, .. } => seen.insert(write.id.clone()),
+                        Queued::Append { .. } => true,
+                    };
+                    if first {
                         batch.push(queue.remove(i));
                     } else {
                         i += 1;
@@ -637,12 +660,6 @@ impl RedisStore {
                 group.commit(turn, batch).await;
             }
         });
-        match outcome.await {
-            Ok(r) => r,
-            Err(_) => Err(StoreError::Unavailable(
-                "the group commit carrying this change ended without an answer".into(),
-            )),
-        }
     }
 
     /// What a [`CAS_TICKETS`] script over several tickets needs, owned.
@@ -821,7 +838,7 @@ impl RedisStore {
             todo = loop {
                 let attempt = {
                     let writes: Vec<&TicketWrite> = ops.iter().collect();
-                    group.attempt(&writes, head.as_deref()).await?
+                    group.attempt(&writes, &[], head.as_deref()).await?
                 };
                 match attempt {
                     Attempt::Changed(changed) => {
@@ -1725,14 +1742,6 @@ redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return {'ok'}
 "#;
 
-/// KEYS: audit head, stream. ARGV: audit from 1.
-const APPEND_AUDIT: &str = r#"
-local moved = audit_moved(KEYS[1], 1)
-if moved then return {'head', moved} end
-audit_append(KEYS[1], KEYS[2], 1)
-return {'ok'}
-"#;
-
 /// KEYS: an index, then the record key of each member. ARGV: the members. Removes from
 /// the index the members whose record is gone; returns how many.
 const UNINDEX_GONE: &str = r#"
@@ -1827,14 +1836,28 @@ const BATCH: usize = 250;
 /// [`CAS_TICKETS`] chunk before its tickets are decided one at a time instead.
 const HEAD_RACES: usize = 3;
 
-/// A ticket change waiting for a group commit ([`RedisStore::commit_queued`]).
-struct Queued {
-    write: TicketWrite,
-    /// The audit head read with the record.
-    read_head: Option<String>,
-    /// `Some(ticket)` written; `None` changed since it was read.
-    done: tokio::sync::oneshot::Sender<Result<Option<Ticket>, StoreError>>,
+/// A change waiting for a group commit ([`RedisStore::enqueue`]).
+enum Queued {
+    /// A ticket's ([`RedisStore::commit_queued`]).
+    Write {
+        write: Box<TicketWrite>,
+        /// The audit head read with the record.
+        read_head: Option<String>,
+        /// `Some(ticket)` written; `None` changed since it was read.
+        done: tokio::sync::oneshot::Sender<Result<Option<Ticket>, StoreError>>,
+    },
+    /// An audit event alone ([`RedisStore::append_queued`]).
+    Append {
+        draft: AuditDraft,
+        done: tokio::sync::oneshot::Sender<Result<AuditEvent, StoreError>>,
+    },
 }
+
+/// A ticket change in a group commit.
+type QueuedWrite = (
+    Box<TicketWrite>,
+    tokio::sync::oneshot::Sender<Result<Option<Ticket>, StoreError>>,
+);
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -1869,28 +1892,42 @@ enum Attempt {
 
 impl Group {
     /// Commits `batch` holding `turn`: one [`CAS_TICKETS`] script for all of them with all
-    /// their events. A change whose record changed since it was read is answered `None` (its
-    /// owner reads again) and the rest go again; a moved head re-chains them. Bounded by
-    /// `op_timeout`; every change gets an answer.
+    /// their events (the ticket changes', then the bare appends'). A change whose record
+    /// changed since it was read is answered `None` (its owner reads again) and the rest go
+    /// again; a moved head re-chains them. Bounded by `op_timeout`; every change gets an
+    /// answer.
     async fn commit(
         self,
         mut turn: tokio::sync::OwnedMutexGuard<Option<String>>,
-        mut batch: Vec<Queued>,
+        batch: Vec<Queued>,
     ) {
-        let read = batch
-            .iter()
-            .filter_map(|q| q.read_head.clone())
-            .fold(None, |latest, h| later_head(latest, Some(h)));
+        let mut read = None;
+        let mut writes: Vec<QueuedWrite> = Vec::new();
+        let mut appends = Vec::new();
+        for q in batch {
+            match q {
+                Queued::Write {
+                    write,
+                    read_head,
+                    done,
+                } => {
+                    read = later_head(read, read_head);
+                    writes.push((write, done));
+                }
+                Queued::Append { draft, done } => appends.push((draft, done)),
+            }
+        }
+        let drafts: Vec<AuditDraft> = appends.iter().map(|(d, _)| d.clone()).collect();
         let mut head = later_head(turn.take(), read);
         let deadline = tokio::time::Instant::now() + self.op_timeout;
         let failed = loop {
-            if batch.is_empty() {
+            if writes.is_empty() && appends.is_empty() {
                 *turn = head;
                 return;
             }
             let attempt = {
-                let writes: Vec<&TicketWrite> = batch.iter().map(|q| &q.write).collect();
-                tokio::time::timeout_at(deadline, self.attempt(&writes, head.as_deref())).await
+                let w: Vec<&TicketWrite> = writes.iter().map(|(w, _)| &**w).collect();
+                tokio::time::timeout_at(deadline, self.attempt(&w, &drafts, head.as_deref())).await
             };
             match attempt {
                 Err(_) => break StoreError::Unavailable("redis did not answer in time".into()),
@@ -1898,41 +1935,52 @@ impl Group {
                 Ok(Ok(Attempt::Written(written, events))) => {
                     *turn = written;
                     self.tap.send(&events);
-                    for q in batch {
-                        let _ = q.done.send(Ok(Some(q.write.next)));
+                    // The bare appends' events come after every ticket change's.
+                    let first = events.len().saturating_sub(appends.len());
+                    for (w, done) in writes {
+                        let _ = done.send(Ok(Some(w.next)));
+                    }
+                    for ((_, done), e) in appends.into_iter().zip(events.into_iter().skip(first)) {
+                        let _ = done.send(Ok(e));
                     }
                     return;
                 }
                 Ok(Ok(Attempt::Changed(changed))) => {
-                    let mut kept = Vec::with_capacity(batch.len());
-                    for (i, q) in batch.into_iter().enumerate() {
+                    let mut kept = Vec::with_capacity(writes.len());
+                    for (i, (w, done)) in writes.into_iter().enumerate() {
                         if changed.contains(&i) {
-                            let _ = q.done.send(Ok(None));
+                            let _ = done.send(Ok(None));
                         } else {
-                            kept.push(q);
+                            kept.push((w, done));
                         }
                     }
-                    batch = kept;
+                    writes = kept;
                 }
                 Ok(Ok(Attempt::Moved(now_head))) => head = now_head,
             }
         };
         // The head is unknown now (the script may have landed): the next turn reads it.
-        for q in batch {
-            let _ = q.done.send(Err(failed.clone()));
+        for (_, done) in writes {
+            let _ = done.send(Err(failed.clone()));
+        }
+        for (_, done) in appends {
+            let _ = done.send(Err(failed.clone()));
         }
     }
 
-    /// One [`CAS_TICKETS`] script over `writes` with all their events, chained after `head`
-    /// (the group commit's, and a batch decision's chunks).
+    /// One [`CAS_TICKETS`] script over `writes` with all their events, then the events
+    /// `appends` (recorded without a ticket change), chained after `head` (the group
+    /// commit's, and a batch decision's chunks).
     async fn attempt(
         &self,
         writes: &[&TicketWrite],
+        appends: &[AuditDraft],
         head: Option<&str>,
     ) -> Result<Attempt, StoreError> {
         let drafts: Vec<AuditDraft> = writes
             .iter()
             .flat_map(|w| w.drafts.iter().cloned())
+            .chain(appends.iter().cloned())
             .collect();
         let mut inv = self.scripts.cas_tickets.prepare_invoke();
         inv.key(self.keys.audit_head())
@@ -2574,34 +2622,7 @@ impl Store for RedisStore {
     }
 
     fn append_audit(&self, draft: AuditDraft) -> StoreFuture<'_, AuditEvent> {
-        Box::pin(self.bounded(async move {
-            let mut turn = self.audit_head.lock().await;
-            let mut head = match turn.take() {
-                Some(h) => Some(h),
-                None => self.get_string(&self.keys.audit_head()).await?,
-            };
-            // As in `commit`: retried until it lands or `op_timeout` passes.
-            loop {
-                let mut inv = self.scripts.append_audit.prepare_invoke();
-                inv.key(self.keys.audit_head()).key(self.keys.audit());
-                let (written, events) =
-                    audit_args(&mut inv, head.as_deref(), std::slice::from_ref(&draft))?;
-                match self.run(&inv).await? {
-                    Reply::Ok => {
-                        *turn = written;
-                        self.tap.send(&events);
-                        return events.into_iter().next().ok_or_else(|| {
-                            StoreError::Corrupt("audit append produced no event".into())
-                        });
-                    }
-                    Reply::HeadMoved(now_head) => {
-                        head = now_head;
-                        turn.clone_from(&head);
-                    }
-                    _ => return Err(StoreError::Corrupt("unexpected audit append reply".into())),
-                }
-            }
-        }))
+        Box::pin(self.bounded(self.append_queued(draft)))
     }
 
     fn audit_page<'a>(&'a self, filter: &'a AuditFilter) -> StoreFuture<'a, AuditPage> {
