@@ -1081,7 +1081,7 @@ impl<'a> Api<'a> {
         };
         let cfg = &snap.table.config().approvals;
         match crate::approval::open_ticket(self.engine(), cfg, route, ask).await {
-            Ok((t, created)) => {
+            Ok((t, created, _)) => {
                 let status = if created {
                     StatusCode::CREATED
                 } else {

@@ -67,6 +67,9 @@ pub struct Engine {
     store_kind: &'static str,
     signer: ApprovalSigner,
     held: Mutex<HashMap<TicketId, Held>>,
+    /// Tickets whose holders this replica still has to write to or look at after its last
+    /// request on them ended: one task each ([`Engine::leave`]).
+    tending: Mutex<HashMap<TicketId, Tending>>,
     shutdown: watch::Sender<bool>,
     reconcile_interval: Duration,
     /// The `[audit] file` writer, until [`Engine::close_audit`].
@@ -102,6 +105,24 @@ pub const AUDIT_TRY: Duration = Duration::from_secs(2);
 pub const AUDIT_BACKOFF_CAP: Duration = Duration::from_secs(5);
 /// How long an audit append is retried before the event is logged as lost.
 pub const AUDIT_RETRY_FOR: Duration = Duration::from_secs(15 * 60);
+
+/// What the one task tending a ticket's holders ([`Engine::leave`]) still has to do.
+struct Tending {
+    /// A leave to write: `Some(gone)`, the latest replacing any not yet written.
+    leave: Option<bool>,
+    /// Wakes the task for a new leave.
+    wake: Arc<Notify>,
+}
+
+/// What a leave of a ticket's holders came to ([`Engine::leave_once`]).
+enum Left {
+    /// Written: the ticket as it now is.
+    Written(Box<Ticket>),
+    /// Nothing to write (not listed, no longer pending, held here again).
+    Nothing,
+    /// The store could not write it: to be tried again.
+    Failed,
+}
 
 struct Held {
     notify: Arc<Notify>,
@@ -162,6 +183,7 @@ impl Engine {
             },
             signer,
             held: Mutex::new(HashMap::new()),
+            tending: Mutex::new(HashMap::new()),
             shutdown,
             reconcile_interval: cfg.approvals.reconcile_interval,
             audit_file: Mutex::new(audit_file),
@@ -326,8 +348,24 @@ impl Engine {
         }
     }
 
-    /// Joins again the tickets held here whose listing could not be written (a join that
-    /// failed after a leave of this replica landed under a request that began holding).
+    /// Takes every ticket held here for unlisted, to be joined again by the next
+    /// [`Engine::relist_held`].
+    fn unlist_held(&self) {
+        let mut held = self.lock_held();
+        if !held.is_empty() {
+            tracing::warn!(
+                tickets = held.len(),
+                "this replica's lease ran out; joining the tickets it holds again"
+            );
+        }
+        for h in held.values_mut() {
+            h.listed = false;
+        }
+    }
+
+    /// Joins again the tickets held here that may not list this replica: a join that failed
+    /// after a leave of this replica landed under a request that began holding, or a lease
+    /// that ran out ([`Engine::unlist_held`]).
     async fn relist_held(&self) {
         let unlisted: Vec<TicketId> = self
             .lock_held()
@@ -624,16 +662,7 @@ impl Drop for HoldGuard {
         }
         // This replica's last request on the ticket ended: leave its holders, and withdraw
         // the ticket if the client went away and no replica holds a request on it any more.
-        let Ok(handle) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let engine = self.engine.clone();
-        let id = self.id.clone();
-        let running = Detached::new(&engine.detached);
-        handle.spawn(async move {
-            let _running = running;
-            engine.leave_ticket(&id, gone).await;
-        });
+        self.engine.leave(&self.id, gone);
     }
 }
 
@@ -644,59 +673,146 @@ impl Engine {
         (self.reconcile_interval * 5).max(Duration::from_secs(5))
     }
 
-    /// This replica leaves the holders of pending ticket `id`, and so do those whose lease
-    /// ran out (replicas that died holding: [`ticket::leave_hold`]). With `gone` (its last
-    /// client went away) the ticket is cancelled once no live replica holds a request on it;
-    /// while others still do, this replica looks again once per lease for as long as the
-    /// ticket stays pending with a client gone as its last word ([`Ticket::gone`]), so a
-    /// replica that dies holding, now or later, does not keep the ticket alive until its
-    /// expiry.
-    async fn leave_ticket(self: &Arc<Self>, id: &TicketId, gone: bool) {
-        let Some(t) = self.leave_once(id, gone).await else {
+    /// This replica leaves the holders of pending ticket `id` ([`ticket::leave_hold`]; with
+    /// `gone`, its last client went away), in the one task that tends the ticket's holders
+    /// for this replica: a leave asked while another is under way is written after it (the
+    /// latest wins), so clients connecting and going away make one task per ticket, not one
+    /// each.
+    ///
+    /// The task writes the leave, again with backoff while the store refuses it. When the
+    /// client went away while other replicas still hold the ticket, it then looks again once
+    /// per lease, for as long as the ticket stays pending with a client gone as its last word
+    /// ([`Ticket::gone`]), so a replica that dies holding, now or later, does not keep the
+    /// ticket alive until its expiry; a look the store cannot answer is made again.
+    fn leave(self: &Arc<Self>, id: &TicketId, gone: bool) {
+        let wake = {
+            let mut tending = self.lock_tending();
+            if let Some(t) = tending.get_mut(id) {
+                t.leave = Some(gone);
+                t.wake.notify_one();
+                return;
+            }
+            let wake = Arc::new(Notify::new());
+            tending.insert(
+                id.clone(),
+                Tending {
+                    leave: Some(gone),
+                    wake: wake.clone(),
+                },
+            );
+            wake
+        };
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            self.lock_tending().remove(id);
             return;
         };
-        if !(gone && t.status == ticket::Status::Pending && !t.holders.is_empty()) {
-            return;
-        }
-        tracing::info!(ticket = %id, "client went away; another replica still holds the ticket");
+        let running = Detached::new(&self.detached);
         let engine = self.clone();
         let id = id.clone();
-        let running = Detached::new(&self.detached);
-        let wait = self.lease() + self.reconcile_interval;
-        tokio::spawn(async move {
+        handle.spawn(async move {
             let _running = running;
-            let mut shutdown = engine.shutdown_signal();
-            let mut expires_at = t.expires_at;
-            loop {
-                tokio::select! {
-                    () = tokio::time::sleep(wait) => {}
-                    _ = shutdown.wait_for(|s| *s) => return,
-                }
-                // Past its expiry the reconciler expires it.
-                if engine.now() >= expires_at {
-                    return;
-                }
-                match engine.look_again(&id).await {
-                    Some(t)
-                        if t.status == ticket::Status::Pending
-                            && t.gone
-                            && !t.holders.is_empty() =>
-                    {
-                        expires_at = t.expires_at;
-                    }
-                    _ => return,
-                }
-            }
+            engine.tend(&id, &wake).await;
+            engine.lock_tending().remove(&id);
         });
     }
 
-    /// One [`ticket::leave_hold`] of ticket `id` by this replica: the ticket as written,
-    /// `None` when nothing was (not pending, nothing to change, the store failing). A
-    /// request of this replica that began holding the ticket meanwhile keeps it listed: the
-    /// leave is not made, or, when it landed first, the replica joins again.
-    async fn leave_once(self: &Arc<Self>, id: &TicketId, gone: bool) -> Option<Ticket> {
-        let store = self.store().ok()?;
-        let expired = self.expired_holders(store, id).await;
+    fn lock_tending(&self) -> std::sync::MutexGuard<'_, HashMap<TicketId, Tending>> {
+        self.tending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The task of [`Engine::leave`] for ticket `id`; its entry is removed by the caller.
+    async fn tend(self: &Arc<Self>, id: &TicketId, wake: &Notify) {
+        let mut shutdown = self.shutdown_signal();
+        let look_every = self.lease() + self.reconcile_interval;
+        let mut backoff = self.reconcile_interval;
+        // Looking at the holders' leases, until the ticket's expiry (then the reconciler
+        // expires it).
+        let mut looking: Option<Timestamp> = None;
+        // At shutdown the leaves asked are still written, once; nothing more is looked at.
+        let mut stopping = false;
+        loop {
+            let leave = self.lock_tending().get_mut(id).and_then(|t| t.leave.take());
+            let mut retry = false;
+            if let Some(gone) = leave {
+                match self.leave_once(id, gone).await {
+                    Left::Written(t) => {
+                        looking =
+                            (gone && t.status == ticket::Status::Pending && !t.holders.is_empty())
+                                .then_some(t.expires_at);
+                        if looking.is_some() {
+                            tracing::info!(ticket = %id, "client went away; another replica still holds the ticket");
+                        }
+                    }
+                    Left::Nothing => {}
+                    Left::Failed if stopping => {}
+                    Left::Failed => {
+                        // Tried again, unless a later leave replaced it meanwhile.
+                        if let Some(t) = self.lock_tending().get_mut(id) {
+                            t.leave.get_or_insert(gone);
+                        }
+                        retry = true;
+                    }
+                }
+            } else if let Some(until) = looking.filter(|_| !stopping) {
+                if self.now() >= until {
+                    looking = None;
+                } else {
+                    match self.look_again(id).await {
+                        Ok(Some(t))
+                            if t.status == ticket::Status::Pending
+                                && t.gone
+                                && !t.holders.is_empty() =>
+                        {
+                            looking = Some(t.expires_at);
+                        }
+                        Ok(_) => looking = None,
+                        // The store did not answer: look again after another lease.
+                        Err(()) => {}
+                    }
+                }
+            }
+            {
+                // Done: nothing to write, nothing to look at. Checked under the lock, so a
+                // leave asked from here on starts a task of its own.
+                let mut tending = self.lock_tending();
+                let queued = tending.get(id).is_some_and(|t| t.leave.is_some());
+                if !queued && looking.is_none() {
+                    tending.remove(id);
+                    return;
+                }
+                if queued && !retry {
+                    continue;
+                }
+            }
+            let pause = if retry {
+                let pause = backoff;
+                backoff = (backoff * 2).min(self.lease());
+                pause
+            } else {
+                backoff = self.reconcile_interval;
+                look_every
+            };
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                () = wake.notified() => {}
+                _ = shutdown.wait_for(|s| *s), if !stopping => {
+                    stopping = true;
+                    looking = None;
+                }
+            }
+        }
+    }
+
+    /// One [`ticket::leave_hold`] of ticket `id` by this replica. A request of this replica
+    /// that began holding the ticket meanwhile keeps it listed: the leave is not made, or,
+    /// when it landed first, the replica joins again.
+    async fn leave_once(self: &Arc<Self>, id: &TicketId, gone: bool) -> Left {
+        let Ok(store) = self.store() else {
+            return Left::Failed;
+        };
+        let Ok(expired) = self.expired_holders(store, id).await else {
+            return Left::Failed;
+        };
         let now = self.now();
         let me = self.replica.as_str();
         let leave = |t: &Ticket| {
@@ -705,41 +821,46 @@ impl Engine {
             }
             ticket::leave_hold(t, me, &expired, gone, now)
         };
-        let t = self.write_holders(store, id, &leave, now).await?;
-        if t.status == ticket::Status::Pending && self.lock_held().contains_key(id) {
-            // A request of ours began holding it while the leave was landing.
-            let listed = self.join_hold(id).await;
-            self.set_listed(id, listed);
+        let left = self.write_holders(store, id, &leave, now).await;
+        if let Left::Written(t) = &left {
+            if t.status == ticket::Status::Pending && self.lock_held().contains_key(id) {
+                // A request of ours began holding it while the leave was landing.
+                let listed = self.join_hold(id).await;
+                self.set_listed(id, listed);
+            }
         }
-        Some(t)
+        left
     }
 
     /// A look at pending ticket `id` after a client of it went away here while other
     /// replicas held it: the holders whose lease ran out are dropped, which cancels it when
     /// none is left and the last to leave was a client gone ([`ticket::drop_expired_holders`]).
-    /// The ticket as it now is; `None` when it cannot be read.
-    async fn look_again(self: &Arc<Self>, id: &TicketId) -> Option<Ticket> {
-        let store = self.store().ok()?;
-        let expired = self.expired_holders(store, id).await;
+    /// The ticket as it now is (`None`: gone from the store); `Err` when the store did not
+    /// answer.
+    async fn look_again(self: &Arc<Self>, id: &TicketId) -> Result<Option<Ticket>, ()> {
+        let store = self.store().map_err(|_| ())?;
+        let expired = self.expired_holders(store, id).await?;
         if !expired.is_empty() {
             let now = self.now();
             let drop = |t: &Ticket| ticket::drop_expired_holders(t, &expired, now);
-            if let Some(t) = self.write_holders(store, id, &drop, now).await {
-                return Some(t);
+            match self.write_holders(store, id, &drop, now).await {
+                Left::Written(t) => return Ok(Some(*t)),
+                Left::Failed => return Err(()),
+                Left::Nothing => {}
             }
         }
-        store.get(id).await.ok().flatten()
+        store.get(id).await.map_err(|_| ())
     }
 
     /// Writes a change of ticket `id`'s holders, with `ticket.cancelled` when it cancels the
-    /// ticket: the ticket as written, `None` when nothing was.
+    /// ticket.
     async fn write_holders(
         &self,
         store: &Arc<dyn Store>,
         id: &TicketId,
         change: jitgate_store::TicketTransition<'_>,
         now: Timestamp,
-    ) -> Option<Ticket> {
+    ) -> Left {
         let audit = |_: &Ticket, t: &Ticket| {
             if t.status != ticket::Status::Cancelled {
                 return Vec::new();
@@ -758,20 +879,25 @@ impl Engine {
                     self.metrics.ticket_transition(&t, now);
                     tracing::info!(ticket = %id, route = %t.route, "client went away; ticket cancelled");
                 }
-                Some(t)
+                Left::Written(Box::new(t))
             }
-            Err(StoreError::Transition(TransitionError::AlreadyDone)) => None,
+            Err(StoreError::Transition(_) | StoreError::NotFound) => Left::Nothing,
             Err(e) => {
                 tracing::debug!(ticket = %id, "holders not updated: {e}");
-                None
+                Left::Failed
             }
         }
     }
 
-    /// The holders of ticket `id`, other than this replica, whose lease ran out.
-    async fn expired_holders(&self, store: &Arc<dyn Store>, id: &TicketId) -> Vec<String> {
-        let Ok(Some(t)) = store.get(id).await else {
-            return Vec::new();
+    /// The holders of ticket `id`, other than this replica, whose lease ran out; `Err` when
+    /// the store did not answer.
+    async fn expired_holders(
+        &self,
+        store: &Arc<dyn Store>,
+        id: &TicketId,
+    ) -> Result<Vec<String>, ()> {
+        let Some(t) = store.get(id).await.map_err(|_| ())? else {
+            return Ok(Vec::new());
         };
         let others: Vec<String> = t
             .holders
@@ -779,17 +905,15 @@ impl Engine {
             .filter(|h| *h != self.replica)
             .collect();
         if others.is_empty() {
-            return others;
+            return Ok(others);
         }
-        match store.replicas_alive(&others).await {
-            Ok(alive) => others
-                .into_iter()
-                .zip(alive)
-                .filter(|(_, alive)| !alive)
-                .map(|(h, _)| h)
-                .collect(),
-            Err(_) => Vec::new(),
-        }
+        let alive = store.replicas_alive(&others).await.map_err(|_| ())?;
+        Ok(others
+            .into_iter()
+            .zip(alive)
+            .filter(|(_, alive)| !alive)
+            .map(|(h, _)| h)
+            .collect())
     }
 }
 
@@ -920,11 +1044,16 @@ async fn renew_lease(engine: std::sync::Weak<Engine>) {
         };
         let Ok(store) = engine.store() else { continue };
         let renewing = store.renew_replica(&engine.replica, engine.lease());
-        if let Err(e) = tokio::time::timeout(interval.max(Duration::from_secs(1)), renewing)
+        match tokio::time::timeout(interval.max(Duration::from_secs(1)), renewing)
             .await
             .unwrap_or_else(|_| Err(StoreError::Unavailable("timed out".into())))
         {
-            tracing::debug!("replica lease not renewed: {e}");
+            Ok(true) => {}
+            // The lease ran out (a stall, a partition, a failover that lost it): the others
+            // may have dropped this replica from the tickets it holds. It joins them again
+            // (the reconciliation tick's `relist_held`).
+            Ok(false) => engine.unlist_held(),
+            Err(e) => tracing::debug!("replica lease not renewed: {e}"),
         }
     }
 }

@@ -440,14 +440,16 @@ impl Store for MemoryStore {
         })
     }
 
-    fn renew_replica<'a>(&'a self, replica: &'a str, lease: Duration) -> StoreFuture<'a, ()> {
+    fn renew_replica<'a>(&'a self, replica: &'a str, lease: Duration) -> StoreFuture<'a, bool> {
         Box::pin(async move {
             let mut st = self.lock();
             let at = now();
             // Expired leases go as they are renewed: the map stays as small as the replicas.
             st.leases.retain(|_, until| *until > at);
-            st.leases.insert(replica.to_string(), at.plus(lease));
-            Ok(())
+            Ok(st
+                .leases
+                .insert(replica.to_string(), at.plus(lease))
+                .is_some())
         })
     }
 

@@ -2575,17 +2575,20 @@ impl Store for RedisStore {
         }))
     }
 
-    fn renew_replica<'a>(&'a self, replica: &'a str, lease: Duration) -> StoreFuture<'a, ()> {
+    fn renew_replica<'a>(&'a self, replica: &'a str, lease: Duration) -> StoreFuture<'a, bool> {
         Box::pin(self.bounded(async move {
             let mut c = self.conn();
             let px = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX).max(1);
+            // `GET`: the lease as it was, so a lapse is known.
             redis::cmd("SET")
                 .arg(self.keys.replica(replica))
                 .arg(1)
                 .arg("PX")
                 .arg(px)
-                .query_async::<()>(&mut c)
+                .arg("GET")
+                .query_async::<Option<String>>(&mut c)
                 .await
+                .map(|was| was.is_some())
                 .map_err(unavailable)
             // Not acknowledged by replicas (WAIT holds up the shared connection while one
             // lags, and this runs every tick): a failover may lose a lease until the next.

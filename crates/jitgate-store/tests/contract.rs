@@ -1705,19 +1705,32 @@ async fn dropped_transitions_strand_no_other(p: Pair) {
 async fn replica_leases_run_out_unless_renewed(p: Pair) {
     let ids = ["gw_a".to_string(), "gw_b".to_string()];
     assert_eq!(p.a.replicas_alive(&ids).await.unwrap(), [false, false]);
-    p.a.renew_replica("gw_a", Duration::from_millis(800))
+    // A first renewal finds no current lease; a renewal in time finds it.
+    assert!(!p
+        .a
+        .renew_replica("gw_a", Duration::from_millis(800))
         .await
-        .unwrap();
-    p.b.renew_replica("gw_b", Duration::from_secs(60))
+        .unwrap());
+    assert!(!p
+        .b
+        .renew_replica("gw_b", Duration::from_secs(60))
         .await
-        .unwrap();
+        .unwrap());
+    assert!(p
+        .b
+        .renew_replica("gw_b", Duration::from_secs(60))
+        .await
+        .unwrap());
     assert_eq!(p.b.replicas_alive(&ids).await.unwrap(), [true, true]);
     assert!(p.a.replicas_alive(&[]).await.unwrap().is_empty());
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert_eq!(p.b.replicas_alive(&ids).await.unwrap(), [false, true]);
-    p.a.renew_replica("gw_a", Duration::from_secs(60))
+    // Renewed after it ran out: the lapse is told.
+    assert!(!p
+        .a
+        .renew_replica("gw_a", Duration::from_secs(60))
         .await
-        .unwrap();
+        .unwrap());
     assert_eq!(p.a.replicas_alive(&ids).await.unwrap(), [true, true]);
 }
 

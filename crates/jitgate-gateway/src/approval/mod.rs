@@ -28,7 +28,7 @@ use jitgate_store::{LimitScope, PendingLimits, StoreError};
 
 use crate::body::{ProxyBody, RequestBody};
 use crate::context::Exchange;
-use crate::engine::Engine;
+use crate::engine::{Engine, HoldGuard};
 use crate::error::GatewayError;
 
 pub use view::{well_known, WELL_KNOWN};
@@ -76,8 +76,9 @@ struct Holding {
     expires_at: ticket::Timestamp,
     hold_for: std::time::Duration,
     held: HeldRequest,
-    /// This request opened the ticket (which lists this replica among its holders).
-    opened: bool,
+    /// The hold this request took on the ticket it opened (which lists this replica among
+    /// its holders); `None` when it joined or resumed one.
+    opened: Option<HoldGuard>,
 }
 
 /// Everything before holding: `Ok` to hold, `Err` with the answer when none is needed.
@@ -209,7 +210,7 @@ async fn admit(
         }
     }
     match Box::pin(open(x, route, Ask::held(&held, request, requested, risk))).await {
-        Ok((t, opened)) => settle(x, route, t, opened, held).await,
+        Ok((t, guard)) => settle(x, route, t, guard, held).await,
         Err(e) => Err(x.answer(e, Some(route))),
     }
 }
@@ -247,14 +248,19 @@ async fn resume(
             Some(route),
         ));
     }
-    settle(x, route, t, false, held).await
+    settle(x, route, t, None, held).await
 }
 
-/// A new ticket, or the pending one an identical request of the same requester opened; and
-/// whether it was opened here.
-async fn open(x: &Exchange<'_>, route: &Route, ask: Ask) -> Result<(Ticket, bool), GatewayError> {
+/// A new ticket (with the hold on it, see [`open_ticket`]), or the pending one an identical
+/// request of the same requester opened.
+async fn open(
+    x: &Exchange<'_>,
+    route: &Route,
+    ask: Ask,
+) -> Result<(Ticket, Option<HoldGuard>), GatewayError> {
     let cfg = &x.snap.table.config().approvals;
-    open_ticket(x.engine(), cfg, route, ask).await
+    let (t, _, guard) = open_ticket(x.engine(), cfg, route, ask).await?;
+    Ok((t, guard))
 }
 
 /// What a ticket is opened for: a held request, or access asked for ahead
@@ -324,14 +330,16 @@ impl HeldRequest {
 
 /// Opens a ticket for `ask` on `route` (an approve route) or joins the pending one of the same
 /// requester with the same fingerprint, under the pending caps, recording `ticket.created`
-/// with the write. Returns the ticket and whether it was created. A duration that the route
-/// does not grant, or that differs from the pending ticket's, is refused (400).
+/// with the write. Returns the ticket, whether it was created, and for one created for a held
+/// request the hold on it, taken before the creation was sent (so a client gone before its
+/// request begins to wait still leaves the holders it was listed in). A duration that the
+/// route does not grant, or that differs from the pending ticket's, is refused (400).
 pub(crate) async fn open_ticket(
-    engine: &Engine,
+    engine: &std::sync::Arc<Engine>,
     cfg: &jitgate_rules::config::Approvals,
     route: &Route,
     ask: Ask,
-) -> Result<(Ticket, bool), GatewayError> {
+) -> Result<(Ticket, bool, Option<HoldGuard>), GatewayError> {
     let store = engine
         .store()
         .map_err(|_| GatewayError::StoreUnavailable { ticket: None })?;
@@ -346,8 +354,10 @@ pub(crate) async fn open_ticket(
     let ahead = ask.ahead;
     let mut fresh = new_ticket(engine, cfg, route, ask)?;
     // A held request's replica holds it from the start (asked ahead, no one does).
+    let mut guard = None;
     if !ahead {
         fresh.holders.push(engine.replica().to_string());
+        guard = Some(engine.hold(&fresh.id));
     }
     let grant_terms = fresh.grant_terms;
     let requester_key = fresh.requester.key().into_owned();
@@ -385,6 +395,7 @@ pub(crate) async fn open_ticket(
     {
         Ok(r) => r,
         Err(StoreError::Limit { scope, limit }) => {
+            release_hold(guard);
             return Err(GatewayError::TooManyPending {
                 detail: format!(
                     "too many pending tickets ({} limit {limit}) for {requester_key} on route {}",
@@ -397,13 +408,19 @@ pub(crate) async fn open_ticket(
                     route.name
                 ),
                 retry_after: ticket_ttl,
-            })
+            });
         }
+        // The guard goes armed: a creation that landed unseen is withdrawn (no one was told
+        // its ticket).
         Err(e) => {
             tracing::warn!(route = %route.name, "store unavailable: {e}");
             return Err(GatewayError::StoreUnavailable { ticket: None });
         }
     };
+    if !created {
+        // Joined another: the fresh ticket was never written.
+        release_hold(guard.take());
+    }
     if created {
         engine.metrics().ticket_opened(&route.name);
         tracing::info!(ticket = %t.id, route = %route.name, requester = %t.requester.key(), method = %t.request.method, path = %t.request.path, ahead, "held for approval");
@@ -426,7 +443,14 @@ pub(crate) async fn open_ticket(
         }
         tracing::info!(ticket = %t.id, route = %route.name, "identical request joined a pending ticket");
     }
-    Ok((t, created))
+    Ok((t, created, guard))
+}
+
+/// Lets go of a hold without writing anything.
+fn release_hold(guard: Option<HoldGuard>) {
+    if let Some(mut g) = guard {
+        g.disarm();
+    }
 }
 
 /// The `PENDING` ticket `ask` opens on `route` (an approve route) at the engine's clock, not
@@ -570,17 +594,18 @@ fn auto_policy<'r>(
     })
 }
 
-/// Answers for a ticket that is decided; one that is pending (`opened` by this request, or
-/// joined) is to be held.
+/// Answers for a ticket that is decided; one that is pending (`opened` by this request, with
+/// its hold, or joined) is to be held.
 async fn settle(
     x: &Exchange<'_>,
     route: &Route,
     t: Ticket,
-    opened: bool,
+    opened: Option<HoldGuard>,
     held: HeldRequest,
 ) -> Result<Holding, Response<ProxyBody>> {
     x.about(&t.id);
     if t.status != Status::Pending {
+        release_hold(opened);
         return Err(Box::pin(finish(x, route, t, held)).await);
     }
     let cfg = &x.snap.table.config().approvals;
@@ -628,8 +653,9 @@ async fn hold_then_finish(
     let deadline = tokio::time::Instant::now() + hold_for;
     // Held from here until answered, through releases and their retries: a client that goes
     // away at any point leaves the ticket's holders (and cancels it if it was the last).
-    let mut guard = x.engine().hold(&id);
-    if !x.engine().list_holder(&id, opened).await {
+    let listed = opened.is_some();
+    let mut guard = opened.unwrap_or_else(|| x.engine().hold(&id));
+    if !x.engine().list_holder(&id, listed).await {
         // Held unlisted, it could be cancelled under it by another replica's client going
         // away: answered 503 with its ticket instead, to resume when the store answers.
         guard.answered_pending();
