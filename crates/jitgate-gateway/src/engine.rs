@@ -1030,7 +1030,7 @@ const PRUNE_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Every `reconcile_interval`, on a timer of its own (a reconciliation tick busy with a
 /// backlog must not let it run out): renews this replica's lease, so that the tickets it
-/// holds are not taken for abandoned by the others ([`Engine::leave_ticket`]).
+/// holds are not taken for abandoned by the others ([`Engine::leave`]).
 async fn renew_lease(engine: std::sync::Weak<Engine>) {
     let Some(interval) = engine.upgrade().map(|e| e.reconcile_interval) else {
         return;
