@@ -712,7 +712,6 @@ impl Engine {
         handle.spawn(async move {
             let _running = running;
             engine.tend(&id, &wake).await;
-            engine.lock_tending().remove(&id);
         });
     }
 
@@ -720,7 +719,9 @@ impl Engine {
         self.tending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The task of [`Engine::leave`] for ticket `id`; its entry is removed by the caller.
+    /// The task of [`Engine::leave`] for ticket `id`. It removes its entry itself, under the
+    /// lock, when it finds nothing left to do: a leave asked after that starts a new task
+    /// with an entry of its own, which nothing else may remove.
     async fn tend(self: &Arc<Self>, id: &TicketId, wake: &Notify) {
         let mut shutdown = self.shutdown_signal();
         let look_every = self.lease() + self.reconcile_interval;
