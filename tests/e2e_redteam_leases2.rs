@@ -10,202 +10,10 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde_json::Value;
-
+use common::holders::*;
 use common::*;
-
-const HOST: &str = "api.example.com";
-const ROUTE: &str = "prod-deploy";
-const SOON: Duration = Duration::from_secs(10);
-
-/// One replica's config: `prod-deploy` (`POST /deploy/**`, group oncall), an allow catch-all,
-/// a shared signing key, a 300 ms reconciliation tick (so a 5 s lease).
-fn config(redis: &str, origin: &str, hold: &str) -> String {
-    format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-trusted_proxies = ["127.0.0.1/32"]
-
-[store]
-kind = "redis"
-url = "{redis}"
-
-[approvals]
-hold_timeout = "{hold}"
-reconcile_interval = "300ms"
-signing_key = "key.pem"
-
-[[upstreams]]
-name = "origin"
-url = "{origin}"
-
-[[routes]]
-name = "{ROUTE}"
-methods = ["POST"]
-path = "/deploy/**"
-upstream = "origin"
-action = "approve"
-[routes.approval]
-approvers = ["group:oncall"]
-quorum = 1
-
-[[routes]]
-name = "everything-else"
-path = "/**"
-upstream = "origin"
-action = "allow"
-
-{identity}"#,
-        identity = identity_and_admin_toml(),
-    )
-}
-
-async fn replicas(redis: &RedisServer, origin: &Origin, holds: &[&str]) -> Vec<Gateway> {
-    let pem = signing_key_pem();
-    let mut out = Vec::new();
-    for hold in holds {
-        let cfg = config(&redis.url(), &origin.url(), hold);
-        out.push(Gateway::builder(&cfg).file("key.pem", pem.clone()).start());
-    }
-    for gw in &out {
-        wait_store_ok(gw).await;
-    }
-    out
-}
-
-/// `POST <path>` on `gw_url` as named user `user`, optionally resuming `ticket`.
-async fn deploy(gw_url: &str, path: &str, user: &str, ticket: Option<&str>) -> Response {
-    let url = format!("{gw_url}{path}");
-    let mut headers: Vec<(&str, &str)> = vec![
-        ("host", HOST),
-        ("content-type", "application/json"),
-        ("x-user", user),
-        ("x-groups", "dev"),
-    ];
-    if let Some(id) = ticket {
-        headers.push(("jit-ticket", id));
-    }
-    Client::http1()
-        .with_timeout(Duration::from_secs(60))
-        .send("POST", &url, &headers, "{}".to_string())
-        .await
-}
-
-fn spawn_deploy(
-    gw: &Gateway,
-    path: &str,
-    user: &'static str,
-    ticket: Option<&str>,
-) -> tokio::task::JoinHandle<Response> {
-    let (url, path, ticket) = (
-        gw.data_url().to_string(),
-        path.to_string(),
-        ticket.map(str::to_string),
-    );
-    tokio::spawn(async move { deploy(&url, &path, user, ticket.as_deref()).await })
-}
-
-async fn ticket(gw: &Gateway, id: &str) -> Value {
-    let r = admin_call(gw, "ops", "GET", &format!("/v1/tickets/{id}"), "").await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.json()
-}
-
-fn holders(t: &Value) -> Vec<String> {
-    t["holders"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|h| h.as_str().map(str::to_string))
-        .collect()
-}
-
-/// Waits until ticket `id` lists `n` holders.
-async fn wait_holders(gw: &Gateway, id: &str, n: usize) -> Value {
-    let deadline = tokio::time::Instant::now() + SOON;
-    loop {
-        let t = ticket(gw, id).await;
-        if holders(&t).len() == n {
-            return t;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "ticket {id} never had {n} holders: {t}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
-/// Pending tickets on `prod-deploy`, by id.
-async fn pending(gw: &Gateway) -> BTreeMap<String, Value> {
-    let r = admin_call(gw, "ops", "GET", "/v1/tickets?status=PENDING", "").await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.json()["tickets"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|t| t["route"] == ROUTE)
-        .map(|t| (t["id"].as_str().unwrap().to_string(), t.clone()))
-        .collect()
-}
-
-async fn wait_pending_n(gw: &Gateway, n: usize) -> BTreeMap<String, Value> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let p = pending(gw).await;
-        if p.len() == n {
-            return p;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{n} pending tickets never seen: {} ({:?})",
-            p.len(),
-            p.keys()
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
-async fn answered(h: tokio::task::JoinHandle<Response>) -> Response {
-    tokio::time::timeout(Duration::from_secs(30), h)
-        .await
-        .expect("the held request answers")
-        .expect("request task")
-}
-
-async fn abort(h: tokio::task::JoinHandle<Response>) {
-    h.abort();
-    let _ = h.await;
-}
-
-/// Waits until ticket `id` is no longer PENDING (or `within` passes); its JSON.
-async fn wait_decided(gw: &Gateway, id: &str, within: Duration) -> Value {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        let t = ticket(gw, id).await;
-        if t["status"] != "PENDING" || tokio::time::Instant::now() >= deadline {
-            return t;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// `kill -<sig> <pid>` (STOP / CONT: a replica frozen, as by a long GC-like stall, a VM
-/// pause or CPU starvation, then running again).
-fn kill(gw: &Gateway, sig: &str) {
-    let ok = std::process::Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(gw.pid().to_string())
-        .status()
-        .expect("run kill")
-        .success();
-    assert!(ok, "kill -{sig} {}", gw.pid());
-}
 
 /// Calls of Redis command `cmd` so far (`INFO commandstats`).
 fn calls(redis: &RedisServer, cmd: &str) -> u64 {
@@ -235,11 +43,11 @@ async fn leases2_each_client_gone_spawns_a_look_loop_of_its_own() {
     const CYCLES: usize = 12;
     let redis = RedisServer::start();
     let origin = Origin::start();
-    let mut gws = replicas(&redis, &origin, &["60s", "60s"]).await;
+    let mut gws = replicas(&redis, &origin, &["60s", "60s"], "").await;
     let b = gws.pop().unwrap();
     let a = gws.pop().unwrap();
 
-    let on_b = spawn_deploy(&b, "/deploy/loops", "bob", None);
+    let on_b = spawn_deploy(&b, "/deploy/loops", Who::User("bob"), None);
     let id = wait_pending_n(&b, 1).await.into_keys().next().unwrap();
     wait_holders(&b, &id, 1).await;
     // Baseline: MGETs (lease reads) with nobody looking.
@@ -249,7 +57,7 @@ async fn leases2_each_client_gone_spawns_a_look_loop_of_its_own() {
     let baseline = calls(&redis, "mget") - m0;
 
     for _ in 0..CYCLES {
-        let on_a = spawn_deploy(&a, "/deploy/loops", "bob", None);
+        let on_a = spawn_deploy(&a, "/deploy/loops", Who::User("bob"), None);
         wait_holders(&a, &id, 2).await;
         abort(on_a).await;
         let t = wait_holders(&a, &id, 1).await;
@@ -280,13 +88,13 @@ async fn leases2_each_client_gone_spawns_a_look_loop_of_its_own() {
 async fn leases2_one_store_timeout_during_a_look_ends_the_looking() {
     let redis = RedisServer::start();
     let origin = Origin::start();
-    let mut gws = replicas(&redis, &origin, &["60s", "60s"]).await;
+    let mut gws = replicas(&redis, &origin, &["60s", "60s"], "").await;
     let b = gws.pop().unwrap();
     let a = gws.pop().unwrap();
 
-    let on_b = spawn_deploy(&b, "/deploy/stall", "bob", None);
+    let on_b = spawn_deploy(&b, "/deploy/stall", Who::User("bob"), None);
     let id = wait_pending_n(&b, 1).await.into_keys().next().unwrap();
-    let on_a = spawn_deploy(&a, "/deploy/stall", "bob", None);
+    let on_a = spawn_deploy(&a, "/deploy/stall", Who::User("bob"), None);
     wait_holders(&a, &id, 2).await;
     abort(on_a).await;
     let t = wait_holders(&a, &id, 1).await;
@@ -327,19 +135,19 @@ async fn leases2_one_store_timeout_during_a_look_ends_the_looking() {
 async fn leases2_a_replica_dropped_while_stalled_holds_unlisted_after_it_runs_again() {
     let redis = RedisServer::start();
     let origin = Origin::start();
-    let mut gws = replicas(&redis, &origin, &["60s", "8s"]).await;
+    let mut gws = replicas(&redis, &origin, &["60s", "8s"], "").await;
     let b = gws.pop().unwrap();
     let a = gws.pop().unwrap();
 
     let b_started = tokio::time::Instant::now();
-    let on_b = spawn_deploy(&b, "/deploy/stalled", "bob", None);
+    let on_b = spawn_deploy(&b, "/deploy/stalled", Who::User("bob"), None);
     let id = wait_pending_n(&b, 1).await.into_keys().next().unwrap();
     let b_id = holders(&wait_holders(&b, &id, 1).await)[0].clone();
-    let on_a = spawn_deploy(&a, "/deploy/stalled", "bob", None);
+    let on_a = spawn_deploy(&a, "/deploy/stalled", Who::User("bob"), None);
     let t = wait_holders(&b, &id, 2).await;
     let a_id = holders(&t).into_iter().find(|h| *h != b_id).unwrap();
     // A freezes (its client's connection stays open); its lease runs out after 5 s.
-    kill(&a, "STOP");
+    a.signal(Sig::Stop);
     // B's 8 s hold ends: its client is answered 202 (to resume); B leaves and drops A,
     // whose lease ran out. Nothing is cancelled.
     let rb = answered(on_b).await;
@@ -348,13 +156,13 @@ async fn leases2_a_replica_dropped_while_stalled_holds_unlisted_after_it_runs_ag
     let t = wait_holders(&b, &id, 0).await;
     assert_eq!(t["status"], "PENDING", "{t}");
     // A runs again: it renews its lease, and its client is still held.
-    kill(&a, "CONT");
+    a.signal(Sig::Cont);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let t = ticket(&b, &id).await;
     assert!(!on_a.is_finished(), "A's client was answered: {t}");
     let listed = holders(&t);
     // B's client comes back for the ticket, and then goes away.
-    let resumed = spawn_deploy(&b, "/deploy/stalled", "bob", Some(&id));
+    let resumed = spawn_deploy(&b, "/deploy/stalled", Who::User("bob"), Some(&id));
     let deadline = tokio::time::Instant::now() + SOON;
     while !holders(&ticket(&b, &id).await).contains(&b_id) {
         assert!(tokio::time::Instant::now() < deadline, "B never joined");
@@ -388,10 +196,10 @@ async fn leases2_a_replica_dropped_while_stalled_holds_unlisted_after_it_runs_ag
 async fn leases2_a_leave_the_store_refused_once_is_never_tried_again() {
     let redis = RedisServer::start();
     let origin = Origin::start();
-    let mut gws = replicas(&redis, &origin, &["60s"]).await;
+    let mut gws = replicas(&redis, &origin, &["60s"], "").await;
     let a = gws.pop().unwrap();
 
-    let on_a = spawn_deploy(&a, "/deploy/refused", "bob", None);
+    let on_a = spawn_deploy(&a, "/deploy/refused", Who::User("bob"), None);
     let id = wait_pending_n(&a, 1).await.into_keys().next().unwrap();
     wait_holders(&a, &id, 1).await;
     let set = redis.cli(&["CONFIG", "SET", "min-replicas-to-write", "1"]);
@@ -425,6 +233,7 @@ async fn leases2_a_client_gone_while_its_ticket_is_created_leaves_it_listed_for_
         &format!("redis://127.0.0.1:{}/0", relay.port),
         &origin.url(),
         "60s",
+        "",
     );
     let a = Gateway::builder(&cfg)
         .file("key.pem", signing_key_pem())
@@ -432,13 +241,13 @@ async fn leases2_a_client_gone_while_its_ticket_is_created_leaves_it_listed_for_
     wait_store_ok(&a).await;
 
     // Warm-up: the create script is loaded (the first EVALSHA would answer NOSCRIPT).
-    let warm = spawn_deploy(&a, "/deploy/warm-up", "carol", None);
+    let warm = spawn_deploy(&a, "/deploy/warm-up", Who::User("carol"), None);
     let warm_id = wait_pending_n(&a, 1).await.into_keys().next().unwrap();
     abort(warm).await;
     wait_status(&a, &warm_id, "CANCELLED", SOON).await;
 
     relay.delay_answer_to(b"ticket.created", Duration::from_secs(2));
-    let on_a = spawn_deploy(&a, "/deploy/created", "bob", None);
+    let on_a = spawn_deploy(&a, "/deploy/created", Who::User("bob"), None);
     tokio::time::sleep(Duration::from_millis(800)).await;
     abort(on_a).await;
     let id = wait_pending_n(&a, 1).await.into_keys().next().unwrap();

@@ -30,6 +30,9 @@ pub enum Sig {
     Term,
     Int,
     Kill,
+    /// Freezes the process (a long stall: a VM pause, CPU starvation) until [`Sig::Cont`].
+    Stop,
+    Cont,
 }
 
 impl Sig {
@@ -39,6 +42,8 @@ impl Sig {
             Sig::Term => "-TERM",
             Sig::Int => "-INT",
             Sig::Kill => "-KILL",
+            Sig::Stop => "-STOP",
+            Sig::Cont => "-CONT",
         }
     }
 }

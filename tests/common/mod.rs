@@ -10,6 +10,7 @@ pub mod approval;
 pub mod client;
 pub mod cluster;
 pub mod gateway;
+pub mod holders;
 pub mod hooks;
 pub mod metrics;
 pub mod notify;
