@@ -333,10 +333,15 @@ impl Engine {
             return false;
         };
         let me = self.replica.as_str();
-        match store
-            .transition(id, &|t| ticket::join_hold(t, me), &|_, _| Vec::new())
-            .await
-        {
+        // Only while a request here still holds it (checked as the write is made), so a join
+        // racing the last request's leave does not list a replica that holds nothing.
+        let join = |t: &Ticket| {
+            if !self.lock_held().contains_key(id) {
+                return Err(TransitionError::AlreadyDone);
+            }
+            ticket::join_hold(t, me)
+        };
+        match store.transition(id, &join, &|_, _| Vec::new()).await {
             Ok(_)
             | Err(StoreError::Transition(
                 TransitionError::AlreadyDone | TransitionError::NotPending { .. },
@@ -726,6 +731,10 @@ impl Engine {
         let mut shutdown = self.shutdown_signal();
         let look_every = self.lease() + self.reconcile_interval;
         let mut backoff = self.reconcile_interval;
+        // A leave the store keeps refusing is given up after this (the ticket then stays
+        // pending until its expiry, listing this replica): an outage does not pile up
+        // retrying tasks for longer.
+        let mut retry_until: Option<tokio::time::Instant> = None;
         // Looking at the holders' leases, until the ticket's expiry (then the reconciler
         // expires it).
         let mut looking: Option<Timestamp> = None;
@@ -737,6 +746,7 @@ impl Engine {
             if let Some(gone) = leave {
                 match self.leave_once(id, gone).await {
                     Left::Written(t) => {
+                        retry_until = None;
                         looking =
                             (gone && t.status == ticket::Status::Pending && !t.holders.is_empty())
                                 .then_some(t.expires_at);
@@ -747,11 +757,17 @@ impl Engine {
                     Left::Nothing => {}
                     Left::Failed if stopping => {}
                     Left::Failed => {
-                        // Tried again, unless a later leave replaced it meanwhile.
-                        if let Some(t) = self.lock_tending().get_mut(id) {
-                            t.leave.get_or_insert(gone);
+                        let until = *retry_until
+                            .get_or_insert_with(|| tokio::time::Instant::now() + LEAVE_RETRY_FOR);
+                        if tokio::time::Instant::now() < until {
+                            // Tried again, unless a later leave replaced it meanwhile.
+                            if let Some(t) = self.lock_tending().get_mut(id) {
+                                t.leave.get_or_insert(gone);
+                            }
+                            retry = true;
+                        } else {
+                            tracing::warn!(ticket = %id, "the store kept refusing this replica's leave of the ticket's holders; it stays pending until it expires");
                         }
-                        retry = true;
                     }
                 }
             } else if let Some(until) = looking.filter(|_| !stopping) {
@@ -843,7 +859,13 @@ impl Engine {
         let expired = self.expired_holders(store, id).await?;
         if !expired.is_empty() {
             let now = self.now();
-            let drop = |t: &Ticket| ticket::drop_expired_holders(t, &expired, now);
+            let drop = |t: &Ticket| {
+                // A request here holds it again: its own leave decides, not this look.
+                if self.lock_held().contains_key(id) {
+                    return Err(TransitionError::AlreadyDone);
+                }
+                ticket::drop_expired_holders(t, &expired, now)
+            };
             match self.write_holders(store, id, &drop, now).await {
                 Left::Written(t) => return Ok(Some(*t)),
                 Left::Failed => return Err(()),
@@ -1038,22 +1060,30 @@ async fn renew_lease(engine: std::sync::Weak<Engine>) {
     };
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // When the last renewal whose answer was seen was sent.
+    let mut confirmed = tokio::time::Instant::now();
     loop {
         tick.tick().await;
         let Some(engine) = engine.upgrade() else {
             return;
         };
         let Ok(store) = engine.store() else { continue };
+        let sent = tokio::time::Instant::now();
         let renewing = store.renew_replica(&engine.replica, engine.lease());
         match tokio::time::timeout(interval.max(Duration::from_secs(1)), renewing)
             .await
             .unwrap_or_else(|_| Err(StoreError::Unavailable("timed out".into())))
         {
-            Ok(true) => {}
-            // The lease ran out (a stall, a partition, a failover that lost it): the others
-            // may have dropped this replica from the tickets it holds. It joins them again
-            // (the reconciliation tick's `relist_held`).
-            Ok(false) => engine.unlist_held(),
+            // The lease ran out (a stall, a partition, a failover that lost it), or may have
+            // between two renewals seen to land (one whose answer was lost may have found it
+            // gone): the others may have dropped this replica from the tickets it holds. It
+            // joins them again (the reconciliation tick's `relist_held`).
+            Ok(current) => {
+                if !current || sent.duration_since(confirmed) >= engine.lease() {
+                    engine.unlist_held();
+                }
+                confirmed = sent;
+            }
             Err(e) => tracing::debug!("replica lease not renewed: {e}"),
         }
     }
@@ -1112,6 +1142,9 @@ async fn reconcile(engine: std::sync::Weak<Engine>) {
         engine.relist_held().await;
     }
 }
+
+/// How long a leave of a ticket's holders the store refuses is tried again ([`Engine::leave`]).
+const LEAVE_RETRY_FOR: Duration = Duration::from_secs(60);
 
 /// The most overdue tickets one reconciliation tick expires (the rest wait a tick).
 const EXPIRIES_PER_TICK: usize = 500;

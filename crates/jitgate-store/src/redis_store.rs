@@ -646,6 +646,13 @@ impl RedisStore {
                 while i < queue.len() && batch.len() < BATCH {
                     let first = match &queue[i] {
                         Queued::Write { write, .. } => seen.insert(write.id.clone()),
+                        // An append whose caller gave up before its turn is withdrawn, as
+                        // it was when the caller waited for the turn itself: a caller that
+                        // retries it (`append_reliably`) must not see it recorded twice.
+                        Queued::Append { done, .. } if done.is_closed() => {
+                            queue.remove(i);
+                            continue;
+                        }
                         Queued::Append { .. } => true,
                     };
                     if first {

@@ -410,9 +410,12 @@ pub(crate) async fn open_ticket(
                 retry_after: ticket_ttl,
             });
         }
-        // The guard goes armed: a creation that landed unseen is withdrawn (no one was told
-        // its ticket).
+        // Let go without a leave: with the store down (the usual cause) a leave could only
+        // be retried for a ticket that was most likely never written, one task per refused
+        // request. A creation that landed unseen stays pending, unheld, until `ticket_ttl`;
+        // an identical request joins it.
         Err(e) => {
+            release_hold(guard);
             tracing::warn!(route = %route.name, "store unavailable: {e}");
             return Err(GatewayError::StoreUnavailable { ticket: None });
         }
