@@ -493,9 +493,9 @@ async fn final_a_second_look_never_cancels_what_a_later_answer_left_pending() {
     let b_started = tokio::time::Instant::now();
     let on_b = spawn_deploy(&b, "/deploy/answered", Who::User("bob"), None);
     wait_holders(&c, &id, 3).await;
-    // A's client goes just before B's 2 s hold ends; C dies as soon as B is answered, so
+    // A's client goes half a second before B's 2 s hold ends; C dies as soon as B is answered, so
     // C's lease runs out before A's look.
-    tokio::time::sleep_until(b_started + Duration::from_millis(1850)).await;
+    tokio::time::sleep_until(b_started + Duration::from_millis(1500)).await;
     abort(on_a).await;
     let rb = answered(on_b).await;
     assert_eq!(rb.status, 202, "{}", rb.text());
