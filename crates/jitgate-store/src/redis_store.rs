@@ -1451,52 +1451,12 @@ impl Target {
         };
         // The replicas any answering sentinel sees up: sentinels judge `s_down` each on its
         // own, and the one leading a failover may promote a replica the others see down.
+        // All are asked at once, so one that hangs costs its own timeout, not the others'.
+        let answers =
+            futures_util::future::join_all(clients.iter().map(|c| c.replicas_up(master))).await;
         let mut up: Option<std::collections::HashSet<String>> = None;
-        for c in clients {
-            // The connection is kept between polls and opened again only after a failure.
-            let mut asked = c.asked.lock().await;
-            if asked.is_none() {
-                let Ok(sentinel) = c.client.lock().await.async_get_sentinel_client().await else {
-                    continue;
-                };
-                // Bounded, so a sentinel that stops answering cannot wedge the kept connection.
-                let config = redis::AsyncConnectionConfig::new()
-                    .set_connection_timeout(Some(SENTINEL_ASK_TIMEOUT))
-                    .set_response_timeout(Some(SENTINEL_ASK_TIMEOUT));
-                let connecting = sentinel.get_multiplexed_async_connection_with_config(&config);
-                let Ok(conn) = connecting.await else {
-                    continue;
-                };
-                *asked = Some(conn);
-            }
-            let Some(conn) = asked.as_mut() else { continue };
-            let listed: Result<Vec<Vec<String>>, _> = redis::cmd("SENTINEL")
-                .arg("REPLICAS")
-                .arg(master)
-                .query_async(conn)
-                .await;
-            let Ok(listed) = listed else {
-                *asked = None;
-                continue;
-            };
-            let field = |fields: &[String], name: &str| {
-                fields
-                    .chunks(2)
-                    .find(|kv| kv[0] == name)
-                    .and_then(|kv| kv.get(1))
-                    .cloned()
-                    .unwrap_or_default()
-            };
-            let seen = up.get_or_insert_with(Default::default);
-            for fields in &listed {
-                let flags = field(fields, "flags");
-                let down = flags
-                    .split(',')
-                    .any(|f| matches!(f, "s_down" | "o_down" | "disconnected"));
-                if !down {
-                    seen.insert(format!("{}:{}", field(fields, "ip"), field(fields, "port")));
-                }
-            }
+        for seen in answers.into_iter().flatten() {
+            up.get_or_insert_with(Default::default).extend(seen);
         }
         up.map(|up| u32::try_from(up.len()).unwrap_or(u32::MAX))
     }
@@ -1507,6 +1467,62 @@ impl Target {
 struct SentinelNode {
     client: tokio::sync::Mutex<redis::sentinel::SentinelClient>,
     asked: tokio::sync::Mutex<Option<redis::aio::MultiplexedConnection>>,
+}
+
+impl SentinelNode {
+    /// The replicas of `master` this sentinel lists and does not flag as down or
+    /// disconnected, as `ip:port`; `None` when it does not answer.
+    async fn replicas_up(&self, master: &str) -> Option<Vec<String>> {
+        // The connection is kept between polls and opened again only after a failure.
+        let mut asked = self.asked.lock().await;
+        if asked.is_none() {
+            let sentinel = self
+                .client
+                .lock()
+                .await
+                .async_get_sentinel_client()
+                .await
+                .ok()?;
+            // Bounded, so a sentinel that stops answering cannot wedge the kept connection.
+            let config = redis::AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(SENTINEL_ASK_TIMEOUT))
+                .set_response_timeout(Some(SENTINEL_ASK_TIMEOUT));
+            let conn = sentinel
+                .get_multiplexed_async_connection_with_config(&config)
+                .await
+                .ok()?;
+            *asked = Some(conn);
+        }
+        let conn = asked.as_mut()?;
+        let listed: Result<Vec<Vec<String>>, _> = redis::cmd("SENTINEL")
+            .arg("REPLICAS")
+            .arg(master)
+            .query_async(conn)
+            .await;
+        let Ok(listed) = listed else {
+            *asked = None;
+            return None;
+        };
+        let field = |fields: &[String], name: &str| {
+            fields
+                .chunks(2)
+                .find(|kv| kv[0] == name)
+                .and_then(|kv| kv.get(1))
+                .cloned()
+                .unwrap_or_default()
+        };
+        Some(
+            listed
+                .iter()
+                .filter(|fields| {
+                    !field(fields, "flags")
+                        .split(',')
+                        .any(|f| matches!(f, "s_down" | "o_down" | "disconnected"))
+                })
+                .map(|fields| format!("{}:{}", field(fields, "ip"), field(fields, "port")))
+                .collect(),
+        )
+    }
 }
 
 /// How many replicas of the store's slot a cluster failover could promote: every replica the
