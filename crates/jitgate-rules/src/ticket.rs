@@ -1210,8 +1210,7 @@ pub fn approve_also(
     v.also = also;
     next.approvals.push(v);
     if next.approvals.len() as u64 >= u64::from(next.quorum.max(1)) {
-        next.status = Status::Approved;
-        next.decided_at = Some(now);
+        decide(&mut next, Status::Approved, now);
         next.redeem_by = Some(Timestamp(now.0.saturating_add(next.token_ttl_ms)));
     }
     Ok(next)
@@ -1270,8 +1269,7 @@ pub fn auto_approve(t: &Ticket, policy: &str, now: Timestamp) -> Result<Ticket, 
         also: None,
     });
     next.policy = Some(policy.to_string());
-    next.status = Status::Approved;
-    next.decided_at = Some(now);
+    decide(&mut next, Status::Approved, now);
     next.redeem_by = Some(Timestamp(now.0.saturating_add(next.token_ttl_ms)));
     Ok(next)
 }
@@ -1288,9 +1286,8 @@ pub fn break_glass(
         return Err(TransitionError::NotPending { status: t.status });
     }
     let mut next = t.clone();
-    next.status = Status::Review;
+    decide(&mut next, Status::Review, now);
     next.break_glass = Some(reason.to_string());
-    next.decided_at = Some(now);
     next.executed_at = Some(now);
     next.redeem_by = Some(Timestamp(now.0.saturating_add(next.token_ttl_ms)));
     next.redeemed = 1;
@@ -1380,8 +1377,7 @@ pub fn deny(
     check_decision(t, approver, now)?;
     let mut next = t.clone();
     next.denials.push(vote(approver, reason.clone(), now));
-    next.status = Status::Denied;
-    next.decided_at = Some(now);
+    decide(&mut next, Status::Denied, now);
     next.deny_reason = reason;
     Ok(next)
 }
@@ -1395,9 +1391,17 @@ pub fn expire(t: &Ticket, now: Timestamp) -> Result<Ticket, TransitionError> {
         return Err(TransitionError::NotDue);
     }
     let mut next = t.clone();
-    next.status = Status::Expired;
-    next.decided_at = Some(now);
+    decide(&mut next, Status::Expired, now);
     Ok(next)
+}
+
+/// `next`, a pending ticket, leaves `PENDING` for `status` at `now`: what only a pending
+/// ticket means ([`Ticket::holders`], [`Ticket::gone`]) goes with it.
+fn decide(next: &mut Ticket, status: Status, now: Timestamp) {
+    next.status = status;
+    next.decided_at = Some(now);
+    next.holders.clear();
+    next.gone = false;
 }
 
 /// `PENDING` → `CANCELLED` (the client went away or withdrew).
@@ -1406,8 +1410,7 @@ pub fn cancel(t: &Ticket, now: Timestamp) -> Result<Ticket, TransitionError> {
         return Err(TransitionError::NotPending { status: t.status });
     }
     let mut next = t.clone();
-    next.status = Status::Cancelled;
-    next.decided_at = Some(now);
+    decide(&mut next, Status::Cancelled, now);
     Ok(next)
 }
 
@@ -1445,9 +1448,7 @@ pub fn leave_hold(
     next.holders
         .retain(|h| h != replica && !expired.iter().any(|e| e == h));
     if gone && next.holders.is_empty() {
-        next.status = Status::Cancelled;
-        next.decided_at = Some(now);
-        next.gone = false;
+        decide(&mut next, Status::Cancelled, now);
         return Ok(next);
     }
     next.gone = gone;
@@ -1476,9 +1477,7 @@ pub fn drop_expired_holders(
         return Err(TransitionError::AlreadyDone);
     }
     if next.holders.is_empty() && t.gone {
-        next.status = Status::Cancelled;
-        next.decided_at = Some(now);
-        next.gone = false;
+        decide(&mut next, Status::Cancelled, now);
     }
     Ok(next)
 }

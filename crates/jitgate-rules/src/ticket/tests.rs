@@ -818,6 +818,28 @@ fn dropping_dead_holders_cancels_only_what_a_gone_client_left() {
     assert_eq!(gone.decided_at, Some(at(3)));
 }
 
+/// `holders` and `gone` mean something only while a ticket is pending: every decision drops
+/// them, so a decided ticket's JSON does not show replicas or a client gone.
+#[test]
+fn a_decision_drops_what_only_a_pending_ticket_means() {
+    let t = ticket(1);
+    let ab = join_hold(&join_hold(&t, "replica-a").unwrap(), "replica-b").unwrap();
+    let held = leave_hold(&ab, "replica-a", &[], true, at(1)).unwrap();
+    assert!(held.gone && !held.holders.is_empty());
+    let decided = [
+        approve(&held, &oncall("alice"), None, at(2)).unwrap(),
+        deny(&held, &oncall("alice"), None, at(2)).unwrap(),
+        cancel(&held, at(2)).unwrap(),
+        expire(&held, held.expires_at).unwrap(),
+    ];
+    for d in decided {
+        assert_ne!(d.status, Status::Pending);
+        assert!(d.holders.is_empty(), "{:?} kept its holders", d.status);
+        assert!(!d.gone, "{:?} kept gone", d.status);
+        assert!(d.decided_at.is_some());
+    }
+}
+
 #[test]
 fn cancel_only_while_pending() {
     let t = ticket(1);
