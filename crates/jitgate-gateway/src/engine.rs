@@ -70,6 +70,10 @@ pub struct Engine {
     /// Tickets whose holders this replica still has to write to or look at after its last
     /// request on them ended: one task each ([`Engine::leave`]).
     tending: Mutex<HashMap<TicketId, Tending>>,
+    /// Renewals of this replica's lease so far ([`Engine::renew`]).
+    renewals: std::sync::atomic::AtomicU64,
+    /// The renewal that began this replica's current lease, as last seen (0: none yet).
+    lease_began: std::sync::atomic::AtomicU64,
     shutdown: watch::Sender<bool>,
     reconcile_interval: Duration,
     /// The `[audit] file` writer, until [`Engine::close_audit`].
@@ -184,6 +188,8 @@ impl Engine {
             signer,
             held: Mutex::new(HashMap::new()),
             tending: Mutex::new(HashMap::new()),
+            renewals: std::sync::atomic::AtomicU64::new(0),
+            lease_began: std::sync::atomic::AtomicU64::new(0),
             shutdown,
             reconcile_interval: cfg.approvals.reconcile_interval,
             audit_file: Mutex::new(audit_file),
@@ -678,6 +684,24 @@ impl Engine {
         (self.reconcile_interval * 5).max(Duration::from_secs(5))
     }
 
+    /// Renews this replica's lease ([`Store::renew_replica`]). When the renewal that began
+    /// it is not the one seen before, the lease ran out in between (a stall, a partition, a
+    /// failover that lost it; even if the renewal that began the new one was answered too
+    /// late to be seen): the others may have dropped this replica from the tickets it holds,
+    /// so it joins them again ([`Engine::unlist_held`]).
+    async fn renew(&self, store: &dyn Store) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering;
+        let renewal = self.renewals.fetch_add(1, Ordering::Relaxed) + 1;
+        let began = store
+            .renew_replica(&self.replica, self.lease(), renewal)
+            .await?;
+        let seen = self.lease_began.swap(began, Ordering::Relaxed);
+        if seen != 0 && seen != began {
+            self.unlist_held();
+        }
+        Ok(())
+    }
+
     /// This replica leaves the holders of pending ticket `id` ([`ticket::leave_hold`]; with
     /// `gone`, its last client went away), in the one task that tends the ticket's holders
     /// for this replica: a leave asked while another is under way is written after it (the
@@ -1012,7 +1036,7 @@ async fn connect(engine: Arc<Engine>, opts: RedisOptions) {
                 tracing::info!("connected to the redis store");
                 // The lease first: no request is held before the others can see this
                 // replica alive (the renewal timer keeps it from here on).
-                if let Err(e) = store.renew_replica(&engine.replica, engine.lease()).await {
+                if let Err(e) = engine.renew(&store).await {
                     tracing::debug!("replica lease not renewed: {e}");
                 }
                 engine.install(Arc::new(store));
@@ -1060,31 +1084,18 @@ async fn renew_lease(engine: std::sync::Weak<Engine>) {
     };
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // When the last renewal whose answer was seen was sent.
-    let mut confirmed = tokio::time::Instant::now();
     loop {
         tick.tick().await;
         let Some(engine) = engine.upgrade() else {
             return;
         };
         let Ok(store) = engine.store() else { continue };
-        let sent = tokio::time::Instant::now();
-        let renewing = store.renew_replica(&engine.replica, engine.lease());
-        match tokio::time::timeout(interval.max(Duration::from_secs(1)), renewing)
+        let renewing = engine.renew(&**store);
+        if let Err(e) = tokio::time::timeout(interval.max(Duration::from_secs(1)), renewing)
             .await
             .unwrap_or_else(|_| Err(StoreError::Unavailable("timed out".into())))
         {
-            // The lease ran out (a stall, a partition, a failover that lost it), or may have
-            // between two renewals seen to land (one whose answer was lost may have found it
-            // gone): the others may have dropped this replica from the tickets it holds. It
-            // joins them again (the reconciliation tick's `relist_held`).
-            Ok(current) => {
-                if !current || sent.duration_since(confirmed) >= engine.lease() {
-                    engine.unlist_held();
-                }
-                confirmed = sent;
-            }
-            Err(e) => tracing::debug!("replica lease not renewed: {e}"),
+            tracing::debug!("replica lease not renewed: {e}");
         }
     }
 }

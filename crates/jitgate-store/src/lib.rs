@@ -390,9 +390,17 @@ pub trait Store: Send + Sync + 'static {
     /// Marks gateway replica `replica` (its run's id) alive for `lease`; every reconciliation
     /// tick renews it. A replica that died stops renewing, and [`Store::replicas_alive`] then
     /// says so: what tells the holders of a ticket that are gone from those still holding.
-    /// Whether its lease was still current when renewed: `false` means the others may have
-    /// taken it for dead meanwhile (and dropped it from the tickets it holds).
-    fn renew_replica<'a>(&'a self, replica: &'a str, lease: Duration) -> StoreFuture<'a, bool>;
+    /// The lease records the renewal that began it (`renewal`, a number the replica never
+    /// uses twice, when the lease was not current); the answer is that number. A replica
+    /// that sees it change between two answers knows its lease ran out in between, even when
+    /// the renewal that began the new one was answered too late to be seen: the others may
+    /// have taken it for dead meanwhile (and dropped it from the tickets it holds).
+    fn renew_replica<'a>(
+        &'a self,
+        replica: &'a str,
+        lease: Duration,
+        renewal: u64,
+    ) -> StoreFuture<'a, u64>;
 
     /// For each of `replicas`, whether its lease ([`Store::renew_replica`]) is current.
     fn replicas_alive<'a>(&'a self, replicas: &'a [String]) -> StoreFuture<'a, Vec<bool>>;

@@ -57,8 +57,9 @@ struct State {
     audit_seq: Option<watch::Sender<u64>>,
     outbox: Outbox,
     last_purge: Timestamp,
-    /// Gateway replicas' leases ([`Store::renew_replica`]): until when each is alive.
-    leases: HashMap<String, Timestamp>,
+    /// Gateway replicas' leases ([`Store::renew_replica`]): until when each is alive, and the
+    /// renewal that began it.
+    leases: HashMap<String, (Timestamp, u64)>,
 }
 
 /// The notification outbox: the fan-out cursor and the queued deliveries.
@@ -440,16 +441,23 @@ impl Store for MemoryStore {
         })
     }
 
-    fn renew_replica<'a>(&'a self, replica: &'a str, lease: Duration) -> StoreFuture<'a, bool> {
+    fn renew_replica<'a>(
+        &'a self,
+        replica: &'a str,
+        lease: Duration,
+        renewal: u64,
+    ) -> StoreFuture<'a, u64> {
         Box::pin(async move {
             let mut st = self.lock();
             let at = now();
             // Expired leases go as they are renewed: the map stays as small as the replicas.
-            st.leases.retain(|_, until| *until > at);
-            Ok(st
+            st.leases.retain(|_, (until, _)| *until > at);
+            let entry = st
                 .leases
-                .insert(replica.to_string(), at.plus(lease))
-                .is_some())
+                .entry(replica.to_string())
+                .or_insert((at, renewal));
+            entry.0 = at.plus(lease);
+            Ok(entry.1)
         })
     }
 
@@ -459,7 +467,7 @@ impl Store for MemoryStore {
             let at = now();
             Ok(replicas
                 .iter()
-                .map(|r| st.leases.get(r).is_some_and(|until| *until > at))
+                .map(|r| st.leases.get(r).is_some_and(|(until, _)| *until > at))
                 .collect())
         })
     }

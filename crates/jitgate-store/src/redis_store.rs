@@ -373,6 +373,7 @@ struct Scripts {
     outbox_enqueue: Script,
     outbox_claim: Script,
     outbox_settle: Script,
+    renew_lease: Script,
 }
 
 /// Where the next [`Store::prune`] resumes, so work bounded per call still covers every
@@ -558,6 +559,7 @@ impl RedisStore {
                 outbox_enqueue: Script::new(OUTBOX_ENQUEUE_LUA),
                 outbox_claim: Script::new(OUTBOX_CLAIM_LUA),
                 outbox_settle: Script::new(OUTBOX_SETTLE_LUA),
+                renew_lease: Script::new(RENEW_LEASE),
             }),
             prune: Mutex::new(PruneCursor::default()),
             audit_head: Arc::new(tokio::sync::Mutex::new(None)),
@@ -1765,6 +1767,14 @@ redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return {'ok'}
 "#;
 
+/// KEYS: a replica's lease. ARGV: this renewal's number, px. The lease keeps the number of
+/// the renewal that began it; returns that number.
+const RENEW_LEASE: &str = r#"
+local began = redis.call('GET', KEYS[1]) or ARGV[1]
+redis.call('SET', KEYS[1], began, 'PX', ARGV[2])
+return began
+"#;
+
 /// KEYS: an index, then the record key of each member. ARGV: the members. Removes from
 /// the index the members whose record is gone; returns how many.
 const UNINDEX_GONE: &str = r#"
@@ -2598,23 +2608,29 @@ impl Store for RedisStore {
         }))
     }
 
-    fn renew_replica<'a>(&'a self, replica: &'a str, lease: Duration) -> StoreFuture<'a, bool> {
+    fn renew_replica<'a>(
+        &'a self,
+        replica: &'a str,
+        lease: Duration,
+        renewal: u64,
+    ) -> StoreFuture<'a, u64> {
         Box::pin(self.bounded(async move {
             let mut c = self.conn();
             let px = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX).max(1);
-            // `GET`: the lease as it was, so a lapse is known.
-            redis::cmd("SET")
-                .arg(self.keys.replica(replica))
-                .arg(1)
-                .arg("PX")
+            let began: String = self
+                .scripts
+                .renew_lease
+                .key(self.keys.replica(replica))
+                .arg(renewal)
                 .arg(px)
-                .arg("GET")
-                .query_async::<Option<String>>(&mut c)
+                .invoke_async(&mut c)
                 .await
-                .map(|was| was.is_some())
-                .map_err(unavailable)
+                .map_err(unavailable)?;
             // Not acknowledged by replicas (WAIT holds up the shared connection while one
             // lags, and this runs every tick): a failover may lose a lease until the next.
+            began
+                .parse()
+                .map_err(|_| StoreError::Corrupt(format!("replica lease {began:?}")))
         }))
     }
 
@@ -2648,7 +2664,10 @@ impl Store for RedisStore {
     }
 
     fn append_audit(&self, draft: AuditDraft) -> StoreFuture<'_, AuditEvent> {
-        Box::pin(self.bounded(self.append_queued(draft)))
+        // Not cut short here: a caller that waits goes on waiting through a backlog at the
+        // audit head (each turn is bounded by `op_timeout`), so its event is not withdrawn
+        // for having queued long; one that gives up itself (`append_reliably`) withdraws it.
+        Box::pin(self.append_queued(draft))
     }
 
     fn audit_page<'a>(&'a self, filter: &'a AuditFilter) -> StoreFuture<'a, AuditPage> {

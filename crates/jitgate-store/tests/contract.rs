@@ -1705,32 +1705,25 @@ async fn dropped_transitions_strand_no_other(p: Pair) {
 async fn replica_leases_run_out_unless_renewed(p: Pair) {
     let ids = ["gw_a".to_string(), "gw_b".to_string()];
     assert_eq!(p.a.replicas_alive(&ids).await.unwrap(), [false, false]);
-    // A first renewal finds no current lease; a renewal in time finds it.
-    assert!(!p
-        .a
-        .renew_replica("gw_a", Duration::from_millis(800))
-        .await
-        .unwrap());
-    assert!(!p
-        .b
-        .renew_replica("gw_b", Duration::from_secs(60))
-        .await
-        .unwrap());
-    assert!(p
-        .b
-        .renew_replica("gw_b", Duration::from_secs(60))
-        .await
-        .unwrap());
+    // A lease keeps the number of the renewal that began it.
+    let renew = |h: &std::sync::Arc<dyn Store>, r: &'static str, ms: u64, n: u64| {
+        let h = h.clone();
+        async move {
+            h.renew_replica(r, Duration::from_millis(ms), n)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(renew(&p.a, "gw_a", 800, 1).await, 1);
+    assert_eq!(renew(&p.b, "gw_b", 60_000, 1).await, 1);
+    assert_eq!(renew(&p.b, "gw_b", 60_000, 2).await, 1);
     assert_eq!(p.b.replicas_alive(&ids).await.unwrap(), [true, true]);
     assert!(p.a.replicas_alive(&[]).await.unwrap().is_empty());
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert_eq!(p.b.replicas_alive(&ids).await.unwrap(), [false, true]);
-    // Renewed after it ran out: the lapse is told.
-    assert!(!p
-        .a
-        .renew_replica("gw_a", Duration::from_secs(60))
-        .await
-        .unwrap());
+    // Renewed after it ran out: a new lease, begun by this renewal.
+    assert_eq!(renew(&p.a, "gw_a", 60_000, 2).await, 2);
+    assert_eq!(renew(&p.a, "gw_a", 60_000, 3).await, 2);
     assert_eq!(p.a.replicas_alive(&ids).await.unwrap(), [true, true]);
 }
 
