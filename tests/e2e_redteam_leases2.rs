@@ -15,17 +15,6 @@ use std::time::Duration;
 use common::holders::*;
 use common::*;
 
-/// Calls of Redis command `cmd` so far (`INFO commandstats`).
-fn calls(redis: &RedisServer, cmd: &str) -> u64 {
-    let info = redis.cli(&["INFO", "commandstats"]);
-    let prefix = format!("cmdstat_{cmd}:calls=");
-    info.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 // === the look loop ===
 
 /// Red team (Medium, fixed: one task per ticket tends its holders, `Engine::leave`): every client of a replica that goes away while another replica holds

@@ -16,17 +16,6 @@ use std::time::Duration;
 use common::holders::*;
 use common::*;
 
-/// Calls of Redis command `cmd` so far (`INFO commandstats`).
-fn calls(redis: &RedisServer, cmd: &str) -> u64 {
-    let info = redis.cli(&["INFO", "commandstats"]);
-    let prefix = format!("cmdstat_{cmd}:calls=");
-    info.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 // === a lapsed lease re-joins ===
 
 /// Red team (Low, fixed: a renewal seen to land more than a lease after the last one counts as a lapse): a lapse is learnt only from the answer of the one renewal that finds the

@@ -206,3 +206,14 @@ pub async fn wait_decided(gw: &Gateway, id: &str, within: Duration) -> Value {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Calls of Redis command `cmd` so far (`INFO commandstats`).
+pub fn calls(redis: &RedisServer, cmd: &str) -> u64 {
+    let info = redis.cli(&["INFO", "commandstats"]);
+    let prefix = format!("cmdstat_{cmd}:calls=");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
