@@ -151,14 +151,7 @@ async fn leases2_a_replica_dropped_while_stalled_holds_unlisted_after_it_runs_ag
     assert!(!on_a.is_finished(), "A's client was answered: {t}");
     let listed = holders(&t);
     // B's client comes back for the ticket, and then goes away.
-    let resumed = spawn_deploy(&b, "/deploy/stalled", Who::User("bob"), Some(&id));
-    let deadline = tokio::time::Instant::now() + SOON;
-    while !holders(&ticket(&b, &id).await).contains(&b_id) {
-        assert!(tokio::time::Instant::now() < deadline, "B never joined");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    abort(resumed).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    come_back_and_go(&b, "/deploy/stalled", &id, |h| h.contains(&b_id)).await;
     let t = ticket(&b, &id).await;
     assert_eq!(
         t["status"], "PENDING",

@@ -76,14 +76,7 @@ async fn leases3_a_lapse_whose_renewal_answer_was_lost_is_never_rejoined() {
     assert!(!on_a.is_finished(), "A's client was answered");
     let listed = holders(&ticket(&b, &id).await);
     // B's client comes back for the ticket, and then goes away.
-    let resumed = spawn_deploy(&b, "/deploy/lost-renewal", Who::User("bob"), Some(&id));
-    let deadline = tokio::time::Instant::now() + SOON;
-    while !holders(&ticket(&b, &id).await).contains(&b_id) {
-        assert!(tokio::time::Instant::now() < deadline, "B never joined");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    abort(resumed).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    come_back_and_go(&b, "/deploy/lost-renewal", &id, |h| h.contains(&b_id)).await;
     let t = ticket(&b, &id).await;
     assert_eq!(
         t["status"], "PENDING",

@@ -326,14 +326,7 @@ async fn leases4_a_lapse_healed_by_a_late_renewal_within_a_lease_of_sends_is_nev
     assert!(!on_a.is_finished(), "A's client was answered");
     let listed = holders(&ticket(&b, &id).await);
     // B's client comes back for the ticket, and then goes away.
-    let resumed = spawn_deploy(&b, "/deploy/partition", Who::User("bob"), Some(&id));
-    let deadline = tokio::time::Instant::now() + SOON;
-    while holders(&ticket(&b, &id).await).len() <= listed.len() {
-        assert!(tokio::time::Instant::now() < deadline, "B never joined");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    abort(resumed).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    come_back_and_go(&b, "/deploy/partition", &id, |h| h.len() > listed.len()).await;
     let t = ticket(&b, &id).await;
     assert_eq!(
         t["status"], "PENDING",

@@ -217,3 +217,24 @@ pub fn calls(redis: &RedisServer, cmd: &str) -> u64 {
         .and_then(|n| n.trim().parse().ok())
         .unwrap_or(0)
 }
+
+/// bob's client comes back to `gw` for ticket `id` (`Jit-Ticket`), is held until `joined`
+/// says the holders list its replica, then goes away; a second later, for its leave to land.
+pub async fn come_back_and_go(
+    gw: &Gateway,
+    path: &str,
+    id: &str,
+    joined: impl Fn(&[String]) -> bool,
+) {
+    let resumed = spawn_deploy(gw, path, Who::User("bob"), Some(id));
+    let deadline = tokio::time::Instant::now() + SOON;
+    while !joined(&holders(&ticket(gw, id).await)) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the client coming back never joined"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    abort(resumed).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+}

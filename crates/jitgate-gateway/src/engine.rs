@@ -317,9 +317,7 @@ impl Engine {
             self.set_listed(id, true);
             return true;
         }
-        let listed = self.join_hold(id).await;
-        self.set_listed(id, listed);
-        listed
+        self.join_hold(id).await
     }
 
     /// Records whether this replica is listed in the holders of ticket `id`, if a request
@@ -330,10 +328,10 @@ impl Engine {
         }
     }
 
-    /// Lists this replica among the holders of pending ticket `id` ([`ticket::join_hold`]);
-    /// `true` too when it is listed already or the ticket is no longer pending (there is
-    /// nothing to hold: the waiting request reads the decision), `false` when the store
-    /// could not write it.
+    /// Lists this replica among the holders of pending ticket `id` ([`ticket::join_hold`]),
+    /// and records the outcome in the held entry ([`Engine::set_listed`]): `true` too when
+    /// it is listed already or the ticket is no longer pending (there is nothing to hold:
+    /// the waiting request reads the decision), `false` when the store could not write it.
     async fn join_hold(&self, id: &TicketId) -> bool {
         let Ok(store) = self.store() else {
             return false;
@@ -347,7 +345,7 @@ impl Engine {
             }
             ticket::join_hold(t, me)
         };
-        match store.transition(id, &join, &|_, _| Vec::new()).await {
+        let listed = match store.transition(id, &join, &|_, _| Vec::new()).await {
             Ok(_)
             | Err(StoreError::Transition(
                 TransitionError::AlreadyDone | TransitionError::NotPending { .. },
@@ -356,7 +354,9 @@ impl Engine {
                 tracing::debug!(ticket = %id, "not listed as a holder: {e}");
                 false
             }
-        }
+        };
+        self.set_listed(id, listed);
+        listed
     }
 
     /// Takes every ticket held here for unlisted, to be joined again by the next
@@ -386,8 +386,7 @@ impl Engine {
             .take(TIMERS_PER_TICK)
             .collect();
         for id in unlisted {
-            let listed = self.join_hold(&id).await;
-            self.set_listed(&id, listed);
+            self.join_hold(&id).await;
         }
     }
 
@@ -851,7 +850,7 @@ impl Engine {
         let Ok(store) = self.store() else {
             return Left::Failed;
         };
-        let Ok(expired) = self.expired_holders(store, id).await else {
+        let Ok((_, expired)) = self.expired_holders(store, id).await else {
             return Left::Failed;
         };
         let now = self.now();
@@ -866,8 +865,7 @@ impl Engine {
         if let Left::Written(t) = &left {
             if t.status == ticket::Status::Pending && self.lock_held().contains_key(id) {
                 // A request of ours began holding it while the leave was landing.
-                let listed = self.join_hold(id).await;
-                self.set_listed(id, listed);
+                self.join_hold(id).await;
             }
         }
         left
@@ -880,23 +878,23 @@ impl Engine {
     /// answer.
     async fn look_again(self: &Arc<Self>, id: &TicketId) -> Result<Option<Ticket>, ()> {
         let store = self.store().map_err(|_| ())?;
-        let expired = self.expired_holders(store, id).await?;
-        if !expired.is_empty() {
-            let now = self.now();
-            let drop = |t: &Ticket| {
-                // A request here holds it again: its own leave decides, not this look.
-                if self.lock_held().contains_key(id) {
-                    return Err(TransitionError::AlreadyDone);
-                }
-                ticket::drop_expired_holders(t, &expired, now)
-            };
-            match self.write_holders(store, id, &drop, now).await {
-                Left::Written(t) => return Ok(Some(*t)),
-                Left::Failed => return Err(()),
-                Left::Nothing => {}
-            }
+        let (read, expired) = self.expired_holders(store, id).await?;
+        if expired.is_empty() {
+            return Ok(read);
         }
-        store.get(id).await.map_err(|_| ())
+        let now = self.now();
+        let drop = |t: &Ticket| {
+            // A request here holds it again: its own leave decides, not this look.
+            if self.lock_held().contains_key(id) {
+                return Err(TransitionError::AlreadyDone);
+            }
+            ticket::drop_expired_holders(t, &expired, now)
+        };
+        match self.write_holders(store, id, &drop, now).await {
+            Left::Written(t) => Ok(Some(*t)),
+            Left::Failed => Err(()),
+            Left::Nothing => store.get(id).await.map_err(|_| ()),
+        }
     }
 
     /// Writes a change of ticket `id`'s holders, with `ticket.cancelled` when it cancels the
@@ -936,31 +934,33 @@ impl Engine {
         }
     }
 
-    /// The holders of ticket `id`, other than this replica, whose lease ran out; `Err` when
-    /// the store did not answer.
+    /// Ticket `id` as read, and its holders other than this replica whose lease ran out;
+    /// `Err` when the store did not answer.
     async fn expired_holders(
         &self,
         store: &Arc<dyn Store>,
         id: &TicketId,
-    ) -> Result<Vec<String>, ()> {
+    ) -> Result<(Option<Ticket>, Vec<String>), ()> {
         let Some(t) = store.get(id).await.map_err(|_| ())? else {
-            return Ok(Vec::new());
+            return Ok((None, Vec::new()));
         };
         let others: Vec<String> = t
             .holders
-            .into_iter()
-            .filter(|h| *h != self.replica)
+            .iter()
+            .filter(|h| **h != self.replica)
+            .cloned()
             .collect();
         if others.is_empty() {
-            return Ok(others);
+            return Ok((Some(t), others));
         }
         let alive = store.replicas_alive(&others).await.map_err(|_| ())?;
-        Ok(others
+        let expired = others
             .into_iter()
             .zip(alive)
             .filter(|(_, alive)| !alive)
             .map(|(h, _)| h)
-            .collect())
+            .collect();
+        Ok((Some(t), expired))
     }
 }
 
