@@ -694,8 +694,10 @@ impl Engine {
         let began = store
             .renew_replica(&self.replica, self.lease(), renewal)
             .await?;
+        // Also the first answer seen: a lease may have run out before it (the renewal at
+        // connect failing, or answered too late), with requests already held.
         let seen = self.lease_began.swap(began, Ordering::Relaxed);
-        if seen != 0 && seen != began {
+        if seen != began {
             self.unlist_held();
         }
         Ok(())
